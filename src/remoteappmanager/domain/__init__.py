@@ -1,0 +1,1 @@
+"""Pure domain: value objects and functions with no I/O and no framework."""

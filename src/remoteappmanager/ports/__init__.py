@@ -1,0 +1,1 @@
+"""Ports: the interfaces (typing.Protocol) services depend on; adapters implement them."""
