@@ -1,8 +1,11 @@
 """The route table port: the proxy routes that make containers reachable.
 
 Contract (checked against ``InMemoryRouteTable`` and ``ChpRouteTable`` by one contract test):
+- Paths are container paths percent-encoded as in URLs (``naming.urlpath``:
+  ``/user/<escaped name>/containers/<url_id>``); any other path raises ``InvalidRequest``
+  without touching the proxy. ``list`` keys are the same canonical encoded paths.
 - Only routes tagged as ours are listed or removed; routes of JupyterHub or anyone else are
-  invisible and never touched.
+  invisible and never touched (removing such a path is a no-op).
 - ``add`` is idempotent (the same path again replaces the target).
 - ``remove`` of a route that is gone is not an error.
 - Every method raises ``Unavailable`` when the proxy cannot be reached.

@@ -5,7 +5,8 @@ Contract (checked against ``InMemoryRuntime`` and ``AiodockerRuntime`` by one co
   raises ``NotFound``.
 - ``create`` creates (does not start) a container from a ``ContainerSpec`` and returns its id;
   a missing image raises ``NotFound``, a name clash ``Exists``.
-- ``start`` starts it and returns its state, including the published host port.
+- ``start`` starts it and returns its state, including the published host port; a container
+  that exits at once is reported with ``running=False`` and no port, not as an error.
 - ``list`` returns the containers carrying all the given labels (any state).
 - ``inspect`` returns one container or ``None`` when it is gone.
 - ``remove`` stops and removes a container; removing one that is gone is not an error.

@@ -1,0 +1,357 @@
+"""The container runtime on a Docker engine (local socket, TCP+TLS, Swarm manager) via aiodocker."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+import structlog
+
+from remoteappmanager.domain.containers import CONTAINER_PORT, ContainerInfo, ContainerSpec
+from remoteappmanager.domain.errors import (
+    Exists,
+    InvalidRequest,
+    NotFound,
+    RemoteAppError,
+    Unable,
+    Unavailable,
+)
+from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
+from remoteappmanager.domain.models import validate_image_name
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_STOP_TIMEOUT = 5
+DEFAULT_IMAGE_CACHE_TTL = 60.0
+
+# aiodocker reports "could not connect" as a DockerError with this pseudo status.
+_CONNECTION_FAILED = 900
+# Container ids and names as Docker issues and accepts them; anything else cannot exist,
+# and must not be spliced into an API path.
+_CONTAINER_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+_TCP_SCHEME_RE = re.compile(r"^(tcp|http)://")
+_SUMMARY_KEYS = ("Id", "Names", "Image", "Labels", "State", "Ports")
+
+
+def tls_context(cert_path: Path, verify: bool) -> ssl.SSLContext:
+    """TLS for a ``tcp://`` engine from ``ca.pem``, ``cert.pem`` and ``key.pem`` in ``cert_path``.
+
+    Like the docker CLI: the client certificate is always presented; the engine's own
+    certificate is checked against ``ca.pem`` only when ``verify`` (``DOCKER_TLS_VERIFY``).
+    """
+    try:
+        if verify:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(cert_path / "ca.pem")
+            )
+        else:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        context.load_cert_chain(str(cert_path / "cert.pem"), str(cert_path / "key.pem"))
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+        raise Unavailable(
+            f"Docker engine unavailable: cannot load the TLS certificates in {cert_path} "
+            f"(ca.pem, cert.pem, key.pem): {reason}"
+        ) from None
+    return context
+
+
+class AiodockerRuntime:
+    """``ContainerRuntime`` on a Docker engine.
+
+    ``url`` is the engine's address (``unix:///var/run/docker.sock``, ``tcp://host:2376``);
+    ``None`` lets aiodocker decide (``DOCKER_HOST``, the Docker context, the local socket).
+    The aiodocker client is created on first use (or by ``open``) because it needs a running
+    event loop, and closed by ``close``. Every call is bounded by ``request_timeout``;
+    ``remove`` additionally allows the container ``stop_timeout`` seconds to exit cleanly.
+    Image metadata is cached for ``image_cache_ttl`` seconds; a missing image is not cached,
+    so an image an admin has just built is seen at once.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        stop_timeout: int = DEFAULT_STOP_TIMEOUT,
+        image_cache_ttl: float = DEFAULT_IMAGE_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if url is not None and ssl_context is not None:
+            url = _TCP_SCHEME_RE.sub("https://", url)
+        elif url is not None:
+            url = _TCP_SCHEME_RE.sub("http://", url)
+        self._url = url
+        self._ssl_context = ssl_context
+        self._request_timeout = request_timeout
+        self._stop_timeout = stop_timeout
+        self._image_cache_ttl = image_cache_ttl
+        self._clock = clock
+        self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
+        self._docker: aiodocker.Docker | None = None
+
+    async def open(self) -> None:
+        """Create the client now (optional: the first call does it anyway)."""
+        self._client()
+
+    async def close(self) -> None:
+        docker, self._docker = self._docker, None
+        if docker is not None:
+            await docker.close()
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            try:
+                self._docker = aiodocker.Docker(
+                    url=self._url,
+                    ssl_context=self._ssl_context,
+                    timeout=aiohttp.ClientTimeout(total=self._request_timeout),
+                )
+            # aiodocker asserts (rather than raises) when it finds no engine address at all.
+            except (ValueError, AssertionError, OSError, aiodocker.DockerError) as exc:
+                reason = exc.__class__.__name__
+                raise Unavailable(
+                    f"Docker engine unavailable: no usable engine address ({reason})"
+                ) from None
+        return self._docker
+
+    @asynccontextmanager
+    async def _call(self, action: str, extra_seconds: float = 0) -> AsyncIterator[None]:
+        """Bound one engine call in time and turn transport failures into ``Unavailable``.
+
+        HTTP errors of the engine (``DockerError`` with a real status) are left to the
+        caller, which knows what a 404 or 409 means for its operation.
+        """
+        try:
+            async with asyncio.timeout(self._request_timeout + extra_seconds):
+                yield
+        except TimeoutError:
+            raise Unavailable(
+                f"Docker engine unavailable: no answer within {self._request_timeout:g} s "
+                f"(while trying to {action})"
+            ) from None
+        except aiodocker.DockerError as exc:
+            if exc.status == _CONNECTION_FAILED:
+                raise Unavailable(f"Docker engine unavailable: {_connection_reason(exc)}") from None
+            raise
+        except aiohttp.ClientError as exc:
+            raise Unavailable(
+                f"Docker engine unavailable: {exc.__class__.__name__} while trying to {action}"
+            ) from None
+
+    # ----------------------------------------------------------------- images
+    async def inspect_image(self, image: str) -> ImageMetadata:
+        validate_image_name(image)
+        now = self._clock()
+        cached = self._image_cache.get(image)
+        if cached is not None and now - cached[0] < self._image_cache_ttl:
+            return cached[1]
+        try:
+            async with self._call(f"inspect image {image}"):
+                data = await self._client().images.inspect(image)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                self._image_cache.pop(image, None)
+                raise _image_missing(image) from None
+            raise _engine_error(exc, f"inspect image {image}") from None
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        metadata = parse_image_labels(image, labels)
+        self._image_cache[image] = (now, metadata)
+        return metadata
+
+    # ----------------------------------------------------------------- containers
+    async def create(self, spec: ContainerSpec) -> str:
+        exposed = f"{spec.port}/tcp"
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Labels": dict(spec.labels),
+            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
+            "ExposedPorts": {exposed: {}},
+            "HostConfig": {
+                "Mounts": [
+                    {
+                        "Type": "bind",
+                        "Source": mount.source,
+                        "Target": mount.target,
+                        "ReadOnly": mount.read_only,
+                    }
+                    for mount in spec.mounts
+                ],
+                # An empty HostPort lets the engine choose a free one.
+                "PortBindings": {exposed: [{"HostIp": spec.publish_ip, "HostPort": ""}]},
+                # A PID 1 that reaps zombies and forwards signals, so stop is quick.
+                "Init": True,
+                "Privileged": False,
+                "PublishAllPorts": False,
+            },
+        }
+        try:
+            async with self._call(f"create container {spec.name}"):
+                container = await self._client().containers.create(config, name=spec.name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise _image_missing(spec.image) from None
+            if exc.status == 409:
+                raise Exists(f"a container named {spec.name} already exists") from None
+            raise _engine_error(exc, f"create container {spec.name}") from None
+        return str(container.id)
+
+    async def start(self, container_id: str) -> ContainerInfo:
+        _check_container_ref(container_id, NotFound)
+        try:
+            async with self._call(f"start container {container_id[:12]}"):
+                await self._client().containers.container(container_id).start()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise NotFound(f"container {container_id[:12]} does not exist") from None
+            raise _engine_error(exc, f"start container {container_id[:12]}") from None
+        info = await self.inspect(container_id)
+        if info is None:
+            raise Unable(f"container {container_id[:12]} disappeared as it started")
+        return info
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        if not _CONTAINER_REF_RE.fullmatch(container_id):
+            return None
+        try:
+            async with self._call(f"inspect container {container_id[:12]}"):
+                data = await self._client().containers.container(container_id).show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise _engine_error(exc, f"inspect container {container_id[:12]}") from None
+        return _info_from_inspect(data)
+
+    async def list(self, labels: Mapping[str, str]) -> Sequence[ContainerInfo]:
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        try:
+            async with self._call("list containers"):
+                summaries = await self._client().containers.list(all=True, filters=filters)
+        except aiodocker.DockerError as exc:
+            raise _engine_error(exc, "list containers") from None
+        infos = [
+            _info_from_summary({key: container[key] for key in _SUMMARY_KEYS if key in container})
+            for container in summaries
+        ]
+        # The engine already filtered; this guards against a label value containing '='
+        # being split differently by an older engine.
+        return [
+            info
+            for info in infos
+            if all(info.labels.get(key) == value for key, value in labels.items())
+        ]
+
+    async def remove(self, container_id: str) -> None:
+        if not _CONTAINER_REF_RE.fullmatch(container_id):
+            return
+        container = self._client().containers.container(container_id)
+        what = f"remove container {container_id[:12]}"
+        stop_budget = aiohttp.ClientTimeout(total=self._stop_timeout + self._request_timeout)
+        try:
+            async with self._call(what, extra_seconds=self._stop_timeout):
+                await container.stop(t=self._stop_timeout, timeout=stop_budget)
+        except aiodocker.DockerError as exc:
+            # 304: already stopped; 404: already gone. Anything else: delete with force
+            # kills it anyway.
+            if exc.status == 404:
+                return
+            if exc.status != 304:
+                log.info("docker.stop_failed", container=container_id[:12], status=exc.status)
+        try:
+            async with self._call(what):
+                await container.delete(
+                    force=True, v=True, timeout=aiohttp.ClientTimeout(total=self._request_timeout)
+                )
+        except aiodocker.DockerError as exc:
+            # 409: a removal is already in progress, which is what we want.
+            if exc.status in (404, 409):
+                return
+            raise _engine_error(exc, what) from None
+
+
+def _check_container_ref(container_id: str, error: type[RemoteAppError]) -> None:
+    if not isinstance(container_id, str) or not _CONTAINER_REF_RE.fullmatch(container_id):
+        raise error(f"container {container_id!r:.40} does not exist")
+
+
+def _image_missing(image: str) -> NotFound:
+    return NotFound(f"image {image} is not available on the Docker engine")
+
+
+def _engine_error(exc: aiodocker.DockerError, action: str) -> RemoteAppError:
+    """An HTTP error of the engine that the operation has no special meaning for."""
+    log.warning("docker.error", action=action, status=exc.status, message=exc.message)
+    message = " ".join(str(exc.message).split())[:200]
+    if exc.status == 400:
+        return InvalidRequest(f"Docker engine refused to {action}: {message}")
+    if exc.status == 404:
+        return NotFound(f"Docker engine could not {action}: {message}")
+    return Unable(f"Docker engine could not {action}: {message}")
+
+
+def _connection_reason(exc: aiodocker.DockerError) -> str:
+    # aiodocker raises inside its ``except`` without ``from``: the transport error is the
+    # context. Its OS error says "connection refused" or "no such file" without the address.
+    cause = exc.__context__
+    os_error = getattr(cause, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return f"cannot connect ({os_error.strerror.lower()})"
+    if cause is not None:
+        return f"cannot connect ({cause.__class__.__name__})"
+    return "cannot connect"
+
+
+def _info_from_inspect(data: Mapping[str, Any]) -> ContainerInfo:
+    config = data.get("Config") or {}
+    state = data.get("State") or {}
+    ports = (data.get("NetworkSettings") or {}).get("Ports") or {}
+    host_ip: str | None = None
+    host_port: int | None = None
+    bindings = ports.get(f"{CONTAINER_PORT}/tcp") or next(
+        (value for value in ports.values() if value), None
+    )
+    if bindings:
+        host_ip = bindings[0].get("HostIp") or None
+        port_text = bindings[0].get("HostPort")
+        host_port = int(port_text) if port_text else None
+    return ContainerInfo(
+        id=str(data["Id"]),
+        name=str(data.get("Name", "")).lstrip("/"),
+        image=str(config.get("Image", "")),
+        labels=dict(config.get("Labels") or {}),
+        running=bool(state.get("Running", False)),
+        host_ip=host_ip,
+        host_port=host_port,
+    )
+
+
+def _info_from_summary(data: Mapping[str, Any]) -> ContainerInfo:
+    names = data.get("Names") or []
+    published = [
+        port
+        for port in data.get("Ports") or []
+        if port.get("PublicPort") and port.get("Type", "tcp") == "tcp"
+    ]
+    preferred = [port for port in published if port.get("PrivatePort") == CONTAINER_PORT]
+    binding = (preferred or published or [None])[0]
+    return ContainerInfo(
+        id=str(data["Id"]),
+        name=str(names[0]).lstrip("/") if names else "",
+        image=str(data.get("Image", "")),
+        labels=dict(data.get("Labels") or {}),
+        running=data.get("State") == "running",
+        host_ip=(binding.get("IP") or None) if binding else None,
+        host_port=int(binding["PublicPort"]) if binding else None,
+    )

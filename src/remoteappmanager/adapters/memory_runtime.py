@@ -1,0 +1,227 @@
+"""In-memory fakes of the container runtime and the route table, for tests and demos."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
+
+from remoteappmanager.domain.containers import ContainerInfo, ContainerSpec, Route
+from remoteappmanager.domain.errors import Exists, NotFound, Unavailable
+from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
+from remoteappmanager.domain.routing import check_route_path
+
+DEFAULT_IMAGE_CACHE_TTL = 60.0
+FIRST_HOST_PORT = 49153
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredContainer:
+    info: ContainerInfo
+    spec: ContainerSpec
+
+
+class InMemoryRuntime:
+    """A ``ContainerRuntime`` that keeps images and containers in dictionaries.
+
+    Test controls: ``add_image`` / ``remove_image`` register what the "engine" holds,
+    ``available = False`` makes every call raise ``Unavailable`` as a stopped engine would,
+    ``add_image(..., exits_on_start=True)`` gives an image whose containers die at once,
+    ``kill`` makes a container exit (or vanish) behind the service's back, and ``spec_of``
+    shows what a container was created with. Image metadata is cached for
+    ``image_cache_ttl`` seconds like the real adapter, so tests see the same staleness.
+    Several fakes may share one ``images`` mapping (image → labels), as several clients of
+    one engine do.
+    """
+
+    def __init__(
+        self,
+        *,
+        images: MutableMapping[str, Mapping[str, str]] | None = None,
+        image_cache_ttl: float = DEFAULT_IMAGE_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.available = True
+        self._images: MutableMapping[str, Mapping[str, str]] = {} if images is None else images
+        self._containers: dict[str, _StoredContainer] = {}
+        self._crashing: set[str] = set()
+        self._ports = itertools.count(FIRST_HOST_PORT)
+        self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
+        self._image_cache_ttl = image_cache_ttl
+        self._clock = clock
+        self.closed = False
+
+    # ----------------------------------------------------------------- test controls
+    def add_image(
+        self, image: str, labels: Mapping[str, str] | None = None, *, exits_on_start: bool = False
+    ) -> None:
+        """Register an image; with ``exits_on_start`` its containers exit as soon as started."""
+        self._images[image] = dict(labels or {})
+        if exits_on_start:
+            self._crashing.add(image)
+        else:
+            self._crashing.discard(image)
+
+    def remove_image(self, image: str) -> None:
+        self._images.pop(image, None)
+        self._crashing.discard(image)
+
+    def kill(self, container_id: str, *, remove: bool = False) -> None:
+        """The container exits on its own (``remove``: and disappears, like ``--rm``)."""
+        stored = self._containers.get(container_id)
+        if stored is None:
+            raise KeyError(container_id)
+        if remove:
+            del self._containers[container_id]
+            return
+        self._containers[container_id] = replace(
+            stored, info=replace(stored.info, running=False, host_ip=None, host_port=None)
+        )
+
+    def spec_of(self, container_id: str) -> ContainerSpec:
+        return self._containers[container_id].spec
+
+    @property
+    def container_ids(self) -> frozenset[str]:
+        return frozenset(self._containers)
+
+    # ----------------------------------------------------------------- the port
+    def _check(self) -> None:
+        if not self.available:
+            raise Unavailable("Docker engine unavailable: the engine does not answer")
+
+    async def inspect_image(self, image: str) -> ImageMetadata:
+        self._check()
+        now = self._clock()
+        cached = self._image_cache.get(image)
+        if cached is not None and now - cached[0] < self._image_cache_ttl:
+            return cached[1]
+        labels = self._images.get(image)
+        if labels is None:
+            self._image_cache.pop(image, None)
+            raise NotFound(f"image {image} is not available on the Docker engine")
+        metadata = parse_image_labels(image, labels)
+        self._image_cache[image] = (now, metadata)
+        return metadata
+
+    async def create(self, spec: ContainerSpec) -> str:
+        self._check()
+        if spec.image not in self._images:
+            raise NotFound(f"image {spec.image} is not available on the Docker engine")
+        if any(stored.info.name == spec.name for stored in self._containers.values()):
+            raise Exists(f"a container named {spec.name} already exists")
+        container_id = secrets.token_hex(32)
+        info = ContainerInfo(
+            id=container_id,
+            name=spec.name,
+            image=spec.image,
+            labels={**self._images[spec.image], **spec.labels},
+            running=False,
+        )
+        self._containers[container_id] = _StoredContainer(info=info, spec=spec)
+        return container_id
+
+    async def start(self, container_id: str) -> ContainerInfo:
+        self._check()
+        stored = self._containers.get(container_id)
+        if stored is None:
+            raise NotFound(f"container {container_id[:12]} does not exist")
+        if stored.spec.image in self._crashing:
+            return stored.info
+        if not stored.info.running:
+            stored = replace(
+                stored,
+                info=replace(
+                    stored.info,
+                    running=True,
+                    host_ip=stored.spec.publish_ip,
+                    host_port=next(self._ports),
+                ),
+            )
+            self._containers[container_id] = stored
+        return stored.info
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        self._check()
+        stored = self._containers.get(container_id)
+        if stored is None:
+            # Docker also resolves a container by its name.
+            stored = next(
+                (s for s in self._containers.values() if s.info.name == container_id), None
+            )
+        return stored.info if stored is not None else None
+
+    async def list(self, labels: Mapping[str, str]) -> Sequence[ContainerInfo]:
+        self._check()
+        return [
+            stored.info
+            for stored in self._containers.values()
+            if all(stored.info.labels.get(key) == value for key, value in labels.items())
+        ]
+
+    async def remove(self, container_id: str) -> None:
+        self._check()
+        if self._containers.pop(container_id, None) is None:
+            found = next(
+                (key for key, s in self._containers.items() if s.info.name == container_id),
+                None,
+            )
+            if found is not None:
+                del self._containers[found]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class InMemoryRouteTable:
+    """A ``RouteTable`` held in a dictionary.
+
+    Test controls: ``available = False`` makes every call raise ``Unavailable`` like a
+    stopped proxy, ``lose_all()`` forgets every route as a restarted proxy does,
+    ``add_foreign`` puts a route that is not ours (JupyterHub's, say) in the table, and
+    ``all_paths`` shows every path, ours or not.
+    """
+
+    def __init__(self) -> None:
+        self.available = True
+        self._routes: dict[str, Route] = {}
+        self._foreign: dict[str, str] = {}
+        self.closed = False
+
+    # ----------------------------------------------------------------- test controls
+    def lose_all(self) -> None:
+        self._routes.clear()
+        self._foreign.clear()
+
+    def add_foreign(self, path: str, target: str) -> None:
+        self._routes.pop(path, None)
+        self._foreign[path] = target
+
+    @property
+    def all_paths(self) -> frozenset[str]:
+        return frozenset(self._routes) | frozenset(self._foreign)
+
+    # ----------------------------------------------------------------- the port
+    def _check(self) -> None:
+        if not self.available:
+            raise Unavailable("proxy unavailable: the proxy does not answer")
+
+    async def add(self, route: Route) -> None:
+        path = check_route_path(route.path)
+        self._check()
+        self._foreign.pop(path, None)
+        self._routes[path] = replace(route, path=path, extra=dict(route.extra))
+
+    async def remove(self, path: str) -> None:
+        path = check_route_path(path)
+        self._check()
+        self._routes.pop(path, None)
+
+    async def list(self) -> Mapping[str, Route]:
+        self._check()
+        return dict(self._routes)
+
+    async def close(self) -> None:
+        self.closed = True
