@@ -5,6 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from remoteappmanager.domain.configurables import WORKSPACE_TARGET, Configuration
+from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.labels import (
+    STARTUPDATA,
+    X11_DEPTH,
+    X11_HEIGHT,
+    X11_WIDTH,
+    ImageMetadata,
+)
+from remoteappmanager.domain.models import Grant, VolumeMode
+from remoteappmanager.domain.naming import container_name, unix_user_name, urlpath, user_base_url
+
 CONTAINER_PORT = 8888
 RUNINFO_NAMESPACE = "eu.simphony-project.docker.runinfo."
 
@@ -54,3 +66,83 @@ class Route:
     user: str
     url_id: str
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+RUNINFO_USER = RUNINFO_NAMESPACE + "user"
+RUNINFO_MAPPING_ID = RUNINFO_NAMESPACE + "mapping_id"
+RUNINFO_URL_ID = RUNINFO_NAMESPACE + "url_id"
+RUNINFO_URLPATH = RUNINFO_NAMESPACE + "urlpath"
+RUNINFO_REALM = RUNINFO_NAMESPACE + "realm"
+
+DEFAULT_X11_WIDTH = 1024
+DEFAULT_X11_HEIGHT = 768
+DEFAULT_X11_DEPTH = 16
+
+
+def build_container_spec(
+    grant: Grant,
+    image: ImageMetadata,
+    options: Configuration,
+    url_id: str,
+    realm: str,
+    publish_ip: str,
+    workspace: str | None,
+    *,
+    mount_volume: bool = True,
+) -> ContainerSpec:
+    """The container that runs ``grant``'s application for its user.
+
+    ``workspace`` is the host directory mounted at ``/workspace`` when the policy allows a
+    home; ``mount_volume`` is False when the policy volume's source is missing on the host
+    (Docker would otherwise create it, owned by root). Raises ``InvalidRequest`` when the
+    policy volume would hide the workspace.
+    """
+    user = grant.user.name
+    path = urlpath(user, url_id)
+    labels = {
+        RUNINFO_USER: user,
+        RUNINFO_MAPPING_ID: grant.mapping_id,
+        RUNINFO_URL_ID: url_id,
+        RUNINFO_URLPATH: path,
+        RUNINFO_REALM: realm,
+    }
+    width, height = options.resolution or (DEFAULT_X11_WIDTH, DEFAULT_X11_HEIGHT)
+    environment = {
+        "JPY_USER": user,
+        "JPY_BASE_USER_URL": user_base_url(user),
+        "USER": unix_user_name(user),
+        "URL_ID": url_id,
+        X11_WIDTH: str(width),
+        X11_HEIGHT: str(height),
+        X11_DEPTH: str(DEFAULT_X11_DEPTH),
+    }
+    if options.startupdata is not None:
+        environment[STARTUPDATA] = options.startupdata
+    policy = grant.policy
+    if policy.app_license:
+        environment["APP_LICENSE"] = policy.app_license
+
+    mounts: list[Mount] = []
+    if policy.allow_home and workspace is not None:
+        mounts.append(Mount(source=workspace, target=WORKSPACE_TARGET, read_only=False))
+    if policy.volume is not None and mount_volume:
+        if any(mount.target == policy.volume.target for mount in mounts):
+            raise InvalidRequest(
+                f"the policy's volume target {policy.volume.target} clashes with the workspace"
+            )
+        mounts.append(
+            Mount(
+                source=policy.volume.source,
+                target=policy.volume.target,
+                read_only=policy.volume.mode is VolumeMode.RO,
+            )
+        )
+    return ContainerSpec(
+        name=container_name(realm, user, grant.mapping_id),
+        image=image.name,
+        labels=labels,
+        environment=environment,
+        mounts=tuple(mounts),
+        publish_ip=publish_ip,
+        port=CONTAINER_PORT,
+    )

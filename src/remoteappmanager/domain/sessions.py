@@ -1,0 +1,77 @@
+"""A session: one user's running application, as read back from its container's labels."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from remoteappmanager.domain.containers import (
+    RUNINFO_MAPPING_ID,
+    RUNINFO_REALM,
+    RUNINFO_URL_ID,
+    RUNINFO_URLPATH,
+    RUNINFO_USER,
+    ContainerInfo,
+)
+
+
+class SessionState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    # The container is there but its process ended; the reconciler removes it.
+    EXITED = "exited"
+
+
+class AccessMode(enum.StrEnum):
+    """Where proxy routes point: our gate (authorization on every request) or the container."""
+
+    GATED = "gated"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An application started for ``user`` from grant ``mapping_id``, served at ``urlpath``.
+
+    ``container_id`` is None only while a start has not created its container yet.
+    """
+
+    url_id: str
+    user: str
+    mapping_id: str
+    image: str
+    urlpath: str
+    state: SessionState
+    container_id: str | None = None
+    host_ip: str | None = None
+    host_port: int | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """At most one session exists per (user, grant)."""
+        return (self.user, self.mapping_id)
+
+
+def session_from_container(info: ContainerInfo, realm: str) -> Session | None:
+    """The session a container of ``realm`` carries; None for anybody else's container."""
+    labels = info.labels
+    if labels.get(RUNINFO_REALM) != realm:
+        return None
+    user = labels.get(RUNINFO_USER)
+    mapping_id = labels.get(RUNINFO_MAPPING_ID)
+    url_id = labels.get(RUNINFO_URL_ID)
+    path = labels.get(RUNINFO_URLPATH)
+    if not (user and mapping_id and url_id and path):
+        return None
+    return Session(
+        url_id=url_id,
+        user=user,
+        mapping_id=mapping_id,
+        image=info.image,
+        urlpath=path,
+        state=SessionState.RUNNING if info.running else SessionState.EXITED,
+        container_id=info.id,
+        host_ip=info.host_ip,
+        host_port=info.host_port,
+    )

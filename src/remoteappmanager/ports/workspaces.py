@@ -1,0 +1,24 @@
+"""The workspace port: per-user host directories mounted at ``/workspace``, and host paths.
+
+Contract (``InMemoryWorkspaces`` / ``DirectoryWorkspaces``):
+- ``ensure(user)`` returns the absolute host path of the user's workspace, creating it on first
+  use, owned by the account the application runs as and readable by nobody else. The same user
+  always gets the same path; two users never share one. Raises ``Unable`` when it cannot be
+  created (disk, permissions).
+
+Contract (``InMemoryHostPaths`` / ``LocalHostPaths``):
+- ``exists(path)`` says whether a host path exists, so that a policy volume whose source is
+  missing is skipped instead of letting Docker create it owned by root.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Workspaces(Protocol):
+    async def ensure(self, user: str) -> str: ...
+
+
+class HostPaths(Protocol):
+    async def exists(self, path: str) -> bool: ...

@@ -1,0 +1,434 @@
+"""Starting, stopping and listing users' application containers (sessions)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from remoteappmanager.domain.configurables import Configuration, validate_configurables
+from remoteappmanager.domain.containers import (
+    RUNINFO_REALM,
+    RUNINFO_URL_ID,
+    RUNINFO_USER,
+    ContainerInfo,
+    Route,
+    build_container_spec,
+)
+from remoteappmanager.domain.errors import (
+    Conflict,
+    Exists,
+    NotFound,
+    RemoteAppError,
+    Unable,
+)
+from remoteappmanager.domain.labels import ImageMetadata
+from remoteappmanager.domain.models import Grant
+from remoteappmanager.domain.naming import is_url_id, new_url_id, urlpath
+from remoteappmanager.domain.sessions import (
+    AccessMode,
+    Session,
+    SessionState,
+    session_from_container,
+)
+from remoteappmanager.ports.probe import ReadinessProbe
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.ports.routes import RouteTable
+from remoteappmanager.ports.runtime import ContainerRuntime
+from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_NETWORK_TIMEOUT = 30.0
+# How often a start checks that the container is still alive while waiting for it to answer,
+# so that an application that crashes at once fails its start at once.
+DEFAULT_WATCH_INTERVAL = 1.0
+ROUTE_REALM = "realm"
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
+
+_EXITED = "the application exited before it became ready"
+
+SessionKey = tuple[str, str]
+
+
+@dataclass(eq=False)
+class _Claim:
+    """Work in progress on one (user, grant): a start, a stop, or reconciler maintenance."""
+
+    state: SessionState | None  # None: maintenance by the reconciler
+    user: str
+    mapping_id: str
+    url_id: str | None = None
+    image: str = ""
+    container_id: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def as_session(self) -> Session | None:
+        if self.state is None or self.url_id is None:
+            return None
+        return Session(
+            url_id=self.url_id,
+            user=self.user,
+            mapping_id=self.mapping_id,
+            image=self.image,
+            urlpath=urlpath(self.user, self.url_id),
+            state=self.state,
+            container_id=self.container_id,
+        )
+
+
+class Sessions:
+    """The use cases of running applications, over a container runtime and a route table.
+
+    What runs is read from the engine every time (containers carry their session in labels),
+    so a restarted service finds its sessions again; only work in progress lives in memory.
+    Only containers labelled with ``realm`` are ever listed, stopped or replaced.
+
+    Errors: ``NotFound`` (no such session for this user, image gone), ``InvalidRequest``
+    (configurables), ``Conflict`` (a start or stop of the same grant is in progress),
+    ``Unable`` (the application did not become ready), ``Unavailable`` (engine or proxy down).
+    A failed start leaves neither a container nor a route behind.
+    """
+
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        routes: RouteTable,
+        workspaces: Workspaces,
+        host_paths: HostPaths,
+        probe: ReadinessProbe,
+        *,
+        realm: str,
+        publish_ip: str = "127.0.0.1",
+        network_timeout: float = DEFAULT_NETWORK_TIMEOUT,
+        access: AccessMode = AccessMode.GATED,
+        gate_url: str | None = None,
+        watch_interval: float = DEFAULT_WATCH_INTERVAL,
+        unit_of_work: UnitOfWorkFactory | None = None,
+    ) -> None:
+        if access is AccessMode.GATED and not gate_url:
+            raise ValueError("gated access needs the URL of the gate (the service's own URL)")
+        self._runtime = runtime
+        self._routes = routes
+        self._workspaces = workspaces
+        self._host_paths = host_paths
+        self._probe = probe
+        self.realm = realm
+        self._publish_ip = publish_ip
+        self._network_timeout = network_timeout
+        self.access = access
+        self._gate_url = gate_url
+        self._watch_interval = watch_interval
+        self._unit_of_work = unit_of_work
+        self._claims: dict[SessionKey, _Claim] = {}
+
+    # ----------------------------------------------------------------- queries
+    async def list_for_user(self, user: str) -> list[Session]:
+        """The user's sessions: running, exited, and being started or stopped."""
+        containers = await self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_USER: user})
+        return self._merge(containers, lambda claim: claim.user == user)
+
+    async def list_all(self) -> list[Session]:
+        """Every session of this realm (for admins)."""
+        containers = await self._runtime.list({RUNINFO_REALM: self.realm})
+        return self._merge(containers, lambda claim: True)
+
+    async def get(self, user: str, url_id: str) -> Session:
+        """The user's session ``url_id``; ``NotFound`` for anybody else's."""
+        return await self._find(url_id, user)
+
+    async def get_any(self, url_id: str) -> Session:
+        """Session ``url_id`` whoever owns it (admins, the gate); ``NotFound`` if none."""
+        return await self._find(url_id, None)
+
+    def status(self, user: str, mapping_id: str) -> SessionState | None:
+        """Whether a start or stop of this grant is in progress (no I/O)."""
+        claim = self._claims.get((user, mapping_id))
+        return claim.state if claim is not None else None
+
+    def _merge(
+        self, containers: Sequence[ContainerInfo], include: Callable[[_Claim], bool]
+    ) -> list[Session]:
+        sessions: list[Session] = []
+        seen: set[SessionKey] = set()
+        for info in containers:
+            session = self._session_of(info)
+            if session is not None:
+                sessions.append(session)
+                seen.add(session.key)
+        for key, claim in self._claims.items():
+            pending = claim.as_session()
+            if key not in seen and pending is not None and include(claim):
+                sessions.append(pending)
+        return sessions
+
+    def _session_of(self, info: ContainerInfo) -> Session | None:
+        session = session_from_container(info, self.realm)
+        if session is None:
+            return None
+        claim = self._claims.get(session.key)
+        if claim is not None and claim.state is not None:
+            session = _with_state(session, claim.state)
+        return session
+
+    async def _find(self, url_id: str, user: str | None) -> Session:
+        if not is_url_id(url_id):
+            raise NotFound("there is no such application running")
+        missing = NotFound(f"there is no application {url_id} running")
+        for claim in self._claims.values():
+            if claim.url_id == url_id and (user is None or claim.user == user):
+                pending = claim.as_session()
+                if pending is not None and claim.container_id is None:
+                    return pending
+        containers = await self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_URL_ID: url_id})
+        for info in containers:
+            session = self._session_of(info)
+            if session is not None and (user is None or session.user == user):
+                return session
+        raise missing
+
+    # ----------------------------------------------------------------- start
+    async def start_for(self, user: str, mapping_id: str, configurables: object = None) -> Session:
+        """Start the application the user holds grant ``mapping_id`` for (``start``).
+
+        ``NotFound`` when there is no such grant, or it is somebody else's.
+        """
+        if self._unit_of_work is None:
+            raise RuntimeError("Sessions was built without a unit of work to look grants up")
+        async with self._unit_of_work() as uow:
+            try:
+                grant = await uow.grants.get(mapping_id)
+            except NotFound:
+                grant = None
+        if grant is None or grant.user.name != user:
+            raise NotFound(f"no application {mapping_id!r:.40} is granted to {user}")
+        return await self.start(grant, configurables)
+
+    async def start(self, grant: Grant, configurables: object = None) -> Session:
+        """Start ``grant``'s application for its user, replacing a session of the same grant.
+
+        Returns once the application answers on its URL path and the proxy routes to it.
+        """
+        claim = _Claim(SessionState.STARTING, grant.user.name, grant.mapping_id)
+        claim.image = grant.application.image
+        await self.wait_maintenance(claim.user, claim.mapping_id)
+        with self._claimed(claim) as acquired:
+            if not acquired:
+                raise Conflict(
+                    f"{grant.application.image} is already being started or stopped for "
+                    f"{grant.user.name}; wait for it to finish"
+                )
+            shown = grant.application.image
+            try:
+                image = await self._runtime.inspect_image(grant.application.image)
+                shown = image.ui_name
+                options = validate_configurables(configurables, image, grant.policy)
+                session = await self._start(grant, image, options, claim)
+            except RemoteAppError as exc:
+                log.warning(
+                    "session.start_failed", user=claim.user, image=claim.image, error=exc.message
+                )
+                raise type(exc)(f"{shown} could not be started: {exc.message}") from exc
+        log.info("session.started", user=claim.user, image=claim.image, url_id=session.url_id)
+        return session
+
+    async def _start(
+        self, grant: Grant, image: ImageMetadata, options: Configuration, claim: _Claim
+    ) -> Session:
+        user = grant.user.name
+        workspace = await self._workspaces.ensure(user) if grant.policy.allow_home else None
+        volume = grant.policy.volume
+        mount_volume = volume is not None and await self._host_paths.exists(volume.source)
+        if volume is not None and not mount_volume:
+            log.warning("session.volume_skipped", user=user, source=volume.source)
+
+        claim.url_id = new_url_id()
+        spec = build_container_spec(
+            grant,
+            image,
+            options,
+            claim.url_id,
+            self.realm,
+            self._publish_ip,
+            workspace,
+            mount_volume=mount_volume,
+        )
+        route_tried = False
+        try:
+            try:
+                claim.container_id = await self._runtime.create(spec)
+            except Exists:
+                # The name is derived from (realm, user, grant): the clash is the session this
+                # start replaces. Finding it this way spares every other start a list call.
+                await self._remove_previous(spec.name, claim)
+                claim.container_id = await self._runtime.create(spec)
+            info = await self._runtime.start(claim.container_id)
+            if not info.running:
+                raise Unable(_EXITED)
+            route = self.route_for(info)
+            session = self._session_of(info)
+            if route is None or session is None:
+                raise Unable("the engine did not publish the application's port")
+            probe_url = f"http://{self._reach_host(info)}:{info.host_port}{session.urlpath}/"
+            await self._wait_ready(claim.container_id, probe_url)
+            route_tried = True
+            await self._routes.add(route)
+        except BaseException:
+            await self._undo_start(claim, route_tried=route_tried)
+            raise
+        return _with_state(session, SessionState.RUNNING)
+
+    async def _remove_previous(self, name: str, claim: _Claim) -> None:
+        info = await self._runtime.inspect(name)
+        if info is None:
+            return
+        previous = session_from_container(info, self.realm)
+        if previous is None or previous.key != (claim.user, claim.mapping_id):
+            raise Conflict(f"a container named {name} exists and is not one of ours")
+        await self._remove(previous)
+        log.info("session.replaced", user=claim.user, url_id=previous.url_id)
+
+    async def _wait_ready(self, container_id: str, url: str) -> None:
+        ready = asyncio.create_task(self._probe.wait_ready(url, self._network_timeout))
+        watch = asyncio.create_task(self._watch_alive(container_id))
+        try:
+            await asyncio.wait({ready, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (ready, watch):
+                task.cancel()
+            await asyncio.gather(ready, watch, return_exceptions=True)
+        if ready.done() and not ready.cancelled():
+            ready.result()
+            return
+        watch.result()
+
+    async def _watch_alive(self, container_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            info = await self._runtime.inspect(container_id)
+            if info is None or not info.running:
+                raise Unable(_EXITED)
+
+    async def _undo_start(self, claim: _Claim, *, route_tried: bool) -> None:
+        """Remove what a failed start created; never raises (the start's error matters)."""
+        if route_tried and claim.url_id is not None:
+            try:
+                await self._routes.remove(urlpath(claim.user, claim.url_id))
+            except Exception as exc:  # the reconciler removes it later
+                log.warning("session.undo_route_failed", url_id=claim.url_id, error=str(exc))
+        if claim.container_id is not None:
+            try:
+                await self._runtime.remove(claim.container_id)
+            except Exception as exc:  # the reconciler removes it later
+                log.warning(
+                    "session.undo_container_failed",
+                    container=claim.container_id[:12],
+                    error=str(exc),
+                )
+
+    # ----------------------------------------------------------------- stop
+    async def stop(self, user: str, url_id: str) -> None:
+        """Stop the user's session ``url_id``: its route first, then its container.
+
+        ``NotFound`` for a session that is not the user's. If the proxy cannot be reached
+        the container is left running (``Unavailable``), so that no route can ever outlive
+        its container and reach whatever gets the same host port next.
+        """
+        await self._stop(await self._find(url_id, user))
+
+    async def stop_any(self, url_id: str) -> None:
+        """Stop session ``url_id`` whoever owns it (for admins)."""
+        await self._stop(await self._find(url_id, None))
+
+    async def _stop(self, session: Session) -> None:
+        if session.container_id is None:
+            raise Conflict("the application is still starting; stop it once it runs")
+        claim = _Claim(SessionState.STOPPING, session.user, session.mapping_id, session.url_id)
+        claim.image = session.image
+        claim.container_id = session.container_id
+        await self.wait_maintenance(session.user, session.mapping_id)
+        with self._claimed(claim) as acquired:
+            if not acquired:
+                raise Conflict("the application is being started or stopped already")
+            await self._remove(session)
+        log.info("session.stopped", user=session.user, url_id=session.url_id)
+
+    async def _remove(self, session: Session) -> None:
+        await self._routes.remove(session.urlpath)
+        if session.container_id is not None:
+            await self._runtime.remove(session.container_id)
+
+    # ----------------------------------------------------------------- shared with the reconciler
+    def route_for(self, info: ContainerInfo) -> Route | None:
+        """The route a running container of ours should have (None: not ours, or no port)."""
+        session = session_from_container(info, self.realm)
+        if session is None or not info.running or info.host_port is None:
+            return None
+        if self.access is AccessMode.GATED:
+            assert self._gate_url is not None
+            target = self._gate_url
+        else:
+            target = f"http://{self._reach_host(info)}:{info.host_port}"
+        return Route(
+            path=session.urlpath,
+            target=target,
+            user=session.user,
+            url_id=session.url_id,
+            extra={ROUTE_REALM: self.realm},
+        )
+
+    def is_ours(self, route: Route) -> bool:
+        """Whether a route (already tagged as this product's) belongs to this realm."""
+        return route.extra.get(ROUTE_REALM, self.realm) == self.realm
+
+    def busy(self, user: str, mapping_id: str, url_id: str | None = None) -> bool:
+        """Whether a start or stop of this grant (or of session ``url_id``) is in progress."""
+        if (user, mapping_id) in self._claims:
+            return True
+        return url_id is not None and any(c.url_id == url_id for c in self._claims.values())
+
+    def busy_url_ids(self) -> frozenset[str]:
+        return frozenset(c.url_id for c in self._claims.values() if c.url_id is not None)
+
+    @contextlib.contextmanager
+    def maintenance(self, user: str, mapping_id: str) -> Iterator[bool]:
+        """Hold a grant while the reconciler repairs it; yields False if it is busy.
+
+        A start or stop arriving meanwhile waits for the repair to end instead of failing.
+        """
+        with self._claimed(_Claim(None, user, mapping_id)) as acquired:
+            yield acquired
+
+    @contextlib.contextmanager
+    def _claimed(self, claim: _Claim) -> Iterator[bool]:
+        key = (claim.user, claim.mapping_id)
+        if key in self._claims:
+            yield False
+            return
+        self._claims[key] = claim
+        try:
+            yield True
+        finally:
+            del self._claims[key]
+            claim.done.set()
+
+    async def wait_maintenance(self, user: str, mapping_id: str) -> None:
+        """Wait while the reconciler holds this grant (a start or stop holds it for real)."""
+        while True:
+            claim = self._claims.get((user, mapping_id))
+            if claim is None or claim.state is not None:
+                return
+            await claim.done.wait()
+
+    def _reach_host(self, info: ContainerInfo) -> str:
+        host = info.host_ip or self._publish_ip
+        if host in _WILDCARD_HOSTS:
+            host = "127.0.0.1"
+        return f"[{host}]" if ":" in host else host
+
+
+def _with_state(session: Session, state: SessionState) -> Session:
+    return replace(session, state=state)
