@@ -1,0 +1,42 @@
+"""The identity port: who a JupyterHub token belongs to, and the OAuth code flow that gets one.
+
+Contract (``InMemoryIdentityProvider`` / ``HubIdentityProvider``):
+- ``authorize_url(state, code_challenge)`` is where a browser goes to sign in: the hub's OAuth
+  authorize endpoint with our client id, our redirect URI, ``state`` and a PKCE S256 challenge.
+  Pure; no I/O.
+- ``exchange_code(code, verifier)`` trades an authorization code (and the PKCE verifier whose
+  challenge went with it) for a hub token. A code that is unknown, used, expired or whose
+  verifier does not match raises ``Unauthorized``.
+- ``user_for_token(token)`` returns the hub's user model of the token's owner. A token that is
+  unknown, expired or revoked raises ``Unauthorized``. The answer may be cached for a short,
+  stated time (the adapter's ``cache_ttl``): a revoked token keeps working at most that long.
+- ``check()`` returns when the hub answers; used by the health endpoint.
+- Every method that talks to the hub raises ``Unavailable`` when it cannot be reached or answers
+  nonsense. Messages never contain tokens, codes or the hub's internal URL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class HubUser:
+    """The part of JupyterHub's user model we use."""
+
+    name: str
+    admin: bool = False
+    groups: frozenset[str] = frozenset()
+
+
+class IdentityProvider(Protocol):
+    def authorize_url(self, state: str, code_challenge: str) -> str: ...
+
+    async def exchange_code(self, code: str, verifier: str) -> str: ...
+
+    async def user_for_token(self, token: str) -> HubUser: ...
+
+    async def check(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,146 @@
+"""Who is signed in and what they may do: admin decisions and provisioning at sign-in.
+
+Contract:
+- ``identify(hub_user)`` decides admin from the hub's user model alone (``admin: true`` or
+  membership of the configured admin group). It is called on every request with the user model
+  the identity provider just gave (cached at most for the provider's TTL), so an admin flag
+  taken away in the hub is gone within that TTL.
+- ``sign_in(hub_user)`` runs once per browser sign-in: with ``auto_user_creation`` a hub user
+  unknown to the catalogue is created; a user in the catalogue (found or just created) then
+  holds every ``demo_applications`` grant (the application is registered if it is not yet).
+  Both steps are idempotent, so concurrent first sign-ins of one user are harmless. Raises
+  ``Unavailable`` when the database cannot be reached.
+- Demo policies are checked when the service is built (``InvalidRequest`` naming the image).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound
+from remoteappmanager.domain.models import (
+    Policy,
+    Volume,
+    validate_image_name,
+    validate_user_name,
+)
+from remoteappmanager.ports.identity import HubUser
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+
+log = structlog.get_logger(__name__)
+
+# A first sign-in racing another one for the same user loses at commit (``Exists``); one more
+# attempt then finds what the other created.
+_PROVISION_ATTEMPTS = 2
+_BOOL_POLICY_KEYS = ("allow_home", "allow_view", "allow_common", "allow_startup_data")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticatedUser:
+    """A signed-in hub user as the rest of the service sees them, for one request."""
+
+    name: str
+    admin: bool
+    groups: frozenset[str] = frozenset()
+
+
+def new_pkce_verifier() -> str:
+    """A fresh PKCE code verifier: 43 characters of the unreserved set (RFC 7636 §4.1)."""
+    return secrets.token_urlsafe(32)
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 code challenge of a verifier (RFC 7636 §4.2)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def demo_policy(image: str, overrides: Mapping[str, Any]) -> Policy:
+    """The policy of one ``demo_applications`` entry; unknown or mistyped options are refused."""
+    where = f"demo_applications[{image!r}]"
+    if not isinstance(overrides, Mapping):
+        raise InvalidRequest(f"{where} must be a table of policy options")
+    flags: dict[str, bool] = {}
+    app_license: str | None = None
+    volume: Volume | None = None
+    for key, value in overrides.items():
+        if key in _BOOL_POLICY_KEYS:
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"{where}.{key} must be true or false")
+            flags[key] = value
+        elif key == "app_license":
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequest(f"{where}.app_license must be a string")
+            app_license = value or None
+        elif key == "volume":
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequest(f"{where}.volume must be SOURCE:TARGET:MODE")
+            try:
+                volume = Volume.parse(value) if value else None
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{where}: {exc.message}") from None
+        else:
+            raise InvalidRequest(f"{where} has an unknown policy option {key!r}")
+    return Policy(app_license=app_license, volume=volume, **flags)
+
+
+class AccessService:
+    """Admin decisions and sign-in provisioning (see the module contract)."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        admin_group: str | None = None,
+        auto_user_creation: bool = False,
+        demo_applications: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._admin_group = admin_group or None
+        self._auto_user_creation = auto_user_creation
+        self._demo: dict[str, Policy] = {
+            validate_image_name(image): demo_policy(image, overrides)
+            for image, overrides in (demo_applications or {}).items()
+        }
+
+    def identify(self, hub_user: HubUser) -> AuthenticatedUser:
+        admin = hub_user.admin or (
+            self._admin_group is not None and self._admin_group in hub_user.groups
+        )
+        return AuthenticatedUser(name=hub_user.name, admin=admin, groups=hub_user.groups)
+
+    async def sign_in(self, hub_user: HubUser) -> AuthenticatedUser:
+        if self._auto_user_creation or self._demo:
+            for attempt in range(1, _PROVISION_ATTEMPTS + 1):
+                try:
+                    await self._provision(hub_user.name)
+                    break
+                except Exists:
+                    if attempt == _PROVISION_ATTEMPTS:
+                        raise
+        return self.identify(hub_user)
+
+    async def _provision(self, name: str) -> None:
+        async with self._uow_factory() as uow:
+            try:
+                user = await uow.users.get_by_name(name)
+            except NotFound:
+                if not self._auto_user_creation:
+                    return
+                user = await uow.users.add(validate_user_name(name))
+                log.info("user_created_at_sign_in", user=name)
+            for image, policy in self._demo.items():
+                try:
+                    application = await uow.applications.get_by_image(image)
+                except NotFound:
+                    application = await uow.applications.add(image)
+                    log.info("demo_application_registered", image=image)
+                await uow.grants.grant(user, application, policy)
+            await uow.commit()

@@ -1,0 +1,39 @@
+"""What the web application is built from: the services and ports the composition root wires."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.settings import Settings
+
+HealthCheck = Callable[[], Awaitable[None]]
+"""Returns when a dependency is usable, raises (preferably ``Unavailable``) when it is not."""
+
+Resource = Callable[[], AbstractAsyncContextManager[object]]
+"""Opens a resource for the life of the application (engine, client, background task)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebDeps:
+    """Everything ``web.app.create_app`` needs; built by the composition root (or a test).
+
+    - ``identity``: the hub (or a fake); closed by the application on shutdown.
+    - ``uow_factory``: units of work over the catalogue (sign-in provisioning uses it).
+    - ``clock``: wall-clock seconds, for session and cookie lifetimes.
+    - ``health_checks``: named dependency checks shown by ``{svc}health``; the hub's
+      ``identity.check`` is added as ``"hub"`` unless a check of that name is given.
+    - ``resources``: entered in order when the application starts (one ``cleanup_ctx`` each)
+      and closed in reverse order when it stops.
+    """
+
+    settings: Settings
+    identity: IdentityProvider
+    uow_factory: UnitOfWorkFactory
+    clock: Callable[[], float] = time.time
+    health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    resources: Sequence[Resource] = ()

@@ -1,0 +1,155 @@
+"""The aiohttp application: middlewares, routes under ``{svc}``, lifecycle, and ``serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from remoteappmanager import bootstrap
+from remoteappmanager.services.access import AccessService
+from remoteappmanager.services.deps import Resource, WebDeps
+from remoteappmanager.settings import Settings
+from remoteappmanager.web import auth, pages
+from remoteappmanager.web.cookies import CookieSigner, cookie_key
+from remoteappmanager.web.csrf import csrf_middleware
+from remoteappmanager.web.errors import error_middleware
+from remoteappmanager.web.health import health_handler
+from remoteappmanager.web.keys import (
+    ACCESS,
+    DEPS,
+    HEALTH_CHECKS,
+    IDENTITY,
+    LOGIN_SESSIONS,
+    METRICS,
+    SETTINGS,
+    SIGNER,
+    URLS,
+)
+from remoteappmanager.web.login_sessions import LoginSessionStore
+from remoteappmanager.web.logs import (
+    add_request_id_header,
+    configure_logging,
+    request_context_middleware,
+)
+from remoteappmanager.web.metrics import Metrics, metrics_handler, metrics_middleware
+from remoteappmanager.web.urls import ServiceUrls
+
+log = structlog.get_logger(__name__)
+
+# Seconds in-flight requests get to finish once a stop is asked for.
+SHUTDOWN_TIMEOUT = 10.0
+# The composition root's function building the web application's dependencies.
+DEPS_BUILDER = "build_web_deps"
+
+
+def create_app(deps: WebDeps) -> web.Application:
+    """The application, wired to ``deps``; nothing is opened until it starts."""
+    settings = deps.settings
+    urls = ServiceUrls.from_settings(settings)
+    # Outermost first: the request id and metrics see every answer, errors included; the
+    # error middleware sees what CSRF checks and handlers raise.
+    app = web.Application(
+        middlewares=[
+            request_context_middleware,
+            metrics_middleware,
+            error_middleware,
+            csrf_middleware,
+        ]
+    )
+    app[DEPS] = deps
+    app[SETTINGS] = settings
+    app[URLS] = urls
+    app[IDENTITY] = deps.identity
+    app[ACCESS] = AccessService(
+        deps.uow_factory,
+        admin_group=settings.admin_group,
+        auto_user_creation=settings.auto_user_creation,
+        demo_applications=settings.demo_applications,
+    )
+    app[LOGIN_SESSIONS] = LoginSessionStore(clock=deps.clock)
+    app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
+    app[METRICS] = Metrics()
+    app[HEALTH_CHECKS] = {"hub": deps.identity.check, **deps.health_checks}
+
+    for resource in deps.resources:
+        app.cleanup_ctx.append(_lifespan_of(resource))
+    app.cleanup_ctx.append(_identity_lifespan)
+    app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(_api_not_cacheable)
+    app.on_response_prepare.append(auth.maintain_cookies)
+
+    prefix = urls.prefix
+    app.router.add_get(prefix, pages.home, name="home")
+    if prefix != "/":
+        app.router.add_get(prefix.rstrip("/"), pages.add_slash)
+    app.router.add_get(urls.callback, auth.oauth_callback, name="oauth_callback")
+    app.router.add_route("GET", urls.logout, auth.logout, name="logout")
+    app.router.add_route("POST", urls.logout, auth.logout)
+    app.router.add_get(urls.health, health_handler, name="health")
+    app.router.add_get(urls.metrics, metrics_handler, name="metrics")
+    app.router.add_get(urls.api + "v1/user", pages.whoami, name="api_whoami")
+    return app
+
+
+def _lifespan_of(
+    resource: Resource,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifespan(_app: web.Application) -> AsyncIterator[None]:
+        async with resource():
+            yield
+
+    return lifespan
+
+
+async def _identity_lifespan(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[IDENTITY].close()
+
+
+async def _api_not_cacheable(request: web.Request, response: web.StreamResponse) -> None:
+    if request.app[URLS].is_api(request.path):
+        response.headers["Cache-Control"] = "no-store"
+
+
+def serve(settings: Settings) -> None:
+    """Run the service on the host and port of ``JUPYTERHUB_SERVICE_URL`` until SIGINT/SIGTERM.
+
+    The dependencies come from the composition root (``bootstrap.build_web_deps``). uvloop is
+    used when installed. On a stop signal the server stops accepting, gives in-flight requests
+    ``SHUTDOWN_TIMEOUT`` seconds, then closes every resource in reverse order.
+    """
+    configure_logging(settings.log_format, settings.log_level)
+    url = URL(settings.jupyterhub_service_url)
+    host = url.host or "127.0.0.1"
+    port = url.port or 80
+    builder = getattr(bootstrap, DEPS_BUILDER, None)
+    if builder is None:
+        raise RuntimeError(f"the composition root has no {DEPS_BUILDER}(settings)")
+    deps = cast(Callable[[Settings], WebDeps], builder)(settings)
+    log.info("service_starting", host=host, port=port, prefix=settings.jupyterhub_service_prefix)
+    web.run_app(
+        create_app(deps),
+        host=host,
+        port=port,
+        access_log=None,  # replaced by the structured "request" event
+        print=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        handle_signals=True,
+        loop=_new_event_loop(),
+    )
+    log.info("service_stopped")
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop

@@ -1,0 +1,36 @@
+"""Every typed key into the application and into requests, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from remoteappmanager.ports.identity import IdentityProvider
+    from remoteappmanager.services.access import AccessService
+    from remoteappmanager.services.deps import HealthCheck, WebDeps
+    from remoteappmanager.settings import Settings
+    from remoteappmanager.web.auth import RequestAuth
+    from remoteappmanager.web.cookies import CookieSigner
+    from remoteappmanager.web.login_sessions import LoginSessionStore
+    from remoteappmanager.web.metrics import Metrics
+    from remoteappmanager.web.urls import ServiceUrls
+
+# ---------------------------------------------------------------- application
+DEPS: web.AppKey[WebDeps] = web.AppKey("deps")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+URLS: web.AppKey[ServiceUrls] = web.AppKey("urls")
+IDENTITY: web.AppKey[IdentityProvider] = web.AppKey("identity")
+ACCESS: web.AppKey[AccessService] = web.AppKey("access")
+LOGIN_SESSIONS: web.AppKey[LoginSessionStore] = web.AppKey("login_sessions")
+SIGNER: web.AppKey[CookieSigner] = web.AppKey("signer")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+HEALTH_CHECKS: web.AppKey[dict[str, HealthCheck]] = web.AppKey("health_checks")
+
+# ---------------------------------------------------------------- request
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+# Who the request is from, once worked out (None: anonymous); absent until then.
+AUTH: web.RequestKey[RequestAuth | None] = web.RequestKey("auth")
+# The browser presented a session cookie that is no longer good: it is cleared on the way out.
+STALE_SESSION: web.RequestKey[bool] = web.RequestKey("stale_session")

@@ -1,0 +1,82 @@
+"""Prometheus metrics: request counts and latency by route, method and status.
+
+Built on ``prometheus-client`` rather than a home-made registry: its text exposition (escaping,
+histogram buckets, ``_created`` samples) is what Prometheus parses, and the same registry is
+there for the rest of the service to add its own metrics (container starts, the gate) to.
+Each application has its own ``CollectorRegistry``: nothing is global, so tests and several
+applications in one process never mix their numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+
+from remoteappmanager.web.keys import METRICS
+
+# Requests that match no route share one label value, so that scanners cannot blow up the
+# number of time series.
+UNMATCHED = "unmatched"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """The service's metric registry and the HTTP metrics the middleware records."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "remoteapp_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "remoteapp_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        labels = (route, method if method in _METHODS else "other", str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499
+        raise
+    finally:
+        request.app[METRICS].observe(
+            route_label(request), request.method, status, time.perf_counter() - started
+        )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

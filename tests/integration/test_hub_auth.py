@@ -1,0 +1,387 @@
+"""Sign-in against a real JupyterHub (config/jupyterhub_config.py) with our app as its service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
+from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.services.deps import WebDeps
+from remoteappmanager.settings import Settings
+from remoteappmanager.web.app import create_app
+from tests.support.services import (
+    REPO,
+    ServiceMissing,
+    chp_command,
+    free_port,
+    skip_or_fail,
+    wait_for_port,
+)
+
+pytestmark = [pytest.mark.hub, pytest.mark.asyncio(loop_scope="module")]
+
+PASSWORD = "demo-" + secrets.token_hex(8)
+PREFIX = "/services/remoteapp/"
+ADMIN_GROUP = "remoteapp-admins"
+# Short, so that the test of hub logout does not wait long; the real default is 30 s.
+CACHE_TTL = 2.0
+ROUTE_TIMEOUT = 30.0
+
+_TEST_CONFIG = """
+c = get_config()  # noqa
+load_subconfig({repo_config!r})  # noqa
+# A service holding the test's own admin token, to create tokens and groups through the API.
+c.JupyterHub.services.append({{"name": "test-admin", "api_token": {admin_token!r}}})
+c.JupyterHub.load_roles.append(
+    {{
+        "name": "test-admin",
+        "services": ["test-admin"],
+        "scopes": ["admin:users", "admin:groups", "tokens", "list:users"],
+    }}
+)
+import jupyterhub  # noqa
+if int(jupyterhub.__version__.split(".")[0]) >= 6:
+    # Proves that we send a correct PKCE verifier: without one the exchange would fail.
+    c.JupyterHub.oauth_require_pkce = True
+c.JupyterHub.log_level = "WARN"
+"""
+
+
+@dataclass
+class Stack:
+    public_url: str
+    api_url: str
+    admin_token: str
+
+    def url(self, path: str) -> str:
+        return self.public_url + path
+
+
+def _require_hub() -> None:
+    if importlib.util.find_spec("jupyterhub") is None:
+        skip_or_fail("JupyterHub is not installed (pip install jupyterhub)")
+    try:
+        chp_command()
+    except ServiceMissing as exc:
+        skip_or_fail(f"configurable-http-proxy: {exc}")
+
+
+@contextlib.contextmanager
+def _running_hub(tmp: Path, env: dict[str, str], public_port: int) -> Iterator[None]:
+    log = (tmp / "jupyterhub.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(tmp / "test_config.py")],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        try:
+            wait_for_port(public_port, timeout=60, process=process)
+        except ServiceMissing as exc:
+            log.flush()
+            tail = (tmp / "jupyterhub.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"JupyterHub did not start: {exc}\n{tail}") from None
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    _require_hub()
+    tmp = tmp_path_factory.mktemp("hub")
+    public_port, proxy_api_port, hub_port, service_port = (free_port() for _ in range(4))
+    service_token, admin_token = secrets.token_hex(32), secrets.token_hex(32)
+    (tmp / "test_config.py").write_text(
+        _TEST_CONFIG.format(
+            repo_config=str(REPO / "config" / "jupyterhub_config.py"), admin_token=admin_token
+        )
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_"))
+    }
+    env.update(
+        REMOTEAPP_DEMO_PASSWORD=PASSWORD,
+        REMOTEAPP_HUB_PORT=str(public_port),
+        REMOTEAPP_HUB_INTERNAL_PORT=str(hub_port),
+        REMOTEAPP_HUB_DATA_DIR=str(tmp),
+        REMOTEAPP_HUB_ADMIN_USERS="root",
+        REMOTEAPP_SERVICE_PORT=str(service_port),
+        REMOTEAPP_SERVICE_API_TOKEN=service_token,
+        CONFIGPROXY_API_URL=f"http://127.0.0.1:{proxy_api_port}",
+        CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(32),
+    )
+
+    # Our service, externally managed: in this process, on the port the hub routes to.
+    settings = Settings(
+        jupyterhub_api_url=f"http://127.0.0.1:{hub_port}/hub/api",
+        jupyterhub_api_token=service_token,
+        jupyterhub_service_prefix=PREFIX,
+        jupyterhub_service_url=f"http://127.0.0.1:{service_port}",
+        jupyterhub_base_url="/",
+        admin_group=ADMIN_GROUP,
+        auto_user_creation=True,
+    )
+    identity = HubIdentityProvider.from_settings(settings, cache_ttl=CACHE_TTL)
+    deps = WebDeps(
+        settings=settings, identity=identity, uow_factory=InMemoryDatabase().unit_of_work
+    )
+    runner = web.AppRunner(create_app(deps))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", service_port)
+    await site.start()
+    try:
+        with _running_hub(tmp, env, public_port):
+            public_url = f"http://127.0.0.1:{public_port}"
+            await _wait_until_routed(public_url + PREFIX + "health")
+            yield Stack(
+                public_url=public_url,
+                api_url=f"{public_url}/hub/api",
+                admin_token=admin_token,
+            )
+    finally:
+        await runner.cleanup()
+
+
+async def _wait_until_routed(url: str) -> None:
+    """The hub adds the service's proxy route shortly after it starts listening."""
+    deadline = time.monotonic() + ROUTE_TIMEOUT
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered through the proxy")
+
+
+def _browser() -> aiohttp.ClientSession:
+    # 127.0.0.1 is an IP address: aiohttp keeps cookies for it only in an "unsafe" jar.
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def _sign_in(
+    browser: aiohttp.ClientSession, stack: Stack, name: str
+) -> aiohttp.ClientResponse:
+    """Open our page anonymously, sign in on the hub's form, follow the OAuth dance back."""
+    async with browser.get(stack.url(PREFIX)) as login_page:
+        assert login_page.status == 200
+        assert login_page.url.path == "/hub/login"
+        html = await login_page.text()
+        action = login_page.url
+    match = re.search(r'name="_xsrf" value="([^"]+)"', html)
+    assert match, html[:2000]
+    form = {"username": name, "password": PASSWORD, "_xsrf": match.group(1)}
+    async with browser.post(action, data=form) as landed:
+        await landed.read()
+        return landed
+
+
+async def _api(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
+    headers = {"Authorization": f"token {stack.admin_token}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, stack.api_url + path, headers=headers, **kwargs) as response,
+    ):
+        assert response.status < 300, await response.text()
+        return await response.json(content_type=None)
+
+
+async def _whoami(browser: aiohttp.ClientSession, stack: Stack, **kwargs: Any) -> tuple[int, Any]:
+    async with browser.get(stack.url(PREFIX + "api/v1/user"), **kwargs) as response:
+        return response.status, await response.json()
+
+
+# ------------------------------------------------------------------------------ tests
+async def test_browser_signs_in_through_the_hub(stack: Stack) -> None:
+    async with _browser() as browser:
+        landed = await _sign_in(browser, stack, "alice")
+        assert landed.status == 200
+        assert landed.url.path == PREFIX
+        async with browser.get(stack.url(PREFIX)) as page:
+            assert 'Signed in as <strong id="user">alice</strong>.' in await page.text()
+        assert await _whoami(browser, stack) == (
+            200,
+            {"name": "alice", "admin": False, "groups": []},
+        )
+        # The hub token stays with us: the browser holds only our opaque session cookie.
+        ours = {m.key for m in browser.cookie_jar if m["path"].startswith(PREFIX)}
+        assert ours == {"remoteapp-session", "_xsrf"}
+
+
+async def test_hub_lands_users_on_our_page(stack: Stack) -> None:
+    async with _browser() as browser:
+        await _sign_in(browser, stack, "dora")
+        async with browser.get(stack.url("/hub/")) as response:
+            assert response.url.path == PREFIX
+            assert "dora" in await response.text()
+
+
+async def test_hub_admins_and_admin_group_members_are_admins(stack: Stack) -> None:
+    async with _browser() as browser:
+        await _sign_in(browser, stack, "root")
+        status, body = await _whoami(browser, stack)
+        assert (status, body["admin"]) == (200, True)
+
+    await _api(stack, "POST", "/users/bob")
+    await _api(stack, "POST", f"/groups/{ADMIN_GROUP}", json={"users": ["bob"]})
+    async with _browser() as browser:
+        await _sign_in(browser, stack, "bob")
+        status, body = await _whoami(browser, stack)
+        assert (status, body) == (200, {"name": "bob", "admin": True, "groups": [ADMIN_GROUP]})
+
+
+async def test_api_clients_use_hub_tokens(stack: Stack) -> None:
+    await _api(stack, "POST", "/users/carol")
+    token = (await _api(stack, "POST", "/users/carol/tokens", json={"note": "test"}))["token"]
+    async with aiohttp.ClientSession() as client:
+        assert await _whoami(client, stack, headers={"Authorization": f"token {token}"}) == (
+            200,
+            {"name": "carol", "admin": False, "groups": []},
+        )
+        status, body = await _whoami(client, stack, headers={"Authorization": "token nope"})
+        assert (status, body["type"]) == (401, "Unauthorized")
+        status, body = await _whoami(client, stack)
+        assert (status, body["type"]) == (401, "Unauthorized")
+        # Token-authenticated changes need no XSRF token (the route does not exist yet: 404).
+        async with client.post(
+            stack.url(PREFIX + "api/v1/containers/"),
+            headers={"Authorization": f"token {token}"},
+        ) as response:
+            assert response.status == 404
+
+
+async def test_hub_logout_ends_our_session_within_the_cache_ttl(stack: Stack) -> None:
+    async with _browser() as browser:
+        await _sign_in(browser, stack, "erin")
+        assert (await _whoami(browser, stack))[0] == 200
+        async with browser.get(stack.url("/hub/logout")) as response:
+            assert response.status == 200
+        await asyncio.sleep(CACHE_TTL + 0.5)
+        status, body = await _whoami(browser, stack)
+        assert (status, body["type"]) == (401, "Unauthorized")
+        # A page visit now goes back to the hub's login form.
+        async with browser.get(stack.url(PREFIX)) as page:
+            assert page.url.path == "/hub/login"
+
+
+async def test_our_logout_signs_out_of_the_hub_too(stack: Stack) -> None:
+    async with _browser() as browser:
+        await _sign_in(browser, stack, "frank")
+        async with browser.get(stack.url(PREFIX + "logout")) as response:
+            assert response.url.path.startswith("/hub/")
+        status, _ = await _whoami(browser, stack)
+        assert status == 401
+        async with browser.get(stack.url(PREFIX)) as page:
+            assert page.url.path == "/hub/login"
+
+
+async def test_state_changes_by_cookie_need_the_xsrf_token_and_our_origin(stack: Stack) -> None:
+    async with _browser() as browser:
+        await _sign_in(browser, stack, "gina")
+        url = stack.url(PREFIX + "logout")
+        async with browser.post(url, allow_redirects=False) as refused:
+            assert refused.status == 403
+        xsrf = next(m.value for m in browser.cookie_jar if m.key == "_xsrf" and m["path"] == PREFIX)
+        # The proxy keeps the Host header, so the origin check sees the public origin.
+        evil = {"X-XSRFToken": xsrf, "Origin": "http://evil.example"}
+        async with browser.post(url, headers=evil, allow_redirects=False) as refused:
+            assert refused.status == 403
+        ours = {"X-XSRFToken": xsrf, "Origin": stack.public_url}
+        async with browser.post(url, headers=ours, allow_redirects=False) as accepted:
+            assert accepted.status == 302
+
+
+_LOAD_CONFIG = """
+import json, sys
+from traitlets.config.loader import PyFileConfigLoader
+config = PyFileConfigLoader("jupyterhub_config.py", path=sys.argv[1]).load_config()
+hub = config.JupyterHub
+print(json.dumps({
+    "services": hub.services,
+    "roles": hub.load_roles,
+    "default_url": hub.default_url,
+    "authenticator": str(hub.get("authenticator_class", "")),
+    "proxy_token": config.ConfigurableHTTPProxy.auth_token,
+}))
+"""
+
+
+async def test_config_registers_a_managed_service_with_the_right_environment(
+    tmp_path: Path,
+) -> None:
+    _require_hub()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_", "DOCKER_"))
+    }
+    env.update(
+        REMOTEAPP_HUB_DATA_DIR=str(tmp_path),
+        REMOTEAPP_HUB_BASE_URL="/jupyter",
+        REMOTEAPP_HUB_ADMIN_USERS="root",
+        REMOTEAPP_REALM="lab",
+        REMOTEAPP_AUTO_USER_CREATION="true",
+        DOCKER_HOST="unix:///run/docker.sock",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _LOAD_CONFIG,
+        str(REPO / "config"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    config = json.loads(stdout)
+    (service,) = config["services"]
+    assert service["name"] == "remoteapp"
+    assert service["oauth_no_confirm"] is True
+    assert service["url"] == "http://127.0.0.1:10101"
+    assert Path(service["command"][0]).name == "remoteappmanager"
+    environment = service["environment"]
+    # A proxy token was made up, and the hub and the service share it.
+    assert len(environment["CONFIGPROXY_AUTH_TOKEN"]) == 64
+    assert environment["CONFIGPROXY_AUTH_TOKEN"] == config["proxy_token"]
+    assert environment["CONFIGPROXY_API_URL"] == "http://127.0.0.1:8001"
+    assert environment["REMOTEAPP_REALM"] == "lab"
+    assert environment["REMOTEAPP_AUTO_USER_CREATION"] == "true"
+    assert environment["DOCKER_HOST"] == "unix:///run/docker.sock"
+    assert not any(name.startswith("REMOTEAPP_HUB_") for name in environment)
+    assert config["default_url"] == "/jupyter/services/remoteapp/"
+    assert config["roles"] == [
+        {"name": "user", "scopes": ["self", "access:services!service=remoteapp"]}
+    ]
+    # Without a demo password the machine's accounts sign in (PAM, JupyterHub's default).
+    assert config["authenticator"] == ""

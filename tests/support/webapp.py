@@ -1,0 +1,116 @@
+"""The web application wired to in-memory fakes, and a browser sign-in through the fake hub."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.adapters.memory_identity import AUTHORIZE_PATH, InMemoryIdentityProvider
+from remoteappmanager.services.deps import HealthCheck, WebDeps
+from remoteappmanager.settings import Settings
+from remoteappmanager.web.app import create_app
+
+PREFIX = "/services/remoteapp/"
+CALLBACK = PREFIX + "oauth_callback"
+API = PREFIX + "api/"
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when told to."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class World:
+    hub: InMemoryIdentityProvider = field(default_factory=InMemoryIdentityProvider)
+    database: InMemoryDatabase = field(default_factory=InMemoryDatabase)
+    clock: FakeClock = field(default_factory=FakeClock)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "jupyterhub_api_token": "service-token-" + "0" * 32,
+        "jupyterhub_service_prefix": PREFIX,
+        "jupyterhub_base_url": "/",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_app(
+    world: World,
+    *,
+    health_checks: Mapping[str, HealthCheck] | None = None,
+    **settings: Any,
+) -> web.Application:
+    deps = WebDeps(
+        settings=make_settings(**settings),
+        identity=world.hub,
+        uow_factory=world.database.unit_of_work,
+        clock=world.clock,
+        health_checks=dict(health_checks or {}),
+    )
+    return create_app(deps)
+
+
+@dataclass(frozen=True)
+class LoginRedirect:
+    state: str
+    code_challenge: str
+    query: Mapping[str, str]
+
+
+def parse_login_redirect(location: str) -> LoginRedirect:
+    parts = urlsplit(location)
+    assert parts.path == AUTHORIZE_PATH, location
+    query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+    return LoginRedirect(state=query["state"], code_challenge=query["code_challenge"], query=query)
+
+
+async def start_sign_in(client: TestClient[Any, Any], page: str = PREFIX) -> LoginRedirect:
+    response = await client.get(page, allow_redirects=False)
+    assert response.status == 302, await response.text()
+    return parse_login_redirect(response.headers["Location"])
+
+
+async def sign_in(client: TestClient[Any, Any], world: World, name: str, page: str = PREFIX) -> str:
+    """Sign ``name`` in as a browser would; returns where the callback sent the browser."""
+    redirect = await start_sign_in(client, page)
+    code = world.hub.approve(name, redirect.code_challenge)
+    response = await client.get(
+        CALLBACK, params={"code": code, "state": redirect.state}, allow_redirects=False
+    )
+    assert response.status == 302, await response.text()
+    return response.headers["Location"]
+
+
+def cookie(client: TestClient[Any, Any], name: str) -> str | None:
+    for morsel in client.session.cookie_jar:
+        if morsel.key == name:
+            return morsel.value
+    return None
+
+
+def replace_cookie(client: TestClient[Any, Any], name: str, value: str, path: str = PREFIX) -> None:
+    """Put ``value`` in the browser's cookie ``name`` (scoped to ``path``), as a forger would."""
+    jar = client.session.cookie_jar
+    jar.clear(lambda morsel: morsel.key == name)
+    forged: SimpleCookie = SimpleCookie()
+    forged[name] = value
+    forged[name]["path"] = path
+    jar.update_cookies(forged, client.make_url(path))

@@ -1,0 +1,114 @@
+"""``{svc}health`` (dependency states, 200/503) and ``{svc}metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from remoteappmanager.domain.errors import Unavailable
+from remoteappmanager.web import health
+from tests.support.webapp import API, PREFIX, World, make_app
+
+
+async def _ok() -> None:
+    return None
+
+
+async def _database_down() -> None:
+    raise Unavailable("the database cannot be reached")
+
+
+async def _crashes() -> None:
+    raise RuntimeError("password=hunter2 in postgresql://db/")
+
+
+async def _hangs() -> None:
+    await asyncio.sleep(60)
+
+
+async def test_health_is_200_when_every_dependency_answers(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(make_app(World(), health_checks={"database": _ok}))
+    response = await client.get(PREFIX + "health")
+    assert response.status == 200
+    assert await response.json() == {
+        "status": "ok",
+        "checks": {"database": {"ok": True}, "hub": {"ok": True}},
+    }
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_health_is_503_and_names_the_failing_dependency(aiohttp_client: Any) -> None:
+    world = World()
+    world.hub.available = False
+    client = await aiohttp_client(
+        make_app(world, health_checks={"database": _database_down, "docker": _ok})
+    )
+    response = await client.get(PREFIX + "health")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["database"] == {"ok": False, "error": "the database cannot be reached"}
+    assert body["checks"]["hub"]["ok"] is False
+    assert body["checks"]["docker"] == {"ok": True}
+
+
+async def test_health_hides_unexpected_details_and_bounds_slow_checks(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "CHECK_TIMEOUT", 0.05)
+    client = await aiohttp_client(
+        make_app(World(), health_checks={"proxy": _crashes, "docker": _hangs})
+    )
+    response = await client.get(PREFIX + "health")
+    assert response.status == 503
+    body = await response.json()
+    assert body["checks"]["proxy"] == {"ok": False, "error": "RuntimeError"}
+    assert body["checks"]["docker"]["ok"] is False
+    assert "no answer" in body["checks"]["docker"]["error"]
+    assert "hunter2" not in await response.text()
+
+
+async def test_metrics_count_requests_by_route_and_status(aiohttp_client: Any) -> None:
+    world = World()
+    world.hub.add_user("alice")
+    client = await aiohttp_client(make_app(world))
+    token = world.hub.issue_token("alice")
+    for _ in range(3):
+        await client.get(API + "v1/user")
+    await client.get(API + "v1/user", headers={"Authorization": f"token {token}"})
+    await client.get(PREFIX + "no/such/page/12345")
+
+    response = await client.get(PREFIX + "metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+
+    counts = {
+        (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+        for s in families["remoteapp_http_requests"].samples
+        if s.name == "remoteapp_http_requests_total"
+    }
+    assert counts[(API + "v1/user", "GET", "401")] == 3
+    assert counts[(API + "v1/user", "GET", "200")] == 1
+    # Unmatched paths share one label value: no series per scanned URL.
+    assert counts[("unmatched", "GET", "404")] == 1
+    assert not any("12345" in route for route, _, _ in counts)
+
+    latency = families["remoteapp_http_request_duration_seconds"]
+    observed = [
+        s.value
+        for s in latency.samples
+        if s.name.endswith("_count") and s.labels["route"] == API + "v1/user"
+    ]
+    assert sum(observed) == 4
+
+
+async def test_each_application_has_its_own_metrics(aiohttp_client: Any) -> None:
+    first = await aiohttp_client(make_app(World()))
+    second = await aiohttp_client(make_app(World()))
+    await first.get(API + "v1/user")
+    text = await (await second.get(PREFIX + "metrics")).text()
+    assert 'route="/services/remoteapp/api/v1/user"' not in text
