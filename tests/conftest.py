@@ -41,8 +41,9 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'remoteappmanager.db'}"
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    return cluster.create_database(f"test_{next(_database_names)}_{tmp_path.name[-8:].lower()}"
-                                   .replace("-", "_"))
+    return cluster.create_database(
+        f"test_{next(_database_names)}_{tmp_path.name[-8:].lower()}".replace("-", "_")
+    )
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ Invalid values raise ``SettingsError`` whose message is one line naming the vari
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import os
-from collections.abc import Mapping
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -20,10 +21,10 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -130,7 +131,8 @@ class Settings(BaseSettings):
         default=False,
         description="Create a user on first login when the hub knows them but we don't.",
     )
-    demo_applications: dict[str, dict[str, Any]] = Field(
+    # NoDecode: the JSON is parsed by our validator, so that an error names the variable.
+    demo_applications: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
         default_factory=dict,
         description="JSON: image name -> policy overrides, granted to users at login.",
     )
@@ -189,6 +191,9 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         config_file = os.environ.get(CONFIG_FILE_VARIABLE)
         if config_file:
+            if not Path(config_file).is_file():
+                # The TOML source would silently ignore a missing file.
+                raise FileNotFoundError(errno.ENOENT, "no such file", config_file)
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
@@ -212,13 +217,12 @@ class Settings(BaseSettings):
             return False
         return value
 
-    @model_validator(mode="after")
-    def _prefix_shape(self) -> Settings:
-        if not self.jupyterhub_service_prefix.startswith("/") or not (
-            self.jupyterhub_service_prefix.endswith("/")
-        ):
-            raise ValueError("JUPYTERHUB_SERVICE_PREFIX must start and end with '/'")
-        return self
+    @field_validator("jupyterhub_service_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith("/"):
+            raise ValueError("must start and end with '/'")
+        return value
 
     # -- derived values
     @property
@@ -292,6 +296,8 @@ def load_settings(**overrides: Any) -> Settings:
         error = exc.errors()[0]
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         raise SettingsError(f"{_variable_name(tuple(error['loc']))}: {message}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{CONFIG_FILE_VARIABLE}: not valid TOML: {exc}") from None
     except (json.JSONDecodeError, ValueError) as exc:
         raise SettingsError(f"settings: {exc}") from None
     except OSError as exc:

@@ -52,9 +52,7 @@ class Volume:
         """Parse ``SOURCE:TARGET:MODE`` (both paths absolute, mode ``ro`` or ``rw``)."""
         parts = spec.split(":")
         if len(parts) != 3:
-            raise InvalidRequest(
-                f"volume {spec!r} is not SOURCE:TARGET:MODE (e.g. /data:/data:ro)"
-            )
+            raise InvalidRequest(f"volume {spec!r} is not SOURCE:TARGET:MODE (e.g. /data:/data:ro)")
         source, target, mode = parts
         return cls.of(source, target, mode)
 
@@ -62,8 +60,11 @@ class Volume:
     def of(cls, source: str, target: str, mode: str) -> Volume:
         if mode not in {m.value for m in VolumeMode}:
             raise InvalidRequest(f"volume mode {mode!r} must be 'ro' or 'rw'")
-        return cls(validate_abs_path(source, "volume source"),
-                   validate_abs_path(target, "volume target"), VolumeMode(mode))
+        return cls(
+            validate_abs_path(source, "volume source"),
+            validate_abs_path(target, "volume target"),
+            VolumeMode(mode),
+        )
 
     def __str__(self) -> str:
         return f"{self.source}:{self.target}:{self.mode.value}"

@@ -1,0 +1,1 @@
+"""The SQL database adapter: models, engines, repositories, unit of work and migrations."""

@@ -1,0 +1,411 @@
+"""SQL implementations of the repository ports, the unit of work and the database handle."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import ColumnElement, Select, delete, select
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, joinedload
+
+from remoteappmanager.adapters.db.engine import create_engine, describe
+from remoteappmanager.adapters.db.errors import translated_errors
+from remoteappmanager.adapters.db.models import (
+    MAPPING_ID_LENGTH,
+    AccountingRow,
+    ApplicationRow,
+    PolicyRow,
+    UserRow,
+)
+from remoteappmanager.domain.errors import Exists, NotFound
+from remoteappmanager.domain.models import (
+    Application,
+    Grant,
+    Policy,
+    User,
+    Volume,
+    VolumeMode,
+)
+
+
+def new_mapping_id() -> str:
+    return secrets.token_hex(MAPPING_ID_LENGTH // 2)
+
+
+# ------------------------------------------------------------------------ rows -> domain
+def _user(row: UserRow) -> User:
+    return User(id=row.id, name=row.name)
+
+
+def _application(row: ApplicationRow) -> Application:
+    return Application(id=row.id, image=row.image)
+
+
+def _policy(row: PolicyRow) -> Policy:
+    volume = None
+    if row.volume_source is not None and row.volume_target is not None and row.volume_mode:
+        volume = Volume(row.volume_source, row.volume_target, VolumeMode(row.volume_mode))
+    return Policy(
+        app_license=row.app_license,
+        allow_home=row.allow_home,
+        allow_view=row.allow_view,
+        allow_common=row.allow_common,
+        volume=volume,
+        allow_startup_data=row.allow_startup_data,
+    )
+
+
+def _grant(row: AccountingRow) -> Grant:
+    return Grant(
+        mapping_id=row.id,
+        user=_user(row.user),
+        application=_application(row.application),
+        policy=_policy(row.policy),
+    )
+
+
+def _policy_columns(policy: Policy) -> dict[str, Any]:
+    volume = policy.volume
+    return {
+        "app_license": policy.app_license,
+        "allow_home": policy.allow_home,
+        "allow_view": policy.allow_view,
+        "allow_common": policy.allow_common,
+        "volume_source": volume.source if volume else None,
+        "volume_target": volume.target if volume else None,
+        "volume_mode": volume.mode.value if volume else None,
+        "allow_startup_data": policy.allow_startup_data,
+    }
+
+
+def _same(column: InstrumentedAttribute[Any], value: object) -> ColumnElement[bool]:
+    # "= NULL" matches nothing: a policy without a licence must match a NULL column.
+    return column.is_(None) if value is None else column == value
+
+
+# ------------------------------------------------------------------------ repositories
+class SqlUserRepository:
+    def __init__(self, session: AsyncSession, location: str) -> None:
+        self._session = session
+        self._location = location
+
+    async def add(self, name: str) -> User:
+        with translated_errors(self._location):
+            if await self._find(name) is not None:
+                raise Exists(f"user {name!r} already exists")
+            row = UserRow(name=name)
+            self._session.add(row)
+            try:
+                await self._session.flush()
+            except IntegrityError:
+                raise Exists(f"user {name!r} already exists") from None
+            return _user(row)
+
+    async def get(self, user_id: int) -> User:
+        with translated_errors(self._location):
+            row = await self._session.get(UserRow, user_id)
+        if row is None:
+            raise NotFound(f"no user with id {user_id}")
+        return _user(row)
+
+    async def get_by_name(self, name: str) -> User:
+        with translated_errors(self._location):
+            row = await self._find(name)
+        if row is None:
+            raise NotFound(f"no user named {name!r}")
+        return _user(row)
+
+    async def list(self) -> Sequence[User]:
+        with translated_errors(self._location):
+            rows = await self._session.scalars(select(UserRow).order_by(UserRow.id))
+            return [_user(row) for row in rows]
+
+    async def remove(self, user_id: int) -> None:
+        with translated_errors(self._location):
+            result = await self._session.execute(
+                delete(UserRow).where(UserRow.id == user_id).returning(UserRow.id)
+            )
+            removed = result.scalar_one_or_none()
+        if removed is None:
+            raise NotFound(f"no user with id {user_id}")
+
+    async def _find(self, name: str) -> UserRow | None:
+        row: UserRow | None = await self._session.scalar(
+            select(UserRow).where(UserRow.name == name)
+        )
+        return row
+
+
+class SqlApplicationRepository:
+    def __init__(self, session: AsyncSession, location: str) -> None:
+        self._session = session
+        self._location = location
+
+    async def add(self, image: str) -> Application:
+        with translated_errors(self._location):
+            if await self._find(image) is not None:
+                raise Exists(f"application {image!r} already exists")
+            row = ApplicationRow(image=image)
+            self._session.add(row)
+            try:
+                await self._session.flush()
+            except IntegrityError:
+                raise Exists(f"application {image!r} already exists") from None
+            return _application(row)
+
+    async def get(self, application_id: int) -> Application:
+        with translated_errors(self._location):
+            row = await self._session.get(ApplicationRow, application_id)
+        if row is None:
+            raise NotFound(f"no application with id {application_id}")
+        return _application(row)
+
+    async def get_by_image(self, image: str) -> Application:
+        with translated_errors(self._location):
+            row = await self._find(image)
+        if row is None:
+            raise NotFound(f"no application for image {image!r}")
+        return _application(row)
+
+    async def list(self) -> Sequence[Application]:
+        with translated_errors(self._location):
+            rows = await self._session.scalars(select(ApplicationRow).order_by(ApplicationRow.id))
+            return [_application(row) for row in rows]
+
+    async def remove(self, application_id: int) -> None:
+        with translated_errors(self._location):
+            result = await self._session.execute(
+                delete(ApplicationRow)
+                .where(ApplicationRow.id == application_id)
+                .returning(ApplicationRow.id)
+            )
+            removed = result.scalar_one_or_none()
+        if removed is None:
+            raise NotFound(f"no application with id {application_id}")
+
+    async def _find(self, image: str) -> ApplicationRow | None:
+        row: ApplicationRow | None = await self._session.scalar(
+            select(ApplicationRow).where(ApplicationRow.image == image)
+        )
+        return row
+
+
+class SqlGrantRepository:
+    def __init__(self, session: AsyncSession, location: str) -> None:
+        self._session = session
+        self._location = location
+
+    async def grant(self, user: User, application: Application, policy: Policy) -> Grant:
+        with translated_errors(self._location):
+            if await self._session.get(UserRow, user.id) is None:
+                raise NotFound(f"no user with id {user.id}")
+            if await self._session.get(ApplicationRow, application.id) is None:
+                raise NotFound(f"no application with id {application.id}")
+            policy_id = await self._policy_id(policy)
+            existing = await self._find(user.id, application.id, policy_id)
+            if existing is not None:
+                return existing
+            try:
+                # A savepoint, so that losing a race with an identical grant leaves the
+                # surrounding transaction usable and we can return the winner's row.
+                async with self._session.begin_nested():
+                    self._session.add(
+                        AccountingRow(
+                            id=new_mapping_id(),
+                            user_id=user.id,
+                            application_id=application.id,
+                            application_policy_id=policy_id,
+                        )
+                    )
+            except IntegrityError:
+                pass
+            granted = await self._find(user.id, application.id, policy_id)
+            if granted is None:
+                raise NotFound("the user or the application was removed meanwhile")
+            return granted
+
+    async def get(self, mapping_id: str) -> Grant:
+        with translated_errors(self._location):
+            row = await self._session.scalar(self._select().where(AccountingRow.id == mapping_id))
+        if row is None:
+            raise NotFound(f"no grant with mapping id {mapping_id!r}")
+        return _grant(row)
+
+    async def list_all(self) -> Sequence[Grant]:
+        return await self._list(self._select())
+
+    async def list_for_user(self, user_id: int) -> Sequence[Grant]:
+        return await self._list(self._select().where(AccountingRow.user_id == user_id))
+
+    async def list_for(self, user_id: int, application_id: int) -> Sequence[Grant]:
+        return await self._list(
+            self._select().where(
+                AccountingRow.user_id == user_id, AccountingRow.application_id == application_id
+            )
+        )
+
+    async def revoke(self, mapping_id: str) -> None:
+        with translated_errors(self._location):
+            result = await self._session.execute(
+                delete(AccountingRow)
+                .where(AccountingRow.id == mapping_id)
+                .returning(AccountingRow.id)
+            )
+            removed = result.scalar_one_or_none()
+        if removed is None:
+            raise NotFound(f"no grant with mapping id {mapping_id!r}")
+
+    async def revoke_all(self, user_id: int, application_id: int) -> int:
+        with translated_errors(self._location):
+            result = await self._session.execute(
+                delete(AccountingRow)
+                .where(
+                    AccountingRow.user_id == user_id,
+                    AccountingRow.application_id == application_id,
+                )
+                .returning(AccountingRow.id)
+            )
+            return len(result.all())
+
+    # -- helpers
+    @staticmethod
+    def _select() -> Select[AccountingRow]:
+        return select(AccountingRow).options(
+            joinedload(AccountingRow.user),
+            joinedload(AccountingRow.application),
+            joinedload(AccountingRow.policy),
+        )
+
+    async def _list(self, query: Select[AccountingRow]) -> Sequence[Grant]:
+        with translated_errors(self._location):
+            rows = await self._session.scalars(
+                query.order_by(
+                    AccountingRow.user_id, AccountingRow.application_id, AccountingRow.id
+                )
+            )
+            return [_grant(row) for row in rows]
+
+    async def _find(self, user_id: int, application_id: int, policy_id: int) -> Grant | None:
+        row = await self._session.scalar(
+            self._select().where(
+                AccountingRow.user_id == user_id,
+                AccountingRow.application_id == application_id,
+                AccountingRow.application_policy_id == policy_id,
+            )
+        )
+        return None if row is None else _grant(row)
+
+    async def _policy_id(self, policy: Policy) -> int:
+        """The id of the policy row with this content, created if there is none."""
+        columns = _policy_columns(policy)
+        conditions = [_same(getattr(PolicyRow, name), value) for name, value in columns.items()]
+        # Policies carry no unique constraint (NULLs never compare equal), so two concurrent
+        # first grants may each create one; always picking the oldest makes them converge.
+        found = await self._session.scalar(
+            select(PolicyRow.id).where(*conditions).order_by(PolicyRow.id).limit(1)
+        )
+        if found is not None:
+            return int(found)
+        row = PolicyRow(**columns)
+        self._session.add(row)
+        await self._session.flush()
+        return row.id
+
+
+# ------------------------------------------------------------------------ unit of work
+class SqlUnitOfWork:
+    """One ``AsyncSession`` and one transaction; rolled back on exit unless committed."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], location: str) -> None:
+        self._sessions = sessions
+        self._location = location
+        self._session: AsyncSession | None = None
+        self._users: SqlUserRepository | None = None
+        self._applications: SqlApplicationRepository | None = None
+        self._grants: SqlGrantRepository | None = None
+
+    @property
+    def users(self) -> SqlUserRepository:
+        if self._users is None:
+            raise RuntimeError("the unit of work is used outside 'async with'")
+        return self._users
+
+    @property
+    def applications(self) -> SqlApplicationRepository:
+        if self._applications is None:
+            raise RuntimeError("the unit of work is used outside 'async with'")
+        return self._applications
+
+    @property
+    def grants(self) -> SqlGrantRepository:
+        if self._grants is None:
+            raise RuntimeError("the unit of work is used outside 'async with'")
+        return self._grants
+
+    async def __aenter__(self) -> Self:
+        session = self._sessions()
+        self._session = session
+        self._users = SqlUserRepository(session, self._location)
+        self._applications = SqlApplicationRepository(session, self._location)
+        self._grants = SqlGrantRepository(session, self._location)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        session = self._session
+        self._session = self._users = self._applications = self._grants = None
+        if session is None:
+            return
+        try:
+            with translated_errors(self._location):
+                await session.rollback()
+        except Exception:
+            # The original error (if any) matters more than a failed rollback; the session is
+            # closed below either way, which releases the connection.
+            if exc is None:
+                raise
+        finally:
+            await session.close()
+
+    async def commit(self) -> None:
+        with translated_errors(self._location):
+            await self._require_session().commit()
+
+    async def rollback(self) -> None:
+        with translated_errors(self._location):
+            await self._require_session().rollback()
+
+    def _require_session(self) -> AsyncSession:
+        if self._session is None:
+            raise RuntimeError("the unit of work is used outside 'async with'")
+        return self._session
+
+
+class SqlDatabase:
+    """An engine, its session factory and the units of work built on them."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.location = describe(url)
+        self.engine = create_engine(url)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def unit_of_work(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self._sessions, self.location)
+
+    async def ping(self) -> None:
+        """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""
+        with translated_errors(self.location):
+            async with self.engine.connect() as connection:
+                await connection.exec_driver_sql("SELECT 1")
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,345 @@
+"""`remoteappdb`: the administrator's tool for the catalogue (users, applications, grants)."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import click
+
+from remoteappmanager import bootstrap
+from remoteappmanager.cli.output import describe_policy, fail, render_table
+from remoteappmanager.domain.errors import (
+    InvalidRequest,
+    NotFound,
+    RemoteAppError,
+    Unable,
+    Unavailable,
+)
+from remoteappmanager.domain.models import Policy, Volume
+from remoteappmanager.services import catalogue
+from remoteappmanager.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    normalise_database_url,
+    sqlite_path,
+)
+
+PROG = "remoteappdb"
+_DB_URL = "remoteappdb.db_url"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: str
+    """The async SQLAlchemy URL."""
+    shown: str
+    """How the user named it (for the commands we suggest)."""
+
+
+class _DatabaseGroup(click.Group):
+    """A group taking an optional ``DB_URL`` before its subcommand.
+
+    Click cannot tell an optional leading argument from a subcommand name by itself: a first
+    word that is not one of our commands is the database.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            ctx.meta[_DB_URL] = args[0]
+            args = args[1:]
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return ["[DB_URL]", *super().collect_usage_pieces(ctx)]
+
+
+@click.group(PROG, cls=_DatabaseGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Manage the users, applications and grants of SimPhoNy-Remote.
+
+    DB_URL is a SQLite file path, a sqlite:// or a postgresql:// URL; by default
+    REMOTEAPP_DATABASE_URL, else remoteappmanager.db in the working directory. A database
+    file named like a command must be written as ./NAME.
+    """
+
+
+# ------------------------------------------------------------------------------ plumbing
+def _target() -> _Target:
+    ctx = click.get_current_context()
+    given: str | None = ctx.find_root().meta.get(_DB_URL)
+    if given is not None:
+        try:
+            return _Target(url=normalise_database_url(given), shown=given)
+        except ValueError as exc:
+            fail(PROG, f"DB_URL: {exc}", 2)
+    try:
+        url = load_settings().database_url
+    except SettingsError as exc:
+        fail(PROG, str(exc), 2)
+    path = sqlite_path(url)
+    return _Target(url=url, shown=str(path) if path is not None else url)
+
+
+def _run(action: Callable[[bootstrap.Database], Awaitable[_T]]) -> _T:
+    """Run ``action`` on the database, which must exist and be at the current schema."""
+    target = _target()
+
+    async def on_database() -> _T:
+        await _require_current_schema(target)
+        async with bootstrap.build_database(target.url) as database:
+            return await action(database)
+
+    return _report_errors(lambda: asyncio.run(on_database()))
+
+
+def _report_errors(work: Callable[[], _T]) -> _T:
+    try:
+        return work()
+    except RemoteAppError as exc:
+        fail(PROG, str(exc))
+
+
+async def _require_current_schema(target: _Target) -> None:
+    status = await bootstrap.schema_status(target.url)
+    init = f"`{PROG} {shlex.quote(target.shown)} init`"
+    if not status.exists:
+        raise Unable(f"there is no database at {target.shown}; create it with {init}")
+    if status.current is None:
+        raise Unable(f"the {status.location} has no remoteapp schema; create it with {init}")
+    if not status.known:
+        raise Unable(
+            f"the {status.location} has schema revision {status.current}, which is newer than "
+            "this software knows; upgrade remoteappmanager"
+        )
+    if not status.at_head:
+        raise Unable(
+            f"the {status.location} has schema revision {status.current}, not {status.head}: "
+            "run `remoteappmanager db upgrade` with REMOTEAPP_DATABASE_URL naming it"
+        )
+
+
+def _echo_lines(lines: Sequence[str]) -> None:
+    for line in lines:
+        click.echo(line)
+
+
+def _policy_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--app-license", default=None, help="Licence text given to the app."),
+        click.option("--allow-home", is_flag=True, help="Mount the user's workspace."),
+        click.option("--allow-view", is_flag=True, help="Others may view the running app."),
+        click.option("--volume", default=None, metavar="SRC:TGT:MODE", help="Mount a host path."),
+        click.option(
+            "--allow-startup-data", is_flag=True, help="The user may pick a startup file."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _policy(
+    app_license: str | None,
+    allow_home: bool,
+    allow_view: bool,
+    volume: str | None,
+    allow_startup_data: bool,
+) -> Policy:
+    try:
+        parsed_volume = Volume.parse(volume) if volume is not None else None
+    except InvalidRequest as exc:
+        fail(PROG, str(exc))
+    return Policy(
+        app_license=app_license,
+        allow_home=allow_home,
+        allow_view=allow_view,
+        volume=parsed_volume,
+        allow_startup_data=allow_startup_data,
+    )
+
+
+# ------------------------------------------------------------------------------ init
+@main.command()
+def init() -> None:
+    """Create a new database with the current schema (never overwrites one)."""
+    target = _target()
+    status = _report_errors(lambda: asyncio.run(bootstrap.initialise_database(target.url)))
+    click.echo(f"created the {status.location} (schema revision {status.current})")
+
+
+# ------------------------------------------------------------------------------ users
+@main.group()
+def user() -> None:
+    """Create, remove and list users (by JupyterHub user name)."""
+
+
+@user.command("create")
+@click.argument("name")
+def user_create(name: str) -> None:
+    """Add user NAME; prints their id."""
+    created = _run(lambda database: catalogue.create_user(database.unit_of_work, name))
+    click.echo(str(created.id))
+
+
+@user.command("remove")
+@click.argument("name")
+def user_remove(name: str) -> None:
+    """Remove user NAME and every grant they hold."""
+    _run(lambda database: catalogue.remove_user(database.unit_of_work, name))
+
+
+@user.command("list")
+@click.option("--show-apps", is_flag=True, help="Show each user's grants too.")
+@click.option("--no-decoration", is_flag=True, help="Plain lines, no header, for scripts.")
+def user_list(show_apps: bool, no_decoration: bool) -> None:
+    """List the users (and with --show-apps, what each may run)."""
+    decorated = not no_decoration
+    if not show_apps:
+        users = _run(lambda database: catalogue.list_users(database.unit_of_work))
+        rows = [[str(found.id), found.name] for found in users]
+        _echo_lines(render_table(["ID", "NAME"], rows, decorated=decorated))
+        return
+    listing = _run(lambda database: catalogue.list_users_with_grants(database.unit_of_work))
+    rows = []
+    for entry in listing:
+        if not entry.grants:
+            rows.append([str(entry.user.id), entry.user.name, "", "", ""])
+        for grant in entry.grants:
+            rows.append(
+                [
+                    str(entry.user.id),
+                    entry.user.name,
+                    grant.application.image,
+                    grant.mapping_id,
+                    describe_policy(grant.policy),
+                ]
+            )
+    headers = ["ID", "NAME", "IMAGE", "MAPPING_ID", "POLICY"]
+    _echo_lines(render_table(headers, rows, decorated=decorated))
+
+
+# ------------------------------------------------------------------------------ applications
+@main.group()
+def app() -> None:
+    """Register, remove and list applications; grant and revoke them."""
+
+
+@app.command("create")
+@click.argument("image")
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check that the Docker engine holds the image.",
+)
+def app_create(image: str, verify: bool) -> None:
+    """Register Docker image IMAGE; prints its id."""
+    settings = None
+    if verify:
+        try:
+            settings = load_settings(database_url=_target().url)
+        except SettingsError as exc:
+            fail(PROG, str(exc), 2)
+
+    async def create(database: bootstrap.Database) -> int:
+        if settings is not None:
+            await _verify(settings, image)
+        created = await catalogue.create_application(database.unit_of_work, image)
+        return created.id
+
+    click.echo(str(_run(create)))
+
+
+async def _verify(settings: Settings, image: str) -> None:
+    try:
+        runtime = bootstrap.build_runtime(settings)
+        try:
+            await catalogue.verify_image(runtime, image)
+        finally:
+            await runtime.close()
+    except NotFound as exc:
+        raise NotFound(f"{exc}; use --no-verify to register it anyway") from None
+    except Unavailable as exc:
+        raise _verification_unavailable(exc) from None
+
+
+def _verification_unavailable(exc: Unavailable) -> Unavailable:
+    detail = str(exc).removeprefix("Docker engine unavailable").lstrip(":; ")
+    return Unavailable(
+        f"Docker engine unavailable ({detail}); use --no-verify to register the image anyway"
+    )
+
+
+@app.command("remove")
+@click.argument("image")
+def app_remove(image: str) -> None:
+    """Remove application IMAGE and every grant of it."""
+    _run(lambda database: catalogue.remove_application(database.unit_of_work, image))
+
+
+@app.command("list")
+@click.option("--no-decoration", is_flag=True, help="Plain lines, no header, for scripts.")
+def app_list(no_decoration: bool) -> None:
+    """List the registered applications."""
+    applications = _run(lambda database: catalogue.list_applications(database.unit_of_work))
+    rows = [[str(found.id), found.image] for found in applications]
+    _echo_lines(render_table(["ID", "IMAGE"], rows, decorated=not no_decoration))
+
+
+@app.command("grant")
+@click.argument("image")
+@click.argument("user_name", metavar="USER")
+@_policy_options
+def app_grant(
+    image: str,
+    user_name: str,
+    app_license: str | None,
+    allow_home: bool,
+    allow_view: bool,
+    volume: str | None,
+    allow_startup_data: bool,
+) -> None:
+    """Let USER run IMAGE under a policy; prints the grant's mapping id.
+
+    Granting the same policy again gives the same mapping id.
+    """
+    policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data)
+    granted = _run(
+        lambda database: catalogue.grant_access(database.unit_of_work, image, user_name, policy)
+    )
+    click.echo(granted.mapping_id)
+
+
+@app.command("revoke")
+@click.argument("image")
+@click.argument("user_name", metavar="USER")
+@click.option("--revoke-all", is_flag=True, help="Revoke every policy of IMAGE for USER.")
+@_policy_options
+def app_revoke(
+    image: str,
+    user_name: str,
+    revoke_all: bool,
+    app_license: str | None,
+    allow_home: bool,
+    allow_view: bool,
+    volume: str | None,
+    allow_startup_data: bool,
+) -> None:
+    """Withdraw USER's grant of IMAGE with exactly this policy (or all of them)."""
+    policy: Policy | Literal["all"]
+    if revoke_all:
+        if app_license is not None or allow_home or allow_view or volume or allow_startup_data:
+            fail(PROG, "--revoke-all cannot be combined with policy options", 2)
+        policy = catalogue.ALL_POLICIES
+    else:
+        policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data)
+    count = _run(
+        lambda database: catalogue.revoke_access(database.unit_of_work, image, user_name, policy)
+    )
+    click.echo(f"revoked {count} grant{'' if count == 1 else 's'}")

@@ -1,0 +1,142 @@
+"""The persistence ports: repositories of the catalogue and the unit of work that scopes them.
+
+Contract (checked against the in-memory fakes and the SQL adapter by one contract test,
+``tests/integration/test_repository_contract.py``):
+
+- Repositories return domain values (``User``, ``Application``, ``Grant``), never rows.
+- Lists are ordered by id (creation order); grants by user, application, then mapping id.
+- Nothing a repository does is visible to other units of work until ``commit()``; leaving the
+  unit of work without committing rolls everything back, including after an error.
+- Every method raises ``Unavailable`` when the database cannot be reached or used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Protocol, Self
+
+from remoteappmanager.domain.models import Application, Grant, Policy, User
+
+
+class UserRepository(Protocol):
+    """The people who may be granted applications, by hub user name."""
+
+    async def add(self, name: str) -> User:
+        """Create a user; ``Exists`` if the name is taken. The name must already be valid."""
+        ...
+
+    async def get(self, user_id: int) -> User:
+        """The user with this id; ``NotFound`` if there is none."""
+        ...
+
+    async def get_by_name(self, name: str) -> User:
+        """The user with this name; ``NotFound`` if there is none."""
+        ...
+
+    async def list(self) -> Sequence[User]:
+        """Every user, ordered by id."""
+        ...
+
+    async def remove(self, user_id: int) -> None:
+        """Delete the user and (by cascade) every grant they hold; ``NotFound`` if absent."""
+        ...
+
+
+class ApplicationRepository(Protocol):
+    """The catalogue of Docker images that may be granted."""
+
+    async def add(self, image: str) -> Application:
+        """Register an image; ``Exists`` if it is registered. The name must already be valid."""
+        ...
+
+    async def get(self, application_id: int) -> Application:
+        """The application with this id; ``NotFound`` if there is none."""
+        ...
+
+    async def get_by_image(self, image: str) -> Application:
+        """The application for this image name; ``NotFound`` if there is none."""
+        ...
+
+    async def list(self) -> Sequence[Application]:
+        """Every application, ordered by id."""
+        ...
+
+    async def remove(self, application_id: int) -> None:
+        """Delete the application and (by cascade) every grant of it; ``NotFound`` if absent."""
+        ...
+
+
+class GrantRepository(Protocol):
+    """Who may run what under which policy (the ``accounting`` of the original)."""
+
+    async def grant(self, user: User, application: Application, policy: Policy) -> Grant:
+        """Let ``user`` run ``application`` under ``policy``; idempotent.
+
+        Policies are stored once per distinct content and shared between grants. Granting the
+        same (user, application, policy) again returns the existing grant, so the same
+        ``mapping_id`` comes back. ``NotFound`` if the user or the application does not exist.
+        """
+        ...
+
+    async def get(self, mapping_id: str) -> Grant:
+        """The grant with this mapping id; ``NotFound`` if there is none."""
+        ...
+
+    async def list_all(self) -> Sequence[Grant]:
+        """Every grant of every user."""
+        ...
+
+    async def list_for_user(self, user_id: int) -> Sequence[Grant]:
+        """The user's grants (empty for an unknown user)."""
+        ...
+
+    async def list_for(self, user_id: int, application_id: int) -> Sequence[Grant]:
+        """The user's grants of one application, one per policy."""
+        ...
+
+    async def revoke(self, mapping_id: str) -> None:
+        """Delete one grant; ``NotFound`` if there is none with this mapping id."""
+        ...
+
+    async def revoke_all(self, user_id: int, application_id: int) -> int:
+        """Delete every grant of the application to the user; returns how many there were."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over the repositories: ``async with uow: ...; await uow.commit()``.
+
+    The repositories are usable only inside the ``async with`` block. Leaving the block
+    rolls back whatever was not committed; ``commit()`` may be called more than once.
+    """
+
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def applications(self) -> ApplicationRepository: ...
+
+    @property
+    def grants(self) -> GrantRepository: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the work so far durable and visible; ``Exists`` on a conflicting write."""
+        ...
+
+    async def rollback(self) -> None:
+        """Discard the work since the last commit."""
+        ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+"""Gives a fresh, not yet entered unit of work; services take one of these."""

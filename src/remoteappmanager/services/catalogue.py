@@ -1,0 +1,195 @@
+"""Catalogue use cases: users, applications and the grants between them.
+
+Each use case runs in its own unit of work and commits only when it succeeded: a failure
+changes nothing. Users may be named by id (``int``) or hub name (``str``), applications by id
+or image name. Errors: ``InvalidRequest`` for a malformed name, ``NotFound`` for an unknown
+user, application or grant, ``Exists`` for a duplicate, ``Unavailable`` when the database (or,
+for ``verify_image``, the Docker engine) cannot be reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.models import (
+    Application,
+    Grant,
+    Policy,
+    User,
+    validate_image_name,
+    validate_user_name,
+)
+from remoteappmanager.ports.repositories import UnitOfWork, UnitOfWorkFactory
+from remoteappmanager.ports.runtime import ContainerRuntime
+
+UserRef = int | str
+"""A user's id, or their hub name."""
+ApplicationRef = int | str
+"""An application's id, or its image name."""
+
+ALL_POLICIES: Literal["all"] = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class UserGrants:
+    user: User
+    grants: tuple[Grant, ...]
+
+
+# ------------------------------------------------------------------------------ users
+async def create_user(uow: UnitOfWorkFactory, name: str) -> User:
+    """Add a user by hub name; ``Exists`` if there is one already."""
+    name = validate_user_name(name)
+    async with uow() as work:
+        user = await work.users.add(name)
+        await work.commit()
+    return user
+
+
+async def remove_user(uow: UnitOfWorkFactory, user: UserRef) -> None:
+    """Remove a user and every grant they hold."""
+    async with uow() as work:
+        found = await _user(work, user)
+        await work.users.remove(found.id)
+        await work.commit()
+
+
+async def list_users(uow: UnitOfWorkFactory) -> list[User]:
+    """Every user, in creation order."""
+    async with uow() as work:
+        return list(await work.users.list())
+
+
+async def list_users_with_grants(uow: UnitOfWorkFactory) -> list[UserGrants]:
+    """Every user with their grants, read in one transaction so that both agree."""
+    async with uow() as work:
+        users = await work.users.list()
+        grants = await work.grants.list_all()
+    by_user: dict[int, list[Grant]] = {user.id: [] for user in users}
+    for grant in grants:
+        by_user.setdefault(grant.user.id, []).append(grant)
+    return [UserGrants(user, tuple(by_user[user.id])) for user in users]
+
+
+# ------------------------------------------------------------------------------ applications
+async def verify_image(runtime: ContainerRuntime, image: str) -> None:
+    """Check that the Docker engine holds ``image``; ``NotFound`` if not.
+
+    ``Unavailable`` (from the runtime) when the engine cannot be asked.
+    """
+    image = validate_image_name(image)
+    try:
+        await runtime.inspect_image(image)
+    except NotFound:
+        raise NotFound(
+            f"image {image!r} is not on the Docker engine (pull or build it first)"
+        ) from None
+
+
+async def create_application(uow: UnitOfWorkFactory, image: str) -> Application:
+    """Register a Docker image; ``Exists`` if it is registered already."""
+    image = validate_image_name(image)
+    async with uow() as work:
+        application = await work.applications.add(image)
+        await work.commit()
+    return application
+
+
+async def remove_application(uow: UnitOfWorkFactory, application: ApplicationRef) -> None:
+    """Remove an application and every grant of it."""
+    async with uow() as work:
+        found = await _application(work, application)
+        await work.applications.remove(found.id)
+        await work.commit()
+
+
+async def list_applications(uow: UnitOfWorkFactory) -> list[Application]:
+    """Every application, in creation order."""
+    async with uow() as work:
+        return list(await work.applications.list())
+
+
+# ------------------------------------------------------------------------------ grants
+async def grant_access(
+    uow: UnitOfWorkFactory, application: ApplicationRef, user: UserRef, policy: Policy
+) -> Grant:
+    """Let ``user`` run ``application`` under ``policy``.
+
+    Idempotent: granting the same policy again returns the same grant (same mapping id).
+    """
+    async with uow() as work:
+        found_user = await _user(work, user)
+        found_application = await _application(work, application)
+        grant = await work.grants.grant(found_user, found_application, policy)
+        await work.commit()
+    return grant
+
+
+async def revoke_access(
+    uow: UnitOfWorkFactory,
+    application: ApplicationRef,
+    user: UserRef,
+    policy: Policy | Literal["all"],
+) -> int:
+    """Withdraw the user's grant of ``application`` under ``policy``, or every policy's.
+
+    Returns how many grants went. With one policy, ``NotFound`` if there was no such grant;
+    with ``"all"``, revoking nothing is not an error.
+    """
+    async with uow() as work:
+        found_user = await _user(work, user)
+        found_application = await _application(work, application)
+        if policy == ALL_POLICIES:
+            count = await work.grants.revoke_all(found_user.id, found_application.id)
+        else:
+            matching = [
+                grant
+                for grant in await work.grants.list_for(found_user.id, found_application.id)
+                if grant.policy == policy
+            ]
+            if not matching:
+                raise NotFound(
+                    f"user {found_user.name!r} has no grant of {found_application.image!r} "
+                    "with this policy"
+                )
+            for grant in matching:
+                await work.grants.revoke(grant.mapping_id)
+            count = len(matching)
+        await work.commit()
+    return count
+
+
+async def revoke_grant(uow: UnitOfWorkFactory, mapping_id: str) -> None:
+    """Withdraw one grant by its mapping id."""
+    async with uow() as work:
+        await work.grants.revoke(mapping_id)
+        await work.commit()
+
+
+async def get_grant(uow: UnitOfWorkFactory, mapping_id: str) -> Grant:
+    """One grant by its mapping id."""
+    async with uow() as work:
+        return await work.grants.get(mapping_id)
+
+
+async def list_grants(uow: UnitOfWorkFactory, user_id: int | None = None) -> list[Grant]:
+    """The grants of one user (by id), or of everyone when ``user_id`` is None."""
+    async with uow() as work:
+        if user_id is None:
+            return list(await work.grants.list_all())
+        return list(await work.grants.list_for_user(user_id))
+
+
+# ------------------------------------------------------------------------------ lookups
+async def _user(work: UnitOfWork, user: UserRef) -> User:
+    if isinstance(user, int):
+        return await work.users.get(user)
+    return await work.users.get_by_name(user)
+
+
+async def _application(work: UnitOfWork, application: ApplicationRef) -> Application:
+    if isinstance(application, int):
+        return await work.applications.get(application)
+    return await work.applications.get_by_image(application)

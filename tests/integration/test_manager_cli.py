@@ -1,0 +1,163 @@
+"""`remoteappmanager`: `db upgrade|check|current`, and refusing to serve on an old schema."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from remoteappmanager.adapters.db import migrate
+from remoteappmanager.cli import manager, rest
+from remoteappmanager.settings import Settings
+from tests.support.database import migrations_one_step_ahead
+from tests.support.services import PostgresCluster, free_port
+
+ERROR = "remoteappmanager: error: "
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_", "DOCKER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """Stands in for the web application: records the settings it was started with."""
+    calls: list[Settings] = []
+    monkeypatch.setattr(manager, "_find_serve", lambda: calls.append)
+    return calls
+
+
+def run(*args: str, url: str | None = None, **env: str) -> Result:
+    if url is not None:
+        env["REMOTEAPP_DATABASE_URL"] = url
+    result = CliRunner().invoke(manager.main, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def error_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(ERROR)
+    return lines[0].removeprefix(ERROR)
+
+
+# ------------------------------------------------------------------------------ db commands
+def test_upgrade_check_and_current(empty_database_url: str) -> None:
+    before = run("db", "check", url=empty_database_url)
+    assert before.exit_code == 1
+    assert "run `remoteappmanager db upgrade`" in error_line(before)
+    assert "none" in run("db", "current", url=empty_database_url).stdout
+
+    upgraded = run("db", "upgrade", url=empty_database_url)
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "upgraded from an empty database to 0001" in upgraded.stdout
+
+    again = run("db", "upgrade", url=empty_database_url)
+    assert "already at the current schema (0001)" in again.stdout
+    checked = run("db", "check", url=empty_database_url)
+    assert checked.exit_code == 0
+    assert "at the current schema (0001)" in checked.stdout
+    assert run("db", "current", url=empty_database_url).stdout.endswith(": 0001 (current)\n")
+
+
+def test_check_on_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
+    result = run("db", "check", url=str(tmp_path / "absent.db"))
+
+    assert result.exit_code == 1
+    assert "`remoteappmanager db upgrade`" in error_line(result)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_a_database_behind_the_code_is_upgraded(
+    empty_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("db", "upgrade", url=empty_database_url).exit_code == 0
+    ahead = migrations_one_step_ahead(tmp_path / "code")
+    monkeypatch.setattr(migrate, "scripts_dir", lambda: ahead)
+
+    behind = run("db", "check", url=empty_database_url)
+    assert behind.exit_code == 1
+    message = error_line(behind)
+    assert "revision 0001, not the current 0002" in message
+    assert message.endswith("run `remoteappmanager db upgrade`")
+
+    upgraded = run("db", "upgrade", url=empty_database_url)
+    assert "upgraded from 0001 to 0002" in upgraded.stdout
+    assert run("db", "check", url=empty_database_url).exit_code == 0
+
+
+def test_an_unreachable_database_is_one_line(postgres_cluster: PostgresCluster) -> None:
+    url = f"postgresql://admin:hunter2@127.0.0.1:{free_port()}/remoteapp"
+
+    result = run("db", "upgrade", url=url)
+
+    assert result.exit_code == 1
+    message = error_line(result)
+    assert "unreachable" in message
+    assert "hunter2" not in message
+
+
+# ------------------------------------------------------------------------------ serving
+def test_the_service_refuses_a_schema_not_at_head(
+    empty_database_url: str, served: list[Settings]
+) -> None:
+    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token")
+
+    assert result.exit_code == 1
+    assert "`remoteappmanager db upgrade`" in error_line(result)
+    assert served == []
+
+
+def test_the_service_starts_on_a_schema_at_head(
+    empty_database_url: str, served: list[Settings]
+) -> None:
+    assert run("db", "upgrade", url=empty_database_url).exit_code == 0
+
+    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token")
+
+    assert result.exit_code == 0, result.output
+    assert [settings.database_url for settings in served] == [empty_database_url]
+
+
+def test_a_build_without_the_web_service_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(tmp_path / "remote.db")
+    assert run("db", "upgrade", url=url).exit_code == 0
+    monkeypatch.setattr(manager, "_WEB_APP_MODULE", "remoteappmanager.no_such_module")
+
+    result = run(url=url, CONFIGPROXY_AUTH_TOKEN="token")
+
+    assert result.exit_code == 2
+    assert error_line(result) == "the web service is not available in this build"
+
+
+def test_the_service_needs_the_proxy_token(tmp_path: Path, served: list[Settings]) -> None:
+    result = run(url=str(tmp_path / "remote.db"))
+
+    assert result.exit_code == 2
+    assert error_line(result).startswith("CONFIGPROXY_AUTH_TOKEN: ")
+    assert served == []
+
+
+@pytest.mark.parametrize("args", [(), ("db", "check")])
+def test_an_invalid_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None:
+    result = run(*args, REMOTEAPP_NETWORK_TIMEOUT="soon", CONFIGPROXY_AUTH_TOKEN="token")
+
+    assert result.exit_code == 2
+    assert error_line(result).startswith("REMOTEAPP_NETWORK_TIMEOUT: ")
+
+
+def test_remoteapprest_is_not_there_yet() -> None:
+    result = CliRunner().invoke(rest.main, ["app", "available"])
+
+    assert result.exit_code == 2
+    assert result.stderr == "remoteapprest: not yet available\n"

@@ -1,0 +1,307 @@
+"""The migrations on real SQLite and PostgreSQL: schema, models agreement, enforced constraints."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from remoteappmanager.adapters.db import migrate
+from remoteappmanager.adapters.db.engine import create_engine
+from remoteappmanager.adapters.db.models import metadata
+from remoteappmanager.domain.errors import Exists, Unavailable
+from tests.support.database import execute
+from tests.support.services import REPO, PostgresCluster
+
+TABLES = {"user", "application", "application_policy", "accounting"}
+
+
+async def _inspect(url: str, look: object) -> object:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(look)  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
+
+
+def _table_names(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+def _differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, metadata))
+
+
+# ------------------------------------------------------------------------------ schema
+async def test_upgrade_takes_an_empty_database_to_head(empty_database_url: str) -> None:
+    before = await migrate.status(empty_database_url)
+    assert before.current is None
+    assert not before.at_head
+    assert await migrate.current(empty_database_url) is None
+
+    after = await migrate.upgrade(empty_database_url)
+
+    assert after.current == migrate.head() == "0001"
+    assert after.at_head
+    assert await migrate.check(empty_database_url)
+    assert await _inspect(empty_database_url, _table_names) == TABLES | {"alembic_version"}
+
+
+async def test_models_and_migrations_agree(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+
+    assert await _inspect(empty_database_url, _differences) == []
+
+
+async def test_downgrade_to_base_and_back_again(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+
+    down = await migrate.downgrade(empty_database_url, "base")
+
+    assert down.current is None
+    assert not (await _inspect(empty_database_url, _table_names)) & TABLES  # type: ignore[operator]
+    up = await migrate.upgrade(empty_database_url)
+    assert up.at_head
+    assert await _inspect(empty_database_url, _differences) == []
+    assert await execute(empty_database_url, 'SELECT count(*) FROM "user"') == [(0,)]
+
+
+async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+
+    def names(connection: Connection) -> dict[str, set[str]]:
+        inspector = inspect(connection)
+        return {
+            "unique": {
+                constraint["name"] or ""
+                for table in TABLES
+                for constraint in inspector.get_unique_constraints(table)
+            },
+            "check": {
+                constraint["name"] or ""
+                for constraint in inspector.get_check_constraints("application_policy")
+            },
+            "foreign": {
+                constraint["name"] or "" for constraint in inspector.get_foreign_keys("accounting")
+            },
+        }
+
+    assert await _inspect(empty_database_url, names) == {
+        "unique": {
+            "uq_user_name",
+            "uq_application_image",
+            "uq_accounting_user_id_application_id_application_policy_id",
+        },
+        "check": {
+            "ck_application_policy_volume_mode",
+            "ck_application_policy_volume_all_or_none",
+        },
+        "foreign": {
+            "fk_accounting_user_id_user",
+            "fk_accounting_application_id_application",
+            "fk_accounting_application_policy_id_application_policy",
+        },
+    }
+
+
+# ------------------------------------------------------------------------------ constraints
+_POLICY = (
+    "INSERT INTO application_policy (id, allow_home, allow_view, allow_common, "
+    "allow_startup_data, volume_source, volume_target, volume_mode) "
+)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        "VALUES (1, false, false, false, false, '/a', '/b', 'rx')",
+        "VALUES (1, false, false, false, false, '/a', NULL, NULL)",
+        "VALUES (1, false, false, false, false, NULL, NULL, 'ro')",
+        "VALUES (1, false, false, false, false, '/a', '/b', NULL)",
+    ],
+)
+async def test_malformed_volumes_are_refused_by_the_database(
+    empty_database_url: str, values: str
+) -> None:
+    await migrate.upgrade(empty_database_url)
+
+    with pytest.raises(IntegrityError):
+        await execute(empty_database_url, _POLICY + values)
+
+    await execute(
+        empty_database_url, _POLICY + "VALUES (1, true, false, false, false, NULL, NULL, NULL)"
+    )
+    await execute(
+        empty_database_url, _POLICY + "VALUES (2, true, false, false, false, '/a', '/b', 'rw')"
+    )
+
+
+async def _one_grant(url: str) -> None:
+    await execute(
+        url,
+        "INSERT INTO \"user\" (id, name) VALUES (1, 'alice'), (2, 'bob')",
+        "INSERT INTO application (id, image) VALUES (1, 'simphony/app:1')",
+        "INSERT INTO application_policy (id) VALUES (1)",
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "a" * 32 + "', 1, 1, 1), ('" + "b" * 32 + "', 2, 1, 1)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("parent", "remaining"),
+    [('"user" WHERE id = 1', 1), ("application", 0), ("application_policy", 0)],
+)
+async def test_deleting_a_parent_cascades_to_grants(
+    empty_database_url: str, parent: str, remaining: int
+) -> None:
+    await migrate.upgrade(empty_database_url)
+    await _one_grant(empty_database_url)
+
+    await execute(empty_database_url, f"DELETE FROM {parent}")
+
+    assert await execute(empty_database_url, "SELECT count(*) FROM accounting") == [(remaining,)]
+
+
+async def test_the_same_grant_cannot_be_recorded_twice(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+    await _one_grant(empty_database_url)
+
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url,
+            "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+            "VALUES ('" + "c" * 32 + "', 1, 1, 1)",
+        )
+    with pytest.raises(IntegrityError):
+        await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+
+
+async def test_grants_must_point_at_existing_rows(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url,
+            "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+            "VALUES ('" + "d" * 32 + "', 7, 7, 7)",
+        )
+
+
+# ------------------------------------------------------------------------------ initialise
+async def test_initialise_refuses_a_database_that_holds_the_schema(
+    empty_database_url: str,
+) -> None:
+    assert (await migrate.initialise(empty_database_url)).at_head
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+
+    with pytest.raises(Exists, match="refusing to overwrite"):
+        await migrate.initialise(empty_database_url)
+
+    assert await execute(empty_database_url, 'SELECT name FROM "user"') == [("alice",)]
+
+
+async def test_initialise_refuses_a_sqlite_file_with_foreign_tables(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    await execute(url, "CREATE TABLE notes (body TEXT)")
+
+    with pytest.raises(Exists, match="notes"):
+        await migrate.initialise(url)
+
+
+async def test_looking_at_a_missing_sqlite_file_does_not_create_it(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+
+    status = await migrate.status(f"sqlite+aiosqlite:///{path}")
+
+    assert (status.exists, status.current, status.at_head) == (False, None, False)
+    assert not path.exists()
+
+
+async def test_a_failed_initialise_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing-directory" / "remote.db"
+
+    with pytest.raises(Unavailable, match="does not exist"):
+        await migrate.initialise(f"sqlite+aiosqlite:///{path}")
+
+    assert not path.parent.exists()
+
+
+async def test_an_unknown_recorded_revision_is_reported(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+    await execute(empty_database_url, "UPDATE alembic_version SET version_num = '9999'")
+
+    status = await migrate.status(empty_database_url)
+
+    assert (status.current, status.known, status.at_head) == ("9999", False, False)
+
+
+# ------------------------------------------------------------------------------ failures
+async def test_an_unreachable_postgresql_is_unavailable_without_the_password(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from tests.support.services import free_port
+
+    url = f"postgresql+asyncpg://admin:hunter2@127.0.0.1:{free_port()}/remoteapp"
+
+    with pytest.raises(Unavailable) as raised:
+        await migrate.status(url)
+
+    message = str(raised.value)
+    assert "unreachable" in message
+    assert "connection refused" in message
+    assert "hunter2" not in message
+
+
+async def test_a_missing_postgresql_database_is_unavailable(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    url = postgres_cluster.url.rsplit("/", 1)[0] + "/no_such_database"
+
+    with pytest.raises(Unavailable, match='"no_such_database" does not exist'):
+        await migrate.upgrade(url)
+
+
+# ------------------------------------------------------------------------------ packaging
+def test_the_scripts_come_from_the_source_checkout_here() -> None:
+    assert migrate.scripts_dir() == REPO / "migrations"
+
+
+async def test_migrating_leaves_the_callers_logging_alone(tmp_path: Path) -> None:
+    ours = logging.getLogger("remoteappmanager.test")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    await migrate.upgrade(f"sqlite+aiosqlite:///{tmp_path / 'logging.db'}")
+
+    assert root.handlers == handlers
+    assert root.level == level
+    assert not ours.disabled
+
+
+def test_the_developers_alembic_ini_works(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}"
+    alembic = [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "-x", f"url={url}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    upgraded = subprocess.run(
+        [*alembic, "upgrade", "head"], capture_output=True, text=True, env=env, timeout=120
+    )
+    checked = subprocess.run(
+        [*alembic, "check"], capture_output=True, text=True, env=env, timeout=120
+    )
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    assert "No new upgrade operations detected" in checked.stdout + checked.stderr

@@ -1,0 +1,294 @@
+"""`remoteappdb` end to end through click, on a real SQLite file and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from remoteappmanager import bootstrap
+from remoteappmanager.adapters.db import migrate
+from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
+from remoteappmanager.cli.remoteappdb import main
+from tests.support.database import cli_url, execute, migrations_one_step_ahead
+from tests.support.services import PostgresCluster, free_port
+
+IMAGE = "simphony/paraview:5.9"
+ERROR = "remoteappdb: error: "
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(("REMOTEAPP_", "CONFIGPROXY_", "DOCKER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Invoke remoteappdb; a Python exception other than an exit is a test failure."""
+    result = CliRunner().invoke(main, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def ok(*args: str) -> str:
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def refused(*args: str, code: int = 1, env: dict[str, str] | None = None) -> str:
+    """The one stderr line of a refused command (asserting the exit code and no stdout)."""
+    result = run(*args, env=env)
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(ERROR)
+    return lines[0].removeprefix(ERROR)
+
+
+@pytest.fixture
+def db(empty_database_url: str) -> str:
+    """An initialised database, named as an operator would type it."""
+    url = cli_url(empty_database_url)
+    assert "created the" in ok(url, "init")
+    return url
+
+
+# ------------------------------------------------------------------------------ round trip
+def test_the_full_round_trip(db: str) -> None:
+    user_id = ok(db, "user", "create", "alice").strip()
+    assert user_id.isdigit()
+    assert ok(db, "app", "create", IMAGE, "--no-verify").strip().isdigit()
+
+    grant = ["app", "grant", IMAGE, "alice", "--allow-home", "--volume", "/srv/d:/data:ro"]
+    mapping_id = ok(db, *grant).strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", mapping_id)
+    assert ok(db, *grant).strip() == mapping_id
+    other_id = ok(db, "app", "grant", IMAGE, "alice").strip()
+    assert other_id != mapping_id
+
+    table = ok(db, "user", "list", "--show-apps")
+    assert table.splitlines()[0].split() == ["ID", "NAME", "IMAGE", "MAPPING_ID", "POLICY"]
+    rows = [line.split() for line in table.splitlines()[2:]]
+    assert [user_id, "alice", IMAGE, mapping_id, "home,volume=/srv/d:/data:ro"] in rows
+    plain = ok(db, "user", "list", "--show-apps", "--no-decoration").splitlines()
+    assert f"{user_id} alice {IMAGE} {mapping_id} home,volume=/srv/d:/data:ro" in plain
+    assert f"{user_id} alice {IMAGE} {other_id} -" in plain
+
+    assert ok(db, "app", "revoke", IMAGE, "alice", *grant[4:]) == "revoked 1 grant\n"
+    assert mapping_id not in ok(db, "user", "list", "--show-apps")
+    assert ok(db, "app", "revoke", IMAGE, "alice", "--revoke-all") == "revoked 1 grant\n"
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == f"{user_id} alice - - -\n"
+
+    ok(db, "app", "remove", IMAGE)
+    ok(db, "user", "remove", "alice")
+    assert ok(db, "user", "list", "--no-decoration") == ""
+    assert ok(db, "app", "list", "--no-decoration") == ""
+    assert ok(db, "app", "list").splitlines() == ["ID  IMAGE", "--  -----"]
+
+
+def test_lists_are_tables_or_plain_lines(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "user", "create", "bob")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+
+    assert ok(db, "user", "list").splitlines()[2:] == ["1   alice", "2   bob"]
+    assert ok(db, "user", "list", "--no-decoration").splitlines() == ["1 alice", "2 bob"]
+    assert ok(db, "app", "list", "--no-decoration").splitlines() == [f"1 {IMAGE}"]
+
+
+def test_removing_a_user_removes_their_grants(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    mapping_id = ok(db, "app", "grant", IMAGE, "alice").strip()
+
+    ok(db, "user", "remove", "alice")
+    ok(db, "user", "create", "alice")
+
+    assert mapping_id not in ok(db, "user", "list", "--show-apps")
+
+
+# ------------------------------------------------------------------------------ naming the database
+def test_the_database_defaults_to_the_settings(tmp_path: Path) -> None:
+    env = {"REMOTEAPP_DATABASE_URL": str(tmp_path / "from-env.db")}
+
+    assert run("init", env=env).exit_code == 0
+    assert run("user", "create", "alice", env=env).exit_code == 0
+
+    assert (tmp_path / "from-env.db").exists()
+    assert ok(str(tmp_path / "from-env.db"), "user", "list", "--no-decoration") == "1 alice\n"
+
+
+def test_without_anything_the_database_is_in_the_working_directory(tmp_path: Path) -> None:
+    ok("init")
+    ok("user", "create", "alice")
+
+    assert (tmp_path / "remoteappmanager.db").exists()
+
+
+def test_sqlite_urls_work_as_well_as_paths(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'url.db'}"
+    ok(url, "init")
+    ok(url, "user", "create", "alice")
+
+    assert ok(str(tmp_path / "url.db"), "user", "list", "--no-decoration") == "1 alice\n"
+
+
+def test_help_shows_the_optional_database() -> None:
+    assert ok("--help").startswith("Usage: remoteappdb [DB_URL] [OPTIONS] COMMAND")
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_unknown_users_and_images_are_one_line(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+
+    assert refused(db, "app", "grant", IMAGE, "bob") == "no user named 'bob'"
+    assert "no application for image 'other/app'" in refused(
+        db, "app", "grant", "other/app", "alice"
+    )
+    assert "no user named 'bob'" in refused(db, "user", "remove", "bob")
+    assert "'other/app'" in refused(db, "app", "remove", "other/app")
+    assert "no user named 'bob'" in refused(db, "app", "revoke", IMAGE, "bob", "--revoke-all")
+    assert "no grant" in refused(db, "app", "revoke", IMAGE, "alice", "--allow-view")
+
+
+def test_duplicates_are_one_line(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+
+    assert refused(db, "user", "create", "alice") == "user 'alice' already exists"
+    assert "already exists" in refused(db, "app", "create", IMAGE, "--no-verify")
+
+
+def test_malformed_names_and_volumes_are_one_line_and_write_nothing(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+
+    assert "SOURCE:TARGET:MODE" in refused(db, "app", "grant", IMAGE, "alice", "--volume", "/a:/b")
+    assert "'ro' or 'rw'" in refused(db, "app", "grant", IMAGE, "alice", "--volume", "/a:/b:rx")
+    assert "absolute" in refused(db, "app", "grant", IMAGE, "alice", "--volume", "a:/b:ro")
+    assert "not a valid Docker image name" in refused(
+        db, "app", "create", "Bad Image", "--no-verify"
+    )
+    assert "user name" in refused(db, "user", "create", "a/b")
+
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
+    assert ok(db, "app", "list", "--no-decoration") == f"1 {IMAGE}\n"
+
+
+def test_revoke_all_with_policy_flags_is_a_usage_error(db: str) -> None:
+    message = refused(db, "app", "revoke", IMAGE, "alice", "--revoke-all", "--allow-home", code=2)
+    assert "--revoke-all" in message
+
+
+def test_a_missing_sqlite_file_suggests_init_and_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.db"
+
+    message = refused(str(path), "user", "list")
+
+    assert f"remoteappdb {path} init" in message
+    assert not path.exists()
+
+
+def test_init_refuses_to_overwrite(db: str) -> None:
+    ok(db, "user", "create", "alice")
+
+    assert "refusing to overwrite" in refused(db, "init")
+    assert ok(db, "user", "list", "--no-decoration") == "1 alice\n"
+
+
+def test_init_in_a_missing_directory_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "missing" / "remote.db"
+
+    assert "missing does not exist" in refused(str(path), "init")
+    assert not path.parent.exists()
+
+
+def test_an_unreachable_postgresql_is_one_line(postgres_cluster: PostgresCluster) -> None:
+    url = f"postgresql://admin:hunter2@127.0.0.1:{free_port()}/remoteapp"
+
+    message = refused(url, "user", "list")
+
+    assert "unreachable" in message
+    assert "hunter2" not in message
+    assert "unreachable" in refused(url, "init")
+
+
+def test_a_database_without_the_schema_suggests_init(postgres_url: str) -> None:
+    url = cli_url(postgres_url)
+
+    message = refused(url, "user", "list")
+
+    assert f"`remoteappdb {url} init`" in message
+    ok(url, "init")
+    ok(url, "user", "list")
+
+
+def test_a_database_behind_the_code_names_the_upgrade(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ahead = migrations_one_step_ahead(tmp_path / "code")
+    monkeypatch.setattr(migrate, "scripts_dir", lambda: ahead)
+
+    message = refused(db, "user", "list")
+
+    assert "revision 0001, not 0002" in message
+    assert "`remoteappmanager db upgrade`" in message
+
+
+def test_a_database_ahead_of_the_code_is_refused(empty_database_url: str) -> None:
+    url = cli_url(empty_database_url)
+    ok(url, "init")
+    asyncio.run(execute(empty_database_url, "UPDATE alembic_version SET version_num = '9999'"))
+
+    assert "newer than this software knows" in refused(url, "user", "create", "alice")
+
+
+def test_invalid_database_names_are_usage_errors(tmp_path: Path) -> None:
+    assert "unsupported database scheme" in refused("mysql://db/x", "user", "list", code=2)
+    env = {"REMOTEAPP_DATABASE_URL": "mysql://db/x"}
+    assert refused("user", "list", env=env, code=2).startswith("REMOTEAPP_DATABASE_URL: ")
+
+
+# ------------------------------------------------------------------------------ --verify
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> InMemoryRuntime:
+    runtime = InMemoryRuntime()
+    monkeypatch.setattr(bootstrap, "build_runtime", lambda settings: runtime)
+    return runtime
+
+
+def test_verify_registers_images_the_engine_holds(db: str, engine: InMemoryRuntime) -> None:
+    engine.add_image(IMAGE)
+
+    ok(db, "app", "create", IMAGE)
+
+    assert ok(db, "app", "list", "--no-decoration") == f"1 {IMAGE}\n"
+    assert engine.closed
+
+
+def test_verify_refuses_images_the_engine_lacks(db: str, engine: InMemoryRuntime) -> None:
+    message = refused(db, "app", "create", IMAGE)
+
+    assert "not on the Docker engine" in message
+    assert "--no-verify" in message
+    assert ok(db, "app", "list", "--no-decoration") == ""
+
+
+def test_verify_without_an_engine_suggests_no_verify(db: str, engine: InMemoryRuntime) -> None:
+    engine.available = False
+
+    message = refused(db, "app", "create", IMAGE)
+
+    assert message.startswith("Docker engine unavailable (")
+    assert message.endswith("; use --no-verify to register the image anyway")
+    assert ok(db, "app", "list", "--no-decoration") == ""

@@ -1,0 +1,307 @@
+"""The repository ports' contract, asserted alike on the in-memory fake, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from remoteappmanager.adapters.db import migrate
+from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.domain.errors import Exists, NotFound
+from remoteappmanager.domain.models import Application, Policy, User, Volume
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from tests.support.database import execute
+from tests.support.services import PostgresCluster
+
+IMAGE = "simphony/paraview:5.9"
+OTHER_IMAGE = "simphony/jupyter:1"
+FULL_POLICY = Policy(
+    app_license="licence text, with spaces",
+    allow_home=True,
+    allow_view=True,
+    allow_common=True,
+    volume=Volume.parse("/srv/data:/data:rw"),
+    allow_startup_data=True,
+)
+MAPPING_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def uow(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[UnitOfWorkFactory]:
+    """A unit-of-work factory over an empty catalogue, for each implementation of the ports."""
+    if request.param == "memory":
+        yield InMemoryDatabase().unit_of_work
+        return
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'contract.db'}"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.create_database(f"contract_{uuid.uuid4().hex[:12]}")
+    await migrate.upgrade(url)
+    database = SqlDatabase(url)
+    try:
+        yield database.unit_of_work
+    finally:
+        await database.close()
+
+
+async def _seed(uow: UnitOfWorkFactory) -> tuple[User, User, Application, Application]:
+    async with uow() as work:
+        alice = await work.users.add("alice")
+        bob = await work.users.add("bob")
+        app = await work.applications.add(IMAGE)
+        other = await work.applications.add(OTHER_IMAGE)
+        await work.commit()
+    return alice, bob, app, other
+
+
+# ------------------------------------------------------------------------------ users
+async def test_users_are_added_found_and_listed_by_id(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        alice = await work.users.add("alice")
+        bob = await work.users.add("bob")
+        await work.commit()
+
+    async with uow() as work:
+        assert await work.users.get(alice.id) == alice
+        assert await work.users.get_by_name("bob") == bob
+        assert list(await work.users.list()) == [alice, bob]
+    assert alice.name == "alice"
+    assert alice.id < bob.id
+
+
+async def test_a_taken_user_name_is_exists_and_the_work_goes_on(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        await work.users.add("alice")
+        with pytest.raises(Exists, match="alice"):
+            await work.users.add("alice")
+        await work.users.add("bob")
+        await work.commit()
+
+    async with uow() as work:
+        assert [user.name for user in await work.users.list()] == ["alice", "bob"]
+
+
+async def test_unknown_users_are_not_found(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        with pytest.raises(NotFound):
+            await work.users.get(12345)
+        with pytest.raises(NotFound, match="carol"):
+            await work.users.get_by_name("carol")
+        with pytest.raises(NotFound):
+            await work.users.remove(12345)
+
+
+async def test_removing_a_user_removes_their_grants_only(uow: UnitOfWorkFactory) -> None:
+    alice, bob, app, _ = await _seed(uow)
+    async with uow() as work:
+        await work.grants.grant(alice, app, Policy())
+        bobs = await work.grants.grant(bob, app, Policy())
+        await work.commit()
+
+    async with uow() as work:
+        await work.users.remove(alice.id)
+        await work.commit()
+
+    async with uow() as work:
+        assert list(await work.users.list()) == [bob]
+        assert list(await work.grants.list_all()) == [bobs]
+        assert list(await work.grants.list_for_user(alice.id)) == []
+
+
+# ------------------------------------------------------------------------------ applications
+async def test_applications_are_added_found_and_listed_by_id(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        first = await work.applications.add(IMAGE)
+        second = await work.applications.add(OTHER_IMAGE)
+        with pytest.raises(Exists, match="paraview"):
+            await work.applications.add(IMAGE)
+        await work.commit()
+
+    async with uow() as work:
+        assert await work.applications.get(first.id) == first
+        assert await work.applications.get_by_image(OTHER_IMAGE) == second
+        assert list(await work.applications.list()) == [first, second]
+        with pytest.raises(NotFound):
+            await work.applications.get(12345)
+        with pytest.raises(NotFound, match="nothing/here"):
+            await work.applications.get_by_image("nothing/here")
+        with pytest.raises(NotFound):
+            await work.applications.remove(12345)
+
+
+async def test_removing_an_application_removes_its_grants(uow: UnitOfWorkFactory) -> None:
+    alice, _, app, other = await _seed(uow)
+    async with uow() as work:
+        await work.grants.grant(alice, app, Policy())
+        kept = await work.grants.grant(alice, other, Policy())
+        await work.applications.remove(app.id)
+        await work.commit()
+
+    async with uow() as work:
+        assert list(await work.applications.list()) == [other]
+        assert list(await work.grants.list_for_user(alice.id)) == [kept]
+
+
+# ------------------------------------------------------------------------------ grants
+async def test_a_grant_round_trips_its_policy(uow: UnitOfWorkFactory) -> None:
+    alice, _, app, _ = await _seed(uow)
+    async with uow() as work:
+        granted = await work.grants.grant(alice, app, FULL_POLICY)
+        await work.commit()
+
+    assert MAPPING_ID.match(granted.mapping_id)
+    assert (granted.user, granted.application, granted.policy) == (alice, app, FULL_POLICY)
+    async with uow() as work:
+        assert await work.grants.get(granted.mapping_id) == granted
+
+
+async def test_an_identical_grant_returns_the_same_mapping_id(uow: UnitOfWorkFactory) -> None:
+    alice, bob, app, _ = await _seed(uow)
+    async with uow() as work:
+        first = await work.grants.grant(alice, app, FULL_POLICY)
+        await work.commit()
+
+    async with uow() as work:
+        again = await work.grants.grant(alice, app, FULL_POLICY)
+        licence_only = await work.grants.grant(alice, app, Policy(app_license="x"))
+        default = await work.grants.grant(alice, app, Policy())
+        default_again = await work.grants.grant(alice, app, Policy())
+        bobs = await work.grants.grant(bob, app, FULL_POLICY)
+        await work.commit()
+
+    assert again == first
+    assert default_again == default
+    ids = {first.mapping_id, licence_only.mapping_id, default.mapping_id, bobs.mapping_id}
+    assert len(ids) == 4
+    async with uow() as work:
+        assert len(await work.grants.list_for(alice.id, app.id)) == 3
+
+
+async def test_grants_are_listed_per_user_and_application(uow: UnitOfWorkFactory) -> None:
+    alice, bob, app, other = await _seed(uow)
+    async with uow() as work:
+        a1 = await work.grants.grant(alice, app, Policy())
+        a2 = await work.grants.grant(alice, other, Policy())
+        b1 = await work.grants.grant(bob, app, Policy(allow_view=True))
+        await work.commit()
+
+    async with uow() as work:
+        assert list(await work.grants.list_for_user(alice.id)) == [a1, a2]
+        assert list(await work.grants.list_for(alice.id, other.id)) == [a2]
+        assert list(await work.grants.list_for(bob.id, other.id)) == []
+        assert list(await work.grants.list_all()) == [a1, a2, b1]
+        assert list(await work.grants.list_for_user(12345)) == []
+
+
+async def test_granting_to_someone_unknown_is_not_found(uow: UnitOfWorkFactory) -> None:
+    alice, _, app, _ = await _seed(uow)
+    async with uow() as work:
+        with pytest.raises(NotFound):
+            await work.grants.grant(User(id=12345, name="ghost"), app, Policy())
+        with pytest.raises(NotFound):
+            await work.grants.grant(alice, Application(id=12345, image="ghost/app"), Policy())
+
+
+async def test_grants_are_revoked_one_or_all(uow: UnitOfWorkFactory) -> None:
+    alice, _, app, other = await _seed(uow)
+    async with uow() as work:
+        home = await work.grants.grant(alice, app, Policy(allow_home=True))
+        await work.grants.grant(alice, app, Policy(allow_view=True))
+        await work.grants.grant(alice, app, Policy())
+        kept = await work.grants.grant(alice, other, Policy())
+        await work.commit()
+
+    async with uow() as work:
+        await work.grants.revoke(home.mapping_id)
+        with pytest.raises(NotFound):
+            await work.grants.revoke(home.mapping_id)
+        with pytest.raises(NotFound):
+            await work.grants.get(home.mapping_id)
+        assert await work.grants.revoke_all(alice.id, app.id) == 2
+        assert await work.grants.revoke_all(alice.id, app.id) == 0
+        await work.commit()
+
+    async with uow() as work:
+        assert list(await work.grants.list_all()) == [kept]
+
+
+# ------------------------------------------------------------------------------ unit of work
+async def test_nothing_is_kept_without_commit(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        await work.users.add("alice")
+        async with uow() as other:
+            assert list(await other.users.list()) == []
+
+    async with uow() as work:
+        assert list(await work.users.list()) == []
+
+
+async def test_an_error_rolls_back_what_was_not_committed(uow: UnitOfWorkFactory) -> None:
+    async def add_then_fail() -> None:
+        async with uow() as work:
+            await work.users.add("alice")
+            await work.commit()
+            await work.users.add("bob")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await add_then_fail()
+
+    async with uow() as work:
+        assert [user.name for user in await work.users.list()] == ["alice"]
+
+
+async def test_rollback_discards_the_work_since_the_last_commit(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        await work.users.add("alice")
+        await work.commit()
+        await work.users.add("bob")
+        await work.rollback()
+        await work.users.add("carol")
+        await work.commit()
+
+    async with uow() as work:
+        assert [user.name for user in await work.users.list()] == ["alice", "carol"]
+
+
+async def test_repositories_are_refused_outside_the_block(uow: UnitOfWorkFactory) -> None:
+    work = uow()
+    with pytest.raises(RuntimeError):
+        _ = work.users
+    async with work:
+        pass
+    with pytest.raises(RuntimeError):
+        await work.commit()
+
+
+# ------------------------------------------------------------------------------ SQL only
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_identical_policies_are_stored_once(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'policies.db'}"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.create_database(f"policies_{uuid.uuid4().hex[:12]}")
+    await migrate.upgrade(url)
+    database = SqlDatabase(url)
+    try:
+        alice, bob, app, other = await _seed(database.unit_of_work)
+        async with database.unit_of_work() as work:
+            for user in (alice, bob):
+                for application in (app, other):
+                    await work.grants.grant(user, application, FULL_POLICY)
+                    await work.grants.grant(user, application, Policy())
+            await work.commit()
+    finally:
+        await database.close()
+
+    assert await execute(url, "SELECT count(*) FROM application_policy") == [(2,)]
+    assert await execute(url, "SELECT count(*) FROM accounting") == [(8,)]
