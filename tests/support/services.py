@@ -40,8 +40,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
-                  ) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -75,15 +76,22 @@ class PostgresCluster:
 
     def create_database(self, name: str) -> str:
         """A fresh empty database on this cluster; returns its async URL."""
-        result = self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1",
-                           "-p", str(self.port), "-U", "postgres", name)
+        result = self._run(
+            str(self.bindir / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            name,
+        )
         if result.returncode != 0:
             raise ServiceMissing(f"createdb failed: {result.stderr.decode().strip()}")
         return self.url.rsplit("/", 1)[0] + "/" + name
 
     def stop(self) -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate",
-                  "stop")
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop")
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
@@ -106,16 +114,42 @@ def start_postgres() -> PostgresCluster:
     port = free_port()
     cluster = PostgresCluster(
         url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres",
-        port=port, datadir=datadir, bindir=bindir, as_user=as_user,
+        port=port,
+        datadir=datadir,
+        bindir=bindir,
+        as_user=as_user,
     )
-    result = cluster._run(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
-                          "-A", "trust", "--no-sync", "-E", "UTF8")
+    result = cluster._run(
+        str(bindir / "initdb"),
+        "-D",
+        str(datadir),
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "--no-sync",
+        "-E",
+        "UTF8",
+    )
     if result.returncode != 0:
         raise ServiceMissing(f"initdb failed: {result.stderr.decode().strip()[-300:]}")
-    options = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-    result = cluster._run(str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options,
-                          "-l", str(base / "log"), "-w", "-t", "30", "start")
+    options = (
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    result = cluster._run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(datadir),
+        "-o",
+        options,
+        "-l",
+        str(base / "log"),
+        "-w",
+        "-t",
+        "30",
+        "start",
+    )
     if result.returncode != 0:
         log = (base / "log").read_text(errors="replace")[-300:] if (base / "log").exists() else ""
         raise ServiceMissing(f"pg_ctl start failed: {result.stderr.decode().strip()} {log}")
@@ -173,14 +207,25 @@ class Proxy:
         return f"http://127.0.0.1:{self.public_port}"
 
     def start(self) -> None:
-        command = [*chp_command(), "--ip", "127.0.0.1", "--port", str(self.public_port),
-                   "--api-ip", "127.0.0.1", "--api-port", str(self.api_port),
-                   "--log-level", "warn"]
+        command = [
+            *chp_command(),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.public_port),
+            "--api-ip",
+            "127.0.0.1",
+            "--api-port",
+            str(self.api_port),
+            "--log-level",
+            "warn",
+        ]
         if self.default_target:
             command += ["--default-target", self.default_target]
         env = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": self.token}
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_port(self.api_port, process=self.process)
 
     def stop(self) -> None:
@@ -200,17 +245,22 @@ class Proxy:
     def routes(self) -> dict[str, dict[str, object]]:
         import json
 
-        request = urllib.request.Request(self.api_url + "/api/routes",
-                                         headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        request = urllib.request.Request(
+            self.api_url + "/api/routes", headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
             data: dict[str, dict[str, object]] = json.load(response)
             return data
 
 
 @contextlib.contextmanager
 def running_proxy(default_target: str | None = None) -> Iterator[Proxy]:
-    proxy = Proxy(public_port=free_port(), api_port=free_port(),
-                  token=os.urandom(16).hex(), default_target=default_target)
+    proxy = Proxy(
+        public_port=free_port(),
+        api_port=free_port(),
+        token=os.urandom(16).hex(),
+        default_target=default_target,
+    )
     proxy.start()
     try:
         yield proxy
