@@ -6,7 +6,9 @@ its first call.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -14,15 +16,25 @@ from typing import Self
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.migrate import SchemaStatus
 from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
-from remoteappmanager.settings import Settings
+from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.deps import Resource, WebDeps
+from remoteappmanager.services.reconcile import Reconciler
+from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.settings import Settings, SettingsError
 
 __all__ = [
     "Database",
     "SchemaStatus",
     "build_database",
     "build_runtime",
+    "build_web_deps",
     "initialise_database",
     "schema_head",
     "schema_status",
@@ -92,3 +104,127 @@ def build_runtime(settings: Settings) -> ContainerRuntime:
     ):
         ssl_context = tls_context(settings.docker_cert_path, settings.docker_tls_verify)
     return AiodockerRuntime(settings.docker_host, ssl_context)
+
+
+# How long the realm's container list is shared between requests: a page load or an API
+# listing then costs no engine call, and a container that dies is noticed within this time.
+SESSION_LISTING_TTL = 1.0
+
+
+def build_web_deps(
+    settings: Settings,
+    *,
+    identity: IdentityProvider | None = None,
+    runtime: ContainerRuntime | None = None,
+    routes: RouteTable | None = None,
+    probe: ReadinessProbe | None = None,
+    workspaces: Workspaces | None = None,
+    host_paths: HostPaths | None = None,
+) -> WebDeps:
+    """Everything the web service runs on, wired from the settings (nothing is contacted yet).
+
+    The keyword arguments replace one external system each (the hub, the engine, the proxy,
+    the readiness probe, the disk), for demos, tests and benchmarks; the rest of the wiring
+    stays the production one.
+
+    Resources are opened in dependency order when the application starts and closed in the
+    reverse order: the database, the Docker client, the proxy client, the readiness probe,
+    then the reconciler (a first pass at once, then one every ``reconcile_interval``
+    seconds), which is cancelled and awaited first on shutdown. The hub client is closed by
+    the application itself.
+    """
+    # Imported here so that the database tools never load the web service's clients.
+    from remoteappmanager.adapters.chp import ChpRouteTable
+    from remoteappmanager.adapters.http_probe import AiohttpReadinessProbe
+    from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
+    from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
+
+    settings.require_service_settings()
+    if identity is None:
+        if settings.jupyterhub_api_token is None:
+            raise SettingsError(
+                "JUPYTERHUB_API_TOKEN: required to run the service (the hub sets it)"
+            )
+        identity = HubIdentityProvider.from_settings(settings)
+    if routes is None:
+        proxy_token = settings.configproxy_auth_token
+        assert proxy_token is not None  # checked by require_service_settings
+        routes = ChpRouteTable(settings.configproxy_api_url, proxy_token.get_secret_value())
+    runtime = runtime or build_runtime(settings)
+    probe = probe or AiohttpReadinessProbe()
+
+    database = build_database(settings.database_url)
+    sessions = Sessions(
+        runtime,
+        routes,
+        workspaces or DirectoryWorkspaces(settings.workspace_dir),
+        host_paths or LocalHostPaths(),
+        probe,
+        realm=settings.realm,
+        publish_ip=settings.publish_ip,
+        network_timeout=settings.network_timeout,
+        access=AccessMode(settings.container_access.value),
+        gate_url=settings.jupyterhub_service_url,
+        unit_of_work=database.unit_of_work,
+        listing_ttl=SESSION_LISTING_TTL,
+    )
+    route_table = routes
+    reconciler = Reconciler(runtime, routes, sessions)
+    applications = Applications(database.unit_of_work, sessions, ImageMetadataCache(runtime))
+
+    async def docker_check() -> None:
+        await sessions.list_all()
+
+    async def proxy_check() -> None:
+        await route_table.list()
+
+    resources: list[Resource] = [
+        _closing(database.close),
+        _closing(runtime.close),
+        _closing(routes.close),
+        _closing(probe.close),
+        _background(lambda: reconciler.run_forever(settings.reconcile_interval), "reconciler"),
+    ]
+    return WebDeps(
+        settings=settings,
+        identity=identity,
+        uow_factory=database.unit_of_work,
+        health_checks={
+            "database": database.ping,
+            "docker": docker_check,
+            "proxy": proxy_check,
+        },
+        resources=resources,
+        sessions=sessions,
+        applications=applications,
+    )
+
+
+def _closing(close: Callable[[], Awaitable[None]]) -> Resource:
+    """A resource that needs nothing at start and ``close()`` at the end."""
+
+    @contextlib.asynccontextmanager
+    async def resource() -> AsyncIterator[object]:
+        try:
+            yield None
+        finally:
+            await close()
+
+    return resource
+
+
+def _background(work: Callable[[], Awaitable[None]], name: str) -> Resource:
+    """A task running for the life of the application, cancelled and awaited at its end."""
+
+    @contextlib.asynccontextmanager
+    async def resource() -> AsyncIterator[object]:
+        task = asyncio.ensure_future(work())
+        task.set_name(name)
+        try:
+            yield task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return resource

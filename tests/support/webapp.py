@@ -13,7 +13,13 @@ from aiohttp.test_utils import TestClient
 
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.adapters.memory_identity import AUTHORIZE_PATH, InMemoryIdentityProvider
+from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
+from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
+from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
+from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.deps import HealthCheck, WebDeps
+from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
 
@@ -35,11 +41,38 @@ class FakeClock:
         self.now += seconds
 
 
+REALM = "web-realm"
+
+
 @dataclass
 class World:
     hub: InMemoryIdentityProvider = field(default_factory=InMemoryIdentityProvider)
     database: InMemoryDatabase = field(default_factory=InMemoryDatabase)
     clock: FakeClock = field(default_factory=FakeClock)
+    # The container side: an "engine" without image caching, so tests see changes at once.
+    runtime: InMemoryRuntime = field(default_factory=lambda: InMemoryRuntime(image_cache_ttl=0))
+    routes: InMemoryRouteTable = field(default_factory=InMemoryRouteTable)
+    probe: InMemoryReadinessProbe = field(default_factory=InMemoryReadinessProbe)
+    workspaces: InMemoryWorkspaces = field(default_factory=InMemoryWorkspaces)
+    host_paths: InMemoryHostPaths = field(default_factory=InMemoryHostPaths)
+    sessions: Sessions | None = None
+
+    def make_sessions(self, settings: Settings) -> Sessions:
+        """The sessions service over this world's fakes, as the composition root builds it."""
+        self.sessions = Sessions(
+            self.runtime,
+            self.routes,
+            self.workspaces,
+            self.host_paths,
+            self.probe,
+            realm=REALM,
+            access=AccessMode(settings.container_access.value),
+            gate_url=settings.jupyterhub_service_url,
+            network_timeout=5,
+            watch_interval=0.01,
+            unit_of_work=self.database.unit_of_work,
+        )
+        return self.sessions
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -58,12 +91,17 @@ def make_app(
     health_checks: Mapping[str, HealthCheck] | None = None,
     **settings: Any,
 ) -> web.Application:
+    values = make_settings(**settings)
+    sessions = world.make_sessions(values)
+    images = ImageMetadataCache(world.runtime, ttl=0, missing_ttl=0)
     deps = WebDeps(
-        settings=make_settings(**settings),
+        settings=values,
         identity=world.hub,
         uow_factory=world.database.unit_of_work,
         clock=world.clock,
         health_checks=dict(health_checks or {}),
+        sessions=sessions,
+        applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=0),
     )
     return create_app(deps)
 

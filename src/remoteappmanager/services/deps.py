@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.services.applications import Applications
+from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 
 HealthCheck = Callable[[], Awaitable[None]]
@@ -29,6 +31,10 @@ class WebDeps:
       ``identity.check`` is added as ``"hub"`` unless a check of that name is given.
     - ``resources``: entered in order when the application starts (one ``cleanup_ctx`` each)
       and closed in reverse order when it stops.
+    - ``sessions``: starting, stopping and finding running applications (None: an application
+      without containers, whose container routes answer ``Unavailable``).
+    - ``applications``: the user's grants with image metadata and sessions (the user page
+      and ``api/v1/applications/``); set whenever ``sessions`` is.
     """
 
     settings: Settings
@@ -37,3 +43,5 @@ class WebDeps:
     clock: Callable[[], float] = time.time
     health_checks: Mapping[str, HealthCheck] = field(default_factory=dict)
     resources: Sequence[Resource] = ()
+    sessions: Sessions | None = None
+    applications: Applications | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -108,6 +109,7 @@ class Sessions:
         gate_url: str | None = None,
         watch_interval: float = DEFAULT_WATCH_INTERVAL,
         unit_of_work: UnitOfWorkFactory | None = None,
+        listing_ttl: float = 0.0,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -124,17 +126,68 @@ class Sessions:
         self._watch_interval = watch_interval
         self._unit_of_work = unit_of_work
         self._claims: dict[SessionKey, _Claim] = {}
+        self._listing_ttl = listing_ttl
+        self._listing: tuple[int, float, Sequence[ContainerInfo]] | None = None
+        self._listing_fetch: tuple[int, asyncio.Task[Sequence[ContainerInfo]]] | None = None
+        # Bumped whenever this service changes what runs, so that a listing read before the
+        # change is never served after it.
+        self._generation = 0
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
-        """The user's sessions: running, exited, and being started or stopped."""
+        """The user's sessions: running, exited, and being started or stopped.
+
+        With a ``listing_ttl``, the realm's containers are listed at most once per TTL for
+        everybody (changes made through this service are seen at once; changes behind its
+        back, such as a crash, within the TTL).
+        """
+        if self._listing_ttl > 0:
+            mine = [c for c in await self._realm_containers() if c.labels.get(RUNINFO_USER) == user]
+            return self._merge(mine, lambda claim: claim.user == user)
         containers = await self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_USER: user})
         return self._merge(containers, lambda claim: claim.user == user)
 
     async def list_all(self) -> list[Session]:
-        """Every session of this realm (for admins)."""
-        containers = await self._runtime.list({RUNINFO_REALM: self.realm})
+        """Every session of this realm (for admins); cached like ``list_for_user``."""
+        if self._listing_ttl > 0:
+            containers = await self._realm_containers()
+        else:
+            containers = await self._runtime.list({RUNINFO_REALM: self.realm})
         return self._merge(containers, lambda claim: True)
+
+    async def _realm_containers(self) -> Sequence[ContainerInfo]:
+        now = time.monotonic()
+        generation = self._generation
+        cached = self._listing
+        if cached is not None and cached[0] == generation and now - cached[1] < self._listing_ttl:
+            return cached[2]
+        fetch = self._listing_fetch
+        if fetch is None or fetch[0] != generation or fetch[1].done():
+            # One engine call however many requests arrive while it is under way.
+            task = asyncio.ensure_future(self._runtime.list({RUNINFO_REALM: self.realm}))
+            fetch = (generation, task)
+            self._listing_fetch = fetch
+            task.add_done_callback(lambda done: self._listed(generation, now, done))
+        return await asyncio.shield(fetch[1])
+
+    def _listed(
+        self, generation: int, started: float, task: asyncio.Task[Sequence[ContainerInfo]]
+    ) -> None:
+        if self._listing_fetch is not None and self._listing_fetch[1] is task:
+            self._listing_fetch = None
+        if task.cancelled() or task.exception() is not None:
+            return
+        if generation == self._generation:
+            self._listing = (generation, started, task.result())
+
+    def _changed(self) -> None:
+        self._generation += 1
+        self._listing = None
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever this service ends a start, stop or repair: a cache validator."""
+        return self._generation
 
     async def get(self, user: str, url_id: str) -> Session:
         """The user's session ``url_id``; ``NotFound`` for anybody else's."""
@@ -413,6 +466,7 @@ class Sessions:
             yield True
         finally:
             del self._claims[key]
+            self._changed()
             claim.done.set()
 
     async def wait_maintenance(self, user: str, mapping_id: str) -> None:

@@ -11,22 +11,27 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from remoteappmanager import bootstrap
+from remoteappmanager import __version__, bootstrap
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.settings import Settings
-from remoteappmanager.web import auth, pages
+from remoteappmanager.web import api_user, auth, pages
+from remoteappmanager.web.api import ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
 from remoteappmanager.web.errors import error_middleware
+from remoteappmanager.web.gate import setup_gate
 from remoteappmanager.web.health import health_handler
 from remoteappmanager.web.keys import (
     ACCESS,
+    API_REGISTRY,
+    APPLICATIONS,
     DEPS,
     HEALTH_CHECKS,
     IDENTITY,
     LOGIN_SESSIONS,
     METRICS,
+    SESSIONS,
     SETTINGS,
     SIGNER,
     URLS,
@@ -46,6 +51,11 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_TIMEOUT = 10.0
 # The composition root's function building the web application's dependencies.
 DEPS_BUILDER = "build_web_deps"
+_API_DESCRIPTION = (
+    "Lists are `{offset, total, items: {id: object}, identifiers: [id...]}`; a create answers "
+    "201 with an empty body and a `Location` ending in `<id>/`; errors are "
+    "`{type, message}`. Someone else's resource is 404."
+)
 
 
 def create_app(deps: WebDeps) -> web.Application:
@@ -76,6 +86,14 @@ def create_app(deps: WebDeps) -> web.Application:
     app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
     app[METRICS] = Metrics()
     app[HEALTH_CHECKS] = {"hub": deps.identity.check, **deps.health_checks}
+    if deps.sessions is not None:
+        app[SESSIONS] = deps.sessions
+    if deps.applications is not None:
+        app[APPLICATIONS] = deps.applications
+    app[API_REGISTRY] = ApiRegistry(
+        title="SimPhoNy-Remote", version=__version__, description=_API_DESCRIPTION
+    )
+    api_user.register(app[API_REGISTRY])
 
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))
@@ -86,6 +104,7 @@ def create_app(deps: WebDeps) -> web.Application:
 
     prefix = urls.prefix
     app.router.add_get(prefix, pages.home, name="home")
+    pages.add_static_routes(app)
     if prefix != "/":
         app.router.add_get(prefix.rstrip("/"), pages.add_slash)
     app.router.add_get(urls.callback, auth.oauth_callback, name="oauth_callback")
@@ -93,7 +112,14 @@ def create_app(deps: WebDeps) -> web.Application:
     app.router.add_route("POST", urls.logout, auth.logout)
     app.router.add_get(urls.health, health_handler, name="health")
     app.router.add_get(urls.metrics, metrics_handler, name="metrics")
-    app.router.add_get(urls.api + "v1/user", pages.whoami, name="api_whoami")
+    app[API_REGISTRY].install(app.router, urls.api)
+    app.router.add_get(
+        urls.api + "openapi.json",
+        openapi_handler(app[API_REGISTRY].document(urls.api)),
+        name="openapi",
+    )
+    # Gated mode: /user/<name>/containers/<url_id>/... is authorized and forwarded here.
+    setup_gate(app, deps)
     return app
 
 

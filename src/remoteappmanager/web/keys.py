@@ -9,10 +9,15 @@ from aiohttp import web
 if TYPE_CHECKING:
     from remoteappmanager.ports.identity import IdentityProvider
     from remoteappmanager.services.access import AccessService
+    from remoteappmanager.services.applications import Applications
     from remoteappmanager.services.deps import HealthCheck, WebDeps
+    from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
+    from remoteappmanager.web.api import ApiRegistry
+    from remoteappmanager.web.assets import PageAssets
     from remoteappmanager.web.auth import RequestAuth
     from remoteappmanager.web.cookies import CookieSigner
+    from remoteappmanager.web.gate import Gate
     from remoteappmanager.web.login_sessions import LoginSessionStore
     from remoteappmanager.web.metrics import Metrics
     from remoteappmanager.web.urls import ServiceUrls
@@ -27,6 +32,14 @@ LOGIN_SESSIONS: web.AppKey[LoginSessionStore] = web.AppKey("login_sessions")
 SIGNER: web.AppKey[CookieSigner] = web.AppKey("signer")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 HEALTH_CHECKS: web.AppKey[dict[str, HealthCheck]] = web.AppKey("health_checks")
+GATE: web.AppKey[Gate] = web.AppKey("gate")
+# Present when the service has a container engine (``WebDeps.sessions``).
+SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
+APPLICATIONS: web.AppKey[Applications] = web.AppKey("applications")
+# The REST API's routes; a module adds its own with ``register(app[API_REGISTRY])``.
+API_REGISTRY: web.AppKey[ApiRegistry] = web.AppKey("api_registry")
+# Templates and static files of the pages, read from the package at start.
+PAGE_ASSETS: web.AppKey[PageAssets] = web.AppKey("page_assets")
 
 # ---------------------------------------------------------------- request
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
@@ -34,3 +47,5 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 AUTH: web.RequestKey[RequestAuth | None] = web.RequestKey("auth")
 # The browser presented a session cookie that is no longer good: it is cleared on the way out.
 STALE_SESSION: web.RequestKey[bool] = web.RequestKey("stale_session")
+# Application traffic through the gate: its "request" line is logged at debug level only.
+QUIET_ACCESS_LOG: web.RequestKey[bool] = web.RequestKey("quiet_access_log")

@@ -14,9 +14,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from remoteappmanager.settings import LogFormat
-from remoteappmanager.web.keys import REQUEST_ID
+from remoteappmanager.web.keys import QUIET_ACCESS_LOG, REQUEST_ID
 
 log = structlog.get_logger("remoteappmanager.access")
+# One line per request to an application would cost the gate a quarter of its time.
+_access_log = logging.getLogger("remoteappmanager.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # An id from upstream is kept only if it cannot smuggle anything into a log line.
@@ -82,13 +84,16 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             raise
         finally:
             # The path only: query strings carry OAuth codes and states.
-            log.info(
-                "request",
-                method=request.method,
-                path=request.path,
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            quiet = request.get(QUIET_ACCESS_LOG, False)
+            if not quiet or _access_log.isEnabledFor(logging.DEBUG):
+                emit = log.debug if quiet else log.info
+                emit(
+                    "request",
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                )
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,36 +1,126 @@
-"""The pages under ``{svc}``: for now a placeholder home page, and who-am-I for API clients."""
+"""The pages under ``{svc}``: the user page, its static files, and who-am-I for API clients."""
 
 from __future__ import annotations
 
-import html
-
 from aiohttp import web
 
-from remoteappmanager.web.auth import require_user, signed_in_user
-from remoteappmanager.web.keys import URLS
+from remoteappmanager.web.assets import (
+    IMMUTABLE_CACHE,
+    REVALIDATE_CACHE,
+    VERSION_PARAM,
+    PageAssets,
+)
+from remoteappmanager.web.auth import (
+    XSRF_COOKIE,
+    current_xsrf_token,
+    is_https,
+    new_xsrf_token,
+    require_user,
+    resolve_auth,
+    signed_in_user,
+)
+from remoteappmanager.web.keys import PAGE_ASSETS, URLS
 
-_HOME = """<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>SimPhoNy-Remote</title></head>
-<body>
-<p>Signed in as <strong id="user">{name}</strong>{admin}.</p>
-<p><a href="{logout}">Sign out</a></p>
-</body>
-</html>
-"""
+USER_TEMPLATE = "user.html"
+
+# The page builds its DOM from API data with textContent only; this policy is the second
+# line of defence should a value ever reach markup: no inline or foreign script, frames
+# only from this site (the applications are served under /user/ on the same origin).
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "frame-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def add_static_routes(app: web.Application) -> None:
+    """Load the pages' templates and static files, and serve the latter at ``{svc}static/``."""
+    static_prefix = app[URLS].prefix + "static/"
+    app[PAGE_ASSETS] = PageAssets.load(static_prefix)
+    app.router.add_get(static_prefix + "{name}", static_file, name="static")
 
 
 @require_user
 async def home(request: web.Request) -> web.StreamResponse:
+    """``GET {svc}``: the user's applications; the browser fills it in from the REST API."""
     user = signed_in_user(request)
-    page = _HOME.format(
-        name=html.escape(user.name),
-        admin=" (administrator)" if user.admin else "",
-        logout=html.escape(request.app[URLS].logout),
+    urls, assets = request.app[URLS], request.app[PAGE_ASSETS]
+    response = web.Response(content_type="text/html", headers=_PAGE_HEADERS)
+    page = assets.template(USER_TEMPLATE).render(
+        {
+            "api_url": urls.api + "v1/",
+            "home_url": urls.home,
+            "admin_url": urls.prefix + "admin/",
+            "logout_url": urls.logout,
+            "user_name": user.name,
+            "user_initial": user.name[:1].upper(),
+            "is_admin": "true" if user.admin else "false",
+            "xsrf_token": await _xsrf_token_for_page(request, response),
+            "css_url": assets.static_url("app.css"),
+            "js_url": assets.static_url("app.js"),
+            "favicon_url": assets.static_url("logo.svg"),
+            "default_icon_url": assets.static_url("app-icon.svg"),
+        }
     )
-    response = web.Response(text=page, content_type="text/html")
-    response.headers["Cache-Control"] = "no-store"
+    response.text = page
     return response
+
+
+async def _xsrf_token_for_page(request: web.Request, response: web.Response) -> str:
+    """The token the page echoes in ``X-XSRFToken``: the browser's own, or a new one set now.
+
+    Empty for token-authenticated visits, which need none.
+    """
+    token = current_xsrf_token(request)
+    if token is not None:
+        return token
+    auth = await resolve_auth(request)
+    if auth is None or auth.session_id is None:
+        return ""
+    token = new_xsrf_token(request, auth.session_id)
+    # Readable by scripts on purpose (double submit); the same attributes as at sign-in.
+    response.set_cookie(
+        XSRF_COOKIE,
+        token,
+        path=request.app[URLS].prefix,
+        samesite="Lax",
+        secure=is_https(request),
+    )
+    return token
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """``GET {svc}static/<name>``: kept for a year when asked for by its versioned URL."""
+    found = request.app[PAGE_ASSETS].static.get(request.match_info["name"])
+    if found is None:
+        raise web.HTTPNotFound()
+    current = request.query.get(VERSION_PARAM) == found.version
+    headers = {
+        "Cache-Control": IMMUTABLE_CACHE if current else REVALIDATE_CACHE,
+        "ETag": found.etag,
+        "X-Content-Type-Options": "nosniff",
+    }
+    if found.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    charset = "utf-8" if found.content_type.startswith("text/") else None
+    return web.Response(
+        body=found.body, content_type=found.content_type, charset=charset, headers=headers
+    )
 
 
 @require_user

@@ -1,0 +1,320 @@
+"""Throughput of `GET {svc}api/v1/applications/`: 200 signed-in users with 5 grants each.
+
+The service runs in a process of its own, wired by ``bootstrap.build_web_deps`` exactly as in
+production (SQLite database, image metadata cache, shared container listing, JSON logs at
+INFO written to /dev/null), on 127.0.0.1 through aiohttp's server (uvloop when installed).
+Only the outside systems are stand-ins: the hub (API tokens of an in-memory identity
+provider), the proxy, and a Docker engine that answers from memory after a realistic delay
+(``inspect_image`` 3 ms, ``list`` 15 ms, create/start 50 ms). Half the users have one
+application running. The load comes from ``wrk`` (one thread, USERS connections, each request
+with the next user's token) when it is installed, else from an aiohttp client in this process
+(which then costs as much CPU as the service and caps the figures); a warm-up run is
+discarded.
+
+    .venv/bin/python bench/api_throughput.py [USERS] [SECONDS] [RATE]
+
+Default 200 users, 15 s. Without RATE the users send back to back (closed loop: the maximum
+throughput; latency is then USERS / throughput by Little's law). With RATE (req/s, needs wrk)
+each user waits USERS / RATE seconds after every answer before asking again, so that the
+users together ask about RATE times a second: people reloading a page, not a flood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import multiprocessing
+import multiprocessing.connection
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
+from tests.support.services import free_port  # noqa: E402
+
+from remoteappmanager import bootstrap  # noqa: E402
+from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider  # noqa: E402
+from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe  # noqa: E402
+from remoteappmanager.adapters.memory_runtime import (  # noqa: E402
+    InMemoryRouteTable,
+    InMemoryRuntime,
+)
+from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
+    InMemoryHostPaths,
+    InMemoryWorkspaces,
+)
+from remoteappmanager.domain.containers import ContainerInfo, ContainerSpec  # noqa: E402
+from remoteappmanager.domain.labels import ImageMetadata  # noqa: E402
+from remoteappmanager.domain.models import Policy  # noqa: E402
+from remoteappmanager.services import catalogue  # noqa: E402
+from remoteappmanager.settings import Settings  # noqa: E402
+from remoteappmanager.web.app import create_app  # noqa: E402
+from remoteappmanager.web.logs import configure_logging  # noqa: E402
+
+PREFIX = "/services/remoteapp/"
+APPLICATIONS = PREFIX + "api/v1/applications/"
+GRANTS_PER_USER = 5
+WARM_UP = 3.0
+NS = "eu.simphony-project.docker."
+IMAGES = [f"bench/app-{n}:latest" for n in range(GRANTS_PER_USER)]
+# A 128x128 PNG icon is typically a few kB; every listing carries five of them.
+ICON = base64.b64encode(os.urandom(3000)).decode()
+
+
+class SlowRuntime(InMemoryRuntime):
+    """The in-memory engine, answering after the delays of a real local engine."""
+
+    async def inspect_image(self, image: str) -> ImageMetadata:
+        await asyncio.sleep(0.003)
+        return await super().inspect_image(image)
+
+    async def list(self, labels: Mapping[str, str]) -> Sequence[ContainerInfo]:
+        await asyncio.sleep(0.015)
+        return await super().list(labels)
+
+    async def create(self, spec: ContainerSpec) -> str:
+        await asyncio.sleep(0.05)
+        return await super().create(spec)
+
+    async def start(self, container_id: str) -> ContainerInfo:
+        await asyncio.sleep(0.05)
+        return await super().start(container_id)
+
+
+def user_name(n: int) -> str:
+    return f"user{n:03d}"
+
+
+async def seed(database_url: str, users: int) -> None:
+    await bootstrap.upgrade_database(database_url)
+    async with bootstrap.build_database(database_url) as database:
+        uow = database.unit_of_work
+        for image in IMAGES:
+            await catalogue.create_application(uow, image)
+        for n in range(users):
+            await catalogue.create_user(uow, user_name(n))
+            for k, image in enumerate(IMAGES):
+                policy = Policy(allow_home=k % 2 == 0, allow_startup_data=k == 0)
+                await catalogue.grant_access(uow, image, user_name(n), policy)
+
+
+# ------------------------------------------------------------------------------ the service
+def serve(conn: multiprocessing.connection.Connection, database_url: str, users: int) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
+    asyncio.run(_serve(conn, database_url, users))
+
+
+async def _serve(
+    conn: multiprocessing.connection.Connection, database_url: str, users: int
+) -> None:
+    port = free_port()
+    settings = Settings(
+        database_url=database_url,
+        configproxy_auth_token="bench",
+        realm=f"bench-{secrets.token_hex(4)}",
+        jupyterhub_service_prefix=PREFIX,
+        jupyterhub_service_url=f"http://127.0.0.1:{port}",
+        log_format="json",
+    )
+    configure_logging(settings.log_format, settings.log_level)
+    identity = InMemoryIdentityProvider()
+    runtime = SlowRuntime()
+    for n, image in enumerate(IMAGES):
+        runtime.add_image(
+            image,
+            {
+                NS + "ui_name": f"Application {n}",
+                NS + "description": "A benchmark application " * 4,
+                NS + "icon_128": ICON,
+                NS + "type": "vncapp",
+                NS + "env.x11-width": "",
+                NS + "env.x11-height": "",
+                NS + "env.startupdata": "",
+            },
+        )
+    deps = bootstrap.build_web_deps(
+        settings,
+        identity=identity,
+        runtime=runtime,
+        routes=InMemoryRouteTable(),
+        probe=InMemoryReadinessProbe(),
+        workspaces=InMemoryWorkspaces(),
+        host_paths=InMemoryHostPaths(),
+    )
+    runner = web.AppRunner(create_app(deps), access_log=None)
+    await runner.setup()
+    # Room for every user to connect at once (the default backlog is 128).
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+
+    assert deps.applications is not None
+    assert deps.sessions is not None
+    tokens = []
+    for n in range(users):
+        identity.add_user(user_name(n))
+        tokens.append(identity.issue_token(user_name(n)))
+        if n % 2 == 0:
+            first = (await deps.applications.list_for(user_name(n)))[0]
+            await deps.sessions.start_for(user_name(n), first.mapping_id)
+    conn.send((f"http://127.0.0.1:{port}", tokens))
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await runner.cleanup()
+
+
+# ------------------------------------------------------------------------------ the load
+async def hammer(base: str, tokens: list[str], seconds: float) -> tuple[list[float], int, int]:
+    latencies: list[float] = []
+    errors = 0
+    sizes = 0
+    start = time.perf_counter()
+    measure_from = start + WARM_UP
+    stop_at = measure_from + seconds
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+
+    async def user(client: aiohttp.ClientSession, token: str) -> None:
+        nonlocal errors, sizes
+        headers = {"Authorization": f"token {token}"}
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop_at:
+                return
+            async with client.get(base + APPLICATIONS, headers=headers) as response:
+                body = await response.read()
+                ok = response.status == 200
+            done = time.perf_counter()
+            if sent >= measure_from:
+                latencies.append(done - sent)
+                if not ok:
+                    errors += 1
+                sizes = len(body)
+
+    async with aiohttp.ClientSession(connector=connector) as client:
+        await asyncio.gather(*(user(client, token) for token in tokens))
+    return latencies, errors, sizes
+
+
+_WRK_SCRIPT = """
+tokens = {%(tokens)s}
+counter = 0
+delay = function()
+  return %(think_ms)d
+end
+request = function()
+  counter = counter + 1
+  local token = tokens[(counter %% #tokens) + 1]
+  return wrk.format("GET", "%(path)s", {["Authorization"] = "token " .. token})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%d %%d %%d\\n", summary.requests,
+    e.status + e.connect + e.read + e.write + e.timeout, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk(
+    base: str, tokens: list[str], seconds: float, connections: int, think_ms: int = 0
+) -> tuple[int, int, float, float, float]:
+    """(requests, errors, p50 ms, p99 ms, max ms) of one wrk run."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            _WRK_SCRIPT
+            % {
+                "tokens": ", ".join(f'"{token}"' for token in tokens),
+                "path": APPLICATIONS,
+                "think_ms": think_ms,
+            }
+        )
+    try:
+        result = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script.name,
+                base,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        os.unlink(script.name)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT"))
+    requests, errors, _duration, p50, p99, most = (int(part) for part in line.split()[1:])
+    return requests, errors, p50 / 1000, p99 / 1000, most / 1000
+
+
+def main() -> None:
+    users = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 15.0
+    rate = float(sys.argv[3]) if len(sys.argv) > 3 else None
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        database_url = f"sqlite+aiosqlite:///{Path(tmp) / 'remoteappmanager.db'}"
+        print(f"seeding {users} users x {GRANTS_PER_USER} grants ...", flush=True)
+        asyncio.run(seed(database_url, users))
+        parent, child = multiprocessing.Pipe()
+        server = multiprocessing.get_context("spawn").Process(
+            target=serve, args=(child, database_url, users)
+        )
+        server.start()
+        try:
+            base, tokens = parent.recv()
+            print(f"serving at {base}; {users} users hammer for {WARM_UP:g} + {seconds:g} s")
+            if shutil.which("wrk"):
+                think = round(users / rate * 1000) if rate else 0
+                wrk(base, tokens, WARM_UP, users, think)
+                count, errors, p50, p99, most = wrk(base, tokens, seconds, users, think)
+                print(f"load: wrk, 1 thread, {users} connections, {think} ms between requests")
+                report(count, errors, seconds, p50, p99, most)
+                return
+            latencies, errors, size = asyncio.run(hammer(base, tokens, seconds))
+        finally:
+            parent.send("stop")
+            server.join(15)
+            if server.is_alive():
+                server.kill()
+    latencies.sort()
+    count = len(latencies)
+    print(f"load: aiohttp client in-process, {users} concurrent users; response {size} B")
+    report(
+        count,
+        errors,
+        seconds,
+        statistics.median(latencies) * 1000,
+        latencies[min(count - 1, int(count * 0.99))] * 1000,
+        latencies[-1] * 1000,
+    )
+
+
+def report(count: int, errors: int, seconds: float, p50: float, p99: float, most: float) -> None:
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(f"requests: {count} in {seconds:g} s, errors: {errors}")
+    print(f"throughput: {count / seconds:.0f} req/s")
+    print(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {most:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

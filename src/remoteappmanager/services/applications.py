@@ -1,0 +1,221 @@
+"""What a user may run: their grants with each image's metadata, offer and running session.
+
+Contract:
+- ``list_for(user)`` gives the user's grants in the catalogue's order (user, application,
+  mapping id), each with the image's metadata, the configurables offered under its policy and
+  the user's session of that grant, if any. An unknown user has no applications (``[]``).
+- ``get_for(user, mapping_id)`` gives one of them; ``NotFound`` for a grant that is not the
+  user's (whether it exists or not).
+- An image that has gone from the engine since it was granted is listed with ``image=None``
+  (unavailable) instead of failing the list.
+- Errors: ``Unavailable`` when the database or the engine cannot be reached.
+
+Cost: image metadata is kept for ``image_ttl`` seconds (a missing image for
+``missing_image_ttl``), a user's grants for ``grants_ttl`` seconds, each looked up once
+however many requests want it meanwhile; with a listing TTL on ``Sessions`` a listing then
+costs no database or engine call in the steady state. A grant given or revoked shows within
+``grants_ttl`` (at once after ``forget_grants``); starting a grant always reads it afresh, so a
+revoked grant listed a moment longer still cannot be started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from remoteappmanager.domain.configurables import offered_configurables
+from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.labels import ImageMetadata
+from remoteappmanager.domain.models import Grant
+from remoteappmanager.domain.sessions import Session
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.ports.runtime import ContainerRuntime
+from remoteappmanager.services.sessions import Sessions
+
+DEFAULT_IMAGE_TTL = 60.0
+# Short: an admin who builds a missing image expects to see it soon.
+DEFAULT_MISSING_IMAGE_TTL = 5.0
+DEFAULT_GRANTS_TTL = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class UserApplication:
+    """One entry of a user's page: a grant, its image (None: gone), offer and session."""
+
+    grant: Grant
+    image: ImageMetadata | None
+    configurables: tuple[str, ...]
+    session: Session | None
+
+    @property
+    def mapping_id(self) -> str:
+        return self.grant.mapping_id
+
+    @property
+    def available(self) -> bool:
+        return self.image is not None
+
+
+class ImageMetadataCache:
+    """Image metadata by name for a bounded time, one engine lookup per image at a time.
+
+    A missing image is remembered as ``None`` (for a shorter time); ``Unavailable`` is not
+    remembered.
+    """
+
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        *,
+        ttl: float = DEFAULT_IMAGE_TTL,
+        missing_ttl: float = DEFAULT_MISSING_IMAGE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._runtime = runtime
+        self._ttl = ttl
+        self._missing_ttl = missing_ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, ImageMetadata | None]] = {}
+        self._lookups: dict[str, asyncio.Task[ImageMetadata | None]] = {}
+
+    async def get(self, image: str) -> ImageMetadata | None:
+        entry = self._entries.get(image)
+        if entry is not None:
+            expires, metadata = entry
+            if self._clock() < expires:
+                return metadata
+        task = self._lookups.get(image)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup(image))
+            self._lookups[image] = task
+            task.add_done_callback(lambda _done: self._lookups.pop(image, None))
+        # Shielded: a caller giving up must not cancel the lookup others wait for.
+        return await asyncio.shield(task)
+
+    def forget(self, image: str | None = None) -> None:
+        """Drop one image (or all): the next request looks it up again."""
+        if image is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(image, None)
+
+    async def _lookup(self, image: str) -> ImageMetadata | None:
+        try:
+            metadata: ImageMetadata | None = await self._runtime.inspect_image(image)
+            ttl = self._ttl
+        except NotFound:
+            metadata, ttl = None, self._missing_ttl
+        self._entries[image] = (self._clock() + ttl, metadata)
+        return metadata
+
+
+class Applications:
+    """The query behind the user page and ``{svc}api/v1/applications/`` (see the module)."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        sessions: Sessions,
+        images: ImageMetadataCache,
+        *,
+        grants_ttl: float = DEFAULT_GRANTS_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._sessions = sessions
+        self._images = images
+        self._grants_ttl = grants_ttl
+        self._clock = clock
+        # user -> (when read, grants)
+        self._grants: dict[str, tuple[float, Sequence[Grant]]] = {}
+        self._grant_lookups: dict[str, asyncio.Future[Sequence[Grant]]] = {}
+
+    def forget_grants(self, user: str | None = None) -> None:
+        """Read one user's (or everybody's) grants afresh next time (after a catalogue change)."""
+        # A lookup under way may have read the old grants: it is not kept either.
+        if user is None:
+            self._grants.clear()
+            self._grant_lookups.clear()
+        else:
+            self._grants.pop(user, None)
+            self._grant_lookups.pop(user, None)
+
+    async def list_for(self, user: str) -> list[UserApplication]:
+        grants = await self._grants_of(user)
+        if not grants:
+            return []
+        return await self._describe(user, grants)
+
+    async def get_for(self, user: str, mapping_id: str) -> UserApplication:
+        for grant in await self._grants_of(user):
+            if grant.mapping_id == mapping_id:
+                (found,) = await self._describe(user, [grant])
+                return found
+        raise NotFound(f"no application {mapping_id!r:.40} is granted to {user}")
+
+    async def _grants_of(self, user: str) -> Sequence[Grant]:
+        if self._grants_ttl <= 0:
+            return await self._read_grants(user)
+        entry = self._grants.get(user)
+        if entry is not None:
+            age = self._clock() - entry[0]
+            if age < self._grants_ttl:
+                return entry[1]
+            if age < 2 * self._grants_ttl:
+                # Stale but recent: answered at once while one refresh runs in the background,
+                # so that expiring entries never make requests queue for the database.
+                self._refresh_grants(user)
+                return entry[1]
+        return await asyncio.shield(self._refresh_grants(user))
+
+    def _refresh_grants(self, user: str) -> asyncio.Future[Sequence[Grant]]:
+        task = self._grant_lookups.get(user)
+        if task is None:
+            task = asyncio.ensure_future(self._read_grants(user))
+            self._grant_lookups[user] = task
+            task.add_done_callback(lambda done: self._grants_read(user, done))
+        return task
+
+    def _grants_read(self, user: str, task: asyncio.Future[Sequence[Grant]]) -> None:
+        failed = task.cancelled() or task.exception() is not None
+        if self._grant_lookups.get(user) is not task:
+            return  # forgotten meanwhile
+        del self._grant_lookups[user]
+        if not failed:
+            self._grants[user] = (self._clock(), task.result())
+
+    async def _read_grants(self, user: str) -> Sequence[Grant]:
+        async with self._uow_factory() as uow:
+            try:
+                found = await uow.users.get_by_name(user)
+            except NotFound:
+                return ()
+            return await uow.grants.list_for_user(found.id)
+
+    async def _describe(self, user: str, grants: Sequence[Grant]) -> list[UserApplication]:
+        # Awaited one by one: cached answers come back without suspending, which is the
+        # steady state, and costs far less than gathering tasks on every request.
+        by_image: dict[str, ImageMetadata | None] = {}
+        for grant in grants:
+            image_name = grant.application.image
+            if image_name not in by_image:
+                by_image[image_name] = await self._images.get(image_name)
+        sessions = await self._sessions.list_for_user(user)
+        by_grant: dict[str, Session] = {}
+        for session in sessions:
+            by_grant.setdefault(session.mapping_id, session)
+        described: list[UserApplication] = []
+        for grant in grants:
+            image = by_image[grant.application.image]
+            offered = offered_configurables(image, grant.policy) if image is not None else ()
+            described.append(
+                UserApplication(
+                    grant=grant,
+                    image=image,
+                    configurables=offered,
+                    session=by_grant.get(grant.mapping_id),
+                )
+            )
+        return described

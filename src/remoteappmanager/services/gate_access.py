@@ -1,0 +1,179 @@
+"""Who may reach a running application through the gate, and where it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.sessions import SessionState
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.services.access import AuthenticatedUser
+from remoteappmanager.services.sessions import Sessions
+
+# Changes made through ``Sessions`` (start, stop, reconciler repairs) are seen at once; a
+# container that dies or is removed behind the service's back is noticed within this time
+# (or at once, when the gate reports that it stopped answering).
+DEFAULT_TARGET_TTL = 10.0
+# An admin flag or hub session taken away ends access within this time (plus the identity
+# provider's own cache).
+DEFAULT_DECISION_TTL = 5.0
+# Bounds on the caches; past them expired entries are swept, then everything if need be.
+MAX_TARGETS = 10_000
+MAX_DECISIONS = 50_000
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
+
+
+@dataclass(frozen=True, slots=True)
+class GateTarget:
+    """A running application as the gate needs it.
+
+    ``origin`` is ``http://<host address>:<published port>``: the address the engine
+    published the port on (``127.0.0.1`` for a wildcard), never a container network address.
+    """
+
+    url_id: str
+    owner: str
+    urlpath: str
+    origin: str
+    allow_view: bool
+
+
+class GateAccess:
+    """Access decisions for the gate, cheap enough for every proxied request.
+
+    Contract:
+    - ``target(url_id)`` is the running session ``url_id`` with its grant's ``allow_view``;
+      ``NotFound`` when nothing runs there (or it has no published port yet), ``Unavailable``
+      when the engine or the database cannot be asked (never cached). Answers are kept until
+      ``Sessions.generation`` changes or ``target_ttl`` passes; concurrent misses for one
+      url id share one lookup. ``cached_target`` is the same without I/O (None on a miss).
+    - ``forget(url_id)`` drops a cached target (its application stopped answering).
+    - ``may_enter(user, target)``: the owner, an admin, or — when the grant's policy has
+      ``allow_view`` — any signed-in user. Pure.
+    - ``decision(principal, url_id)`` / ``remember(principal, url_id, allowed)``: a decision
+      kept for ``decision_ttl`` seconds, ``principal`` being a login session id.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        target_ttl: float = DEFAULT_TARGET_TTL,
+        decision_ttl: float = DEFAULT_DECISION_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._uow_factory = uow_factory
+        self._target_ttl = target_ttl
+        self._decision_ttl = decision_ttl
+        self._clock = clock
+        # url_id -> (generation, expires, target)
+        self._targets: dict[str, tuple[int, float, GateTarget]] = {}
+        self._lookups: dict[str, asyncio.Task[GateTarget]] = {}
+        # (principal, url_id) -> (expires, allowed)
+        self._decisions: dict[tuple[str, str], tuple[float, bool]] = {}
+
+    # ----------------------------------------------------------------- targets
+    def cached_target(self, url_id: str) -> GateTarget | None:
+        entry = self._targets.get(url_id)
+        if entry is None:
+            return None
+        generation, expires, target = entry
+        if generation != self._sessions.generation or self._clock() >= expires:
+            del self._targets[url_id]
+            return None
+        return target
+
+    async def target(self, url_id: str) -> GateTarget:
+        cached = self.cached_target(url_id)
+        if cached is not None:
+            return cached
+        lookup = self._lookups.get(url_id)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up(url_id))
+            self._lookups[url_id] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(url_id, done))
+        # Shielded: one waiter going away must not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, url_id: str, done: asyncio.Task[GateTarget]) -> None:
+        if self._lookups.get(url_id) is done:
+            del self._lookups[url_id]
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have gone away
+
+    async def _look_up(self, url_id: str) -> GateTarget:
+        generation = self._sessions.generation
+        session = await self._sessions.get_any(url_id)
+        if session.state is not SessionState.RUNNING or session.host_port is None:
+            raise NotFound(f"there is no application {url_id} running")
+        allow_view = False
+        async with self._uow_factory() as uow:
+            try:
+                grant = await uow.grants.get(session.mapping_id)
+            except NotFound:
+                grant = None  # revoked since the start: only its owner and admins get in
+        if grant is not None:
+            allow_view = grant.policy.allow_view
+        host = session.host_ip or ""
+        if host in _WILDCARD_HOSTS:
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        target = GateTarget(
+            url_id=session.url_id,
+            owner=session.user,
+            urlpath=session.urlpath,
+            origin=f"http://{host}:{session.host_port}",
+            allow_view=allow_view,
+        )
+        if generation == self._sessions.generation:
+            if len(self._targets) >= MAX_TARGETS:
+                self._sweep_targets()
+            self._targets[url_id] = (generation, self._clock() + self._target_ttl, target)
+        return target
+
+    def forget(self, url_id: str) -> None:
+        self._targets.pop(url_id, None)
+
+    def _sweep_targets(self) -> None:
+        now, generation = self._clock(), self._sessions.generation
+        for key, (gen, expires, _target) in list(self._targets.items()):
+            if gen != generation or now >= expires:
+                del self._targets[key]
+        if len(self._targets) >= MAX_TARGETS:
+            self._targets.clear()
+
+    # ----------------------------------------------------------------- decisions
+    @staticmethod
+    def may_enter(user: AuthenticatedUser, target: GateTarget) -> bool:
+        return user.name == target.owner or user.admin or target.allow_view
+
+    def decision(self, principal: str, url_id: str) -> bool | None:
+        """The kept decision for this login session and application (None: decide again)."""
+        entry = self._decisions.get((principal, url_id))
+        if entry is None:
+            return None
+        if self._clock() >= entry[0]:
+            del self._decisions[(principal, url_id)]
+            return None
+        return entry[1]
+
+    def remember(self, principal: str, url_id: str, allowed: bool) -> None:
+        if len(self._decisions) >= MAX_DECISIONS:
+            now = self._clock()
+            for key, (expires, _allowed) in list(self._decisions.items()):
+                if now >= expires:
+                    del self._decisions[key]
+            if len(self._decisions) >= MAX_DECISIONS:
+                self._decisions.clear()
+        self._decisions[(principal, url_id)] = (self._clock() + self._decision_ttl, allowed)
+
+    def forget_principal(self, principal: str) -> None:
+        """Drop every decision of a login session (it ended)."""
+        for key in [key for key in self._decisions if key[0] == principal]:
+            del self._decisions[key]

@@ -1,0 +1,247 @@
+"""The REST API's plumbing: a route registry, pydantic I/O and the generated OpenAPI 3.1 document.
+
+Every API route is declared once as an ``ApiOperation`` (method, path under ``{svc}api/``,
+handler, request and response models); the registry installs them on the router and derives
+``{svc}api/openapi.json`` from the same declarations, so the document cannot drift from what
+is served. A module adds its routes with a ``register(registry)`` function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from remoteappmanager.domain.errors import InvalidRequest
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Model = TypeVar("_Model", bound=BaseModel)
+
+OPENAPI_VERSION = "3.1.0"
+# Requests carry a mapping id and a few short strings: anything larger is not ours.
+MAX_BODY_BYTES = 16 * 1024
+_SCHEMA_REF = "#/components/schemas/{model}"
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+class ApiError(BaseModel):
+    """Every error answer of the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOperation:
+    """One route of the API and what the OpenAPI document says about it.
+
+    ``path`` is relative to ``{svc}api/`` with aiohttp/OpenAPI placeholders
+    (``v1/containers/{url_id}/``); ``responses`` maps each success status to its body model
+    (None: no body); ``errors`` lists the error statuses it may answer (besides 500);
+    ``headers`` documents response headers per status (e.g. ``Location`` on 201).
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    operation_id: str
+    summary: str
+    tag: str
+    responses: Mapping[int, type[BaseModel] | None]
+    request: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    public: bool = False
+    description: str = ""
+
+
+class ApiRegistry:
+    """The API's routes; ``install`` them, and serve ``document()`` as ``openapi.json``."""
+
+    def __init__(self, *, title: str, version: str, description: str = "") -> None:
+        self._title = title
+        self._version = version
+        self._description = description
+        self._operations: dict[tuple[str, str], ApiOperation] = {}
+
+    def add(self, operation: ApiOperation) -> None:
+        key = (operation.method.upper(), operation.path)
+        if operation.method.lower() not in _METHODS:
+            raise ValueError(f"unsupported method {operation.method}")
+        if key in self._operations:
+            raise ValueError(f"{key[0]} {key[1]} is registered twice")
+        if any(o.operation_id == operation.operation_id for o in self._operations.values()):
+            raise ValueError(f"operation id {operation.operation_id} is registered twice")
+        self._operations[key] = operation
+
+    @property
+    def operations(self) -> tuple[ApiOperation, ...]:
+        return tuple(self._operations.values())
+
+    def install(self, router: web.UrlDispatcher, api_prefix: str) -> None:
+        """Add every operation under ``api_prefix`` (``{svc}api/``)."""
+        for operation in self._operations.values():
+            router.add_route(
+                operation.method.upper(),
+                api_prefix + operation.path,
+                operation.handler,
+                name=operation.operation_id,
+            )
+
+    def document(self, api_prefix: str) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of the registered operations, served at ``api_prefix``."""
+        _, definitions = models_json_schema(
+            _models_of(self._operations.values()), ref_template=_SCHEMA_REF
+        )
+        schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
+        paths: dict[str, dict[str, Any]] = {}
+        for operation in sorted(self._operations.values(), key=lambda o: (o.path, o.method)):
+            item = paths.setdefault(api_prefix + operation.path, {})
+            item[operation.method.lower()] = self._operation_object(operation)
+        return {
+            "openapi": OPENAPI_VERSION,
+            "info": {
+                "title": self._title,
+                "version": self._version,
+                "description": self._description,
+            },
+            "paths": paths,
+            "components": {
+                "schemas": schemas,
+                "securitySchemes": {
+                    "hubToken": {
+                        "type": "apiKey",
+                        "in": "header",
+                        "name": "Authorization",
+                        "description": "`token <JupyterHub API token>`",
+                    },
+                    "sessionCookie": {
+                        "type": "apiKey",
+                        "in": "cookie",
+                        "name": "remoteapp-session",
+                        "description": "Browser session; changes also need the `_xsrf` "
+                        "cookie's value in the `X-XSRFToken` header.",
+                    },
+                },
+            },
+        }
+
+    def _operation_object(self, operation: ApiOperation) -> dict[str, Any]:
+        responses: dict[str, Any] = {}
+        for status, model in sorted(operation.responses.items()):
+            response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+            if model is not None:
+                response["content"] = {"application/json": {"schema": _ref(model)}}
+            headers = operation.headers.get(status)
+            if headers:
+                response["headers"] = {
+                    name: {"description": text, "schema": {"type": "string"}}
+                    for name, text in headers.items()
+                }
+            responses[str(status)] = response
+        for status in sorted({*operation.errors, 500}):
+            responses[str(status)] = {
+                "description": HTTPStatus(status).phrase,
+                "content": {"application/json": {"schema": _ref(ApiError)}},
+            }
+        result: dict[str, Any] = {
+            "operationId": operation.operation_id,
+            "summary": operation.summary,
+            "tags": [operation.tag],
+            "responses": responses,
+        }
+        if operation.description:
+            result["description"] = operation.description
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _path_parameters(operation.path)
+        ]
+        if parameters:
+            result["parameters"] = parameters
+        if operation.request is not None:
+            result["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(operation.request)}},
+            }
+        result["security"] = [] if operation.public else [{"hubToken": []}, {"sessionCookie": []}]
+        return result
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _SCHEMA_REF.format(model=model.__name__)}
+
+
+def _models_of(
+    operations: Iterable[ApiOperation],
+) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    # Requests are described as they are validated, answers as they are serialised.
+    found: dict[str, tuple[type[BaseModel], JsonSchemaMode]] = {
+        ApiError.__name__: (ApiError, "serialization")
+    }
+    for operation in operations:
+        used: list[tuple[type[BaseModel] | None, JsonSchemaMode]] = [
+            (operation.request, "validation"),
+            *((model, "serialization") for model in operation.responses.values()),
+        ]
+        for model, mode in used:
+            if model is None:
+                continue
+            known = found.setdefault(model.__name__, (model, mode))
+            if known != (model, mode):
+                raise ValueError(f"two API models (or uses of one) are named {model.__name__}")
+    return list(found.values())
+
+
+def _path_parameters(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+
+
+# ------------------------------------------------------------------------------ request / response
+async def parse_body(request: web.Request, model: type[_Model]) -> _Model:
+    """The request's JSON body as ``model``; ``InvalidRequest`` (400) for anything else."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    body = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        raise InvalidRequest("the request needs a JSON body")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    # The client's input is not echoed back: only where it is wrong and why.
+    first = exc.errors(include_url=False, include_input=False)[0]
+    if first["type"] == "json_invalid":
+        return "the request body is not valid JSON"
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    """``model`` serialised as the API's JSON answer."""
+    return web.Response(
+        body=model.model_dump_json().encode(), status=status, content_type="application/json"
+    )
+
+
+def openapi_handler(document: Mapping[str, Any]) -> Handler:
+    """A handler serving ``document`` (rendered once)."""
+    body = json.dumps(document, separators=(",", ":")).encode()
+
+    async def openapi(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi

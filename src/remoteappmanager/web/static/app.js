@@ -1,0 +1,766 @@
+// The user page: my applications, starting and stopping them, and the running one in a frame.
+//
+// Every value that comes from the API (image labels, user names, error messages) reaches the
+// page through textContent or setAttribute on elements built here, never as markup.
+
+const API = metaContent("remoteapp-api");
+const XSRF_TOKEN = metaContent("xsrf-token");
+const DEFAULT_ICON = document.body.dataset.defaultIcon || "";
+
+const POLL_INTERVAL_MS = 1500;
+const FIT_WINDOW = "fit";
+const COMMON_RESOLUTIONS = [
+  "1024x768",
+  "1280x720",
+  "1280x800",
+  "1280x1024",
+  "1440x900",
+  "1600x900",
+  "1680x1050",
+  "1920x1080",
+  "2560x1440",
+];
+// The service refuses sizes outside these bounds; "Fit window" is clamped to them.
+const MIN_SIZE = { width: 320, height: 200 };
+const MAX_SIZE = { width: 7680, height: 4320 };
+// A 128x128 PNG is a few kilobytes; anything this large is not an icon.
+const MAX_ICON_CHARS = 1024 * 1024;
+const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
+
+const STATUS_TEXT = {
+  stopped: "Stopped",
+  starting: "Starting",
+  running: "Running",
+  stopping: "Stopping",
+};
+const TYPE_TEXT = { vncapp: "Desktop", webapp: "Web application" };
+
+const state = {
+  apps: [], // sorted by name
+  loaded: false,
+  selected: null, // mapping id
+  filter: "",
+  pending: new Map(), // mapping id -> "starting" | "stopping", for requests of this page
+  resolution: new Map(), // mapping id -> the chosen resolution, kept across re-renders
+  pollTimer: null,
+  shownKey: null, // what the main panel shows, so polling does not reload the frame
+};
+
+const elements = {
+  list: document.getElementById("applistentries"),
+  listMessage: document.getElementById("applist-message"),
+  search: document.getElementById("search-input"),
+  spinner: document.getElementById("loading-spinner"),
+  spinnerText: document.querySelector("#loading-spinner .loading-text"),
+  panel: document.getElementById("app-panel"),
+  view: document.getElementById("app-view"),
+  menuButton: document.getElementById("user-menu"),
+  menu: document.getElementById("user-menu-items"),
+};
+
+// ------------------------------------------------------------------------------- helpers
+function metaContent(name) {
+  const meta = document.querySelector(`meta[name="${name}"]`);
+  return meta ? meta.getAttribute("content") || "" : "";
+}
+
+function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "text") element.textContent = String(value);
+    else if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else element.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return element;
+}
+
+function text(value) {
+  return typeof value === "string" ? value : "";
+}
+
+function iconSource(value) {
+  if (typeof value !== "string") return DEFAULT_ICON;
+  const compact = value.replace(/\s+/g, "");
+  if (!compact || compact.length > MAX_ICON_CHARS || compact.length % 4 !== 0) return DEFAULT_ICON;
+  if (!BASE64_RE.test(compact)) return DEFAULT_ICON;
+  try {
+    atob(compact);
+  } catch {
+    return DEFAULT_ICON;
+  }
+  return `data:image/png;base64,${compact}`;
+}
+
+// A container's URL path becomes a frame's source: only a path on this site will do.
+function safePath(value) {
+  if (typeof value !== "string" || !value.startsWith("/") || value.startsWith("//")) return null;
+  if (/[\\\s]/.test(value)) return null;
+  return value.replace(/\/+$/, "");
+}
+
+// ------------------------------------------------------------------------------- the API
+class ApiError extends Error {
+  constructor(type, message, status) {
+    super(message);
+    this.type = type;
+    this.status = status;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const options = { method, headers, credentials: "same-origin", cache: "no-store" };
+  if (method !== "GET" && method !== "HEAD") headers["X-XSRFToken"] = XSRF_TOKEN;
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(API + path, options);
+  } catch {
+    throw new ApiError(
+      "NetworkError",
+      "The service cannot be reached. Check your connection and try again.",
+      0,
+    );
+  }
+  if (!response.ok) {
+    let type = "Unable";
+    let message = `The service answered ${response.status} ${response.statusText}.`.trim();
+    try {
+      const error = await response.json();
+      if (typeof error.type === "string") type = error.type;
+      if (typeof error.message === "string" && error.message) message = error.message;
+    } catch {
+      // Not the API's JSON (a proxy error page): keep the generic message.
+    }
+    if (response.status === 401) {
+      message = "Your session has ended. Reload the page to sign in again.";
+    }
+    throw new ApiError(type, message, response.status);
+  }
+  if (response.status === 201 || response.status === 204) return null;
+  return response.json();
+}
+
+function toApplication(id, raw) {
+  const item = raw && typeof raw === "object" ? raw : {};
+  const image = item.image && typeof item.image === "object" ? item.image : null;
+  const policy = item.policy && typeof item.policy === "object" ? item.policy : {};
+  const container = item.container && typeof item.container === "object" ? item.container : null;
+  const type = image && text(image.type) in TYPE_TEXT ? image.type : "vncapp";
+  const available = image !== null && item.available !== false;
+  return {
+    id: text(item.mapping_id) || String(id),
+    available,
+    name: (image && (text(image.ui_name) || text(image.name))) || "Unavailable application",
+    imageName: image ? text(image.name) : "",
+    description: available
+      ? text(image.description)
+      : "This application cannot be started: its image is no longer available.",
+    type,
+    icon: iconSource(image && image.icon_128),
+    configurables: Array.isArray(image && image.configurables)
+      ? image.configurables.filter((name) => typeof name === "string")
+      : [],
+    allowHome: policy.allow_home === true,
+    allowView: policy.allow_view === true,
+    volumeSource: text(policy.volume_source),
+    volumeTarget: text(policy.volume_target),
+    volumeMode: text(policy.volume_mode),
+    allowStartupData: policy.allow_startup_data === true,
+    container: container
+      ? {
+          urlId: text(container.url_id),
+          urlpath: safePath(container.urlpath),
+          state: text(container.state),
+        }
+      : null,
+  };
+}
+
+function byName(a, b) {
+  return a.name.localeCompare(b.name, undefined, { sensitivity: "base" }) || a.id.localeCompare(b.id);
+}
+
+async function loadApplications() {
+  const answer = await api("GET", "applications/");
+  const items = answer && typeof answer.items === "object" && answer.items ? answer.items : {};
+  const ids = Array.isArray(answer && answer.identifiers) ? answer.identifiers : Object.keys(items);
+  state.apps = ids.filter((id) => id in items).map((id) => toApplication(id, items[id])).sort(byName);
+  state.loaded = true;
+}
+
+async function reloadApplication(id) {
+  const fresh = toApplication(id, await api("GET", `applications/${encodeURIComponent(id)}/`));
+  state.apps = state.apps.map((app) => (app.id === id ? fresh : app));
+}
+
+// ------------------------------------------------------------------------------- state
+function statusOf(app) {
+  const pending = state.pending.get(app.id);
+  if (pending) return pending;
+  const container = app.container;
+  if (!container) return "stopped";
+  if (container.state === "running") return container.urlpath ? "running" : "stopped";
+  if (container.state === "starting" || container.state === "stopping") return container.state;
+  return "stopped"; // exited: the next start replaces it
+}
+
+function selectedApp() {
+  return state.apps.find((app) => app.id === state.selected) || null;
+}
+
+function visibleApps() {
+  const needle = state.filter.trim().toLocaleLowerCase();
+  if (!needle) return state.apps;
+  return state.apps.filter((app) =>
+    [app.name, app.description, app.imageName, TYPE_TEXT[app.type]].some((value) =>
+      value.toLocaleLowerCase().includes(needle),
+    ),
+  );
+}
+
+function mounts(app) {
+  const found = [];
+  if (app.allowHome) found.push("Workspace → /workspace");
+  if (app.volumeSource && app.volumeTarget) {
+    const mode = app.volumeMode === "rw" ? "read-write" : "read-only";
+    found.push(`${app.volumeSource} → ${app.volumeTarget} (${mode})`);
+  }
+  return found;
+}
+
+function schedulePoll() {
+  clearTimeout(state.pollTimer);
+  state.pollTimer = null;
+  const settling = state.apps.some(
+    (app) => !state.pending.has(app.id) && ["starting", "stopping"].includes(statusOf(app)),
+  );
+  if (settling) state.pollTimer = setTimeout(poll, POLL_INTERVAL_MS);
+}
+
+async function poll() {
+  try {
+    await loadApplications();
+  } catch {
+    // A hiccup while waiting: try again at the next tick.
+  }
+  render();
+  schedulePoll();
+}
+
+// ------------------------------------------------------------------------------- dialogs
+function openDialog({ title, body, buttons, className = "" }) {
+  return new Promise((resolve) => {
+    const titleId = `dialog-title-${Math.random().toString(36).slice(2)}`;
+    const dialog = h("dialog", { class: `dialog ${className}`.trim(), "aria-labelledby": titleId });
+    const footer = h("footer", { class: "dialog-footer" });
+    let result = "cancel";
+    for (const button of buttons) {
+      footer.append(
+        h("button", {
+          type: "button",
+          class: button.primary ? "button button-primary" : "button",
+          text: button.label,
+          onclick: () => {
+            result = button.value;
+            dialog.close();
+          },
+        }),
+      );
+    }
+    dialog.append(
+      h("h2", { id: titleId, class: "dialog-title", text: title }),
+      h("div", { class: "dialog-body" }, ...body),
+      footer,
+    );
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      resolve(result);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    const primary = footer.querySelector(".button-primary") || footer.querySelector("button");
+    if (primary && !dialog.querySelector("[autofocus]")) primary.focus();
+  });
+}
+
+function showError(title, message) {
+  return openDialog({
+    title,
+    className: "dialog-error",
+    body: [h("p", { class: "error-message", text: message })],
+    buttons: [{ label: "Close", value: "close", primary: true }],
+  });
+}
+
+function confirmQuit(app) {
+  return openDialog({
+    title: `Stop ${app.name}?`,
+    body: [
+      h("p", {
+        text: "The application will be closed. Anything not saved to the workspace is lost.",
+      }),
+    ],
+    buttons: [
+      { label: "Cancel", value: "cancel" },
+      { label: "Ok", value: "ok", primary: true },
+    ],
+  });
+}
+
+function showShare(app) {
+  const link = `${window.location.origin}${app.container.urlpath}/`;
+  const field = h("input", {
+    id: "shared-url",
+    class: "share-field",
+    type: "text",
+    readonly: true,
+    value: link,
+    "aria-label": "Link to this application",
+  });
+  const feedback = h("span", { class: "copy-feedback", role: "status" });
+  const copy = h("button", {
+    id: "cp-clipboard-button",
+    type: "button",
+    class: "button",
+    text: "Copy",
+    onclick: async () => {
+      feedback.textContent = (await copyText(link, field)) ? "Copied" : "Select the link and copy it";
+    },
+  });
+  field.addEventListener("focus", () => field.select());
+  return openDialog({
+    title: `Share ${app.name}`,
+    body: [
+      h("p", {
+        text: "People signed in to this site can view the running application with this link.",
+      }),
+      h("div", { class: "share-row" }, field, copy),
+      feedback,
+    ],
+    buttons: [{ label: "Close", value: "close", primary: true }],
+  });
+}
+
+async function copyText(value, field) {
+  try {
+    await navigator.clipboard.writeText(value);
+    return true;
+  } catch {
+    field.select();
+    try {
+      return document.execCommand("copy");
+    } catch {
+      return false;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------- actions
+function fitWindow() {
+  const width = Math.round(elements.view.clientWidth);
+  const height = Math.round(elements.view.clientHeight - toolbarHeight());
+  const clamp = (value, low, high) => Math.min(high, Math.max(low, value));
+  return `${clamp(width, MIN_SIZE.width, MAX_SIZE.width)}x${clamp(height, MIN_SIZE.height, MAX_SIZE.height)}`;
+}
+
+function toolbarHeight() {
+  const toolbar = elements.panel.querySelector(".app-toolbar");
+  return toolbar ? toolbar.offsetHeight : 0;
+}
+
+function chosenConfigurables(app, form) {
+  const configurables = {};
+  if (app.configurables.includes("resolution")) {
+    const choice = form.elements.namedItem("resolution").value;
+    const resolution = choice === FIT_WINDOW ? fitWindow() : choice;
+    configurables.resolution = { resolution };
+  }
+  if (app.configurables.includes("startupdata")) {
+    const path = form.elements.namedItem("startupdata").value.trim();
+    if (path) configurables.startupdata = { startupdata: path };
+  }
+  return configurables;
+}
+
+async function start(app, form) {
+  const configurables = chosenConfigurables(app, form);
+  state.pending.set(app.id, "starting");
+  render();
+  try {
+    await api("POST", "containers/", { mapping_id: app.id, configurables });
+    await reloadApplication(app.id);
+  } catch (error) {
+    state.pending.delete(app.id);
+    render();
+    await showError(`${app.name} did not start`, error.message);
+    return;
+  } finally {
+    state.pending.delete(app.id);
+  }
+  render();
+  schedulePoll();
+}
+
+async function quit(app) {
+  if ((await confirmQuit(app)) !== "ok") return;
+  const urlId = app.container && app.container.urlId;
+  state.pending.set(app.id, "stopping");
+  render();
+  try {
+    if (urlId) await api("DELETE", `containers/${encodeURIComponent(urlId)}/`);
+    await reloadApplication(app.id);
+  } catch (error) {
+    state.pending.delete(app.id);
+    render();
+    await showError(`${app.name} did not stop`, error.message);
+    return;
+  } finally {
+    state.pending.delete(app.id);
+  }
+  render();
+  schedulePoll();
+}
+
+function select(id, { focusPanel = false } = {}) {
+  state.selected = id;
+  // The selection survives a reload through the fragment (never sent to the server).
+  window.history.replaceState(null, "", `${window.location.pathname}#${encodeURIComponent(id)}`);
+  render();
+  if (focusPanel) {
+    const target = elements.panel.querySelector("#start-button, #application");
+    if (target) target.focus();
+  }
+}
+
+// ------------------------------------------------------------------------------- rendering
+function render() {
+  renderList();
+  renderPanel();
+}
+
+function renderList() {
+  const apps = visibleApps();
+  const focusedId = document.activeElement && document.activeElement.dataset.mappingId;
+  const entries = apps.map((app, index) => {
+    const status = statusOf(app);
+    const meta = h(
+      "span",
+      { class: "app-meta" },
+      h("span", { class: "chip chip-type", text: TYPE_TEXT[app.type] }),
+      ...mounts(app).map((mount) => h("span", { class: "chip chip-mount", text: mount })),
+    );
+    const button = h(
+      "button",
+      {
+        type: "button",
+        id: `application-entry-${index}`,
+        class: "app-entry",
+        "data-mapping-id": app.id,
+        "aria-current": app.id === state.selected ? "true" : null,
+        onclick: () => select(app.id, { focusPanel: true }),
+      },
+      h("img", { class: "app-icon", src: app.icon, alt: "", width: 40, height: 40 }),
+      h(
+        "span",
+        { class: "app-text" },
+        h(
+          "span",
+          { class: "app-heading" },
+          h("span", { class: "app-name", text: app.name }),
+          h("span", { class: `status status-${status}`, text: STATUS_TEXT[status] }),
+        ),
+        app.description ? h("span", { class: "app-description", text: app.description }) : null,
+        meta,
+      ),
+    );
+    return h("li", { class: "app-item" }, button);
+  });
+  elements.list.replaceChildren(...entries);
+  if (focusedId) {
+    const again = elements.list.querySelector(`[data-mapping-id="${CSS.escape(focusedId)}"]`);
+    if (again) again.focus();
+  }
+
+  let message = "";
+  if (state.loaded && state.apps.length === 0) {
+    message = "You have no applications yet. Your administrator can give you some.";
+  } else if (state.loaded && apps.length === 0) {
+    message = `No application matches “${state.filter.trim()}”.`;
+  }
+  elements.listMessage.textContent = message;
+  elements.listMessage.hidden = !message;
+}
+
+function renderPanel() {
+  const app = selectedApp();
+  const status = app ? statusOf(app) : null;
+  const key = app
+    ? `${app.id}|${status}|${app.container ? app.container.urlpath : ""}`
+    : `none|${state.loaded}|${state.apps.length > 0}`;
+  if (key === state.shownKey) {
+    updateSpinner(app, status);
+    return;
+  }
+  state.shownKey = key;
+  if (!app) {
+    elements.panel.replaceChildren(
+      state.loaded && state.apps.length
+        ? h(
+            "div",
+            { class: "placeholder" },
+            h("h1", { text: "Choose an application" }),
+            h("p", { text: "Pick one from the list to start it or to go back to it." }),
+          )
+        : "",
+    );
+  } else if (status === "running") {
+    elements.panel.replaceChildren(toolbar(app, status), frame(app));
+  } else {
+    elements.panel.replaceChildren(toolbar(app, status), settings(app, status));
+  }
+  updateSpinner(app, status);
+}
+
+function updateSpinner(app, status) {
+  let message = "";
+  if (!state.loaded) message = "Loading your applications…";
+  else if (app && status === "starting") message = `Starting ${app.name}…`;
+  else if (app && status === "stopping") message = `Stopping ${app.name}…`;
+  else if (app && status === "running" && !elements.panel.querySelector("#application.loaded")) {
+    message = `Opening ${app.name}…`;
+  }
+  elements.spinnerText.textContent = message;
+  elements.spinner.hidden = !message;
+}
+
+function toolbar(app, status) {
+  const actions = h("div", { class: "toolbar-actions" });
+  if (status === "running" && app.allowView) {
+    actions.append(
+      h("button", {
+        type: "button",
+        id: "share-button",
+        class: "button",
+        text: "Share",
+        onclick: () => showShare(app),
+      }),
+    );
+  }
+  if (status === "running") {
+    actions.append(
+      h("button", {
+        type: "button",
+        id: "quit-button",
+        class: "button button-danger",
+        text: "Quit",
+        onclick: () => quit(app),
+      }),
+    );
+  }
+  return h(
+    "div",
+    { class: "app-toolbar" },
+    h("img", { class: "app-icon", src: app.icon, alt: "", width: 32, height: 32 }),
+    h("h1", { class: "toolbar-title", text: app.name }),
+    h("span", { class: `status status-${status}`, text: STATUS_TEXT[status] }),
+    actions,
+  );
+}
+
+function frame(app) {
+  const iframe = h("iframe", {
+    id: "application",
+    class: "application-frame",
+    title: app.name,
+    src: `${app.container.urlpath}/`,
+    allow: "clipboard-read; clipboard-write; fullscreen",
+  });
+  iframe.addEventListener("load", () => {
+    iframe.classList.add("loaded");
+    updateSpinner(selectedApp(), "running");
+    // The application should get the keyboard at once (a desktop needs every key).
+    iframe.focus();
+    try {
+      iframe.contentWindow.focus();
+    } catch {
+      // Focus on the frame element is enough where the window refuses it.
+    }
+  });
+  return iframe;
+}
+
+function settings(app, status) {
+  const busy = status === "starting" || status === "stopping";
+  const form = h("form", {
+    id: "application-settings",
+    class: "settings",
+    "aria-label": `Settings of ${app.name}`,
+  });
+  const fields = h("div", { class: "settings-fields" });
+
+  if (app.configurables.includes("resolution")) {
+    const chosen = state.resolution.get(app.id) || FIT_WINDOW;
+    const select = h(
+      "select",
+      {
+        id: "resolution-select",
+        name: "resolution",
+        disabled: busy,
+        onchange: (event) => state.resolution.set(app.id, event.target.value),
+      },
+      h("option", { value: FIT_WINDOW, text: "Fit window" }),
+      ...COMMON_RESOLUTIONS.map((size) => h("option", { value: size, text: size.replace("x", " × ") })),
+    );
+    select.value = chosen;
+    fields.append(
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "resolution-select", text: "Resolution" }),
+        select,
+      ),
+    );
+  }
+  if (app.configurables.includes("startupdata")) {
+    const roots = [app.allowHome ? "/workspace" : "", app.volumeTarget].filter(Boolean);
+    fields.append(
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "startupdata-input", text: "Startup file" }),
+        h("input", {
+          id: "startupdata-input",
+          name: "startupdata",
+          type: "text",
+          disabled: busy,
+          placeholder: roots.length ? `${roots[0]}/…` : "/path/to/file",
+          autocomplete: "off",
+          spellcheck: "false",
+          "aria-describedby": "startupdata-help",
+        }),
+        h("p", {
+          id: "startupdata-help",
+          class: "field-help",
+          text: roots.length
+            ? `Optional: a file the application opens at start, inside ${roots.join(" or ")}.`
+            : "Optional: a file the application opens at start.",
+        }),
+      ),
+    );
+  }
+
+  const details = h("dl", { class: "details" });
+  const addDetail = (term, value) => details.append(h("dt", { text: term }), h("dd", { text: value }));
+  addDetail("Type", TYPE_TEXT[app.type]);
+  const mounted = mounts(app);
+  addDetail("Data", mounted.length ? mounted.join(", ") : "No folders are mounted");
+  if (app.allowView) addDetail("Sharing", "Can be shared with other signed-in users");
+
+  const startButton = h("button", {
+    type: "submit",
+    id: "start-button",
+    class: "button button-primary button-large",
+    disabled: busy || !app.available,
+    text: status === "starting" ? "Starting…" : status === "stopping" ? "Stopping…" : "Start",
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!startButton.disabled) start(app, form);
+  });
+  form.append(
+    app.description ? h("p", { class: "settings-description", text: app.description }) : "",
+    details,
+    fields.childElementCount ? h("fieldset", { class: "settings-group" }, h("legend", { text: "Start with" }), fields) : "",
+    h("div", { class: "settings-actions" }, startButton),
+  );
+  return form;
+}
+
+// ------------------------------------------------------------------------------- wiring
+function wireUserMenu() {
+  const { menuButton, menu } = elements;
+  const setOpen = (open) => {
+    menu.hidden = !open;
+    menuButton.setAttribute("aria-expanded", String(open));
+    if (open) {
+      const first = menu.querySelector("a:not([hidden]), button");
+      if (first) first.focus();
+    }
+  };
+  menuButton.addEventListener("click", () => setOpen(menu.hidden));
+  document.addEventListener("click", (event) => {
+    if (!menu.hidden && !menu.contains(event.target) && !menuButton.contains(event.target)) {
+      setOpen(false);
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !menu.hidden) {
+      setOpen(false);
+      menuButton.focus();
+    }
+  });
+}
+
+function wireSearch() {
+  elements.search.addEventListener("input", () => {
+    state.filter = elements.search.value;
+    renderList();
+  });
+  elements.search.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowDown") {
+      const first = elements.list.querySelector(".app-entry");
+      if (first) {
+        event.preventDefault();
+        first.focus();
+      }
+    }
+  });
+}
+
+function wireListKeys() {
+  elements.list.addEventListener("keydown", (event) => {
+    if (event.key !== "ArrowDown" && event.key !== "ArrowUp") return;
+    const entries = [...elements.list.querySelectorAll(".app-entry")];
+    const index = entries.indexOf(document.activeElement);
+    if (index < 0) return;
+    event.preventDefault();
+    const next = index + (event.key === "ArrowDown" ? 1 : -1);
+    if (next < 0) elements.search.focus();
+    else if (next < entries.length) entries[next].focus();
+  });
+}
+
+async function main() {
+  wireUserMenu();
+  wireSearch();
+  wireListKeys();
+  render();
+  try {
+    await loadApplications();
+  } catch (error) {
+    state.loaded = true;
+    render();
+    await showError("Your applications could not be loaded", error.message);
+    return;
+  }
+  let wanted = "";
+  try {
+    wanted = decodeURIComponent(window.location.hash.slice(1));
+  } catch {
+    // A mangled fragment selects nothing.
+  }
+  if (wanted && state.apps.some((app) => app.id === wanted)) state.selected = wanted;
+  render();
+  schedulePoll();
+}
+
+main();

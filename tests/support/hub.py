@@ -1,0 +1,93 @@
+"""A real JupyterHub for the tests: started from a config file, reached and signed into."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.services import ServiceMissing, chp_command, skip_or_fail, wait_for_port
+
+ROUTE_TIMEOUT = 30.0
+
+
+def require_hub() -> None:
+    """Skip (locally) or fail (CI) unless JupyterHub and configurable-http-proxy are there."""
+    if importlib.util.find_spec("jupyterhub") is None:
+        skip_or_fail("JupyterHub is not installed (pip install jupyterhub)")
+    try:
+        chp_command()
+    except ServiceMissing as exc:
+        skip_or_fail(f"configurable-http-proxy: {exc}")
+
+
+@contextlib.contextmanager
+def running_hub(tmp: Path, env: dict[str, str], public_port: int) -> Iterator[None]:
+    """``jupyterhub -f tmp/test_config.py`` in ``tmp`` until the block ends (log in tmp)."""
+    log = (tmp / "jupyterhub.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(tmp / "test_config.py")],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        try:
+            wait_for_port(public_port, timeout=60, process=process)
+        except ServiceMissing as exc:
+            log.flush()
+            tail = (tmp / "jupyterhub.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"JupyterHub did not start: {exc}\n{tail}") from None
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+async def wait_until_routed(url: str, within: float = ROUTE_TIMEOUT) -> None:
+    """The hub adds a service's proxy route shortly after the service starts listening."""
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered 200 through the proxy")
+
+
+def new_browser() -> aiohttp.ClientSession:
+    # 127.0.0.1 is an IP address: aiohttp keeps cookies for it only in an "unsafe" jar.
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+async def sign_in(
+    session: aiohttp.ClientSession, page_url: str, name: str, password: str
+) -> aiohttp.ClientResponse:
+    """Open ``page_url`` anonymously, sign in on the hub's form, follow the OAuth dance back."""
+    async with session.get(page_url) as login_page:
+        assert login_page.status == 200
+        assert login_page.url.path.endswith("/hub/login")
+        html = await login_page.text()
+        action = login_page.url
+    match = re.search(r'name="_xsrf" value="([^"]+)"', html)
+    assert match, html[:2000]
+    form = {"username": name, "password": password, "_xsrf": match.group(1)}
+    async with session.post(action, data=form) as landed:
+        await landed.read()
+        return landed

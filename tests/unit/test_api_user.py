@@ -1,0 +1,498 @@
+"""The user REST API ({svc}api/v1/) over in-memory fakes: shapes, status codes, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from openapi_spec_validator import validate
+
+from remoteappmanager.domain.models import Policy, Volume
+from remoteappmanager.services import catalogue
+from remoteappmanager.web.keys import API_REGISTRY
+from tests.support.webapp import API, PREFIX, World, cookie, make_app, sign_in
+
+NS = "eu.simphony-project.docker."
+DESKTOP = "remoteapp-test/desktop:latest"
+WEBAPP = "remoteapp-test/web:latest"
+ICON = "iVBORw0KGgo="
+DESKTOP_LABELS = {
+    NS + "ui_name": "Desktop <script>alert(1)</script>",
+    NS + "description": 'A "desktop" & more',
+    NS + "icon_128": ICON,
+    NS + "type": "vncapp",
+    NS + "env.x11-width": "",
+    NS + "env.x11-height": "",
+    NS + "env.startupdata": "",
+}
+WEB_LABELS = {NS + "ui_name": "Web", NS + "type": "webapp"}
+
+APPLICATIONS = API + "v1/applications/"
+CONTAINERS = API + "v1/containers/"
+OPENAPI = API + "openapi.json"
+
+
+class Api:
+    """A signed-in API client: ``Authorization: token`` for one hub user."""
+
+    def __init__(self, client: TestClient[Any, Any], token: str | None) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"token {token}"} if token else {}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        async with self.client.request(method, path, headers=headers, **kwargs) as response:
+            raw = await response.read()
+            body = json.loads(raw) if raw else None
+            return response.status, body, response.headers
+
+    async def start(self, mapping_id: str, **configurables: Any) -> str:
+        status, body, headers = await self.call(
+            "POST", CONTAINERS, json={"mapping_id": mapping_id, "configurables": configurables}
+        )
+        assert status == 201, body
+        return headers["Location"]
+
+
+@pytest.fixture
+async def world() -> World:
+    world = World()
+    world.runtime.add_image(DESKTOP, DESKTOP_LABELS)
+    world.runtime.add_image(WEBAPP, WEB_LABELS)
+    for name in ("alice", "bob"):
+        world.hub.add_user(name)
+        await catalogue.create_user(world.database.unit_of_work, name)
+    for image in (DESKTOP, WEBAPP):
+        await catalogue.create_application(world.database.unit_of_work, image)
+    return world
+
+
+async def _grant(world: World, image: str, user: str, policy: Policy | None = None) -> str:
+    grant = await catalogue.grant_access(
+        world.database.unit_of_work, image, user, policy or Policy()
+    )
+    return grant.mapping_id
+
+
+@pytest.fixture
+async def client(world: World, aiohttp_client: Any) -> TestClient[Any, Any]:
+    return await aiohttp_client(make_app(world))
+
+
+@pytest.fixture
+def alice(client: TestClient[Any, Any], world: World) -> Api:
+    return Api(client, world.hub.issue_token("alice"))
+
+
+@pytest.fixture
+def bob(client: TestClient[Any, Any], world: World) -> Api:
+    return Api(client, world.hub.issue_token("bob"))
+
+
+# ------------------------------------------------------------------------------ applications
+async def test_a_user_without_grants_has_an_empty_list(alice: Api) -> None:
+    status, body, headers = await alice.call("GET", APPLICATIONS)
+    assert status == 200
+    assert body == {"offset": 0, "total": 0, "items": {}, "identifiers": []}
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Content-Type"].startswith("application/json")
+
+
+async def test_hub_users_unknown_to_the_catalogue_have_no_applications(
+    client: TestClient[Any, Any], world: World
+) -> None:
+    world.hub.add_user("carol")
+    status, body, _ = await Api(client, world.hub.issue_token("carol")).call("GET", APPLICATIONS)
+    assert (status, body["total"]) == (200, 0)
+
+
+async def test_applications_list_my_grants_with_image_policy_and_offer(
+    alice: Api, bob: Api, world: World
+) -> None:
+    policy = Policy(
+        app_license="LIC-1",
+        allow_home=True,
+        allow_startup_data=True,
+        volume=Volume.parse("/data:/mnt/data:ro"),
+    )
+    desktop = await _grant(world, DESKTOP, "alice", policy)
+    web = await _grant(world, WEBAPP, "alice")
+    await _grant(world, WEBAPP, "bob")
+
+    status, body, _ = await alice.call("GET", APPLICATIONS)
+    assert status == 200
+    assert body["total"] == 2
+    assert body["offset"] == 0
+    assert sorted(body["identifiers"]) == sorted([desktop, web])
+    assert list(body["items"]) == body["identifiers"]
+    assert body["items"][desktop] == {
+        "mapping_id": desktop,
+        "available": True,
+        "image": {
+            "name": DESKTOP,
+            "ui_name": "Desktop <script>alert(1)</script>",
+            "icon_128": ICON,
+            "description": 'A "desktop" & more',
+            "type": "vncapp",
+            "configurables": ["resolution", "startupdata"],
+        },
+        "policy": {
+            "app_license": "LIC-1",
+            "allow_home": True,
+            "allow_view": False,
+            "allow_common": False,
+            "volume_source": "/data",
+            "volume_target": "/mnt/data",
+            "volume_mode": "ro",
+            "allow_startup_data": True,
+        },
+        "container": None,
+    }
+    assert body["items"][web]["image"]["type"] == "webapp"
+    assert body["items"][web]["image"]["configurables"] == []
+    assert body["items"][web]["policy"]["volume_source"] is None
+
+    status, body, _ = await bob.call("GET", APPLICATIONS)
+    assert body["total"] == 1
+    assert desktop not in body["items"]
+
+
+async def test_startupdata_is_offered_only_when_the_policy_allows_it(
+    alice: Api, world: World
+) -> None:
+    mapping_id = await _grant(world, DESKTOP, "alice")
+    _, body, _ = await alice.call("GET", APPLICATIONS + mapping_id + "/")
+    assert body["image"]["configurables"] == ["resolution"]
+
+
+async def test_one_application_by_mapping_id(alice: Api, bob: Api, world: World) -> None:
+    mapping_id = await _grant(world, DESKTOP, "alice")
+    status, body, _ = await alice.call("GET", APPLICATIONS + mapping_id + "/")
+    assert (status, body["mapping_id"], body["container"]) == (200, mapping_id, None)
+
+    status, body, _ = await bob.call("GET", APPLICATIONS + mapping_id + "/")
+    assert (status, body["type"]) == (404, "NotFound")
+    status, body, _ = await alice.call("GET", APPLICATIONS + "0" * 32 + "/")
+    assert (status, body["type"]) == (404, "NotFound")
+
+
+async def test_an_image_gone_from_the_engine_is_listed_as_unavailable(
+    alice: Api, world: World
+) -> None:
+    gone = await _grant(world, DESKTOP, "alice")
+    kept = await _grant(world, WEBAPP, "alice")
+    world.runtime.remove_image(DESKTOP)
+    status, body, _ = await alice.call("GET", APPLICATIONS)
+    assert status == 200
+    assert body["items"][gone]["available"] is False
+    assert body["items"][gone]["image"]["name"] == DESKTOP
+    assert body["items"][gone]["image"]["configurables"] == []
+    assert body["items"][kept]["available"] is True
+
+
+async def test_the_engine_being_down_is_a_503_not_a_crash(alice: Api, world: World) -> None:
+    await _grant(world, DESKTOP, "alice")
+    world.runtime.available = False
+    status, body, _ = await alice.call("GET", APPLICATIONS)
+    assert (status, body["type"]) == (503, "Unable")
+
+
+async def test_labels_come_back_as_json_data(alice: Api, world: World) -> None:
+    mapping_id = await _grant(world, DESKTOP, "alice")
+    async with alice.client.get(APPLICATIONS, headers=alice.headers) as response:
+        assert response.content_type == "application/json"
+        raw = await response.text()
+    # The label is a JSON string value, never markup in an HTML page.
+    assert json.loads(raw)["items"][mapping_id]["image"]["ui_name"].startswith("Desktop <script>")
+    assert "text/html" not in response.headers["Content-Type"]
+
+
+# ------------------------------------------------------------------------------ containers
+async def test_start_get_list_and_stop_a_container(alice: Api, world: World) -> None:
+    mapping_id = await _grant(world, DESKTOP, "alice")
+    status, body, headers = await alice.call(
+        "POST",
+        CONTAINERS,
+        json={
+            "mapping_id": mapping_id,
+            "configurables": {"resolution": {"resolution": "1920x1080"}},
+        },
+    )
+    assert (status, body) == (201, None)
+    location = headers["Location"]
+    assert location.startswith(CONTAINERS)
+    assert location.endswith("/")
+    url_id = location.removeprefix(CONTAINERS).rstrip("/")
+    assert len(url_id) >= 26
+    assert url_id.isalnum()
+    assert url_id.islower()
+
+    status, body, headers = await alice.call("GET", location)
+    assert status == 200
+    assert headers["Cache-Control"] == "no-store"
+    assert body["url_id"] == url_id
+    assert body["mapping_id"] == mapping_id
+    assert body["image_name"] == DESKTOP
+    assert body["state"] == "running"
+    assert body["urlpath"] == f"/user/alice/containers/{url_id}"
+    assert body["docker_id"] in world.runtime.container_ids
+    assert body["name"].endswith(mapping_id)
+    spec = world.runtime.spec_of(body["docker_id"])
+    assert (spec.environment["X11_WIDTH"], spec.environment["X11_HEIGHT"]) == ("1920", "1080")
+
+    status, listed, _ = await alice.call("GET", CONTAINERS)
+    assert (status, listed["identifiers"], listed["total"]) == (200, [url_id], 1)
+    assert listed["items"][url_id] == body
+    _, application, _ = await alice.call("GET", APPLICATIONS + mapping_id + "/")
+    assert application["container"] == body
+
+    status, body, _ = await alice.call("DELETE", location)
+    assert (status, body) == (204, None)
+    assert world.runtime.container_ids == frozenset()
+    assert world.routes.all_paths == frozenset()
+    status, body, _ = await alice.call("GET", location)
+    assert (status, body["type"]) == (404, "NotFound")
+    status, body, _ = await alice.call("DELETE", location)
+    assert status == 404
+
+
+async def test_someone_elses_container_is_not_found(alice: Api, bob: Api, world: World) -> None:
+    location = await alice.start(await _grant(world, WEBAPP, "alice"))
+    for method in ("GET", "DELETE"):
+        status, body, _ = await bob.call(method, location)
+        assert (status, body["type"]) == (404, "NotFound")
+    status, body, _ = await bob.call("GET", CONTAINERS)
+    assert body["total"] == 0
+    # Still running for its owner.
+    status, body, _ = await alice.call("GET", location)
+    assert (status, body["state"]) == (200, "running")
+
+
+async def test_starting_someone_elses_or_an_unknown_grant_is_not_found(
+    bob: Api, world: World
+) -> None:
+    alices = await _grant(world, WEBAPP, "alice")
+    for mapping_id in (alices, "f" * 32):
+        status, body, _ = await bob.call("POST", CONTAINERS, json={"mapping_id": mapping_id})
+        assert (status, body["type"]) == (404, "NotFound")
+    assert world.runtime.container_ids == frozenset()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{not json",
+        b"",
+        b"[]",
+        b'{"configurables": {}}',
+        b'{"mapping_id": 12}',
+        b'{"mapping_id": "../../etc"}',
+        b'{"mapping_id": "' + b"a" * 65 + b'"}',
+        b'{"mapping_id": "abc", "extra": 1}',
+        b'{"mapping_id": "abc", "configurables": {"colour": "red"}}',
+        b'{"mapping_id": "abc", "configurables": []}',
+    ],
+)
+async def test_malformed_requests_are_bad_representations(alice: Api, payload: bytes) -> None:
+    status, body, _ = await alice.call(
+        "POST", CONTAINERS, data=payload, headers={"Content-Type": "application/json"}
+    )
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+    assert "../../etc" not in body["message"]
+
+
+async def test_an_oversized_body_is_refused(alice: Api) -> None:
+    payload = json.dumps({"mapping_id": "abc", "configurables": {"x": "y" * 20_000}})
+    status, body, _ = await alice.call("POST", CONTAINERS, data=payload)
+    assert (status, body["type"]) == (400, "BadRepresentation")
+
+
+@pytest.mark.parametrize(
+    ("configurables", "policy"),
+    [
+        ({"resolution": {"resolution": "big"}}, Policy()),
+        ({"resolution": {"resolution": "99999x1"}}, Policy()),
+        ({"resolution": "1x1"}, Policy()),
+        ({"startupdata": {"startupdata": "/workspace/in.dat"}}, Policy(allow_home=True)),
+        (
+            {"startupdata": {"startupdata": "/etc/passwd"}},
+            Policy(allow_home=True, allow_startup_data=True),
+        ),
+        (
+            {"startupdata": {"startupdata": "/workspace/../etc/passwd"}},
+            Policy(allow_home=True, allow_startup_data=True),
+        ),
+        ({"startupdata": {"startupdata": "relative"}}, Policy(allow_startup_data=True)),
+    ],
+)
+async def test_invalid_configurables_are_refused_and_nothing_runs(
+    alice: Api, world: World, configurables: dict[str, Any], policy: Policy
+) -> None:
+    mapping_id = await _grant(world, DESKTOP, "alice", policy)
+    status, body, _ = await alice.call(
+        "POST", CONTAINERS, json={"mapping_id": mapping_id, "configurables": configurables}
+    )
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+    assert world.runtime.container_ids == frozenset()
+
+
+async def test_startupdata_inside_the_workspace_is_passed_on(alice: Api, world: World) -> None:
+    policy = Policy(allow_home=True, allow_startup_data=True)
+    location = await alice.start(
+        await _grant(world, DESKTOP, "alice", policy),
+        startupdata={"startupdata": "/workspace/run.in"},
+    )
+    _, body, _ = await alice.call("GET", location)
+    assert (
+        world.runtime.spec_of(body["docker_id"]).environment["STARTUPDATA"] == "/workspace/run.in"
+    )
+
+
+async def test_a_concurrent_start_of_the_same_grant_is_refused(alice: Api, world: World) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice")
+    world.probe.hold = asyncio.Event()
+    first = asyncio.ensure_future(alice.call("POST", CONTAINERS, json={"mapping_id": mapping_id}))
+    for _ in range(1000):
+        if world.probe.probed:
+            break
+        await asyncio.sleep(0.001)
+    status, body, _ = await alice.call("POST", CONTAINERS, json={"mapping_id": mapping_id})
+    assert (status, body["type"]) == (409, "Exists")
+    # While it starts, the list shows it as starting.
+    _, listed, _ = await alice.call("GET", CONTAINERS)
+    assert [item["state"] for item in listed["items"].values()] == ["starting"]
+    world.probe.hold.set()
+    status, _, _ = await first
+    assert status == 201
+
+
+async def test_a_failed_start_is_unable_and_leaves_nothing(alice: Api, world: World) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice")
+    world.probe.ready = False
+    status, body, _ = await alice.call("POST", CONTAINERS, json={"mapping_id": mapping_id})
+    assert status >= 500
+    assert body["type"] == "Unable"
+    assert "Web could not be started" in body["message"]
+    assert world.runtime.container_ids == frozenset()
+    assert world.routes.all_paths == frozenset()
+
+
+async def test_starting_again_replaces_the_container(alice: Api, world: World) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice")
+    first = await alice.start(mapping_id)
+    second = await alice.start(mapping_id)
+    assert first != second
+    _, listed, _ = await alice.call("GET", CONTAINERS)
+    assert listed["total"] == 1
+    assert (await alice.call("GET", first))[0] == 404
+
+
+# ------------------------------------------------------------------------------ authentication
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", APPLICATIONS),
+        ("GET", APPLICATIONS + "a" * 32 + "/"),
+        ("GET", CONTAINERS),
+        ("POST", CONTAINERS),
+        ("GET", CONTAINERS + "a" * 26 + "/"),
+        ("DELETE", CONTAINERS + "a" * 26 + "/"),
+    ],
+)
+async def test_anonymous_callers_are_unauthorized(
+    client: TestClient[Any, Any], method: str, path: str
+) -> None:
+    status, body, headers = await Api(client, None).call(method, path, json={"mapping_id": "a"})
+    assert (status, body["type"]) == (401, "Unauthorized")
+    assert headers["Cache-Control"] == "no-store"
+
+
+async def test_a_bad_token_is_unauthorized(client: TestClient[Any, Any]) -> None:
+    status, body, _ = await Api(client, "not-a-token").call("GET", APPLICATIONS)
+    assert (status, body["type"]) == (401, "Unauthorized")
+
+
+async def test_cookie_sessions_need_the_xsrf_token_to_change_anything(
+    client: TestClient[Any, Any], world: World
+) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice")
+    await sign_in(client, world, "alice")
+    async with client.get(APPLICATIONS) as response:
+        assert response.status == 200
+        assert mapping_id in (await response.json())["items"]
+    async with client.post(CONTAINERS, json={"mapping_id": mapping_id}) as refused:
+        assert refused.status == 403
+        assert (await refused.json())["type"] == "Forbidden"
+    assert world.runtime.container_ids == frozenset()
+
+    token = cookie(client, "_xsrf")
+    assert token
+    async with client.post(
+        CONTAINERS, json={"mapping_id": mapping_id}, headers={"X-XSRFToken": token}
+    ) as created:
+        assert created.status == 201
+        location = created.headers["Location"]
+    async with client.delete(location) as refused:
+        assert refused.status == 403
+    async with client.delete(location, headers={"X-XSRFToken": token}) as deleted:
+        assert deleted.status == 204
+
+
+# ------------------------------------------------------------------------------ OpenAPI
+async def test_the_openapi_document_is_public_valid_and_lists_every_route(
+    client: TestClient[Any, Any],
+) -> None:
+    async with client.get(OPENAPI) as response:
+        assert response.status == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        document = await response.json()
+    validate(document)
+    assert document["openapi"].startswith("3.1")
+
+    documented = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    served = {
+        (route.method, route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.resource is not None
+        and route.resource.canonical.startswith(API + "v1/")
+        and route.method != "HEAD"
+    }
+    assert documented == served
+    assert ("POST", CONTAINERS) in documented
+    assert ("DELETE", CONTAINERS + "{url_id}/") in documented
+    assert len(client.app[API_REGISTRY].operations) == len(documented)
+
+    create = document["paths"][CONTAINERS]["post"]
+    assert create["responses"]["201"]["headers"]["Location"]
+    request_schema = create["requestBody"]["content"]["application/json"]["schema"]
+    assert request_schema == {"$ref": "#/components/schemas/ContainerCreate"}
+    schemas = document["components"]["schemas"]
+    assert schemas["ContainerCreate"]["additionalProperties"] is False
+    assert set(schemas["ApplicationOut"]["properties"]) == {
+        "mapping_id",
+        "available",
+        "image",
+        "policy",
+        "container",
+    }
+    # Everything but the document itself needs a signed-in caller.
+    assert document["paths"][APPLICATIONS]["get"]["security"] == [
+        {"hubToken": []},
+        {"sessionCookie": []},
+    ]
+
+
+async def test_every_api_answer_is_not_cacheable(alice: Api, world: World) -> None:
+    location = await alice.start(await _grant(world, WEBAPP, "alice"))
+    for path in (APPLICATIONS, CONTAINERS, location, OPENAPI):
+        _, _, headers = await alice.call("GET", path)
+        assert headers["Cache-Control"] == "no-store", path
+
+
+def test_prefix_is_what_the_test_app_uses() -> None:
+    assert API == PREFIX + "api/"

@@ -1,0 +1,124 @@
+"""The applications query: image metadata caching, and the shared container listing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
+from remoteappmanager.domain.containers import ContainerInfo
+from remoteappmanager.domain.errors import Unavailable
+from remoteappmanager.domain.labels import ImageMetadata
+from remoteappmanager.domain.models import Policy
+from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.services import catalogue
+from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.sessions import Sessions
+from tests.support.session_world import IMAGE, IMAGE_LABELS, REALM, make_world
+
+
+class CountingRuntime(InMemoryRuntime):
+    """Counts engine calls, and makes each take a moment so that requests overlap."""
+
+    def __init__(self) -> None:
+        super().__init__(image_cache_ttl=0)
+        self.inspections = 0
+        self.listings = 0
+
+    async def inspect_image(self, image: str) -> ImageMetadata:
+        self.inspections += 1
+        await asyncio.sleep(0.01)
+        return await super().inspect_image(image)
+
+    async def list(self, labels: Mapping[str, str]) -> Sequence[ContainerInfo]:
+        self.listings += 1
+        await asyncio.sleep(0.01)
+        return await super().list(labels)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_concurrent_lookups_of_one_image_cost_one_engine_call() -> None:
+    runtime = CountingRuntime()
+    runtime.add_image(IMAGE, IMAGE_LABELS)
+    clock = Clock()
+    cache = ImageMetadataCache(runtime, ttl=60, missing_ttl=5, clock=clock)
+    found = await asyncio.gather(*(cache.get(IMAGE) for _ in range(200)))
+    assert {metadata.ui_name for metadata in found if metadata} == {"Test desktop"}
+    assert runtime.inspections == 1
+    clock.now = 59
+    await cache.get(IMAGE)
+    assert runtime.inspections == 1
+    clock.now = 61
+    await cache.get(IMAGE)
+    assert runtime.inspections == 2
+
+
+async def test_a_missing_image_is_remembered_briefly() -> None:
+    runtime = CountingRuntime()
+    clock = Clock()
+    cache = ImageMetadataCache(runtime, ttl=60, missing_ttl=5, clock=clock)
+    assert await cache.get(IMAGE) is None
+    assert await cache.get(IMAGE) is None
+    assert runtime.inspections == 1
+    runtime.add_image(IMAGE, IMAGE_LABELS)
+    clock.now = 6
+    found = await cache.get(IMAGE)
+    assert found is not None
+    assert found.ui_name == "Test desktop"
+
+
+async def test_an_unreachable_engine_is_not_remembered() -> None:
+    runtime = CountingRuntime()
+    runtime.add_image(IMAGE, IMAGE_LABELS)
+    cache = ImageMetadataCache(runtime, clock=Clock())
+    runtime.available = False
+    with pytest.raises(Unavailable):
+        await cache.get(IMAGE)
+    runtime.available = True
+    assert await cache.get(IMAGE) is not None
+
+
+async def test_listings_share_one_engine_call_and_see_our_own_changes_at_once() -> None:
+    world = make_world()
+    runtime = CountingRuntime()
+    runtime.add_image(IMAGE, IMAGE_LABELS)
+    sessions = Sessions(
+        runtime,
+        world.routes,
+        world.workspaces,
+        world.host_paths,
+        world.probe,
+        realm=REALM,
+        access=AccessMode.DIRECT,
+        watch_interval=0.01,
+        unit_of_work=world.database.unit_of_work,
+        listing_ttl=1.0,
+    )
+    uow = world.database.unit_of_work
+    await catalogue.create_user(uow, "alice")
+    await catalogue.create_application(uow, IMAGE)
+    grant = await catalogue.grant_access(uow, IMAGE, "alice", Policy())
+    applications = Applications(uow, sessions, ImageMetadataCache(runtime))
+
+    listed = await asyncio.gather(*(applications.list_for("alice") for _ in range(100)))
+    assert all(entry[0].session is None for entry in listed)
+    assert runtime.listings == 1
+    assert runtime.inspections == 1
+
+    session = await sessions.start_for("alice", grant.mapping_id)
+    (entry,) = await applications.list_for("alice")
+    assert entry.session is not None
+    assert entry.session.url_id == session.url_id
+    await sessions.stop("alice", session.url_id)
+    (entry,) = await applications.list_for("alice")
+    assert entry.session is None
+    assert await applications.list_for("nobody") == []
