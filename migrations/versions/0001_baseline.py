@@ -1,4 +1,4 @@
-"""Baseline: the schema of DESIGN section 5 (users, applications, policies, accounting).
+"""Baseline: the catalogue schema (users, applications, policies, accounting).
 
 Revision ID: 0001
 Revises:

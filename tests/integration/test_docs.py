@@ -107,7 +107,7 @@ def test_the_configuration_page_lists_every_setting(site: Path) -> None:
             assert variable in text, f"{variable} ({name}) is missing from the configuration page"
         assert f'id="{_variables(name, info)[0].lower()}"' in page, name
         assert name in text, f"the TOML key {name} is missing"
-    # The names operators rely on (DESIGN section 8), whatever the code says.
+    # The names operators rely on, whatever the code says.
     for variable in (
         "REMOTEAPP_DATABASE_URL",
         "REMOTEAPP_DOCKER_HOST",

@@ -1,4 +1,4 @@
-"""Settings: DESIGN section 8's variable names and defaults, the TOML file, one-line errors."""
+"""Settings: the documented variable names and defaults, the TOML file, one-line errors."""
 
 from __future__ import annotations
 

@@ -44,7 +44,11 @@ def main(ctx: click.Context) -> None:
     serve = _find_serve()
     if serve is None:
         fail(PROG, "the web service is not available in this build", 2)
-    serve(settings)
+    try:
+        serve(settings)
+    except RemoteAppError as exc:
+        # Problems found while wiring the service (e.g. a bad demo_applications entry).
+        fail(PROG, str(exc))
 
 
 @main.group()

@@ -1,4 +1,4 @@
-"""The SQL schema (DESIGN section 5) as SQLAlchemy typed models; rows never leave adapters/db."""
+"""The SQL schema as SQLAlchemy typed models; rows never leave adapters/db."""
 
 from __future__ import annotations
 
