@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from remoteappmanager.adapters.db import migrate
-from remoteappmanager.cli import manager, rest
+from remoteappmanager.cli import manager
 from remoteappmanager.settings import Settings
 from tests.support.database import migrations_one_step_ahead
 from tests.support.services import PostgresCluster, free_port
@@ -109,7 +109,7 @@ def test_an_unreachable_database_is_one_line(postgres_cluster: PostgresCluster) 
 def test_the_service_refuses_a_schema_not_at_head(
     empty_database_url: str, served: list[Settings]
 ) -> None:
-    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token")
+    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
 
     assert result.exit_code == 1
     assert "`remoteappmanager db upgrade`" in error_line(result)
@@ -121,7 +121,7 @@ def test_the_service_starts_on_a_schema_at_head(
 ) -> None:
     assert run("db", "upgrade", url=empty_database_url).exit_code == 0
 
-    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token")
+    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
 
     assert result.exit_code == 0, result.output
     assert [settings.database_url for settings in served] == [empty_database_url]
@@ -134,7 +134,7 @@ def test_a_build_without_the_web_service_says_so(
     assert run("db", "upgrade", url=url).exit_code == 0
     monkeypatch.setattr(manager, "_WEB_APP_MODULE", "remoteappmanager.no_such_module")
 
-    result = run(url=url, CONFIGPROXY_AUTH_TOKEN="token")
+    result = run(url=url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
 
     assert result.exit_code == 2
     assert error_line(result) == "the web service is not available in this build"
@@ -148,16 +148,17 @@ def test_the_service_needs_the_proxy_token(tmp_path: Path, served: list[Settings
     assert served == []
 
 
+def test_the_service_needs_the_hub_token(tmp_path: Path, served: list[Settings]) -> None:
+    result = run(url=str(tmp_path / "remote.db"), CONFIGPROXY_AUTH_TOKEN="token")
+
+    assert result.exit_code == 2
+    assert error_line(result).startswith("JUPYTERHUB_API_TOKEN: ")
+    assert served == []
+
+
 @pytest.mark.parametrize("args", [(), ("db", "check")])
 def test_an_invalid_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None:
-    result = run(*args, REMOTEAPP_NETWORK_TIMEOUT="soon", CONFIGPROXY_AUTH_TOKEN="token")
+    result = run(*args, REMOTEAPP_NETWORK_TIMEOUT="soon", CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
 
     assert result.exit_code == 2
     assert error_line(result).startswith("REMOTEAPP_NETWORK_TIMEOUT: ")
-
-
-def test_remoteapprest_is_not_there_yet() -> None:
-    result = CliRunner().invoke(rest.main, ["app", "available"])
-
-    assert result.exit_code == 2
-    assert result.stderr == "remoteapprest: not yet available\n"
