@@ -278,9 +278,8 @@ async def test_share_shows_an_absolute_link_to_copy(
     assert container is not None
     assert shared == f"{site.url}{container['urlpath']}/"
     await page.click("#cp-clipboard-button")
-    await page.wait_for_function(
-        "document.querySelector('dialog[open] .copy-feedback').textContent === 'Copied'"
-    )
+    # A locator, not wait_for_function: its string predicate is an eval the page's CSP refuses.
+    await page.locator("dialog[open] .copy-feedback", has_text="Copied").wait_for()
     assert await page.evaluate("navigator.clipboard.readText()") == shared
     await screenshot(page, "fake-06-share")
     await page.locator("dialog[open]").get_by_role("button", name="Close").click()

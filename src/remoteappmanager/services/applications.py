@@ -142,6 +142,14 @@ class Applications:
             self._grants.pop(user, None)
             self._grant_lookups.pop(user, None)
 
+    async def image_metadata(self, image: str) -> ImageMetadata | None:
+        """What ``image`` declares (None: not on the engine), from the listings' cache."""
+        return await self._images.get(image)
+
+    def forget_image(self, image: str) -> None:
+        """Look ``image`` up afresh next time (after it was registered, say)."""
+        self._images.forget(image)
+
     async def list_for(self, user: str) -> list[UserApplication]:
         grants = await self._grants_of(user)
         if not grants:

@@ -30,6 +30,9 @@ ApplicationRef = int | str
 """An application's id, or its image name."""
 
 ALL_POLICIES: Literal["all"] = "all"
+# Row ids are 32-bit in the database: a larger id names nothing, and is never sent to a driver
+# that would fail on it instead of finding nothing.
+MAX_ROW_ID = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,12 @@ async def remove_user(uow: UnitOfWorkFactory, user: UserRef) -> None:
         found = await _user(work, user)
         await work.users.remove(found.id)
         await work.commit()
+
+
+async def get_user(uow: UnitOfWorkFactory, user: UserRef) -> User:
+    """One user by id or name."""
+    async with uow() as work:
+        return await _user(work, user)
 
 
 async def list_users(uow: UnitOfWorkFactory) -> list[User]:
@@ -103,6 +112,12 @@ async def remove_application(uow: UnitOfWorkFactory, application: ApplicationRef
         found = await _application(work, application)
         await work.applications.remove(found.id)
         await work.commit()
+
+
+async def get_application(uow: UnitOfWorkFactory, application: ApplicationRef) -> Application:
+    """One application by id or image name."""
+    async with uow() as work:
+        return await _application(work, application)
 
 
 async def list_applications(uow: UnitOfWorkFactory) -> list[Application]:
@@ -182,14 +197,25 @@ async def list_grants(uow: UnitOfWorkFactory, user_id: int | None = None) -> lis
         return list(await work.grants.list_for_user(user_id))
 
 
+async def grants_of_user(uow: UnitOfWorkFactory, user: UserRef) -> UserGrants:
+    """One user (by id or name) with their grants; ``NotFound`` for an unknown user."""
+    async with uow() as work:
+        found = await _user(work, user)
+        return UserGrants(found, tuple(await work.grants.list_for_user(found.id)))
+
+
 # ------------------------------------------------------------------------------ lookups
 async def _user(work: UnitOfWork, user: UserRef) -> User:
     if isinstance(user, int):
+        if not 0 < user <= MAX_ROW_ID:
+            raise NotFound(f"no user with id {user}")
         return await work.users.get(user)
     return await work.users.get_by_name(user)
 
 
 async def _application(work: UnitOfWork, application: ApplicationRef) -> Application:
     if isinstance(application, int):
+        if not 0 < application <= MAX_ROW_ID:
+            raise NotFound(f"no application with id {application}")
         return await work.applications.get(application)
     return await work.applications.get_by_image(application)

@@ -46,7 +46,8 @@ class ApiOperation:
     ``path`` is relative to ``{svc}api/`` with aiohttp/OpenAPI placeholders
     (``v1/containers/{url_id}/``); ``responses`` maps each success status to its body model
     (None: no body); ``errors`` lists the error statuses it may answer (besides 500);
-    ``headers`` documents response headers per status (e.g. ``Location`` on 201).
+    ``headers`` documents response headers per status (e.g. ``Location`` on 201);
+    ``query`` the required query arguments (name: description).
     """
 
     method: str
@@ -61,6 +62,7 @@ class ApiOperation:
     headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     public: bool = False
     description: str = ""
+    query: Mapping[str, str] = field(default_factory=dict)
 
 
 class ApiRegistry:
@@ -163,6 +165,15 @@ class ApiRegistry:
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _path_parameters(operation.path)
+        ] + [
+            {
+                "name": name,
+                "in": "query",
+                "required": True,
+                "description": text,
+                "schema": {"type": "string"},
+            }
+            for name, text in operation.query.items()
         ]
         if parameters:
             result["parameters"] = parameters
@@ -220,12 +231,30 @@ async def parse_body(request: web.Request, model: type[_Model]) -> _Model:
         raise InvalidRequest(_describe(exc)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def parse_query_json(
+    request: web.Request, name: str, model: type[_Model], *, example: str = ""
+) -> _Model:
+    """Query argument ``name``, a JSON document, as ``model``; ``InvalidRequest`` (400) if it
+    is missing or anything else. ``example`` shows callers what is expected."""
+    shown = f" (e.g. ?{name}={example})" if example else ""
+    raw = request.query.get(name)
+    if raw is None or not raw.strip():
+        raise InvalidRequest(f"the {name} query argument is required{shown}")
+    if len(raw) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"the {name} query argument is longer than {MAX_BODY_BYTES} bytes")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        described = _describe(exc, f"the {name} query argument", name)
+        raise InvalidRequest(described + shown) from None
+
+
+def _describe(exc: ValidationError, what: str = "the request body", top: str = "body") -> str:
     # The client's input is not echoed back: only where it is wrong and why.
     first = exc.errors(include_url=False, include_input=False)[0]
     if first["type"] == "json_invalid":
-        return "the request body is not valid JSON"
-    where = ".".join(str(part) for part in first["loc"]) or "body"
+        return f"{what} is not valid JSON"
+    where = ".".join(str(part) for part in first["loc"]) or top
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {first['msg']}{more}"
 

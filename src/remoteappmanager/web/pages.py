@@ -1,4 +1,4 @@
-"""The pages under ``{svc}``: the user page, its static files, and who-am-I for API clients."""
+"""The pages under ``{svc}``: the user and admin pages, static files, who-am-I for API clients."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from remoteappmanager.web.auth import (
     current_xsrf_token,
     is_https,
     new_xsrf_token,
+    require_admin,
     require_user,
     resolve_auth,
     signed_in_user,
@@ -22,6 +23,9 @@ from remoteappmanager.web.auth import (
 from remoteappmanager.web.keys import PAGE_ASSETS, URLS
 
 USER_TEMPLATE = "user.html"
+ADMIN_TEMPLATE = "admin.html"
+# The admin page, under ``{svc}``.
+ADMIN_PATH = "admin/"
 
 # The page builds its DOM from API data with textContent only; this policy is the second
 # line of defence should a value ever reach markup: no inline or foreign script, frames
@@ -65,7 +69,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         {
             "api_url": urls.api + "v1/",
             "home_url": urls.home,
-            "admin_url": urls.prefix + "admin/",
+            "admin_url": urls.prefix + ADMIN_PATH,
             "logout_url": urls.logout,
             "user_name": user.name,
             "user_initial": user.name[:1].upper(),
@@ -78,6 +82,31 @@ async def home(request: web.Request) -> web.StreamResponse:
         }
     )
     response.text = page
+    return response
+
+
+@require_admin
+async def admin(request: web.Request) -> web.StreamResponse:
+    """``GET {svc}admin/``: the admin page; the browser fills it in from the admin API."""
+    user = signed_in_user(request)
+    urls, assets = request.app[URLS], request.app[PAGE_ASSETS]
+    response = web.Response(content_type="text/html", headers=_PAGE_HEADERS)
+    response.text = assets.template(ADMIN_TEMPLATE).render(
+        {
+            "admin_api_url": urls.api + "v1/admin/",
+            "home_url": urls.home,
+            "admin_url": urls.prefix + ADMIN_PATH,
+            "logout_url": urls.logout,
+            "user_name": user.name,
+            "user_initial": user.name[:1].upper(),
+            "xsrf_token": await _xsrf_token_for_page(request, response),
+            "css_url": assets.static_url("app.css"),
+            "admin_css_url": assets.static_url("admin.css"),
+            "js_url": assets.static_url("admin.js"),
+            "favicon_url": assets.static_url("logo.svg"),
+            "default_icon_url": assets.static_url("app-icon.svg"),
+        }
+    )
     return response
 
 
@@ -134,3 +163,7 @@ async def whoami(request: web.Request) -> web.StreamResponse:
 
 async def add_slash(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound(request.app[URLS].prefix)
+
+
+async def add_admin_slash(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound(request.app[URLS].prefix + ADMIN_PATH)

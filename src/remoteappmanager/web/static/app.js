@@ -3,8 +3,18 @@
 // Every value that comes from the API (image labels, user names, error messages) reaches the
 // page through textContent or setAttribute on elements built here, never as markup.
 
-const API = metaContent("remoteapp-api");
-const XSRF_TOKEN = metaContent("xsrf-token");
+import {
+  apiClient,
+  h,
+  iconSource as iconOrFallback,
+  metaContent,
+  openDialog,
+  showError,
+  text,
+  wireUserMenu as wireMenu,
+} from "./common.js";
+
+const api = apiClient(metaContent("remoteapp-api"));
 const DEFAULT_ICON = document.body.dataset.defaultIcon || "";
 
 const POLL_INTERVAL_MS = 1500;
@@ -23,9 +33,6 @@ const COMMON_RESOLUTIONS = [
 // The service refuses sizes outside these bounds; "Fit window" is clamped to them.
 const MIN_SIZE = { width: 320, height: 200 };
 const MAX_SIZE = { width: 7680, height: 4320 };
-// A 128x128 PNG is a few kilobytes; anything this large is not an icon.
-const MAX_ICON_CHARS = 1024 * 1024;
-const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
 
 const STATUS_TEXT = {
   stopped: "Stopped",
@@ -59,41 +66,8 @@ const elements = {
 };
 
 // ------------------------------------------------------------------------------- helpers
-function metaContent(name) {
-  const meta = document.querySelector(`meta[name="${name}"]`);
-  return meta ? meta.getAttribute("content") || "" : "";
-}
-
-function h(tag, attributes = {}, ...children) {
-  const element = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (name === "text") element.textContent = String(value);
-    else if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
-    else element.setAttribute(name, value === true ? "" : String(value));
-  }
-  for (const child of children) {
-    if (child === null || child === undefined || child === false) continue;
-    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return element;
-}
-
-function text(value) {
-  return typeof value === "string" ? value : "";
-}
-
 function iconSource(value) {
-  if (typeof value !== "string") return DEFAULT_ICON;
-  const compact = value.replace(/\s+/g, "");
-  if (!compact || compact.length > MAX_ICON_CHARS || compact.length % 4 !== 0) return DEFAULT_ICON;
-  if (!BASE64_RE.test(compact)) return DEFAULT_ICON;
-  try {
-    atob(compact);
-  } catch {
-    return DEFAULT_ICON;
-  }
-  return `data:image/png;base64,${compact}`;
+  return iconOrFallback(value, DEFAULT_ICON);
 }
 
 // A container's URL path becomes a frame's source: only a path on this site will do.
@@ -104,51 +78,6 @@ function safePath(value) {
 }
 
 // ------------------------------------------------------------------------------- the API
-class ApiError extends Error {
-  constructor(type, message, status) {
-    super(message);
-    this.type = type;
-    this.status = status;
-  }
-}
-
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
-  const options = { method, headers, credentials: "same-origin", cache: "no-store" };
-  if (method !== "GET" && method !== "HEAD") headers["X-XSRFToken"] = XSRF_TOKEN;
-  if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
-  let response;
-  try {
-    response = await fetch(API + path, options);
-  } catch {
-    throw new ApiError(
-      "NetworkError",
-      "The service cannot be reached. Check your connection and try again.",
-      0,
-    );
-  }
-  if (!response.ok) {
-    let type = "Unable";
-    let message = `The service answered ${response.status} ${response.statusText}.`.trim();
-    try {
-      const error = await response.json();
-      if (typeof error.type === "string") type = error.type;
-      if (typeof error.message === "string" && error.message) message = error.message;
-    } catch {
-      // Not the API's JSON (a proxy error page): keep the generic message.
-    }
-    if (response.status === 401) {
-      message = "Your session has ended. Reload the page to sign in again.";
-    }
-    throw new ApiError(type, message, response.status);
-  }
-  if (response.status === 201 || response.status === 204) return null;
-  return response.json();
-}
-
 function toApplication(id, raw) {
   const item = raw && typeof raw === "object" ? raw : {};
   const image = item.image && typeof item.image === "object" ? item.image : null;
@@ -257,50 +186,6 @@ async function poll() {
 }
 
 // ------------------------------------------------------------------------------- dialogs
-function openDialog({ title, body, buttons, className = "" }) {
-  return new Promise((resolve) => {
-    const titleId = `dialog-title-${Math.random().toString(36).slice(2)}`;
-    const dialog = h("dialog", { class: `dialog ${className}`.trim(), "aria-labelledby": titleId });
-    const footer = h("footer", { class: "dialog-footer" });
-    let result = "cancel";
-    for (const button of buttons) {
-      footer.append(
-        h("button", {
-          type: "button",
-          class: button.primary ? "button button-primary" : "button",
-          text: button.label,
-          onclick: () => {
-            result = button.value;
-            dialog.close();
-          },
-        }),
-      );
-    }
-    dialog.append(
-      h("h2", { id: titleId, class: "dialog-title", text: title }),
-      h("div", { class: "dialog-body" }, ...body),
-      footer,
-    );
-    dialog.addEventListener("close", () => {
-      dialog.remove();
-      resolve(result);
-    });
-    document.body.append(dialog);
-    dialog.showModal();
-    const primary = footer.querySelector(".button-primary") || footer.querySelector("button");
-    if (primary && !dialog.querySelector("[autofocus]")) primary.focus();
-  });
-}
-
-function showError(title, message) {
-  return openDialog({
-    title,
-    className: "dialog-error",
-    body: [h("p", { class: "error-message", text: message })],
-    buttons: [{ label: "Close", value: "close", primary: true }],
-  });
-}
-
 function confirmQuit(app) {
   return openDialog({
     title: `Stop ${app.name}?`,
@@ -687,27 +572,11 @@ function settings(app, status) {
 
 // ------------------------------------------------------------------------------- wiring
 function wireUserMenu() {
-  const { menuButton, menu } = elements;
-  const setOpen = (open) => {
-    menu.hidden = !open;
-    menuButton.setAttribute("aria-expanded", String(open));
-    if (open) {
-      const first = menu.querySelector("a:not([hidden]), button");
-      if (first) first.focus();
-    }
-  };
-  menuButton.addEventListener("click", () => setOpen(menu.hidden));
-  document.addEventListener("click", (event) => {
-    if (!menu.hidden && !menu.contains(event.target) && !menuButton.contains(event.target)) {
-      setOpen(false);
-    }
-  });
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && !menu.hidden) {
-      setOpen(false);
-      menuButton.focus();
-    }
-  });
+  wireMenu(elements.menuButton, elements.menu);
+  // The way to the admin page is offered to admins only.
+  if (document.body.dataset.admin !== "true") {
+    for (const link of document.querySelectorAll("[data-admin-only]")) link.remove();
+  }
 }
 
 function wireSearch() {

@@ -1,0 +1,211 @@
+"""Administration use cases: the catalogue with its consequences, everyone's sessions, statistics.
+
+Contract:
+- Users and applications are named by id here (the admin API's identifiers); grants by
+  mapping id. Catalogue errors are those of ``services.catalogue`` (``InvalidRequest``,
+  ``NotFound``, ``Exists``, ``Unavailable``).
+- Taking a right away ends what runs under it: removing a user stops every session of theirs,
+  removing an application or revoking a grant stops the sessions of its grants. They are
+  stopped *before* the catalogue changes, so that a stop that fails (``Unavailable``, or
+  ``Conflict`` while one is still starting) leaves the catalogue as it was, to be tried again.
+- Every change of grants is shown on the users' pages at once (``Applications.forget_grants``).
+- Without a container engine (``sessions`` None) the catalogue can still be managed; the
+  session use cases raise ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from remoteappmanager.domain.errors import NotFound, Unavailable
+from remoteappmanager.domain.labels import ImageMetadata
+from remoteappmanager.domain.models import Application, Grant, Policy, User
+from remoteappmanager.domain.sessions import Session, SessionState
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.services import catalogue
+from remoteappmanager.services.applications import Applications
+from remoteappmanager.services.catalogue import ApplicationRef, UserGrants
+from remoteappmanager.services.sessions import Sessions
+
+log = structlog.get_logger(__name__)
+
+_NO_ENGINE = "this service is not connected to a container engine"
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredApplication:
+    """An application of the catalogue and what the engine says of its image.
+
+    ``available`` is None (and ``image`` None) when the engine could not be asked.
+    """
+
+    application: Application
+    image: ImageMetadata | None
+    available: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    realm: str
+    num_total_users: int
+    num_active_users: int
+    num_applications: int
+    num_running_containers: int
+
+
+class Administration:
+    """What the admin API and page do (see the module contract)."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        realm: str,
+        sessions: Sessions | None = None,
+        applications: Applications | None = None,
+    ) -> None:
+        self._uow = uow_factory
+        self.realm = realm
+        self._sessions = sessions
+        self._applications = applications
+
+    # ----------------------------------------------------------------- users
+    async def list_users(self) -> list[User]:
+        return await catalogue.list_users(self._uow)
+
+    async def get_user(self, user_id: int) -> User:
+        return await catalogue.get_user(self._uow, user_id)
+
+    async def create_user(self, name: str) -> User:
+        user = await catalogue.create_user(self._uow, name)
+        log.info("admin.user_created", user=user.name, user_id=user.id)
+        return user
+
+    async def remove_user(self, user_id: int) -> None:
+        user = await catalogue.get_user(self._uow, user_id)
+        await self._stop_sessions(lambda session: session.user == user.name)
+        await catalogue.remove_user(self._uow, user.id)
+        self._forget_grants(user.name)
+        log.info("admin.user_removed", user=user.name, user_id=user.id)
+
+    # ----------------------------------------------------------------- applications
+    async def list_applications(self) -> list[RegisteredApplication]:
+        return [
+            await self._registered(application)
+            for application in await catalogue.list_applications(self._uow)
+        ]
+
+    async def get_application(self, application_id: int) -> RegisteredApplication:
+        return await self._registered(await catalogue.get_application(self._uow, application_id))
+
+    async def create_application(self, image: str) -> Application:
+        application = await catalogue.create_application(self._uow, image)
+        if self._applications is not None:
+            # The image may have been built since it was last looked up.
+            self._applications.forget_image(application.image)
+        log.info("admin.application_created", image=application.image, id=application.id)
+        return application
+
+    async def remove_application(self, application_id: int) -> None:
+        application = await catalogue.get_application(self._uow, application_id)
+        granted = {
+            grant.mapping_id
+            for grant in await catalogue.list_grants(self._uow)
+            if grant.application.id == application.id
+        }
+        await self._stop_sessions(lambda session: session.mapping_id in granted)
+        await catalogue.remove_application(self._uow, application.id)
+        self._forget_grants(None)
+        log.info("admin.application_removed", image=application.image, id=application.id)
+
+    async def _registered(self, application: Application) -> RegisteredApplication:
+        if self._applications is None:
+            return RegisteredApplication(application, None, None)
+        try:
+            image = await self._applications.image_metadata(application.image)
+        except Unavailable:
+            return RegisteredApplication(application, None, None)
+        return RegisteredApplication(application, image, image is not None)
+
+    # ----------------------------------------------------------------- grants
+    async def grants_of(self, user_id: int) -> UserGrants:
+        """The user's grants; ``NotFound`` for an unknown user."""
+        return await catalogue.grants_of_user(self._uow, user_id)
+
+    async def get_grant(self, mapping_id: str) -> Grant:
+        return await catalogue.get_grant(self._uow, mapping_id)
+
+    async def grant(self, user_id: int, application: ApplicationRef, policy: Policy) -> Grant:
+        """Idempotent: the same grant again gives the same mapping id."""
+        grant = await catalogue.grant_access(self._uow, application, user_id, policy)
+        self._forget_grants(grant.user.name)
+        log.info(
+            "admin.granted",
+            user=grant.user.name,
+            image=grant.application.image,
+            mapping_id=grant.mapping_id,
+        )
+        return grant
+
+    async def revoke(self, mapping_id: str) -> None:
+        grant = await catalogue.get_grant(self._uow, mapping_id)
+        await self._stop_sessions(lambda session: session.mapping_id == grant.mapping_id)
+        await catalogue.revoke_grant(self._uow, grant.mapping_id)
+        self._forget_grants(grant.user.name)
+        log.info("admin.revoked", user=grant.user.name, mapping_id=grant.mapping_id)
+
+    # ----------------------------------------------------------------- sessions
+    async def list_sessions(self) -> list[Session]:
+        """Every session of this realm, by user then image."""
+        sessions = await self._require_sessions().list_all()
+        return sorted(sessions, key=lambda s: (s.user, s.image, s.url_id))
+
+    async def get_session(self, url_id: str) -> Session:
+        """Session ``url_id`` whoever owns it; ``NotFound`` if there is none."""
+        return await self._require_sessions().get_any(url_id)
+
+    async def stop_session(self, url_id: str) -> None:
+        """Stop session ``url_id`` whoever owns it; ``NotFound`` if there is none."""
+        await self._require_sessions().stop_any(url_id)
+        log.info("admin.session_stopped", url_id=url_id)
+
+    async def statistics(self) -> Statistics:
+        users = await catalogue.list_users(self._uow)
+        applications = await catalogue.list_applications(self._uow)
+        running = (
+            [s for s in await self._sessions.list_all() if s.state is SessionState.RUNNING]
+            if self._sessions is not None
+            else []
+        )
+        return Statistics(
+            realm=self.realm,
+            num_total_users=len(users),
+            num_active_users=len({session.user for session in running}),
+            num_applications=len(applications),
+            num_running_containers=len(running),
+        )
+
+    # ----------------------------------------------------------------- helpers
+    def _require_sessions(self) -> Sessions:
+        if self._sessions is None:
+            raise Unavailable(_NO_ENGINE)
+        return self._sessions
+
+    async def _stop_sessions(self, include: Callable[[Session], bool]) -> None:
+        if self._sessions is None:
+            return
+        for session in await self._sessions.list_all():
+            if not include(session):
+                continue
+            try:
+                await self._sessions.stop_any(session.url_id)
+            except NotFound:
+                continue  # it ended meanwhile
+            log.info("admin.session_stopped", user=session.user, url_id=session.url_id)
+
+    def _forget_grants(self, user: str | None) -> None:
+        if self._applications is not None:
+            self._applications.forget_grants(user)

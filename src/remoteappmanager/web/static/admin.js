@@ -1,0 +1,665 @@
+// The admin page: statistics, users and their policies (grants), applications, containers.
+//
+// Views are chosen by the fragment (#/, #/containers, #/users, #/users/<id>/accounting,
+// #/applications) and built from the admin API. Every value from the API reaches the page
+// through textContent or setAttribute (see h), never as markup.
+
+import {
+  ApiError,
+  apiClient,
+  confirmDialog,
+  h,
+  iconSource,
+  metaContent,
+  openDialog,
+  showError,
+  text,
+  wireUserMenu,
+} from "./common.js";
+
+const api = apiClient(metaContent("remoteapp-admin-api"));
+const DEFAULT_ICON = document.body.dataset.defaultIcon || "";
+const TYPE_TEXT = { vncapp: "Desktop", webapp: "Web application" };
+const STATE_TEXT = {
+  starting: "Starting",
+  running: "Running",
+  stopping: "Stopping",
+  exited: "Exited",
+};
+const SHORT_ID = 12;
+
+const elements = {
+  main: document.getElementById("admin-view"),
+  nav: document.getElementById("adminoptions"),
+  menuButton: document.getElementById("user-menu"),
+  menu: document.getElementById("user-menu-items"),
+};
+
+// Bumped at every navigation: answers for a view that is no longer shown are dropped.
+let shown = 0;
+
+// ------------------------------------------------------------------------------- helpers
+function entries(answer) {
+  const items = answer && typeof answer.items === "object" && answer.items ? answer.items : {};
+  const ids = Array.isArray(answer && answer.identifiers) ? answer.identifiers : Object.keys(items);
+  return ids
+    .filter((id) => typeof id === "string" && items[id] && typeof items[id] === "object")
+    .map((id) => [id, items[id]]);
+}
+
+function short(value) {
+  const full = text(value);
+  return full.length > SHORT_ID ? h("span", { title: full, text: `${full.slice(0, SHORT_ID)}…` }) : full;
+}
+
+// Image names and the like read best on one line (the table scrolls if need be).
+function oneLine(value) {
+  return { text: text(value), nowrap: true };
+}
+
+// A container's URL path, if it is one on this site (it becomes a link).
+function sitePath(value) {
+  if (typeof value !== "string" || !value.startsWith("/") || value.startsWith("//")) return null;
+  if (/[\\\s]/.test(value)) return null;
+  return `${value.replace(/\/+$/, "")}/`;
+}
+
+function yesNo(value) {
+  return value === true ? "Yes" : "No";
+}
+
+function describe(error) {
+  return error instanceof ApiError ? error.message : "Something went wrong on this page.";
+}
+
+// An absolute path without ".." segments, as the service accepts for volumes.
+function isAbsolutePath(value) {
+  return value.startsWith("/") && !value.split("/").includes("..") && !/[\0-\x1f]/.test(value);
+}
+
+function volumeText(item) {
+  const source = text(item.volume_source);
+  const target = text(item.volume_target);
+  if (!source || !target) return "";
+  return `${source} → ${target} (${item.volume_mode === "rw" ? "read-write" : "read-only"})`;
+}
+
+// ------------------------------------------------------------------------------- building blocks
+function box(title, ...content) {
+  return h(
+    "section",
+    { class: "box" },
+    h("header", { class: "box-header" }, h("h1", { class: "box-title", text: title })),
+    h("div", { class: "box-body" }, ...content),
+  );
+}
+
+function errorAlert(message) {
+  return h(
+    "div",
+    { class: "alert alert-danger", role: "alert" },
+    h("strong", { text: "Error: " }),
+    h("span", { class: "alert-message", text: message }),
+  );
+}
+
+function toolbar(...buttons) {
+  return h("div", { class: "box-actions" }, ...buttons);
+}
+
+function actionButton(label, onclick, { primary = false, danger = false } = {}) {
+  const classes = ["button"];
+  if (primary) classes.push("button-primary");
+  if (danger) classes.push("button-danger");
+  return h("button", { type: "button", class: classes.join(" "), text: label, onclick });
+}
+
+// rows: [{ id, cells: [text, node, or { text, nowrap }],
+//          actions: [{ label, onclick, danger } or { label, href } for a link in a new tab] }]
+function dataTable(headers, rows, emptyText) {
+  const hasActions = rows.some((row) => row.actions && row.actions.length);
+  const head = h(
+    "tr",
+    {},
+    ...headers.map((header) => h("th", { scope: "col", text: header })),
+    hasActions ? h("th", { scope: "col" }, h("span", { class: "visually-hidden", text: "Actions" })) : null,
+  );
+  const body = rows.map((row) =>
+    h(
+      "tr",
+      { "data-id": row.id },
+      ...row.cells.map((cell) => {
+        if (cell instanceof Node) return h("td", {}, cell);
+        if (cell && typeof cell === "object") {
+          return h("td", { class: cell.nowrap ? "nowrap" : null, text: cell.text });
+        }
+        return h("td", { text: cell });
+      }),
+      hasActions
+        ? h(
+            "td",
+            { class: "row-actions" },
+            ...(row.actions || []).map((action) =>
+              action.href
+                ? h("a", {
+                    class: "button",
+                    href: action.href,
+                    target: "_blank",
+                    rel: "noopener noreferrer",
+                    text: action.label,
+                  })
+                : actionButton(action.label, action.onclick, { danger: action.danger }),
+            ),
+          )
+        : null,
+    ),
+  );
+  if (!rows.length) {
+    body.push(
+      h("tr", { class: "empty-row" }, h("td", { colspan: headers.length + 1, text: emptyText })),
+    );
+  }
+  return h(
+    "div",
+    { class: "table-wrap" },
+    h("table", { class: "datatable", id: "datatable" }, h("thead", {}, head), h("tbody", {}, ...body)),
+  );
+}
+
+function show(...content) {
+  elements.main.replaceChildren(...content);
+}
+
+// Shows `title` while `load` runs, then what `build` makes of its answer, or the error.
+async function view(token, title, load, build) {
+  show(box(title, h("p", { class: "loading-line", role: "status", text: "Loading…" })));
+  let answer;
+  try {
+    answer = await load();
+  } catch (error) {
+    if (token === shown) show(box(title, errorAlert(describe(error))));
+    return;
+  }
+  if (token === shown) show(build(answer));
+}
+
+// A dialog whose primary button sends a form; the service's refusal shows inside it.
+function formDialog({ title, fields, submit }) {
+  const alert = h("div", { class: "alert alert-danger", role: "alert", hidden: true });
+  // A refusal is about what was sent: it goes as soon as the form changes.
+  for (const element of fields) {
+    element.addEventListener("input", () => (alert.hidden = true));
+    element.addEventListener("change", () => (alert.hidden = true));
+  }
+  const fail = (message) => {
+    alert.replaceChildren(h("strong", { text: "Error: " }), h("span", { class: "alert-message", text: message }));
+    alert.hidden = false;
+    return false;
+  };
+  return openDialog({
+    title,
+    form: true,
+    className: "dialog-form",
+    body: [...fields, alert],
+    buttons: [
+      { label: "Cancel", value: "cancel" },
+      {
+        label: "Submit",
+        value: "submit",
+        primary: true,
+        action: async () => {
+          alert.hidden = true;
+          try {
+            const problem = await submit();
+            return problem ? fail(problem) : true;
+          } catch (error) {
+            return fail(describe(error));
+          }
+        },
+      },
+    ],
+  });
+}
+
+function field(label, control, help) {
+  const helpId = help ? `${control.id}-help` : null;
+  if (helpId) control.setAttribute("aria-describedby", helpId);
+  return h(
+    "div",
+    { class: "field" },
+    h("label", { for: control.id, text: label }),
+    control,
+    help ? h("p", { id: helpId, class: "field-help", text: help }) : null,
+  );
+}
+
+function checkbox(id, label, checked = false) {
+  const input = h("input", { type: "checkbox", id, name: id, checked });
+  return { input, element: h("div", { class: "check" }, input, h("label", { for: id, text: label })) };
+}
+
+// Asks first; the button that asked shows `busyText` while the service works.
+async function removeWith(title, message, path, button, busyText) {
+  if ((await confirmDialog(title, message)) !== "ok") return false;
+  const label = button.textContent;
+  button.disabled = true;
+  button.textContent = busyText;
+  try {
+    await api("DELETE", path);
+  } catch (error) {
+    button.disabled = false;
+    button.textContent = label;
+    await showError(`${title} failed`, describe(error));
+  }
+  return true;
+}
+
+// ------------------------------------------------------------------------------- statistics
+function showStats(token) {
+  return view(token, "Statistics", () => api("GET", "stats/"), (stats) => {
+    const row = (label, value) =>
+      h("tr", {}, h("th", { scope: "row", text: label }), h("td", { text: String(value ?? "") }));
+    return box(
+      "Statistics",
+      toolbar(actionButton("Refresh", () => route())),
+      h(
+        "table",
+        { class: "stats", id: "stats" },
+        h(
+          "tbody",
+          {},
+          row("Realm", text(stats.realm)),
+          row("Total users", stats.num_total_users),
+          row("Number of applications", stats.num_applications),
+          row("Active users", stats.num_active_users),
+          row("Running containers", stats.num_running_containers),
+        ),
+      ),
+    );
+  });
+}
+
+// ------------------------------------------------------------------------------- containers
+function showContainers(token) {
+  return view(token, "Containers", () => api("GET", "containers/"), (answer) => {
+    const rows = entries(answer).map(([id, item]) => {
+      const link = item.state === "running" ? sitePath(item.urlpath) : null;
+      const stop = {
+        label: "Stop",
+        danger: true,
+        onclick: async (event) => {
+          const what = `${text(item.image_name)} of ${text(item.user)}`;
+          const stopped = await removeWith(
+            "Stop container",
+            `Do you want to stop container ${id} (${what})? Anything not saved is lost.`,
+            `containers/${encodeURIComponent(id)}/`,
+            event.currentTarget,
+            "Stopping…",
+          );
+          if (stopped) route();
+        },
+      };
+      return {
+        id,
+        cells: [
+          short(id),
+          text(item.user),
+          oneLine(item.image_name),
+          short(item.docker_id),
+          short(item.mapping_id),
+          STATE_TEXT[item.state] || text(item.state),
+        ],
+        actions: link ? [{ label: "Open", href: link }, stop] : [stop],
+      };
+    });
+    return box(
+      "Containers",
+      toolbar(actionButton("Refresh", () => route())),
+      dataTable(
+        ["URL ID", "User", "Image", "Docker ID", "Mapping ID", "State"],
+        rows,
+        "No application is running.",
+      ),
+    );
+  });
+}
+
+// ------------------------------------------------------------------------------- users
+function showUsers(token) {
+  return view(token, "Users", () => api("GET", "users/"), (answer) => {
+    const rows = entries(answer).map(([id, item]) => ({
+      id,
+      cells: [id, text(item.name)],
+      actions: [
+        {
+          label: "Policies",
+          onclick: () => {
+            window.location.hash = `#/users/${encodeURIComponent(id)}/accounting`;
+          },
+        },
+        {
+          label: "Remove",
+          danger: true,
+          onclick: async (event) => {
+            const removed = await removeWith(
+              "Remove User",
+              `Do you want to remove user ${text(item.name)} (${id})? Their policies go with ` +
+                "them and their running applications are stopped.",
+              `users/${encodeURIComponent(id)}/`,
+              event.currentTarget,
+              "Removing…",
+            );
+            if (removed) route();
+          },
+        },
+      ],
+    }));
+    return box(
+      "Users",
+      toolbar(actionButton("Create New Entry", createUser, { primary: true })),
+      dataTable(["ID", "Username"], rows, "There are no users yet."),
+    );
+  });
+}
+
+async function createUser() {
+  const input = h("input", {
+    id: "user-name",
+    name: "name",
+    type: "text",
+    required: true,
+    maxlength: 255,
+    autocomplete: "off",
+    spellcheck: "false",
+    autofocus: true,
+  });
+  const result = await formDialog({
+    title: "Create New User",
+    fields: [field("Username", input, "The user's JupyterHub name.")],
+    submit: async () => {
+      const name = input.value.trim();
+      if (!name) return "Enter the user's name.";
+      await api("POST", "users/", { name });
+      return null;
+    },
+  });
+  if (result === "submit") route();
+}
+
+// ------------------------------------------------------------------------------- a user's policies
+function showAccounting(token, userId) {
+  const userPath = `users/${encodeURIComponent(userId)}/`;
+  const load = async () => {
+    const user = await api("GET", userPath);
+    const filter = encodeURIComponent(JSON.stringify({ user_id: userId }));
+    return { user, grants: await api("GET", `accounting/?filter=${filter}`) };
+  };
+  return view(token, "Policies", load, ({ user, grants }) => {
+    const name = text(user.name);
+    const rows = entries(grants).map(([id, item]) => ({
+      id,
+      cells: [
+        short(id),
+        oneLine(item.image_name),
+        text(item.app_license),
+        yesNo(item.allow_home),
+        volumeText(item),
+        yesNo(item.allow_view),
+        yesNo(item.allow_startup_data),
+      ],
+      actions: [
+        {
+          label: "Remove",
+          danger: true,
+          onclick: async (event) => {
+            const removed = await removeWith(
+              "Remove Policy",
+              `Do you want to remove the policy ${id} of ${name} for ${text(item.image_name)}? ` +
+                "A running container under it is stopped.",
+              `accounting/${encodeURIComponent(id)}/`,
+              event.currentTarget,
+              "Removing…",
+            );
+            if (removed) route();
+          },
+        },
+      ],
+    }));
+    return box(
+      `Policies of ${name}`,
+      toolbar(
+        actionButton("Create New Entry", () => createGrant(userId, name), { primary: true }),
+        h("a", { class: "button", href: "#/users", text: "Back to users" }),
+      ),
+      dataTable(
+        ["ID", "Image", "License", "Workspace", "Volume", "View", "Startup file"],
+        rows,
+        `${name} has no policies yet: they see no applications.`,
+      ),
+    );
+  });
+}
+
+async function createGrant(userId, userName) {
+  let applications = [];
+  try {
+    applications = entries(await api("GET", "applications/"));
+  } catch (error) {
+    await showError("The applications could not be loaded", describe(error));
+    return;
+  }
+  const image = h(
+    "select",
+    { id: "image_name", name: "image_name", required: true },
+    ...applications.map(([, item]) => {
+      const imageName = text(item.image_name);
+      const uiName = item.image ? text(item.image.ui_name) : "";
+      const label = uiName && uiName !== imageName ? `${imageName} (${uiName})` : imageName;
+      return h("option", { value: imageName, text: item.available === false ? `${label} (not on the engine)` : label });
+    }),
+  );
+  const license = h("textarea", {
+    id: "app_license",
+    name: "app_license",
+    rows: 2,
+    maxlength: 4096,
+    placeholder: "Enter the license key here if the application needs one",
+  });
+  const source = h("input", { id: "volume_source", name: "volume_source", type: "text", placeholder: "/host/path", spellcheck: "false", autocomplete: "off" });
+  const target = h("input", { id: "volume_target", name: "volume_target", type: "text", placeholder: "/container/path", spellcheck: "false", autocomplete: "off" });
+  const home = checkbox("allow_home", "Mount the user's workspace at /workspace");
+  const readonly = checkbox("volume_readonly", "Mount the volume read-only", true);
+  const viewable = checkbox("allow_view", "Allow viewing: signed-in users with the link can see it");
+  const startup = checkbox("allow_startup_data", "Allow providing a startup file");
+
+  const fields = [
+    applications.length
+      ? field("Image Name", image)
+      : errorAlert("No application is registered yet: register one under Applications first."),
+    field("License", license),
+    home.element,
+    h(
+      "fieldset",
+      { class: "field-group" },
+      h("legend", { text: "Volume (both paths, or neither)" }),
+      h("div", { class: "field-pair" }, field("Volume source", source), field("Volume target", target)),
+      readonly.element,
+    ),
+    viewable.element,
+    startup.element,
+  ];
+  const result = await formDialog({
+    title: `Create New Policy for ${userName}`,
+    fields,
+    submit: async () => {
+      if (!applications.length) return "Register an application first.";
+      const volumeSource = source.value.trim();
+      const volumeTarget = target.value.trim();
+      if (Boolean(volumeSource) !== Boolean(volumeTarget)) {
+        return "Both Volume source and Volume target must be given, or neither.";
+      }
+      for (const [label, value] of [["Volume source", volumeSource], ["Volume target", volumeTarget]]) {
+        if (value && !isAbsolutePath(value)) return `${label} must be an absolute path.`;
+      }
+      await api("POST", "accounting/", {
+        user_id: userId,
+        image_name: image.value,
+        app_license: license.value.trim() || null,
+        allow_home: home.input.checked,
+        allow_view: viewable.input.checked,
+        volume_source: volumeSource || null,
+        volume_target: volumeTarget || null,
+        volume_mode: readonly.input.checked ? "ro" : "rw",
+        allow_startup_data: startup.input.checked,
+      });
+      return null;
+    },
+  });
+  if (result === "submit") route();
+}
+
+// ------------------------------------------------------------------------------- applications
+function engineCell(item) {
+  if (item.available === true) return h("span", { class: "badge badge-ok", text: "Available" });
+  if (item.available === false) return h("span", { class: "badge badge-missing", text: "Not on the engine" });
+  return h("span", { class: "badge", text: "Unknown" });
+}
+
+function nameCell(item) {
+  const image = item.image && typeof item.image === "object" ? item.image : null;
+  if (!image) return "";
+  return h(
+    "div",
+    { class: "app-cell" },
+    h("img", { class: "app-icon", src: iconSource(image.icon_128, DEFAULT_ICON), alt: "", width: 32, height: 32 }),
+    h(
+      "div",
+      { class: "app-cell-text" },
+      h("span", { class: "app-cell-name", text: text(image.ui_name) }),
+      text(image.description) ? h("span", { class: "app-cell-description", text: image.description }) : null,
+    ),
+  );
+}
+
+function showApplications(token) {
+  return view(token, "Applications", () => api("GET", "applications/"), (answer) => {
+    const rows = entries(answer).map(([id, item]) => {
+      const image = item.image && typeof item.image === "object" ? item.image : null;
+      const env = image && Array.isArray(image.env) ? image.env.filter((name) => typeof name === "string") : [];
+      return {
+        id,
+        cells: [
+          id,
+          oneLine(item.image_name),
+          nameCell(item),
+          image ? TYPE_TEXT[image.type] || text(image.type) : "",
+          engineCell(item),
+          env.join(", "),
+        ],
+        actions: [
+          {
+            label: "Remove",
+            danger: true,
+            onclick: async (event) => {
+              const removed = await removeWith(
+                "Remove Application",
+                `Do you want to remove application ${text(item.image_name)} (${id})? Its ` +
+                  "policies go with it and its running containers are stopped.",
+                `applications/${encodeURIComponent(id)}/`,
+                event.currentTarget,
+                "Removing…",
+              );
+              if (removed) route();
+            },
+          },
+        ],
+      };
+    });
+    return box(
+      "Applications",
+      toolbar(actionButton("Create New Entry", createApplication, { primary: true })),
+      dataTable(
+        ["ID", "Image", "Name", "Type", "Engine", "Environment"],
+        rows,
+        "No application is registered yet.",
+      ),
+    );
+  });
+}
+
+async function createApplication() {
+  const input = h("input", {
+    id: "image-name",
+    name: "image_name",
+    type: "text",
+    required: true,
+    maxlength: 255,
+    placeholder: "repository/name:tag",
+    autocomplete: "off",
+    spellcheck: "false",
+    autofocus: true,
+  });
+  const result = await formDialog({
+    title: "Create New Application",
+    fields: [
+      field(
+        "Image Name",
+        input,
+        "A Docker image on the engine. It is never pulled: build or pull it there.",
+      ),
+    ],
+    submit: async () => {
+      const imageName = input.value.trim();
+      if (!imageName) return "Enter the image's name.";
+      await api("POST", "applications/", { image_name: imageName });
+      return null;
+    },
+  });
+  if (result === "submit") route();
+}
+
+// ------------------------------------------------------------------------------- routing
+const ROUTES = [
+  [/^\/?$/, "stats", showStats],
+  [/^\/containers\/?$/, "containers", showContainers],
+  [/^\/users\/?$/, "users", showUsers],
+  [/^\/users\/([^/]+)\/accounting\/?$/, "users", showAccounting],
+  [/^\/applications\/?$/, "applications", showApplications],
+];
+
+function route() {
+  shown += 1;
+  const token = shown;
+  let path = "/";
+  try {
+    path = decodeURIComponent(window.location.hash.replace(/^#/, "")) || "/";
+  } catch {
+    path = "";
+  }
+  for (const [pattern, name, render] of ROUTES) {
+    const match = pattern.exec(path);
+    if (match) {
+      markNav(name);
+      render(token, ...match.slice(1));
+      return;
+    }
+  }
+  markNav(null);
+  show(box("Not found", errorAlert("There is no such page here. Choose one from the menu.")));
+}
+
+function markNav(name) {
+  for (const link of elements.nav.querySelectorAll("a")) {
+    if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+wireUserMenu(elements.menuButton, elements.menu);
+window.addEventListener("hashchange", route);
+// Choosing the view already shown loads it again (no hashchange then).
+elements.nav.addEventListener("click", (event) => {
+  const link = event.target.closest("a");
+  if (link && link.getAttribute("href") === window.location.hash) route();
+});
+route();

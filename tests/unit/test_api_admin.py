@@ -1,0 +1,837 @@
+"""The admin REST API ({svc}api/v1/admin/) over in-memory fakes: shapes, status codes, effects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient
+from openapi_spec_validator import validate
+
+from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.deps import WebDeps
+from remoteappmanager.web.app import create_app
+from remoteappmanager.web.keys import API_REGISTRY
+from tests.support.webapp import API, REALM, World, cookie, make_app, make_settings, sign_in
+
+NS = "eu.simphony-project.docker."
+DESKTOP = "remoteapp-test/desktop:latest"
+WEBAPP = "remoteapp-test/web:latest"
+MISSING = "remoteapp-test/not-built:1.0"
+ICON = "iVBORw0KGgo="
+DESKTOP_LABELS = {
+    NS + "ui_name": "Desktop <b>bold</b>",
+    NS + "description": "A desktop",
+    NS + "icon_128": ICON,
+    NS + "type": "vncapp",
+    NS + "env.x11-width": "",
+    NS + "env.x11-height": "",
+    NS + "env.startupdata": "",
+}
+WEB_LABELS = {NS + "ui_name": "Web", NS + "type": "webapp"}
+
+ADMIN = API + "v1/admin/"
+USERS = ADMIN + "users/"
+APPLICATIONS = ADMIN + "applications/"
+ACCOUNTING = ADMIN + "accounting/"
+CONTAINERS = ADMIN + "containers/"
+STATS = ADMIN + "stats/"
+USER_APPLICATIONS = API + "v1/applications/"
+USER_CONTAINERS = API + "v1/containers/"
+OPENAPI = API + "openapi.json"
+
+
+class Api:
+    """An API client: ``Authorization: token`` for one hub user (or anonymous)."""
+
+    def __init__(self, client: TestClient[Any, Any], token: str | None) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"token {token}"} if token else {}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        async with self.client.request(method, path, headers=headers, **kwargs) as response:
+            raw = await response.read()
+            body = json.loads(raw) if raw else None
+            return response.status, body, response.headers
+
+    async def create(self, collection: str, payload: dict[str, Any]) -> str:
+        """POST and return the new entry's id (the last part of its Location)."""
+        status, body, headers = await self.call("POST", collection, json=payload)
+        assert status == 201, body
+        assert body is None
+        location = headers["Location"]
+        assert location.startswith(collection)
+        assert location.endswith("/")
+        return str(location.removeprefix(collection).rstrip("/"))
+
+    async def grants(self, user_id: str) -> dict[str, Any]:
+        status, body, _ = await self.call(
+            "GET", ACCOUNTING, params={"filter": json.dumps({"user_id": user_id})}
+        )
+        assert status == 200, body
+        return dict(body)
+
+
+def _grant(user_id: str, image: str = WEBAPP, **policy: Any) -> dict[str, Any]:
+    return {"user_id": user_id, "image_name": image, **policy}
+
+
+@pytest.fixture
+def world() -> World:
+    world = World()
+    world.runtime.add_image(DESKTOP, DESKTOP_LABELS)
+    world.runtime.add_image(WEBAPP, WEB_LABELS)
+    world.hub.add_user("root", admin=True)
+    world.hub.add_user("alice")
+    world.hub.add_user("bob")
+    return world
+
+
+@pytest.fixture
+async def client(world: World, aiohttp_client: Any) -> TestClient[Any, Any]:
+    return await aiohttp_client(make_app(world))
+
+
+@pytest.fixture
+def root(client: TestClient[Any, Any], world: World) -> Api:
+    return Api(client, world.hub.issue_token("root"))
+
+
+@pytest.fixture
+def alice(client: TestClient[Any, Any], world: World) -> Api:
+    return Api(client, world.hub.issue_token("alice"))
+
+
+@pytest.fixture
+def bob(client: TestClient[Any, Any], world: World) -> Api:
+    return Api(client, world.hub.issue_token("bob"))
+
+
+@pytest.fixture
+async def ids(root: Api) -> dict[str, str]:
+    """alice, bob, and both images registered through the API: name → id."""
+    found = {}
+    for name in ("alice", "bob"):
+        found[name] = await root.create(USERS, {"name": name})
+    for image in (DESKTOP, WEBAPP):
+        found[image] = await root.create(APPLICATIONS, {"image_name": image})
+    return found
+
+
+async def _start(user: Api, mapping_id: str) -> str:
+    status, body, headers = await user.call(
+        "POST", USER_CONTAINERS, json={"mapping_id": mapping_id}
+    )
+    assert status == 201, body
+    return str(headers["Location"].removeprefix(USER_CONTAINERS).rstrip("/"))
+
+
+# ------------------------------------------------------------------------------ users
+async def test_users_are_created_listed_fetched_and_removed(root: Api) -> None:
+    status, body, headers = await root.call("GET", USERS)
+    assert (status, body) == (200, {"offset": 0, "total": 0, "items": {}, "identifiers": []})
+    assert headers["Cache-Control"] == "no-store"
+
+    alice = await root.create(USERS, {"name": "alice"})
+    bob = await root.create(USERS, {"name": "bob"})
+    assert alice.isdigit()
+    status, body, _ = await root.call("GET", USERS)
+    assert status == 200
+    assert body == {
+        "offset": 0,
+        "total": 2,
+        "items": {alice: {"id": alice, "name": "alice"}, bob: {"id": bob, "name": "bob"}},
+        "identifiers": [alice, bob],
+    }
+    status, body, _ = await root.call("GET", USERS + alice + "/")
+    assert (status, body) == (200, {"id": alice, "name": "alice"})
+
+    status, body, _ = await root.call("DELETE", USERS + alice + "/")
+    assert (status, body) == (204, None)
+    _, body, _ = await root.call("GET", USERS)
+    assert body["identifiers"] == [bob]
+    status, body, _ = await root.call("DELETE", USERS + alice + "/")
+    assert (status, body["type"]) == (404, "NotFound")
+
+
+async def test_a_duplicate_user_is_a_conflict(root: Api) -> None:
+    await root.create(USERS, {"name": "alice"})
+    status, body, _ = await root.call("POST", USERS, json={"name": "alice"})
+    assert (status, body["type"]) == (409, "Exists")
+    assert "alice" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"name": ""}',
+        b'{"name": " alice"}',
+        b'{"name": "a/b"}',
+        b'{"name": "' + b"x" * 300 + b'"}',
+        b'{"name": 12}',
+        b"{}",
+        b'{"name": "alice", "admin": true}',
+        b"{not json",
+        b"",
+    ],
+)
+async def test_an_invalid_user_is_a_bad_representation(root: Api, payload: bytes) -> None:
+    status, body, _ = await root.call(
+        "POST", USERS, data=payload, headers={"Content-Type": "application/json"}
+    )
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+    _, listed, _ = await root.call("GET", USERS)
+    assert listed["total"] == 0
+
+
+@pytest.mark.parametrize("collection", [USERS, APPLICATIONS])
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize(
+    ("identifier", "status"),
+    [
+        ("abc", 400),
+        ("-1", 400),
+        ("1.5", 400),
+        ("1e3", 400),
+        ("%20", 400),
+        ("1%0A", 400),
+        ("9" * 19, 400),
+        ("99999999999", 404),  # a number, but beyond what the database holds
+        ("0", 404),
+        ("4242", 404),
+    ],
+)
+async def test_malformed_ids_are_400_and_unknown_ids_404(
+    root: Api, collection: str, method: str, identifier: str, status: int
+) -> None:
+    answered, body, _ = await root.call(method, collection + identifier + "/")
+    assert answered == status, body
+    assert body["type"] == ("BadRepresentation" if status == 400 else "NotFound")
+
+
+async def test_removing_a_user_takes_their_grants_and_stops_their_containers(
+    root: Api, alice: Api, bob: Api, ids: dict[str, str], world: World
+) -> None:
+    alices = await root.create(ACCOUNTING, _grant(ids["alice"]))
+    bobs = await root.create(ACCOUNTING, _grant(ids["bob"]))
+    await _start(alice, alices)
+    bob_url_id = await _start(bob, bobs)
+
+    status, _, _ = await root.call("DELETE", USERS + ids["alice"] + "/")
+    assert status == 204
+    _, listed, _ = await root.call("GET", CONTAINERS)
+    assert listed["identifiers"] == [bob_url_id]
+    assert len(world.runtime.container_ids) == 1
+    status, body, _ = await root.call("GET", ACCOUNTING + alices + "/")
+    assert (status, body["type"]) == (404, "NotFound")
+    status, body, _ = await root.call(
+        "GET", ACCOUNTING, params={"filter": json.dumps({"user_id": ids["alice"]})}
+    )
+    assert (status, body["type"]) == (404, "NotFound")
+
+
+# ------------------------------------------------------------------------------ applications
+async def test_applications_list_the_image_the_engine_has_and_what_it_declares(
+    root: Api,
+) -> None:
+    desktop = await root.create(APPLICATIONS, {"image_name": DESKTOP})
+    missing = await root.create(APPLICATIONS, {"image_name": MISSING})
+    status, body, _ = await root.call("GET", APPLICATIONS)
+    assert status == 200
+    assert body["identifiers"] == [desktop, missing]
+    assert body["total"] == 2
+    assert body["items"][desktop] == {
+        "id": desktop,
+        "image_name": DESKTOP,
+        "available": True,
+        "image": {
+            "ui_name": "Desktop <b>bold</b>",
+            "icon_128": ICON,
+            "description": "A desktop",
+            "type": "vncapp",
+            "env": ["STARTUPDATA", "X11_HEIGHT", "X11_WIDTH"],
+        },
+    }
+    assert body["items"][missing] == {
+        "id": missing,
+        "image_name": MISSING,
+        "available": False,
+        "image": None,
+    }
+    status, body, _ = await root.call("GET", APPLICATIONS + desktop + "/")
+    assert (status, body["image_name"], body["available"]) == (200, DESKTOP, True)
+
+
+async def test_the_catalogue_is_managed_while_the_engine_is_down(root: Api, world: World) -> None:
+    world.runtime.available = False
+    application = await root.create(APPLICATIONS, {"image_name": DESKTOP})
+    status, body, _ = await root.call("GET", APPLICATIONS)
+    assert status == 200
+    assert body["items"][application]["available"] is None
+    assert body["items"][application]["image"] is None
+    status, body, _ = await root.call("GET", CONTAINERS)
+    assert (status, body["type"]) == (503, "Unable")
+
+
+async def test_an_image_built_after_registration_shows_as_available(
+    root: Api, world: World
+) -> None:
+    application = await root.create(APPLICATIONS, {"image_name": MISSING})
+    _, body, _ = await root.call("GET", APPLICATIONS + application + "/")
+    assert body["available"] is False
+    world.runtime.add_image(MISSING, WEB_LABELS)
+    _, body, _ = await root.call("GET", APPLICATIONS + application + "/")
+    assert body["available"] is True
+
+
+async def test_a_duplicate_application_is_a_conflict(root: Api) -> None:
+    await root.create(APPLICATIONS, {"image_name": WEBAPP})
+    status, body, _ = await root.call("POST", APPLICATIONS, json={"image_name": WEBAPP})
+    assert (status, body["type"]) == (409, "Exists")
+    _, listed, _ = await root.call("GET", APPLICATIONS)
+    assert listed["total"] == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"image_name": "Not An Image"},
+        {"image_name": "UPPER/case"},
+        {"image_name": "repo/name:tag;rm -rf"},
+        {"image_name": ""},
+        {"image_name": None},
+        {"name": WEBAPP},
+        {"image_name": WEBAPP, "verify": True},
+    ],
+)
+async def test_an_invalid_image_name_is_a_bad_representation(
+    root: Api, payload: dict[str, Any]
+) -> None:
+    status, body, _ = await root.call("POST", APPLICATIONS, json=payload)
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+
+
+async def test_removing_an_application_cascades_its_grants_and_stops_its_containers(
+    root: Api, alice: Api, bob: Api, ids: dict[str, str], world: World
+) -> None:
+    web_alice = await root.create(ACCOUNTING, _grant(ids["alice"], WEBAPP))
+    desktop_alice = await root.create(ACCOUNTING, _grant(ids["alice"], DESKTOP))
+    web_bob = await root.create(ACCOUNTING, _grant(ids["bob"], WEBAPP, allow_home=True))
+    await _start(alice, web_alice)
+    await _start(bob, web_bob)
+    desktop_url_id = await _start(alice, desktop_alice)
+
+    status, body, _ = await root.call("DELETE", APPLICATIONS + ids[WEBAPP] + "/")
+    assert (status, body) == (204, None)
+
+    assert list((await root.grants(ids["alice"]))["items"]) == [desktop_alice]
+    assert (await root.grants(ids["bob"]))["total"] == 0
+    _, listed, _ = await root.call("GET", CONTAINERS)
+    assert listed["identifiers"] == [desktop_url_id]
+    assert len(world.runtime.container_ids) == 1
+    # The users' pages agree at once.
+    _, mine, _ = await alice.call("GET", USER_APPLICATIONS)
+    assert mine["identifiers"] == [desktop_alice]
+    _, bobs, _ = await bob.call("GET", USER_APPLICATIONS)
+    assert bobs["total"] == 0
+    _, apps, _ = await root.call("GET", APPLICATIONS)
+    assert apps["identifiers"] == [ids[DESKTOP]]
+
+
+async def test_an_application_whose_container_cannot_be_stopped_is_kept(
+    root: Api, alice: Api, ids: dict[str, str], world: World
+) -> None:
+    mapping_id = await root.create(ACCOUNTING, _grant(ids["alice"], WEBAPP))
+    await _start(alice, mapping_id)
+    world.routes.available = False
+    status, body, _ = await root.call("DELETE", APPLICATIONS + ids[WEBAPP] + "/")
+    assert (status, body["type"]) == (503, "Unable")
+    world.routes.available = True
+    assert (await root.grants(ids["alice"]))["identifiers"] == [mapping_id]
+    status, _, _ = await root.call("DELETE", APPLICATIONS + ids[WEBAPP] + "/")
+    assert status == 204
+    assert world.runtime.container_ids == frozenset()
+
+
+# ------------------------------------------------------------------------------ accounting
+async def test_grants_are_created_listed_and_revoked(
+    root: Api, alice: Api, ids: dict[str, str]
+) -> None:
+    mapping_id = await root.create(
+        ACCOUNTING,
+        {
+            "user_id": ids["alice"],
+            "image_name": DESKTOP,
+            "app_license": "LIC-42",
+            "allow_home": True,
+            "allow_view": True,
+            "allow_common": False,
+            "volume_source": "/data/shared/",
+            "volume_target": "/mnt/shared",
+            "volume_mode": "rw",
+            "allow_startup_data": True,
+        },
+    )
+    assert len(mapping_id) == 32
+    body = await root.grants(ids["alice"])
+    assert body["identifiers"] == [mapping_id]
+    assert body["items"][mapping_id] == {
+        "mapping_id": mapping_id,
+        "user_id": ids["alice"],
+        "user_name": "alice",
+        "application_id": ids[DESKTOP],
+        "image_name": DESKTOP,
+        "app_license": "LIC-42",
+        "allow_home": True,
+        "allow_view": True,
+        "allow_common": False,
+        "volume_source": "/data/shared",
+        "volume_target": "/mnt/shared",
+        "volume_mode": "rw",
+        "allow_startup_data": True,
+    }
+    status, one, _ = await root.call("GET", ACCOUNTING + mapping_id + "/")
+    assert (status, one) == (200, body["items"][mapping_id])
+    # The user sees it at once, with the policy given.
+    _, mine, _ = await alice.call("GET", USER_APPLICATIONS)
+    assert mine["items"][mapping_id]["policy"]["app_license"] == "LIC-42"
+
+    status, body, _ = await root.call("DELETE", ACCOUNTING + mapping_id + "/")
+    assert (status, body) == (204, None)
+    assert (await root.grants(ids["alice"]))["total"] == 0
+    _, mine, _ = await alice.call("GET", USER_APPLICATIONS)
+    assert mine["total"] == 0
+    status, body, _ = await root.call("DELETE", ACCOUNTING + mapping_id + "/")
+    assert (status, body["type"]) == (404, "NotFound")
+
+
+async def test_the_same_grant_twice_is_the_same_mapping_id(root: Api, ids: dict[str, str]) -> None:
+    payload = _grant(ids["alice"], WEBAPP, allow_home=True, volume="/data:/data:ro")
+    first = await root.call("POST", ACCOUNTING, json=payload)
+    # The id as a number and the application by id name the same grant.
+    again = dict(payload, user_id=int(ids["alice"]))
+    del again["image_name"]
+    again["application_id"] = ids[WEBAPP]
+    second = await root.call("POST", ACCOUNTING, json=again)
+    assert first[0] == second[0] == 201
+    assert first[2]["Location"] == second[2]["Location"]
+    assert (await root.grants(ids["alice"]))["total"] == 1
+
+    other = await root.create(ACCOUNTING, dict(payload, allow_home=False))
+    assert other != first[2]["Location"].rstrip("/").rsplit("/", 1)[-1]
+    assert (await root.grants(ids["alice"]))["total"] == 2
+
+
+async def test_the_original_clients_grant_without_a_volume(root: Api, ids: dict[str, str]) -> None:
+    # What the original admin page sends when no volume is wanted.
+    mapping_id = await root.create(
+        ACCOUNTING,
+        {
+            "user_id": ids["bob"],
+            "image_name": WEBAPP,
+            "app_license": "",
+            "allow_home": False,
+            "volume_source": "",
+            "volume_target": "",
+            "volume_mode": "rw",
+            "allow_startup_data": False,
+        },
+    )
+    item = (await root.grants(ids["bob"]))["items"][mapping_id]
+    assert (item["volume_source"], item["volume_mode"], item["app_license"]) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"volume_source": "/data"},
+        {"volume_target": "/data"},
+        {"volume_source": "data", "volume_target": "/data"},
+        {"volume_source": "/data/../etc", "volume_target": "/data"},
+        {"volume_source": "/a", "volume_target": "/b", "volume_mode": "rx"},
+        {"volume": "/a:/b"},
+        {"volume": "/a:/b:ro", "volume_source": "/a", "volume_target": "/b"},
+        {"image_name": None},
+        {"application_id": "1"},
+        {"user_id": "alice"},
+        {"user_id": None},
+        {"user_id": "0"},
+        {"user_id": True},
+        {"user_id": 1.0},
+        {"user_id": " 1"},
+        {"allow_home": "perhaps"},
+        {"app_license": "x" * 5000},
+        {"allow_everything": True},
+    ],
+)
+async def test_invalid_grants_are_bad_representations(
+    root: Api, ids: dict[str, str], changes: dict[str, Any]
+) -> None:
+    payload = {k: v for k, v in {**_grant(ids["alice"]), **changes}.items() if v is not None}
+    status, body, _ = await root.call("POST", ACCOUNTING, json=payload)
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+    assert (await root.grants(ids["alice"]))["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"user_id": "4242"}, {"image_name": MISSING}, {"image_name": None, "application_id": 4242}],
+)
+async def test_grants_of_unknown_users_or_applications_are_not_found(
+    root: Api, ids: dict[str, str], changes: dict[str, Any]
+) -> None:
+    payload = {k: v for k, v in {**_grant(ids["alice"]), **changes}.items() if v is not None}
+    status, body, _ = await root.call("POST", ACCOUNTING, json=payload)
+    assert (status, body["type"]) == (404, "NotFound"), body
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ({}, "filter query argument is required"),
+        ({"filter": ""}, "filter query argument is required"),
+        ({"filter": "{user_id: 1}"}, "not valid JSON"),
+        ({"filter": "[]"}, "filter"),
+        ({"filter": "{}"}, "user_id"),
+        ({"filter": '{"user_id": "x"}'}, "user_id"),
+        ({"filter": '{"user_id": true}'}, "user_id"),
+        ({"filter": '{"user_id": "1", "image_name": "x"}'}, "image_name"),
+        ({"other": '{"user_id": "1"}'}, "filter query argument is required"),
+    ],
+)
+async def test_listing_grants_needs_a_filter_by_user(
+    root: Api, ids: dict[str, str], query: dict[str, str], says: str
+) -> None:
+    status, body, _ = await root.call("GET", ACCOUNTING, params=query)
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+    assert says in body["message"]
+    assert '?filter={"user_id": "<id>"}' in body["message"]
+
+
+async def test_grants_of_an_unknown_user_are_not_found(root: Api) -> None:
+    status, body, _ = await root.call(
+        "GET", ACCOUNTING, params={"filter": json.dumps({"user_id": "4242"})}
+    )
+    assert (status, body["type"]) == (404, "NotFound")
+
+
+@pytest.mark.parametrize(
+    ("mapping_id", "status"),
+    [("a.b", 400), ("x" * 65, 400), (quote("a b"), 400), ("f" * 32 + "%0A", 400), ("f" * 32, 404)],
+)
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_malformed_mapping_ids_are_400_and_unknown_404(
+    root: Api, mapping_id: str, status: int, method: str
+) -> None:
+    answered, body, _ = await root.call(method, ACCOUNTING + mapping_id + "/")
+    assert answered == status, body
+
+
+async def test_revoking_a_grant_stops_its_container(
+    root: Api, alice: Api, ids: dict[str, str], world: World
+) -> None:
+    stopped = await root.create(ACCOUNTING, _grant(ids["alice"], WEBAPP))
+    kept = await root.create(ACCOUNTING, _grant(ids["alice"], DESKTOP))
+    await _start(alice, stopped)
+    kept_url_id = await _start(alice, kept)
+    status, _, _ = await root.call("DELETE", ACCOUNTING + stopped + "/")
+    assert status == 204
+    _, mine, _ = await alice.call("GET", USER_CONTAINERS)
+    assert mine["identifiers"] == [kept_url_id]
+    assert len(world.routes.all_paths) == 1
+
+
+async def test_grant_changes_show_on_a_users_page_at_once_despite_its_cache(
+    world: World, aiohttp_client: Any
+) -> None:
+    # The user page keeps grants for a while; admin changes must not wait for that.
+    settings = make_settings()
+    sessions = world.make_sessions(settings)
+    images = ImageMetadataCache(world.runtime)
+    deps = WebDeps(
+        settings=settings,
+        identity=world.hub,
+        uow_factory=world.database.unit_of_work,
+        clock=world.clock,
+        sessions=sessions,
+        applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=3600),
+    )
+    client = await aiohttp_client(create_app(deps))
+    root = Api(client, world.hub.issue_token("root"))
+    alice = Api(client, world.hub.issue_token("alice"))
+    alice_id = await root.create(USERS, {"name": "alice"})
+    await root.create(APPLICATIONS, {"image_name": WEBAPP})
+    _, mine, _ = await alice.call("GET", USER_APPLICATIONS)
+    assert mine["total"] == 0
+
+    mapping_id = await root.create(ACCOUNTING, _grant(alice_id))
+    _, mine, _ = await alice.call("GET", USER_APPLICATIONS)
+    assert mine["identifiers"] == [mapping_id]
+
+    await root.call("DELETE", ACCOUNTING + mapping_id + "/")
+    _, mine, _ = await alice.call("GET", USER_APPLICATIONS)
+    assert mine["total"] == 0
+
+
+# ------------------------------------------------------------------------------ containers
+async def test_admins_see_and_stop_everybodys_containers(
+    root: Api, alice: Api, bob: Api, ids: dict[str, str], world: World
+) -> None:
+    alices = await root.create(ACCOUNTING, _grant(ids["alice"]))
+    bobs = await root.create(ACCOUNTING, _grant(ids["bob"]))
+    alice_url_id = await _start(alice, alices)
+    bob_url_id = await _start(bob, bobs)
+
+    status, body, _ = await root.call("GET", CONTAINERS)
+    assert status == 200
+    assert body["total"] == 2
+    assert sorted(body["identifiers"]) == sorted([alice_url_id, bob_url_id])
+    bobs_container = body["items"][bob_url_id]
+    assert bobs_container["user"] == "bob"
+    assert bobs_container["mapping_id"] == bobs
+    assert bobs_container["image_name"] == WEBAPP
+    assert bobs_container["state"] == "running"
+    assert bobs_container["docker_id"] in world.runtime.container_ids
+    assert bobs_container["urlpath"] == f"/user/bob/containers/{bob_url_id}"
+    assert bobs_container["name"].startswith(REALM + ".bob.")
+    status, one, _ = await root.call("GET", CONTAINERS + bob_url_id + "/")
+    assert (status, one) == (200, bobs_container)
+
+    status, body, _ = await root.call("DELETE", CONTAINERS + bob_url_id + "/")
+    assert (status, body) == (204, None)
+    _, bobs_list, _ = await bob.call("GET", USER_CONTAINERS)
+    assert bobs_list["total"] == 0
+    _, alices_list, _ = await alice.call("GET", USER_CONTAINERS)
+    assert alices_list["identifiers"] == [alice_url_id]
+    _, body, _ = await root.call("GET", CONTAINERS)
+    assert body["identifiers"] == [alice_url_id]
+    status, body, _ = await root.call("DELETE", CONTAINERS + bob_url_id + "/")
+    assert (status, body["type"]) == (404, "NotFound")
+
+
+@pytest.mark.parametrize(
+    ("url_id", "status"),
+    [("short", 400), ("A" * 26, 400), ("a" * 65, 400), ("a-b" * 10, 400), ("a" * 26, 404)],
+)
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+async def test_malformed_url_ids_are_400_and_unknown_404(
+    root: Api, url_id: str, status: int, method: str
+) -> None:
+    answered, body, _ = await root.call(method, CONTAINERS + url_id + "/")
+    assert answered == status, body
+
+
+# ------------------------------------------------------------------------------ stats
+async def test_stats_count_users_applications_and_running_containers(
+    root: Api, alice: Api, bob: Api, ids: dict[str, str]
+) -> None:
+    status, body, _ = await root.call("GET", STATS)
+    assert (status, body) == (
+        200,
+        {
+            "realm": REALM,
+            "num_total_users": 2,
+            "num_active_users": 0,
+            "num_applications": 2,
+            "num_running_containers": 0,
+        },
+    )
+    await root.create(USERS, {"name": "carol"})
+    await _start(alice, await root.create(ACCOUNTING, _grant(ids["alice"], WEBAPP)))
+    await _start(alice, await root.create(ACCOUNTING, _grant(ids["alice"], DESKTOP)))
+    bob_url_id = await _start(bob, await root.create(ACCOUNTING, _grant(ids["bob"])))
+    _, body, _ = await root.call("GET", STATS)
+    assert body == {
+        "realm": REALM,
+        "num_total_users": 3,
+        "num_active_users": 2,
+        "num_applications": 2,
+        "num_running_containers": 3,
+    }
+    await root.call("DELETE", CONTAINERS + bob_url_id + "/")
+    _, body, _ = await root.call("GET", STATS)
+    assert (body["num_active_users"], body["num_running_containers"]) == (1, 2)
+
+
+# ------------------------------------------------------------------------------ who may call
+ROUTES = [
+    ("GET", USERS),
+    ("POST", USERS),
+    ("GET", USERS + "1/"),
+    ("DELETE", USERS + "1/"),
+    ("GET", APPLICATIONS),
+    ("POST", APPLICATIONS),
+    ("GET", APPLICATIONS + "1/"),
+    ("DELETE", APPLICATIONS + "1/"),
+    ("GET", ACCOUNTING + '?filter={"user_id":"1"}'),
+    ("POST", ACCOUNTING),
+    ("GET", ACCOUNTING + "f" * 32 + "/"),
+    ("DELETE", ACCOUNTING + "f" * 32 + "/"),
+    ("GET", CONTAINERS),
+    ("GET", CONTAINERS + "a" * 26 + "/"),
+    ("DELETE", CONTAINERS + "a" * 26 + "/"),
+    ("GET", STATS),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_anonymous_callers_are_unauthorized(
+    client: TestClient[Any, Any], method: str, path: str
+) -> None:
+    status, body, headers = await Api(client, None).call(method, path, json={"name": "x"})
+    assert (status, body["type"]) == (401, "Unauthorized")
+    assert headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_users_who_are_not_admins_are_forbidden(alice: Api, method: str, path: str) -> None:
+    status, body, _ = await alice.call(method, path, json={"name": "mallory"})
+    assert (status, body["type"]) == (403, "Forbidden")
+    assert "administrator" in body["message"]
+
+
+async def test_non_admins_change_nothing(alice: Api, root: Api, ids: dict[str, str]) -> None:
+    for method, path, payload in [
+        ("POST", USERS, {"name": "mallory"}),
+        ("DELETE", USERS + ids["bob"] + "/", None),
+        ("POST", APPLICATIONS, {"image_name": MISSING}),
+        ("POST", ACCOUNTING, _grant(ids["alice"])),
+    ]:
+        status, _, _ = await alice.call(method, path, json=payload)
+        assert status == 403
+    _, users, _ = await root.call("GET", USERS)
+    assert users["total"] == 2
+    _, apps, _ = await root.call("GET", APPLICATIONS)
+    assert apps["total"] == 2
+    assert (await root.grants(ids["alice"]))["total"] == 0
+
+
+async def test_members_of_the_admin_group_are_admins(world: World, aiohttp_client: Any) -> None:
+    world.hub.add_user("carol", groups=frozenset({"remoteapp-admins"}))
+    client = await aiohttp_client(make_app(world, admin_group="remoteapp-admins"))
+    status, _, _ = await Api(client, world.hub.issue_token("carol")).call("GET", STATS)
+    assert status == 200
+    world.hub.set_groups("carol", frozenset())
+    status, _, _ = await Api(client, world.hub.issue_token("carol")).call("GET", STATS)
+    assert status == 403
+
+
+async def test_an_admin_taken_away_in_the_hub_is_refused_at_once(root: Api, world: World) -> None:
+    assert (await root.call("GET", STATS))[0] == 200
+    world.hub.set_admin("root", False)
+    status, body, _ = await root.call("GET", STATS)
+    assert (status, body["type"]) == (403, "Forbidden")
+
+
+async def test_cookie_sessions_need_the_xsrf_token_to_change_anything(
+    client: TestClient[Any, Any], world: World
+) -> None:
+    await sign_in(client, world, "root")
+    async with client.get(USERS) as response:
+        assert response.status == 200
+    async with client.post(USERS, json={"name": "alice"}) as refused:
+        assert refused.status == 403
+        assert "XSRF" in (await refused.json())["message"]
+    token = cookie(client, "_xsrf")
+    assert token
+    async with client.post(
+        USERS, json={"name": "alice"}, headers={"X-XSRFToken": token}
+    ) as created:
+        assert created.status == 201
+        location = created.headers["Location"]
+    async with client.delete(location) as refused:
+        assert refused.status == 403
+    async with client.delete(location, headers={"X-XSRFToken": token}) as deleted:
+        assert deleted.status == 204
+
+
+async def test_without_an_engine_the_catalogue_works_and_containers_are_unavailable(
+    world: World, aiohttp_client: Any
+) -> None:
+    settings = make_settings()
+    deps = WebDeps(settings=settings, identity=world.hub, uow_factory=world.database.unit_of_work)
+    client = await aiohttp_client(create_app(deps))
+    root = Api(client, world.hub.issue_token("root"))
+    user_id = await root.create(USERS, {"name": "alice"})
+    application = await root.create(APPLICATIONS, {"image_name": WEBAPP})
+    _, apps, _ = await root.call("GET", APPLICATIONS)
+    assert apps["items"][application]["available"] is None
+    await root.create(ACCOUNTING, _grant(user_id))
+    status, stats, _ = await root.call("GET", STATS)
+    assert (status, stats["realm"], stats["num_running_containers"]) == (200, "remoteexec", 0)
+    status, body, _ = await root.call("GET", CONTAINERS)
+    assert (status, body["type"]) == (503, "Unable")
+    assert (await root.call("DELETE", USERS + user_id + "/"))[0] == 204
+
+
+# ------------------------------------------------------------------------------ OpenAPI
+async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
+    client: TestClient[Any, Any],
+) -> None:
+    async with client.get(OPENAPI) as response:
+        assert response.status == 200
+        document = await response.json()
+    validate(document)
+
+    documented = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    served = {
+        (route.method, route.resource.canonical)
+        for route in client.app.router.routes()
+        if route.resource is not None
+        and route.resource.canonical.startswith(API + "v1/")
+        and route.method != "HEAD"
+    }
+    assert documented == served
+    assert len(client.app[API_REGISTRY].operations) == len(documented)
+    for method, path in [
+        ("GET", USERS),
+        ("POST", USERS),
+        ("DELETE", USERS + "{id}/"),
+        ("GET", APPLICATIONS),
+        ("POST", APPLICATIONS),
+        ("DELETE", APPLICATIONS + "{id}/"),
+        ("GET", ACCOUNTING),
+        ("POST", ACCOUNTING),
+        ("DELETE", ACCOUNTING + "{mapping_id}/"),
+        ("GET", CONTAINERS),
+        ("DELETE", CONTAINERS + "{url_id}/"),
+        ("GET", STATS),
+    ]:
+        assert (method, path) in documented, (method, path)
+        operation = document["paths"][path][method.lower()]
+        assert operation["tags"] == ["admin"]
+        assert {"401", "403"} <= operation["responses"].keys()
+    # The user API is still there.
+    assert ("POST", USER_CONTAINERS) in documented
+
+    listing = document["paths"][ACCOUNTING]["get"]
+    (parameter,) = listing["parameters"]
+    assert (parameter["name"], parameter["in"], parameter["required"]) == ("filter", "query", True)
+    assert "400" in listing["responses"]
+    create = document["paths"][ACCOUNTING]["post"]
+    assert create["responses"]["201"]["headers"]["Location"]
+    schemas = document["components"]["schemas"]
+    assert schemas["AdminGrantCreate"]["additionalProperties"] is False
+    assert {"user_id", "image_name", "application_id", "volume", "volume_source"} <= set(
+        schemas["AdminGrantCreate"]["properties"]
+    )
+    assert set(schemas["AdminStatsOut"]["properties"]) == {
+        "realm",
+        "num_total_users",
+        "num_active_users",
+        "num_applications",
+        "num_running_containers",
+    }
+    # The user API's models are untouched by the admin ones.
+    assert set(schemas["ApplicationOut"]["properties"]) == {
+        "mapping_id",
+        "available",
+        "image",
+        "policy",
+        "container",
+    }
