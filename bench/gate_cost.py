@@ -6,7 +6,8 @@ Two configurable-http-proxy instances route the same paths: one to the gate (gat
 straight to the target (direct mode). Targets: the busybox test application container, the
 noVNC demo container (``remoteapp-demo/vncapp``, built by ``images/build.sh vncapp``), and a
 fast keep-alive aiohttp server on the host (HTTP and a WebSocket stream of 64 KiB binary
-frames). The gate runs as the service does, in its own process with uvloop; load comes from
+frames). The service runs as ``serve`` runs it, in its own process with uvloop, its gate
+listening on a port of its own (the gated proxy's target); load comes from
 other processes (``wrk`` for HTTP, a Python WebSocket client). Each measurement runs gated
 and direct alternately, ``ROUNDS`` times; medians are compared. Every container of the
 benchmark's realm is removed at the end, whatever happened.
@@ -87,7 +88,9 @@ class _WithHostTarget:
         return found
 
 
-async def _gate_main(port: int, realm: str, api_url: str, token: str, info_path: str) -> None:
+async def _gate_main(
+    port: int, gate_port: int, realm: str, api_url: str, token: str, info_path: str
+) -> None:
     import uvloop  # noqa: F401 - the loop is uvloop's (see main)
 
     from remoteappmanager.adapters.chp import ChpRouteTable
@@ -106,7 +109,8 @@ async def _gate_main(port: int, realm: str, api_url: str, token: str, info_path:
 
     configure_logging("console", os.environ.get("BENCH_GATE_LOG_LEVEL", "INFO"))
     host_port = int(os.environ["BENCH_HOST_PORT"])
-    gate_url = f"http://127.0.0.1:{port}"
+    service_url = f"http://127.0.0.1:{port}"
+    gate_url = f"http://127.0.0.1:{gate_port}"
     hub = InMemoryIdentityProvider()
     hub.add_user(USER)
     database = InMemoryDatabase()
@@ -145,7 +149,8 @@ async def _gate_main(port: int, realm: str, api_url: str, token: str, info_path:
         jupyterhub_api_token="bench-" + secrets.token_hex(16),
         jupyterhub_service_prefix=PREFIX,
         jupyterhub_base_url="/",
-        jupyterhub_service_url=gate_url,
+        jupyterhub_service_url=service_url,
+        gate_url=gate_url,
     )
     app = create_app(
         WebDeps(
@@ -171,7 +176,7 @@ async def _gate_main(port: int, realm: str, api_url: str, token: str, info_path:
             started.append(await sessions.start(grant))
         web_session, vnc_session = started
         cookies = await _sign_in_and_enter(
-            gate_url, hub, [web_session.url_id, vnc_session.url_id, HOST_URL_ID]
+            service_url, hub, [web_session.url_id, vnc_session.url_id, HOST_URL_ID]
         )
         info = {
             "web": {"urlpath": web_session.urlpath, "port": web_session.host_port},
@@ -196,10 +201,10 @@ async def _gate_main(port: int, realm: str, api_url: str, token: str, info_path:
         shutil.rmtree(workspaces, ignore_errors=True)
 
 
-async def _sign_in_and_enter(gate_url: str, hub: Any, url_ids: list[str]) -> dict[str, str]:
+async def _sign_in_and_enter(service_url: str, hub: Any, url_ids: list[str]) -> dict[str, str]:
     """Sign in as a browser would (through the fake hub) and collect each gate cookie."""
     jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(base_url=gate_url, cookie_jar=jar) as browser:
+    async with aiohttp.ClientSession(base_url=service_url, cookie_jar=jar) as browser:
         response = await browser.get(PREFIX, allow_redirects=False)
         redirect = parse_login_redirect(response.headers["Location"])
         code = hub.approve(USER, redirect.code_challenge)
@@ -464,7 +469,7 @@ def main(seconds: float, rounds: int) -> None:
     ensure_session_images()
     _require_vnc_image()
     realm = f"bench-gate-{secrets.token_hex(4)}"
-    gate_port, host_port = free_port(), free_port()
+    service_port, gate_port, host_port = free_port(), free_port(), free_port()
     gate_url = f"http://127.0.0.1:{gate_port}"
     info_path = Path(tempfile.mkdtemp(prefix="remoteapp-gate-bench-")) / "info.json"
     print(f"Machine: {_machine()}")
@@ -480,6 +485,7 @@ def main(seconds: float, rounds: int) -> None:
             with _process(
                 [
                     "serve-gate",
+                    str(service_port),
                     str(gate_port),
                     realm,
                     gated_proxy.api_url,
@@ -625,16 +631,16 @@ if __name__ == "__main__":
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "serve-gate":
-        port, realm, api_url, token, info_file = sys.argv[2:7]
+        port, gate_port, realm, api_url, token, info_file = sys.argv[2:8]
         profile_to = os.environ.get("BENCH_GATE_PROFILE")
         if profile_to:
             import cProfile
 
             with cProfile.Profile(time.process_time) as profiler:
-                _run(_gate_main(int(port), realm, api_url, token, info_file))
+                _run(_gate_main(int(port), int(gate_port), realm, api_url, token, info_file))
             profiler.dump_stats(profile_to)
         else:
-            _run(_gate_main(int(port), realm, api_url, token, info_file))
+            _run(_gate_main(int(port), int(gate_port), realm, api_url, token, info_file))
     elif command == "serve-host":
         web.run_app(
             _host_app(),

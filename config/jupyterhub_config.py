@@ -12,7 +12,8 @@
 #   REMOTEAPP_HUB_DATA_DIR        where the hub keeps its database and secrets (the cwd)
 #   REMOTEAPP_HUB_ADMIN_USERS     comma-separated hub admins (none)
 #   REMOTEAPP_HUB_ALLOWED_USERS   comma-separated users allowed to sign in (see below)
-#   REMOTEAPP_SERVICE_PORT        port of the remoteapp service on 127.0.0.1 (10101)
+#   REMOTEAPP_SERVICE_PORT        port of the remoteapp service on 127.0.0.1 (10101); its gate
+#                                 listens on the next one (REMOTEAPP_GATE_URL to choose another)
 #   REMOTEAPP_SERVICE_COMMAND     how to start the service (remoteappmanager beside python)
 #   REMOTEAPP_SERVICE_API_TOKEN   set: the service runs on its own (systemd, a container...)
 #                                 with this token as JUPYTERHUB_API_TOKEN; the hub won't start it

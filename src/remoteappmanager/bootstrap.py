@@ -19,6 +19,7 @@ from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.probe import ReadinessProbe
+from remoteappmanager.ports.remote_api import HubTokenIssuer, RemoteAppClient
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
@@ -33,6 +34,8 @@ __all__ = [
     "Database",
     "SchemaStatus",
     "build_database",
+    "build_hub_token_issuer",
+    "build_remote_client",
     "build_runtime",
     "build_web_deps",
     "initialise_database",
@@ -106,6 +109,21 @@ def build_runtime(settings: Settings) -> ContainerRuntime:
     return AiodockerRuntime(settings.docker_host, ssl_context)
 
 
+def build_remote_client(service_url: str, token: str, *, timeout: float) -> RemoteAppClient:
+    """A client of the REST API of the service at ``service_url``, as the token's owner."""
+    # Imported here so that the other command-line tools never load it.
+    from remoteappmanager.adapters.rest_client import AiohttpRemoteAppClient
+
+    return AiohttpRemoteAppClient(service_url, token, timeout=timeout)
+
+
+def build_hub_token_issuer(hub_url: str, *, timeout: float) -> HubTokenIssuer:
+    """Creates API tokens by signing in to the JupyterHub at ``hub_url`` (its base URL)."""
+    from remoteappmanager.adapters.rest_client import AiohttpHubTokenIssuer
+
+    return AiohttpHubTokenIssuer(hub_url, timeout=timeout)
+
+
 # How long the realm's container list is shared between requests: a page load or an API
 # listing then costs no engine call, and a container that dies is noticed within this time.
 SESSION_LISTING_TTL = 1.0
@@ -164,7 +182,7 @@ def build_web_deps(
         publish_ip=settings.publish_ip,
         network_timeout=settings.network_timeout,
         access=AccessMode(settings.container_access.value),
-        gate_url=settings.jupyterhub_service_url,
+        gate_url=settings.effective_gate_url,
         unit_of_work=database.unit_of_work,
         listing_ttl=SESSION_LISTING_TTL,
     )

@@ -14,6 +14,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -111,6 +112,12 @@ class Settings(BaseSettings):
         default=ContainerAccess.GATED,
         description="'gated': every container request passes our authorization check; "
         "'direct': the proxy routes straight to the container.",
+    )
+    gate_url: str | None = Field(
+        default=None,
+        description="Where the gate listens in gated mode, as http://<host>:<port>: the "
+        "proxy's target for every application path, never the browser's. Default: the host "
+        "of JUPYTERHUB_SERVICE_URL and the port after the service's.",
     )
     publish_ip: str = Field(
         default="127.0.0.1",
@@ -217,6 +224,24 @@ class Settings(BaseSettings):
             return False
         return value
 
+    @field_validator("gate_url")
+    @classmethod
+    def _gate_url_shape(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError("must be http://<host>:<port>")
+        if parts.query or parts.fragment or parts.username is not None:
+            raise ValueError("must be http://<host>:<port>")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("the port must be a number from 0 to 65535") from None
+        if port is None:
+            raise ValueError("must name its port: http://<host>:<port>")
+        return f"http://{parts.netloc}"
+
     @field_validator("jupyterhub_service_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
@@ -233,11 +258,36 @@ class Settings(BaseSettings):
         base = database_file.parent if database_file is not None else Path.cwd()
         return base / "workspaces"
 
+    @property
+    def gate_address(self) -> tuple[str, int]:
+        """(host, port) the gate listens on; port 0 takes any free port (tests only)."""
+        if self.gate_url is not None:
+            parts = urlsplit(self.gate_url)
+            assert parts.hostname is not None  # validated
+            assert parts.port is not None
+            return parts.hostname, parts.port
+        service = urlsplit(self.jupyterhub_service_url)
+        port = (service.port or 80) + 1
+        if port > 65535:
+            raise SettingsError("REMOTEAPP_GATE_URL: required when the service's port is 65535")
+        return service.hostname or "127.0.0.1", port
+
+    @property
+    def effective_gate_url(self) -> str:
+        """The URL the proxy's application routes point at in gated mode."""
+        host, port = self.gate_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
     def require_service_settings(self) -> None:
         """Check what only the running service needs (the CLI tools can do without)."""
         if self.configproxy_auth_token is None:
             raise SettingsError(
                 "CONFIGPROXY_AUTH_TOKEN: required to run the service (the proxy's API token)"
+            )
+        if self.jupyterhub_api_token is None:
+            raise SettingsError(
+                "JUPYTERHUB_API_TOKEN: required to run the service (the hub gives it to a "
+                "managed service; set it to the service's api_token when run on its own)"
             )
 
 

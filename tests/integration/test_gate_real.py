@@ -1,8 +1,9 @@
 """The gate behind a real configurable-http-proxy, in front of real application containers.
 
-The service (fake hub, in-memory catalogue) runs on a free 127.0.0.1 port; the proxy routes
-``{svc}`` and every container path to it, as JupyterHub and gated sessions set it up. All
-traffic goes to 127.0.0.1. Each test has a realm of its own, force-removed afterwards.
+The service (fake hub, in-memory catalogue) runs on a free 127.0.0.1 port and its gate on
+another; the proxy routes ``{svc}`` to the service and every container path to the gate, as
+JupyterHub and gated sessions set it up. All traffic goes to 127.0.0.1. Each test has a realm
+of its own, force-removed afterwards.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class Stack:
     world: World
     sessions: Sessions
     service_url: str
+    gate_url: str
 
     async def start(self, user: str, image: str, policy: Policy | None = None) -> Session:
         async with self.world.database.unit_of_work() as uow:
@@ -127,8 +129,9 @@ class Stack:
 @pytest.fixture
 async def stack(session_images: None, proxy: Proxy, tmp_path: Path) -> AsyncIterator[Stack]:
     realm = f"gate-{secrets.token_hex(4)}"
-    port = free_port()
+    port, gate_port = free_port(), free_port()
     service_url = f"http://127.0.0.1:{port}"
+    gate_url = f"http://127.0.0.1:{gate_port}"
     world = World()
     for name in ("alice", "bob"):
         world.hub.add_user(name)
@@ -143,14 +146,14 @@ async def stack(session_images: None, proxy: Proxy, tmp_path: Path) -> AsyncIter
         probe,
         realm=realm,
         access=AccessMode.GATED,
-        gate_url=service_url,
+        gate_url=gate_url,
         network_timeout=60,
         watch_interval=0.5,
         unit_of_work=world.database.unit_of_work,
     )
     app = create_app(
         WebDeps(
-            settings=make_settings(jupyterhub_service_url=service_url),
+            settings=make_settings(jupyterhub_service_url=service_url, gate_url=gate_url),
             identity=world.hub,
             uow_factory=world.database.unit_of_work,
             clock=world.clock,
@@ -161,7 +164,7 @@ async def stack(session_images: None, proxy: Proxy, tmp_path: Path) -> AsyncIter
     await server.start_server()
     try:
         add_service_route(proxy, service_url)
-        yield Stack(proxy, world, sessions, service_url)
+        yield Stack(proxy, world, sessions, service_url, gate_url)
     finally:
         await server.close()
         await remove_realm(realm)
@@ -173,7 +176,7 @@ async def stack(session_images: None, proxy: Proxy, tmp_path: Path) -> AsyncIter
 async def test_the_proxy_routes_the_application_to_the_gate(stack: Stack) -> None:
     session = await stack.start("alice", WEB_IMAGE)
     route = stack.proxy.routes()[session.urlpath]
-    assert route["target"] == stack.service_url
+    assert route["target"] == stack.gate_url
     assert session.host_ip == "127.0.0.1"
 
 

@@ -67,7 +67,7 @@ class World:
             self.probe,
             realm=REALM,
             access=AccessMode(settings.container_access.value),
-            gate_url=settings.jupyterhub_service_url,
+            gate_url=settings.effective_gate_url,
             network_timeout=5,
             watch_interval=0.01,
             unit_of_work=self.database.unit_of_work,
@@ -80,6 +80,8 @@ def make_settings(**overrides: Any) -> Settings:
         "jupyterhub_api_token": "service-token-" + "0" * 32,
         "jupyterhub_service_prefix": PREFIX,
         "jupyterhub_base_url": "/",
+        # Any free port: tests run side by side, and in-memory routes need no real address.
+        "gate_url": "http://127.0.0.1:0",
     }
     values.update(overrides)
     return Settings(**values)

@@ -1,10 +1,19 @@
-"""The gate in front of running applications: who gets in, and what reaches the application."""
+"""The gate in front of running applications: who gets in, and what reaches the application.
+
+The browser here is a client that sends application paths to the gate's listener and every
+other path to the service, with one cookie jar: what the proxy does for a real browser.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
+import json
+import re
+import resource
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
 from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
@@ -24,6 +34,7 @@ from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.gate import GATE_COOKIE
+from remoteappmanager.web.gate_proxy import WRITE_HIGH
 from remoteappmanager.web.keys import GATE
 from tests.support.services import free_port
 from tests.support.webapp import PREFIX, World, cookie, make_settings, sign_in
@@ -35,6 +46,37 @@ GATE_ENTRY = PREFIX + "gate/"
 Client = TestClient[Any, Any]
 
 
+# The service runs on uvloop; every test runs on it and on asyncio's own loop.
+EVENT_LOOPS = ("asyncio", "uvloop")
+HUGE = 64 * 1024 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class ProxiedClient(TestClient[Any, Any]):
+    """A browser behind the proxy: ``/user/...`` goes to the gate, the rest to the service."""
+
+    def __init__(self, server: TestServer, gate_port: int) -> None:
+        super().__init__(server)
+        self.gate = URL(f"http://127.0.0.1:{gate_port}")
+
+    def make_url(self, path: Any) -> URL:
+        if str(path).startswith("/user/"):
+            return self.gate.join(URL(str(path)))
+        return super().make_url(path)
+
+    async def _request(self, method: str, path: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        # Redirects are followed here so that each hop goes where the proxy would send it.
+        follow = kwargs.pop("allow_redirects", True)
+        response = await super()._request(method, path, allow_redirects=False, **kwargs)
+        for _hop in range(10):
+            if not follow or response.status not in _REDIRECTS:
+                break
+            location = response.headers["Location"]
+            response.release()
+            response = await super()._request("GET", location, allow_redirects=False)
+        return response
+
+
 # ------------------------------------------------------------------------------ the fake app
 @dataclass
 class Upstream:
@@ -43,6 +85,7 @@ class Upstream:
     requests: list[dict[str, Any]] = field(default_factory=list)
     ws_closes: list[int | None] = field(default_factory=list)
     ws_protocols: list[str | None] = field(default_factory=list)
+    streamed: int = 0
 
 
 def fake_application(seen: Upstream) -> web.Application:
@@ -64,6 +107,32 @@ def fake_application(seen: Upstream) -> web.Application:
         await response.prepare(request)
         for i in range(64):
             await response.write(bytes([i]) * 32768)
+        await response.write_eof()
+        return response
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = HUGE
+        await response.prepare(request)
+        block = bytes(range(256)) * 1024
+        for _ in range(HUGE // len(block)):
+            await response.write(block)
+            seen.streamed += len(block)
+        await response.write_eof()
+        return response
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        code = int(request.match_info["code"])
+        headers = {"ETag": '"v1"'} if code == 304 else {}
+        return web.Response(status=code, headers=headers)
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"X-Trailing": "yes"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for piece in (b"first,", b"", b"second,", b"x" * 70000):
+            if piece:
+                await response.write(piece)
         await response.write_eof()
         return response
 
@@ -91,6 +160,9 @@ def fake_application(seen: Upstream) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     base = "/user/{name}/containers/{url_id}"
     app.router.add_get(base + "/big", big)
+    app.router.add_get(base + "/huge", huge)
+    app.router.add_get(base + "/chunked", chunked)
+    app.router.add_route("*", base + "/status/{code:[0-9]+}", status)
     app.router.add_get(base + "/redirect", redirect)
     app.router.add_get(base + "/ws", websocket)
     app.router.add_route("*", base + "/{tail:.*}", echo)
@@ -106,6 +178,7 @@ class Stack:
     seen: Upstream
     client: Client
     make_client: Callable[[], Awaitable[Client]]
+    gate_port: int
 
     async def start(self, user: str = "alice", policy: Policy | None = None) -> Session:
         async with self.world.database.unit_of_work() as uow:
@@ -123,10 +196,7 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> AsyncIterator[Stack]:
+async def stack(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> AsyncIterator[Stack]:
     seen = Upstream()
     upstream = await aiohttp_server(fake_application(seen))
     world = World()
@@ -158,12 +228,22 @@ async def stack(
     app = create_app(deps)
     server = TestServer(app)
     await server.start_server()
+    gate_port = app[GATE].server.port
+    clients: list[Client] = []
 
     async def make_client() -> Client:
-        return await aiohttp_client(server)
+        client = ProxiedClient(server, gate_port)
+        await client.start_server()
+        clients.append(client)
+        return client
 
     client = await make_client()
-    return Stack(world, runtime, sessions, seen, client, make_client)
+    try:
+        yield Stack(world, runtime, sessions, seen, client, make_client, gate_port)
+    finally:
+        for each in clients:
+            await each.close()
+        await server.close()
 
 
 async def enter(client: Client, path: str) -> aiohttp.ClientResponse:
@@ -367,10 +447,10 @@ async def test_host_and_forwarding_headers(stack: Stack) -> None:
     )
     assert response.status == 200
     seen = headers_seen(stack)
-    assert seen["host"] == [f"127.0.0.1:{stack.client.port}"]
+    assert seen["host"] == [f"127.0.0.1:{stack.gate_port}"]
     assert seen["x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
     assert seen["x-forwarded-proto"] == ["https"]
-    assert seen["x-forwarded-host"] == [f"127.0.0.1:{stack.client.port}"]
+    assert seen["x-forwarded-host"] == [f"127.0.0.1:{stack.gate_port}"]
     assert "x-secret-hop" not in seen
     assert seen["accept-encoding"] == ["gzip"]
     assert "x-request-id" in seen
@@ -574,3 +654,480 @@ async def test_direct_mode_mounts_no_gate(aiohttp_client: Callable[..., Awaitabl
     url_id = "a" * 26
     assert (await client.get(f"/user/alice/containers/{url_id}/")).status == 404
     assert (await client.get(GATE_ENTRY + url_id)).status == 404
+
+
+# ------------------------------------------------------------------------------ byte by byte
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+
+class RawConnection:
+    """One connection to the gate's listener, written and read by hand (as the proxy would)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024 * 1024)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def head(self) -> tuple[int, dict[str, list[str]]]:
+        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers.setdefault(name.strip().lower(), []).append(value.strip())
+        return status, headers
+
+    async def response(self, *, to_head: bool = False) -> RawResponse:
+        status, headers = await self.head()
+        if 100 <= status < 200:
+            return await self.response(to_head=to_head)
+        if to_head or status in (204, 304):
+            return RawResponse(status, headers, b"")
+        if "chunked" in headers.get("transfer-encoding", [""])[-1]:
+            body = bytearray()
+            while True:
+                size = int((await self.reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    while await self.reader.readline() != b"\r\n":
+                        pass
+                    return RawResponse(status, headers, bytes(body))
+                body += await self.reader.readexactly(size)
+                assert await self.reader.readexactly(2) == b"\r\n"
+        if "content-length" in headers:
+            length = int(headers["content-length"][0])
+            return RawResponse(status, headers, await self.reader.readexactly(length))
+        return RawResponse(status, headers, await self.reader.read())
+
+    async def closed(self) -> bool:
+        """Whether the gate closes the connection (nothing more arrives) within a few seconds."""
+        try:
+            rest = await asyncio.wait_for(self.reader.read(), 5)
+        except (TimeoutError, ConnectionError):
+            return False
+        return rest == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+def request(path: str, cookie: str | None = None, *, method: str = "GET", extra: str = "") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: gate.test"]
+    if cookie is not None:
+        lines.append(f"Cookie: theme=dark; {GATE_COOKIE}={cookie}")
+    if extra:
+        lines.append(extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def gate_cookie(client: Client, session: Session) -> str:
+    for morsel in client.session.cookie_jar:
+        if morsel.key == GATE_COOKIE and morsel["path"] == session.urlpath + "/":
+            return morsel.value
+    raise AssertionError(f"no gate cookie for {session.urlpath}")
+
+
+async def entered(
+    stack: Stack, user: str = "alice", as_user: str | None = None
+) -> tuple[Session, str]:
+    """A running application of ``user``, and the gate cookie of a browser let in to it."""
+    session = await stack.start(user)
+    if cookie(stack.client, "remoteapp-session") is None:
+        await sign_in(stack.client, stack.world, as_user or user)
+    assert (await enter(stack.client, session.urlpath + "/")).status == 200
+    return session, gate_cookie(stack.client, session)
+
+
+def gate_buffers(stack: Stack) -> int:
+    """The most any connection from the proxy holds in the gate's write buffer right now."""
+    assert stack.client.app is not None
+    connections = stack.client.app[GATE].server.connections
+    return max((c.transport.get_write_buffer_size() for c in connections if c.transport), default=0)
+
+
+async def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    base = session.urlpath
+    await conn.send(request(base + "/one", value) + request(base + "/two?x=1", value))
+    await conn.send(request(base + "/three", value, method="DELETE"))
+    answers = [json.loads((await conn.response()).body)["path"] for _ in range(3)]
+    assert answers == [base + "/one", base + "/two?x=1", base + "/three"]
+    assert [r["path_qs"] for r in stack.seen.requests[-3:]] == answers
+    await conn.close()
+
+
+async def test_a_chunked_request_body_reaches_the_application(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(
+        request(
+            session.urlpath + "/upload", value, method="POST", extra="Transfer-Encoding: chunked"
+        )
+    )
+    for piece in (b"5\r\nhello\r\n", b"6\r\n wor", b"ld\r\n", b"0\r\n\r\n"):
+        await conn.send(piece)
+        await asyncio.sleep(0.01)
+    response = await conn.response()
+    assert response.status == 200
+    assert stack.seen.requests[-1]["body_sha"] == hashlib.sha256(b"hello world").hexdigest()
+    assert "transfer-encoding" in headers_seen(stack)
+    await conn.send(request(session.urlpath + "/after", value))
+    assert (await conn.response()).status == 200
+    await conn.close()
+
+
+async def test_a_chunked_answer_passes_as_it_is_and_the_connection_carries_on(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/chunked", value))
+    response = await conn.response()
+    assert response.status == 200
+    assert response.header("transfer-encoding") == "chunked"
+    assert response.body == b"first,second," + b"x" * 70000
+    await conn.send(request(session.urlpath + "/next", value))
+    assert (await conn.response()).status == 200
+    await conn.close()
+
+
+async def test_head_204_and_304_answers_have_no_body(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    base = session.urlpath
+    await conn.send(request(base + "/status/200", value, method="HEAD"))
+    head = await conn.response(to_head=True)
+    assert head.status == 200
+    await conn.send(request(base + "/big", value, method="HEAD"))
+    assert (await conn.response(to_head=True)).status == 200
+    await conn.send(request(base + "/status/204", value))
+    assert (await conn.response()).status == 204
+    await conn.send(request(base + "/status/304", value, extra='If-None-Match: "v1"'))
+    not_modified = await conn.response()
+    assert not_modified.status == 304
+    assert not_modified.header("etag") == '"v1"'
+    # Had the gate waited for a body after any of them, this answer would never come.
+    await conn.send(request(base + "/last", value))
+    last = await conn.response()
+    assert last.status == 200
+    assert b"/last" in last.body
+    await conn.close()
+
+
+async def test_head_requests_refused_by_the_gate_get_no_body(stack: Stack) -> None:
+    session = await stack.start()
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/x", method="HEAD"))
+    refused = await conn.response(to_head=True)
+    assert refused.status == 302
+    await conn.send(request(session.urlpath + "/x", method="PUT", extra="Content-Length: 0"))
+    assert (await conn.response()).status == 401
+    await conn.close()
+
+
+async def test_a_huge_answer_streams_in_constant_memory(stack: Stack) -> None:
+    session, value = await entered(stack)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/huge", value))
+    status, headers = await conn.head()
+    assert status == 200
+    assert headers["content-length"] == [str(HUGE)]
+    received = 0
+    most_buffered = most_in_flight = 0
+    digest = hashlib.sha256()
+    while received < HUGE:
+        data = await asyncio.wait_for(conn.reader.read(1024 * 1024), 10)
+        assert data
+        received += len(data)
+        digest.update(data)
+        most_buffered = max(most_buffered, gate_buffers(stack))
+        most_in_flight = max(most_in_flight, stack.seen.streamed - received)
+    block = bytes(range(256)) * 1024
+    expected = hashlib.sha256()
+    for _ in range(HUGE // len(block)):
+        expected.update(block)
+    assert digest.hexdigest() == expected.hexdigest()
+    assert most_buffered <= WRITE_HIGH + 512 * 1024
+    # Socket buffers hold some megabytes; the gate holds little more.
+    assert most_in_flight < 24 * 1024 * 1024
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before < 40 * 1024 * 1024
+    await conn.send(request(session.urlpath + "/after", value))
+    assert (await conn.response()).status == 200
+    await conn.close()
+
+
+async def test_a_slow_reader_stops_the_application_not_the_memory(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/huge", value))
+    status, _headers = await conn.head()
+    assert status == 200
+    # The reader reads nothing more: the application must come to a stop.
+    last, still = -1, 0
+    for _ in range(500):
+        await asyncio.sleep(0.02)
+        if stack.seen.streamed == last:
+            still += 1
+            if still >= 10:
+                break
+        else:
+            last, still = stack.seen.streamed, 0
+    assert still >= 10, "the application kept on writing"
+    assert stack.seen.streamed < HUGE // 2
+    assert gate_buffers(stack) <= WRITE_HIGH + 512 * 1024
+    received = 0
+    while received < HUGE:
+        data = await asyncio.wait_for(conn.reader.read(1024 * 1024), 10)
+        assert data
+        received += len(data)
+    assert received == HUGE
+    await conn.close()
+
+
+async def test_malformed_requests_get_400_and_the_connection_is_closed(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/fine", value))
+    assert (await conn.response()).status == 200
+    await conn.send(b"GET " + session.urlpath.encode() + b"/x HTTP/1.1\r\nNo colon here\r\n\r\n")
+    response = await conn.response()
+    assert response.status == 400
+    assert await conn.closed()
+    count = len(stack.seen.requests)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a TLS hello
+    assert (await conn.response()).status == 400
+    assert await conn.closed()
+    assert len(stack.seen.requests) == count
+
+
+async def test_oversized_headers_get_431(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/x", value, extra="X-Big: " + "a" * 100_000))
+    assert (await conn.response()).status == 431
+    assert await conn.closed()
+    conn = await RawConnection.open(stack.gate_port)
+    many = "\r\n".join(f"X-Header-{i}: {'b' * 100}" for i in range(1000))
+    await conn.send(request(session.urlpath + "/x", value, extra=many))
+    assert (await conn.response()).status == 431
+    assert await conn.closed()
+
+
+async def test_a_request_head_that_never_ends_gets_408(stack: Stack) -> None:
+    session, value = await entered(stack)
+    assert stack.client.app is not None
+    stack.client.app[GATE].server.head_timeout = 0.2
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/x", value)[:-2])  # the blank line never comes
+    assert (await conn.response()).status == 408
+    assert await conn.closed()
+
+
+async def test_expect_100_continue_is_answered_by_the_gate(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(
+        request(
+            session.urlpath + "/form",
+            value,
+            method="POST",
+            extra="Content-Length: 7\r\nExpect: 100-continue",
+        )
+    )
+    status, _headers = await conn.head()
+    assert status == 100
+    await conn.send(b"payload")
+    assert (await conn.response()).status == 200
+    assert stack.seen.requests[-1]["body_len"] == 7
+    assert "expect" not in headers_seen(stack)
+
+
+async def test_two_applications_on_one_connection(
+    stack: Stack, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    other_seen = Upstream()
+    other = await aiohttp_server(fake_application(other_seen))
+    alices, alice_cookie = await entered(stack, "alice", as_user="root")
+    stack.runtime._ports = itertools.repeat(other.port)  # type: ignore[assignment]
+    carols, carol_cookie = await entered(stack, "carol", as_user="root")
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(alices.urlpath + "/a", alice_cookie))
+    await conn.send(request(carols.urlpath + "/c", carol_cookie))
+    await conn.send(request(alices.urlpath + "/a2", alice_cookie))
+    bodies = [(await conn.response()).body for _ in range(3)]
+    assert b"/a" in bodies[0]
+    assert b"/c" in bodies[1]
+    assert b"/a2" in bodies[2]
+    assert [r["path_qs"] for r in stack.seen.requests[-2:]] == [
+        alices.urlpath + "/a",
+        alices.urlpath + "/a2",
+    ]
+    assert [r["path_qs"] for r in other_seen.requests] == [
+        carols.urlpath + "/",
+        carols.urlpath + "/c",
+    ]
+    # A cookie for one application does not open the other, on the same connection.
+    await conn.send(
+        request(carols.urlpath + "/c", alice_cookie, method="POST", extra="Content-Length: 0")
+    )
+    assert (await conn.response()).status == 401
+    await conn.close()
+
+
+# ------------------------------------------------------------------------------ bad applications
+_MISBEHAVIOUR = {
+    b"/truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 100,
+    b"/silent": b"",
+    b"/smuggle": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    b"/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    b"/until-close": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+    b"/extra": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ninjectd",
+    b"/answer": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nanswer",
+    b"/hops": b"HTTP/1.0 200 Fine\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\n"
+    b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nSet-Cookie: remoteapp-session=x\r\n"
+    b"set-cookie: app=1; Path=/\r\nX-App: kept\r\nCONTENT-length: 4\r\n\r\nhops",
+}
+
+
+@pytest.fixture
+async def misbehaving(stack: Stack) -> AsyncIterator[tuple[Session, str]]:
+    """An application answering each path with the raw bytes above, then closing."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ")[1]
+            tail = path.split(b"/containers/", 1)[1].partition(b"/")[2]
+            writer.write(_MISBEHAVIOUR.get(b"/" + tail, _MISBEHAVIOUR[b"/answer"]))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    stack.runtime._ports = itertools.repeat(server.sockets[0].getsockname()[1])  # type: ignore[assignment]
+    try:
+        yield await entered(stack)
+    finally:
+        server.close()
+
+
+async def test_an_application_closing_mid_answer_cuts_the_connection(
+    stack: Stack, misbehaving: tuple[Session, str]
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/truncated", value))
+    status, headers = await conn.head()
+    assert status == 200
+    assert headers["content-length"] == ["1000"]
+    rest = await asyncio.wait_for(conn.reader.read(), 5)
+    assert rest == b"a" * 100  # and then the end of the connection: visibly short
+
+
+async def test_an_application_closing_without_answering_is_502(
+    stack: Stack, misbehaving: tuple[Session, str]
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/silent", value))
+    response = await conn.response()
+    assert response.status == 502
+    assert len(response.body) < 200
+
+
+@pytest.mark.parametrize("path", ["/smuggle", "/bad-chunk"])
+async def test_answers_with_ambiguous_framing_never_reach_the_proxy(
+    stack: Stack, misbehaving: tuple[Session, str], path: str
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + path, value))
+    status, _headers = await conn.head()
+    if status == 200:  # the head went out before the body went wrong: the connection is cut
+        assert await conn.closed()
+    else:
+        assert status == 502
+
+
+async def test_bytes_after_an_answer_are_never_passed_on(
+    stack: Stack, misbehaving: tuple[Session, str]
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/extra", value))
+    first = await conn.response()
+    assert first.body == b"hello"
+    await conn.send(request(session.urlpath + "/next", value))
+    second = await conn.response()
+    assert second.body == b"answer"
+
+
+async def test_an_answer_ended_by_closing_closes_the_connection_after_it(
+    stack: Stack, misbehaving: tuple[Session, str]
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/until-close", value))
+    response = await conn.response()
+    assert response.status == 200
+    assert response.header("connection") == "close"
+    assert response.body == b"until the end"
+
+
+async def test_the_gate_listens_on_loopback_only(stack: Stack) -> None:
+    assert stack.client.app is not None
+    host, _port = stack.client.app[GATE].server._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+    assert host == "127.0.0.1"
+    with socket.create_connection(("127.0.0.1", stack.gate_port), timeout=5):
+        pass
+
+
+async def test_gate_traffic_is_counted_in_the_metrics(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/counted", value))
+    assert (await conn.response()).status == 200
+    await conn.send(request("/user/alice/containers/" + "z" * 26 + "/", value))
+    assert (await conn.response()).status == 404
+    await conn.close()
+    text = await (await stack.client.get(PREFIX + "metrics")).text()
+    assert 'remoteapp_gate_requests_total{outcome="forwarded"} 2.0' in text  # and the entry's
+    assert 'remoteapp_gate_requests_total{outcome="answered"} 2.0' in text  # and the first 302
+    assert re.search(r"^remoteapp_gate_connections [0-9.]+$", text, re.MULTILINE)
+
+
+async def test_hop_by_hop_headers_and_our_cookies_are_taken_out_of_answers(
+    stack: Stack, misbehaving: tuple[Session, str]
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/hops", value))
+    raw_head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+    assert raw_head.startswith(b"HTTP/1.1 200 Fine\r\n")
+    lines = raw_head.decode("latin-1").split("\r\n")[1:-2]
+    assert sorted(lines) == ["CONTENT-length: 4", "X-App: kept", "set-cookie: app=1; Path=/"]
+    assert await conn.reader.readexactly(4) == b"hops"
+    # The connection from the proxy stays usable.
+    await conn.send(request(session.urlpath + "/answer", value))
+    assert (await conn.response()).body == b"answer"

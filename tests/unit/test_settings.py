@@ -213,3 +213,32 @@ def test_unsupported_database_urls_are_refused() -> None:
 )
 def test_sqlite_path(url: str, expected: Path | None) -> None:
     assert sqlite_path(url) == expected
+
+
+def test_the_gate_listens_beside_the_service_unless_told() -> None:
+    settings = load_settings(jupyterhub_service_url="http://127.0.0.1:10101")
+    assert settings.gate_address == ("127.0.0.1", 10102)
+    assert settings.effective_gate_url == "http://127.0.0.1:10102"
+    moved = load_settings(gate_url="http://127.0.0.1:9000/")
+    assert moved.gate_address == ("127.0.0.1", 9000)
+    assert moved.effective_gate_url == "http://127.0.0.1:9000"
+
+
+def test_the_gate_url_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTEAPP_GATE_URL", "http://127.0.0.1:12345")
+    assert load_settings().gate_address == ("127.0.0.1", 12345)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "127.0.0.1:9000",
+        "https://127.0.0.1:9000",
+        "http://127.0.0.1",
+        "http://h:9000/x",
+        "http://h:99999",
+    ],
+)
+def test_bad_gate_urls_are_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^REMOTEAPP_GATE_URL: "):
+        load_settings(gate_url=value)

@@ -30,14 +30,15 @@ _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, n
 class GateTarget:
     """A running application as the gate needs it.
 
-    ``origin`` is ``http://<host address>:<published port>``: the address the engine
-    published the port on (``127.0.0.1`` for a wildcard), never a container network address.
+    ``host`` and ``port`` are where the engine published the application's port
+    (``127.0.0.1`` for a wildcard address), never a container network address.
     """
 
     url_id: str
     owner: str
     urlpath: str
-    origin: str
+    host: str
+    port: int
     allow_view: bool
 
 
@@ -122,13 +123,12 @@ class GateAccess:
         host = session.host_ip or ""
         if host in _WILDCARD_HOSTS:
             host = "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
         target = GateTarget(
             url_id=session.url_id,
             owner=session.user,
             urlpath=session.urlpath,
-            origin=f"http://{host}:{session.host_port}",
+            host=host,
+            port=session.host_port,
             allow_view=allow_view,
         )
         if generation == self._sessions.generation:

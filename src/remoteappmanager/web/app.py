@@ -13,10 +13,11 @@ from yarl import URL
 
 from remoteappmanager import __version__, bootstrap
 from remoteappmanager.services.access import AccessService
+from remoteappmanager.services.admin import Administration
 from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.settings import Settings
-from remoteappmanager.web import api_user, auth, pages
-from remoteappmanager.web.api import ApiRegistry, openapi_handler
+from remoteappmanager.web import api_admin, api_user, auth, pages
+from remoteappmanager.web.api import AnswerCache, ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
 from remoteappmanager.web.errors import error_middleware
@@ -24,7 +25,9 @@ from remoteappmanager.web.gate import setup_gate
 from remoteappmanager.web.health import health_handler
 from remoteappmanager.web.keys import (
     ACCESS,
+    ADMIN,
     API_REGISTRY,
+    APPLICATION_LISTINGS,
     APPLICATIONS,
     DEPS,
     HEALTH_CHECKS,
@@ -90,10 +93,18 @@ def create_app(deps: WebDeps) -> web.Application:
         app[SESSIONS] = deps.sessions
     if deps.applications is not None:
         app[APPLICATIONS] = deps.applications
+        app[APPLICATION_LISTINGS] = AnswerCache()
+    app[ADMIN] = Administration(
+        deps.uow_factory,
+        realm=deps.sessions.realm if deps.sessions is not None else settings.realm,
+        sessions=deps.sessions,
+        applications=deps.applications,
+    )
     app[API_REGISTRY] = ApiRegistry(
         title="SimPhoNy-Remote", version=__version__, description=_API_DESCRIPTION
     )
     api_user.register(app[API_REGISTRY])
+    api_admin.register(app[API_REGISTRY])
 
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))
@@ -104,6 +115,8 @@ def create_app(deps: WebDeps) -> web.Application:
 
     prefix = urls.prefix
     app.router.add_get(prefix, pages.home, name="home")
+    app.router.add_get(prefix + pages.ADMIN_PATH, pages.admin, name="admin")
+    app.router.add_get(prefix + pages.ADMIN_PATH.rstrip("/"), pages.add_admin_slash)
     pages.add_static_routes(app)
     if prefix != "/":
         app.router.add_get(prefix.rstrip("/"), pages.add_slash)

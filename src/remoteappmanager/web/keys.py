@@ -9,11 +9,12 @@ from aiohttp import web
 if TYPE_CHECKING:
     from remoteappmanager.ports.identity import IdentityProvider
     from remoteappmanager.services.access import AccessService
-    from remoteappmanager.services.applications import Applications
+    from remoteappmanager.services.admin import Administration
+    from remoteappmanager.services.applications import Applications, UserApplication
     from remoteappmanager.services.deps import HealthCheck, WebDeps
     from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
-    from remoteappmanager.web.api import ApiRegistry
+    from remoteappmanager.web.api import AnswerCache, ApiRegistry
     from remoteappmanager.web.assets import PageAssets
     from remoteappmanager.web.auth import RequestAuth
     from remoteappmanager.web.cookies import CookieSigner
@@ -36,6 +37,12 @@ GATE: web.AppKey[Gate] = web.AppKey("gate")
 # Present when the service has a container engine (``WebDeps.sessions``).
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
 APPLICATIONS: web.AppKey[Applications] = web.AppKey("applications")
+# Each user's serialised ``applications/`` answer, reused while it would come out the same.
+APPLICATION_LISTINGS: web.AppKey[AnswerCache[list[UserApplication]]] = web.AppKey(
+    "application_listings"
+)
+# The admin API's and page's use cases (always present; its session use cases need SESSIONS).
+ADMIN: web.AppKey[Administration] = web.AppKey("admin")
 # The REST API's routes; a module adds its own with ``register(app[API_REGISTRY])``.
 API_REGISTRY: web.AppKey[ApiRegistry] = web.AppKey("api_registry")
 # Templates and static files of the pages, read from the package at start.
@@ -47,5 +54,3 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 AUTH: web.RequestKey[RequestAuth | None] = web.RequestKey("auth")
 # The browser presented a session cookie that is no longer good: it is cleared on the way out.
 STALE_SESSION: web.RequestKey[bool] = web.RequestKey("stale_session")
-# Application traffic through the gate: its "request" line is logged at debug level only.
-QUIET_ACCESS_LOG: web.RequestKey[bool] = web.RequestKey("quiet_access_log")
