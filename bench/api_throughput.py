@@ -129,6 +129,7 @@ async def _serve(
     settings = Settings(
         database_url=database_url,
         configproxy_auth_token="bench",
+        jupyterhub_api_token="bench",
         realm=f"bench-{secrets.token_hex(4)}",
         jupyterhub_service_prefix=PREFIX,
         jupyterhub_service_url=f"http://127.0.0.1:{port}",

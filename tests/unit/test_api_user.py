@@ -210,6 +210,39 @@ async def test_labels_come_back_as_json_data(alice: Api, world: World) -> None:
     assert "text/html" not in response.headers["Content-Type"]
 
 
+async def test_the_listing_is_revalidated_and_follows_starts_and_stops(
+    alice: Api, bob: Api, world: World
+) -> None:
+    mapping_id = await _grant(world, DESKTOP, "alice")
+    status, first, headers = await alice.call("GET", APPLICATIONS)
+    etag = headers["ETag"]
+    assert (status, first["items"][mapping_id]["container"]) == (200, None)
+
+    status, body, headers = await alice.call("GET", APPLICATIONS, headers={"If-None-Match": etag})
+    assert (status, body, headers["ETag"]) == (304, None, etag)
+    status, again, _ = await alice.call("GET", APPLICATIONS, headers={"If-None-Match": '"other"'})
+    assert (status, again) == (200, first)
+    # Another user's answer is never the one cached for alice.
+    status, theirs, headers = await bob.call("GET", APPLICATIONS, headers={"If-None-Match": etag})
+    assert (status, theirs["total"]) == (200, 0)
+    assert headers["ETag"] != etag
+
+    url_id = (await alice.start(mapping_id)).removeprefix(CONTAINERS).rstrip("/")
+    status, running, headers = await alice.call(
+        "GET", APPLICATIONS, headers={"If-None-Match": etag}
+    )
+    assert status == 200
+    assert running["items"][mapping_id]["container"]["url_id"] == url_id
+    assert headers["ETag"] != etag
+
+    status, _, _ = await alice.call("DELETE", CONTAINERS + url_id + "/")
+    assert status == 204
+    status, stopped, headers = await alice.call(
+        "GET", APPLICATIONS, headers={"If-None-Match": headers["ETag"]}
+    )
+    assert (status, stopped, headers["ETag"]) == (200, first, etag)
+
+
 # ------------------------------------------------------------------------------ containers
 async def test_start_get_list_and_stop_a_container(alice: Api, world: World) -> None:
     mapping_id = await _grant(world, DESKTOP, "alice")

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.web import health
+from remoteappmanager.web.metrics import Metrics
 from tests.support.webapp import API, PREFIX, World, make_app
 
 
@@ -112,3 +113,19 @@ async def test_each_application_has_its_own_metrics(aiohttp_client: Any) -> None
     await first.get(API + "v1/user")
     text = await (await second.get(PREFIX + "metrics")).text()
     assert 'route="/services/remoteapp/api/v1/user"' not in text
+
+
+def test_unknown_methods_share_one_series_and_repeats_add_up() -> None:
+    metrics = Metrics()
+    for n in range(50):
+        metrics.observe("/r", f"X-{n}", 405, 0.01)
+    metrics.observe("/r", "GET", 200, 0.01)
+    metrics.observe("/r", "GET", 200, 0.02)
+    counts = {
+        (s.labels["method"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        if family.name == "remoteapp_http_requests"
+        for s in family.samples
+        if s.name == "remoteapp_http_requests_total"
+    }
+    assert counts == {("other", "405"): 50, ("GET", "200"): 2}

@@ -8,11 +8,13 @@ is served. A module adds its routes with a ``register(registry)`` function.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,10 +24,13 @@ from remoteappmanager.domain.errors import InvalidRequest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _Model = TypeVar("_Model", bound=BaseModel)
+_Source = TypeVar("_Source")
 
 OPENAPI_VERSION = "3.1.0"
 # Requests carry a mapping id and a few short strings: anything larger is not ours.
 MAX_BODY_BYTES = 16 * 1024
+# A listing with its icons is ~25 kB: this bounds the answer cache at ~25 MB.
+DEFAULT_CACHED_ANSWERS = 1024
 _SCHEMA_REF = "#/components/schemas/{model}"
 _METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -264,6 +269,65 @@ def json_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(
         body=model.model_dump_json().encode(), status=status, content_type="application/json"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedAnswer(Generic[_Source]):
+    source: _Source
+    body: bytes
+    etag: str
+
+
+class AnswerCache(Generic[_Source]):
+    """Serialised JSON answers by key (a user), each reused while what it was built from is
+    equal to what the service gives now.
+
+    Comparing the source (frozen domain values, mostly the very same cached objects) costs a
+    fraction of building and serialising the models again, and needs no invalidation hooks:
+    whatever changes what an answer shows (a start, a stop, a crash seen in the engine's
+    listing, a grant, an image's labels) changes its source. The least recently used answers
+    are dropped beyond ``max_entries``.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_CACHED_ANSWERS) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._answers: OrderedDict[str, _CachedAnswer[_Source]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def response(
+        self,
+        request: web.Request,
+        key: str,
+        source: _Source,
+        build: Callable[[_Source], BaseModel],
+    ) -> web.Response:
+        """The answer for ``source`` (built only when it changed), or 304 if the client has it."""
+        answer = self._answers.get(key)
+        if answer is not None and answer.source == source:
+            self._answers.move_to_end(key)
+        else:
+            body = build(source).model_dump_json().encode()
+            etag = f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+            answer = _CachedAnswer(source, body, etag)
+            self._answers[key] = answer
+            self._answers.move_to_end(key)
+            while len(self._answers) > self._max_entries:
+                self._answers.popitem(last=False)
+        headers = {"ETag": answer.etag}
+        if _matches(request.headers.get("If-None-Match"), answer.etag):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=answer.body, content_type="application/json", headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    # Weak comparison (RFC 9110 13.1.2): a W/ prefix still names the same answer.
+    return any(tag.strip().removeprefix("W/") in (etag, "*") for tag in if_none_match.split(","))
 
 
 def openapi_handler(document: Mapping[str, Any]) -> Handler:

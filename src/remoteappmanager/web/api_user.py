@@ -17,7 +17,7 @@ from remoteappmanager.web.api_models import (
     UserOut,
 )
 from remoteappmanager.web.auth import require_user, signed_in_user
-from remoteappmanager.web.keys import APPLICATIONS, SESSIONS, URLS
+from remoteappmanager.web.keys import APPLICATION_LISTINGS, APPLICATIONS, SESSIONS, URLS
 from remoteappmanager.web.pages import whoami
 
 USER_PATH = "v1/user"
@@ -55,10 +55,13 @@ async def list_applications(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     found = await _applications(request).list_for(user.name)
     realm = _sessions(request).realm
-    return json_response(
-        ApplicationList.of(
-            found, key=lambda a: a.mapping_id, item=lambda a: ApplicationOut.of(a, realm)
-        )
+    return request.app[APPLICATION_LISTINGS].response(
+        request,
+        user.name,
+        found,
+        lambda applications: ApplicationList.of(
+            applications, key=lambda a: a.mapping_id, item=lambda a: ApplicationOut.of(a, realm)
+        ),
     )
 
 

@@ -42,11 +42,21 @@ class Metrics:
             ("route", "method", "status"),
             registry=self.registry,
         )
+        # ``labels()`` validates and locks on every call: the series of a (route, method,
+        # status) are looked up once. The key space is bounded as the labels are.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        labels = (route, method if method in _METHODS else "other", str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (route, method if method in _METHODS else "other", status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self.requests.labels(key[0], key[1], str(status)),
+                self.latency.labels(key[0], key[1], str(status)),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
