@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
-from tests.support.browser import screenshot
+from tests.support.browser import screenshot, watch_for_errors
 from tests.support.stack import (
     PREFIX,
     WEBAPP,
@@ -19,19 +19,13 @@ from tests.support.stack import (
     require_everything,
     running_stack,
     signed_in,
+    stack_marks,
 )
 
 if TYPE_CHECKING:
     from playwright.async_api import Locator, Page
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.proxy,
-    pytest.mark.hub,
-    pytest.mark.browser,
-    pytest.mark.asyncio(loop_scope="module"),
-    pytest.mark.timeout(300),
-]
+pytestmark = stack_marks(timeout=300)
 
 ADMIN = "admin"
 USER = "carol"
@@ -53,19 +47,6 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 
 
 # ------------------------------------------------------------------------------ helpers
-def _watch_for_errors(page: Page, problems: list[str]) -> None:
-    # Script errors and CSP refusals fail the test; HTTP errors the test asked for do not.
-    page.on(
-        "console",
-        lambda m: (
-            problems.append(m.text)
-            if m.type == "error" and not m.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    page.on("pageerror", lambda error: problems.append(str(error)))
-
-
 def _row(page: Page, cell: str) -> Locator:
     """The table row with a cell reading exactly ``cell`` (the original's automation's way)."""
     return page.locator(f"xpath=//table[@id='datatable']//tr[td[text()='{cell}']]")
@@ -95,7 +76,7 @@ async def _open(page: Page, menu_entry: str, title: str) -> None:
 async def test_an_admin_gives_carol_an_application_and_stops_it(stack: Stack) -> None:
     admin_context, admin = await signed_in(stack, ADMIN, ADMIN_PAGE)
     problems: list[str] = []
-    _watch_for_errors(admin, problems)
+    watch_for_errors(admin, problems)
     user_context = None
     try:
         # ---- statistics, with the admin's name in the header

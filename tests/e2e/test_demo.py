@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import namespaced_chromium, screenshot
-from tests.support.hub import wait_until_routed
+from tests.support.hub import clean_environment, wait_until_routed
 from tests.support.services import REPO, free_port
 from tests.support.stack import PREFIX, REALM_LABEL, remove_realm_containers, require_everything
 
@@ -75,11 +75,7 @@ def ports() -> dict[str, str]:
 def demo_factory(tmp_path: Path, ports: dict[str, str]) -> Iterator[Callable[[int], Demo]]:
     require_everything()
     realm = "demo-" + secrets.token_hex(4)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_"))
-    }
+    env = clean_environment()
     env.update(ports, REMOTEAPP_DEMO_DIR=str(tmp_path / "demo"), REMOTEAPP_REALM=realm)
     started: list[Demo] = []
 

@@ -20,19 +20,13 @@ from tests.support.stack import (
     require_everything,
     running_stack,
     signed_in,
+    stack_marks,
 )
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.proxy,
-    pytest.mark.hub,
-    pytest.mark.browser,
-    pytest.mark.asyncio(loop_scope="module"),
-    pytest.mark.timeout(240),
-]
+pytestmark = stack_marks(timeout=240)
 
 # Long enough for a cold start of the desktop on a busy machine; the page shows a spinner.
 START_TIMEOUT_MS = 60_000

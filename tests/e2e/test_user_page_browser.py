@@ -13,7 +13,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from tests.e2e.fake_api import FakeBackend, image, policy
-from tests.support.browser import namespaced_chromium, screenshot
+from tests.support.browser import namespaced_chromium, screenshot, watch_for_errors
 from tests.support.services import REPO, free_port
 from tests.support.webapp import PREFIX, World, make_app
 
@@ -70,16 +70,7 @@ async def page(site: Site, backend: FakeBackend) -> AsyncIterator[Page]:
     page = await context.new_page()
     page.set_default_timeout(10_000)
     problems: list[str] = []
-    # Script errors and CSP refusals fail the test; HTTP errors the test asked for do not.
-    page.on(
-        "console",
-        lambda m: (
-            problems.append(m.text)
-            if m.type == "error" and not m.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    page.on("pageerror", lambda e: problems.append(str(e)))
+    watch_for_errors(page, problems)
     try:
         yield page
         assert not problems, problems

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -22,8 +21,18 @@ from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
-from tests.support.hub import new_browser, require_hub, running_hub, sign_in, wait_until_routed
-from tests.support.services import REPO, free_port
+from tests.support.hub import (
+    HubPorts,
+    clean_environment,
+    hub_environment,
+    new_browser,
+    require_hub,
+    running_hub,
+    sign_in,
+    wait_until_routed,
+    write_hub_config,
+)
+from tests.support.services import REPO
 
 pytestmark = [pytest.mark.hub, pytest.mark.asyncio(loop_scope="module")]
 
@@ -33,10 +42,8 @@ ADMIN_GROUP = "remoteapp-admins"
 # Short, so that the test of hub logout does not wait long; the real default is 30 s.
 CACHE_TTL = 2.0
 
-_TEST_CONFIG = """
-c = get_config()  # noqa
-load_subconfig({repo_config!r})  # noqa
 # A service holding the test's own admin token, to create tokens and groups through the API.
+_TEST_CONFIG = """
 c.JupyterHub.services.append({{"name": "test-admin", "api_token": {admin_token!r}}})
 c.JupyterHub.load_roles.append(
     {{
@@ -49,7 +56,6 @@ import jupyterhub  # noqa
 if int(jupyterhub.__version__.split(".")[0]) >= 6:
     # Proves that we send a correct PKCE verifier: without one the exchange would fail.
     c.JupyterHub.oauth_require_pkce = True
-c.JupyterHub.log_level = "WARN"
 """
 
 
@@ -67,36 +73,24 @@ class Stack:
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     require_hub()
     tmp = tmp_path_factory.mktemp("hub")
-    public_port, proxy_api_port, hub_port, service_port = (free_port() for _ in range(4))
+    ports = HubPorts.free()
     service_token, admin_token = secrets.token_hex(32), secrets.token_hex(32)
-    (tmp / "test_config.py").write_text(
-        _TEST_CONFIG.format(
-            repo_config=str(REPO / "config" / "jupyterhub_config.py"), admin_token=admin_token
-        )
-    )
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_"))
-    }
-    env.update(
-        REMOTEAPP_DEMO_PASSWORD=PASSWORD,
-        REMOTEAPP_HUB_PORT=str(public_port),
-        REMOTEAPP_HUB_INTERNAL_PORT=str(hub_port),
-        REMOTEAPP_HUB_DATA_DIR=str(tmp),
+    write_hub_config(tmp, _TEST_CONFIG.format(admin_token=admin_token))
+    env = hub_environment(
+        tmp,
+        ports,
+        PASSWORD,
         REMOTEAPP_HUB_ADMIN_USERS="root",
-        REMOTEAPP_SERVICE_PORT=str(service_port),
         REMOTEAPP_SERVICE_API_TOKEN=service_token,
-        CONFIGPROXY_API_URL=f"http://127.0.0.1:{proxy_api_port}",
         CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(32),
     )
 
     # Our service, externally managed: in this process, on the port the hub routes to.
     settings = Settings(
-        jupyterhub_api_url=f"http://127.0.0.1:{hub_port}/hub/api",
+        jupyterhub_api_url=f"http://127.0.0.1:{ports.hub}/hub/api",
         jupyterhub_api_token=service_token,
         jupyterhub_service_prefix=PREFIX,
-        jupyterhub_service_url=f"http://127.0.0.1:{service_port}",
+        jupyterhub_service_url=f"http://127.0.0.1:{ports.service}",
         jupyterhub_base_url="/",
         admin_group=ADMIN_GROUP,
         auto_user_creation=True,
@@ -107,11 +101,11 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     )
     runner = web.AppRunner(create_app(deps))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", service_port)
+    site = web.TCPSite(runner, "127.0.0.1", ports.service)
     await site.start()
     try:
-        with running_hub(tmp, env, public_port):
-            public_url = f"http://127.0.0.1:{public_port}"
+        with running_hub(tmp, env, ports.public):
+            public_url = ports.public_url
             await wait_until_routed(public_url + PREFIX + "health")
             yield Stack(
                 public_url=public_url,
@@ -263,11 +257,7 @@ async def test_config_registers_a_managed_service_with_the_right_environment(
     tmp_path: Path,
 ) -> None:
     require_hub()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_", "DOCKER_"))
-    }
+    env = clean_environment(also=("DOCKER_",))
     env.update(
         REMOTEAPP_HUB_DATA_DIR=str(tmp_path),
         REMOTEAPP_HUB_BASE_URL="/jupyter",

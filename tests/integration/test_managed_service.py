@@ -7,7 +7,6 @@ through that proxy. Its realm is unique and force-removed afterwards.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -20,8 +19,17 @@ import pytest_asyncio
 from remoteappmanager import bootstrap
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.services import catalogue
-from tests.support.hub import new_browser, require_hub, running_hub, sign_in, wait_until_routed
-from tests.support.services import REPO, ServiceMissing, free_port, skip_or_fail
+from tests.support.hub import (
+    HubPorts,
+    hub_environment,
+    new_browser,
+    require_hub,
+    running_hub,
+    sign_in,
+    wait_until_managed_service_healthy,
+    write_hub_config,
+)
+from tests.support.services import ServiceMissing, skip_or_fail
 from tests.support.session_images import WEB_IMAGE, ensure_session_images, remove_realm
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
@@ -29,12 +37,6 @@ pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.asyncio(loop_scop
 PASSWORD = "demo-" + secrets.token_hex(8)
 PREFIX = "/services/remoteapp/"
 MISSING_IMAGE = "remoteapp-test/never-built:latest"
-
-_TEST_CONFIG = """
-c = get_config()  # noqa
-load_subconfig({repo_config!r})  # noqa
-c.JupyterHub.log_level = "WARN"
-"""
 
 
 @dataclass
@@ -72,35 +74,20 @@ async def hub(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> 
     realm = f"managed-{secrets.token_hex(4)}"
     database_url = f"sqlite+aiosqlite:///{tmp / 'remoteappmanager.db'}"
     mapping_ids = await _seed(database_url)
-    public_port, proxy_api_port, hub_port, service_port = (free_port() for _ in range(4))
-    (tmp / "test_config.py").write_text(
-        _TEST_CONFIG.format(repo_config=str(REPO / "config" / "jupyterhub_config.py"))
-    )
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_"))
-    }
-    env.update(
-        REMOTEAPP_DEMO_PASSWORD=PASSWORD,
-        REMOTEAPP_HUB_PORT=str(public_port),
-        REMOTEAPP_HUB_INTERNAL_PORT=str(hub_port),
-        REMOTEAPP_HUB_DATA_DIR=str(tmp),
-        REMOTEAPP_SERVICE_PORT=str(service_port),
+    ports = HubPorts.free()
+    write_hub_config(tmp)
+    env = hub_environment(
+        tmp,
+        ports,
+        PASSWORD,
         REMOTEAPP_DATABASE_URL=database_url,
         REMOTEAPP_REALM=realm,
         REMOTEAPP_WORKSPACE_ROOT=str(tmp / "workspaces"),
-        CONFIGPROXY_API_URL=f"http://127.0.0.1:{proxy_api_port}",
     )
     try:
-        with running_hub(tmp, env, public_port):
-            public_url = f"http://127.0.0.1:{public_port}"
-            try:
-                await wait_until_routed(public_url + PREFIX + "health", within=60)
-            except AssertionError:
-                log = (tmp / "jupyterhub.log").read_text(errors="replace")[-4000:]
-                raise AssertionError(f"the managed service never became healthy:\n{log}") from None
-            yield Hub(public_url=public_url, mapping_ids=mapping_ids)
+        with running_hub(tmp, env, ports.public):
+            await wait_until_managed_service_healthy(tmp, ports.public_url + PREFIX + "health")
+            yield Hub(public_url=ports.public_url, mapping_ids=mapping_ids)
     finally:
         await remove_realm(realm)
 

@@ -109,7 +109,9 @@ def test_an_unreachable_database_is_one_line(postgres_cluster: PostgresCluster) 
 def test_the_service_refuses_a_schema_not_at_head(
     empty_database_url: str, served: list[Settings]
 ) -> None:
-    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
+    result = run(
+        url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token"
+    )
 
     assert result.exit_code == 1
     assert "`remoteappmanager db upgrade`" in error_line(result)
@@ -121,7 +123,9 @@ def test_the_service_starts_on_a_schema_at_head(
 ) -> None:
     assert run("db", "upgrade", url=empty_database_url).exit_code == 0
 
-    result = run(url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
+    result = run(
+        url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token"
+    )
 
     assert result.exit_code == 0, result.output
     assert [settings.database_url for settings in served] == [empty_database_url]
@@ -158,7 +162,12 @@ def test_the_service_needs_the_hub_token(tmp_path: Path, served: list[Settings])
 
 @pytest.mark.parametrize("args", [(), ("db", "check")])
 def test_an_invalid_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None:
-    result = run(*args, REMOTEAPP_NETWORK_TIMEOUT="soon", CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
+    result = run(
+        *args,
+        REMOTEAPP_NETWORK_TIMEOUT="soon",
+        CONFIGPROXY_AUTH_TOKEN="token",
+        JUPYTERHUB_API_TOKEN="hub-token",
+    )
 
     assert result.exit_code == 2
     assert error_line(result).startswith("REMOTEAPP_NETWORK_TIMEOUT: ")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shutil
 import stat
@@ -31,8 +30,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hub import require_hub, running_hub, wait_until_routed
-from tests.support.services import REPO, free_port, skip_or_fail
+from tests.support.hub import (
+    HubPorts,
+    clean_environment,
+    hub_environment,
+    require_hub,
+    running_hub,
+    wait_until_managed_service_healthy,
+    write_hub_config,
+)
+from tests.support.services import REPO, skip_or_fail
 from tests.support.session_images import remove_realm
 
 pytestmark = [pytest.mark.hub, pytest.mark.proxy, pytest.mark.docker, pytest.mark.timeout(900)]
@@ -43,12 +50,6 @@ PREFIX = "/services/remoteapp/"
 BIN = Path(sys.executable).parent
 COMMAND_TIMEOUT = 180
 BUILD_TIMEOUT = 900
-
-_TEST_CONFIG = """
-c = get_config()  # noqa
-load_subconfig({repo_config!r})  # noqa
-c.JupyterHub.log_level = "WARN"
-"""
 
 
 @dataclass
@@ -92,18 +93,10 @@ def _remoteappdb(database: Path, *args: str) -> str:
         text=True,
         timeout=COMMAND_TIMEOUT,
         check=False,
-        env=_clean_environment(),
+        env=clean_environment(),
     )
     assert result.returncode == 0, f"remoteappdb {' '.join(args)}: {result.stderr}"
     return result.stdout.strip()
-
-
-def _clean_environment() -> dict[str, str]:
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_"))
-    }
 
 
 @pytest.fixture(scope="module")
@@ -120,37 +113,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iter
     _remoteappdb(database, "app", "create", IMAGE)
     mapping_id = _remoteappdb(database, "app", "grant", IMAGE, "alice")
 
-    public_port, proxy_api_port, hub_port, service_port = (free_port() for _ in range(4))
-    (tmp / "test_config.py").write_text(
-        _TEST_CONFIG.format(repo_config=str(REPO / "config" / "jupyterhub_config.py"))
-    )
-    env = _clean_environment()
-    env.update(
-        REMOTEAPP_DEMO_PASSWORD=PASSWORD,
-        REMOTEAPP_HUB_PORT=str(public_port),
-        REMOTEAPP_HUB_INTERNAL_PORT=str(hub_port),
-        REMOTEAPP_HUB_DATA_DIR=str(tmp),
-        REMOTEAPP_SERVICE_PORT=str(service_port),
+    ports = HubPorts.free()
+    write_hub_config(tmp)
+    env = hub_environment(
+        tmp,
+        ports,
+        PASSWORD,
         REMOTEAPP_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
         REMOTEAPP_REALM=realm,
         REMOTEAPP_WORKSPACE_ROOT=str(tmp / "workspaces"),
-        CONFIGPROXY_API_URL=f"http://127.0.0.1:{proxy_api_port}",
     )
-    public_url = f"http://127.0.0.1:{public_port}"
     try:
-        with running_hub(tmp, env, public_port):
-            try:
-                asyncio.run(wait_until_routed(public_url + PREFIX + "health", within=60))
-            except AssertionError:
-                log = (tmp / "jupyterhub.log").read_text(errors="replace")[-4000:]
-                raise AssertionError(f"the managed service never became healthy:\n{log}") from None
-            yield Stack(public_url, mapping_id, tmp, tmp / "jupyterhub.log")
+        with running_hub(tmp, env, ports.public):
+            health = ports.public_url + PREFIX + "health"
+            asyncio.run(wait_until_managed_service_healthy(tmp, health))
+            yield Stack(ports.public_url, mapping_id, tmp, tmp / "jupyterhub.log")
     finally:
         asyncio.run(remove_realm(realm))
 
 
 def rest(stack: Stack, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    environment = _clean_environment()
+    environment = clean_environment()
     environment.update(REMOTEAPPREST_CONFIG=str(stack.credentials), HOME=str(stack.tmp))
     return subprocess.run(
         [_command("remoteapprest"), *args],

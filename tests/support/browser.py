@@ -122,3 +122,17 @@ async def screenshot(page: Page, name: str) -> Path:
 def browser_available() -> None:
     """Require what ``namespaced_chromium`` needs (skipped locally if absent, failed in CI)."""
     require_browser()
+
+
+def watch_for_errors(page: Page, problems: list[str]) -> None:
+    """Collect the page's script errors and CSP refusals in ``problems``, for the test to fail
+    on; failed HTTP requests are left out (tests ask for 4xx answers on purpose)."""
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    page.on("pageerror", lambda error: problems.append(str(error)))

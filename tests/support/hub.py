@@ -5,16 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from tests.support.services import ServiceMissing, chp_command, skip_or_fail, wait_for_port
+from tests.support.services import (
+    REPO,
+    ServiceMissing,
+    chp_command,
+    free_port,
+    skip_or_fail,
+    wait_for_port,
+)
 
 ROUTE_TIMEOUT = 30.0
 
@@ -27,6 +36,59 @@ def require_hub() -> None:
         chp_command()
     except ServiceMissing as exc:
         skip_or_fail(f"configurable-http-proxy: {exc}")
+
+
+def clean_environment(*, also: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's environment without our, the proxy's or the hub's settings (nor those
+    starting with ``also``): a hub or command started with it sees only what the test sets."""
+    dropped = ("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_", *also)
+    return {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
+
+
+@dataclass(frozen=True)
+class HubPorts:
+    """The ports of one hub: public (its proxy), the proxy's API, the hub's own, our service's."""
+
+    public: int
+    proxy_api: int
+    hub: int
+    service: int
+
+    @classmethod
+    def free(cls) -> HubPorts:
+        return cls(free_port(), free_port(), free_port(), free_port())
+
+    @property
+    def public_url(self) -> str:
+        return f"http://127.0.0.1:{self.public}"
+
+
+def write_hub_config(tmp: Path, extra: str = "") -> None:
+    """``tmp/test_config.py``, which ``running_hub`` starts: the repository's
+    config/jupyterhub_config.py, then the Python in ``extra``; the hub logs warnings only."""
+    repo_config = str(REPO / "config" / "jupyterhub_config.py")
+    (tmp / "test_config.py").write_text(
+        "c = get_config()  # noqa\n"
+        f"load_subconfig({repo_config!r})  # noqa\n"
+        f"{extra}"
+        'c.JupyterHub.log_level = "WARN"\n'
+    )
+
+
+def hub_environment(tmp: Path, ports: HubPorts, password: str, **settings: str) -> dict[str, str]:
+    """The environment for ``running_hub``: the repository's config on ``ports``, data in
+    ``tmp``, every demo account signing in with ``password``, and ``settings`` on top."""
+    env = clean_environment()
+    env.update(
+        REMOTEAPP_DEMO_PASSWORD=password,
+        REMOTEAPP_HUB_PORT=str(ports.public),
+        REMOTEAPP_HUB_INTERNAL_PORT=str(ports.hub),
+        REMOTEAPP_HUB_DATA_DIR=str(tmp),
+        REMOTEAPP_SERVICE_PORT=str(ports.service),
+        CONFIGPROXY_API_URL=f"http://127.0.0.1:{ports.proxy_api}",
+    )
+    env.update(settings)
+    return env
 
 
 @contextlib.contextmanager
@@ -69,6 +131,16 @@ async def wait_until_routed(url: str, within: float = ROUTE_TIMEOUT) -> None:
                         return
             await asyncio.sleep(0.1)
     raise AssertionError(f"{url} never answered 200 through the proxy")
+
+
+async def wait_until_managed_service_healthy(tmp: Path, health_url: str) -> None:
+    """The hub starts a managed service itself: wait until it answers through the proxy, with
+    the tail of the hub's log (where the service's output goes) if it never does."""
+    try:
+        await wait_until_routed(health_url, within=60)
+    except AssertionError:
+        log = (tmp / "jupyterhub.log").read_text(errors="replace")[-4000:]
+        raise AssertionError(f"the managed service never became healthy:\n{log}") from None
 
 
 def new_browser() -> aiohttp.ClientSession:

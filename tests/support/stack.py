@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
 import re
 import secrets
 import subprocess
@@ -14,17 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from aiohttp import web
 
 from remoteappmanager.bootstrap import build_web_deps
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
 from tests.support.browser import namespaced_chromium, require_browser
-from tests.support.hub import running_hub, wait_until_routed
+from tests.support.hub import (
+    HubPorts,
+    hub_environment,
+    require_hub,
+    running_hub,
+    wait_until_routed,
+    write_hub_config,
+)
 from tests.support.services import (
     REPO,
-    ServiceMissing,
-    chp_command,
     docker_socket_problem,
     free_port,
     skip_or_fail,
@@ -39,12 +43,6 @@ WEBAPP = "remoteapp-demo/webapp:latest"
 VNCAPP = "remoteapp-demo/vncapp:latest"
 REALM_LABEL = "eu.simphony-project.docker.runinfo.realm"
 
-_HUB_CONFIG = """
-c = get_config()  # noqa
-load_subconfig({repo_config!r})  # noqa
-c.JupyterHub.log_level = "WARN"
-"""
-
 
 @dataclass
 class Stack:
@@ -57,18 +55,26 @@ class Stack:
         return self.public_url + path
 
 
+def stack_marks(*, timeout: int) -> list[pytest.MarkDecorator]:
+    """The marks of a test module on ``running_stack``: the services it needs, one event loop
+    for the module (the stack is a module fixture), and the module's time limit."""
+    return [
+        pytest.mark.docker,
+        pytest.mark.proxy,
+        pytest.mark.hub,
+        pytest.mark.browser,
+        pytest.mark.asyncio(loop_scope="module"),
+        pytest.mark.timeout(timeout),
+    ]
+
+
 def require_everything(images: Sequence[str] = ("webapp", "vncapp")) -> None:
     """Skip (locally) or fail (CI) unless Docker, the hub, the proxy and Chromium are there;
     build the demo ``images`` (from the repository's ``images/``, never pulled)."""
     problem = docker_socket_problem()
     if problem:
         skip_or_fail(problem)
-    if importlib.util.find_spec("jupyterhub") is None:
-        skip_or_fail("JupyterHub is not installed (pip install jupyterhub)")
-    try:
-        chp_command()
-    except ServiceMissing as exc:
-        skip_or_fail(f"configurable-http-proxy: {exc}")
+    require_hub()
     require_browser()
     built = subprocess.run(
         [str(REPO / "images" / "build.sh"), *images],
@@ -113,51 +119,41 @@ async def running_stack(
     database = tmp / "remoteappmanager.db"
     fill(database)
 
-    public_port, proxy_api_port, hub_port, service_port, gate_port = (free_port() for _ in range(5))
+    ports, gate_port = HubPorts.free(), free_port()
     service_token, proxy_token = secrets.token_hex(32), secrets.token_hex(32)
     realm = "e2e-" + secrets.token_hex(4)
-    (tmp / "test_config.py").write_text(
-        _HUB_CONFIG.format(repo_config=str(REPO / "config" / "jupyterhub_config.py"))
-    )
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_"))
-    }
-    env.update(
-        REMOTEAPP_DEMO_PASSWORD=PASSWORD,
-        REMOTEAPP_HUB_PORT=str(public_port),
-        REMOTEAPP_HUB_INTERNAL_PORT=str(hub_port),
-        REMOTEAPP_HUB_DATA_DIR=str(tmp),
+    write_hub_config(tmp)
+    env = hub_environment(
+        tmp,
+        ports,
+        PASSWORD,
         REMOTEAPP_HUB_ADMIN_USERS=",".join(hub_admins),
-        REMOTEAPP_SERVICE_PORT=str(service_port),
         REMOTEAPP_SERVICE_API_TOKEN=service_token,
-        CONFIGPROXY_API_URL=f"http://127.0.0.1:{proxy_api_port}",
         CONFIGPROXY_AUTH_TOKEN=proxy_token,
     )
     # Our service, externally managed: in this process, on the port the hub routes to.
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{database}",
         realm=realm,
-        configproxy_api_url=f"http://127.0.0.1:{proxy_api_port}",
+        configproxy_api_url=f"http://127.0.0.1:{ports.proxy_api}",
         configproxy_auth_token=proxy_token,
         workspace_root=tmp / "workspaces",
-        jupyterhub_api_url=f"http://127.0.0.1:{hub_port}/hub/api",
+        jupyterhub_api_url=f"http://127.0.0.1:{ports.hub}/hub/api",
         jupyterhub_api_token=service_token,
         jupyterhub_service_prefix=PREFIX,
-        jupyterhub_service_url=f"http://127.0.0.1:{service_port}",
+        jupyterhub_service_url=f"http://127.0.0.1:{ports.service}",
         jupyterhub_base_url="/",
         # Its default, the port after the service's, may be taken by one of the above.
         gate_url=f"http://127.0.0.1:{gate_port}",
     )
     runner = web.AppRunner(create_app(build_web_deps(settings)), access_log=None)
     try:
-        with running_hub(tmp, env, public_port):
+        with running_hub(tmp, env, ports.public):
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", service_port).start()
-            public_url = f"http://127.0.0.1:{public_port}"
+            await web.TCPSite(runner, "127.0.0.1", ports.service).start()
+            public_url = ports.public_url
             await wait_until_routed(public_url + PREFIX + "health")
-            async with namespaced_chromium([public_port]) as browser:
+            async with namespaced_chromium([ports.public]) as browser:
                 yield Stack(public_url=public_url, realm=realm, browser=browser, database=database)
     finally:
         await runner.cleanup()

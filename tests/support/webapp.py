@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from http.cookies import SimpleCookie
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +28,41 @@ from remoteappmanager.web.app import create_app
 PREFIX = "/services/remoteapp/"
 CALLBACK = PREFIX + "oauth_callback"
 API = PREFIX + "api/"
+
+
+class PageOutline(HTMLParser):
+    """What the page tests look at in a served page: element ids (to their tag), meta tags,
+    linked scripts and style sheets, links (to their id) and the body's attributes."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.ids: dict[str, str] = {}
+        self.meta: dict[str, str] = {}
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self.links: dict[str, str] = {}
+        self.body: dict[str, str] = {}
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {name: value or "" for name, value in attrs}
+        if "id" in attributes:
+            self.ids[attributes["id"]] = tag
+        if tag == "meta" and "name" in attributes:
+            self.meta[attributes["name"]] = attributes.get("content", "")
+        if tag == "script":
+            self.scripts.append(attributes.get("src", ""))
+        if tag == "link" and attributes.get("rel") == "stylesheet":
+            self.styles.append(attributes["href"])
+        if tag == "a" and "href" in attributes:
+            self.links[attributes["href"]] = attributes.get("id", "")
+        if tag == "body":
+            self.body = attributes
+
+
+def static_text(name: str) -> str:
+    """A static file as the package ships it."""
+    return (resources.files("remoteappmanager.web") / "static" / name).read_text()
 
 
 class FakeClock:

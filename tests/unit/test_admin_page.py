@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
-from importlib import resources
 from typing import Any
 
 import pytest
@@ -12,7 +10,15 @@ from aiohttp.test_utils import TestClient
 
 from remoteappmanager.web.auth import XSRF_COOKIE
 from remoteappmanager.web.pages import CONTENT_SECURITY_POLICY
-from tests.support.webapp import PREFIX, World, cookie, make_app, sign_in
+from tests.support.webapp import (
+    PREFIX,
+    PageOutline,
+    World,
+    cookie,
+    make_app,
+    sign_in,
+    static_text,
+)
 
 ADMIN_PAGE = PREFIX + "admin/"
 STATIC = PREFIX + "static/"
@@ -27,34 +33,6 @@ SERVER_RENDERED_IDS = (
     "logout",
     "user-page-link",
 )
-
-
-class _Page(HTMLParser):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.ids: dict[str, str] = {}
-        self.meta: dict[str, str] = {}
-        self.scripts: list[str] = []
-        self.styles: list[str] = []
-        self.links: dict[str, str] = {}
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {name: value or "" for name, value in attrs}
-        if "id" in attributes:
-            self.ids[attributes["id"]] = tag
-        if tag == "meta" and "name" in attributes:
-            self.meta[attributes["name"]] = attributes.get("content", "")
-        if tag == "script":
-            self.scripts.append(attributes.get("src", ""))
-        if tag == "link" and attributes.get("rel") == "stylesheet":
-            self.styles.append(attributes["href"])
-        if tag == "a" and "href" in attributes:
-            self.links[attributes["href"]] = attributes.get("id", "")
-
-
-def _static(name: str) -> str:
-    return (resources.files("remoteappmanager.web") / "static" / name).read_text()
 
 
 @pytest.fixture
@@ -72,10 +50,10 @@ async def client(world: World, aiohttp_client: Any) -> TestClient[Any, Any]:
     return await aiohttp_client(make_app(world, admin_group="remoteapp-admins"))
 
 
-async def _admin_page(client: TestClient[Any, Any]) -> tuple[Any, str, _Page]:
+async def _admin_page(client: TestClient[Any, Any]) -> tuple[Any, str, PageOutline]:
     response = await client.get(ADMIN_PAGE)
     text = await response.text()
-    return response, text, _Page(text)
+    return response, text, PageOutline(text)
 
 
 # ------------------------------------------------------------------------------ who sees it
@@ -156,8 +134,8 @@ async def test_the_user_page_links_admins_to_the_admin_page(
     assert re.search(rf'<a class="menu-item" data-admin-only href="{ADMIN_PAGE}">', text)
     assert 'data-admin="true"' in text
     # For everybody else the script removes the link (and the style hides it meanwhile).
-    assert 'querySelectorAll("[data-admin-only]")' in _static("app.js")
-    assert 'body:not([data-admin="true"]) [data-admin-only]' in _static("app.css")
+    assert 'querySelectorAll("[data-admin-only]")' in static_text("app.js")
+    assert 'body:not([data-admin="true"]) [data-admin-only]' in static_text("app.css")
 
 
 # ------------------------------------------------------------------------------ headers
@@ -207,17 +185,17 @@ async def test_hostile_admin_names_are_inert(client: TestClient[Any, Any], world
 
 @pytest.mark.parametrize("name", ["admin.js", "common.js", "app.js"])
 def test_the_scripts_build_the_dom_without_parsing_html(name: str) -> None:
-    script = _static(name)
+    script = static_text(name)
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
 
 
 def test_the_scripts_share_one_module_for_the_api_dialogs_and_dom() -> None:
-    common = _static("common.js")
+    common = static_text("common.js")
     assert "textContent" in common
     assert '"X-XSRFToken"' in common
     for page in ("app.js", "admin.js"):
-        script = _static(page)
+        script = static_text(page)
         assert 'from "./common.js"' in script, page
         # Each helper is defined once, in the shared module.
         for helper in ("function h(", "function openDialog(", "class ApiError", "X-XSRFToken"):
@@ -226,7 +204,7 @@ def test_the_scripts_share_one_module_for_the_api_dialogs_and_dom() -> None:
 
 def test_the_admin_page_keeps_the_original_products_labels() -> None:
     # The original's browser automation clicks buttons by these labels.
-    script, common = _static("admin.js"), _static("common.js")
+    script, common = static_text("admin.js"), static_text("common.js")
     assert '"Create New Entry"' in script
     for label in ("Cancel", "Submit"):
         assert f'label: "{label}"' in script

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 from importlib import resources
 from typing import Any
 
@@ -13,7 +12,16 @@ from aiohttp.test_utils import TestClient
 from remoteappmanager.web.assets import IMMUTABLE_CACHE, PageAssets, Template
 from remoteappmanager.web.auth import XSRF_COOKIE
 from remoteappmanager.web.pages import CONTENT_SECURITY_POLICY
-from tests.support.webapp import PREFIX, World, cookie, make_app, replace_cookie, sign_in
+from tests.support.webapp import (
+    PREFIX,
+    PageOutline,
+    World,
+    cookie,
+    make_app,
+    replace_cookie,
+    sign_in,
+    static_text,
+)
 
 STATIC = PREFIX + "static/"
 # Ids the browser tests (and users' own scripts from the original product) rely on.
@@ -31,36 +39,6 @@ SCRIPT_BUILT_IDS = (
 HOSTILE = '<script>alert("x")</script>'
 
 
-class _Page(HTMLParser):
-    """What the tests look at in the page: element ids, meta tags, linked assets."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.ids: dict[str, str] = {}
-        self.meta: dict[str, str] = {}
-        self.scripts: list[str] = []
-        self.styles: list[str] = []
-        self.body: dict[str, str] = {}
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = {name: value or "" for name, value in attrs}
-        if "id" in attributes:
-            self.ids[attributes["id"]] = tag
-        if tag == "meta" and "name" in attributes:
-            self.meta[attributes["name"]] = attributes.get("content", "")
-        if tag == "script":
-            self.scripts.append(attributes.get("src", ""))
-        if tag == "link" and attributes.get("rel") == "stylesheet":
-            self.styles.append(attributes["href"])
-        if tag == "body":
-            self.body = attributes
-
-
-def _script() -> str:
-    return (resources.files("remoteappmanager.web") / "static" / "app.js").read_text()
-
-
 @pytest.fixture
 def world() -> World:
     world = World()
@@ -75,11 +53,11 @@ async def client(world: World, aiohttp_client: Any) -> TestClient[Any, Any]:
     return await aiohttp_client(make_app(world))
 
 
-async def _page(client: TestClient[Any, Any]) -> tuple[str, _Page]:
+async def _page(client: TestClient[Any, Any]) -> tuple[str, PageOutline]:
     response = await client.get(PREFIX)
     assert response.status == 200
     text = await response.text()
-    return text, _Page(text)
+    return text, PageOutline(text)
 
 
 # ------------------------------------------------------------------------------ who sees it
@@ -103,7 +81,7 @@ async def test_signed_in_user_gets_the_page_with_every_element_id(
     assert page.meta["remoteapp-api"] == PREFIX + "api/v1/"
     assert page.body["data-admin"] == "false"
     # The rest is built by the script from the API's answers.
-    script = _script()
+    script = static_text("app.js")
     for element_id in SCRIPT_BUILT_IDS:
         assert re.search(rf"""id: [`"]{re.escape(element_id)}""", script), element_id
 
@@ -152,7 +130,7 @@ async def test_a_browser_without_a_valid_xsrf_cookie_gets_one_with_the_page(
     await sign_in(client, world, "alice")
     replace_cookie(client, XSRF_COOKIE, "not.valid")
     response = await client.get(PREFIX)
-    page = _Page(await response.text())
+    page = PageOutline(await response.text())
     token = page.meta["xsrf-token"]
     assert token
     assert token != "not.valid"
@@ -174,7 +152,7 @@ async def test_hostile_user_names_are_inert(client: TestClient[Any, Any], world:
 
 
 def test_the_script_builds_the_dom_without_parsing_html() -> None:
-    script = _script()
+    script = static_text("app.js")
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
     assert "textContent" in script

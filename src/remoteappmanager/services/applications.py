@@ -11,18 +11,19 @@ Contract:
 - Errors: ``Unavailable`` when the database or the engine cannot be reached.
 
 Cost: image metadata is kept for ``image_ttl`` seconds (a missing image for
-``missing_image_ttl``), a user's grants for ``grants_ttl`` seconds, each looked up once
-however many requests want it meanwhile; with a listing TTL on ``Sessions`` a listing then
-costs no database or engine call in the steady state. A grant given or revoked shows within
-``grants_ttl`` (at once after ``forget_grants``); starting a grant always reads it afresh, so a
-revoked grant listed a moment longer still cannot be started.
+``missing_image_ttl``), every user's grants (read by one query) for ``grants_ttl`` seconds,
+each looked up once however many requests want it meanwhile; with a listing TTL on
+``Sessions`` a listing then costs no database or engine call in the steady state. A grant
+given or revoked shows within ``grants_ttl`` (at once after ``forget_grants``); starting a
+grant always reads it afresh, so a revoked grant listed a moment longer still cannot be
+started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from remoteappmanager.domain.configurables import offered_configurables
@@ -128,19 +129,17 @@ class Applications:
         self._images = images
         self._grants_ttl = grants_ttl
         self._clock = clock
-        # user -> (when read, grants)
-        self._grants: dict[str, tuple[float, Sequence[Grant]]] = {}
-        self._grant_lookups: dict[str, asyncio.Future[Sequence[Grant]]] = {}
+        # Every user's grants, read by one query: refreshing per user made all entries expire
+        # together and queue hundreds of reads for the database at once.
+        self._catalogue: tuple[float, Mapping[str, tuple[Grant, ...]]] | None = None
+        self._catalogue_read: asyncio.Future[Mapping[str, tuple[Grant, ...]]] | None = None
 
     def forget_grants(self, user: str | None = None) -> None:
-        """Read one user's (or everybody's) grants afresh next time (after a catalogue change)."""
-        # A lookup under way may have read the old grants: it is not kept either.
-        if user is None:
-            self._grants.clear()
-            self._grant_lookups.clear()
-        else:
-            self._grants.pop(user, None)
-            self._grant_lookups.pop(user, None)
+        """Read the grants afresh next time (after a catalogue change; ``user`` is only a hint:
+        one query reads everybody's)."""
+        # A read under way may have seen the old grants: it is not kept either.
+        self._catalogue = None
+        self._catalogue_read = None
 
     async def image_metadata(self, image: str) -> ImageMetadata | None:
         """What ``image`` declares (None: not on the engine), from the listings' cache."""
@@ -165,42 +164,41 @@ class Applications:
 
     async def _grants_of(self, user: str) -> Sequence[Grant]:
         if self._grants_ttl <= 0:
-            return await self._read_grants(user)
-        entry = self._grants.get(user)
+            return (await self._read_catalogue()).get(user, ())
+        entry = self._catalogue
         if entry is not None:
             age = self._clock() - entry[0]
             if age < self._grants_ttl:
-                return entry[1]
+                return entry[1].get(user, ())
             if age < 2 * self._grants_ttl:
                 # Stale but recent: answered at once while one refresh runs in the background,
-                # so that expiring entries never make requests queue for the database.
-                self._refresh_grants(user)
-                return entry[1]
-        return await asyncio.shield(self._refresh_grants(user))
+                # so that an expiring catalogue never makes requests queue for the database.
+                self._refresh_catalogue()
+                return entry[1].get(user, ())
+        return (await asyncio.shield(self._refresh_catalogue())).get(user, ())
 
-    def _refresh_grants(self, user: str) -> asyncio.Future[Sequence[Grant]]:
-        task = self._grant_lookups.get(user)
+    def _refresh_catalogue(self) -> asyncio.Future[Mapping[str, tuple[Grant, ...]]]:
+        task = self._catalogue_read
         if task is None:
-            task = asyncio.ensure_future(self._read_grants(user))
-            self._grant_lookups[user] = task
-            task.add_done_callback(lambda done: self._grants_read(user, done))
+            task = asyncio.ensure_future(self._read_catalogue())
+            self._catalogue_read = task
+            task.add_done_callback(self._catalogue_done)
         return task
 
-    def _grants_read(self, user: str, task: asyncio.Future[Sequence[Grant]]) -> None:
-        failed = task.cancelled() or task.exception() is not None
-        if self._grant_lookups.get(user) is not task:
+    def _catalogue_done(self, task: asyncio.Future[Mapping[str, tuple[Grant, ...]]]) -> None:
+        if self._catalogue_read is not task:
             return  # forgotten meanwhile
-        del self._grant_lookups[user]
-        if not failed:
-            self._grants[user] = (self._clock(), task.result())
+        self._catalogue_read = None
+        if not task.cancelled() and task.exception() is None:
+            self._catalogue = (self._clock(), task.result())
 
-    async def _read_grants(self, user: str) -> Sequence[Grant]:
+    async def _read_catalogue(self) -> Mapping[str, tuple[Grant, ...]]:
         async with self._uow_factory() as uow:
-            try:
-                found = await uow.users.get_by_name(user)
-            except NotFound:
-                return ()
-            return await uow.grants.list_for_user(found.id)
+            grants = await uow.grants.list_all()
+        by_user: dict[str, list[Grant]] = {}
+        for grant in grants:
+            by_user.setdefault(grant.user.name, []).append(grant)
+        return {name: tuple(owned) for name, owned in by_user.items()}
 
     async def _describe(self, user: str, grants: Sequence[Grant]) -> list[UserApplication]:
         # Awaited one by one: cached answers come back without suspending, which is the

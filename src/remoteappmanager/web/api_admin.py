@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.naming import is_url_id
@@ -12,6 +14,7 @@ from remoteappmanager.services.admin import Administration
 from remoteappmanager.web.api import (
     ApiOperation,
     ApiRegistry,
+    Handler,
     json_response,
     parse_body,
     parse_query_json,
@@ -52,29 +55,44 @@ def _admin(request: web.Request) -> Administration:
     return request.app[ADMIN]
 
 
-def _location(request: web.Request, collection: str, identifier: object) -> dict[str, str]:
-    return {"Location": f"{request.app[URLS].api}{collection}{identifier}/"}
+def _created(request: web.Request, collection: str, identifier: object) -> web.Response:
+    return web.Response(
+        status=201, headers={"Location": f"{request.app[URLS].api}{collection}{identifier}/"}
+    )
+
+
+def _no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def _path_part(request: web.Request, key: str, valid: Callable[[str], object], message: str) -> str:
+    # Checked before any service call, so a malformed id is a 400 and never a lookup.
+    raw = request.match_info[key]
+    if not valid(raw):
+        raise InvalidRequest(message)
+    return raw
 
 
 def _row_id(request: web.Request, what: str) -> int:
-    raw = request.match_info["id"]
-    if not _ROW_ID_RE.fullmatch(raw):
-        raise InvalidRequest(f"a {what} id is a number")
-    return int(raw)
+    return int(_path_part(request, "id", _ROW_ID_RE.fullmatch, f"a {what} id is a number"))
 
 
 def _mapping_id(request: web.Request) -> str:
-    raw = request.match_info["mapping_id"]
-    if not _MAPPING_ID_RE.fullmatch(raw):
-        raise InvalidRequest("a mapping id is made of letters, digits, '-' and '_'")
-    return raw
+    return _path_part(
+        request,
+        "mapping_id",
+        _MAPPING_ID_RE.fullmatch,
+        "a mapping id is made of letters, digits, '-' and '_'",
+    )
 
 
 def _url_id(request: web.Request) -> str:
-    raw = request.match_info["url_id"]
-    if not is_url_id(raw):
-        raise InvalidRequest("a container's url id is made of lower-case letters and digits")
-    return raw
+    return _path_part(
+        request,
+        "url_id",
+        is_url_id,
+        "a container's url id is made of lower-case letters and digits",
+    )
 
 
 # ------------------------------------------------------------------------------ users
@@ -94,13 +112,13 @@ async def get_user(request: web.Request) -> web.StreamResponse:
 async def create_user(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminUserCreate)
     user = await _admin(request).create_user(wanted.name)
-    return web.Response(status=201, headers=_location(request, USERS_PATH, user.id))
+    return _created(request, USERS_PATH, user.id)
 
 
 @require_admin
 async def delete_user(request: web.Request) -> web.StreamResponse:
     await _admin(request).remove_user(_row_id(request, "user"))
-    return web.Response(status=204)
+    return _no_content()
 
 
 # ------------------------------------------------------------------------------ applications
@@ -124,13 +142,13 @@ async def get_application(request: web.Request) -> web.StreamResponse:
 async def create_application(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminApplicationCreate)
     application = await _admin(request).create_application(wanted.image_name)
-    return web.Response(status=201, headers=_location(request, APPLICATIONS_PATH, application.id))
+    return _created(request, APPLICATIONS_PATH, application.id)
 
 
 @require_admin
 async def delete_application(request: web.Request) -> web.StreamResponse:
     await _admin(request).remove_application(_row_id(request, "application"))
-    return web.Response(status=204)
+    return _no_content()
 
 
 # ------------------------------------------------------------------------------ grants
@@ -147,7 +165,7 @@ async def list_grants(request: web.Request) -> web.StreamResponse:
 async def create_grant(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminGrantCreate)
     grant = await _admin(request).grant(wanted.user_id, wanted.application(), wanted.policy())
-    return web.Response(status=201, headers=_location(request, ACCOUNTING_PATH, grant.mapping_id))
+    return _created(request, ACCOUNTING_PATH, grant.mapping_id)
 
 
 @require_admin
@@ -158,7 +176,7 @@ async def get_grant(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def delete_grant(request: web.Request) -> web.StreamResponse:
     await _admin(request).revoke(_mapping_id(request))
-    return web.Response(status=204)
+    return _no_content()
 
 
 # ------------------------------------------------------------------------------ containers
@@ -183,7 +201,7 @@ async def get_container(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def delete_container(request: web.Request) -> web.StreamResponse:
     await _admin(request).stop_session(_url_id(request))
-    return web.Response(status=204)
+    return _no_content()
 
 
 @require_admin
@@ -192,183 +210,191 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
 
 
 # ------------------------------------------------------------------------------ routes
+_ADMINS = (401, 403)
+# What each kind of admin route may answer besides success; the OpenAPI document lists them.
+_READ_ALL_ERRORS = (*_ADMINS, 503)
+_READ_ONE_ERRORS = (400, *_ADMINS, 404, 503)
+_CREATE_ERRORS = (400, *_ADMINS, 409, 503)
+_DELETE_ERRORS = (400, *_ADMINS, 404, 409, 503)
+_NEW_ENTRY = {"Location": "The new entry's URL (ends in `<id>/`)."}
+
+
+def _get(
+    path: str,
+    handler: Handler,
+    operation_id: str,
+    summary: str,
+    answer: type[BaseModel],
+    *,
+    errors: tuple[int, ...] = _READ_ONE_ERRORS,
+    query: Mapping[str, str] | None = None,
+) -> ApiOperation:
+    return ApiOperation(
+        "GET",
+        path,
+        handler,
+        operation_id=operation_id,
+        summary=summary,
+        tag=_TAG,
+        query=query or {},
+        responses={200: answer},
+        errors=errors,
+    )
+
+
+def _post(
+    path: str,
+    handler: Handler,
+    operation_id: str,
+    summary: str,
+    body: type[BaseModel],
+    *,
+    description: str = "",
+    errors: tuple[int, ...] = _CREATE_ERRORS,
+    location: Mapping[str, str] = _NEW_ENTRY,
+) -> ApiOperation:
+    return ApiOperation(
+        "POST",
+        path,
+        handler,
+        operation_id=operation_id,
+        summary=summary,
+        description=description,
+        tag=_TAG,
+        request=body,
+        responses={201: None},
+        headers={201: location},
+        errors=errors,
+    )
+
+
+def _delete(
+    path: str, handler: Handler, operation_id: str, summary: str, *, description: str = ""
+) -> ApiOperation:
+    return ApiOperation(
+        "DELETE",
+        path,
+        handler,
+        operation_id=operation_id,
+        summary=summary,
+        description=description,
+        tag=_TAG,
+        responses={204: None},
+        errors=_DELETE_ERRORS,
+    )
+
+
 def register(registry: ApiRegistry) -> None:
     """Declare the admin API's routes."""
-    admins = (401, 403)
-    created = {201: {"Location": "The new entry's URL (ends in `<id>/`)."}}
+    user, application = USERS_PATH + "{id}/", APPLICATIONS_PATH + "{id}/"
+    grant, container = ACCOUNTING_PATH + "{mapping_id}/", CONTAINERS_PATH + "{url_id}/"
     for operation in (
-        ApiOperation(
-            "GET",
+        _get(
             USERS_PATH,
             list_users,
-            operation_id="admin_list_users",
-            summary="Every user",
-            tag=_TAG,
-            responses={200: AdminUserList},
-            errors=(*admins, 503),
+            "admin_list_users",
+            "Every user",
+            AdminUserList,
+            errors=_READ_ALL_ERRORS,
         ),
-        ApiOperation(
-            "POST",
+        _post(
             USERS_PATH,
             create_user,
-            operation_id="admin_create_user",
-            summary="Add a user (by hub name)",
-            tag=_TAG,
-            request=AdminUserCreate,
-            responses={201: None},
-            headers=created,
-            errors=(400, *admins, 409, 503),
+            "admin_create_user",
+            "Add a user (by hub name)",
+            AdminUserCreate,
         ),
-        ApiOperation(
-            "GET",
-            USERS_PATH + "{id}/",
-            get_user,
-            operation_id="admin_get_user",
-            summary="One user",
-            tag=_TAG,
-            responses={200: AdminUserOut},
-            errors=(400, *admins, 404, 503),
-        ),
-        ApiOperation(
-            "DELETE",
-            USERS_PATH + "{id}/",
+        _get(user, get_user, "admin_get_user", "One user", AdminUserOut),
+        _delete(
+            user,
             delete_user,
-            operation_id="admin_delete_user",
-            summary="Remove a user, their grants, and stop their running applications",
-            tag=_TAG,
-            responses={204: None},
-            errors=(400, *admins, 404, 409, 503),
+            "admin_delete_user",
+            "Remove a user, their grants, and stop their running applications",
         ),
-        ApiOperation(
-            "GET",
+        _get(
             APPLICATIONS_PATH,
             list_applications,
-            operation_id="admin_list_applications",
-            summary="Every registered image, with what the engine says of it",
-            tag=_TAG,
-            responses={200: AdminApplicationList},
-            errors=(*admins, 503),
+            "admin_list_applications",
+            "Every registered image, with what the engine says of it",
+            AdminApplicationList,
+            errors=_READ_ALL_ERRORS,
         ),
-        ApiOperation(
-            "POST",
+        _post(
             APPLICATIONS_PATH,
             create_application,
-            operation_id="admin_create_application",
-            summary="Register a Docker image",
+            "admin_create_application",
+            "Register a Docker image",
+            AdminApplicationCreate,
             description="The image need not be on the engine yet (the list says whether it "
             "is); it is never pulled.",
-            tag=_TAG,
-            request=AdminApplicationCreate,
-            responses={201: None},
-            headers=created,
-            errors=(400, *admins, 409, 503),
         ),
-        ApiOperation(
-            "GET",
-            APPLICATIONS_PATH + "{id}/",
+        _get(
+            application,
             get_application,
-            operation_id="admin_get_application",
-            summary="One registered image",
-            tag=_TAG,
-            responses={200: AdminApplicationOut},
-            errors=(400, *admins, 404, 503),
+            "admin_get_application",
+            "One registered image",
+            AdminApplicationOut,
         ),
-        ApiOperation(
-            "DELETE",
-            APPLICATIONS_PATH + "{id}/",
+        _delete(
+            application,
             delete_application,
-            operation_id="admin_delete_application",
-            summary="Remove an application, its grants, and stop what runs under them",
+            "admin_delete_application",
+            "Remove an application, its grants, and stop what runs under them",
             description="Running containers of its grants are stopped first; if one cannot "
             "be stopped, nothing is removed (409 or 503) and the call may be repeated.",
-            tag=_TAG,
-            responses={204: None},
-            errors=(400, *admins, 404, 409, 503),
         ),
-        ApiOperation(
-            "GET",
+        _get(
             ACCOUNTING_PATH,
             list_grants,
-            operation_id="admin_list_grants",
-            summary="One user's grants",
-            tag=_TAG,
+            "admin_list_grants",
+            "One user's grants",
+            AdminGrantList,
             query={"filter": f"JSON, required: {FILTER_EXAMPLE}"},
-            responses={200: AdminGrantList},
-            errors=(400, *admins, 404, 503),
         ),
-        ApiOperation(
-            "POST",
+        _post(
             ACCOUNTING_PATH,
             create_grant,
-            operation_id="admin_create_grant",
-            summary="Let a user run an application under a policy",
+            "admin_create_grant",
+            "Let a user run an application under a policy",
+            AdminGrantCreate,
             description="Idempotent: the same grant again answers 201 with the same "
             "`Location` (the same mapping id).",
-            tag=_TAG,
-            request=AdminGrantCreate,
-            responses={201: None},
-            headers={201: {"Location": "The grant's URL (ends in `<mapping_id>/`)."}},
-            errors=(400, *admins, 404, 503),
+            # A grant names a user and an application that must exist; it is never a duplicate.
+            errors=_READ_ONE_ERRORS,
+            location={"Location": "The grant's URL (ends in `<mapping_id>/`)."},
         ),
-        ApiOperation(
-            "GET",
-            ACCOUNTING_PATH + "{mapping_id}/",
-            get_grant,
-            operation_id="admin_get_grant",
-            summary="One grant",
-            tag=_TAG,
-            responses={200: AdminGrantOut},
-            errors=(400, *admins, 404, 503),
+        _get(grant, get_grant, "admin_get_grant", "One grant", AdminGrantOut),
+        _delete(
+            grant, delete_grant, "admin_delete_grant", "Revoke a grant, and stop what runs under it"
         ),
-        ApiOperation(
-            "DELETE",
-            ACCOUNTING_PATH + "{mapping_id}/",
-            delete_grant,
-            operation_id="admin_delete_grant",
-            summary="Revoke a grant, and stop what runs under it",
-            tag=_TAG,
-            responses={204: None},
-            errors=(400, *admins, 404, 409, 503),
-        ),
-        ApiOperation(
-            "GET",
+        _get(
             CONTAINERS_PATH,
             list_containers,
-            operation_id="admin_list_containers",
-            summary="Every user's running applications in this realm",
-            tag=_TAG,
-            responses={200: AdminContainerList},
-            errors=(*admins, 503),
+            "admin_list_containers",
+            "Every user's running applications in this realm",
+            AdminContainerList,
+            errors=_READ_ALL_ERRORS,
         ),
-        ApiOperation(
-            "GET",
-            CONTAINERS_PATH + "{url_id}/",
+        _get(
+            container,
             get_container,
-            operation_id="admin_get_container",
-            summary="Anybody's running application",
-            tag=_TAG,
-            responses={200: AdminContainerOut},
-            errors=(400, *admins, 404, 503),
+            "admin_get_container",
+            "Anybody's running application",
+            AdminContainerOut,
         ),
-        ApiOperation(
-            "DELETE",
-            CONTAINERS_PATH + "{url_id}/",
+        _delete(
+            container,
             delete_container,
-            operation_id="admin_delete_container",
-            summary="Stop anybody's running application",
-            tag=_TAG,
-            responses={204: None},
-            errors=(400, *admins, 404, 409, 503),
+            "admin_delete_container",
+            "Stop anybody's running application",
         ),
-        ApiOperation(
-            "GET",
+        _get(
             STATS_PATH,
             get_stats,
-            operation_id="admin_get_stats",
-            summary="Counts of users, applications and running containers",
-            tag=_TAG,
-            responses={200: AdminStatsOut},
-            errors=(*admins, 503),
+            "admin_get_stats",
+            "Counts of users, applications and running containers",
+            AdminStatsOut,
+            errors=_READ_ALL_ERRORS,
         ),
     ):
         registry.add(operation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -88,15 +88,19 @@ class ContainerOut(_Answer):
 
     @classmethod
     def of(cls, session: Session, realm: str) -> ContainerOut:
-        return cls.model_construct(
-            url_id=session.url_id,
-            name=container_name(realm, session.user, session.mapping_id),
-            image_name=session.image,
-            docker_id=session.container_id,
-            mapping_id=session.mapping_id,
-            urlpath=session.urlpath,
-            state=session.state.value,
-        )
+        return cls.model_construct(**cls._container_fields(session, realm))
+
+    @staticmethod
+    def _container_fields(session: Session, realm: str) -> dict[str, Any]:
+        return {
+            "url_id": session.url_id,
+            "name": container_name(realm, session.user, session.mapping_id),
+            "image_name": session.image,
+            "docker_id": session.container_id,
+            "mapping_id": session.mapping_id,
+            "urlpath": session.urlpath,
+            "state": session.state.value,
+        }
 
 
 class ContainerList(ItemList[ContainerOut]):
@@ -150,7 +154,10 @@ class ImageOut(_Answer):
         )
 
 
-class PolicyOut(_Answer):
+class _PolicyFields(_Answer):
+    """A grant's policy as flat fields: the user API nests them as ``policy``, the admin API
+    inlines them in each grant (as the original's accounting did)."""
+
     app_license: str | None
     allow_home: bool
     allow_view: bool
@@ -160,19 +167,25 @@ class PolicyOut(_Answer):
     volume_mode: Literal["ro", "rw"] | None
     allow_startup_data: bool
 
+    @staticmethod
+    def _policy_fields(policy: Policy) -> dict[str, Any]:
+        volume = policy.volume
+        return {
+            "app_license": policy.app_license,
+            "allow_home": policy.allow_home,
+            "allow_view": policy.allow_view,
+            "allow_common": policy.allow_common,
+            "volume_source": volume.source if volume else None,
+            "volume_target": volume.target if volume else None,
+            "volume_mode": volume.mode.value if volume else None,
+            "allow_startup_data": policy.allow_startup_data,
+        }
+
+
+class PolicyOut(_PolicyFields):
     @classmethod
     def of(cls, policy: Policy) -> PolicyOut:
-        volume = policy.volume
-        return cls.model_construct(
-            app_license=policy.app_license,
-            allow_home=policy.allow_home,
-            allow_view=policy.allow_view,
-            allow_common=policy.allow_common,
-            volume_source=volume.source if volume else None,
-            volume_target=volume.target if volume else None,
-            volume_mode=volume.mode.value if volume else None,
-            allow_startup_data=policy.allow_startup_data,
-        )
+        return cls.model_construct(**cls._policy_fields(policy))
 
 
 class ApplicationOut(_Answer):
@@ -305,7 +318,7 @@ class AdminApplicationCreate(_Request):
     image_name: _Name
 
 
-class AdminGrantOut(_Answer):
+class AdminGrantOut(_PolicyFields):
     """One grant (the original's "accounting"): who may run what, under which policy."""
 
     mapping_id: str
@@ -313,32 +326,16 @@ class AdminGrantOut(_Answer):
     user_name: str
     application_id: str
     image_name: str
-    app_license: str | None
-    allow_home: bool
-    allow_view: bool
-    allow_common: bool
-    volume_source: str | None
-    volume_target: str | None
-    volume_mode: Literal["ro", "rw"] | None
-    allow_startup_data: bool
 
     @classmethod
     def of(cls, grant: Grant) -> AdminGrantOut:
-        policy, volume = grant.policy, grant.policy.volume
         return cls.model_construct(
             mapping_id=grant.mapping_id,
             user_id=str(grant.user.id),
             user_name=grant.user.name,
             application_id=str(grant.application.id),
             image_name=grant.application.image,
-            app_license=policy.app_license,
-            allow_home=policy.allow_home,
-            allow_view=policy.allow_view,
-            allow_common=policy.allow_common,
-            volume_source=volume.source if volume else None,
-            volume_target=volume.target if volume else None,
-            volume_mode=volume.mode.value if volume else None,
-            allow_startup_data=policy.allow_startup_data,
+            **cls._policy_fields(grant.policy),
         )
 
 
@@ -415,16 +412,7 @@ class AdminContainerOut(ContainerOut):
 
     @classmethod
     def of(cls, session: Session, realm: str) -> AdminContainerOut:
-        return cls.model_construct(
-            url_id=session.url_id,
-            name=container_name(realm, session.user, session.mapping_id),
-            image_name=session.image,
-            docker_id=session.container_id,
-            mapping_id=session.mapping_id,
-            urlpath=session.urlpath,
-            state=session.state.value,
-            user=session.user,
-        )
+        return cls.model_construct(**cls._container_fields(session, realm), user=session.user)
 
 
 class AdminContainerList(ItemList[AdminContainerOut]):
