@@ -1,0 +1,225 @@
+"""Memory: the service's RSS with N signed-in users, each with one running session, against
+the original design's one Python process per user.
+
+The service runs in a process of its own, wired by ``bootstrap.build_web_deps`` as in
+production (SQLite catalogue, login-session store, identity cache, sessions, listing caches,
+the gate), with in-memory stand-ins for the hub, the proxy and the Docker engine (the
+containers are fakes: their memory is the engine's, not ours). In that process every user
+signs in through the browser flow (page → authorize → ``oauth_callback``), loads the user page
+(which mints the XSRF token), starts its application through ``POST api/v1/containers/`` and
+lists ``api/v1/applications/``. The clients live in the same process and are closed after each
+user, so the figure is, if anything, a little high.
+
+The comparison: one Python process of the original's per-user shape (tornado's web server,
+JupyterHub's service-auth module, SQLAlchemy, requests and traitlets imported, one tornado
+application listening), measured the same way (VmRSS), times N.
+
+    .venv/bin/python bench/memory.py [USERS]      (default 1000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
+from tests.support.services import free_port  # noqa: E402
+
+from remoteappmanager import bootstrap  # noqa: E402
+from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider  # noqa: E402
+from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe  # noqa: E402
+from remoteappmanager.adapters.memory_runtime import (  # noqa: E402
+    InMemoryRouteTable,
+    InMemoryRuntime,
+)
+from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
+    InMemoryHostPaths,
+    InMemoryWorkspaces,
+)
+from remoteappmanager.domain.models import Policy  # noqa: E402
+from remoteappmanager.services import catalogue  # noqa: E402
+from remoteappmanager.settings import Settings  # noqa: E402
+from remoteappmanager.web.app import create_app  # noqa: E402
+from remoteappmanager.web.logs import configure_logging  # noqa: E402
+
+PREFIX = "/services/remoteapp/"
+IMAGE = "bench/desktop:latest"
+NS = "eu.simphony-project.docker."
+TARGET_MB = 250.0
+XSRF_META = re.compile(r'<meta name="xsrf-token" content="([^"]+)"')
+
+# What one per-user process of the original design had loaded and running.
+PER_USER_PROCESS = """
+import os, tornado.web, tornado.httpserver, tornado.ioloop, sqlalchemy.orm, requests, traitlets
+import jupyterhub.services.auth
+app = tornado.web.Application([(r"/", tornado.web.RequestHandler)])
+server = tornado.httpserver.HTTPServer(app)
+server.listen(0, "127.0.0.1")
+status = open("/proc/self/status").read()
+print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+"""
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def user_name(n: int) -> str:
+    return f"scientist{n:04d}"
+
+
+async def seed(database_url: str, users: int) -> None:
+    await bootstrap.upgrade_database(database_url)
+    async with bootstrap.build_database(database_url) as database:
+        uow = database.unit_of_work
+        await catalogue.create_application(uow, IMAGE)
+        for n in range(users):
+            await catalogue.create_user(uow, user_name(n))
+            await catalogue.grant_access(uow, IMAGE, user_name(n), Policy(allow_home=True))
+
+
+async def sign_in_and_start(base: str, identity: InMemoryIdentityProvider, name: str) -> None:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base, cookie_jar=jar) as client:
+        async with client.get(PREFIX, allow_redirects=False) as response:
+            location = response.headers["Location"]
+        query = {key: values[0] for key, values in parse_qs(urlsplit(location).query).items()}
+        code = identity.approve(name, query["code_challenge"])
+        params = {"code": code, "state": query["state"]}
+        async with client.get(PREFIX + "oauth_callback", params=params, allow_redirects=False):
+            pass
+        async with client.get(PREFIX) as response:
+            match = XSRF_META.search(await response.text())
+            assert match, "the user page carries its XSRF token"
+        async with client.get(PREFIX + "api/v1/applications/") as response:
+            mapping_id = (await response.json())["identifiers"][0]
+        async with client.post(
+            PREFIX + "api/v1/containers/",
+            json={"mapping_id": mapping_id},
+            headers={"X-XSRFToken": match.group(1), "Origin": base},
+        ) as response:
+            assert response.status == 201, await response.text()
+        async with client.get(PREFIX + "api/v1/applications/") as response:
+            listed = await response.json()
+            assert listed["items"][mapping_id]["container"] is not None
+
+
+async def measure(conn: multiprocessing.connection.Connection, users: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="remoteapp-memory-") as tmp:
+        database_url = f"sqlite+aiosqlite:///{tmp}/catalogue.db"
+        await seed(database_url, users)
+        port = free_port()
+        settings = Settings(
+            database_url=database_url,
+            configproxy_auth_token="bench",
+            jupyterhub_api_token="bench",
+            realm=f"bench-{secrets.token_hex(4)}",
+            jupyterhub_service_prefix=PREFIX,
+            jupyterhub_service_url=f"http://127.0.0.1:{port}",
+            gate_url=f"http://127.0.0.1:{free_port()}",
+            workspace_root=Path(tmp) / "workspaces",
+            log_format="json",
+            log_level="WARNING",
+        )
+        configure_logging(settings.log_format, settings.log_level)
+        identity = InMemoryIdentityProvider()
+        runtime = InMemoryRuntime()
+        runtime.add_image(
+            IMAGE,
+            {NS + "ui_name": "Desktop", NS + "type": "vncapp", NS + "env.x11-width": ""},
+        )
+        deps = bootstrap.build_web_deps(
+            settings,
+            identity=identity,
+            runtime=runtime,
+            routes=InMemoryRouteTable(),
+            probe=InMemoryReadinessProbe(),
+            workspaces=InMemoryWorkspaces(),
+            host_paths=InMemoryHostPaths(),
+        )
+        runner = web.AppRunner(create_app(deps), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        base = f"http://127.0.0.1:{port}"
+        for n in range(users):
+            identity.add_user(user_name(n))
+        gc.collect()
+        empty = rss_kib()
+        started = time.perf_counter()
+        for n in range(users):
+            await sign_in_and_start(base, identity, user_name(n))
+        took = time.perf_counter() - started
+        assert deps.sessions is not None
+        running = len(await deps.sessions.list_all())
+        gc.collect()
+        full = rss_kib()
+        conn.send((empty, full, running, took))
+        await runner.cleanup()
+
+
+def service(conn: multiprocessing.connection.Connection, users: int) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(measure(conn, users))
+
+
+def per_user_process_kib() -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", PER_USER_PROCESS],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return int(result.stdout.strip())
+
+
+def main() -> None:
+    users = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    parent, child = multiprocessing.Pipe()
+    process = multiprocessing.get_context("spawn").Process(target=service, args=(child, users))
+    process.start()
+    empty, full, running, took = parent.recv()
+    process.join()
+    one = per_user_process_kib()
+
+    full_mb, empty_mb, one_mb = full / 1024, empty / 1024, one / 1024
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"users signed in with one running session each: {users} ({running} sessions running)")
+    print(f"sign-in + page + start + list per user: {took / users * 1000:.1f} ms")
+    print(f"service RSS before any user: {empty_mb:.1f} MB")
+    print(
+        f"service RSS with {users} users: {full_mb:.1f} MB "
+        f"(target <= {TARGET_MB:.0f} MB: {'met' if full_mb <= TARGET_MB else 'NOT met'}); "
+        f"{(full - empty) / users:.1f} KiB per user"
+    )
+    print(f"one per-user process of the original design: {one_mb:.1f} MB")
+    print(
+        f"original design for {users} users: {one_mb * users / 1024:.1f} GB; "
+        f"ratio original / ours = {one * users / full:.0f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
