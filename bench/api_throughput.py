@@ -41,26 +41,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
+from fakeservice import serving  # noqa: E402
 from tests.support.services import free_port  # noqa: E402
 
 from remoteappmanager import bootstrap  # noqa: E402
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider  # noqa: E402
-from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe  # noqa: E402
-from remoteappmanager.adapters.memory_runtime import (  # noqa: E402
-    InMemoryRouteTable,
-    InMemoryRuntime,
-)
-from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
-    InMemoryHostPaths,
-    InMemoryWorkspaces,
-)
+from remoteappmanager.adapters.memory_runtime import InMemoryRuntime  # noqa: E402
 from remoteappmanager.domain.containers import ContainerInfo, ContainerSpec  # noqa: E402
 from remoteappmanager.domain.labels import ImageMetadata  # noqa: E402
 from remoteappmanager.domain.models import Policy  # noqa: E402
 from remoteappmanager.services import catalogue  # noqa: E402
 from remoteappmanager.settings import Settings  # noqa: E402
-from remoteappmanager.web.app import create_app  # noqa: E402
 from remoteappmanager.web.logs import configure_logging  # noqa: E402
 
 PREFIX = "/services/remoteapp/"
@@ -151,32 +142,18 @@ async def _serve(
                 NS + "env.startupdata": "",
             },
         )
-    deps = bootstrap.build_web_deps(
-        settings,
-        identity=identity,
-        runtime=runtime,
-        routes=InMemoryRouteTable(),
-        probe=InMemoryReadinessProbe(),
-        workspaces=InMemoryWorkspaces(),
-        host_paths=InMemoryHostPaths(),
-    )
-    runner = web.AppRunner(create_app(deps), access_log=None)
-    await runner.setup()
-    # Room for every user to connect at once (the default backlog is 128).
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-
-    assert deps.applications is not None
-    assert deps.sessions is not None
-    tokens = []
-    for n in range(users):
-        identity.add_user(user_name(n))
-        tokens.append(identity.issue_token(user_name(n)))
-        if n % 2 == 0:
-            first = (await deps.applications.list_for(user_name(n)))[0]
-            await deps.sessions.start_for(user_name(n), first.mapping_id)
-    conn.send((f"http://127.0.0.1:{port}", tokens))
-    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-    await runner.cleanup()
+    async with serving(settings, identity, runtime, port) as deps:
+        assert deps.applications is not None
+        assert deps.sessions is not None
+        tokens = []
+        for n in range(users):
+            identity.add_user(user_name(n))
+            tokens.append(identity.issue_token(user_name(n)))
+            if n % 2 == 0:
+                first = (await deps.applications.list_for(user_name(n)))[0]
+                await deps.sessions.start_for(user_name(n), first.mapping_id)
+        conn.send((f"http://127.0.0.1:{port}", tokens))
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
 
 # ------------------------------------------------------------------------------ the load

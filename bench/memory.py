@@ -38,24 +38,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
-from aiohttp import web  # noqa: E402
+from fakeservice import serving  # noqa: E402
 from tests.support.services import free_port  # noqa: E402
 
 from remoteappmanager import bootstrap  # noqa: E402
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider  # noqa: E402
-from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe  # noqa: E402
-from remoteappmanager.adapters.memory_runtime import (  # noqa: E402
-    InMemoryRouteTable,
-    InMemoryRuntime,
-)
-from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
-    InMemoryHostPaths,
-    InMemoryWorkspaces,
-)
+from remoteappmanager.adapters.memory_runtime import InMemoryRuntime  # noqa: E402
 from remoteappmanager.domain.models import Policy  # noqa: E402
 from remoteappmanager.services import catalogue  # noqa: E402
 from remoteappmanager.settings import Settings  # noqa: E402
-from remoteappmanager.web.app import create_app  # noqa: E402
 from remoteappmanager.web.logs import configure_logging  # noqa: E402
 
 PREFIX = "/services/remoteapp/"
@@ -148,33 +139,21 @@ async def measure(conn: multiprocessing.connection.Connection, users: int) -> No
             IMAGE,
             {NS + "ui_name": "Desktop", NS + "type": "vncapp", NS + "env.x11-width": ""},
         )
-        deps = bootstrap.build_web_deps(
-            settings,
-            identity=identity,
-            runtime=runtime,
-            routes=InMemoryRouteTable(),
-            probe=InMemoryReadinessProbe(),
-            workspaces=InMemoryWorkspaces(),
-            host_paths=InMemoryHostPaths(),
-        )
-        runner = web.AppRunner(create_app(deps), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        base = f"http://127.0.0.1:{port}"
-        for n in range(users):
-            identity.add_user(user_name(n))
-        gc.collect()
-        empty = rss_kib()
-        started = time.perf_counter()
-        for n in range(users):
-            await sign_in_and_start(base, identity, user_name(n))
-        took = time.perf_counter() - started
-        assert deps.sessions is not None
-        running = len(await deps.sessions.list_all())
-        gc.collect()
-        full = rss_kib()
-        conn.send((empty, full, running, took))
-        await runner.cleanup()
+        async with serving(settings, identity, runtime, port) as deps:
+            base = f"http://127.0.0.1:{port}"
+            for n in range(users):
+                identity.add_user(user_name(n))
+            gc.collect()
+            empty = rss_kib()
+            started = time.perf_counter()
+            for n in range(users):
+                await sign_in_and_start(base, identity, user_name(n))
+            took = time.perf_counter() - started
+            assert deps.sessions is not None
+            running = len(await deps.sessions.list_all())
+            gc.collect()
+            full = rss_kib()
+            conn.send((empty, full, running, took))
 
 
 def service(conn: multiprocessing.connection.Connection, users: int) -> None:

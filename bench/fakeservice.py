@@ -1,0 +1,53 @@
+"""The service as production wires it, with in-memory stand-ins for the hub, proxy and engine."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from aiohttp import web  # noqa: E402
+
+from remoteappmanager import bootstrap  # noqa: E402
+from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider  # noqa: E402
+from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe  # noqa: E402
+from remoteappmanager.adapters.memory_runtime import (  # noqa: E402
+    InMemoryRouteTable,
+    InMemoryRuntime,
+)
+from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
+    InMemoryHostPaths,
+    InMemoryWorkspaces,
+)
+from remoteappmanager.services.deps import WebDeps  # noqa: E402
+from remoteappmanager.settings import Settings  # noqa: E402
+from remoteappmanager.web.app import create_app  # noqa: E402
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, identity: InMemoryIdentityProvider, runtime: InMemoryRuntime, port: int
+) -> AsyncIterator[WebDeps]:
+    """``bootstrap.build_web_deps`` over the stand-ins, served on 127.0.0.1:``port``."""
+    deps = bootstrap.build_web_deps(
+        settings,
+        identity=identity,
+        runtime=runtime,
+        routes=InMemoryRouteTable(),
+        probe=InMemoryReadinessProbe(),
+        workspaces=InMemoryWorkspaces(),
+        host_paths=InMemoryHostPaths(),
+    )
+    runner = web.AppRunner(create_app(deps), access_log=None)
+    await runner.setup()
+    try:
+        # Room for every simulated user to connect at once (the default backlog is 128).
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        yield deps
+    finally:
+        await runner.cleanup()
