@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -28,6 +29,22 @@ from remoteappmanager.web.app import create_app
 PREFIX = "/services/remoteapp/"
 CALLBACK = PREFIX + "oauth_callback"
 API = PREFIX + "api/"
+
+
+class ApiClient:
+    """A client of the REST API: ``Authorization: token`` for one hub user (or anonymous);
+    ``call`` answers (status, decoded JSON body or None, headers)."""
+
+    def __init__(self, client: TestClient[Any, Any], token: str | None) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"token {token}"} if token else {}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        async with self.client.request(method, path, headers=headers, **kwargs) as response:
+            raw = await response.read()
+            body = json.loads(raw) if raw else None
+            return response.status, body, response.headers
 
 
 class PageOutline(HTMLParser):

@@ -14,7 +14,16 @@ from remoteappmanager.services.applications import Applications, ImageMetadataCa
 from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.keys import API_REGISTRY
-from tests.support.webapp import API, REALM, World, cookie, make_app, make_settings, sign_in
+from tests.support.webapp import (
+    API,
+    REALM,
+    ApiClient,
+    World,
+    cookie,
+    make_app,
+    make_settings,
+    sign_in,
+)
 
 NS = "eu.simphony-project.docker."
 DESKTOP = "remoteapp-test/desktop:latest"
@@ -43,19 +52,8 @@ USER_CONTAINERS = API + "v1/containers/"
 OPENAPI = API + "openapi.json"
 
 
-class Api:
+class Api(ApiClient):
     """An API client: ``Authorization: token`` for one hub user (or anonymous)."""
-
-    def __init__(self, client: TestClient[Any, Any], token: str | None) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"token {token}"} if token else {}
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        async with self.client.request(method, path, headers=headers, **kwargs) as response:
-            raw = await response.read()
-            body = json.loads(raw) if raw else None
-            return response.status, body, response.headers
 
     async def create(self, collection: str, payload: dict[str, Any]) -> str:
         """POST and return the new entry's id (the last part of its Location)."""

@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 from remoteappmanager.domain.models import Policy, Volume
 from remoteappmanager.services import catalogue
 from remoteappmanager.web.keys import API_REGISTRY
-from tests.support.webapp import API, PREFIX, World, cookie, make_app, sign_in
+from tests.support.webapp import API, PREFIX, ApiClient, World, cookie, make_app, sign_in
 
 NS = "eu.simphony-project.docker."
 DESKTOP = "remoteapp-test/desktop:latest"
@@ -35,19 +35,8 @@ CONTAINERS = API + "v1/containers/"
 OPENAPI = API + "openapi.json"
 
 
-class Api:
+class Api(ApiClient):
     """A signed-in API client: ``Authorization: token`` for one hub user."""
-
-    def __init__(self, client: TestClient[Any, Any], token: str | None) -> None:
-        self.client = client
-        self.headers = {"Authorization": f"token {token}"} if token else {}
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
-        headers = {**self.headers, **kwargs.pop("headers", {})}
-        async with self.client.request(method, path, headers=headers, **kwargs) as response:
-            raw = await response.read()
-            body = json.loads(raw) if raw else None
-            return response.status, body, response.headers
 
     async def start(self, mapping_id: str, **configurables: Any) -> str:
         status, body, headers = await self.call(
