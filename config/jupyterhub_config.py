@@ -24,8 +24,10 @@
 import os  # environment variables
 import secrets  # a proxy token when none is given
 import shutil  # finding executables
+import socket  # checking that the service's ports are free
 import sys  # the Python running the hub (its venv holds remoteappmanager)
 from pathlib import Path  # paths relative to this file
+from urllib.parse import urlsplit  # REMOTEAPP_GATE_URL
 
 c = get_config()  # noqa: F821 - injected by JupyterHub when it reads this file
 
@@ -113,6 +115,38 @@ _service_env = {  # a managed service inherits nothing else from the hub's envir
     and not name.startswith("REMOTEAPP_HUB_")
     and name not in _HUB_ONLY
 }
+
+
+def _port_is_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether another program listens on host:port (as the service would bind it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _require_free_ports(service_port: int) -> None:
+    """Stop the hub with one line when the service's or its gate's port is taken."""
+    wanted = [(("127.0.0.1", service_port), "REMOTEAPP_SERVICE_PORT")]
+    if _env("REMOTEAPP_CONTAINER_ACCESS", "gated") != "direct":  # gated: the gate listens too
+        gate = urlsplit(_env("REMOTEAPP_GATE_URL") or f"http://127.0.0.1:{service_port + 1}")
+        wanted.append(
+            (
+                (gate.hostname or "127.0.0.1", gate.port or 80),
+                "REMOTEAPP_GATE_URL (default: the service's port + 1)",
+            )
+        )
+    for (host, port), setting in wanted:
+        if _port_is_taken(port, host):
+            sys.exit(
+                f"remoteapp: port {port} on {host} is taken by another program; "
+                f"choose another with {setting}"
+            )
+
+
 _service = {
     "name": "remoteapp",  # served under {base_url}services/remoteapp/
     "url": f"http://127.0.0.1:{_service_port}",  # where the proxy sends /services/remoteapp/
@@ -129,6 +163,7 @@ else:
         str(_beside_python) if _beside_python.exists() else shutil.which("remoteappmanager")
     )
     _service["command"] = [_command or "remoteappmanager"]  # the hub starts and restarts it
+    _require_free_ports(_service_port)  # else the hub would restart a dying service forever
     _service["environment"] = _service_env  # the hub adds its JUPYTERHUB_* variables itself
     _service["cwd"] = str(_data)  # the default SQLite database lands beside the hub's
 c.JupyterHub.services = [_service]  # the only service

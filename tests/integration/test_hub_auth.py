@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -298,3 +300,37 @@ async def test_config_registers_a_managed_service_with_the_right_environment(
     ]
     # Without a demo password the machine's accounts sign in (PAM, JupyterHub's default).
     assert config["authenticator"] == ""
+
+
+@pytest.mark.parametrize("held", ["service", "gate"])
+async def test_the_hub_refuses_to_start_when_a_service_port_is_taken(
+    tmp_path: Path, held: str
+) -> None:
+    """A managed service whose port is taken would die and be restarted by the hub forever:
+    the hub stops at once instead, with one line naming the port and the setting."""
+    require_hub()
+    ports = HubPorts.free()
+    write_hub_config(tmp_path)
+    env = hub_environment(tmp_path, ports, "pw")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports.service if held == "service" else ports.gate))
+        taken.listen()
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "jupyterhub", "-f", str(tmp_path / "test_config.py")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("remoteapp:")]
+    port = ports.service if held == "service" else ports.gate
+    setting = "REMOTEAPP_SERVICE_PORT" if held == "service" else "REMOTEAPP_GATE_URL"
+    assert f"port {port} on 127.0.0.1 is taken" in line
+    assert setting in line
+    # Nothing was started: no proxy on the public port.
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", ports.public)) != 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +175,66 @@ def test_an_invalid_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None
 
     assert result.exit_code == 2
     assert error_line(result).startswith("REMOTEAPP_NETWORK_TIMEOUT: ")
+
+
+# ------------------------------------------------------------------------------ ports taken
+def _serve_with_a_taken_port(tmp_path: Path, which: str) -> subprocess.CompletedProcess[str]:
+    """Run the real service with its own port or its gate's port held by another socket."""
+    database = tmp_path / "service.db"
+    url = f"sqlite+aiosqlite:///{database}"
+    asyncio.run(migrate.upgrade(url))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        held = taken.getsockname()[1]
+        # The gate listens on the service's port + 1; hold whichever the test is about.
+        service_port = held if which == "service" else held - 1
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_PREFIXES)},
+            "REMOTEAPP_DATABASE_URL": url,
+            "CONFIGPROXY_AUTH_TOKEN": "proxy-token",
+            "CONFIGPROXY_API_URL": f"http://127.0.0.1:{free_port()}",
+            "JUPYTERHUB_API_TOKEN": "hub-token",
+            "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
+            "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{service_port}",
+            "REMOTEAPP_REALM": f"ports-{tmp_path.name[-8:]}",
+        }
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "remoteappmanager")],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+_SERVICE_PREFIXES = ("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_")
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_engine")
+def test_a_taken_gate_port_stops_the_service_with_one_line(tmp_path: Path) -> None:
+    result = _serve_with_a_taken_port(tmp_path, "gate")
+
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith(ERROR)]
+    assert len(lines) == 1, result.stderr
+    assert "the gate cannot listen on 127.0.0.1:" in lines[0]
+    assert "the port is taken" in lines[0]
+    assert "REMOTEAPP_GATE_URL" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_engine")
+def test_a_taken_service_port_stops_the_service_with_one_line(tmp_path: Path) -> None:
+    result = _serve_with_a_taken_port(tmp_path, "service")
+
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith(ERROR)]
+    assert len(lines) == 1, result.stderr
+    assert "the service cannot listen on 127.0.0.1:" in lines[0]
+    assert "JUPYTERHUB_SERVICE_URL" in lines[0]
+    assert "Traceback" not in result.stderr

@@ -47,16 +47,18 @@ def clean_environment(*, also: tuple[str, ...] = ()) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class HubPorts:
-    """The ports of one hub: public (its proxy), the proxy's API, the hub's own, our service's."""
+    """The ports of one hub: public (its proxy), the proxy's API, the hub's own, our service's
+    and its gate's (chosen too: the port after the service's may be taken)."""
 
     public: int
     proxy_api: int
     hub: int
     service: int
+    gate: int
 
     @classmethod
     def free(cls) -> HubPorts:
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
     @property
     def public_url(self) -> str:
@@ -85,6 +87,7 @@ def hub_environment(tmp: Path, ports: HubPorts, password: str, **settings: str) 
         REMOTEAPP_HUB_INTERNAL_PORT=str(ports.hub),
         REMOTEAPP_HUB_DATA_DIR=str(tmp),
         REMOTEAPP_SERVICE_PORT=str(ports.service),
+        REMOTEAPP_GATE_URL=f"http://127.0.0.1:{ports.gate}",
         CONFIGPROXY_API_URL=f"http://127.0.0.1:{ports.proxy_api}",
     )
     env.update(settings)

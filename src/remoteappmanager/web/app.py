@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable
 from typing import cast
@@ -12,6 +13,7 @@ from aiohttp import web
 from yarl import URL
 
 from remoteappmanager import __version__, bootstrap
+from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.admin import Administration
 from remoteappmanager.services.deps import Resource, WebDeps
@@ -39,6 +41,7 @@ from remoteappmanager.web.keys import (
     SIGNER,
     URLS,
 )
+from remoteappmanager.web.listening import BIND_ERRORS, SERVICE_SETTING, listen_failure
 from remoteappmanager.web.login_sessions import LoginSessionStore
 from remoteappmanager.web.logs import (
     add_request_id_header,
@@ -172,17 +175,44 @@ def serve(settings: Settings) -> None:
         raise RuntimeError(f"the composition root has no {DEPS_BUILDER}(settings)")
     deps = cast(Callable[[Settings], WebDeps], builder)(settings)
     log.info("service_starting", host=host, port=port, prefix=settings.jupyterhub_service_prefix)
-    web.run_app(
-        create_app(deps),
-        host=host,
-        port=port,
-        access_log=None,  # replaced by the structured "request" event
-        print=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        handle_signals=True,
-        loop=_new_event_loop(),
-    )
+    loop = _new_event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_run_until_stopped(create_app(deps), host, port))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    except OSError as exc:
+        # Binding the service's own port (the gate's is explained where it binds).
+        if exc.errno not in BIND_ERRORS:
+            raise
+        raise Unavailable(listen_failure("the service", host, port, exc, SERVICE_SETTING)) from exc
+    finally:
+        if not main.done():  # stopped by a signal: clean up what runs
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     log.info("service_stopped")
+
+
+async def _run_until_stopped(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM, then stop gracefully: ``web.run_app`` without its one gap.
+
+    ``run_app`` starts the application outside its clean-up: when one resource fails to start
+    (a taken port, say), those started before it are left to the loop's finaliser, which prints
+    a traceback for each. Here the clean-up covers the start as well.
+    """
+    runner = web.AppRunner(
+        app, handle_signals=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        await asyncio.Event().wait()  # until a signal raises GracefulExit
+    finally:
+        await runner.cleanup()
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:

@@ -52,6 +52,7 @@ from remoteappmanager.web.keys import (
     SIGNER,
     URLS,
 )
+from remoteappmanager.web.listening import GATE_SETTING, listen_failure
 from remoteappmanager.web.login_sessions import LoginSessionStore
 
 log = structlog.get_logger(__name__)
@@ -361,7 +362,7 @@ async def _listening(app: web.Application) -> AsyncIterator[None]:
         await server.start(host, port)
     except OSError as exc:
         log.error("gate.cannot_listen", host=host, port=port, error=str(exc))
-        raise
+        raise Unavailable(listen_failure("the gate", host, port, exc, GATE_SETTING)) from exc
     log.info("gate.listening", host=host, port=server.port)
     try:
         yield
