@@ -27,7 +27,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ if str(REPO) not in sys.path:
 import aiohttp  # noqa: E402
 from fakeservice import serving  # noqa: E402
 from tests.support.services import free_port  # noqa: E402
+from tools import debian_tool  # noqa: E402
 
 from remoteappmanager import bootstrap  # noqa: E402
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider  # noqa: E402
@@ -261,7 +261,7 @@ def main() -> None:
         try:
             base, tokens = parent.recv()
             print(f"serving at {base}; {users} users hammer for {WARM_UP:g} + {seconds:g} s")
-            if shutil.which("wrk"):
+            if debian_tool("wrk", "wrk"):
                 think = round(users / rate * 1000) if rate else 0
                 wrk(base, tokens, WARM_UP, users, think)
                 count, errors, p50, p99, most = wrk(base, tokens, seconds, users, think)

@@ -47,6 +47,7 @@ from aiohttp import web  # noqa: E402
 from tests.support.services import Proxy, free_port, running_proxy, wait_for_port  # noqa: E402
 from tests.support.session_images import WEB_IMAGE, ensure_session_images, remove_realm  # noqa: E402
 from tests.support.webapp import parse_login_redirect  # noqa: E402
+from tools import debian_tool  # noqa: E402
 
 from remoteappmanager.domain.containers import (  # noqa: E402
     RUNINFO_MAPPING_ID,
@@ -464,8 +465,8 @@ def _require_vnc_image() -> None:
 
 
 def main(seconds: float, rounds: int) -> None:
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+    if debian_tool("wrk", "wrk") is None:
+        raise SystemExit(1)
     ensure_session_images()
     _require_vnc_image()
     realm = f"bench-gate-{secrets.token_hex(4)}"

@@ -5,6 +5,7 @@
 #
 # Hub-side variables (never passed on to the service):
 #   REMOTEAPP_DEMO_PASSWORD       set: everyone signs in with this one password (demo only!)
+#   REMOTEAPP_DEMO_ADMIN_PASSWORD with it: the password of the hub admins (32+ characters)
 #   REMOTEAPP_HUB_IP / _PORT      public address of the proxy (127.0.0.1 / 8000)
 #   REMOTEAPP_HUB_INTERNAL_PORT   the hub's own port, reached by the proxy and services (8081)
 #   REMOTEAPP_HUB_BASE_URL        URL prefix of everything (/)
@@ -75,10 +76,12 @@ c.ConfigurableHTTPProxy.should_start = True  # the hub starts and stops the prox
 # ------------------------------------------------------------------------------ sign-in
 _demo_password = _env("REMOTEAPP_DEMO_PASSWORD")  # a demo switch, never for production
 if _demo_password:
-    # Any user name, this one password. JupyterHub >= 5.3 logs that DummyAuthenticator.password
-    # is deprecated; the replacement (SharedPasswordAuthenticator) is missing from 5.0-5.2.
-    c.JupyterHub.authenticator_class = "dummy"
-    c.DummyAuthenticator.password = _demo_password  # the shared demo password
+    # Any user name, this one password (8 characters or more); the hub admins sign in with
+    # REMOTEAPP_DEMO_ADMIN_PASSWORD instead (32 characters or more), or not at all.
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = _demo_password  # everyone but the admins
+    if _env("REMOTEAPP_DEMO_ADMIN_PASSWORD"):
+        c.SharedPasswordAuthenticator.admin_password = _env("REMOTEAPP_DEMO_ADMIN_PASSWORD")
     c.Authenticator.allow_all = True  # whoever knows the password may sign in
 # Otherwise the default PAMAuthenticator signs in the machine's own accounts.
 c.Authenticator.admin_users = _names("REMOTEAPP_HUB_ADMIN_USERS")  # also remoteapp admins
@@ -103,6 +106,7 @@ _service_port = int(_env("REMOTEAPP_SERVICE_PORT", "10101"))  # on loopback, beh
 # Variables the hub reads itself, or secrets the service must not see.
 _HUB_ONLY = {
     "REMOTEAPP_DEMO_PASSWORD",
+    "REMOTEAPP_DEMO_ADMIN_PASSWORD",
     "REMOTEAPP_SERVICE_API_TOKEN",
     "REMOTEAPP_SERVICE_COMMAND",
     "REMOTEAPP_SERVICE_PORT",

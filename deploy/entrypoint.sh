@@ -38,7 +38,8 @@ drop_empty_settings() {
 refuse_placeholders() {
     local name
     for name in CONFIGPROXY_AUTH_TOKEN REMOTEAPP_COOKIE_SECRET JPY_COOKIE_SECRET \
-        JUPYTERHUB_CRYPT_KEY REMOTEAPP_DATABASE_URL REMOTEAPP_DEMO_PASSWORD; do
+        JUPYTERHUB_CRYPT_KEY REMOTEAPP_DATABASE_URL REMOTEAPP_DEMO_PASSWORD \
+        REMOTEAPP_DEMO_ADMIN_PASSWORD; do
         if [[ ${!name:-} == *"$PLACEHOLDER"* ]]; then
             die "$name still holds the example's placeholder ($PLACEHOLDER...): set a secret of your own (openssl rand -hex 32)"
         fi

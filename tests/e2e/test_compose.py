@@ -6,7 +6,8 @@ and everything removed again (``down -v``), whatever happened.
 
 Every port the stack uses is a free one on 127.0.0.1, and the service's realm is unique,
 so a run shares the engine with other tests and deployments without touching them. The
-images stay (as the layer cache of the next run). Timings go to
+images stay (as the layer cache of the next run); with ``CI`` set and
+``REMOTEAPP_TEST_CLEAN_BUILD=1`` every image is built anew, with ``--no-cache``. Timings go to
 test-artifacts/compose-timings.json.
 """
 
@@ -42,6 +43,9 @@ SERVICE_PREFIX = "/services/remoteapp/"
 USER_NAME = "ada-e2e"
 REALM_LABEL = "eu.simphony-project.docker.runinfo.realm"
 BUILD_TIMEOUT = 1200.0
+# A build from nothing, as on a brand-new machine: no layer of Docker's build cache is used
+# and the base and demo images are made again (CI=true REMOTEAPP_TEST_CLEAN_BUILD=1).
+CLEAN_BUILD = bool(os.environ.get("CI")) and os.environ.get("REMOTEAPP_TEST_CLEAN_BUILD") == "1"
 HEALTHY_TIMEOUT = 240.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
 
@@ -165,8 +169,9 @@ def _leftovers(project: str) -> dict[str, list[str]]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     compose = _require_tools()
     timings: dict[str, float] = {}
-    _timed(timings, "base image", [str(REPO / "scripts" / "build-base-image")])
-    _timed(timings, "demo webapp image", [str(REPO / "images" / "build.sh"), "webapp"])
+    force = ["--force"] if CLEAN_BUILD else []
+    _timed(timings, "base image", [str(REPO / "scripts" / "build-base-image"), *force])
+    _timed(timings, "demo webapp image", [str(REPO / "images" / "build.sh"), *force, "webapp"])
 
     work = tmp_path_factory.mktemp("compose")
     project = f"remoteapp-e2e-{secrets.token_hex(4)}"
@@ -184,7 +189,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         timings=timings,
     )
     replaced = {image: _image_id(image) for image in (SERVICE_IMAGE, POSTGRES_IMAGE)}
-    _timed(timings, "service images (compose build)", [*stack.compose, "build", "--parallel"])
+    no_cache = ["--no-cache"] if CLEAN_BUILD else []
+    _timed(
+        timings,
+        "service images (compose build)",
+        [*stack.compose, "build", "--parallel", *no_cache],
+    )
+    timings["clean build"] = CLEAN_BUILD
     # Images the build replaced are garbage, unless something still runs them.
     for image, old_id in replaced.items():
         if old_id and old_id != _image_id(image):

@@ -146,6 +146,23 @@ async def test_the_demo_runs_an_app_for_a_user_and_stops_cleanly(
         await screenshot(page, "demo-01-webapp-running")
         await context.close()
 
+        # The administrator signs in with the admin password the demo printed.
+        admin_password = (demo.directory / "demo-admin-password").read_text().strip()
+        assert admin_password in output, "the demo prints the admin's password"
+        context = await browser.new_context(viewport={"width": 1280, "height": 800})
+        page = await context.new_page()
+        page.set_default_timeout(30_000)
+        await page.goto(demo.public_url + PREFIX + "admin/")
+        await page.wait_for_url(re.compile(r"/hub/login"))
+        await page.fill("#username_input", "admin")
+        await page.fill("#password_input", admin_password)
+        await page.click("#login_submit")
+        await page.wait_for_url(demo.public_url + PREFIX + "admin/")
+        assert (await page.title()).startswith("Administration")
+        await context.close()
+    # The demo speaks the hub's current API: nothing deprecated is used.
+    assert "deprecated" not in demo.log.read_text().lower()
+
     assert len(_realm_containers(demo.realm)) == 1
     assert demo.stop() in (0, 130)
     assert _realm_containers(demo.realm) == [], "Ctrl-C leaves no application container behind"

@@ -25,6 +25,7 @@ from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
 from tests.support.hub import (
     HubPorts,
+    admin_password,
     clean_environment,
     hub_environment,
     new_browser,
@@ -39,6 +40,7 @@ from tests.support.services import REPO
 pytestmark = [pytest.mark.hub, pytest.mark.asyncio(loop_scope="module")]
 
 PASSWORD = "demo-" + secrets.token_hex(8)
+HUB_ADMINS = ("root",)
 PREFIX = "/services/remoteapp/"
 ADMIN_GROUP = "remoteapp-admins"
 # Short, so that the test of hub logout does not wait long; the real default is 30 s.
@@ -82,7 +84,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         tmp,
         ports,
         PASSWORD,
-        REMOTEAPP_HUB_ADMIN_USERS="root",
+        REMOTEAPP_HUB_ADMIN_USERS=",".join(HUB_ADMINS),
         REMOTEAPP_SERVICE_API_TOKEN=service_token,
         CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(32),
     )
@@ -121,7 +123,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 async def _sign_in(
     browser: aiohttp.ClientSession, stack: Stack, name: str
 ) -> aiohttp.ClientResponse:
-    return await sign_in(browser, stack.url(PREFIX), name, PASSWORD)
+    password = admin_password(PASSWORD) if name in HUB_ADMINS else PASSWORD
+    return await sign_in(browser, stack.url(PREFIX), name, password)
 
 
 async def _api(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
@@ -263,7 +266,7 @@ async def test_config_registers_a_managed_service_with_the_right_environment(
     env.update(
         REMOTEAPP_HUB_DATA_DIR=str(tmp_path),
         REMOTEAPP_HUB_BASE_URL="/jupyter",
-        REMOTEAPP_HUB_ADMIN_USERS="root",
+        REMOTEAPP_HUB_ADMIN_USERS=",".join(HUB_ADMINS),
         REMOTEAPP_REALM="lab",
         REMOTEAPP_AUTO_USER_CREATION="true",
         DOCKER_HOST="unix:///run/docker.sock",

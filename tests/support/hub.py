@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import os
 import re
@@ -77,12 +78,20 @@ def write_hub_config(tmp: Path, extra: str = "") -> None:
     )
 
 
+def admin_password(password: str) -> str:
+    """The demo password of the hub admins in tests that sign in with ``password``: another
+    one, 32 characters or more as the hub requires."""
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
 def hub_environment(tmp: Path, ports: HubPorts, password: str, **settings: str) -> dict[str, str]:
     """The environment for ``running_hub``: the repository's config on ``ports``, data in
-    ``tmp``, every demo account signing in with ``password``, and ``settings`` on top."""
+    ``tmp``, every demo account signing in with ``password`` (hub admins with
+    ``admin_password(password)``), and ``settings`` on top."""
     env = clean_environment()
     env.update(
         REMOTEAPP_DEMO_PASSWORD=password,
+        REMOTEAPP_DEMO_ADMIN_PASSWORD=admin_password(password),
         REMOTEAPP_HUB_PORT=str(ports.public),
         REMOTEAPP_HUB_INTERNAL_PORT=str(ports.hub),
         REMOTEAPP_HUB_DATA_DIR=str(tmp),

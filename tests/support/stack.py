@@ -21,6 +21,7 @@ from remoteappmanager.web.app import create_app
 from tests.support.browser import namespaced_chromium, require_browser
 from tests.support.hub import (
     HubPorts,
+    admin_password,
     hub_environment,
     require_hub,
     running_hub,
@@ -50,6 +51,7 @@ class Stack:
     realm: str
     browser: Browser
     database: Path
+    hub_admins: Sequence[str] = ()
 
     def url(self, path: str) -> str:
         return self.public_url + path
@@ -114,7 +116,8 @@ async def running_stack(
 
     JupyterHub (with the repository's ``config/jupyterhub_config.py``) starts the proxy; our
     service runs in the test's event loop as an externally managed hub service; Chromium runs
-    in its own network namespace. Everybody signs in with the one demo ``PASSWORD``.
+    in its own network namespace. Everybody signs in with the one demo ``PASSWORD``, the hub
+    admins with ``admin_password(PASSWORD)``.
     """
     database = tmp / "remoteappmanager.db"
     fill(database)
@@ -154,7 +157,13 @@ async def running_stack(
             public_url = ports.public_url
             await wait_until_routed(public_url + PREFIX + "health")
             async with namespaced_chromium([ports.public]) as browser:
-                yield Stack(public_url=public_url, realm=realm, browser=browser, database=database)
+                yield Stack(
+                    public_url=public_url,
+                    realm=realm,
+                    browser=browser,
+                    database=database,
+                    hub_admins=hub_admins,
+                )
     finally:
         await runner.cleanup()
         remove_realm_containers(realm)
@@ -170,7 +179,8 @@ async def signed_in(stack: Stack, name: str, path: str = PREFIX) -> tuple[Browse
     # Not signed in: our page sends the browser through the hub's login form.
     await page.wait_for_url(re.compile(r"/hub/login"))
     await page.fill("#username_input", name)
-    await page.fill("#password_input", PASSWORD)
+    password = admin_password(PASSWORD) if name in stack.hub_admins else PASSWORD
+    await page.fill("#password_input", password)
     await page.click("#login_submit")
     await page.wait_for_url(stack.url(path))
     return context, page
