@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -41,6 +42,7 @@ if str(REPO) not in sys.path:
 
 import aiohttp  # noqa: E402
 from fakeservice import serving  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tests.support.services import free_port  # noqa: E402
 from tools import debian_tool  # noqa: E402
 
@@ -264,11 +266,15 @@ def main() -> None:
             if debian_tool("wrk", "wrk"):
                 think = round(users / rate * 1000) if rate else 0
                 wrk(base, tokens, WARM_UP, users, think)
+                before = loop_lag(base)
                 count, errors, p50, p99, most = wrk(base, tokens, seconds, users, think)
                 print(f"load: wrk, 1 thread, {users} connections, {think} ms between requests")
                 report(count, errors, seconds, p50, p99, most)
+                report_loop_lag(before, loop_lag(base))
                 return
+            before = loop_lag(base)
             latencies, errors, size = asyncio.run(hammer(base, tokens, seconds))
+            after = loop_lag(base)
         finally:
             parent.send("stop")
             server.join(15)
@@ -285,6 +291,29 @@ def main() -> None:
         latencies[min(count - 1, int(count * 0.99))] * 1000,
         latencies[-1] * 1000,
     )
+    report_loop_lag(before, after)
+
+
+def loop_lag(base: str) -> dict[float, float]:
+    """The service's loop-lag histogram now: cumulative count per bucket bound (seconds)."""
+    with urllib.request.urlopen(base + PREFIX + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    buckets = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "remoteapp_event_loop_lag_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[float(sample.labels["le"])] = sample.value
+    return buckets
+
+
+def report_loop_lag(before: dict[float, float], after: dict[float, float]) -> None:
+    """The worst event-loop lag during the load, to the histogram's resolution."""
+    new = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+    total = new[float("inf")]
+    worst = min(bound for bound, count in new.items() if count == total)
+    shown = "> 5 s" if worst == float("inf") else f"<= {worst * 1000:g} ms"
+    print(f"event loop: {total:.0f} timer checks, worst lag {shown}")
 
 
 def report(count: int, errors: int, seconds: float, p50: float, p99: float, most: float) -> None:

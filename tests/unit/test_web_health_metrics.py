@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.web import health
-from remoteappmanager.web.metrics import Metrics
+from remoteappmanager.web.metrics import Metrics, watch_loop_lag
 from tests.support.webapp import API, PREFIX, World, make_app
 
 
@@ -129,3 +131,43 @@ def test_unknown_methods_share_one_series_and_repeats_add_up() -> None:
         if s.name == "remoteapp_http_requests_total"
     }
     assert counts == {("other", "405"): 50, ("GET", "200"): 2}
+
+
+async def test_a_callback_that_holds_the_loop_shows_as_loop_lag() -> None:
+    metrics = Metrics()
+    probe = asyncio.create_task(watch_loop_lag(metrics, interval=0.005))
+    await asyncio.sleep(0.05)
+    # A synchronous call on the loop: nothing else can run meanwhile.
+    time.sleep(0.12)  # noqa: ASYNC251 - the stall being measured
+    await asyncio.sleep(0.05)
+    probe.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await probe
+
+    worst = metrics.registry.get_sample_value("remoteapp_event_loop_lag_max_seconds")
+    assert worst is not None
+    assert 0.1 <= worst < 5.0
+    on_time = metrics.registry.get_sample_value(
+        "remoteapp_event_loop_lag_seconds_bucket", {"le": "0.1"}
+    )
+    total = metrics.registry.get_sample_value("remoteapp_event_loop_lag_seconds_count")
+    assert total is not None
+    assert on_time is not None
+    assert total - on_time >= 1, "the stalled timer is counted as more than 100 ms late"
+    assert on_time >= 5, "the other timers are counted too"
+
+
+async def test_the_running_service_exports_its_loop_lag(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(make_app(World()))
+    await asyncio.sleep(0.1)
+
+    response = await client.get(PREFIX + "metrics")
+    families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+
+    count = next(
+        s.value
+        for s in families["remoteapp_event_loop_lag_seconds"].samples
+        if s.name.endswith("_count")
+    )
+    assert count >= 3, "the 10 ms probe ran while the service did"
+    assert "remoteapp_event_loop_lag_max_seconds" in families

@@ -48,7 +48,12 @@ from remoteappmanager.web.logs import (
     configure_logging,
     request_context_middleware,
 )
-from remoteappmanager.web.metrics import Metrics, metrics_handler, metrics_middleware
+from remoteappmanager.web.metrics import (
+    Metrics,
+    loop_lag_lifespan,
+    metrics_handler,
+    metrics_middleware,
+)
 from remoteappmanager.web.urls import ServiceUrls
 
 log = structlog.get_logger(__name__)
@@ -112,6 +117,7 @@ def create_app(deps: WebDeps) -> web.Application:
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))
     app.cleanup_ctx.append(_identity_lifespan)
+    app.cleanup_ctx.append(loop_lag_lifespan)
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(_api_not_cacheable)
     app.on_response_prepare.append(auth.maintain_cookies)
