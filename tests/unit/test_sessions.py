@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from dataclasses import replace
 
@@ -49,13 +50,31 @@ def nothing_left(world: World) -> bool:
     return not world.runtime.container_ids and not world.routes.all_paths
 
 
-def test_fakes_satisfy_the_ports(world: World) -> None:
-    runtime: ContainerRuntime = world.runtime
-    routes: RouteTable = world.routes
-    workspaces: Workspaces = world.workspaces
-    host_paths: HostPaths = world.host_paths
-    probe: ReadinessProbe = world.probe
-    assert all((runtime, routes, workspaces, host_paths, probe))
+@pytest.mark.parametrize(
+    ("port", "fake"),
+    [
+        (ContainerRuntime, "runtime"),
+        (RouteTable, "routes"),
+        (Workspaces, "workspaces"),
+        (HostPaths, "host_paths"),
+        (ReadinessProbe, "probe"),
+    ],
+)
+def test_fakes_offer_every_operation_of_their_port(world: World, port: type, fake: str) -> None:
+    """Each fake has every method of its port, with the same parameters and the same kind
+    (coroutine or not): the services can be tested on it as they run on the real adapter."""
+    implementation = getattr(world, fake)
+    operations = [
+        name for name, member in vars(port).items() if callable(member) and not name.startswith("_")
+    ]
+    assert operations, f"{port.__name__} declares no operation"
+    for name in operations:
+        declared = getattr(port, name)
+        offered = getattr(implementation, name, None)
+        assert offered is not None, f"{type(implementation).__name__} has no {name}"
+        assert inspect.iscoroutinefunction(offered) == inspect.iscoroutinefunction(declared), name
+        wanted = list(inspect.signature(declared).parameters)[1:]  # without self
+        assert list(inspect.signature(offered).parameters) == wanted, name
 
 
 # ------------------------------------------------------------------------ start
