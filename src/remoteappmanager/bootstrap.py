@@ -25,6 +25,7 @@ from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
@@ -37,6 +38,7 @@ __all__ = [
     "build_hub_token_issuer",
     "build_remote_client",
     "build_runtime",
+    "build_volume_guard",
     "build_web_deps",
     "initialise_database",
     "schema_head",
@@ -172,11 +174,13 @@ def build_web_deps(
     probe = probe or AiohttpReadinessProbe()
 
     database = build_database(settings.database_url)
+    host_paths = host_paths or LocalHostPaths()
+    volume_rules = settings.volume_rules
     sessions = Sessions(
         runtime,
         routes,
         workspaces or DirectoryWorkspaces(settings.workspace_dir),
-        host_paths or LocalHostPaths(),
+        host_paths,
         probe,
         realm=settings.realm,
         publish_ip=settings.publish_ip,
@@ -185,6 +189,8 @@ def build_web_deps(
         gate_url=settings.effective_gate_url,
         unit_of_work=database.unit_of_work,
         listing_ttl=SESSION_LISTING_TTL,
+        confinement=settings.confinement,
+        volume_rules=volume_rules,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions)
@@ -215,7 +221,15 @@ def build_web_deps(
         resources=resources,
         sessions=sessions,
         applications=applications,
+        volumes=VolumeGuard(volume_rules, host_paths),
     )
+
+
+def build_volume_guard(settings: Settings) -> VolumeGuard:
+    """The volume rules of the settings, judged on this machine's paths."""
+    from remoteappmanager.adapters.workspaces import LocalHostPaths
+
+    return VolumeGuard(settings.volume_rules, LocalHostPaths())
 
 
 def _closing(close: Callable[[], Awaitable[None]]) -> Resource:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import ipaddress
 import json
 import os
 import tomllib
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import (
@@ -30,6 +32,18 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from remoteappmanager.domain.confinement import (
+    DEFAULT_CPU_LIMIT,
+    DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_NETWORK,
+    DEFAULT_PIDS_LIMIT,
+    MIN_MEMORY_LIMIT_MB,
+    Confinement,
+    ResourceLimits,
+)
+from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.volumes import VolumeRules, check_volume_root
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///remoteappmanager.db"
 CONFIG_FILE_VARIABLE = "REMOTEAPP_CONFIG_FILE"
@@ -119,9 +133,50 @@ class Settings(BaseSettings):
         "proxy's target for every application path, never the browser's. Default: the host "
         "of JUPYTERHUB_SERVICE_URL and the port after the service's.",
     )
+    allow_public_publish_ip: bool = Field(
+        default=False,
+        description="Accept a REMOTEAPP_PUBLISH_IP that is not a loopback address. Then "
+        "every application port is reachable from the network without passing the gate; "
+        "only for a host whose firewall closes those ports.",
+    )
     publish_ip: str = Field(
         default="127.0.0.1",
-        description="Host address on which container ports are published.",
+        description="Host address on which container ports are published: a loopback "
+        "address (127.0.0.1, ::1) unless REMOTEAPP_ALLOW_PUBLIC_PUBLISH_IP is true.",
+    )
+    container_network: str = Field(
+        default=DEFAULT_NETWORK,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="Docker network of the application containers. Created if missing as a "
+        "bridge on which containers cannot reach each other "
+        "(com.docker.network.bridge.enable_icc=false); an existing network that lets them "
+        "is refused.",
+    )
+    default_memory_limit_mb: int = Field(
+        default=DEFAULT_MEMORY_LIMIT_MB,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="Memory limit of an application container in MiB, swap included "
+        f"(0: none; otherwise at least {MIN_MEMORY_LIMIT_MB}).",
+    )
+    default_cpu_limit: float = Field(
+        default=DEFAULT_CPU_LIMIT,
+        ge=0,
+        le=1024,
+        description="CPU limit of an application container in cores, fractional (0: none).",
+    )
+    default_pids_limit: int = Field(
+        default=DEFAULT_PIDS_LIMIT,
+        ge=0,
+        le=4_194_304,
+        description="Processes (threads included) an application container may have (0: none).",
+    )
+    # NoDecode: a JSON list or comma-separated paths, parsed by our validator.
+    volume_roots: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Host folders under which grants may mount volumes (a JSON list or "
+        "comma-separated absolute paths). Empty: no grant may mount a host folder. System "
+        "paths (/, /etc, /proc, the Docker socket...) are refused whatever the roots.",
     )
     workspace_root: Path | None = Field(
         default=None,
@@ -211,6 +266,46 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
+    @field_validator("publish_ip")
+    @classmethod
+    def _loopback_publish_ip(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        if address.is_loopback or info.data.get("allow_public_publish_ip"):
+            return value
+        reach = "all interfaces" if address.is_unspecified else "the network"
+        raise ValueError(
+            f"{value} would publish every application on {reach}, past the gate; use "
+            "127.0.0.1 (or ::1), or set REMOTEAPP_ALLOW_PUBLIC_PUBLISH_IP=true if a firewall "
+            "closes those ports"
+        )
+
+    @field_validator("default_memory_limit_mb")
+    @classmethod
+    def _engine_minimum_memory(cls, value: int) -> int:
+        if 0 < value < MIN_MEMORY_LIMIT_MB:
+            raise ValueError(f"must be 0 (no limit) or at least {MIN_MEMORY_LIMIT_MB}")
+        return value
+
+    @field_validator("volume_roots", mode="before")
+    @classmethod
+    def _parse_volume_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            try:
+                return tuple(check_volume_root(str(root)) for root in value)
+            except InvalidRequest as exc:
+                raise ValueError(exc.message) from None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
@@ -257,6 +352,23 @@ class Settings(BaseSettings):
         database_file = sqlite_path(self.database_url)
         base = database_file.parent if database_file is not None else Path.cwd()
         return base / "workspaces"
+
+    @property
+    def confinement(self) -> Confinement:
+        """How application containers are confined by default (capabilities come per type)."""
+        limits = ResourceLimits.of(
+            self.default_memory_limit_mb, self.default_cpu_limit, self.default_pids_limit
+        )
+        return Confinement(limits=limits, network=self.container_network)
+
+    @property
+    def volume_rules(self) -> VolumeRules:
+        """Where grants may mount host folders from; never the workspaces or the database."""
+        forbidden = [str(self.workspace_dir.absolute())]
+        database_file = sqlite_path(self.database_url)
+        if database_file is not None:
+            forbidden.append(str(database_file.absolute()))
+        return VolumeRules.of(self.volume_roots, forbidden)
 
     @property
     def gate_address(self) -> tuple[str, int]:

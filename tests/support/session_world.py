@@ -13,6 +13,7 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemor
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.models import Application, Grant, Policy, User
 from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.domain.volumes import VolumeRules
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
 
@@ -27,6 +28,8 @@ IMAGE_LABELS = {
 }
 REALM = "unit-realm"
 GATE_URL = "http://127.0.0.1:10101"
+# Grants may mount host folders under /srv.
+VOLUME_RULES = VolumeRules.of(["/srv"])
 
 
 @dataclass
@@ -54,6 +57,7 @@ class World:
             network_timeout=5,
             watch_interval=0.01,
             unit_of_work=self.database.unit_of_work,
+            volume_rules=VOLUME_RULES,
         )
 
 

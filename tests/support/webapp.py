@@ -21,6 +21,7 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemor
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.deps import HealthCheck, WebDeps
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
@@ -96,6 +97,7 @@ class FakeClock:
 
 
 REALM = "web-realm"
+VOLUME_ROOT = "/data"
 
 
 @dataclass
@@ -125,8 +127,13 @@ class World:
             network_timeout=5,
             watch_interval=0.01,
             unit_of_work=self.database.unit_of_work,
+            confinement=settings.confinement,
+            volume_rules=settings.volume_rules,
         )
         return self.sessions
+
+    def volume_guard(self, settings: Settings) -> VolumeGuard:
+        return VolumeGuard(settings.volume_rules, self.host_paths)
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -136,6 +143,8 @@ def make_settings(**overrides: Any) -> Settings:
         "jupyterhub_base_url": "/",
         # Any free port: tests run side by side, and in-memory routes need no real address.
         "gate_url": "http://127.0.0.1:0",
+        # Grants may mount host folders from here (the fake host has none unless told).
+        "volume_roots": [VOLUME_ROOT],
     }
     values.update(overrides)
     return Settings(**values)
@@ -158,6 +167,7 @@ def make_app(
         health_checks=dict(health_checks or {}),
         sessions=sessions,
         applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=0),
+        volumes=world.volume_guard(values),
     )
     return create_app(deps)
 

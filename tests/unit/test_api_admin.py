@@ -474,6 +474,56 @@ async def test_invalid_grants_are_bad_representations(
     assert (await root.grants(ids["alice"]))["total"] == 0
 
 
+# What the admin page's grant form sends (volume_source, volume_target, volume_mode), with a
+# source an attacker with the admin's ear would like mounted. VOLUME_ROOT (/data) is the root.
+@pytest.mark.parametrize(
+    ("source", "target", "reason"),
+    [
+        ("/var/run/docker.sock", "/var/run/docker.sock", "Docker socket"),
+        ("/data/docker.sock", "/run/docker.sock", "Docker socket"),
+        ("/", "/host", "never mounted"),
+        ("/etc", "/data", "never mounted"),
+        ("/proc", "/data", "never mounted"),
+        ("/var/lib/docker", "/data", "never mounted"),
+        ("/root", "/data", "never mounted"),
+        ("/home/alice", "/data", "outside the folders grants may mount"),
+        ("/data/escape", "/data", "symbolic link"),
+        ("/data/project", "/proc/sys", "volume target"),
+        ("/data/project", "/", "volume target"),
+        ("/data/project", "/dev/shm", "volume target"),
+    ],
+)
+async def test_dangerous_volumes_are_refused_and_nothing_is_written(
+    root: Api, ids: dict[str, str], world: World, source: str, target: str, reason: str
+) -> None:
+    world.host_paths.paths.update({"/data", "/data/project", "/etc"})
+    world.host_paths.links["/data/escape"] = "/etc"
+    payload = _grant(ids["alice"], volume_source=source, volume_target=target, volume_mode="rw")
+
+    status, body, _ = await root.call("POST", ACCOUNTING, json=payload)
+
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+    assert reason in body["message"]
+    assert (await root.grants(ids["alice"]))["total"] == 0
+    # The combined form is judged the same way.
+    status, body, _ = await root.call(
+        "POST", ACCOUNTING, json=_grant(ids["alice"], volume=f"{source}:{target}:ro")
+    )
+    assert (status, body["type"]) == (400, "BadRepresentation"), body
+    assert (await root.grants(ids["alice"]))["total"] == 0
+
+
+async def test_a_volume_under_the_root_is_granted(root: Api, ids: dict[str, str]) -> None:
+    payload = _grant(
+        ids["alice"], volume_source="/data/project", volume_target="/data", volume_mode="ro"
+    )
+
+    mapping_id = await root.create(ACCOUNTING, payload)
+
+    item = (await root.grants(ids["alice"]))["items"][mapping_id]
+    assert (item["volume_source"], item["volume_target"]) == ("/data/project", "/data")
+
+
 @pytest.mark.parametrize(
     "changes",
     [{"user_id": "4242"}, {"image_name": MISSING}, {"image_name": None, "application_id": 4242}],
@@ -556,6 +606,7 @@ async def test_grant_changes_show_on_a_users_page_at_once_despite_its_cache(
         clock=world.clock,
         sessions=sessions,
         applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=3600),
+        volumes=world.volume_guard(settings),
     )
     client = await aiohttp_client(create_app(deps))
     root = Api(client, world.hub.issue_token("root"))

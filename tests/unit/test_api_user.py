@@ -13,7 +13,16 @@ from openapi_spec_validator import validate
 from remoteappmanager.domain.models import Policy, Volume
 from remoteappmanager.services import catalogue
 from remoteappmanager.web.keys import API_REGISTRY
-from tests.support.webapp import API, PREFIX, ApiClient, World, cookie, make_app, sign_in
+from tests.support.webapp import (
+    API,
+    PREFIX,
+    ApiClient,
+    World,
+    cookie,
+    make_app,
+    make_settings,
+    sign_in,
+)
 
 NS = "eu.simphony-project.docker."
 DESKTOP = "remoteapp-test/desktop:latest"
@@ -61,7 +70,11 @@ async def world() -> World:
 
 async def _grant(world: World, image: str, user: str, policy: Policy | None = None) -> str:
     grant = await catalogue.grant_access(
-        world.database.unit_of_work, image, user, policy or Policy()
+        world.database.unit_of_work,
+        image,
+        user,
+        policy or Policy(),
+        volumes=world.volume_guard(make_settings()),
     )
     return grant.mapping_id
 

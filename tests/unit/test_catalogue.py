@@ -8,12 +8,17 @@ import pytest
 
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
+from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths
 from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Unavailable
 from remoteappmanager.domain.models import Policy, Volume
+from remoteappmanager.domain.volumes import VolumeRules
 from remoteappmanager.services import catalogue
 
 IMAGE = "simphony/paraview:5.9"
 OTHER_IMAGE = "simphony/jupyter:1"
+
+# Grants may mount host folders under /data (none exists on this fake host).
+DATA_VOLUMES = catalogue.VolumeGuard(VolumeRules.of(["/data"]), InMemoryHostPaths())
 
 
 @pytest.fixture
@@ -150,8 +155,10 @@ async def test_granting_the_same_policy_twice_gives_the_same_mapping_id(
     uow = populated.unit_of_work
     policy = Policy(allow_home=True, volume=Volume.parse("/data:/data:ro"), app_license="L")
 
-    first = await catalogue.grant_access(uow, IMAGE, "alice", policy)
-    again = await catalogue.grant_access(uow, IMAGE, "alice", dataclasses.replace(policy))
+    first = await catalogue.grant_access(uow, IMAGE, "alice", policy, volumes=DATA_VOLUMES)
+    again = await catalogue.grant_access(
+        uow, IMAGE, "alice", dataclasses.replace(policy), volumes=DATA_VOLUMES
+    )
     other = await catalogue.grant_access(uow, IMAGE, "alice", Policy())
 
     assert again.mapping_id == first.mapping_id

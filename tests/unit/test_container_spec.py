@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
 from remoteappmanager.domain.configurables import Configuration
+from remoteappmanager.domain.confinement import (
+    DEFAULT_NETWORK,
+    Confinement,
+    ResourceLimits,
+    capabilities_for,
+)
 from remoteappmanager.domain.containers import (
     CONTAINER_PORT,
     RUNINFO_NAMESPACE,
@@ -133,3 +140,48 @@ def test_policy_volume_over_the_workspace_is_refused() -> None:
         build_container_spec(
             grant(policy), IMAGE, Configuration(), URL_ID, "r", "127.0.0.1", "/w/a"
         )
+
+
+def test_every_container_is_confined() -> None:
+    spec = build_container_spec(
+        grant(), IMAGE, Configuration(), URL_ID, "remoteexec", "127.0.0.1", None
+    )
+
+    confinement = spec.confinement
+    assert confinement.cap_drop == ("ALL",)
+    assert confinement.cap_add == ()
+    assert confinement.no_new_privileges is True
+    assert confinement.network == DEFAULT_NETWORK
+    assert confinement.limits == ResourceLimits()
+    assert None not in (
+        confinement.limits.memory_mb,
+        confinement.limits.cpus,
+        confinement.limits.pids,
+    )
+
+
+@pytest.mark.parametrize("app_type", list(AppType))
+def test_the_deployments_limits_and_network_are_carried_for_every_type(app_type: AppType) -> None:
+    image = dataclasses.replace(IMAGE, type=app_type)
+    wanted = Confinement(limits=ResourceLimits(512, 0.25, 64), network="apps-net")
+
+    spec = build_container_spec(
+        grant(), image, Configuration(), URL_ID, "r", "127.0.0.1", None, confinement=wanted
+    )
+
+    assert spec.confinement.limits == ResourceLimits(512, 0.25, 64)
+    assert spec.confinement.network == "apps-net"
+    assert spec.confinement.cap_add == capabilities_for(app_type) == ()
+    assert spec.confinement.cap_drop == ("ALL",)
+    assert spec.confinement.no_new_privileges
+
+
+def test_the_checked_volume_is_mounted_instead_of_the_policys() -> None:
+    policy = Policy(volume=Volume.parse("/srv/link:/data:rw"))
+    resolved = Volume.parse("/srv/real:/data:rw")
+
+    spec = build_container_spec(
+        grant(policy), IMAGE, Configuration(), URL_ID, "r", "127.0.0.1", None, volume=resolved
+    )
+
+    assert spec.mounts == (Mount("/srv/real", "/data", read_only=False),)

@@ -38,7 +38,7 @@ from remoteappmanager.domain.models import Policy, Volume, VolumeMode
 from remoteappmanager.ports.remote_api import RemoteAppClient
 from remoteappmanager.services import catalogue
 from tests.support.services import free_port
-from tests.support.webapp import PREFIX, World, make_app
+from tests.support.webapp import PREFIX, World, make_app, make_settings
 
 NS = "eu.simphony-project.docker."
 DESKTOP = "remoteapp-test/desktop:latest"
@@ -212,7 +212,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 async def grant(stack: Stack, image: str, user: str = "alice", policy: Policy | None = None) -> str:
     granted = await catalogue.grant_access(
-        stack.world.database.unit_of_work, image, user, policy or Policy()
+        stack.world.database.unit_of_work,
+        image,
+        user,
+        policy or Policy(),
+        volumes=stack.world.volume_guard(make_settings()),
     )
     return granted.mapping_id
 

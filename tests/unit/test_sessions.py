@@ -484,3 +484,52 @@ async def test_another_realm_is_never_touched(world: World) -> None:
     assert set(await world.routes.list()) == {theirs.urlpath, ours.urlpath}
     routes = await world.routes.list()
     assert isinstance(routes[ours.urlpath], Route)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "/var/run/docker.sock:/var/run/docker.sock:rw",
+        "/etc:/host-etc:ro",
+        "/:/host:ro",
+        "/home/alice:/data:rw",  # outside the roots
+        "/srv/data:/proc/sys:rw",
+    ],
+)
+async def test_a_grant_written_before_the_volume_rules_is_refused_at_start(
+    world: World, spec: str
+) -> None:
+    # Rows from before the rules (or written behind the service's back) are never mounted.
+    world.host_paths.paths.update({"/etc", "/", "/home/alice", "/srv/data", "/var/run"})
+    world.host_paths.sockets.add("/var/run/docker.sock")
+    policy = Policy(volume=Volume.parse(spec))
+
+    with pytest.raises(Unable, match="volume is refused") as refused:
+        await world.sessions.start(make_grant("mallory", policy))
+
+    assert "administrator" in refused.value.message
+    assert await world.runtime.list({}) == []
+    assert not world.routes.all_paths
+
+
+async def test_a_link_planted_under_a_root_after_the_grant_is_refused_at_start(
+    world: World,
+) -> None:
+    world.host_paths.paths.update({"/srv/data", "/etc"})
+    policy = Policy(volume=Volume.parse("/srv/data/shared:/data:ro"))
+    world.host_paths.links["/srv/data/shared"] = "/etc"
+
+    with pytest.raises(Unable, match="symbolic link"):
+        await world.sessions.start(make_grant("mallory", policy))
+    assert await world.runtime.list({}) == []
+
+
+async def test_containers_are_created_confined(world: World) -> None:
+    session = await world.sessions.start(make_grant("alice"))
+    assert session.container_id is not None
+
+    confinement = world.runtime.spec_of(session.container_id).confinement
+
+    assert confinement.cap_drop == ("ALL",)
+    assert confinement.no_new_privileges
+    assert confinement.network is not None

@@ -8,6 +8,12 @@ from typing import Any
 
 import pytest
 
+from remoteappmanager.domain.confinement import (
+    DEFAULT_CPU_LIMIT,
+    DEFAULT_MEMORY_LIMIT_MB,
+    DEFAULT_PIDS_LIMIT,
+    ResourceLimits,
+)
 from remoteappmanager.settings import (
     DEFAULT_DATABASE_URL,
     ContainerAccess,
@@ -61,7 +67,7 @@ def test_defaults_are_those_of_the_design() -> None:
         ("REMOTEAPP_REALM", "staging", "realm", "staging"),
         ("CONFIGPROXY_API_URL", "http://proxy:8001", "configproxy_api_url", "http://proxy:8001"),
         ("REMOTEAPP_CONTAINER_ACCESS", "direct", "container_access", ContainerAccess.DIRECT),
-        ("REMOTEAPP_PUBLISH_IP", "10.0.0.1", "publish_ip", "10.0.0.1"),
+        ("REMOTEAPP_PUBLISH_IP", "127.0.0.2", "publish_ip", "127.0.0.2"),
         ("REMOTEAPP_WORKSPACE_ROOT", "/srv/ws", "workspace_dir", Path("/srv/ws")),
         ("REMOTEAPP_NETWORK_TIMEOUT", "12.5", "network_timeout", 12.5),
         ("REMOTEAPP_AUTO_USER_CREATION", "true", "auto_user_creation", True),
@@ -242,3 +248,108 @@ def test_the_gate_url_is_read_from_the_environment(monkeypatch: pytest.MonkeyPat
 def test_bad_gate_urls_are_refused(value: str) -> None:
     with pytest.raises(SettingsError, match=r"^REMOTEAPP_GATE_URL: "):
         load_settings(gate_url=value)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "10.0.0.1", "192.168.1.20", "fe80::1"])
+def test_a_publish_ip_off_loopback_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    monkeypatch.setenv("REMOTEAPP_PUBLISH_IP", address)
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+
+    message = str(refused.value)
+    assert message.startswith(f"REMOTEAPP_PUBLISH_IP: {address} would publish")
+    assert "REMOTEAPP_ALLOW_PUBLIC_PUBLISH_IP" in message
+    assert "\n" not in message
+
+
+def test_a_publish_ip_that_is_no_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTEAPP_PUBLISH_IP", "localhost")
+
+    with pytest.raises(SettingsError, match="REMOTEAPP_PUBLISH_IP: 'localhost' is not an IP"):
+        load_settings()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_loopback_publish_ips_are_accepted(monkeypatch: pytest.MonkeyPatch, address: str) -> None:
+    monkeypatch.setenv("REMOTEAPP_PUBLISH_IP", address)
+
+    assert load_settings().publish_ip == address
+
+
+def test_a_public_publish_ip_needs_the_operator_to_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTEAPP_PUBLISH_IP", "10.0.0.1")
+    monkeypatch.setenv("REMOTEAPP_ALLOW_PUBLIC_PUBLISH_IP", "true")
+
+    assert load_settings().publish_ip == "10.0.0.1"
+
+
+def test_containers_are_confined_by_default() -> None:
+    confinement = load_settings().confinement
+
+    assert confinement.cap_drop == ("ALL",)
+    assert confinement.cap_add == ()
+    assert confinement.no_new_privileges
+    assert confinement.network == "remoteapp-apps"
+    assert confinement.limits == ResourceLimits(
+        DEFAULT_MEMORY_LIMIT_MB, DEFAULT_CPU_LIMIT, DEFAULT_PIDS_LIMIT
+    )
+    assert DEFAULT_MEMORY_LIMIT_MB >= 512
+    assert DEFAULT_CPU_LIMIT > 0
+    assert DEFAULT_PIDS_LIMIT > 0
+
+
+def test_limits_come_from_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTEAPP_DEFAULT_MEMORY_LIMIT_MB", "1536")
+    monkeypatch.setenv("REMOTEAPP_DEFAULT_CPU_LIMIT", "0.5")
+    monkeypatch.setenv("REMOTEAPP_DEFAULT_PIDS_LIMIT", "0")
+    monkeypatch.setenv("REMOTEAPP_CONTAINER_NETWORK", "apps.staging")
+
+    confinement = load_settings().confinement
+
+    assert confinement.limits.memory_bytes == 1536 * 1024 * 1024
+    assert confinement.limits.nano_cpus == 500_000_000
+    assert confinement.limits.pids is None  # 0: no limit
+    assert confinement.network == "apps.staging"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REMOTEAPP_DEFAULT_MEMORY_LIMIT_MB", "3"),
+        ("REMOTEAPP_DEFAULT_MEMORY_LIMIT_MB", "-1"),
+        ("REMOTEAPP_DEFAULT_CPU_LIMIT", "-0.5"),
+        ("REMOTEAPP_DEFAULT_PIDS_LIMIT", "many"),
+        ("REMOTEAPP_CONTAINER_NETWORK", "bad/name"),
+        ("REMOTEAPP_VOLUME_ROOTS", "/etc"),
+        ("REMOTEAPP_VOLUME_ROOTS", "/"),
+        ("REMOTEAPP_VOLUME_ROOTS", "relative/path"),
+        ("REMOTEAPP_VOLUME_ROOTS", '["/srv", "/var/run"]'),
+    ],
+)
+def test_bad_confinement_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError, match=f"^{variable}: "):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "roots"),
+    [
+        ("", ()),
+        ("/srv/data", ("/srv/data",)),
+        ("/srv/data, /mnt/shared/", ("/srv/data", "/mnt/shared")),
+        ('["/srv/data", "/mnt/shared"]', ("/srv/data", "/mnt/shared")),
+    ],
+)
+def test_volume_roots_are_a_list_of_absolute_paths(
+    monkeypatch: pytest.MonkeyPatch, value: str, roots: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", value)
+
+    assert load_settings().volume_roots == roots

@@ -26,6 +26,7 @@ from remoteappmanager.domain.errors import (
 )
 from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
 from remoteappmanager.domain.models import validate_image_name
+from remoteappmanager.domain.volumes import DEFAULT_ENGINE_DATA_DIR, is_within
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +41,8 @@ _CONNECTION_FAILED = 900
 _CONTAINER_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _TCP_SCHEME_RE = re.compile(r"^(tcp|http)://")
 _SUMMARY_KEYS = ("Id", "Names", "Image", "Labels", "State", "Ports")
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+NETWORK_LABEL = "eu.simphony-project.docker.runinfo.network"
 
 
 def tls_context(cert_path: Path, verify: bool) -> ssl.SSLContext:
@@ -101,6 +104,9 @@ class AiodockerRuntime:
         self._clock = clock
         self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
         self._docker: aiodocker.Docker | None = None
+        self._networks_ready: set[str] = set()
+        self._network_lock = asyncio.Lock()
+        self._data_root: str | None = None
 
     async def open(self) -> None:
         """Create the client now (optional: the first call does it anyway)."""
@@ -172,35 +178,145 @@ class AiodockerRuntime:
         return metadata
 
     # ----------------------------------------------------------------- containers
+    # ----------------------------------------------------------------- network and engine
+    async def ensure_network(self, name: str) -> None:
+        """Make sure the application network exists and keeps its containers apart.
+
+        Created if missing as a bridge with inter-container traffic off
+        (``com.docker.network.bridge.enable_icc=false``): containers on it reach the outside
+        (through the host's NAT) and their ports published on the host, but not each other,
+        by address or by name. An existing network that lets them is refused (``Unable``)
+        rather than used. Checked once per runtime (and again if it disappears).
+        """
+        if name in self._networks_ready:
+            return
+        if not _CONTAINER_REF_RE.fullmatch(name):
+            raise InvalidRequest(f"{name!r:.70} is not a Docker network name")
+        async with self._network_lock:
+            if name in self._networks_ready:
+                return
+            data = await self._inspect_network(name)
+            if data is None:
+                data = await self._create_network(name)
+            _check_network(name, data)
+            self._networks_ready.add(name)
+
+    async def _inspect_network(self, name: str) -> Mapping[str, Any] | None:
+        try:
+            async with self._call(f"inspect network {name}"):
+                network = await self._client().networks.get(name)
+                return dict(await network.show())
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise _engine_error(exc, f"inspect network {name}") from None
+
+    async def _create_network(self, name: str) -> Mapping[str, Any]:
+        config = {
+            "Name": name,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "Options": {ICC_OPTION: "false"},
+            "Labels": {NETWORK_LABEL: "true"},
+        }
+        try:
+            async with self._call(f"create network {name}"):
+                await self._client().networks.create(config)
+        except aiodocker.DockerError as exc:
+            # 409: another replica created it meanwhile; it is checked like any other.
+            if exc.status != 409:
+                raise _engine_error(exc, f"create network {name}") from None
+        else:
+            log.info("docker.network_created", network=name)
+        data = await self._inspect_network(name)
+        if data is None:
+            raise Unable(f"the network {name} disappeared as it was created")
+        return data
+
+    async def data_root(self) -> str:
+        """The engine's data directory (``DockerRootDir``), never to be mounted; cached."""
+        if self._data_root is None:
+            try:
+                async with self._call("read the engine's information"):
+                    info = await self._client().system.info()
+            except aiodocker.DockerError as exc:
+                raise _engine_error(exc, "read the engine's information") from None
+            self._data_root = str(info.get("DockerRootDir") or DEFAULT_ENGINE_DATA_DIR)
+        return self._data_root
+
+    async def _check_mounts(self, spec: ContainerSpec) -> None:
+        # The volume rules keep the engine's default data directory out; an engine keeping
+        # its data elsewhere is only known here.
+        data_root = await self.data_root()
+        for mount in spec.mounts:
+            if is_within(mount.source, data_root) or is_within(data_root, mount.source):
+                raise InvalidRequest(
+                    f"volume source {mount.source} is or contains the engine's data "
+                    f"directory ({data_root}), which is never mounted into a container"
+                )
+
     async def create(self, spec: ContainerSpec) -> str:
+        await self._check_mounts(spec)
+        network = spec.confinement.network
+        if network is not None:
+            await self.ensure_network(network)
+        try:
+            return await self._create(spec)
+        except NotFound:
+            if network is None or network not in self._networks_ready:
+                raise
+            # The network was removed behind our back: make it again, once.
+            self._networks_ready.discard(network)
+            await self.ensure_network(network)
+            return await self._create(spec)
+
+    async def _create(self, spec: ContainerSpec) -> str:
         exposed = f"{spec.port}/tcp"
+        confinement = spec.confinement
+        limits = confinement.limits
+        host_config: dict[str, Any] = {
+            "Mounts": [
+                {
+                    "Type": "bind",
+                    "Source": mount.source,
+                    "Target": mount.target,
+                    "ReadOnly": mount.read_only,
+                }
+                for mount in spec.mounts
+            ],
+            # An empty HostPort lets the engine choose a free one.
+            "PortBindings": {exposed: [{"HostIp": spec.publish_ip, "HostPort": ""}]},
+            # A PID 1 that reaps zombies and forwards signals, so stop is quick.
+            "Init": True,
+            "Privileged": False,
+            "PublishAllPorts": False,
+            "CapDrop": list(confinement.cap_drop),
+            "CapAdd": list(confinement.cap_add),
+            "SecurityOpt": ["no-new-privileges"] if confinement.no_new_privileges else [],
+        }
+        if limits.memory_bytes is not None:
+            # Swap included: MemorySwap is memory + swap, so equal values mean no swap.
+            host_config["Memory"] = limits.memory_bytes
+            host_config["MemorySwap"] = limits.memory_bytes
+        if limits.nano_cpus is not None:
+            host_config["NanoCpus"] = limits.nano_cpus
+        if limits.pids is not None:
+            host_config["PidsLimit"] = limits.pids
+        if confinement.network is not None:
+            host_config["NetworkMode"] = confinement.network
         config: dict[str, Any] = {
             "Image": spec.image,
             "Labels": dict(spec.labels),
             "Env": [f"{key}={value}" for key, value in spec.environment.items()],
             "ExposedPorts": {exposed: {}},
-            "HostConfig": {
-                "Mounts": [
-                    {
-                        "Type": "bind",
-                        "Source": mount.source,
-                        "Target": mount.target,
-                        "ReadOnly": mount.read_only,
-                    }
-                    for mount in spec.mounts
-                ],
-                # An empty HostPort lets the engine choose a free one.
-                "PortBindings": {exposed: [{"HostIp": spec.publish_ip, "HostPort": ""}]},
-                # A PID 1 that reaps zombies and forwards signals, so stop is quick.
-                "Init": True,
-                "Privileged": False,
-                "PublishAllPorts": False,
-            },
+            "HostConfig": host_config,
         }
         try:
             async with self._call(f"create container {spec.name}"):
                 container = await self._client().containers.create(config, name=spec.name)
         except aiodocker.DockerError as exc:
+            if exc.status == 404 and "network" in str(exc.message).lower():
+                raise NotFound(f"the network {spec.confinement.network} does not exist") from None
             if exc.status == 404:
                 raise _image_missing(spec.image) from None
             if exc.status == 409:
@@ -279,6 +395,15 @@ class AiodockerRuntime:
             if exc.status in (404, 409):
                 return
             raise _engine_error(exc, what) from None
+
+
+def _check_network(name: str, data: Mapping[str, Any]) -> None:
+    options = data.get("Options") or {}
+    if data.get("Driver") != "bridge" or str(options.get(ICC_OPTION, "true")).lower() != "false":
+        raise Unable(
+            f"the network {name} lets containers reach each other; remove it (the service "
+            f"creates it with {ICC_OPTION}=false) or name another in REMOTEAPP_CONTAINER_NETWORK"
+        )
 
 
 def _check_container_ref(container_id: str, error: type[RemoteAppError]) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterable
 
 from remoteappmanager.domain.errors import Unable
 from remoteappmanager.domain.naming import unix_user_name
+from remoteappmanager.domain.volumes import HostPath, HostPathKind
 
 
 class InMemoryWorkspaces:
@@ -29,10 +31,35 @@ class InMemoryWorkspaces:
 
 
 class InMemoryHostPaths:
-    """``HostPaths`` over a fixed set of existing paths (``paths``, mutable)."""
+    """``HostPaths`` over a fixed set of existing directories (``paths``, mutable).
+
+    Test controls: ``links`` maps a path to where its symbolic link points (absolute), and
+    ``sockets`` lists paths that are neither directories nor files.
+    """
 
     def __init__(self, paths: Iterable[str] = ()) -> None:
         self.paths = set(paths)
+        self.links: dict[str, str] = {}
+        self.sockets: set[str] = set()
 
     async def exists(self, path: str) -> bool:
-        return path in self.paths
+        resolved = self._follow(path)
+        return resolved in self.paths or resolved in self.sockets
+
+    async def resolve(self, path: str) -> HostPath:
+        resolved = self._follow(path)
+        if resolved in self.sockets:
+            return HostPath(resolved, HostPathKind.OTHER)
+        if resolved in self.paths:
+            return HostPath(resolved, HostPathKind.DIRECTORY)
+        return HostPath(resolved, HostPathKind.MISSING)
+
+    def _follow(self, path: str) -> str:
+        for _ in range(40):  # the kernel's limit on links followed
+            for link, target in self.links.items():
+                if path == link or path.startswith(link + "/"):
+                    path = posixpath.normpath(target + path[len(link) :])
+                    break
+            else:
+                return path
+        return path

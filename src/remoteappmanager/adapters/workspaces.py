@@ -11,6 +11,7 @@ from pathlib import Path
 
 from remoteappmanager.domain.errors import Unable
 from remoteappmanager.domain.naming import unix_user_name
+from remoteappmanager.domain.volumes import HostPath, HostPathKind
 
 # The first regular account of Debian/Ubuntu images, which application images run as.
 DEFAULT_WORKSPACE_UID = 1000
@@ -95,3 +96,21 @@ class LocalHostPaths:
 
     async def exists(self, path: str) -> bool:
         return await asyncio.to_thread(os.path.exists, path)
+
+    async def resolve(self, path: str) -> HostPath:
+        return await asyncio.to_thread(_resolve, path)
+
+
+def _resolve(path: str) -> HostPath:
+    resolved = os.path.realpath(path)
+    try:
+        mode = os.stat(resolved).st_mode
+    except OSError:
+        return HostPath(resolved, HostPathKind.MISSING)
+    if stat.S_ISDIR(mode):
+        kind = HostPathKind.DIRECTORY
+    elif stat.S_ISREG(mode):
+        kind = HostPathKind.FILE
+    else:
+        kind = HostPathKind.OTHER
+    return HostPath(resolved, kind)

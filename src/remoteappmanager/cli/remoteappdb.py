@@ -124,6 +124,14 @@ async def _require_current_schema(target: _Target) -> None:
         )
 
 
+def _volume_guard() -> catalogue.VolumeGuard:
+    """The volume rules of the service's settings (``REMOTEAPP_VOLUME_ROOTS``...)."""
+    try:
+        return bootstrap.build_volume_guard(load_settings())
+    except SettingsError as exc:
+        fail(PROG, str(exc), 2)
+
+
 def _echo_lines(lines: Sequence[str]) -> None:
     for line in lines:
         click.echo(line)
@@ -310,8 +318,11 @@ def app_grant(
     Granting the same policy again gives the same mapping id.
     """
     policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data)
+    volumes = _volume_guard() if policy.volume is not None else None
     granted = _run(
-        lambda database: catalogue.grant_access(database.unit_of_work, image, user_name, policy)
+        lambda database: catalogue.grant_access(
+            database.unit_of_work, image, user_name, policy, volumes=volumes
+        )
     )
     click.echo(granted.mapping_id)
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from remoteappmanager.domain.configurables import WORKSPACE_TARGET, Configuration
+from remoteappmanager.domain.confinement import (
+    DEFAULT_CONFINEMENT,
+    Confinement,
+    capabilities_for,
+)
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.labels import (
     STARTUPDATA,
@@ -14,7 +19,7 @@ from remoteappmanager.domain.labels import (
     X11_WIDTH,
     ImageMetadata,
 )
-from remoteappmanager.domain.models import Grant, VolumeMode
+from remoteappmanager.domain.models import Grant, Volume, VolumeMode
 from remoteappmanager.domain.naming import container_name, unix_user_name, urlpath, user_base_url
 
 CONTAINER_PORT = 8888
@@ -39,6 +44,7 @@ class ContainerSpec:
     mounts: tuple[Mount, ...] = ()
     publish_ip: str = "127.0.0.1"
     port: int = CONTAINER_PORT
+    confinement: Confinement = DEFAULT_CONFINEMENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +95,18 @@ def build_container_spec(
     workspace: str | None,
     *,
     mount_volume: bool = True,
+    volume: Volume | None = None,
+    confinement: Confinement = DEFAULT_CONFINEMENT,
 ) -> ContainerSpec:
     """The container that runs ``grant``'s application for its user.
 
     ``workspace`` is the host directory mounted at ``/workspace`` when the policy allows a
     home; ``mount_volume`` is False when the policy volume's source is missing on the host
-    (Docker would otherwise create it, owned by root). Raises ``InvalidRequest`` when the
-    policy volume would hide the workspace.
+    (Docker would otherwise create it, owned by root). ``volume`` is the policy's volume as
+    checked against the volume rules (its source resolved on the host); it is mounted instead
+    of the policy's own. ``confinement`` carries the deployment's limits; the capabilities
+    the image's type needs are added to it. Raises ``InvalidRequest`` when the policy volume
+    would hide the workspace.
     """
     user = grant.user.name
     path = urlpath(user, url_id)
@@ -125,16 +136,17 @@ def build_container_spec(
     mounts: list[Mount] = []
     if policy.allow_home and workspace is not None:
         mounts.append(Mount(source=workspace, target=WORKSPACE_TARGET, read_only=False))
-    if policy.volume is not None and mount_volume:
-        if any(mount.target == policy.volume.target for mount in mounts):
+    mounted = volume if volume is not None else policy.volume
+    if mounted is not None and mount_volume:
+        if any(mount.target == mounted.target for mount in mounts):
             raise InvalidRequest(
-                f"the policy's volume target {policy.volume.target} clashes with the workspace"
+                f"the policy's volume target {mounted.target} clashes with the workspace"
             )
         mounts.append(
             Mount(
-                source=policy.volume.source,
-                target=policy.volume.target,
-                read_only=policy.volume.mode is VolumeMode.RO,
+                source=mounted.source,
+                target=mounted.target,
+                read_only=mounted.mode is VolumeMode.RO,
             )
         )
     return ContainerSpec(
@@ -145,4 +157,8 @@ def build_container_spec(
         mounts=tuple(mounts),
         publish_ip=publish_ip,
         port=CONTAINER_PORT,
+        confinement=replace(
+            confinement,
+            cap_add=tuple(dict.fromkeys((*confinement.cap_add, *capabilities_for(image.type)))),
+        ),
     )

@@ -9,11 +9,16 @@ Contract (``InMemoryWorkspaces`` / ``DirectoryWorkspaces``):
 Contract (``InMemoryHostPaths`` / ``LocalHostPaths``):
 - ``exists(path)`` says whether a host path exists, so that a policy volume whose source is
   missing is skipped instead of letting Docker create it owned by root.
+- ``resolve(path)`` returns the path with every symbolic link resolved (as far as the path
+  exists) and what it leads to (a directory, a regular file, something else, nothing), so
+  that the volume rules judge what would really be mounted.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from remoteappmanager.domain.volumes import HostPath
 
 
 class Workspaces(Protocol):
@@ -22,3 +27,5 @@ class Workspaces(Protocol):
 
 class HostPaths(Protocol):
     async def exists(self, path: str) -> bool: ...
+
+    async def resolve(self, path: str) -> HostPath: ...

@@ -8,6 +8,8 @@ Contract:
   removing an application or revoking a grant stops the sessions of its grants. They are
   stopped *before* the catalogue changes, so that a stop that fails (``Unavailable``, or
   ``Conflict`` while one is still starting) leaves the catalogue as it was, to be tried again.
+- A grant's volume must pass the volume rules (``volumes``; without them no volume may be
+  granted): ``InvalidRequest`` and nothing written.
 - Every change of grants is shown on the users' pages at once (``Applications.forget_grants``).
 - Without a container engine (``sessions`` None) the catalogue can still be managed; the
   session use cases raise ``Unavailable``.
@@ -27,7 +29,7 @@ from remoteappmanager.domain.sessions import Session, SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services import catalogue
 from remoteappmanager.services.applications import Applications
-from remoteappmanager.services.catalogue import ApplicationRef, UserGrants
+from remoteappmanager.services.catalogue import ApplicationRef, UserGrants, VolumeGuard
 from remoteappmanager.services.sessions import Sessions
 
 log = structlog.get_logger(__name__)
@@ -66,8 +68,10 @@ class Administration:
         realm: str,
         sessions: Sessions | None = None,
         applications: Applications | None = None,
+        volumes: VolumeGuard | None = None,
     ) -> None:
         self._uow = uow_factory
+        self._volumes = volumes
         self.realm = realm
         self._sessions = sessions
         self._applications = applications
@@ -140,7 +144,9 @@ class Administration:
 
     async def grant(self, user_id: int, application: ApplicationRef, policy: Policy) -> Grant:
         """Idempotent: the same grant again gives the same mapping id."""
-        grant = await catalogue.grant_access(self._uow, application, user_id, policy)
+        grant = await catalogue.grant_access(
+            self._uow, application, user_id, policy, volumes=self._volumes
+        )
         self._forget_grants(grant.user.name)
         log.info(
             "admin.granted",

@@ -5,6 +5,10 @@ changes nothing. Users may be named by id (``int``) or hub name (``str``), appli
 or image name. Errors: ``InvalidRequest`` for a malformed name, ``NotFound`` for an unknown
 user, application or grant, ``Exists`` for a duplicate, ``Unavailable`` when the database (or,
 for ``verify_image``, the Docker engine) cannot be reached.
+
+A grant whose policy mounts a host folder is checked against the volume rules (``VolumeGuard``)
+before anything is written: outside the operator's roots, a system path, or a symbolic link
+that leads out of the roots is ``InvalidRequest``. Without a guard no volume may be granted.
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.errors import InvalidRequest, NotFound
 from remoteappmanager.domain.models import (
     Application,
     Grant,
     Policy,
     User,
+    Volume,
     validate_image_name,
     validate_user_name,
 )
+from remoteappmanager.domain.volumes import VolumeRules
 from remoteappmanager.ports.repositories import UnitOfWork, UnitOfWorkFactory
 from remoteappmanager.ports.runtime import ContainerRuntime
+from remoteappmanager.ports.workspaces import HostPaths
 
 UserRef = int | str
 """A user's id, or their hub name."""
@@ -39,6 +46,41 @@ MAX_ROW_ID = 2**31 - 1
 class UserGrants:
     user: User
     grants: tuple[Grant, ...]
+
+
+class VolumeGuard:
+    """The volume rules applied to the host's real paths (symbolic links resolved).
+
+    ``check`` is asked when a volume is granted and again when a container is about to mount
+    it, since a grant may predate the rules and a link may change after it was granted.
+    """
+
+    def __init__(self, rules: VolumeRules, host_paths: HostPaths) -> None:
+        self.rules = rules
+        self._host_paths = host_paths
+
+    async def check(self, volume: Volume, *, forbidden: tuple[str, ...] = ()) -> Volume:
+        """The volume to mount (its source resolved); ``InvalidRequest`` if it may not be.
+
+        ``forbidden`` adds host paths known only now (the engine's data directory).
+        """
+        rules = self.rules.with_forbidden(*forbidden) if forbidden else self.rules
+        rules.check(volume)
+        source = await self._host_paths.resolve(volume.source)
+        roots = [(await self._host_paths.resolve(root)).path for root in rules.roots]
+        return rules.check_resolved(volume, source, (*rules.roots, *roots))
+
+
+async def check_policy_volume(volumes: VolumeGuard | None, policy: Policy) -> None:
+    """``InvalidRequest`` unless the policy's volume (if any) may be granted."""
+    if policy.volume is None:
+        return
+    if volumes is None:
+        raise InvalidRequest(
+            f"volume source {policy.volume.source} cannot be granted: no host folder may be "
+            "mounted here"
+        )
+    await volumes.check(policy.volume)
 
 
 # ------------------------------------------------------------------------------ users
@@ -128,12 +170,19 @@ async def list_applications(uow: UnitOfWorkFactory) -> list[Application]:
 
 # ------------------------------------------------------------------------------ grants
 async def grant_access(
-    uow: UnitOfWorkFactory, application: ApplicationRef, user: UserRef, policy: Policy
+    uow: UnitOfWorkFactory,
+    application: ApplicationRef,
+    user: UserRef,
+    policy: Policy,
+    *,
+    volumes: VolumeGuard | None = None,
 ) -> Grant:
     """Let ``user`` run ``application`` under ``policy``.
 
     Idempotent: granting the same policy again returns the same grant (same mapping id).
+    A policy volume must pass ``volumes`` (``InvalidRequest``, nothing written).
     """
+    await check_policy_volume(volumes, policy)
     async with uow() as work:
         found_user = await _user(work, user)
         found_application = await _application(work, application)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.applications import Applications
+from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 
@@ -35,6 +36,8 @@ class WebDeps:
       without containers, whose container routes answer ``Unavailable``).
     - ``applications``: the user's grants with image metadata and sessions (the user page
       and ``api/v1/applications/``); set whenever ``sessions`` is.
+    - ``volumes``: the volume rules grants are checked against (None: no grant may mount a
+      host folder).
     """
 
     settings: Settings
@@ -45,3 +48,4 @@ class WebDeps:
     resources: Sequence[Resource] = ()
     sessions: Sessions | None = None
     applications: Applications | None = None
+    volumes: VolumeGuard | None = None

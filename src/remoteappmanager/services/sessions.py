@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from remoteappmanager.domain.configurables import Configuration, validate_configurables
+from remoteappmanager.domain.confinement import DEFAULT_CONFINEMENT, Confinement
 from remoteappmanager.domain.containers import (
     RUNINFO_REALM,
     RUNINFO_URL_ID,
@@ -22,12 +23,13 @@ from remoteappmanager.domain.containers import (
 from remoteappmanager.domain.errors import (
     Conflict,
     Exists,
+    InvalidRequest,
     NotFound,
     RemoteAppError,
     Unable,
 )
 from remoteappmanager.domain.labels import ImageMetadata
-from remoteappmanager.domain.models import Grant
+from remoteappmanager.domain.models import Grant, Volume
 from remoteappmanager.domain.naming import is_url_id, new_url_id, urlpath
 from remoteappmanager.domain.sessions import (
     AccessMode,
@@ -35,11 +37,13 @@ from remoteappmanager.domain.sessions import (
     SessionState,
     session_from_container,
 )
+from remoteappmanager.domain.volumes import NO_VOLUMES, VolumeRules
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+from remoteappmanager.services.catalogue import VolumeGuard
 
 log = structlog.get_logger(__name__)
 
@@ -90,8 +94,13 @@ class Sessions:
 
     Errors: ``NotFound`` (no such session for this user, image gone), ``InvalidRequest``
     (configurables), ``Conflict`` (a start or stop of the same grant is in progress),
-    ``Unable`` (the application did not become ready), ``Unavailable`` (engine or proxy down).
-    A failed start leaves neither a container nor a route behind.
+    ``Unable`` (the application did not become ready, or its grant's volume breaks the volume
+    rules), ``Unavailable`` (engine or proxy down). A failed start leaves neither a container
+    nor a route behind.
+
+    Containers are created under ``confinement`` (capabilities, limits, network); a policy
+    volume is checked against ``volume_rules`` on the host's real paths at every start, so a
+    grant written before the rules, or a link changed since, is refused rather than mounted.
     """
 
     def __init__(
@@ -110,6 +119,8 @@ class Sessions:
         watch_interval: float = DEFAULT_WATCH_INTERVAL,
         unit_of_work: UnitOfWorkFactory | None = None,
         listing_ttl: float = 0.0,
+        confinement: Confinement = DEFAULT_CONFINEMENT,
+        volume_rules: VolumeRules = NO_VOLUMES,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -125,6 +136,8 @@ class Sessions:
         self._gate_url = gate_url
         self._watch_interval = watch_interval
         self._unit_of_work = unit_of_work
+        self._confinement = confinement
+        self._volumes = VolumeGuard(volume_rules, host_paths)
         self._claims: dict[SessionKey, _Claim] = {}
         self._listing_ttl = listing_ttl
         self._listing: tuple[int, float, Sequence[ContainerInfo]] | None = None
@@ -292,8 +305,8 @@ class Sessions:
         self, grant: Grant, image: ImageMetadata, options: Configuration, claim: _Claim
     ) -> Session:
         user = grant.user.name
+        volume = await self._checked_volume(grant)
         workspace = await self._workspaces.ensure(user) if grant.policy.allow_home else None
-        volume = grant.policy.volume
         mount_volume = volume is not None and await self._host_paths.exists(volume.source)
         if volume is not None and not mount_volume:
             log.warning("session.volume_skipped", user=user, source=volume.source)
@@ -308,6 +321,8 @@ class Sessions:
             self._publish_ip,
             workspace,
             mount_volume=mount_volume,
+            volume=volume,
+            confinement=self._confinement,
         )
         route_tried = False
         try:
@@ -333,6 +348,24 @@ class Sessions:
             await self._undo_start(claim, route_tried=route_tried)
             raise
         return _with_state(session, SessionState.RUNNING)
+
+    async def _checked_volume(self, grant: Grant) -> Volume | None:
+        volume = grant.policy.volume
+        if volume is None:
+            return None
+        try:
+            return await self._volumes.check(volume)
+        except InvalidRequest as exc:
+            log.warning(
+                "session.volume_refused",
+                user=grant.user.name,
+                mapping_id=grant.mapping_id,
+                source=volume.source,
+            )
+            raise Unable(
+                f"the grant's volume is refused: {exc.message}; an administrator must change "
+                "the grant"
+            ) from None
 
     async def _remove_previous(self, name: str, claim: _Claim) -> None:
         info = await self._runtime.inspect(name)

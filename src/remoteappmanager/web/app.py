@@ -107,6 +107,7 @@ def create_app(deps: WebDeps) -> web.Application:
         realm=deps.sessions.realm if deps.sessions is not None else settings.realm,
         sessions=deps.sessions,
         applications=deps.applications,
+        volumes=deps.volumes,
     )
     app[API_REGISTRY] = ApiRegistry(
         title="SimPhoNy-Remote", version=__version__, description=_API_DESCRIPTION

@@ -1,0 +1,224 @@
+"""The volume rules: what a grant may mount from the host, and where in the container."""
+
+from __future__ import annotations
+
+import pytest
+
+from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths
+from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.models import Volume
+from remoteappmanager.domain.volumes import (
+    VolumeRules,
+    check_volume_root,
+    check_volume_target,
+)
+from remoteappmanager.services.catalogue import VolumeGuard
+from remoteappmanager.settings import load_settings
+
+RULES = VolumeRules.of(["/srv/data", "/mnt/shared"], forbidden=["/mnt/shared/workspaces"])
+# Rules as an operator could not configure them: every path a root. System paths must still be
+# refused, whatever the roots say.
+EVERYTHING = VolumeRules(roots=("/",))
+
+
+def volume(source: str, target: str = "/data", mode: str = "ro") -> Volume:
+    return Volume.of(source, target, mode)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/",
+        "/proc",
+        "/proc/1/root",
+        "/sys",
+        "/sys/fs/cgroup",
+        "/dev",
+        "/dev/sda",
+        "/etc",
+        "/etc/shadow",
+        "/boot",
+        "/root",
+        "/root/.ssh",
+        "/run",
+        "/var/run",
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/srv/data/docker.sock",
+        "/home/someone/docker.sock",
+        "/var/lib/docker",
+        "/var/lib/docker/volumes/x/_data",
+        "/var",  # contains /var/lib/docker and /var/run
+        "/var/lib",
+        "/usr",
+        "/usr/bin",
+        "/lib",
+    ],
+)
+def test_system_paths_are_never_mounted_whatever_the_roots(source: str) -> None:
+    with pytest.raises(InvalidRequest, match="volume source"):
+        EVERYTHING.check(volume(source))
+    with pytest.raises(InvalidRequest, match="volume source"):
+        RULES.check(volume(source))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/",
+        "/proc",
+        "/proc/sys",
+        "/sys",
+        "/sys/kernel",
+        "/dev",
+        "/dev/shm",
+        "/etc",
+        "/etc/passwd",
+        "/bin",
+        "/usr",
+        "/usr/bin",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib",
+        "/var",
+        "/tmp",
+        "/run",
+    ],
+)
+def test_system_targets_are_refused(target: str) -> None:
+    with pytest.raises(InvalidRequest, match="volume target"):
+        RULES.check(volume("/srv/data", target))
+
+
+@pytest.mark.parametrize("target", ["/data", "/mnt/shared", "/usr/local/data", "/home/app/data"])
+def test_ordinary_targets_are_accepted(target: str) -> None:
+    assert check_volume_target(target) == target
+
+
+@pytest.mark.parametrize(
+    "source", ["/srv/data", "/srv/data/project", "/mnt/shared/a/b", "/srv/data/docker.socket"]
+)
+def test_sources_under_a_root_are_accepted(source: str) -> None:
+    assert RULES.check(volume(source)) == volume(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/srv",  # above a root
+        "/srv/database",  # a sibling sharing the root's prefix
+        "/srv/data-private",
+        "/mnt/other",
+        "/home/alice",
+        "/tmp",
+    ],
+)
+def test_sources_outside_the_roots_are_refused(source: str) -> None:
+    with pytest.raises(InvalidRequest, match="outside the folders grants may mount"):
+        RULES.check(volume(source))
+
+
+@pytest.mark.parametrize("source", ["/mnt/shared/workspaces/alice", "/mnt/shared"])
+def test_paths_of_the_deployment_are_refused_even_under_a_root(source: str) -> None:
+    with pytest.raises(InvalidRequest, match="/mnt/shared/workspaces"):
+        RULES.check(volume(source))
+
+
+def test_without_roots_no_host_folder_may_be_granted() -> None:
+    with pytest.raises(InvalidRequest, match="REMOTEAPP_VOLUME_ROOTS"):
+        VolumeRules().check(volume("/srv/data"))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["/srv/data/../../etc:/data:ro", "/srv/data/..:/data:ro", "/srv/data:/data/../proc:ro"],
+)
+def test_dot_dot_never_gets_out_of_a_root(spec: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"\.\."):
+        RULES.check(Volume.parse(spec))
+
+
+@pytest.mark.parametrize("root", ["/", "/etc", "/var", "/var/lib/docker", "/proc/x", "relative"])
+def test_roots_that_are_or_contain_system_paths_are_refused(root: str) -> None:
+    with pytest.raises(InvalidRequest):
+        check_volume_root(root)
+
+
+# ------------------------------------------------------------------------------ links
+@pytest.fixture
+def host() -> InMemoryHostPaths:
+    host = InMemoryHostPaths({"/srv/data", "/srv/data/project", "/etc", "/var/run"})
+    host.sockets.add("/var/run/docker.sock")
+    return host
+
+
+async def test_a_symbolic_link_out_of_a_root_is_refused(host: InMemoryHostPaths) -> None:
+    host.links["/srv/data/escape"] = "/etc"
+    guard = VolumeGuard(RULES, host)
+
+    with pytest.raises(InvalidRequest, match="symbolic link"):
+        await guard.check(volume("/srv/data/escape"))
+    with pytest.raises(InvalidRequest, match="symbolic link"):
+        await guard.check(volume("/srv/data/escape/ssl"))
+
+
+async def test_a_symbolic_link_to_the_docker_socket_is_refused(host: InMemoryHostPaths) -> None:
+    host.links["/srv/data/engine"] = "/var/run/docker.sock"
+    guard = VolumeGuard(RULES, host)
+
+    with pytest.raises(InvalidRequest):
+        await guard.check(volume("/srv/data/engine"))
+
+
+async def test_a_socket_under_a_root_is_refused(host: InMemoryHostPaths) -> None:
+    host.sockets.add("/srv/data/app.sock")
+    guard = VolumeGuard(RULES, host)
+
+    with pytest.raises(InvalidRequest, match="socket"):
+        await guard.check(volume("/srv/data/app.sock"))
+
+
+async def test_a_link_within_the_roots_is_mounted_as_what_it_points_to(
+    host: InMemoryHostPaths,
+) -> None:
+    host.paths.add("/mnt/shared/results")
+    host.links["/srv/data/results"] = "/mnt/shared/results"
+    guard = VolumeGuard(RULES, host)
+
+    checked = await guard.check(volume("/srv/data/results", mode="rw"))
+
+    assert checked == volume("/mnt/shared/results", mode="rw")
+
+
+async def test_a_root_that_is_a_link_is_judged_by_where_it_leads(host: InMemoryHostPaths) -> None:
+    host.paths.add("/export/data/project")
+    host.links["/srv/data"] = "/export/data"
+    guard = VolumeGuard(RULES, host)
+
+    checked = await guard.check(volume("/srv/data/project"))
+
+    assert checked.source == "/export/data/project"
+
+
+async def test_the_engine_data_directory_given_later_is_refused(host: InMemoryHostPaths) -> None:
+    guard = VolumeGuard(RULES, host)
+
+    with pytest.raises(InvalidRequest, match="/srv/data/engine"):
+        await guard.check(volume("/srv/data/engine/x"), forbidden=("/srv/data/engine",))
+
+
+def test_the_settings_forbid_the_workspaces_and_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", "/srv")
+    monkeypatch.setenv("REMOTEAPP_DATABASE_URL", "/srv/remoteapp/remoteapp.db")
+    rules = load_settings().volume_rules
+
+    assert rules.roots == ("/srv",)
+    for source in (
+        "/srv/remoteapp/workspaces/alice",
+        "/srv/remoteapp/remoteapp.db",
+        "/srv/remoteapp",
+    ):
+        with pytest.raises(InvalidRequest):
+            rules.check(volume(source))
+    assert rules.check(volume("/srv/data")).source == "/srv/data"
