@@ -1005,6 +1005,19 @@ _MISBEHAVIOUR = {
     b"/extra": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
     b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ninjectd",
     b"/answer": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nanswer",
+    b"/pinned-length": b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n"
+    b"helloHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+    b"/pinned-encoding": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    b"Connection: keep-alive, Transfer-Encoding\r\n\r\n5\r\nhello\r\n0\r\n\r\nsmuggled",
+    b"/cookies": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+    b"Set-Cookie: =nameless; Path=/\r\n"
+    b"Set-Cookie: lone-value\r\n"
+    b"Set-Cookie: __Host-jupyterhub-hub-login=planted; Path=/; Secure\r\n"
+    b"Set-Cookie: __Secure-remoteapp-session=planted; Path=/services/remoteapp/; Secure\r\n"
+    b"Set-Cookie: service-remoteapp=planted; Path=/services/remoteapp/\r\n"
+    b"Set-Cookie: site-wide=1; Path=/; Domain=127.0.0.1; HttpOnly\r\n"
+    b"Set-Cookie: inside=2; Path={base}/deeper/\r\n"
+    b"Set-Cookie: default=3\r\n\r\nok",
     b"/hops": b"HTTP/1.0 200 Fine\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\n"
     b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nSet-Cookie: remoteapp-session=x\r\n"
     b"set-cookie: app=1; Path=/\r\nX-App: kept\r\nCONTENT-length: 4\r\n\r\nhops",
@@ -1019,8 +1032,9 @@ async def misbehaving(stack: Stack) -> AsyncIterator[tuple[Session, str]]:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             head = await reader.readuntil(b"\r\n\r\n")
             path = head.split(b" ")[1]
-            tail = path.split(b"/containers/", 1)[1].partition(b"/")[2]
-            writer.write(_MISBEHAVIOUR.get(b"/" + tail, _MISBEHAVIOUR[b"/answer"]))
+            base, _, tail = path.rpartition(b"/")
+            answer = _MISBEHAVIOUR.get(b"/" + tail, _MISBEHAVIOUR[b"/answer"])
+            writer.write(answer.replace(b"{base}", base))
             await writer.drain()
         writer.close()
 
@@ -1056,18 +1070,33 @@ async def test_an_application_closing_without_answering_is_502(
     assert len(response.body) < 200
 
 
-@pytest.mark.parametrize("path", ["/smuggle", "/bad-chunk"])
-async def test_answers_with_ambiguous_framing_never_reach_the_proxy(
+@pytest.mark.parametrize("path", ["/smuggle", "/pinned-length", "/pinned-encoding"])
+async def test_answers_with_ambiguous_framing_are_refused_at_once(
     stack: Stack, misbehaving: tuple[Session, str], path: str
 ) -> None:
     session, value = misbehaving
     conn = await RawConnection.open(stack.gate_port)
     await conn.send(request(session.urlpath + path, value))
-    status, _headers = await conn.head()
-    if status == 200:  # the head went out before the body went wrong: the connection is cut
-        assert await conn.closed()
-    else:
-        assert status == 502
+    response = await conn.response()
+    assert response.status == 502
+    assert b"smuggled" not in response.body
+    # The gate's own answer is well framed: the proxy's connection carries on.
+    await conn.send(request(session.urlpath + "/answer", value))
+    assert (await conn.response()).body == b"answer"
+
+
+async def test_an_answer_whose_chunks_go_wrong_is_cut_short(
+    stack: Stack, misbehaving: tuple[Session, str]
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/bad-chunk", value))
+    status, headers = await conn.head()
+    # The head went out before the body went wrong: the connection is cut, never completed.
+    assert status == 200
+    assert headers["transfer-encoding"] == ["chunked"]
+    rest = await asyncio.wait_for(conn.reader.read(), 5)  # then the end of the connection
+    assert b"5\r\nhello\r\n".startswith(rest)
 
 
 async def test_bytes_after_an_answer_are_never_passed_on(
@@ -1126,8 +1155,234 @@ async def test_hop_by_hop_headers_and_our_cookies_are_taken_out_of_answers(
     raw_head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
     assert raw_head.startswith(b"HTTP/1.1 200 Fine\r\n")
     lines = raw_head.decode("latin-1").split("\r\n")[1:-2]
-    assert sorted(lines) == ["CONTENT-length: 4", "X-App: kept", "set-cookie: app=1; Path=/"]
+    assert sorted(lines) == [
+        "CONTENT-length: 4",
+        f"Set-Cookie: app=1; Path={session.urlpath}/",
+        "X-App: kept",
+    ]
     assert await conn.reader.readexactly(4) == b"hops"
     # The connection from the proxy stays usable.
     await conn.send(request(session.urlpath + "/answer", value))
     assert (await conn.response()).body == b"answer"
+
+
+async def test_application_cookies_are_confined_to_the_application_path(
+    stack: Stack, misbehaving: tuple[Session, str]
+) -> None:
+    session, value = misbehaving
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/cookies", value))
+    response = await conn.response()
+    assert response.status == 200
+    base = session.urlpath + "/"
+    assert sorted(response.headers["set-cookie"]) == [
+        f"default=3; Path={base}",
+        f"inside=2; Path={base}deeper/",
+        f"site-wide=1; HttpOnly; Path={base}",
+    ]
+
+
+# ------------------------------------------------------------------------------ credentials
+async def test_a_bearer_token_opens_the_gate_but_never_reaches_the_application(
+    stack: Stack,
+) -> None:
+    session, value = await entered(stack, "alice")
+    for user in ("alice", "root"):
+        token = stack.world.hub.issue_token(user)
+        for scheme in ("Bearer", "bearer", "TOKEN"):
+            response = await stack.make_client()
+            answer = await response.get(
+                session.urlpath + "/api", headers={"Authorization": f"{scheme} {token}"}
+            )
+            assert answer.status == 200
+            assert "authorization" not in headers_seen(stack)
+    # Signed in with the gate cookie, a visitor's token in any scheme is kept back too.
+    viewer_token = stack.world.hub.issue_token("bob")
+    for header in (f"Bearer {viewer_token}", f"token {viewer_token}", f"Custom {viewer_token}"):
+        conn = await RawConnection.open(stack.gate_port)
+        await conn.send(request(session.urlpath + "/x", value, extra=f"Authorization: {header}"))
+        assert (await conn.response()).status == 200
+        assert "authorization" not in headers_seen(stack)
+        await conn.close()
+
+
+async def test_a_token_in_the_query_opens_nothing(stack: Stack) -> None:
+    session = await stack.start("alice")
+    token = stack.world.hub.issue_token("alice")
+    response = await stack.client.post(session.urlpath + f"/api?token={token}", data=b"")
+    assert response.status == 401
+    assert stack.seen.requests == []
+
+
+async def test_prefixed_hub_and_service_cookies_never_reach_the_application(stack: Stack) -> None:
+    session, value = await entered(stack)
+    crumbs = [
+        "__Host-jupyterhub-hub-login=h",
+        "__Secure-jupyterhub-session-id=s",
+        "jupyterhub-user-alice=u",
+        "service-remoteapp=o",
+        "__Host-remoteapp-session=r",
+        f"__Host-{GATE_COOKIE}=g",
+        "__Secure-_xsrf=x",
+        "=nameless",
+        "app=1",
+    ]
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/c", value, extra="Cookie: " + "; ".join(crumbs)))
+    assert (await conn.response()).status == 200
+    assert headers_seen(stack)["cookie"] == ["theme=dark; app=1"]
+    await conn.close()
+
+
+# ------------------------------------------------------------------------------ smuggling
+_SMUGGLED = "GET {base}/smuggled HTTP/1.1\r\nHost: gate.test\r\nCookie: {gate}={value}\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("status", "head", "body"),
+    [
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: {n}",
+            "{smuggled}",
+        ),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Transfer-Encoding\r\n"
+            "Transfer-Encoding: chunked",
+            "0\r\n\r\n{smuggled}",
+        ),
+        (400, "GET {path} HTTP/1.1\r\nHost: h\r\nConnection: Cookie", ""),
+        (
+            400,
+            "GET {path} HTTP/1.1\r\nHost: h\r\nConnection: authorization\r\n"
+            "Authorization: Basic eA==",
+            "",
+        ),
+        (400, "GET {path} HTTP/1.1\r\nHost: h\r\nConnection: HOST", ""),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: {n}\r\nTransfer-Encoding: chunked",
+            "0\r\n\r\n{smuggled}",
+        ),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3",
+            "0\r\n\r\n{smuggled}",
+        ),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: {n}",
+            "{smuggled}",
+        ),
+        (400, "POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 0, {n}", "{smuggled}"),
+        (400, "GET {path} HTTP/1.1\r\nHost: h\r\nHost: other", ""),
+        (400, "GET {path} HTTP/1.1", ""),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nX: a\r\n Transfer-Encoding: chunked",
+            "0\r\n\r\n",
+        ),
+        (
+            400,
+            "POST {path} HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked",
+            "0\r\n\r\n{smuggled}",
+        ),
+        (400, "GET {path} HTTP/1.1\nHost: h", ""),
+        (400, "GET {path} HTTP/1.1\r\nHost: h\nX: y", ""),
+        (400, "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked", "zz\r\n{smuggled}"),
+        (400, "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked", "-1\r\n{smuggled}"),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked",
+            "1ffffffffffffffff\r\n",
+        ),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked",
+            "0 \r\n\r\n{smuggled}",
+        ),
+        (
+            400,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity",
+            "0\r\n\r\n{smuggled}",
+        ),
+        (
+            501,
+            "POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked",
+            "0\r\n\r\n{smuggled}",
+        ),
+        (
+            400,
+            "GET {path} HTTP/1.1\r\nHost: h\r\nAuthorization: Basic eA==\r\n"
+            "Authorization: Basic eQ==",
+            "",
+        ),
+    ],
+    ids=[
+        "connection-content-length",
+        "connection-transfer-encoding",
+        "connection-cookie",
+        "connection-authorization",
+        "connection-host",
+        "cl-te",
+        "te-cl",
+        "duplicate-cl",
+        "cl-list",
+        "duplicate-host",
+        "no-host",
+        "obs-fold",
+        "http10-chunked",
+        "bare-lf",
+        "bare-lf-header",
+        "bad-chunk-size",
+        "negative-chunk-size",
+        "chunk-size-overflow",
+        "chunk-size-space",
+        "te-chunked-identity",
+        "te-gzip-chunked",
+        "duplicate-authorization",
+    ],
+)
+async def test_smuggling_attempts_are_refused_and_nothing_reaches_the_application(
+    stack: Stack, status: int, head: str, body: str
+) -> None:
+    session, value = await entered(stack)
+    before = len(stack.seen.requests)
+    path = session.urlpath + "/first"
+    smuggled = _SMUGGLED.format(base=session.urlpath, gate=GATE_COOKIE, value=value)
+    body = body.format(smuggled=smuggled)
+    head = head.format(path=path, n=len(body))
+    cookie_line = f"\r\nCookie: {GATE_COOKIE}={value}"
+    text = head.replace("\r\n", cookie_line + "\r\n", 1) if "\r\n" in head else head + cookie_line
+    conn = await RawConnection.open(stack.gate_port)
+    # A valid request first: the refusal must come after its answer, on the same connection.
+    await conn.send(
+        request(session.urlpath + "/before", value) + (text + "\r\n\r\n" + body).encode()
+    )
+    assert (await conn.response()).status == 200
+    refused = await conn.response()
+    assert refused.status == status
+    assert await conn.closed()
+    paths = [r["path_qs"] for r in stack.seen.requests[before:]]
+    assert paths == [session.urlpath + "/before"]
+
+
+@pytest.mark.parametrize("bad", ["zz", "-1", "1ffffffffffffffff", "0 ", "5;\nhello"])
+async def test_a_bad_chunk_in_a_forwarded_request_cuts_the_connection(
+    stack: Stack, bad: str
+) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    head = request(
+        session.urlpath + "/upload", value, method="POST", extra="Transfer-Encoding: chunked"
+    )
+    await conn.send(head + b"3\r\nabc\r\n")
+    await asyncio.sleep(0.2)  # the head and the first chunk are on their way to the app
+    smuggled = _SMUGGLED.format(base=session.urlpath, gate=GATE_COOKIE, value=value)
+    await conn.send(f"{bad}\r\n{smuggled}".encode())
+    # Part of the request went through: it cannot be answered, only cut; what follows the
+    # bad chunk is never read as a request.
+    assert await conn.closed()
+    await asyncio.sleep(0.2)
+    assert not any(r["path_qs"].endswith("/smuggled") for r in stack.seen.requests)

@@ -25,14 +25,7 @@ from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
 from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.services.gate_access import GateAccess, GateTarget
-from remoteappmanager.web.auth import (
-    SESSION_COOKIE,
-    STATE_COOKIE_PREFIX,
-    XSRF_COOKIE,
-    is_https,
-    login_redirect,
-    resolve_auth,
-)
+from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.gate_proxy import (
     Answer,
@@ -41,6 +34,12 @@ from remoteappmanager.web.gate_proxy import (
     GateServer,
     GateStats,
     Verdict,
+)
+from remoteappmanager.web.gate_rules import (
+    GATE_COOKIE,
+    authorization_token,
+    forwarded_authorization,
+    sort_cookies,
 )
 from remoteappmanager.web.keys import (
     ACCESS,
@@ -57,13 +56,9 @@ from remoteappmanager.web.login_sessions import LoginSessionStore
 
 log = structlog.get_logger(__name__)
 
-GATE_COOKIE = "remoteapp-gate"
 _GATE_PURPOSE = "gate"
 MAX_VERIFIED_COOKIES = 10_000
 _PAGE_METHODS = frozenset({"GET", "HEAD"})
-# Cookies that are ours or the hub's: credentials of the service, never the application's.
-_OUR_COOKIES = frozenset({GATE_COOKIE, SESSION_COOKIE, XSRF_COOKIE})
-_OUR_COOKIE_PREFIXES = (STATE_COOKIE_PREFIX, "jupyterhub-")
 _EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -75,10 +70,6 @@ _PAGE = """<!DOCTYPE html>
 </body>
 </html>
 """
-
-
-def is_ours(cookie_name: str) -> bool:
-    return cookie_name in _OUR_COOKIES or cookie_name.startswith(_OUR_COOKIE_PREFIXES)
 
 
 @dataclass(slots=True)
@@ -176,10 +167,6 @@ class Gate:
     def unreachable(self, url_id: str) -> None:
         self.access.forget(url_id)
 
-    def private_cookie(self, name: str) -> bool:
-        # An application may not plant or overwrite the service's credentials.
-        return is_ours(name)
-
     # ------------------------------------------------------------------ decisions
     def _verdict(
         self, request: GateRequest, path: str, query: str, target: GateTarget
@@ -201,38 +188,26 @@ class Gate:
             if allowed:
                 return self._forward(request, target, caller)
             return self._page(403, "this application is not shared with you")
-        if _authorization_token(request.authorization) is not None:
+        if authorization_token(request.authorization) is not None:
             return caller
         return self._refuse_anonymous(request, target, caller.stale_cookie)
 
     def _read_cookies(self, headers: Iterable[str], url_id: str) -> _Caller:
         caller = _Caller()
-        kept: list[str] = []
-        for header in headers:
-            for part in header.split(";"):
-                crumb = part.strip()
-                if not crumb:
-                    continue
-                name, _, value = crumb.partition("=")
-                if name != GATE_COOKIE:
-                    if not is_ours(name):
-                        kept.append(crumb)
-                    continue
-                if caller.session_id is not None:
-                    continue
-                payload = self.cookie_payload(value)
-                session_id, _, cookie_url_id = (payload or "").partition(" ")
-                session = self.store.get(session_id) if cookie_url_id == url_id else None
-                if session is None:
-                    caller.stale_cookie = True
-                    continue
-                caller.session_id, caller.hub_token, caller.user = (
-                    session.id,
-                    session.hub_token,
-                    session.user,
-                )
-        if kept:
-            caller.forwarded_cookie = "; ".join(kept)
+        gate_values, caller.forwarded_cookie = sort_cookies(headers)
+        for value in gate_values:
+            payload = self.cookie_payload(value)
+            session_id, _, cookie_url_id = (payload or "").partition(" ")
+            session = self.store.get(session_id) if cookie_url_id == url_id else None
+            if session is None:
+                caller.stale_cookie = True
+                continue
+            caller.session_id, caller.hub_token, caller.user = (
+                session.id,
+                session.hub_token,
+                session.user,
+            )
+            break
         return caller
 
     async def _ask_hub(self, request: GateRequest, target: GateTarget, caller: _Caller) -> Verdict:
@@ -260,7 +235,7 @@ class Gate:
     async def _check_token(
         self, request: GateRequest, target: GateTarget, caller: _Caller
     ) -> Verdict:
-        token = _authorization_token(request.authorization)
+        token = authorization_token(request.authorization)
         assert token is not None
         user = self.identify.identify(await self.identity.user_for_token(token))
         if self.access.may_enter(user, target):
@@ -269,15 +244,13 @@ class Gate:
         return self._page(403, "this application is not shared with you")
 
     def _forward(self, request: GateRequest, target: GateTarget, caller: _Caller) -> Forward:
-        authorization = request.authorization
-        if authorization is not None and _carries_our_token(authorization, caller):
-            authorization = None
         return Forward(
             url_id=target.url_id,
             host=target.host,
             port=target.port,
             cookie=caller.forwarded_cookie,
-            authorization=authorization,
+            authorization=forwarded_authorization(request.authorization),
+            cookie_path=target.urlpath + "/",
         )
 
     def _refuse_anonymous(
@@ -305,24 +278,6 @@ def _url_id_in(path: str) -> str | None:
     if len(parts) < 5 or parts[0] or parts[1] != "user" or parts[3] != "containers":
         return None
     return parts[4] or None
-
-
-def _authorization_token(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() in ("token", "bearer") and value.strip():
-        return value.strip()
-    return None
-
-
-def _carries_our_token(authorization: str, caller: _Caller) -> bool:
-    """JupyterHub's ``token`` scheme always; a bearer token when it is the hub token we hold."""
-    scheme, _, value = authorization.partition(" ")
-    scheme = scheme.lower()
-    if scheme == "token":
-        return True
-    return scheme == "bearer" and caller.hub_token is not None and value.strip() == caller.hub_token
 
 
 # ---------------------------------------------------------------------------- wiring

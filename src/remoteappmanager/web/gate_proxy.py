@@ -15,6 +15,8 @@ from typing import Protocol, cast
 import httptools
 import structlog
 
+from remoteappmanager.web.gate_rules import confine_set_cookie, connection_options, pins_a_header
+
 log = structlog.get_logger(__name__)
 
 # A request head larger than this is answered 431 (the proxy in front refuses 16 KiB already).
@@ -58,13 +60,17 @@ class GateRequest:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Let the request through to ``host:port`` with these credentials (None: none)."""
+    """Let the request through to ``host:port`` with these credentials (None: none).
+
+    The application's ``Set-Cookie`` answers are confined to ``cookie_path``.
+    """
 
     url_id: str
     host: str
     port: int
     cookie: str | None
     authorization: str | None
+    cookie_path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +97,6 @@ class Gatekeeper(Protocol):
 
     def unreachable(self, url_id: str) -> None:
         """The application refused a connection."""
-
-    def private_cookie(self, name: str) -> bool:
-        """Whether an application may not set this cookie (it is the service's)."""
 
 
 @dataclass(slots=True)
@@ -208,6 +211,9 @@ def _plain(status: int, message: str) -> Answer:
 
 
 _BAD_REQUEST = _plain(400, "the request could not be read")
+_AMBIGUOUS = _plain(400, "the request's framing, host or credentials are ambiguous")
+_PINNED = _plain(400, "the Connection header names a header that is not hop-by-hop")
+_UNKNOWN_CODING = _plain(501, "the only transfer coding understood is 'chunked'")
 _TIMEOUT = _plain(408, "the request did not arrive in time")
 _TOO_LARGE = _plain(431, "the request's headers are too large")
 _INTERNAL = _plain(500, "something went wrong on our side")
@@ -223,6 +229,14 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop reading an oversized head."""
 
 
+class _Refused(Exception):
+    """Raised from a parser callback: the request is readable but must not be passed on."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
 # ---------------------------------------------------------------------------- one request
 class _Exchange:
     """A request from the proxy and the answer it gets."""
@@ -230,6 +244,7 @@ class _Exchange:
     __slots__ = (
         "body_framing",
         "connect_timed_out",
+        "cookie_path",
         "expect_continue",
         "has_body",
         "head",
@@ -266,6 +281,7 @@ class _Exchange:
         self.reused = False
         self.key: tuple[str, int] = ("", 0)
         self.url_id = ""
+        self.cookie_path = b"/"
         self.upstream: _Upstream | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -407,6 +423,8 @@ class _Downstream(asyncio.Protocol):
         except httptools.HttpParserCallbackError as error:
             if isinstance(error.__context__, _HeadTooLarge):
                 self._protocol_error(_TOO_LARGE)
+            elif isinstance(error.__context__, _Refused):
+                self._protocol_error(error.__context__.answer)
             else:
                 log.error("gate.parser_callback_failed", error=repr(error.__context__))
                 self._protocol_error(_INTERNAL)
@@ -491,8 +509,9 @@ class _Downstream(asyncio.Protocol):
         lines.append(b"%b %b HTTP/%b\r\n" % (method, target, version.encode("latin-1")))
         cookies: list[str] = []
         authorization: str | None = None
-        forwarded_for = host = upgrade = None
+        forwarded_for = host = upgrade = encoding = None
         has_proto = has_host = has_id = False
+        hosts = authorizations = 0
         listed: set[bytes] | None = None
         for name, value in self._headers:
             code = _REQUEST_HEADERS.get(name.lower())
@@ -504,21 +523,25 @@ class _Downstream(asyncio.Protocol):
                 exchange.has_body = value.strip() not in (b"0", b"")
                 lines.append(b"%b: %b\r\n" % (name, value))
             elif code == _AUTHORIZATION:
+                authorizations += 1
                 authorization = value.decode("latin-1")
             elif code == _XFF:
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
             elif code == _HOST:
+                hosts += 1
                 host = value
                 lines.append(b"%b: %b\r\n" % (name, value))
             elif code == _CONNECTION:
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token not in _CONNECTION_OPTIONS:
-                        listed = listed or set()
-                        listed.add(token)
+                options = connection_options(value)
+                if pins_a_header(options):
+                    raise _Refused(_PINNED)
+                options -= _CONNECTION_OPTIONS
+                if options:
+                    listed = options if listed is None else listed | options
             elif code == _UPGRADE:
                 upgrade = value
             elif code == _TRANSFER_ENCODING:
+                encoding = value if encoding is None else encoding + b"," + value
                 exchange.body_framing = exchange.has_body = True
             elif code == _EXPECT:
                 exchange.expect_continue = value.strip().lower() == b"100-continue"
@@ -532,6 +555,15 @@ class _Downstream(asyncio.Protocol):
             elif code == _XFHOST:
                 has_host = True
                 lines.append(b"%b: %b\r\n" % (name, value))
+        # Where the parser is lenient, the gate is not: the application (or a proxy behind
+        # it) could read these another way than llhttp did.
+        if hosts > 1 or (hosts == 0 and not exchange.http10) or authorizations > 1:
+            raise _Refused(_AMBIGUOUS)
+        if encoding is not None:
+            if exchange.http10:
+                raise _Refused(_AMBIGUOUS)
+            if encoding.strip().lower() != b"chunked":
+                raise _Refused(_UNKNOWN_CODING)
         if listed:
             exchange.lines = lines = _without(lines, listed)
         peer = self._peer
@@ -570,9 +602,14 @@ class _Downstream(asyncio.Protocol):
         self._pause(_BROKEN)
         parsing = self._parsing
         if parsing is not None and not parsing.request_done:
-            # The error is inside a request that is under way: it cannot be answered.
-            self.abort()
-            return
+            if parsing in self._queue:
+                # Not begun yet: it is answered (refused) in its turn, and never forwarded.
+                self._queue.remove(parsing)
+                self._resume(_QUEUED)
+            else:
+                # The error is inside a request that is under way: it cannot be answered.
+                self.abort()
+                return
         if self._active is None:
             self._next()
 
@@ -620,6 +657,7 @@ class _Downstream(asyncio.Protocol):
         exchange.head = b"".join(lines)
         exchange.lines = []
         exchange.url_id = verdict.url_id
+        exchange.cookie_path = verdict.cookie_path.encode("latin-1")
         exchange.key = (verdict.host, verdict.port)
         if exchange.expect_continue and not exchange.request_done and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -1023,18 +1061,22 @@ class _Upstream(asyncio.Protocol):
                 encoding = value if encoding is None else encoding + b"," + value
                 keep = True
             elif code == _SET_COOKIE:
-                name = value.partition(b"=")[0].strip()
-                keep = not self._server.gatekeeper.private_cookie(name.decode("latin-1"))
+                # Always rewritten (or dropped): confined to the application's path.
+                confined = confine_set_cookie(value.strip(b" \t"), exchange.cookie_path)
+                pieces.append(head[start : match.start()])
+                if confined is not None:
+                    pieces.append(b"\r\nSet-Cookie: " + confined)
+                start = match.end()
+                continue
             elif code == _CONNECTION:
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token == b"close":
-                        close = True
-                    elif token == b"keep-alive":
-                        keep_alive_asked = True
-                    elif token not in _CONNECTION_OPTIONS:
-                        listed = listed or set()
-                        listed.add(token)
+                options = connection_options(value)
+                if pins_a_header(options):
+                    raise _BadResponse  # its framing would be read two ways
+                close = close or b"close" in options
+                keep_alive_asked = keep_alive_asked or b"keep-alive" in options
+                options -= _CONNECTION_OPTIONS
+                if options:
+                    listed = options if listed is None else listed | options
                 keep = switching
             elif code == _UPGRADE:
                 keep = switching

@@ -1,0 +1,199 @@
+"""What the gate lets through to an application, and back: credential, cookie and header rules.
+
+Pure functions, no I/O, shared by the gatekeeper (``web.gate``) and the listener
+(``web.gate_proxy``):
+
+- Cookies of the service and of the hub never reach an application, whatever their name's
+  ``__Host-``/``__Secure-`` prefix (JupyterHub's ``cookie_host_prefix_enabled``) or case.
+- ``Authorization`` reaches an application only in an allow-listed scheme (``Basic``,
+  ``Digest``): the ``token`` and ``Bearer`` schemes are what the gate authenticates with, so
+  a value in them is a hub credential, whoever sent it.
+- An application's ``Set-Cookie`` is confined to the application's own path: nameless
+  cookies and cookies named like ours or the hub's are dropped, ``Domain`` is removed, a
+  ``Path`` outside the application is replaced.
+- A ``Connection`` header may not declare framing, routing or credential headers hop-by-hop.
+- A WebSocket's ``Origin`` is compared in its serialised form (lower-case scheme and host,
+  default port left out).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+# The gate's own cookie: a signed (login session, url id) scoped to the application's path.
+GATE_COOKIE = "remoteapp-gate"
+# Names (after any cookie prefix, compared in lower case) of the service's and the hub's
+# cookies. The service's: its session, sign-in state, CSRF token and gate cookies. The
+# hub's: ``jupyterhub-*`` (login, session id, user servers' OAuth cookies) and ``service-*``
+# (hub-managed services' OAuth cookies), and ``_xsrf`` (hub and services alike).
+SERVICE_COOKIE_NAMES = frozenset({"_xsrf"})
+SERVICE_COOKIE_PREFIXES = ("remoteapp-", "jupyterhub-", "service-")
+# RFC 6265bis cookie prefixes, which browsers match regardless of case.
+_COOKIE_PREFIXES = ("__host-", "__secure-")
+# ``Authorization`` schemes that pass to an application (its own authentication).
+FORWARDED_AUTHORIZATION_SCHEMES = frozenset({"basic", "digest"})
+# Schemes whose value the gate takes as a hub token.
+TOKEN_SCHEMES = frozenset({"token", "bearer"})
+# Headers a ``Connection`` header may not name (lower case): dropping them would change how
+# a message is framed or routed, hide who sent it, or let a credential through unchecked.
+PINNED_HEADERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"cookie",
+        b"set-cookie",
+        b"authorization",
+        b"origin",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
+    }
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_ORIGIN = re.compile(r"(https?)://([^/?#@\s]+)", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------- cookies
+def cookie_name_unprefixed(name: str) -> str:
+    """The name in lower case without its ``__Host-``/``__Secure-`` prefixes."""
+    bare = name.strip().lower()
+    while bare.startswith(_COOKIE_PREFIXES):
+        bare = bare.removeprefix("__host-").removeprefix("__secure-")
+    return bare
+
+
+def is_service_cookie(name: str) -> bool:
+    """Whether a cookie of this name belongs to the service or the hub (never to an app)."""
+    bare = cookie_name_unprefixed(name)
+    return bare in SERVICE_COOKIE_NAMES or bare.startswith(SERVICE_COOKIE_PREFIXES)
+
+
+def sort_cookies(headers: Iterable[str]) -> tuple[list[str], str | None]:
+    """(values of the gate cookie, in order; the ``Cookie`` value for the application).
+
+    Only the unprefixed ``remoteapp-gate`` is the gate's cookie; every service or hub cookie
+    is kept from the application, and so is a pair without a name.
+    """
+    gate_values: list[str] = []
+    kept: list[str] = []
+    for header in headers:
+        for part in header.split(";"):
+            crumb = part.strip()
+            if not crumb:
+                continue
+            name, eq, value = crumb.partition("=")
+            name = name.strip()
+            if name == GATE_COOKIE:
+                gate_values.append(value.strip())
+            elif eq and name and not is_service_cookie(name):
+                kept.append(crumb)
+    return gate_values, "; ".join(kept) if kept else None
+
+
+def confine_set_cookie(value: bytes, base: bytes) -> bytes | None:
+    """An application's ``Set-Cookie`` value as passed on, or None to drop it.
+
+    ``base`` is the application's path with its trailing slash. Dropped: a cookie without
+    a name (``=x``, ``x``), one named like the service's or the hub's, and a ``__Host-``
+    cookie (its rules demand ``Path=/``). Otherwise every ``Domain`` attribute goes (the
+    cookie stays host-only) and the path becomes the last ``Path`` given if it lies inside
+    ``base``, else ``base``.
+    """
+    pair, *attributes = value.split(b";")
+    name, eq, _ = pair.partition(b"=")
+    name = name.strip()
+    if not eq or not name:
+        return None
+    text = name.decode("latin-1")
+    if is_service_cookie(text) or text.lower().startswith("__host-"):
+        return None
+    path = base
+    kept = [pair.strip()]
+    for attribute in attributes:
+        key, _, argument = attribute.partition(b"=")
+        key = key.strip().lower()
+        if key == b"domain":
+            continue
+        if key == b"path":
+            argument = argument.strip()
+            path = argument if _inside(argument, base) else base
+            continue
+        if attribute.strip():
+            kept.append(attribute.strip())
+    kept.append(b"Path=" + path)
+    return b"; ".join(kept)
+
+
+def _inside(path: bytes, base: bytes) -> bool:
+    if not path.startswith(base):
+        return False
+    tail = path[len(base) :]
+    return b"%" not in tail and b"\\" not in tail and b".." not in tail
+
+
+# ---------------------------------------------------------------------------- Authorization
+def authorization_token(authorization: str | None) -> str | None:
+    """The hub token an ``Authorization`` value carries (``token``/``Bearer``), or None."""
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() in TOKEN_SCHEMES and value.strip():
+        return value.strip()
+    return None
+
+
+def forwarded_authorization(authorization: str | None) -> str | None:
+    """The ``Authorization`` value the application may see (allow-listed schemes), or None."""
+    if authorization is None:
+        return None
+    scheme = authorization.strip().partition(" ")[0].lower()
+    return authorization if scheme in FORWARDED_AUTHORIZATION_SCHEMES else None
+
+
+# ---------------------------------------------------------------------------- Connection
+def connection_options(value: bytes) -> set[bytes]:
+    """The lower-case options a ``Connection`` header value lists."""
+    return {token.strip() for token in value.lower().split(b",")} - {b""}
+
+
+def pins_a_header(options: Iterable[bytes]) -> bool:
+    """Whether ``Connection`` options name a header that must not be dropped as hop-by-hop."""
+    return not PINNED_HEADERS.isdisjoint(options)
+
+
+# ---------------------------------------------------------------------------- Origin
+def serialise_origin(text: str | None) -> str | None:
+    """``scheme://host[:port]`` in canonical form, or None for anything else (``null``...)."""
+    if text is None:
+        return None
+    match = _ORIGIN.fullmatch(text.strip())
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    try:
+        parts = urlsplit(f"{scheme}://{match.group(2)}")
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def request_origin(host: str | None, scheme: str | None) -> str | None:
+    """The origin a request was addressed to: its ``Host`` and scheme (``http`` if unsaid)."""
+    if not host:
+        return None
+    scheme = (scheme or "http").split(",")[0].strip().lower()
+    if scheme not in _DEFAULT_PORTS:
+        return None
+    return serialise_origin(f"{scheme}://{host.strip()}")
