@@ -185,6 +185,12 @@ class Settings(BaseSettings):
     jupyterhub_public_url: str | None = _hub(
         "JUPYTERHUB_PUBLIC_URL", None, "Public URL of the hub (for absolute share links)."
     )
+    jupyterhub_oauth_access_scopes: Annotated[list[str] | None, NoDecode] = _hub(
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES",
+        None,
+        "JSON list of scopes, any one of which a hub token must hold to be accepted (the hub "
+        "gives it to a managed service). Default: access:services!service=<service name>.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -209,6 +215,24 @@ class Settings(BaseSettings):
     def _parse_demo_applications(cls, value: Any) -> Any:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("jupyterhub_oauth_access_scopes", mode="before")
+    @classmethod
+    def _parse_access_scopes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON list of scopes") from None
+        if value is not None and (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(scope, str) and scope.strip() for scope in value)
+        ):
+            raise ValueError("must be a non-empty JSON list of scopes")
         return value
 
     @field_validator("database_url")
@@ -257,6 +281,13 @@ class Settings(BaseSettings):
         database_file = sqlite_path(self.database_url)
         base = database_file.parent if database_file is not None else Path.cwd()
         return base / "workspaces"
+
+    @property
+    def access_scopes(self) -> frozenset[str]:
+        """The scopes that let a hub token in, any one of them (as JupyterHub's HubAuth)."""
+        if self.jupyterhub_oauth_access_scopes:
+            return frozenset(self.jupyterhub_oauth_access_scopes)
+        return frozenset({f"access:services!service={self.jupyterhub_service_name}"})
 
     @property
     def gate_address(self) -> tuple[str, int]:

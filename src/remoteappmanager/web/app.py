@@ -84,6 +84,7 @@ def create_app(deps: WebDeps) -> web.Application:
         admin_group=settings.admin_group,
         auto_user_creation=settings.auto_user_creation,
         demo_applications=settings.demo_applications,
+        access_scopes=settings.access_scopes,
     )
     app[LOGIN_SESSIONS] = LoginSessionStore(clock=deps.clock)
     app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
