@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between two reconciliations."
     )
+    max_login_sessions_per_user: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Browser sign-ins one user may hold at once; a new one beyond it ends "
+        "that user's least recently used sign-in (never another user's).",
+    )
 
     # -- what JupyterHub hands a service (managed services get exactly these)
     jupyterhub_api_url: str = _hub(

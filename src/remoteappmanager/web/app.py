@@ -87,7 +87,9 @@ def create_app(deps: WebDeps) -> web.Application:
         demo_applications=settings.demo_applications,
         access_scopes=settings.access_scopes,
     )
-    app[LOGIN_SESSIONS] = LoginSessionStore(clock=deps.clock)
+    app[LOGIN_SESSIONS] = LoginSessionStore(
+        clock=deps.clock, max_sessions_per_user=settings.max_login_sessions_per_user
+    )
     app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
     app[METRICS] = Metrics()
     checks = {"hub": deps.identity.check, **deps.health_checks}
