@@ -185,6 +185,7 @@ def build_web_deps(
         gate_url=settings.effective_gate_url,
         unit_of_work=database.unit_of_work,
         listing_ttl=SESSION_LISTING_TTL,
+        start_rate_per_minute=settings.start_rate_per_minute,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions)

@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         description="Browser sign-ins one user may hold at once; a new one beyond it ends "
         "that user's least recently used sign-in (never another user's).",
     )
+    start_rate_per_minute: int = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description="Application starts one user may ask for per minute; beyond it the API "
+        "answers 429 Too Many Requests with Retry-After.",
+    )
 
     # -- what JupyterHub hands a service (managed services get exactly these)
     jupyterhub_api_url: str = _hub(

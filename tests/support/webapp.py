@@ -125,6 +125,8 @@ class World:
             network_timeout=5,
             watch_interval=0.01,
             unit_of_work=self.database.unit_of_work,
+            start_rate_per_minute=settings.start_rate_per_minute,
+            clock=self.clock,
         )
         return self.sessions
 
