@@ -191,6 +191,7 @@ def build_web_deps(
         listing_ttl=SESSION_LISTING_TTL,
         confinement=settings.confinement,
         volume_rules=volume_rules,
+        start_rate_per_minute=settings.start_rate_per_minute,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions)

@@ -215,6 +215,20 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(
         default=5.0, gt=0, le=3600, description="Seconds between two reconciliations."
     )
+    max_login_sessions_per_user: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Browser sign-ins one user may hold at once; a new one beyond it ends "
+        "that user's least recently used sign-in (never another user's).",
+    )
+    start_rate_per_minute: int = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description="Application starts one user may ask for per minute; beyond it the API "
+        "answers 429 Too Many Requests with Retry-After.",
+    )
 
     # -- what JupyterHub hands a service (managed services get exactly these)
     jupyterhub_api_url: str = _hub(
@@ -239,6 +253,12 @@ class Settings(BaseSettings):
     jupyterhub_base_url: str = _hub("JUPYTERHUB_BASE_URL", "/", "The hub's base URL.")
     jupyterhub_public_url: str | None = _hub(
         "JUPYTERHUB_PUBLIC_URL", None, "Public URL of the hub (for absolute share links)."
+    )
+    jupyterhub_oauth_access_scopes: Annotated[list[str] | None, NoDecode] = _hub(
+        "JUPYTERHUB_OAUTH_ACCESS_SCOPES",
+        None,
+        "JSON list of scopes, any one of which a hub token must hold to be accepted (the hub "
+        "gives it to a managed service). Default: access:services!service=<service name>.",
     )
 
     @classmethod
@@ -304,6 +324,22 @@ class Settings(BaseSettings):
                 return tuple(check_volume_root(str(root)) for root in value)
             except InvalidRequest as exc:
                 raise ValueError(exc.message) from None
+    @field_validator("jupyterhub_oauth_access_scopes", mode="before")
+    @classmethod
+    def _parse_access_scopes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON list of scopes") from None
+        if value is not None and (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(scope, str) and scope.strip() for scope in value)
+        ):
+            raise ValueError("must be a non-empty JSON list of scopes")
         return value
 
     @field_validator("database_url")
@@ -369,6 +405,11 @@ class Settings(BaseSettings):
         if database_file is not None:
             forbidden.append(str(database_file.absolute()))
         return VolumeRules.of(self.volume_roots, forbidden)
+    def access_scopes(self) -> frozenset[str]:
+        """The scopes that let a hub token in, any one of them (as JupyterHub's HubAuth)."""
+        if self.jupyterhub_oauth_access_scopes:
+            return frozenset(self.jupyterhub_oauth_access_scopes)
+        return frozenset({f"access:services!service={self.jupyterhub_service_name}"})
 
     @property
     def gate_address(self) -> tuple[str, int]:

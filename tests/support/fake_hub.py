@@ -33,7 +33,13 @@ class FakeHub:
             if name is None:
                 return web.json_response({"status": 403}, status=403)
             return web.json_response(
-                {"kind": "user", "name": name, "admin": name in self.admins, "groups": []}
+                {
+                    "kind": "user",
+                    "name": name,
+                    "admin": name in self.admins,
+                    "groups": [],
+                    "scopes": ["access:services!service=remoteapp"],
+                }
             )
 
         app = web.Application()

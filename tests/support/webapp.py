@@ -129,6 +129,8 @@ class World:
             unit_of_work=self.database.unit_of_work,
             confinement=settings.confinement,
             volume_rules=settings.volume_rules,
+            start_rate_per_minute=settings.start_rate_per_minute,
+            clock=self.clock,
         )
         return self.sessions
 

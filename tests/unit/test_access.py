@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
@@ -14,6 +16,14 @@ from remoteappmanager.services.access import (
     new_pkce_verifier,
     pkce_challenge,
 )
+
+ACCESS = frozenset({"access:services!service=remoteapp"})
+
+
+def _hub_user(name: str, **fields: Any) -> HubUser:
+    """A user model as the hub gives it for a token that may use this service."""
+    return HubUser(name, scopes=fields.pop("scopes", ACCESS), **fields)
+
 
 DEMO = {
     "demo/webapp:latest": {"allow_home": True},
@@ -35,26 +45,26 @@ async def _grants(database: InMemoryDatabase, name: str) -> dict[str, Policy]:
 # ------------------------------------------------------------------------------ admin
 def test_hub_admins_are_admins() -> None:
     access = AccessService(InMemoryDatabase().unit_of_work)
-    assert access.identify(HubUser("root", admin=True)).admin
-    assert not access.identify(HubUser("alice")).admin
+    assert access.identify(_hub_user("root", admin=True)).admin
+    assert not access.identify(_hub_user("alice")).admin
 
 
 def test_members_of_the_admin_group_are_admins() -> None:
     access = AccessService(InMemoryDatabase().unit_of_work, admin_group="ops")
-    assert access.identify(HubUser("bob", groups=frozenset({"ops", "x"}))).admin
-    assert not access.identify(HubUser("carol", groups=frozenset({"x"}))).admin
+    assert access.identify(_hub_user("bob", groups=frozenset({"ops", "x"}))).admin
+    assert not access.identify(_hub_user("carol", groups=frozenset({"x"}))).admin
 
 
 def test_without_an_admin_group_groups_do_not_matter() -> None:
     access = AccessService(InMemoryDatabase().unit_of_work, admin_group=None)
-    assert not access.identify(HubUser("bob", groups=frozenset({""}))).admin
+    assert not access.identify(_hub_user("bob", groups=frozenset({""}))).admin
 
 
 # ------------------------------------------------------------------------------ sign-in
 async def test_unknown_user_is_not_created_by_default() -> None:
     database = InMemoryDatabase()
     access = AccessService(database.unit_of_work, demo_applications=DEMO)
-    user = await access.sign_in(HubUser("alice"))
+    user = await access.sign_in(_hub_user("alice"))
     assert user.name == "alice"
     assert await _users(database) == []
 
@@ -62,7 +72,7 @@ async def test_unknown_user_is_not_created_by_default() -> None:
 async def test_auto_user_creation_creates_and_grants_the_demo_applications() -> None:
     database = InMemoryDatabase()
     access = AccessService(database.unit_of_work, auto_user_creation=True, demo_applications=DEMO)
-    await access.sign_in(HubUser("alice"))
+    await access.sign_in(_hub_user("alice"))
     assert await _users(database) == ["alice"]
     assert await _grants(database, "alice") == {
         "demo/webapp:latest": Policy(allow_home=True),
@@ -74,7 +84,7 @@ async def test_sign_in_is_idempotent() -> None:
     database = InMemoryDatabase()
     access = AccessService(database.unit_of_work, auto_user_creation=True, demo_applications=DEMO)
     for _ in range(3):
-        await access.sign_in(HubUser("alice"))
+        await access.sign_in(_hub_user("alice"))
     assert await _users(database) == ["alice"]
     async with database.unit_of_work() as uow:
         assert len(await uow.grants.list_all()) == 2
@@ -88,16 +98,16 @@ async def test_known_users_get_demo_grants_without_auto_creation() -> None:
         await uow.applications.add("demo/webapp:latest")
         await uow.commit()
     access = AccessService(database.unit_of_work, demo_applications=DEMO)
-    await access.sign_in(HubUser("alice"))
+    await access.sign_in(_hub_user("alice"))
     assert set(await _grants(database, "alice")) == set(DEMO)
-    await access.sign_in(HubUser("bob"))
+    await access.sign_in(_hub_user("bob"))
     assert await _users(database) == ["alice"]
 
 
 async def test_without_provisioning_sign_in_does_not_touch_the_database() -> None:
     database = InMemoryDatabase()
     access = AccessService(database.unit_of_work)
-    user = await access.sign_in(HubUser("root", admin=True))
+    user = await access.sign_in(_hub_user("root", admin=True))
     assert user.admin
     assert database.commits == 0
 
@@ -105,7 +115,7 @@ async def test_without_provisioning_sign_in_does_not_touch_the_database() -> Non
 async def test_hub_names_we_cannot_store_are_refused() -> None:
     access = AccessService(InMemoryDatabase().unit_of_work, auto_user_creation=True)
     with pytest.raises(InvalidRequest):
-        await access.sign_in(HubUser(" padded "))
+        await access.sign_in(_hub_user(" padded "))
 
 
 # ------------------------------------------------------------------------------ demo policies

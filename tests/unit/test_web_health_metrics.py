@@ -45,33 +45,85 @@ async def test_health_is_200_when_every_dependency_answers(aiohttp_client: Any) 
 
 async def test_health_is_503_and_names_the_failing_dependency(aiohttp_client: Any) -> None:
     world = World()
-    world.hub.available = False
+    world.hub.add_user("root", admin=True)
+    admin = {"Authorization": f"token {world.hub.issue_token('root')}"}
     client = await aiohttp_client(
         make_app(world, health_checks={"database": _database_down, "docker": _ok})
     )
-    response = await client.get(PREFIX + "health")
+    response = await client.get(PREFIX + "health", headers=admin)
     assert response.status == 503
     body = await response.json()
     assert body["status"] == "unavailable"
     assert body["checks"]["database"] == {"ok": False, "error": "the database cannot be reached"}
-    assert body["checks"]["hub"]["ok"] is False
     assert body["checks"]["docker"] == {"ok": True}
+    # A hub that is down cannot say who is an admin: the answer is the public one.
+    world.hub.available = False
+    world.clock.advance(health.HEALTH_TTL)
+    response = await client.get(PREFIX + "health", headers=admin)
+    assert response.status == 503
+    body = await response.json()
+    assert body["checks"]["hub"] == {"ok": False}
+    assert body["checks"]["database"] == {"ok": False}
 
 
 async def test_health_hides_unexpected_details_and_bounds_slow_checks(
     aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(health, "CHECK_TIMEOUT", 0.05)
+    world = World()
+    world.hub.add_user("root", admin=True)
+    admin = {"Authorization": f"token {world.hub.issue_token('root')}"}
     client = await aiohttp_client(
-        make_app(World(), health_checks={"proxy": _crashes, "docker": _hangs})
+        make_app(world, health_checks={"proxy": _crashes, "docker": _hangs})
     )
-    response = await client.get(PREFIX + "health")
+    response = await client.get(PREFIX + "health", headers=admin)
     assert response.status == 503
     body = await response.json()
     assert body["checks"]["proxy"] == {"ok": False, "error": "RuntimeError"}
     assert body["checks"]["docker"]["ok"] is False
     assert "no answer" in body["checks"]["docker"]["error"]
     assert "hunter2" not in await response.text()
+
+
+async def test_anonymous_callers_see_states_but_no_reasons(aiohttp_client: Any) -> None:
+    world = World()
+    world.hub.add_user("alice")
+    client = await aiohttp_client(
+        make_app(world, health_checks={"database": _database_down, "proxy": _crashes})
+    )
+    user = {"Authorization": f"token {world.hub.issue_token('alice')}"}
+    for headers in ({}, user, {"Authorization": "token forged"}):
+        response = await client.get(PREFIX + "health", headers=headers)
+        assert response.status == 503
+        assert await response.json() == {
+            "status": "unavailable",
+            "checks": {"database": {"ok": False}, "hub": {"ok": True}, "proxy": {"ok": False}},
+        }
+
+
+async def test_health_probes_once_per_ttl_however_many_ask(aiohttp_client: Any) -> None:
+    calls = 0
+    release = asyncio.Event()
+
+    async def slow_database() -> None:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+
+    world = World()
+    client = await aiohttp_client(make_app(world, health_checks={"database": slow_database}))
+    asking = [asyncio.ensure_future(client.get(PREFIX + "health")) for _ in range(30)]
+    await asyncio.sleep(0.1)
+    release.set()
+    answers = await asyncio.gather(*asking)
+    assert {answer.status for answer in answers} == {200}
+    assert calls == 1
+    world.clock.advance(health.HEALTH_TTL - 0.1)
+    assert (await client.get(PREFIX + "health")).status == 200
+    assert calls == 1
+    world.clock.advance(0.2)
+    assert (await client.get(PREFIX + "health")).status == 200
+    assert calls == 2
 
 
 async def test_metrics_count_requests_by_route_and_status(aiohttp_client: Any) -> None:

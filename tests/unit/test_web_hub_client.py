@@ -12,7 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from remoteappmanager.adapters.jupyterhub import DEFAULT_CACHE_TTL, HubIdentityProvider
+from remoteappmanager.adapters.jupyterhub import (
+    DEFAULT_CACHE_TTL,
+    DEFAULT_NEGATIVE_TTL,
+    HubIdentityProvider,
+)
 from remoteappmanager.domain.errors import Unable, Unauthorized, Unavailable
 from remoteappmanager.ports.identity import HubUser
 from remoteappmanager.services.access import pkce_challenge
@@ -181,7 +185,10 @@ async def test_refused_client_credentials_are_our_problem_not_the_users(
 
 async def test_user_model_is_read(provider: HubIdentityProvider) -> None:
     assert await provider.user_for_token("user-token") == HubUser(
-        "alice", admin=False, groups=frozenset({"g1"})
+        "alice",
+        admin=False,
+        groups=frozenset({"g1"}),
+        scopes=frozenset({"access:services!service=remoteapp"}),
     )
 
 
@@ -209,11 +216,78 @@ async def test_a_revoked_token_stops_working_once_the_cache_expires(
         await provider.user_for_token("user-token")
 
 
-async def test_failures_are_not_cached(provider: HubIdentityProvider, hub: FakeHub) -> None:
+async def test_a_refused_token_is_refused_from_memory_for_the_negative_ttl(
+    provider: HubIdentityProvider, hub: FakeHub, clock: FakeClock
+) -> None:
+    for _ in range(50):
+        with pytest.raises(Unauthorized):
+            await provider.user_for_token("bad-token")
+    assert (hub.user_calls, provider.user_lookups, provider.refusals_cached) == (1, 1, 49)
+    clock.advance(DEFAULT_NEGATIVE_TTL - 0.5)
     with pytest.raises(Unauthorized):
-        await provider.user_for_token("later-token")
-    hub.users["later-token"] = {"kind": "user", "name": "bob", "admin": True, "groups": []}
-    assert (await provider.user_for_token("later-token")).name == "bob"
+        await provider.user_for_token("bad-token")
+    assert hub.user_calls == 1
+    # Past the TTL the hub is asked again (and its answer counts).
+    hub.users["bad-token"] = {"kind": "user", "name": "bob", "admin": True, "groups": []}
+    clock.advance(1)
+    assert (await provider.user_for_token("bad-token")).name == "bob"
+    assert hub.user_calls == 2
+
+
+async def test_concurrent_bad_tokens_share_one_hub_request(
+    provider: HubIdentityProvider, hub: FakeHub
+) -> None:
+    hub.delay = 0.1
+    answers = await asyncio.gather(
+        *(provider.user_for_token("bad-token") for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(answer, Unauthorized) for answer in answers)
+    assert hub.user_calls == 1
+
+
+async def test_the_memory_of_refused_tokens_is_bounded(hub: FakeHub, aiohttp_server: Any) -> None:
+    server: TestServer = await aiohttp_server(hub.app())
+    provider = HubIdentityProvider(
+        api_url=str(server.make_url("/hub/api")),
+        api_token=SECRET,
+        client_id="service-remoteapp",
+        redirect_uri=CALLBACK,
+        negative_size=2,
+        clock=FakeClock(),
+    )
+    try:
+        for token in ("bad-1", "bad-2", "bad-3", "bad-3", "bad-2"):
+            with pytest.raises(Unauthorized):
+                await provider.user_for_token(token)
+        assert hub.user_calls == 3
+        with pytest.raises(Unauthorized):
+            await provider.user_for_token("bad-1")  # forgotten (size 2): asked again
+        assert hub.user_calls == 4
+        assert len(provider._refused) == 2
+    finally:
+        await provider.close()
+
+
+async def test_an_unreachable_hub_is_not_remembered_as_a_refusal(
+    provider: HubIdentityProvider, hub: FakeHub
+) -> None:
+    hub.broken = True
+    with pytest.raises(Unavailable):
+        await provider.user_for_token("user-token")
+    hub.broken = False
+    assert (await provider.user_for_token("user-token")).name == "alice"
+    assert hub.user_calls == 2
+
+
+async def test_scopes_are_those_the_hub_names_and_nothing_else(
+    provider: HubIdentityProvider, hub: FakeHub
+) -> None:
+    hub.users["narrow"] = {"kind": "user", "name": "bob", "scopes": ["read:users:name!user=bob"]}
+    hub.users["none"] = {"kind": "user", "name": "bob"}
+    hub.users["odd"] = {"kind": "user", "name": "bob", "scopes": "access:services"}
+    assert (await provider.user_for_token("narrow")).scopes == {"read:users:name!user=bob"}
+    assert (await provider.user_for_token("none")).scopes == frozenset()
+    assert (await provider.user_for_token("odd")).scopes == frozenset()
 
 
 async def test_concurrent_lookups_share_one_hub_request(

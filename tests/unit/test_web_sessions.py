@@ -92,6 +92,58 @@ def test_store_is_bounded_dropping_the_least_recently_used() -> None:
     assert store.get(third.id) is not None
 
 
+def test_one_user_signing_in_again_and_again_ends_only_their_own_sessions() -> None:
+    clock = FakeClock()
+    store = LoginSessionStore(clock=clock, max_sessions_per_user=3)
+    others = [store.create(name, "t") for name in ("bob", "carol")]
+    first, second, third = (store.create("mallory", "t") for _ in range(3))
+    for _ in range(100):
+        clock.advance(1)
+        store.get(first.id)  # the one in use survives
+        latest = store.create("mallory", "t")
+    assert store.count_for("mallory") == 3
+    assert store.get(latest.id) is not None
+    assert store.get(first.id) is not None
+    assert store.get(second.id) is None
+    assert store.get(third.id) is None
+    assert all(store.get(other.id) is not None for other in others)
+    assert len(store) == 5
+
+
+def test_a_full_store_takes_a_known_users_new_session_out_of_their_own() -> None:
+    clock = FakeClock()
+    store = LoginSessionStore(clock=clock, max_sessions=4, max_sessions_per_user=10)
+    victims = [store.create(name, "t") for name in ("bob", "carol", "dave")]
+    mallory = store.create("mallory", "t")
+    for _ in range(20):
+        mallory = store.create("mallory", "t")
+    assert len(store) == 4
+    assert store.count_for("mallory") == 1
+    assert all(store.get(victim.id) is not None for victim in victims)
+    # A first session of a new user ends the least recently used session of anyone.
+    store.get(mallory.id)
+    store.get(victims[0].id)
+    store.create("erin", "t")
+    assert store.get(victims[1].id) is None
+    assert store.get(victims[0].id) is not None
+    assert store.get(mallory.id) is not None
+
+
+def test_per_user_bookkeeping_follows_deletes_and_expiry() -> None:
+    clock = FakeClock()
+    store = LoginSessionStore(clock=clock, idle_timeout=10, max_sessions_per_user=2)
+    a = store.create("a", "t")
+    store.delete(a.id)
+    assert store.count_for("a") == 0
+    store.create("a", "t")
+    clock.advance(11)
+    store.create("b", "t")  # sweeps a's idle session
+    assert store.count_for("a") == 0
+    assert store.delete_user("b") == 1
+    assert store.count_for("b") == 0
+    assert store._by_user == {}
+
+
 def test_creating_sessions_sweeps_idle_ones() -> None:
     clock = FakeClock()
     store = LoginSessionStore(clock=clock, idle_timeout=10)

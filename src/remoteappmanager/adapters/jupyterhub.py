@@ -23,6 +23,11 @@ from remoteappmanager.settings import Settings
 # thousand active users cost it about 33 requests per second at worst.
 DEFAULT_CACHE_TTL = 30.0
 DEFAULT_CACHE_SIZE = 10_000
+# A token the hub refused is refused again without asking for this long: a client (or an
+# attacker) repeating a bad token costs the hub one request per token per this time. Tokens
+# are random, so a refused one does not become valid meanwhile (a new one is issued instead).
+DEFAULT_NEGATIVE_TTL = 10.0
+DEFAULT_NEGATIVE_SIZE = 10_000
 DEFAULT_TIMEOUT = 10.0
 
 _log = structlog.get_logger(__name__)
@@ -39,7 +44,10 @@ class HubIdentityProvider:
     (``<base_url>hub/api/oauth2/authorize``, relative, so it goes through the proxy).
     ``user_for_token`` answers are cached for ``cache_ttl`` seconds (at most ``cache_size``
     tokens, least recently used evicted first); concurrent lookups of one token share a
-    single hub request.
+    single hub request. Tokens the hub refused are remembered (by digest) for
+    ``negative_ttl`` seconds (at most ``negative_size``, oldest forgotten first) and refused
+    without a request. ``user_lookups`` counts the requests made to the hub's ``/user``,
+    ``refusals_cached`` the refusals answered from memory.
     """
 
     def __init__(
@@ -52,11 +60,13 @@ class HubIdentityProvider:
         base_url: str = "/",
         cache_ttl: float = DEFAULT_CACHE_TTL,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+        negative_size: int = DEFAULT_NEGATIVE_SIZE,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if cache_size < 1:
-            raise ValueError("cache_size must be at least 1")
+        if cache_size < 1 or negative_size < 1:
+            raise ValueError("cache_size and negative_size must be at least 1")
         self._api_url = api_url.rstrip("/")
         self._api_token = api_token
         self._client_id = client_id
@@ -67,6 +77,12 @@ class HubIdentityProvider:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[float, HubUser]] = OrderedDict()
+        self._negative_ttl = negative_ttl
+        self._negative_size = negative_size
+        # token digest -> until when the hub's refusal stands; oldest first
+        self._refused: OrderedDict[bytes, float] = OrderedDict()
+        self.user_lookups = 0
+        self.refusals_cached = 0
         self._inflight: dict[bytes, asyncio.Task[HubUser]] = {}
         self._client: aiohttp.ClientSession | None = None
 
@@ -139,6 +155,12 @@ class HubIdentityProvider:
                 self._cache.move_to_end(key)
                 return user
             del self._cache[key]
+        refused_until = self._refused.get(key)
+        if refused_until is not None:
+            if self._clock() < refused_until:
+                self.refusals_cached += 1
+                raise Unauthorized(_CREDENTIALS_REFUSED)
+            del self._refused[key]
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.create_task(self._fetch_user(key, token))
@@ -157,15 +179,21 @@ class HubIdentityProvider:
             task.cancel()
         self._inflight.clear()
         self._cache.clear()
+        self._refused.clear()
         if self._client is not None:
             await self._client.close()
             self._client = None
 
     # ------------------------------------------------------------------ internals
     async def _fetch_user(self, key: bytes, token: str) -> HubUser:
+        self.user_lookups += 1
         status, body = await self._call("GET", "/user", headers={"Authorization": f"token {token}"})
         if status in (401, 403):
             # A revoked token answers 403 (the hub sees no user), an unknown one 403 or 401.
+            self._refused[key] = self._clock() + self._negative_ttl
+            self._refused.move_to_end(key)
+            while len(self._refused) > self._negative_size:
+                self._refused.popitem(last=False)
             raise Unauthorized(_CREDENTIALS_REFUSED)
         if status != 200 or not isinstance(body, Mapping):
             raise Unavailable(_HUB_UNREACHABLE)
@@ -222,8 +250,13 @@ def _user_from_model(model: Mapping[str, Any]) -> HubUser:
     if not isinstance(name, str) or not name:
         raise Unavailable("JupyterHub answered a user model without a name")
     groups = model.get("groups") or []
+    # The scopes of the token asked about; a hub that names none grants none.
+    scopes = model.get("scopes")
+    if not isinstance(scopes, list):
+        scopes = []
     return HubUser(
         name=name,
         admin=model.get("admin") is True,
         groups=frozenset(g for g in groups if isinstance(g, str)),
+        scopes=frozenset(s for s in scopes if isinstance(s, str)),
     )

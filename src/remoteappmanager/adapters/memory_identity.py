@@ -31,7 +31,9 @@ class InMemoryIdentityProvider:
 
     Test controls: ``add_user`` / ``set_admin`` / ``set_groups`` edit the hub's users,
     ``approve(name, code_challenge)`` plays the hub's authorize endpoint for a signed-in user
-    and returns the code it would redirect with, ``issue_token`` makes an API token,
+    and returns the code it would redirect with, ``issue_token`` makes an API token (by
+    default with the scopes the hub's ``user`` role gives: this service's access scope and
+    the user's own identity; ``scopes=`` narrows or widens it, as the hub's token API does),
     ``revoke_user`` plays a hub logout, ``available = False`` makes every call raise
     ``Unavailable``. Nothing is cached, so edits show on the very next request.
     """
@@ -41,13 +43,17 @@ class InMemoryIdentityProvider:
         *,
         client_id: str = "service-remoteapp",
         redirect_uri: str = "/services/remoteapp/oauth_callback",
+        service_name: str = "remoteapp",
     ) -> None:
         self.client_id = client_id
+        self.service_name = service_name
         self.redirect_uri = redirect_uri
         self.available = True
         self._users: dict[str, HubUser] = {}
         self._codes: dict[str, _PendingCode] = {}
-        self._tokens: dict[str, str] = {}
+        # token -> (owner, the token's scopes as the hub would expand them)
+        self._tokens: dict[str, tuple[str, frozenset[str]]] = {}
+        self.user_lookups = 0
 
     # ------------------------------------------------------------------ test controls
     def add_user(
@@ -70,15 +76,25 @@ class InMemoryIdentityProvider:
         self._codes[code] = _PendingCode(user=name, code_challenge=code_challenge)
         return code
 
-    def issue_token(self, name: str) -> str:
+    def default_scopes(self, name: str) -> frozenset[str]:
+        """What a token of ``name`` holds by default: this service's access and identity."""
+        return frozenset(
+            {
+                f"access:services!service={self.service_name}",
+                f"read:users:name!user={name}",
+                f"read:users:groups!user={name}",
+            }
+        )
+
+    def issue_token(self, name: str, *, scopes: frozenset[str] | None = None) -> str:
         if name not in self._users:
             raise KeyError(name)
         token = secrets.token_hex(16)
-        self._tokens[token] = name
+        self._tokens[token] = (name, self.default_scopes(name) if scopes is None else scopes)
         return token
 
     def revoke_user(self, name: str) -> None:
-        for token in [t for t, owner in self._tokens.items() if owner == name]:
+        for token in [t for t, (owner, _) in self._tokens.items() if owner == name]:
             del self._tokens[token]
 
     # ------------------------------------------------------------------ the port
@@ -106,10 +122,12 @@ class InMemoryIdentityProvider:
 
     async def user_for_token(self, token: str) -> HubUser:
         self._check_available()
-        name = self._tokens.get(token)
-        if name is None or name not in self._users:
+        self.user_lookups += 1
+        held = self._tokens.get(token)
+        if held is None or held[0] not in self._users:
             raise Unauthorized("the JupyterHub token is not valid (any more); sign in again")
-        return self._users[name]
+        name, scopes = held
+        return replace(self._users[name], scopes=scopes)
 
     async def check(self) -> None:
         self._check_available()

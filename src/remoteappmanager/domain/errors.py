@@ -57,6 +57,16 @@ class Conflict(RemoteAppError):
     wire_name = "Exists"
 
 
+class TooManyRequests(RemoteAppError):
+    """The caller asked for this too often; ``retry_after`` whole seconds until it may again."""
+
+    wire_name = "TooManyRequests"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
 class Unavailable(RemoteAppError):
     """A system we depend on (database, Docker engine, proxy, hub) cannot be reached."""
 

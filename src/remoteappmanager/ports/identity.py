@@ -7,9 +7,12 @@ Contract (``InMemoryIdentityProvider`` / ``HubIdentityProvider``):
 - ``exchange_code(code, verifier)`` trades an authorization code (and the PKCE verifier whose
   challenge went with it) for a hub token. A code that is unknown, used, expired or whose
   verifier does not match raises ``Unauthorized``.
-- ``user_for_token(token)`` returns the hub's user model of the token's owner. A token that is
-  unknown, expired or revoked raises ``Unauthorized``. The answer may be cached for a short,
-  stated time (the adapter's ``cache_ttl``): a revoked token keeps working at most that long.
+- ``user_for_token(token)`` returns the hub's user model of the token's owner, with the scopes
+  *that token* holds (as the hub expands them). A token that is unknown, expired or revoked
+  raises ``Unauthorized``. The answer may be cached for a short, stated time (the adapter's
+  ``cache_ttl``): a revoked token keeps working at most that long. A refusal may be cached too,
+  for a shorter time (``negative_ttl``), so that a client repeating a bad token costs the hub
+  one request per that time. Whether the scopes grant access is the access service's call.
 - ``check()`` returns when the hub answers; used by the health endpoint.
 - Every method that talks to the hub raises ``Unavailable`` when it cannot be reached or answers
   nonsense. Messages never contain tokens, codes or the hub's internal URL.
@@ -23,11 +26,13 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class HubUser:
-    """The part of JupyterHub's user model we use."""
+    """The part of JupyterHub's user model we use; ``scopes`` are those of the token asked
+    about (the hub's ``scopes`` field), not every scope the user could hold."""
 
     name: str
     admin: bool = False
     groups: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
 
 
 class IdentityProvider(Protocol):

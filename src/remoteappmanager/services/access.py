@@ -1,11 +1,15 @@
 """Who is signed in and what they may do: admin decisions and provisioning at sign-in.
 
 Contract:
-- ``identify(hub_user)`` decides admin from the hub's user model alone (``admin: true`` or
-  membership of the configured admin group). It is called on every request with the user model
-  the identity provider just gave (cached at most for the provider's TTL), so an admin flag
-  taken away in the hub is gone within that TTL.
-- ``sign_in(hub_user)`` runs once per browser sign-in: with ``auto_user_creation`` a hub user
+- ``identify(hub_user)`` first checks that the token the user model came with may be used
+  here: its scopes must grant one of the service's access scopes (``access_scopes``, from
+  ``JUPYTERHUB_OAUTH_ACCESS_SCOPES``; see ``grants_access``), else ``Forbidden``. It then
+  decides admin from the hub's user model alone (``admin: true`` or membership of the
+  configured admin group). It is called on every request with the user model the identity
+  provider just gave (cached at most for the provider's TTL), so an admin flag taken away in
+  the hub is gone within that TTL.
+- ``sign_in(hub_user)`` runs once per browser sign-in (``Forbidden`` as ``identify``, before
+  anything is provisioned): with ``auto_user_creation`` a hub user
   unknown to the catalogue is created; a user in the catalogue (found or just created) then
   holds every ``demo_applications`` grant (the application is registered if it is not yet).
   Both steps are idempotent, so concurrent first sign-ins of one user are harmless. Raises
@@ -18,13 +22,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound
+from remoteappmanager.domain.errors import Exists, Forbidden, InvalidRequest, NotFound
 from remoteappmanager.domain.models import (
     Policy,
     Volume,
@@ -40,6 +44,29 @@ log = structlog.get_logger(__name__)
 # attempt then finds what the other created.
 _PROVISION_ATTEMPTS = 2
 _BOOL_POLICY_KEYS = ("allow_home", "allow_view", "allow_common", "allow_startup_data")
+DEFAULT_ACCESS_SCOPES = frozenset({"access:services!service=remoteapp"})
+
+
+def grants_access(held: Iterable[str], required: Iterable[str]) -> bool:
+    """Does a token holding the (hub-expanded) scopes ``held`` satisfy any of ``required``?
+
+    As JupyterHub's ``HubAuth`` decides: one required scope suffices, and a scope held without
+    a filter (``access:services``) covers every filtered form of it
+    (``access:services!service=remoteapp``). The hub answers with scopes already expanded
+    (roles and ``inherit`` resolved), so no expansion happens here; this is the part of
+    ``jupyterhub.scopes`` the service needs, without depending on the hub's package.
+    """
+    have = frozenset(held)
+    for scope in required:
+        base = scope.partition("!")[0]
+        if scope in have or base in have:
+            return True
+    return False
+
+
+def access_scope_message(required: Iterable[str]) -> str:
+    wanted = " or ".join(sorted(required))
+    return f"this JupyterHub token does not grant access to this service (it needs {wanted})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +128,11 @@ class AccessService:
         admin_group: str | None = None,
         auto_user_creation: bool = False,
         demo_applications: Mapping[str, Mapping[str, Any]] | None = None,
+        access_scopes: Iterable[str] = DEFAULT_ACCESS_SCOPES,
     ) -> None:
+        self._access_scopes = frozenset(access_scopes)
+        if not self._access_scopes:
+            raise InvalidRequest("at least one access scope is needed")
         self._uow_factory = uow_factory
         self._admin_group = admin_group or None
         self._auto_user_creation = auto_user_creation
@@ -110,13 +141,25 @@ class AccessService:
             for image, overrides in (demo_applications or {}).items()
         }
 
+    @property
+    def access_scopes(self) -> frozenset[str]:
+        return self._access_scopes
+
+    def check_scopes(self, hub_user: HubUser) -> None:
+        """``Forbidden`` unless the token behind ``hub_user`` grants access to this service."""
+        if not grants_access(hub_user.scopes, self._access_scopes):
+            log.info("token_scope_refused", user=hub_user.name)
+            raise Forbidden(access_scope_message(self._access_scopes))
+
     def identify(self, hub_user: HubUser) -> AuthenticatedUser:
+        self.check_scopes(hub_user)
         admin = hub_user.admin or (
             self._admin_group is not None and self._admin_group in hub_user.groups
         )
         return AuthenticatedUser(name=hub_user.name, admin=admin, groups=hub_user.groups)
 
     async def sign_in(self, hub_user: HubUser) -> AuthenticatedUser:
+        self.check_scopes(hub_user)
         if self._auto_user_creation or self._demo:
             for attempt in range(1, _PROVISION_ATTEMPTS + 1):
                 try:

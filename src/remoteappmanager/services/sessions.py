@@ -44,6 +44,7 @@ from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
 from remoteappmanager.services.catalogue import VolumeGuard
+from remoteappmanager.services.rate_limit import RateLimit
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +95,8 @@ class Sessions:
 
     Errors: ``NotFound`` (no such session for this user, image gone), ``InvalidRequest``
     (configurables), ``Conflict`` (a start or stop of the same grant is in progress),
+    ``TooManyRequests`` (``start_for`` more than ``start_rate_per_minute`` times a minute by
+    one user; counted before anything else, so refused and failed starts count too),
     ``Unable`` (the application did not become ready, or its grant's volume breaks the volume
     rules), ``Unavailable`` (engine or proxy down). A failed start leaves neither a container
     nor a route behind.
@@ -121,6 +124,8 @@ class Sessions:
         listing_ttl: float = 0.0,
         confinement: Confinement = DEFAULT_CONFINEMENT,
         volume_rules: VolumeRules = NO_VOLUMES,
+        start_rate_per_minute: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -140,6 +145,11 @@ class Sessions:
         self._volumes = VolumeGuard(volume_rules, host_paths)
         self._claims: dict[SessionKey, _Claim] = {}
         self._listing_ttl = listing_ttl
+        self._start_rate = (
+            RateLimit(start_rate_per_minute, what="application starts", clock=clock)
+            if start_rate_per_minute is not None
+            else None
+        )
         self._listing: tuple[int, float, Sequence[ContainerInfo]] | None = None
         self._listing_fetch: tuple[int, asyncio.Task[Sequence[ContainerInfo]]] | None = None
         # Bumped whenever this service changes what runs, so that a listing read before the
@@ -260,8 +270,11 @@ class Sessions:
     async def start_for(self, user: str, mapping_id: str, configurables: object = None) -> Session:
         """Start the application the user holds grant ``mapping_id`` for (``start``).
 
-        ``NotFound`` when there is no such grant, or it is somebody else's.
+        ``NotFound`` when there is no such grant, or it is somebody else's;
+        ``TooManyRequests`` when the user asked for too many starts in the last minute.
         """
+        if self._start_rate is not None:
+            self._start_rate.take(user)
         if self._unit_of_work is None:
             raise RuntimeError("Sessions was built without a unit of work to look grants up")
         async with self._unit_of_work() as uow:

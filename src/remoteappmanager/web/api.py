@@ -159,6 +159,12 @@ class ApiRegistry:
                 "description": HTTPStatus(status).phrase,
                 "content": {"application/json": {"schema": _ref(ApiError)}},
             }
+            error_headers = operation.headers.get(status)
+            if error_headers:
+                responses[str(status)]["headers"] = {
+                    name: {"description": text, "schema": {"type": "string"}}
+                    for name, text in error_headers.items()
+                }
         result: dict[str, Any] = {
             "operationId": operation.operation_id,
             "summary": operation.summary,

@@ -164,12 +164,17 @@ def register(registry: ApiRegistry) -> None:
             summary="Start the application of one of my grants",
             description="Answers once the application serves at its URL path. Starting a "
             "grant that runs already replaces its container; a start while another start or "
-            "stop of the same grant is under way is refused (409).",
+            "stop of the same grant is under way is refused (409). One user may ask for "
+            "`REMOTEAPP_START_RATE_PER_MINUTE` starts a minute; beyond it 429 with "
+            "`Retry-After`.",
             tag=_TAG,
             request=ContainerCreate,
             responses={201: None},
-            headers={201: {"Location": "The new container's URL (ends in `<url_id>/`)."}},
-            errors=(400, *signed_in, 403, 404, 409, 503),
+            headers={
+                201: {"Location": "The new container's URL (ends in `<url_id>/`)."},
+                429: {"Retry-After": "Seconds until this user may start again."},
+            },
+            errors=(400, *signed_in, 403, 404, 409, 429, 503),
         ),
         ApiOperation(
             "GET",

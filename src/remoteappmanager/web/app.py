@@ -24,7 +24,7 @@ from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
 from remoteappmanager.web.errors import error_middleware
 from remoteappmanager.web.gate import setup_gate
-from remoteappmanager.web.health import health_handler
+from remoteappmanager.web.health import CachedHealth, health_handler
 from remoteappmanager.web.keys import (
     ACCESS,
     ADMIN,
@@ -32,6 +32,7 @@ from remoteappmanager.web.keys import (
     APPLICATION_LISTINGS,
     APPLICATIONS,
     DEPS,
+    HEALTH,
     HEALTH_CHECKS,
     IDENTITY,
     LOGIN_SESSIONS,
@@ -92,11 +93,16 @@ def create_app(deps: WebDeps) -> web.Application:
         admin_group=settings.admin_group,
         auto_user_creation=settings.auto_user_creation,
         demo_applications=settings.demo_applications,
+        access_scopes=settings.access_scopes,
     )
-    app[LOGIN_SESSIONS] = LoginSessionStore(clock=deps.clock)
+    app[LOGIN_SESSIONS] = LoginSessionStore(
+        clock=deps.clock, max_sessions_per_user=settings.max_login_sessions_per_user
+    )
     app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
     app[METRICS] = Metrics()
-    app[HEALTH_CHECKS] = {"hub": deps.identity.check, **deps.health_checks}
+    checks = {"hub": deps.identity.check, **deps.health_checks}
+    app[HEALTH_CHECKS] = checks
+    app[HEALTH] = CachedHealth(checks, clock=deps.clock)
     if deps.sessions is not None:
         app[SESSIONS] = deps.sessions
     if deps.applications is not None:
@@ -158,6 +164,7 @@ def _lifespan_of(
 
 async def _identity_lifespan(app: web.Application) -> AsyncIterator[None]:
     yield
+    await app[HEALTH].close()
     await app[IDENTITY].close()
 
 

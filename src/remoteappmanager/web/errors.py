@@ -18,6 +18,7 @@ from remoteappmanager.domain.errors import (
     InvalidRequest,
     NotFound,
     RemoteAppError,
+    TooManyRequests,
     Unable,
     Unauthorized,
     Unavailable,
@@ -35,6 +36,7 @@ ERROR_STATUS: Mapping[type[RemoteAppError], int] = {
     NotFound: 404,
     Exists: 409,
     Conflict: 409,
+    TooManyRequests: 429,
     Unavailable: 503,
     Unable: 500,
     RemoteAppError: 500,
@@ -52,6 +54,7 @@ _WIRE_NAME_OF_STATUS: Mapping[int, str] = {
     413: InvalidRequest.wire_name,
     415: InvalidRequest.wire_name,
     422: InvalidRequest.wire_name,
+    429: TooManyRequests.wire_name,
 }
 # Headers of an aiohttp error worth keeping (``Allow`` on 405, for instance).
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
@@ -114,7 +117,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = status_of(exc)
         if status >= 500:
             log.warning("request_failed", error=type(exc).__name__, message=exc.message)
-        return error_response(request, status, exc.wire_name, exc.message)
+        headers = (
+            {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+        )
+        return error_response(request, status, exc.wire_name, exc.message, headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors

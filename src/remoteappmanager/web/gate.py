@@ -160,6 +160,9 @@ class Gate:
             return self._page(404, exc.message)
         except Unauthorized as exc:
             return self._page(401, exc.message)
+        except Forbidden as exc:
+            # A token without this service's access scope (the API answers the same).
+            return self._page(403, exc.message)
         except Unavailable as exc:
             log.warning("gate.unavailable", url_id=url_id, message=exc.message)
             return self._page(503, exc.message)

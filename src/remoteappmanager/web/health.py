@@ -1,8 +1,17 @@
-"""``{svc}health``: the state of every dependency, 200 when all answer and 503 otherwise."""
+"""``{svc}health``: the state of every dependency, 200 when all answer and 503 otherwise.
+
+Anyone may ask, so asking must stay cheap: the combined answer is kept for ``HEALTH_TTL``
+seconds and concurrent callers share one probe of the dependencies, so a flood of requests
+costs each dependency at most one check per TTL. Anonymous callers (and users who are not
+admins) see the overall status and each dependency's up/down state; only admins also see why
+a dependency is down.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -10,12 +19,36 @@ from aiohttp import web
 
 from remoteappmanager.domain.errors import RemoteAppError
 from remoteappmanager.services.deps import HealthCheck
-from remoteappmanager.web.keys import HEALTH_CHECKS
+from remoteappmanager.web.auth import resolve_auth
+from remoteappmanager.web.keys import HEALTH
 
 log = structlog.get_logger(__name__)
 
 # A dependency that takes longer than this to answer counts as down: probes must not hang.
 CHECK_TIMEOUT = 5.0
+# How long one probe's answer is served: short enough for a load balancer's readiness check,
+# long enough that anonymous requests cannot make the service hammer its dependencies.
+HEALTH_TTL = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    healthy: bool
+    # name -> {"ok": bool} or {"ok": False, "error": why}
+    checks: Mapping[str, Mapping[str, Any]]
+
+    def public(self) -> dict[str, Any]:
+        """What anyone may see: the status and each dependency's state, no reasons."""
+        return {
+            "status": "ok" if self.healthy else "unavailable",
+            "checks": {name: {"ok": bool(result["ok"])} for name, result in self.checks.items()},
+        }
+
+    def detailed(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.healthy else "unavailable",
+            "checks": {name: dict(result) for name, result in self.checks.items()},
+        }
 
 
 async def _run(name: str, check: HealthCheck) -> dict[str, Any]:
@@ -32,14 +65,74 @@ async def _run(name: str, check: HealthCheck) -> dict[str, Any]:
     return {"ok": True}
 
 
+class CachedHealth:
+    """The dependencies' combined state, probed at most once per ``ttl`` (single-flight).
+
+    ``probes`` counts the probes run (each checks every dependency once).
+    """
+
+    def __init__(
+        self,
+        checks: Mapping[str, HealthCheck],
+        *,
+        clock: Callable[[], float],
+        ttl: float = HEALTH_TTL,
+    ) -> None:
+        self._checks = dict(checks)
+        self._clock = clock
+        self._ttl = ttl
+        self._report: HealthReport | None = None
+        self._expires = 0.0
+        self._probe: asyncio.Task[HealthReport] | None = None
+        self.probes = 0
+
+    async def report(self) -> HealthReport:
+        if self._report is not None and self._clock() < self._expires:
+            return self._report
+        probe = self._probe
+        if probe is None:
+            probe = asyncio.create_task(self._run_probe())
+            self._probe = probe
+            probe.add_done_callback(self._probe_done)
+        # Shielded: one caller giving up must not cancel the probe the others wait for.
+        return await asyncio.shield(probe)
+
+    async def _run_probe(self) -> HealthReport:
+        self.probes += 1
+        names = sorted(self._checks)
+        results = await asyncio.gather(*(_run(name, self._checks[name]) for name in names))
+        report = HealthReport(
+            healthy=all(result["ok"] for result in results),
+            checks=dict(zip(names, results, strict=True)),
+        )
+        self._report, self._expires = report, self._clock() + self._ttl
+        return report
+
+    def _probe_done(self, probe: asyncio.Task[HealthReport]) -> None:
+        if self._probe is probe:
+            self._probe = None
+        if not probe.cancelled():
+            probe.exception()  # seen, even if every caller has gone away
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+
+
+async def _is_admin(request: web.Request) -> bool:
+    try:
+        auth = await resolve_auth(request)
+    except RemoteAppError:
+        # A bad or unusable credential makes the caller anonymous here, not an error.
+        return False
+    return auth is not None and auth.user.admin
+
+
 async def health_handler(request: web.Request) -> web.Response:
-    checks = request.app[HEALTH_CHECKS]
-    names = sorted(checks)
-    results = await asyncio.gather(*(_run(name, checks[name]) for name in names))
-    report = dict(zip(names, results, strict=True))
-    healthy = all(result["ok"] for result in results)
+    report = await request.app[HEALTH].report()
+    body = report.detailed() if await _is_admin(request) else report.public()
     return web.json_response(
-        {"status": "ok" if healthy else "unavailable", "checks": report},
-        status=200 if healthy else 503,
+        body,
+        status=200 if report.healthy else 503,
         headers={"Cache-Control": "no-store"},
     )

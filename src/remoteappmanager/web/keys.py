@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from remoteappmanager.web.auth import RequestAuth
     from remoteappmanager.web.cookies import CookieSigner
     from remoteappmanager.web.gate import Gate
+    from remoteappmanager.web.health import CachedHealth
     from remoteappmanager.web.login_sessions import LoginSessionStore
     from remoteappmanager.web.metrics import Metrics
     from remoteappmanager.web.urls import ServiceUrls
@@ -33,6 +34,8 @@ LOGIN_SESSIONS: web.AppKey[LoginSessionStore] = web.AppKey("login_sessions")
 SIGNER: web.AppKey[CookieSigner] = web.AppKey("signer")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 HEALTH_CHECKS: web.AppKey[dict[str, HealthCheck]] = web.AppKey("health_checks")
+# ``{svc}health``'s answer, probed at most once per its TTL.
+HEALTH: web.AppKey[CachedHealth] = web.AppKey("health")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
 # Present when the service has a container engine (``WebDeps.sessions``).
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 DEFAULT_IDLE_TIMEOUT = 8 * 3600.0
 # No session outlives this, however busy.
 DEFAULT_MAX_AGE = 24 * 3600.0
-# About 0.5 KB each: the bound keeps the store under ~10 MB. Past it the least recently used
-# session ends (its owner signs in again, usually without noticing).
+# About 0.5 KB each: the bound keeps the store under ~10 MB. Past it a session ends (see
+# ``LoginSessionStore``); its owner signs in again, usually without noticing.
 DEFAULT_MAX_SESSIONS = 20_000
+# Browsers and devices one user is signed in with at once; a new sign-in beyond it ends that
+# user's least recently used session.
+DEFAULT_MAX_SESSIONS_PER_USER = 20
 
 
 @dataclass(slots=True)
@@ -33,6 +36,15 @@ class LoginSessionStore:
     The hub token never leaves the server: the browser holds only the session id (in a signed
     cookie). Being in-process, sessions end when the service restarts; the browser then signs
     in again through the hub.
+
+    Bounds, so that no one can sign everybody else out by signing in over and over:
+
+    - one user holds at most ``max_sessions_per_user``; a sign-in beyond it ends the least
+      recently used session *of that user*;
+    - the store holds at most ``max_sessions``. When it is full, a user who already has a
+      session pays with their own least recently used one; only a user's first session ends
+      the least recently used session of the whole store. Pushing other users out therefore
+      takes as many distinct hub accounts as sessions to end, and an idle session goes first.
     """
 
     def __init__(
@@ -42,14 +54,18 @@ class LoginSessionStore:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_age: float = DEFAULT_MAX_AGE,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER,
     ) -> None:
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
+        if max_sessions < 1 or max_sessions_per_user < 1:
+            raise ValueError("max_sessions and max_sessions_per_user must be at least 1")
         self._clock = clock
         self.idle_timeout = idle_timeout
         self.max_age = max_age
         self._max_sessions = max_sessions
+        self._max_per_user = max_sessions_per_user
         self._sessions: OrderedDict[str, LoginSession] = OrderedDict()
+        # user -> their session ids, least recently used first
+        self._by_user: dict[str, OrderedDict[str, None]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -64,10 +80,19 @@ class LoginSessionStore:
             created=now,
             last_seen=now,
         )
+        mine = self._by_user.get(user)
+        if mine is not None and len(mine) >= self._max_per_user:
+            self._remove(next(iter(mine)))
+        if len(self._sessions) >= self._max_sessions:
+            mine = self._by_user.get(user)
+            self._remove(next(iter(mine)) if mine else next(iter(self._sessions)))
         self._sessions[session.id] = session
-        while len(self._sessions) > self._max_sessions:
-            self._sessions.popitem(last=False)
+        self._by_user.setdefault(user, OrderedDict())[session.id] = None
         return session
+
+    def count_for(self, user: str) -> int:
+        """How many sessions ``user`` holds (expired ones included until they are met)."""
+        return len(self._by_user.get(user, ()))
 
     def get(self, session_id: str) -> LoginSession | None:
         """The live session with this id (marking it used), or None."""
@@ -76,21 +101,31 @@ class LoginSessionStore:
             return None
         now = self._clock()
         if self._expired(session, now):
-            del self._sessions[session_id]
+            self._remove(session_id)
             return None
         session.last_seen = now
         self._sessions.move_to_end(session_id)
+        self._by_user[session.user].move_to_end(session_id)
         return session
 
     def delete(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        self._remove(session_id)
 
     def delete_user(self, user: str) -> int:
         """End every session of ``user``; returns how many there were."""
-        doomed = [sid for sid, session in self._sessions.items() if session.user == user]
+        doomed = list(self._by_user.get(user, ()))
         for sid in doomed:
-            del self._sessions[sid]
+            self._remove(sid)
         return len(doomed)
+
+    def _remove(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return
+        mine = self._by_user[session.user]
+        del mine[session_id]
+        if not mine:
+            del self._by_user[session.user]
 
     def _expired(self, session: LoginSession, now: float) -> bool:
         return now - session.last_seen > self.idle_timeout or now - session.created > self.max_age
@@ -101,4 +136,4 @@ class LoginSessionStore:
             oldest = next(iter(self._sessions.values()))
             if not self._expired(oldest, now):
                 break
-            del self._sessions[oldest.id]
+            self._remove(oldest.id)
