@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -43,6 +44,7 @@ from remoteappmanager.domain.confinement import (
     ResourceLimits,
 )
 from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.routing import check_app_origin_template
 from remoteappmanager.domain.volumes import VolumeRules, check_volume_root
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///remoteappmanager.db"
@@ -138,6 +140,13 @@ class Settings(BaseSettings):
         description="Accept a REMOTEAPP_PUBLISH_IP that is not a loopback address. Then "
         "every application port is reachable from the network without passing the gate; "
         "only for a host whose firewall closes those ports.",
+    )
+    app_origin_template: str | None = Field(
+        default=None,
+        description="Serve each application from a host of its own, e.g. "
+        "'https://{url_id}.apps.example.org' ({url_id} is the first label; the names must "
+        "reach the proxy). Unset: applications share the service's origin, where they run "
+        "confined (see the security overview). Needs gated access and JUPYTERHUB_PUBLIC_URL.",
     )
     publish_ip: str = Field(
         default="127.0.0.1",
@@ -373,6 +382,32 @@ class Settings(BaseSettings):
             raise ValueError("must name its port: http://<host>:<port>")
         return f"http://{parts.netloc}"
 
+    @field_validator("app_origin_template")
+    @classmethod
+    def _app_origin_shape(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            return check_app_origin_template(value.strip())
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _app_origin_needs(self) -> Settings:
+        if self.app_origin_template is None:
+            return self
+        if self.container_access is not ContainerAccess.GATED:
+            raise ValueError(
+                "REMOTEAPP_APP_ORIGIN_TEMPLATE: needs REMOTEAPP_CONTAINER_ACCESS=gated (the "
+                "gate tells the application hosts apart)"
+            )
+        if self.public_origin is None:
+            raise ValueError(
+                "REMOTEAPP_APP_ORIGIN_TEMPLATE: needs JUPYTERHUB_PUBLIC_URL (the application "
+                "hosts send browsers back to the service there)"
+            )
+        return self
+
     @field_validator("jupyterhub_service_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
@@ -405,11 +440,23 @@ class Settings(BaseSettings):
         if database_file is not None:
             forbidden.append(str(database_file.absolute()))
         return VolumeRules.of(self.volume_roots, forbidden)
+
+    @property
     def access_scopes(self) -> frozenset[str]:
         """The scopes that let a hub token in, any one of them (as JupyterHub's HubAuth)."""
         if self.jupyterhub_oauth_access_scopes:
             return frozenset(self.jupyterhub_oauth_access_scopes)
         return frozenset({f"access:services!service={self.jupyterhub_service_name}"})
+
+    @property
+    def public_origin(self) -> str | None:
+        """``scheme://host[:port]`` of JUPYTERHUB_PUBLIC_URL, if it is set."""
+        if not self.jupyterhub_public_url:
+            return None
+        parts = urlsplit(self.jupyterhub_public_url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return None
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def gate_address(self) -> tuple[str, int]:
@@ -498,6 +545,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across settings: its message names them
+            raise SettingsError(message) from None
         raise SettingsError(f"{_variable_name(tuple(error['loc']))}: {message}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{CONFIG_FILE_VARIABLE}: not valid TOML: {exc}") from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -11,6 +13,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -220,3 +223,14 @@ def replace_cookie(client: TestClient[Any, Any], name: str, value: str, path: st
     forged[name] = value
     forged[name]["path"] = path
     jar.update_cookies(forged, client.make_url(path))
+
+
+async def confirm_entry(
+    client: TestClient[Any, Any], confirmation: aiohttp.ClientResponse
+) -> aiohttp.ClientResponse:
+    """Press the button of the gate's "you are about to enter <user>'s session" page."""
+    page = await confirmation.text()
+    assert 'id="enter-confirm"' in page, page[:500]
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page))
+    form = {name: html.unescape(value) for name, value in fields.items()}
+    return await client.post(confirmation.url.path, data=form)

@@ -37,7 +37,14 @@ from remoteappmanager.web.gate import GATE_COOKIE
 from remoteappmanager.web.gate_proxy import WRITE_HIGH
 from remoteappmanager.web.keys import GATE
 from tests.support.services import free_port
-from tests.support.webapp import PREFIX, World, cookie, make_settings, sign_in
+from tests.support.webapp import (
+    PREFIX,
+    World,
+    confirm_entry,
+    cookie,
+    make_settings,
+    sign_in,
+)
 
 IMAGE = "remoteapp-test/gated:latest"
 LABELS = {"eu.simphony-project.docker.type": "webapp"}
@@ -346,11 +353,12 @@ async def test_another_user_gets_in_when_the_policy_allows_viewing(stack: Stack)
     assert len(stack.seen.requests) == 1
 
 
-async def test_admin_gets_in(stack: Stack) -> None:
+async def test_admin_gets_in_after_confirming(stack: Stack) -> None:
     session = await stack.start("alice")
     await sign_in(stack.client, stack.world, "root")
-    response = await enter(stack.client, session.urlpath + "/")
+    response = await confirm_entry(stack.client, await enter(stack.client, session.urlpath + "/"))
     assert response.status == 200
+    assert len(stack.seen.requests) == 1
 
 
 async def test_a_cookie_for_one_application_does_not_open_another(stack: Stack) -> None:
@@ -557,7 +565,8 @@ async def test_hub_logout_ends_container_access_once_the_decision_expires(stack:
 async def test_lost_admin_rights_end_access_once_the_decision_expires(stack: Stack) -> None:
     session = await stack.start("alice")
     await sign_in(stack.client, stack.world, "root")
-    assert (await enter(stack.client, session.urlpath + "/")).status == 200
+    confirmation = await enter(stack.client, session.urlpath + "/")
+    assert (await confirm_entry(stack.client, confirmation)).status == 200
     stack.world.hub.set_admin("root", False)
     assert (await stack.client.get(session.urlpath + "/")).status == 200  # decision kept
     stack.world.clock.advance(6)
@@ -753,7 +762,10 @@ async def entered(
     session = await stack.start(user)
     if cookie(stack.client, "remoteapp-session") is None:
         await sign_in(stack.client, stack.world, as_user or user)
-    assert (await enter(stack.client, session.urlpath + "/")).status == 200
+    response = await enter(stack.client, session.urlpath + "/")
+    if as_user is not None and as_user != user:
+        response = await confirm_entry(stack.client, response)
+    assert response.status == 200
     return session, gate_cookie(stack.client, session)
 
 

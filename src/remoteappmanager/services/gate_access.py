@@ -7,11 +7,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from remoteappmanager.domain.errors import NotFound
 from remoteappmanager.domain.sessions import SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
+
+log = structlog.get_logger(__name__)
 
 # Changes made through ``Sessions`` (start, stop, reconciler repairs) are seen at once; a
 # container that dies or is removed behind the service's back is noticed within this time
@@ -152,6 +156,18 @@ class GateAccess:
     @staticmethod
     def may_enter(user: AuthenticatedUser, target: GateTarget) -> bool:
         return user.name == target.owner or user.admin or target.allow_view
+
+    @staticmethod
+    def enters_as_admin(user: AuthenticatedUser, target: GateTarget) -> bool:
+        """Whether only the admin flag lets ``user`` in: someone else's, unshared application."""
+        return user.admin and user.name != target.owner and not target.allow_view
+
+    async def record_entry(self, actor: AuthenticatedUser, target: GateTarget) -> None:
+        """An admin confirmed entering someone else's application; the one place that says so.
+
+        Logged as the event ``enter`` (actor, owner, url_id).
+        """
+        log.info("enter", actor=actor.name, owner=target.owner, url_id=target.url_id)
 
     def decision(self, principal: str, url_id: str) -> bool | None:
         """The kept decision for this login session and application (None: decide again)."""

@@ -267,11 +267,13 @@ def _set_session_cookies(
 
 
 def _set_xsrf_cookie(request: web.Request, response: web.StreamResponse, token: str) -> None:
-    # Readable by the page's scripts on purpose: they echo it in the X-XSRFToken header.
+    # HttpOnly: the pages carry the token themselves; no script reads the cookie (an
+    # application sharing the origin could, from a document under the service's path).
     response.set_cookie(
         XSRF_COOKIE,
         token,
         path=request.app[URLS].prefix,
+        httponly=True,
         samesite="Lax",
         secure=is_https(request),
     )
@@ -300,6 +302,7 @@ def _add_set_cookie(
     morsel["path"] = path
     morsel["samesite"] = "Lax"
     morsel["secure"] = secure
+    morsel["httponly"] = True
     if max_age is not None:
         morsel["max-age"] = str(max_age)
         if max_age == 0:

@@ -5,6 +5,11 @@ else ``Referer``, when the browser sends one), and it must echo the session's ``
 in the ``X-XSRFToken`` header or an ``_xsrf`` form field. The token is bound to the session by
 a keyed digest, so a cookie planted by a sibling site is worthless. Requests authenticated by an
 ``Authorization`` token are exempt: a cross-site page cannot make a browser send that header.
+
+A browser's reads of the REST API (any method, marked by the ``Sec-Fetch-Site`` header that
+scripts cannot set) need the token header too: an application that shares the service's
+origin could otherwise read the API with the user's cookie. The service's own pages send it
+with every request; the token is only in those pages and in an HttpOnly cookie.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from remoteappmanager.web.auth import (
     resolve_auth,
     xsrf_token_valid,
 )
+from remoteappmanager.web.keys import URLS
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -51,9 +57,22 @@ async def _submitted_token(request: web.Request) -> str | None:
     return None
 
 
+def _browser_reads_api(request: web.Request) -> bool:
+    return "Sec-Fetch-Site" in request.headers and request.app[URLS].is_api(request.path)
+
+
 @web.middleware
 async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method not in SAFE_METHODS:
+    if request.method in SAFE_METHODS and _browser_reads_api(request):
+        auth = await resolve_auth(request)
+        if auth is not None and auth.method is AuthMethod.SESSION and auth.session_id:
+            token = request.headers.get(XSRF_HEADER)
+            if token is None or not xsrf_token_valid(request, auth.session_id, token):
+                raise Forbidden(
+                    f"a browser reads this API from the service's pages only (the "
+                    f"{XSRF_HEADER} header is missing or wrong)"
+                )
+    elif request.method not in SAFE_METHODS:
         auth = await resolve_auth(request)
         if auth is not None and auth.method is AuthMethod.SESSION and auth.session_id:
             check_same_origin(request)

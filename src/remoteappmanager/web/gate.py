@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,7 @@ from remoteappmanager.domain.errors import (
     Unauthorized,
     Unavailable,
 )
+from remoteappmanager.domain.routing import app_origin, is_app_host
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
@@ -53,11 +55,17 @@ from remoteappmanager.web.keys import (
 )
 from remoteappmanager.web.listening import GATE_SETTING, listen_failure
 from remoteappmanager.web.login_sessions import LoginSessionStore
+from remoteappmanager.web.pages import page_headers, require_navigation, xsrf_token_for_page
 
 log = structlog.get_logger(__name__)
 
 _GATE_PURPOSE = "gate"
 MAX_VERIFIED_COOKIES = 10_000
+# Per-application hosts: the path under an application's own host where a ticket from
+# ``{svc}gate/<url_id>`` becomes that host's cookie; a ticket works once, this long.
+ENTER_PATH = "/.remoteapp-gate-enter"
+TICKET_TTL = 60.0
+MAX_TICKETS = 10_000
 _PAGE_METHODS = frozenset({"GET", "HEAD"})
 _EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
 _PAGE = """<!DOCTYPE html>
@@ -66,6 +74,23 @@ _PAGE = """<!DOCTYPE html>
 <body>
 <h1>{title}</h1>
 <p>{message}</p>
+<p><a href="{home}">Back to the applications</a></p>
+</body>
+</html>
+"""
+_CONFIRM_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Enter {owner}'s session?</title></head>
+<body>
+<h1 id="enter-title">You are about to enter {owner}'s session</h1>
+<p>This application belongs to <strong id="enter-owner">{owner}</strong>. You may open it
+because you are an administrator; what you see and do there is {owner}'s, and your entry
+is recorded.</p>
+<form method="post" action="{action}">
+<input type="hidden" name="_xsrf" value="{xsrf}">
+<input type="hidden" name="next" value="{next}">
+<button type="submit" id="enter-confirm">Enter {owner}'s session</button>
+</form>
 <p><a href="{home}">Back to the applications</a></p>
 </body>
 </html>
@@ -83,6 +108,16 @@ class _Caller:
     forwarded_cookie: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """A one-time pass from ``{svc}gate/<url_id>`` to the application's own host."""
+
+    session_id: str
+    url_id: str
+    next_url: str
+    expires: float
+
+
 @dataclass(slots=True)
 class Gate:
     """The gatekeeper of the gate's listener (see ``web.gate_proxy.Gatekeeper``).
@@ -94,6 +129,11 @@ class Gate:
     the service, so that the service's session cookie is sent there. API clients may send
     ``Authorization: token <hub token>`` instead. Our cookies and tokens never reach the
     application.
+
+    With ``app_origins`` (``Settings.app_origin_template``) each application is served only
+    on its own host: on any other host (the service's) its paths redirect to the entry page,
+    which hands the browser a one-time ticket for ``<app host><urlpath>/.remoteapp-gate-enter``;
+    there the gate turns it into a cookie of that host alone.
 
     ``check`` answers from caches only: the running application (``GateAccess``), the gate
     cookie's signature, the login session, and the access decision per (login session,
@@ -107,7 +147,10 @@ class Gate:
     identify: AccessService
     prefix: str
     clock: Callable[[], float]
+    app_origins: str | None = None
+    public_origin: str = ""
     server: GateServer = field(init=False)
+    tickets: dict[str, _Ticket] = field(default_factory=dict)
     # Cookie values whose signature was checked: value -> (valid until, payload). Checking
     # an HMAC on every request of a page's assets is a tenth of the gate's time.
     verified: dict[str, tuple[float, str]] = field(default_factory=dict)
@@ -129,7 +172,22 @@ class Gate:
         return payload
 
     def entry_url(self, url_id: str) -> str:
-        return f"{self.prefix}gate/{url_id}"
+        """The entry page, absolute when applications have hosts of their own."""
+        return f"{self.public_origin}{self.prefix}gate/{url_id}"
+
+    def issue_ticket(self, session_id: str, target: GateTarget, next_url: str) -> str:
+        """The URL on the application's own host that lets this login session in, once."""
+        assert self.app_origins is not None
+        now = self.clock()
+        if len(self.tickets) >= MAX_TICKETS:
+            for key in [key for key, ticket in self.tickets.items() if ticket.expires <= now]:
+                del self.tickets[key]
+            if len(self.tickets) >= MAX_TICKETS:
+                self.tickets.clear()
+        ticket = secrets.token_urlsafe(32)
+        self.tickets[ticket] = _Ticket(session_id, target.url_id, next_url, now + TICKET_TTL)
+        origin = app_origin(self.app_origins, target.url_id)
+        return f"{origin}{target.urlpath}{ENTER_PATH}?ticket={ticket}"
 
     # ------------------------------------------------------------------ the gatekeeper
     def check(self, request: GateRequest) -> Verdict | None:
@@ -179,6 +237,17 @@ class Gate:
         # The name segment too must be the owner's, exactly as the route spells it.
         if not path.startswith(base) or (len(path) > len(base) and path[len(base)] != "/"):
             return self._page(404, f"there is no application {target.url_id} running")
+        if self.app_origins is not None:
+            if not is_app_host(self.app_origins, target.url_id, request.host):
+                # Never served on a shared host: the service's origin stays the service's.
+                if request.method in _PAGE_METHODS and not request.websocket:
+                    location = (
+                        self.entry_url(target.url_id) + "?next=" + quote(request.target, safe="")
+                    )
+                    return Answer(302, (("Location", location), ("Cache-Control", "no-store")))
+                return self._page(404, f"application {target.url_id} is served on its own host")
+            if path == base + ENTER_PATH:
+                return self._redeem(request, query, target)
         if len(path) == len(base) and request.method in _PAGE_METHODS:
             # The cookie's path is the application's folder: go there first.
             return Answer(302, (("Location", base + "/" + ("?" + query if query else "")),))
@@ -194,6 +263,36 @@ class Gate:
         if authorization_token(request.authorization) is not None:
             return caller
         return self._refuse_anonymous(request, target, caller.stale_cookie)
+
+    def _redeem(self, request: GateRequest, query: str, target: GateTarget) -> Answer:
+        """A ticket from the entry page, turned into this host's cookie (once)."""
+        values = parse_qs(query).get("ticket", [])
+        ticket = self.tickets.pop(values[0], None) if len(values) == 1 else None
+        if (
+            request.method not in _PAGE_METHODS
+            or ticket is None
+            or ticket.url_id != target.url_id
+            or ticket.expires <= self.clock()
+        ):
+            return self._page(403, "this entry link was used or has expired: open it again")
+        session = self.store.get(ticket.session_id)
+        if session is None:
+            return self._page(401, "sign in to the service first, then open the application again")
+        self.access.remember(session.id, target.url_id, True)
+        value = self.signer.sign(_GATE_PURPOSE, f"{session.id} {target.url_id}")
+        assert self.app_origins is not None
+        secure = "; Secure" if self.app_origins.startswith("https:") else ""
+        cookie = (
+            f"{GATE_COOKIE}={value}; Path={target.urlpath}/; Max-Age={int(self.store.max_age)}"
+            f"; HttpOnly; SameSite=Lax{secure}"
+        )
+        headers = (
+            ("Location", ticket.next_url),
+            ("Set-Cookie", cookie),
+            ("Cache-Control", "no-store"),
+            ("Referrer-Policy", "no-referrer"),
+        )
+        return Answer(302, headers)
 
     def _read_cookies(self, headers: Iterable[str], url_id: str) -> _Caller:
         caller = _Caller()
@@ -241,7 +340,8 @@ class Gate:
         token = authorization_token(request.authorization)
         assert token is not None
         user = self.identify.identify(await self.identity.user_for_token(token))
-        if self.access.may_enter(user, target):
+        # An admin enters someone else's application only as a confirmed browser action.
+        if self.access.may_enter(user, target) and not self.access.enters_as_admin(user, target):
             return self._forward(request, target, caller)
         log.info("gate.refused", user=user.name, url_id=target.url_id)
         return self._page(403, "this application is not shared with you")
@@ -271,7 +371,8 @@ class Gate:
 
     def _page(self, status: int, message: str) -> Answer:
         title = html.escape(f"{status} {HTTPStatus(status).phrase}")
-        page = _PAGE.format(title=title, message=html.escape(message), home=self.prefix)
+        home = html.escape(self.public_origin + self.prefix)
+        page = _PAGE.format(title=title, message=html.escape(message), home=home)
         return Answer(status, (("Cache-Control", "no-store"),), page.encode())
 
 
@@ -297,6 +398,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
     if sessions is None or sessions.access is not AccessMode.GATED:
         return False
     prefix = app[URLS].prefix
+    settings = app[SETTINGS]
     gate = Gate(
         access=GateAccess(sessions, deps.uow_factory, clock=deps.clock),
         signer=app[SIGNER],
@@ -305,11 +407,14 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         identify=app[ACCESS],
         prefix=prefix,
         clock=deps.clock,
+        app_origins=settings.app_origin_template,
+        public_origin=(settings.public_origin or "") if settings.app_origin_template else "",
     )
     app[GATE] = gate
     app[METRICS].registry.register(_GateCollector(gate.server.stats))
     app.cleanup_ctx.append(_listening)
     app.router.add_get(prefix + "gate/{url_id}", gate_entry, name="gate_entry")
+    app.router.add_post(prefix + "gate/{url_id}", gate_entry_confirmed)
     return True
 
 
@@ -384,7 +489,12 @@ def safe_next(target: GateTarget, next_url: str | None) -> str:
 
 
 async def gate_entry(request: web.Request) -> web.StreamResponse:
-    """Sign in if needed, decide access to the application, set its cookie, go back."""
+    """Sign in if needed, decide access to the application, let the browser in, go back.
+
+    An admin whom only the admin flag lets in (someone else's unshared application) gets a
+    confirmation page instead; its POST (``gate_entry_confirmed``) lets them in.
+    """
+    require_navigation(request)
     gate = request.app[GATE]
     target = await gate.access.target(request.match_info["url_id"])
     next_url = safe_next(target, request.query.get("next"))
@@ -393,21 +503,71 @@ async def gate_entry(request: web.Request) -> web.StreamResponse:
         raise login_redirect(request)
     if auth.session_id is None:
         raise Unauthorized("open the application in a browser signed in to this service")
-    allowed = gate.access.may_enter(auth.user, target)
-    gate.access.remember(auth.session_id, target.url_id, allowed)
-    if not allowed:
+    if not gate.access.may_enter(auth.user, target):
+        gate.access.remember(auth.session_id, target.url_id, False)
         log.info("gate.refused", user=auth.user.name, url_id=target.url_id)
         raise Forbidden("this application is not shared with you")
+    if gate.access.enters_as_admin(auth.user, target):
+        return await _confirmation_page(request, target, next_url)
+    return _let_in(request, auth.session_id, auth.user.name, target, next_url)
+
+
+async def gate_entry_confirmed(request: web.Request) -> web.StreamResponse:
+    """``POST {svc}gate/<url_id>`` from the confirmation page (CSRF-checked by the middleware)."""
+    gate = request.app[GATE]
+    target = await gate.access.target(request.match_info["url_id"])
+    form = await request.post()
+    next_field = form.get("next")
+    next_url = safe_next(target, next_field if isinstance(next_field, str) else None)
+    auth = await resolve_auth(request)
+    if auth is None or auth.session_id is None:
+        raise Unauthorized("sign in to the service first, then open the application again")
+    if not gate.access.may_enter(auth.user, target):
+        log.info("gate.refused", user=auth.user.name, url_id=target.url_id)
+        raise Forbidden("this application is not shared with you")
+    if gate.access.enters_as_admin(auth.user, target):
+        await gate.access.record_entry(auth.user, target)
+    return _let_in(request, auth.session_id, auth.user.name, target, next_url)
+
+
+async def _confirmation_page(
+    request: web.Request, target: GateTarget, next_url: str
+) -> web.StreamResponse:
+    gate = request.app[GATE]
+    response = web.Response(content_type="text/html", headers=page_headers())
+    xsrf = await xsrf_token_for_page(request, response)
+    response.text = _CONFIRM_PAGE.format(
+        owner=html.escape(target.owner),
+        action=html.escape(gate.prefix + "gate/" + target.url_id),
+        xsrf=html.escape(xsrf),
+        next=html.escape(next_url),
+        home=html.escape(gate.prefix),
+    )
+    return response
+
+
+def _let_in(
+    request: web.Request, session_id: str, user: str, target: GateTarget, next_url: str
+) -> web.StreamResponse:
+    """Send the browser to the application with what opens it: this path's cookie, or (with
+    hosts of their own) a one-time ticket that the application's host turns into its cookie."""
+    gate = request.app[GATE]
+    gate.access.remember(session_id, target.url_id, True)
+    log.info("gate.entered", user=user, url_id=target.url_id, owner=target.owner)
+    if gate.app_origins is not None:
+        response = web.HTTPFound(gate.issue_ticket(session_id, target, next_url))
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        raise response
     response = web.HTTPFound(next_url)
     response.headers["Cache-Control"] = "no-store"
     response.set_cookie(
         GATE_COOKIE,
-        gate.signer.sign(_GATE_PURPOSE, f"{auth.session_id} {target.url_id}"),
+        gate.signer.sign(_GATE_PURPOSE, f"{session_id} {target.url_id}"),
         path=target.urlpath + "/",
         max_age=int(gate.store.max_age),
         httponly=True,
         samesite="Lax",
         secure=is_https(request),
     )
-    log.info("gate.entered", user=auth.user.name, url_id=target.url_id, owner=target.owner)
     raise response

@@ -56,6 +56,8 @@ class GateRequest:
     cookies: list[str]
     authorization: str | None
     websocket: bool
+    host: str = ""
+    """The ``Host`` header (where the browser thinks it is), empty if none came."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,9 @@ _RESPONSE_HEADERS = {
     **_HOP_BY_HOP,
     b"content-length": _CONTENT_LENGTH,
     b"set-cookie": _SET_COOKIE,
+    # An application may not widen its service worker's scope beyond its own path (where
+    # it would see the service's pages when they share an origin).
+    b"service-worker-allowed": _DROP,
 }
 # A response head as we pass it on: a status line and header lines with token names, no
 # bare CR or LF anywhere, no obsolete line folding. Anything else is refused.
@@ -589,6 +594,7 @@ class _Downstream(asyncio.Protocol):
             websocket=method == b"GET"
             and upgrade is not None
             and upgrade.strip().lower() == b"websocket",
+            host="" if host is None else host.decode("latin-1"),
         )
         return exchange
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from remoteappmanager.domain.errors import Forbidden
+from remoteappmanager.domain.routing import app_origin_pattern
 from remoteappmanager.web.assets import (
     IMMUTABLE_CACHE,
     REVALIDATE_CACHE,
@@ -20,36 +22,72 @@ from remoteappmanager.web.auth import (
     resolve_auth,
     signed_in_user,
 )
-from remoteappmanager.web.keys import PAGE_ASSETS, URLS
+from remoteappmanager.web.keys import PAGE_ASSETS, SETTINGS, URLS
 
 USER_TEMPLATE = "user.html"
 ADMIN_TEMPLATE = "admin.html"
 # The admin page, under ``{svc}``.
 ADMIN_PATH = "admin/"
 
-# The page builds its DOM from API data with textContent only; this policy is the second
-# line of defence should a value ever reach markup: no inline or foreign script, frames
-# only from this site (the applications are served under /user/ on the same origin).
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "frame-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
+
+def content_security_policy(frame_sources: str = "'self'") -> str:
+    """The pages build their DOM from API data with textContent only; this policy is the
+    second line of defence should a value ever reach markup: no inline or foreign script,
+    frames only from this site or the applications' own hosts, never framed themselves."""
+    return "; ".join(
+        (
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            f"frame-src {frame_sources}",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
     )
-)
-_PAGE_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "same-origin",
-    "X-Content-Type-Options": "nosniff",
-}
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
+
+
+def page_headers(frame_sources: str = "'self'") -> dict[str, str]:
+    """Headers of every HTML page of the service.
+
+    ``Cross-Origin-Opener-Policy`` keeps a page that an application opens in a new window
+    out of that application's reach (they may share an origin).
+    """
+    return {
+        "Content-Security-Policy": content_security_policy(frame_sources),
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "same-origin",
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+    }
+
+
+_PAGE_HEADERS = page_headers()
+
+
+def require_navigation(request: web.Request) -> None:
+    """Refuse a page to a script: only a browser navigating to it gets it.
+
+    Pages carry the XSRF token and what the signed-in user may see; an application that
+    shares the service's origin could otherwise ``fetch`` them with the user's cookies.
+    Browsers mark every request with ``Sec-Fetch-Mode`` (scripts cannot set it); a client
+    that sends none (an older browser, or plain http to a remote host) is let through.
+    """
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None and mode != "navigate":
+        raise Forbidden("pages of this service open in the browser, not from scripts")
+
+
+def _frame_sources(request: web.Request) -> str:
+    template = request.app[SETTINGS].app_origin_template
+    return "'self'" if template is None else f"'self' {app_origin_pattern(template)}"
 
 
 def add_static_routes(app: web.Application) -> None:
@@ -62,9 +100,10 @@ def add_static_routes(app: web.Application) -> None:
 @require_user
 async def home(request: web.Request) -> web.StreamResponse:
     """``GET {svc}``: the user's applications; the browser fills it in from the REST API."""
+    require_navigation(request)
     user = signed_in_user(request)
     urls, assets = request.app[URLS], request.app[PAGE_ASSETS]
-    response = web.Response(content_type="text/html", headers=_PAGE_HEADERS)
+    response = web.Response(content_type="text/html", headers=page_headers(_frame_sources(request)))
     page = assets.template(USER_TEMPLATE).render(
         {
             "api_url": urls.api + "v1/",
@@ -74,7 +113,7 @@ async def home(request: web.Request) -> web.StreamResponse:
             "user_name": user.name,
             "user_initial": user.name[:1].upper(),
             "is_admin": "true" if user.admin else "false",
-            "xsrf_token": await _xsrf_token_for_page(request, response),
+            "xsrf_token": await xsrf_token_for_page(request, response),
             "css_url": assets.static_url("app.css"),
             "js_url": assets.static_url("app.js"),
             "favicon_url": assets.static_url("logo.svg"),
@@ -88,6 +127,7 @@ async def home(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def admin(request: web.Request) -> web.StreamResponse:
     """``GET {svc}admin/``: the admin page; the browser fills it in from the admin API."""
+    require_navigation(request)
     user = signed_in_user(request)
     urls, assets = request.app[URLS], request.app[PAGE_ASSETS]
     response = web.Response(content_type="text/html", headers=_PAGE_HEADERS)
@@ -99,7 +139,7 @@ async def admin(request: web.Request) -> web.StreamResponse:
             "logout_url": urls.logout,
             "user_name": user.name,
             "user_initial": user.name[:1].upper(),
-            "xsrf_token": await _xsrf_token_for_page(request, response),
+            "xsrf_token": await xsrf_token_for_page(request, response),
             "css_url": assets.static_url("app.css"),
             "admin_css_url": assets.static_url("admin.css"),
             "js_url": assets.static_url("admin.js"),
@@ -110,7 +150,7 @@ async def admin(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _xsrf_token_for_page(request: web.Request, response: web.Response) -> str:
+async def xsrf_token_for_page(request: web.Request, response: web.Response) -> str:
     """The token the page echoes in ``X-XSRFToken``: the browser's own, or a new one set now.
 
     Empty for token-authenticated visits, which need none.
@@ -122,11 +162,12 @@ async def _xsrf_token_for_page(request: web.Request, response: web.Response) -> 
     if auth is None or auth.session_id is None:
         return ""
     token = new_xsrf_token(request, auth.session_id)
-    # Readable by scripts on purpose (double submit); the same attributes as at sign-in.
+    # The page's scripts take the token from the page; the cookie is for the server only.
     response.set_cookie(
         XSRF_COOKIE,
         token,
         path=request.app[URLS].prefix,
+        httponly=True,
         samesite="Lax",
         secure=is_https(request),
     )

@@ -60,12 +60,13 @@ export class ApiError extends Error {
 
 // A caller of the REST API under `base`: api(method, path, body) answers the JSON body, null
 // for 204, and { location } for 201; it throws an ApiError with the service's message.
-// Changes carry the page's XSRF token, as the service asks of cookie-authenticated requests.
+// Every request carries the page's XSRF token: the service answers cookie-authenticated
+// requests from a browser only when it comes with them.
 export function apiClient(base) {
   return async function api(method, path, body) {
     const headers = { Accept: "application/json" };
     const options = { method, headers, credentials: "same-origin", cache: "no-store" };
-    if (method !== "GET" && method !== "HEAD") headers["X-XSRFToken"] = XSRF_TOKEN;
+    if (XSRF_TOKEN) headers["X-XSRFToken"] = XSRF_TOKEN;
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
