@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -10,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
+from remoteappmanager.domain.containers import RUNINFO_NAMESPACE
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.web.app import create_app
@@ -245,6 +247,7 @@ async def test_applications_list_the_image_the_engine_has_and_what_it_declares(
         "id": desktop,
         "image_name": DESKTOP,
         "available": True,
+        "unavailable_reason": None,
         "image": {
             "ui_name": "Desktop <b>bold</b>",
             "icon_128": ICON,
@@ -257,6 +260,7 @@ async def test_applications_list_the_image_the_engine_has_and_what_it_declares(
         "id": missing,
         "image_name": MISSING,
         "available": False,
+        "unavailable_reason": "the image is not on the Docker engine",
         "image": None,
     }
     status, body, _ = await root.call("GET", APPLICATIONS + desktop + "/")
@@ -272,6 +276,41 @@ async def test_the_catalogue_is_managed_while_the_engine_is_down(root: Api, worl
     assert body["items"][application]["image"] is None
     status, body, _ = await root.call("GET", CONTAINERS)
     assert (status, body["type"]) == (503, "Unable")
+
+
+async def test_one_bad_application_row_never_breaks_the_admin_listing(
+    root: Api, world: World
+) -> None:
+    good = await root.create(APPLICATIONS, {"image_name": DESKTOP})
+    async with world.database.unit_of_work() as uow:
+        bad = str((await uow.applications.add("a" * 238)).id)
+        await uow.commit()
+    for _ in range(2):
+        status, body, _ = await root.call("GET", APPLICATIONS)
+        assert status == 200, body
+        assert body["identifiers"] == [good, bad]
+        assert body["items"][good]["available"] is True
+        assert body["items"][bad]["available"] is False
+        assert "longer than 255" in body["items"][bad]["unavailable_reason"]
+    status, body, _ = await root.call("GET", APPLICATIONS + bad + "/")
+    assert (status, body["available"], body["image"]) == (200, False, None)
+    # And it can be removed like any other.
+    status, _, _ = await root.call("DELETE", APPLICATIONS + bad + "/")
+    assert status == 204
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["a" * 238, "x/" + "a" * 244, "foo:" + "t" * 129, "foo@sha256:" + "a" * 32, "Upper/case"],
+)
+async def test_references_the_engine_would_refuse_are_not_registered(
+    root: Api, world: World, image: str
+) -> None:
+    status, body, _ = await root.call("POST", APPLICATIONS, json={"image_name": image})
+    assert (status, body["type"]) == (400, "BadRepresentation")
+    assert "not a valid Docker image name" in body["message"]
+    status, body, _ = await root.call("GET", APPLICATIONS)
+    assert (status, body["total"]) == (200, 0)
 
 
 async def test_an_image_built_after_registration_shows_as_available(
@@ -662,6 +701,41 @@ async def test_admins_see_and_stop_everybodys_containers(
 
 
 @pytest.mark.parametrize(
+    "label",
+    [
+        {"mapping_id": "not a mapping id!"},
+        {"url_id": "SHOUTING"},
+        {"urlpath": "/hub/admin"},
+        {"user": "a/b"},
+        {"user": ""},
+    ],
+)
+async def test_a_container_with_malformed_labels_never_breaks_a_listing(
+    root: Api, alice: Api, ids: dict[str, str], world: World, label: dict[str, str]
+) -> None:
+    mapping_id = await root.create(ACCOUNTING, _grant(ids["alice"]))
+    url_id = await _start(alice, mapping_id)
+    (container_id,) = world.runtime.container_ids
+    spec = world.runtime.spec_of(container_id)
+    # A container of our realm whose labels were written by someone else.
+    labels = dict(spec.labels)
+    for key, value in label.items():
+        labels[RUNINFO_NAMESPACE + key] = value
+    odd = replace(spec, name=spec.name + ".odd", labels=labels)
+    await world.runtime.start(await world.runtime.create(odd))
+
+    status, body, _ = await root.call("GET", CONTAINERS)
+    assert (status, body["identifiers"]) == (200, [url_id])
+    status, body, _ = await alice.call("GET", USER_CONTAINERS)
+    assert (status, body["identifiers"]) == (200, [url_id])
+    status, body, _ = await alice.call("GET", USER_APPLICATIONS)
+    assert status == 200
+    assert body["items"][mapping_id]["container"]["url_id"] == url_id
+    status, _, _ = await root.call("GET", STATS)
+    assert status == 200
+
+
+@pytest.mark.parametrize(
     ("url_id", "status"),
     [("short", 400), ("A" * 26, 400), ("a" * 65, 400), ("a-b" * 10, 400), ("a" * 26, 404)],
 )
@@ -880,6 +954,7 @@ async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
     assert set(schemas["ApplicationOut"]["properties"]) == {
         "mapping_id",
         "available",
+        "unavailable_reason",
         "image",
         "policy",
         "container",

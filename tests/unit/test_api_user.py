@@ -10,8 +10,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
+from remoteappmanager.domain.errors import Unable
 from remoteappmanager.domain.models import Policy, Volume
 from remoteappmanager.services import catalogue
+from remoteappmanager.services.applications import IMAGE_UNREADABLE
 from remoteappmanager.web.keys import API_REGISTRY
 from tests.support.webapp import (
     API,
@@ -133,6 +135,7 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
     assert body["items"][desktop] == {
         "mapping_id": desktop,
         "available": True,
+        "unavailable_reason": None,
         "image": {
             "name": DESKTOP,
             "ui_name": "Desktop <script>alert(1)</script>",
@@ -193,6 +196,72 @@ async def test_an_image_gone_from_the_engine_is_listed_as_unavailable(
     assert body["items"][gone]["image"]["name"] == DESKTOP
     assert body["items"][gone]["image"]["configurables"] == []
     assert body["items"][kept]["available"] is True
+
+
+async def _register_unchecked(world: World, image: str) -> None:
+    # A row written before references were checked, or by hand: the catalogue's own tools
+    # refuse such names.
+    async with world.database.unit_of_work() as uow:
+        await uow.applications.add(image)
+        await uow.commit()
+
+
+async def test_one_bad_catalogue_row_never_breaks_the_listing(alice: Api, world: World) -> None:
+    too_long = "a" * 238  # the engine makes it docker.io/library/aaa..., 256 characters
+    await _register_unchecked(world, too_long)
+    bad = await _grant(world, too_long, "alice")
+    good = await _grant(world, WEBAPP, "alice")
+
+    for _ in range(2):  # the answer is not a one-off: the cached state is served alike
+        status, body, _ = await alice.call("GET", APPLICATIONS)
+        assert status == 200, body
+        assert body["identifiers"] == [good, bad]
+        assert body["items"][good]["available"] is True
+        assert body["items"][good]["unavailable_reason"] is None
+        entry = body["items"][bad]
+        assert entry["available"] is False
+        assert "not a valid Docker image name" in entry["unavailable_reason"]
+        assert "longer than 255" in entry["unavailable_reason"]
+        assert entry["image"]["name"] == too_long
+        assert entry["image"]["configurables"] == []
+
+    status, body, _ = await alice.call("GET", APPLICATIONS + bad + "/")
+    assert (status, body["available"]) == (200, False)
+    # Starting it is refused with the reason, and starts nothing.
+    status, body, _ = await alice.call("POST", CONTAINERS, json={"mapping_id": bad})
+    assert (status, body["type"]) == (400, "BadRepresentation")
+    assert world.runtime.container_ids == frozenset()
+
+
+async def test_an_engine_error_on_one_image_leaves_the_others_listed(
+    alice: Api, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = await _grant(world, DESKTOP, "alice")
+    good = await _grant(world, WEBAPP, "alice")
+    inspect = world.runtime.inspect_image
+
+    async def failing(image: str) -> Any:
+        if image == DESKTOP:
+            raise Unable("Docker engine could not inspect image: layer store is corrupt")
+        return await inspect(image)
+
+    monkeypatch.setattr(world.runtime, "inspect_image", failing)
+    status, body, _ = await alice.call("GET", APPLICATIONS)
+    assert status == 200
+    assert body["items"][broken]["available"] is False
+    assert "layer store is corrupt" in body["items"][broken]["unavailable_reason"]
+    assert body["items"][good]["available"] is True
+
+    async def crashing(image: str) -> Any:
+        if image == DESKTOP:
+            raise KeyError("Config")
+        return await inspect(image)
+
+    monkeypatch.setattr(world.runtime, "inspect_image", crashing)
+    status, body, _ = await alice.call("GET", APPLICATIONS)
+    assert status == 200
+    assert body["items"][broken]["unavailable_reason"] == IMAGE_UNREADABLE
+    assert body["items"][good]["available"] is True
 
 
 async def test_the_engine_being_down_is_a_503_not_a_crash(alice: Api, world: World) -> None:
@@ -511,6 +580,7 @@ async def test_the_openapi_document_is_public_valid_and_lists_every_route(
     assert set(schemas["ApplicationOut"]["properties"]) == {
         "mapping_id",
         "available",
+        "unavailable_reason",
         "image",
         "policy",
         "container",

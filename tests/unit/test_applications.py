@@ -14,7 +14,12 @@ from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.services import catalogue
-from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.applications import (
+    IMAGE_MISSING,
+    Applications,
+    ImageMetadataCache,
+    ImageState,
+)
 from remoteappmanager.services.sessions import Sessions
 from tests.support.session_world import IMAGE, IMAGE_LABELS, REALM, make_world
 
@@ -52,7 +57,7 @@ async def test_concurrent_lookups_of_one_image_cost_one_engine_call() -> None:
     clock = Clock()
     cache = ImageMetadataCache(runtime, ttl=60, missing_ttl=5, clock=clock)
     found = await asyncio.gather(*(cache.get(IMAGE) for _ in range(200)))
-    assert {metadata.ui_name for metadata in found if metadata} == {"Test desktop"}
+    assert {state.metadata.ui_name for state in found if state.metadata} == {"Test desktop"}
     assert runtime.inspections == 1
     clock.now = 59
     await cache.get(IMAGE)
@@ -66,12 +71,13 @@ async def test_a_missing_image_is_remembered_briefly() -> None:
     runtime = CountingRuntime()
     clock = Clock()
     cache = ImageMetadataCache(runtime, ttl=60, missing_ttl=5, clock=clock)
-    assert await cache.get(IMAGE) is None
-    assert await cache.get(IMAGE) is None
+    missing = ImageState(None, IMAGE_MISSING)
+    assert await cache.get(IMAGE) == missing
+    assert await cache.get(IMAGE) == missing
     assert runtime.inspections == 1
     runtime.add_image(IMAGE, IMAGE_LABELS)
     clock.now = 6
-    found = await cache.get(IMAGE)
+    found = (await cache.get(IMAGE)).metadata
     assert found is not None
     assert found.ui_name == "Test desktop"
 
@@ -84,7 +90,7 @@ async def test_an_unreachable_engine_is_not_remembered() -> None:
     with pytest.raises(Unavailable):
         await cache.get(IMAGE)
     runtime.available = True
-    assert await cache.get(IMAGE) is not None
+    assert (await cache.get(IMAGE)).available
 
 
 async def test_listings_share_one_engine_call_and_see_our_own_changes_at_once() -> None:

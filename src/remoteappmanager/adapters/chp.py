@@ -109,6 +109,8 @@ class ChpRouteTable:
             try:
                 path = check_route_path(encode_route_path(decoded))
             except InvalidRequest:
+                # Tagged as ours but not a path we could have added: left alone, and said so.
+                log.warning("proxy.route_skipped", path=decoded[:120])
                 continue
             routes[path] = Route(
                 path=path,

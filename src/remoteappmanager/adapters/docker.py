@@ -357,10 +357,14 @@ class AiodockerRuntime:
                 summaries = await self._client().containers.list(all=True, filters=filters)
         except aiodocker.DockerError as exc:
             raise _engine_error(exc, "list containers") from None
-        infos = [
-            _info_from_summary({key: container[key] for key in _SUMMARY_KEYS if key in container})
-            for container in summaries
-        ]
+        infos: list[ContainerInfo] = []
+        for container in summaries:
+            summary = {key: container[key] for key in _SUMMARY_KEYS if key in container}
+            try:
+                infos.append(_info_from_summary(summary))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                # One container the engine describes oddly must not hide all the others.
+                log.warning("docker.container_skipped", id=str(summary.get("Id", ""))[:12])
         # The engine already filtered; this guards against a label value containing '='
         # being split differently by an older engine.
         return [

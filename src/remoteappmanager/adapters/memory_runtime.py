@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from remoteappmanager.domain.containers import ContainerInfo, ContainerSpec, Route
 from remoteappmanager.domain.errors import Exists, NotFound, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
+from remoteappmanager.domain.models import validate_image_name
 from remoteappmanager.domain.routing import check_route_path
 
 DEFAULT_IMAGE_CACHE_TTL = 60.0
@@ -93,6 +94,8 @@ class InMemoryRuntime:
             raise Unavailable("Docker engine unavailable: the engine does not answer")
 
     async def inspect_image(self, image: str) -> ImageMetadata:
+        # As the engine: a reference it cannot parse is refused before anything is looked up.
+        validate_image_name(image)
         self._check()
         now = self._clock()
         cached = self._image_cache.get(image)

@@ -13,13 +13,98 @@ MAX_NAME_LENGTH = 255
 MAX_IMAGE_LENGTH = 255
 MAX_PATH_LENGTH = 1024
 
-# Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest].
-_IMAGE_RE = re.compile(
-    r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?/)?"
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
-)
+# Docker's image reference grammar (github.com/distribution/reference), as the engine parses
+# it: [domain/]path[:tag][@digest]. Hand-written: no maintained Python library implements it,
+# and the Docker SDK's own split is deliberately loose. Only what every engine version accepts
+# passes: a first component is a registry only when it holds '.' or ':' or is "localhost".
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_RE = re.compile(rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?")
+_PATH_RE = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# go-digest's registered algorithms and the exact length of their lower-case hex.
+_DIGEST_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+_IMAGE_ID_RE = re.compile(r"[a-f0-9]{64}")
+_ALLOWED_RE = re.compile(r"[A-Za-z0-9._/:@-]+")
+# What the engine prefixes to a name without a registry before it checks the length.
+DEFAULT_REGISTRY = "docker.io"
+_OFFICIAL_NAMESPACE = "library/"
+_DEFAULT_REGISTRY_ALIASES = frozenset({"docker.io", "index.docker.io"})
+MAX_TAG_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReference:
+    """An image reference split as the engine splits it."""
+
+    domain: str | None
+    path: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def normalised_name(self) -> str:
+        """The name the engine checks (``docker.io/library/`` added as it does)."""
+        domain = self.domain
+        if domain is None or domain in _DEFAULT_REGISTRY_ALIASES:
+            path = self.path if "/" in self.path else _OFFICIAL_NAMESPACE + self.path
+            return f"{DEFAULT_REGISTRY}/{path}"
+        return f"{domain}/{self.path}"
+
+
+def parse_image_reference(image: str) -> ImageReference:
+    """Split ``image`` as the Docker engine does; ``InvalidRequest`` saying what is wrong with
+    anything the engine would refuse (and so could never inspect or run)."""
+    if not isinstance(image, str) or not image:
+        raise InvalidRequest("image name must be non-empty")
+    shown = f"{image[:60]!r}{'...' if len(image) > 60 else ''}"
+    bad = f"{shown} is not a valid Docker image name"
+    if len(image) > MAX_IMAGE_LENGTH:
+        raise InvalidRequest(f"{bad}: longer than {MAX_IMAGE_LENGTH} characters")
+    if not _ALLOWED_RE.fullmatch(image):
+        raise InvalidRequest(f"{bad}: only letters, digits and . _ - / : @ are allowed")
+    rest, _, digest = image.partition("@")
+    if digest:
+        algorithm, _, encoded = digest.partition(":")
+        length = _DIGEST_LENGTHS.get(algorithm)
+        if length is None or len(encoded) != length or not re.fullmatch(r"[a-f0-9]+", encoded):
+            raise InvalidRequest(
+                f"{bad}: a digest is sha256, sha384 or sha512 with the full lower-case hex value"
+            )
+    elif "@" in image:
+        raise InvalidRequest(f"{bad}: '@' must be followed by a digest")
+    name, tag = rest, None
+    last = rest.rfind(":")
+    if last > rest.rfind("/"):
+        name, tag = rest[:last], rest[last + 1 :]
+        if not _TAG_RE.fullmatch(tag):
+            raise InvalidRequest(
+                f"{bad}: a tag is 1 to {MAX_TAG_LENGTH} letters, digits, '_', '.' or '-', "
+                "not starting with '.' or '-'"
+            )
+    domain: str | None = None
+    path = name
+    first, slash, remainder = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        # The engine's pattern lets a first component that is no host name pass as part of
+        # the repository (``a.b_c/d``) while it still counts it as the registry.
+        if not _DOMAIN_RE.fullmatch(first) and not _PATH_RE.fullmatch(name):
+            raise InvalidRequest(f"{bad}: {first[:60]!r} is not a registry host[:port]")
+        domain, path = first, remainder
+    if not _PATH_RE.fullmatch(path):
+        raise InvalidRequest(
+            f"{bad}: a repository is lower-case letters and digits in components "
+            "separated by '/', joined within a component by '.', '_', '__' or dashes"
+        )
+    if domain is None and tag is None and digest == "" and _IMAGE_ID_RE.fullmatch(path):
+        raise InvalidRequest(f"{bad}: a 64-digit hexadecimal string is an image id, not a name")
+    reference = ImageReference(domain, path, tag, digest or None)
+    if len(reference.normalised_name) > MAX_IMAGE_LENGTH:
+        raise InvalidRequest(
+            f"{bad}: the engine's name {reference.normalised_name[:40]!r}... "
+            f"is longer than {MAX_IMAGE_LENGTH} characters"
+        )
+    return reference
 
 
 class VolumeMode(enum.StrEnum):
@@ -104,11 +189,9 @@ def validate_user_name(name: str) -> str:
 
 
 def validate_image_name(image: str) -> str:
-    """A Docker image reference (``repo/name:tag``), without surprises."""
-    if not isinstance(image, str) or not image:
-        raise InvalidRequest("image name must be non-empty")
-    if len(image) > MAX_IMAGE_LENGTH or not _IMAGE_RE.match(image):
-        raise InvalidRequest(f"{image!r} is not a valid Docker image name")
+    """A Docker image reference (``[registry/]repo/name[:tag][@digest]``) that the engine
+    accepts (see ``parse_image_reference``)."""
+    parse_image_reference(image)
     return image
 
 

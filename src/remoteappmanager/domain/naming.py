@@ -70,6 +70,11 @@ def is_url_id(value: str) -> bool:
     return bool(_URL_ID_RE.match(value))
 
 
+def is_mapping_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a grant's mapping id."""
+    return bool(_MAPPING_ID_RE.match(value))
+
+
 def _short_hash(name: str) -> str:
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
     return base64.b32encode(digest).decode("ascii").lower()[:_HASH_LENGTH]

@@ -13,6 +13,10 @@ from remoteappmanager.domain.containers import (
     RUNINFO_USER,
     ContainerInfo,
 )
+from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.models import MAX_NAME_LENGTH
+from remoteappmanager.domain.naming import is_mapping_id, is_url_id
+from remoteappmanager.domain.routing import check_route_path
 
 
 class SessionState(enum.StrEnum):
@@ -54,7 +58,9 @@ class Session:
 
 
 def session_from_container(info: ContainerInfo, realm: str) -> Session | None:
-    """The session a container of ``realm`` carries; None for anybody else's container."""
+    """The session a container of ``realm`` carries; None for anybody else's container, and
+    for one whose labels do not describe a session we could have started (malformed ids,
+    user or path): such a container is never shown, routed to or entered."""
     labels = info.labels
     if labels.get(RUNINFO_REALM) != realm:
         return None
@@ -63,6 +69,14 @@ def session_from_container(info: ContainerInfo, realm: str) -> Session | None:
     url_id = labels.get(RUNINFO_URL_ID)
     path = labels.get(RUNINFO_URLPATH)
     if not (user and mapping_id and url_id and path):
+        return None
+    if not (is_url_id(url_id) and is_mapping_id(mapping_id)):
+        return None
+    if "/" in user or not user.isprintable() or len(user) > MAX_NAME_LENGTH:
+        return None
+    try:
+        check_route_path(path)
+    except InvalidRequest:
         return None
     return Session(
         url_id=url_id,

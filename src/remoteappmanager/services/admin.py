@@ -41,12 +41,14 @@ _NO_ENGINE = "this service is not connected to a container engine"
 class RegisteredApplication:
     """An application of the catalogue and what the engine says of its image.
 
-    ``available`` is None (and ``image`` None) when the engine could not be asked.
+    ``available`` is None (and ``image`` None) when the engine could not be asked; when it is
+    False, ``unavailable_reason`` says why (missing, a reference the engine refuses...).
     """
 
     application: Application
     image: ImageMetadata | None
     available: bool | None
+    unavailable_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +129,14 @@ class Administration:
 
     async def _registered(self, application: Application) -> RegisteredApplication:
         if self._applications is None:
-            return RegisteredApplication(application, None, None)
+            return RegisteredApplication(application, None, None, _NO_ENGINE)
         try:
-            image = await self._applications.image_metadata(application.image)
-        except Unavailable:
-            return RegisteredApplication(application, None, None)
-        return RegisteredApplication(application, image, image is not None)
+            state = await self._applications.image_state(application.image)
+        except Unavailable as exc:
+            return RegisteredApplication(application, None, None, exc.message)
+        return RegisteredApplication(
+            application, state.metadata, state.available, state.unavailable_reason
+        )
 
     # ----------------------------------------------------------------- grants
     async def grants_of(self, user_id: int) -> UserGrants:

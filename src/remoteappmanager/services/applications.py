@@ -6,8 +6,10 @@ Contract:
   the user's session of that grant, if any. An unknown user has no applications (``[]``).
 - ``get_for(user, mapping_id)`` gives one of them; ``NotFound`` for a grant that is not the
   user's (whether it exists or not).
-- An image that has gone from the engine since it was granted is listed with ``image=None``
-  (unavailable) instead of failing the list.
+- No single grant can fail the list: an image the engine does not hold, refuses to inspect
+  (a reference registered before it was checked, an engine error) or describes in a way we
+  cannot read is listed as unavailable (``image=None``) with the reason in
+  ``unavailable_reason``, and the other grants are listed as usual.
 - Errors: ``Unavailable`` when the database or the engine cannot be reached.
 
 Cost: image metadata is kept for ``image_ttl`` seconds (a missing image for
@@ -26,8 +28,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from remoteappmanager.domain.configurables import offered_configurables
-from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.errors import NotFound, RemoteAppError, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import Grant
 from remoteappmanager.domain.sessions import Session
@@ -35,20 +39,40 @@ from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.services.sessions import Sessions
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_IMAGE_TTL = 60.0
 # Short: an admin who builds a missing image expects to see it soon.
 DEFAULT_MISSING_IMAGE_TTL = 5.0
 DEFAULT_GRANTS_TTL = 10.0
 
 
+IMAGE_MISSING = "the image is not on the Docker engine"
+IMAGE_UNREADABLE = "the Docker engine's description of the image could not be read"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageState:
+    """What the engine says of an image: its metadata, or why there is none."""
+
+    metadata: ImageMetadata | None
+    unavailable_reason: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.metadata is not None
+
+
 @dataclass(frozen=True, slots=True)
 class UserApplication:
-    """One entry of a user's page: a grant, its image (None: gone), offer and session."""
+    """One entry of a user's page: a grant, its image (None: unavailable, see
+    ``unavailable_reason``), offer and session."""
 
     grant: Grant
     image: ImageMetadata | None
     configurables: tuple[str, ...]
     session: Session | None
+    unavailable_reason: str | None = None
 
     @property
     def mapping_id(self) -> str:
@@ -62,8 +86,9 @@ class UserApplication:
 class ImageMetadataCache:
     """Image metadata by name for a bounded time, one engine lookup per image at a time.
 
-    A missing image is remembered as ``None`` (for a shorter time); ``Unavailable`` is not
-    remembered.
+    An image that cannot be described (missing, refused by the engine, unreadable) is
+    remembered with the reason, for the shorter ``missing_ttl``; ``Unavailable`` (the engine
+    cannot be reached) is raised and not remembered.
     """
 
     def __init__(
@@ -78,10 +103,10 @@ class ImageMetadataCache:
         self._ttl = ttl
         self._missing_ttl = missing_ttl
         self._clock = clock
-        self._entries: dict[str, tuple[float, ImageMetadata | None]] = {}
-        self._lookups: dict[str, asyncio.Task[ImageMetadata | None]] = {}
+        self._entries: dict[str, tuple[float, ImageState]] = {}
+        self._lookups: dict[str, asyncio.Task[ImageState]] = {}
 
-    async def get(self, image: str) -> ImageMetadata | None:
+    async def get(self, image: str) -> ImageState:
         entry = self._entries.get(image)
         if entry is not None:
             expires, metadata = entry
@@ -102,14 +127,29 @@ class ImageMetadataCache:
         else:
             self._entries.pop(image, None)
 
-    async def _lookup(self, image: str) -> ImageMetadata | None:
+    def forget_unavailable(self) -> None:
+        """Drop every image remembered as unavailable (the catalogue changed)."""
+        for name in [name for name, (_, state) in self._entries.items() if not state.available]:
+            del self._entries[name]
+
+    async def _lookup(self, image: str) -> ImageState:
         try:
-            metadata: ImageMetadata | None = await self._runtime.inspect_image(image)
-            ttl = self._ttl
+            state = ImageState(await self._runtime.inspect_image(image))
         except NotFound:
-            metadata, ttl = None, self._missing_ttl
-        self._entries[image] = (self._clock() + ttl, metadata)
-        return metadata
+            state = ImageState(None, IMAGE_MISSING)
+        except Unavailable:
+            raise
+        except RemoteAppError as exc:
+            # A reference the engine refuses, or an engine error on this one image.
+            log.warning("applications.image_unavailable", image=image[:80], error=exc.message)
+            state = ImageState(None, exc.message)
+        except Exception:
+            # One image must not take every listing down with it, whatever went wrong.
+            log.exception("applications.image_unreadable", image=image[:80])
+            state = ImageState(None, IMAGE_UNREADABLE)
+        ttl = self._ttl if state.available else self._missing_ttl
+        self._entries[image] = (self._clock() + ttl, state)
+        return state
 
 
 class Applications:
@@ -141,8 +181,8 @@ class Applications:
         self._catalogue = None
         self._catalogue_read = None
 
-    async def image_metadata(self, image: str) -> ImageMetadata | None:
-        """What ``image`` declares (None: not on the engine), from the listings' cache."""
+    async def image_state(self, image: str) -> ImageState:
+        """What ``image`` declares, or why it is unavailable, from the listings' cache."""
         return await self._images.get(image)
 
     def forget_image(self, image: str) -> None:
@@ -203,7 +243,7 @@ class Applications:
     async def _describe(self, user: str, grants: Sequence[Grant]) -> list[UserApplication]:
         # Awaited one by one: cached answers come back without suspending, which is the
         # steady state, and costs far less than gathering tasks on every request.
-        by_image: dict[str, ImageMetadata | None] = {}
+        by_image: dict[str, ImageState] = {}
         for grant in grants:
             image_name = grant.application.image
             if image_name not in by_image:
@@ -214,7 +254,8 @@ class Applications:
             by_grant.setdefault(session.mapping_id, session)
         described: list[UserApplication] = []
         for grant in grants:
-            image = by_image[grant.application.image]
+            state = by_image[grant.application.image]
+            image = state.metadata
             offered = offered_configurables(image, grant.policy) if image is not None else ()
             described.append(
                 UserApplication(
@@ -222,6 +263,7 @@ class Applications:
                     image=image,
                     configurables=offered,
                     session=by_grant.get(grant.mapping_id),
+                    unavailable_reason=state.unavailable_reason,
                 )
             )
         return described

@@ -57,6 +57,8 @@ _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, n
 
 _EXITED = "the application exited before it became ready"
 
+_MAX_MALFORMED_REMEMBERED = 1024
+
 SessionKey = tuple[str, str]
 
 
@@ -155,6 +157,7 @@ class Sessions:
         # Bumped whenever this service changes what runs, so that a listing read before the
         # change is never served after it.
         self._generation = 0
+        self._malformed: set[str] = set()
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
@@ -244,11 +247,22 @@ class Sessions:
     def _session_of(self, info: ContainerInfo) -> Session | None:
         session = session_from_container(info, self.realm)
         if session is None:
+            self._skipped(info)
             return None
         claim = self._claims.get(session.key)
         if claim is not None and claim.state is not None:
             session = _with_state(session, claim.state)
         return session
+
+    def _skipped(self, info: ContainerInfo) -> None:
+        # A container of our realm whose labels are not a session's (made by hand, or by
+        # something else): left out of every listing, and said so once per container.
+        if info.labels.get(RUNINFO_REALM) != self.realm or info.id in self._malformed:
+            return
+        if len(self._malformed) >= _MAX_MALFORMED_REMEMBERED:
+            self._malformed.clear()
+        self._malformed.add(info.id)
+        log.warning("session.container_skipped", container=info.id[:12], name=info.name[:80])
 
     async def _find(self, url_id: str, user: str | None) -> Session:
         if not is_url_id(url_id):

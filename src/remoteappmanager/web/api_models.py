@@ -192,7 +192,13 @@ class ApplicationOut(_Answer):
     """One of my grants: the image, the policy, and the running container if any."""
 
     mapping_id: str
-    available: bool = Field(description="False when the image is no longer on the engine.")
+    available: bool = Field(
+        description="False when the image cannot be used (see `unavailable_reason`)."
+    )
+    unavailable_reason: str | None = Field(
+        description="Why the image is unavailable (not on the engine, a reference the engine "
+        "refuses...); null when it is available."
+    )
     image: ImageOut
     policy: PolicyOut
     container: ContainerOut | None
@@ -204,6 +210,7 @@ class ApplicationOut(_Answer):
         return cls.model_construct(
             mapping_id=grant.mapping_id,
             available=application.available,
+            unavailable_reason=application.unavailable_reason,
             image=ImageOut.of(
                 grant.application.image, application.image, application.configurables
             ),
@@ -295,6 +302,9 @@ class AdminApplicationOut(_Answer):
     available: bool | None = Field(
         description="Whether the engine has the image; null when it could not be asked."
     )
+    unavailable_reason: str | None = Field(
+        description="Why the image is unavailable or unknown; null when it is available."
+    )
     image: ImageLabelsOut | None = Field(description="Null unless the engine has the image.")
 
     @classmethod
@@ -304,6 +314,7 @@ class AdminApplicationOut(_Answer):
             id=str(application.id),
             image_name=application.image,
             available=registered.available,
+            unavailable_reason=registered.unavailable_reason,
             image=ImageLabelsOut.of(registered.image) if registered.image is not None else None,
         )
 

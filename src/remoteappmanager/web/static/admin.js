@@ -521,7 +521,10 @@ async function createGrant(userId, userName) {
 // ------------------------------------------------------------------------------- applications
 function engineCell(item) {
   if (item.available === true) return h("span", { class: "badge badge-ok", text: "Available" });
-  if (item.available === false) return h("span", { class: "badge badge-missing", text: "Not on the engine" });
+  if (item.available === false) {
+    const reason = typeof item.unavailable_reason === "string" ? item.unavailable_reason : "";
+    return h("span", { class: "badge badge-missing", text: "Unavailable", title: reason || "Not on the engine" });
+  }
   return h("span", { class: "badge", text: "Unknown" });
 }
 

@@ -92,7 +92,8 @@ function toApplication(id, raw) {
     imageName: image ? text(image.name) : "",
     description: available
       ? text(image.description)
-      : "This application cannot be started: its image is no longer available.",
+      : "This application cannot be started: its image is not available" +
+        (text(item.unavailable_reason) ? ` (${text(item.unavailable_reason)}).` : "."),
     type,
     icon: iconSource(image && image.icon_128),
     configurables: Array.isArray(image && image.configurables)
