@@ -333,6 +333,7 @@ class Settings(BaseSettings):
                 return tuple(check_volume_root(str(root)) for root in value)
             except InvalidRequest as exc:
                 raise ValueError(exc.message) from None
+
     @field_validator("jupyterhub_oauth_access_scopes", mode="before")
     @classmethod
     def _parse_access_scopes(cls, value: Any) -> Any:
