@@ -192,6 +192,7 @@ def build_web_deps(
         confinement=settings.confinement,
         volume_rules=volume_rules,
         start_rate_per_minute=settings.start_rate_per_minute,
+        max_sessions_per_user=settings.max_sessions_per_user,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions)

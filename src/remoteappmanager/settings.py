@@ -231,6 +231,13 @@ class Settings(BaseSettings):
         description="Browser sign-ins one user may hold at once; a new one beyond it ends "
         "that user's least recently used sign-in (never another user's).",
     )
+    max_sessions_per_user: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Applications one user may run at once (a start that replaces the "
+        "same grant's session does not count twice); beyond it a start is refused with 409.",
+    )
     start_rate_per_minute: int = Field(
         default=30,
         ge=1,

@@ -43,7 +43,12 @@ class World:
     sessions: Sessions
     reconciler: Reconciler
 
-    def sessions_for(self, realm: str = REALM, access: AccessMode = AccessMode.DIRECT) -> Sessions:
+    def sessions_for(
+        self,
+        realm: str = REALM,
+        access: AccessMode = AccessMode.DIRECT,
+        max_sessions_per_user: int | None = None,
+    ) -> Sessions:
         """Another service over the same engine and proxy (a restart, or another realm)."""
         return Sessions(
             self.runtime,
@@ -58,6 +63,7 @@ class World:
             watch_interval=0.01,
             unit_of_work=self.database.unit_of_work,
             volume_rules=VOLUME_RULES,
+            max_sessions_per_user=max_sessions_per_user,
         )
 
 

@@ -133,6 +133,7 @@ class World:
             confinement=settings.confinement,
             volume_rules=settings.volume_rules,
             start_rate_per_minute=settings.start_rate_per_minute,
+            max_sessions_per_user=settings.max_sessions_per_user,
             clock=self.clock,
         )
         return self.sessions

@@ -533,3 +533,29 @@ async def test_containers_are_created_confined(world: World) -> None:
     assert confinement.cap_drop == ("ALL",)
     assert confinement.no_new_privileges
     assert confinement.network is not None
+
+
+# ------------------------------------------------------------------------ quota
+async def test_a_user_runs_at_most_the_quota_and_replacing_a_session_is_not_another(
+    world: World,
+) -> None:
+    sessions = world.sessions_for(max_sessions_per_user=2)
+    first, second, third = make_grant("alice"), make_grant("alice"), make_grant("alice")
+    await sessions.start(first)
+    await sessions.start(second)
+
+    with pytest.raises(Conflict) as refused:
+        await sessions.start(third)
+    assert "the most one user may run at once (2)" in refused.value.message
+    assert len(world.runtime.container_ids) == 2, "nothing was created for the refused start"
+
+    # Starting a running grant again replaces its session: still two.
+    await sessions.start(second)
+    assert len(world.runtime.container_ids) == 2
+    # Another user has a quota of their own.
+    await sessions.start(make_grant("bob", user_id=2))
+    # Once one stops, there is room again.
+    running = await sessions.list_for_user("alice")
+    await sessions.stop("alice", running[0].url_id)
+    await sessions.start(third)
+    assert len(await sessions.list_for_user("alice")) == 2

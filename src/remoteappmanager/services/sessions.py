@@ -97,6 +97,7 @@ class Sessions:
 
     Errors: ``NotFound`` (no such session for this user, image gone), ``InvalidRequest``
     (configurables), ``Conflict`` (a start or stop of the same grant is in progress),
+    ``Conflict`` too when the user already runs ``max_sessions_per_user`` applications,
     ``TooManyRequests`` (``start_for`` more than ``start_rate_per_minute`` times a minute by
     one user; counted before anything else, so refused and failed starts count too),
     ``Unable`` (the application did not become ready, or its grant's volume breaks the volume
@@ -127,6 +128,7 @@ class Sessions:
         confinement: Confinement = DEFAULT_CONFINEMENT,
         volume_rules: VolumeRules = NO_VOLUMES,
         start_rate_per_minute: int | None = None,
+        max_sessions_per_user: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
@@ -152,6 +154,7 @@ class Sessions:
             if start_rate_per_minute is not None
             else None
         )
+        self._max_sessions = max_sessions_per_user
         self._listing: tuple[int, float, Sequence[ContainerInfo]] | None = None
         self._listing_fetch: tuple[int, asyncio.Task[Sequence[ContainerInfo]]] | None = None
         # Bumped whenever this service changes what runs, so that a listing read before the
@@ -314,6 +317,7 @@ class Sessions:
                     f"{grant.application.image} is already being started or stopped for "
                     f"{grant.user.name}; wait for it to finish"
                 )
+            await self._within_quota(claim)
             shown = grant.application.image
             try:
                 image = await self._runtime.inspect_image(grant.application.image)
@@ -327,6 +331,23 @@ class Sessions:
                 raise type(exc)(f"{shown} could not be started: {exc.message}") from exc
         log.info("session.started", user=claim.user, image=claim.image, url_id=session.url_id)
         return session
+
+    async def _within_quota(self, claim: _Claim) -> None:
+        """``Conflict`` when the user already runs ``max_sessions_per_user`` applications,
+        counting starts under way and not counting the grant's own session, which a start
+        replaces. Two starts racing for the last place may both be refused, never both run."""
+        if self._max_sessions is None:
+            return
+        others = [
+            session
+            for session in await self.list_for_user(claim.user)
+            if session.mapping_id != claim.mapping_id and session.state is not SessionState.EXITED
+        ]
+        if len(others) >= self._max_sessions:
+            raise Conflict(
+                f"{claim.user} already runs {len(others)} applications, the most one user may "
+                f"run at once ({self._max_sessions}); stop one first"
+            )
 
     async def _start(
         self, grant: Grant, image: ImageMetadata, options: Configuration, claim: _Claim
