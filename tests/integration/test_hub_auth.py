@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -214,7 +216,18 @@ async def test_hub_logout_ends_our_session_within_the_cache_ttl(stack: Stack) ->
 async def test_our_logout_signs_out_of_the_hub_too(stack: Stack) -> None:
     async with new_browser() as browser:
         await _sign_in(browser, stack, "frank")
-        async with browser.get(stack.url(PREFIX + "logout")) as response:
+        # GET only asks for confirmation; the page's form POSTs with its XSRF token.
+        async with browser.get(stack.url(PREFIX + "logout")) as page:
+            assert page.status == 200
+            text = await page.text()
+        assert (await _whoami(browser, stack))[0] == 200
+        match = re.search(r'name="_xsrf" value="([^"]+)"', text)
+        assert match is not None, text
+        async with browser.post(
+            stack.url(PREFIX + "logout"),
+            data={"_xsrf": html.unescape(match.group(1))},
+            headers={"Origin": stack.public_url},
+        ) as response:
             assert response.url.path.startswith("/hub/")
         status, _ = await _whoami(browser, stack)
         assert status == 401
