@@ -160,6 +160,8 @@ def _type_of(info: Any) -> str:
         text = "path"
     elif typing.get_origin(annotation) is dict:
         text = "JSON object (a table in TOML)"
+    elif typing.get_origin(annotation) is list:
+        text = "JSON list of strings (an array in TOML)"
     else:
         raise ValueError(f"no description for the type {annotation!r} of {info!r}")
     if constraints:

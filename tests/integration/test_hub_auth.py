@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -17,12 +19,15 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from yarl import URL
 
 from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.services.access import new_pkce_verifier, pkce_challenge
 from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
+from tests.support.gated import gated_service
 from tests.support.hub import (
     HubPorts,
     admin_password,
@@ -36,6 +41,7 @@ from tests.support.hub import (
     write_hub_config,
 )
 from tests.support.services import REPO
+from tests.support.webapp import World
 
 pytestmark = [pytest.mark.hub, pytest.mark.asyncio(loop_scope="module")]
 
@@ -46,9 +52,21 @@ ADMIN_GROUP = "remoteapp-admins"
 # Short, so that the test of hub logout does not wait long; the real default is 30 s.
 CACHE_TTL = 2.0
 
-# A service holding the test's own admin token, to create tokens and groups through the API.
+# A service holding the test's own admin token, to create tokens and groups through the API,
+# and another OAuth client that users may sign in to (its tokens are not for us).
 _TEST_CONFIG = """
 c.JupyterHub.services.append({{"name": "test-admin", "api_token": {admin_token!r}}})
+c.JupyterHub.services.append(
+    {{
+        "name": "other-client",
+        "api_token": {other_token!r},
+        "oauth_redirect_uri": {other_redirect!r},
+        "oauth_no_confirm": True,
+    }}
+)
+for _role in c.JupyterHub.load_roles:
+    if _role["name"] == "user":
+        _role["scopes"] = [*_role["scopes"], "access:services!service=other-client"]
 c.JupyterHub.load_roles.append(
     {{
         "name": "test-admin",
@@ -63,11 +81,17 @@ if int(jupyterhub.__version__.split(".")[0]) >= 6:
 """
 
 
+OTHER_REDIRECT = "http://127.0.0.1:9/other/oauth_callback"
+
+
 @dataclass
 class Stack:
     public_url: str
     api_url: str
     admin_token: str
+    other_token: str
+    identity: HubIdentityProvider
+    settings: Settings
 
     def url(self, path: str) -> str:
         return self.public_url + path
@@ -79,7 +103,13 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     tmp = tmp_path_factory.mktemp("hub")
     ports = HubPorts.free()
     service_token, admin_token = secrets.token_hex(32), secrets.token_hex(32)
-    write_hub_config(tmp, _TEST_CONFIG.format(admin_token=admin_token))
+    other_token = secrets.token_hex(32)
+    write_hub_config(
+        tmp,
+        _TEST_CONFIG.format(
+            admin_token=admin_token, other_token=other_token, other_redirect=OTHER_REDIRECT
+        ),
+    )
     env = hub_environment(
         tmp,
         ports,
@@ -115,6 +145,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 public_url=public_url,
                 api_url=f"{public_url}/hub/api",
                 admin_token=admin_token,
+                other_token=other_token,
+                identity=identity,
+                settings=settings,
             )
     finally:
         await runner.cleanup()
@@ -219,7 +252,18 @@ async def test_hub_logout_ends_our_session_within_the_cache_ttl(stack: Stack) ->
 async def test_our_logout_signs_out_of_the_hub_too(stack: Stack) -> None:
     async with new_browser() as browser:
         await _sign_in(browser, stack, "frank")
-        async with browser.get(stack.url(PREFIX + "logout")) as response:
+        # GET only asks for confirmation; the page's form POSTs with its XSRF token.
+        async with browser.get(stack.url(PREFIX + "logout")) as page:
+            assert page.status == 200
+            text = await page.text()
+        assert (await _whoami(browser, stack))[0] == 200
+        match = re.search(r'name="_xsrf" value="([^"]+)"', text)
+        assert match is not None, text
+        async with browser.post(
+            stack.url(PREFIX + "logout"),
+            data={"_xsrf": html.unescape(match.group(1))},
+            headers={"Origin": stack.public_url},
+        ) as response:
             assert response.url.path.startswith("/hub/")
         status, _ = await _whoami(browser, stack)
         assert status == 401
@@ -241,6 +285,124 @@ async def test_state_changes_by_cookie_need_the_xsrf_token_and_our_origin(stack:
         ours = {"X-XSRFToken": xsrf, "Origin": stack.public_url}
         async with browser.post(url, headers=ours, allow_redirects=False) as accepted:
             assert accepted.status == 302
+
+
+# ------------------------------------------------------------------------------ token scopes
+async def _token(stack: Stack, user: str, scopes: list[str] | None = None) -> str:
+    """A new API token of ``user`` (created in the hub if need be) with ``scopes``."""
+    users = await _api(stack, "GET", "/users")
+    if user not in {model["name"] for model in users}:
+        await _api(stack, "POST", f"/users/{user}")
+    body: dict[str, Any] = {"note": "scope test"}
+    if scopes is not None:
+        body["scopes"] = scopes
+    token: str = (await _api(stack, "POST", f"/users/{user}/tokens", json=body))["token"]
+    return token
+
+
+async def _other_clients_token(stack: Stack, browser: aiohttp.ClientSession) -> str:
+    """The OAuth code flow of another service, for a browser signed in to the hub."""
+    verifier = new_pkce_verifier()
+    query = {
+        "client_id": "service-other-client",
+        "redirect_uri": OTHER_REDIRECT,
+        "response_type": "code",
+        "state": secrets.token_urlsafe(16),
+        "code_challenge": pkce_challenge(verifier),
+        "code_challenge_method": "S256",
+    }
+    async with browser.get(
+        stack.url("/hub/api/oauth2/authorize"), params=query, allow_redirects=False
+    ) as response:
+        assert response.status == 302, await response.text()
+        location = URL(response.headers["Location"])
+    assert str(location).startswith(OTHER_REDIRECT)
+    form = {
+        "client_id": "service-other-client",
+        "client_secret": stack.other_token,
+        "grant_type": "authorization_code",
+        "code": location.query["code"],
+        "redirect_uri": OTHER_REDIRECT,
+        "code_verifier": verifier,
+    }
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(stack.url("/hub/api/oauth2/token"), data=form) as response,
+    ):
+        assert response.status == 200, await response.text()
+        token: str = (await response.json())["access_token"]
+    return token
+
+
+async def test_a_token_with_only_read_users_name_is_refused_by_the_api(stack: Stack) -> None:
+    narrow = await _token(stack, "helen", ["read:users:name!user=helen"])
+    async with aiohttp.ClientSession() as client:
+        status, body = await _whoami(client, stack, headers={"Authorization": f"token {narrow}"})
+    assert (status, body["type"]) == (403, "Forbidden")
+    assert "access:services!service=remoteapp" in body["message"]
+    assert narrow not in body["message"]
+
+
+async def test_a_token_with_the_access_scope_is_accepted(stack: Stack) -> None:
+    scoped = await _token(
+        stack, "ivan", ["access:services!service=remoteapp", "read:users:name!user=ivan"]
+    )
+    async with aiohttp.ClientSession() as client:
+        status, body = await _whoami(client, stack, headers={"Authorization": f"token {scoped}"})
+    assert (status, body["name"]) == (200, "ivan")
+
+
+async def test_a_token_issued_to_another_oauth_client_is_refused(stack: Stack) -> None:
+    async with new_browser() as browser:
+        # Signed in to the hub (and to us: the browser's own session keeps working).
+        await _sign_in(browser, stack, "judy")
+        assert (await _whoami(browser, stack))[0] == 200
+        foreign = await _other_clients_token(stack, browser)
+    async with aiohttp.ClientSession() as client:
+        status, body = await _whoami(client, stack, headers={"Authorization": f"token {foreign}"})
+    assert (status, body["type"]) == (403, "Forbidden")
+
+
+async def test_our_own_oauth_token_carries_the_access_scope(stack: Stack) -> None:
+    async with new_browser() as browser:
+        await _sign_in(browser, stack, "kim")
+        assert (await _whoami(browser, stack))[0] == 200
+
+
+async def test_the_gate_takes_only_tokens_with_the_access_scope(stack: Stack) -> None:
+    world = World()
+    async with gated_service(
+        world,
+        identity=HubIdentityProvider.from_settings(stack.settings),
+        jupyterhub_api_url=stack.settings.jupyterhub_api_url,
+        jupyterhub_api_token=stack.settings.jupyterhub_api_token,
+    ) as gated:
+        session = await gated.start("lena")
+        path = session.urlpath + "/x"
+        narrow = await _token(stack, "lena", ["read:users:name!user=lena"])
+        status, body = await gated.gate_request("GET", path, {"Authorization": f"token {narrow}"})
+        assert status == 403
+        assert narrow.encode() not in body
+        async with new_browser() as browser:
+            await _sign_in(browser, stack, "lena")
+            foreign = await _other_clients_token(stack, browser)
+        status, _ = await gated.gate_request("GET", path, {"Authorization": f"token {foreign}"})
+        assert status == 403
+        full = await _token(stack, "lena")
+        status, body = await gated.gate_request("GET", path, {"Authorization": f"token {full}"})
+        assert status == 200, body
+        assert session.urlpath.encode() in body
+
+
+async def test_repeated_bad_tokens_cost_the_hub_one_request(stack: Stack) -> None:
+    before = stack.identity.user_lookups
+    bad = {"Authorization": f"token {secrets.token_hex(16)}"}
+    async with aiohttp.ClientSession() as client:
+        for _ in range(25):
+            status, body = await _whoami(client, stack, headers=bad)
+            assert (status, body["type"]) == (401, "Unauthorized")
+    # Well within the 10 s negative-cache TTL: one request to the real hub, 24 from memory.
+    assert stack.identity.user_lookups - before == 1
 
 
 _LOAD_CONFIG = """

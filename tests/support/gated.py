@@ -8,7 +8,7 @@ gate lets through reach something real.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from remoteappmanager.domain.errors import NotFound
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import Session
+from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.web.keys import GATE
 from tests.support.webapp import World, make_app
 
@@ -79,21 +80,22 @@ class GatedService:
 
 @asynccontextmanager
 async def gated_service(
-    world: World,
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-    **settings: Any,
+    world: World, *, identity: IdentityProvider | None = None, **settings: Any
 ) -> AsyncIterator[GatedService]:
-    """The service (gated mode, gate on a free port) over ``world``, started and stopped."""
-    upstream = await aiohttp_server(_application())
+    """The service (gated mode, gate on a free port) over ``world``, started and stopped;
+    ``identity`` replaces the world's fake hub (a real hub's provider, say)."""
+    upstream = TestServer(_application(), host="127.0.0.1")
+    await upstream.start_server()
     world.runtime.add_image(GATED_IMAGE, _LABELS)
     world.runtime._ports = itertools.repeat(upstream.port)  # type: ignore[assignment]
-    app = make_app(world, **settings)
+    app = make_app(world, identity=identity, **settings)
     server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
     try:
+        await server.start_server()
         yield GatedService(world, app, server, app[GATE].server.port)
     finally:
         await server.close()
+        await upstream.close()
 
 
 async def client_of(service: GatedService) -> TestClient[Any, Any]:

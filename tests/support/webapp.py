@@ -23,6 +23,7 @@ from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
 from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.deps import HealthCheck, WebDeps
@@ -160,6 +161,7 @@ def make_app(
     world: World,
     *,
     health_checks: Mapping[str, HealthCheck] | None = None,
+    identity: IdentityProvider | None = None,
     **settings: Any,
 ) -> web.Application:
     values = make_settings(**settings)
@@ -167,7 +169,7 @@ def make_app(
     images = ImageMetadataCache(world.runtime, ttl=0, missing_ttl=0)
     deps = WebDeps(
         settings=values,
-        identity=world.hub,
+        identity=identity or world.hub,
         uow_factory=world.database.unit_of_work,
         clock=world.clock,
         health_checks=dict(health_checks or {}),

@@ -541,7 +541,9 @@ async def test_signing_out_ends_container_access(stack: Stack) -> None:
     await sign_in(stack.client, stack.world, "alice")
     assert (await enter(stack.client, session.urlpath + "/")).status == 200
     gate_cookie = cookie(stack.client, GATE_COOKIE)
-    await stack.client.get(PREFIX + "logout", allow_redirects=False)
+    xsrf = {"X-XSRFToken": cookie(stack.client, "_xsrf") or ""}
+    signed_out = await stack.client.post(PREFIX + "logout", headers=xsrf, allow_redirects=False)
+    assert signed_out.status == 302
     # The cookie is still in this browser (its path is the application's), but worthless.
     response = await stack.client.post(
         session.urlpath + "/x", headers={"Cookie": f"{GATE_COOKIE}={gate_cookie}"}

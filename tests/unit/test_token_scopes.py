@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from remoteappmanager.domain.errors import Forbidden
 from remoteappmanager.ports.identity import HubUser
@@ -35,10 +35,8 @@ async def client(world: World, aiohttp_client: Any) -> TestClient[Any, Any]:
 
 
 @pytest.fixture
-async def gated(
-    world: World, aiohttp_server: Callable[..., Awaitable[TestServer]]
-) -> AsyncIterator[GatedService]:
-    async with gated_service(world, aiohttp_server) as service:
+async def gated(world: World) -> AsyncIterator[GatedService]:
+    async with gated_service(world) as service:
         yield service
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
+import re
 from typing import Any
 
 import pytest
@@ -386,7 +388,17 @@ async def test_logout_ends_the_session_and_goes_to_the_hub(
 ) -> None:
     await sign_in(client, world, "alice")
     old = cookie(client, SESSION_COOKIE)
-    response = await client.get(PREFIX + "logout", allow_redirects=False)
+    # GET only asks: a link or an image on another site cannot sign anyone out.
+    page = await client.get(PREFIX + "logout", allow_redirects=False)
+    assert page.status == 200
+    assert page.headers["Cache-Control"] == "no-store"
+    form = _logout_form(await page.text())
+    assert form["action"] == PREFIX + "logout"
+    assert (await client.get(WHOAMI)).status == 200
+    # The confirmation page's form POSTs the sign-out with the XSRF token it carries.
+    response = await client.post(
+        form["action"], data={XSRF_COOKIE: form["_xsrf"]}, allow_redirects=False
+    )
     assert response.status == 302
     assert response.headers["Location"] == "/hub/logout"
     assert response.cookies[SESSION_COOKIE].value == ""
@@ -395,6 +407,52 @@ async def test_logout_ends_the_session_and_goes_to_the_hub(
     # The old cookie is worthless now, even if the browser kept it.
     replace_cookie(client, SESSION_COOKIE, old)
     assert (await client.get(WHOAMI)).status == 401
+
+
+def _logout_form(text: str) -> dict[str, str]:
+    action = re.search(r'<form method="post" action="([^"]+)">', text)
+    token = re.search(r'name="_xsrf" value="([^"]*)"', text)
+    assert action is not None
+    assert token is not None
+    return {"action": html.unescape(action.group(1)), "_xsrf": html.unescape(token.group(1))}
+
+
+async def test_logout_answers_get_with_a_confirmation_and_post_only_signs_out(
+    client: TestClient[Any, Any], world: World
+) -> None:
+    await sign_in(client, world, "alice")
+    for method in ("GET", "HEAD"):
+        response = await client.request(method, PREFIX + "logout", allow_redirects=False)
+        assert response.status == 200
+    for method in ("PUT", "DELETE", "PATCH"):
+        # Refused by the CSRF check (no token) before the router's 405.
+        response = await client.request(method, PREFIX + "logout", allow_redirects=False)
+        assert response.status == 403
+    assert (await client.get(WHOAMI)).status == 200
+    # Without the token (a cross-site form) the POST is refused and the session lives on.
+    response = await client.post(PREFIX + "logout", data={}, allow_redirects=False)
+    assert response.status == 403
+    assert (await client.get(WHOAMI)).status == 200
+
+
+async def test_the_confirmation_page_gives_a_token_even_without_the_xsrf_cookie(
+    client: TestClient[Any, Any], world: World
+) -> None:
+    await sign_in(client, world, "alice")
+    client.session.cookie_jar.clear(lambda morsel: morsel.key == XSRF_COOKIE)
+    page = await client.get(PREFIX + "logout")
+    form = _logout_form(await page.text())
+    assert form["_xsrf"] == cookie(client, XSRF_COOKIE)
+    response = await client.post(
+        form["action"], data={"_xsrf": form["_xsrf"]}, allow_redirects=False
+    )
+    assert response.status == 302
+
+
+async def test_the_confirmation_page_for_anonymous_visitors(client: TestClient[Any, Any]) -> None:
+    page = await client.get(PREFIX + "logout", allow_redirects=False)
+    assert page.status == 200
+    assert _logout_form(await page.text())["_xsrf"] == ""
 
 
 async def test_prefix_without_slash_redirects(client: TestClient[Any, Any]) -> None:

@@ -53,7 +53,6 @@ class InMemoryIdentityProvider:
         self._codes: dict[str, _PendingCode] = {}
         # token -> (owner, the token's scopes as the hub would expand them)
         self._tokens: dict[str, tuple[str, frozenset[str]]] = {}
-        self.user_lookups = 0
 
     # ------------------------------------------------------------------ test controls
     def add_user(
@@ -122,7 +121,6 @@ class InMemoryIdentityProvider:
 
     async def user_for_token(self, token: str) -> HubUser:
         self._check_available()
-        self.user_lookups += 1
         held = self._tokens.get(token)
         if held is None or held[0] not in self._users:
             raise Unauthorized("the JupyterHub token is not valid (any more); sign in again")

@@ -137,8 +137,8 @@ def create_app(deps: WebDeps) -> web.Application:
     if prefix != "/":
         app.router.add_get(prefix.rstrip("/"), pages.add_slash)
     app.router.add_get(urls.callback, auth.oauth_callback, name="oauth_callback")
-    app.router.add_route("GET", urls.logout, auth.logout, name="logout")
-    app.router.add_route("POST", urls.logout, auth.logout)
+    app.router.add_get(urls.logout, auth.logout_page, name="logout_page")
+    app.router.add_post(urls.logout, auth.logout, name="logout")
     app.router.add_get(urls.health, health_handler, name="health")
     app.router.add_get(urls.metrics, metrics_handler, name="metrics")
     app[API_REGISTRY].install(app.router, urls.api)

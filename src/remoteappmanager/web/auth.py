@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import html
 import json
 import re
 import secrets
@@ -391,8 +392,52 @@ async def oauth_callback(request: web.Request) -> web.StreamResponse:
     raise response
 
 
+_LOGOUT_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Sign out</title></head>
+<body>
+<h1>Sign out</h1>
+<p>{question}</p>
+<form method="post" action="{action}">
+<input type="hidden" name="{field}" value="{token}">
+<button type="submit" id="logout">Sign out</button>
+</form>
+<p><a href="{home}">Back to the applications</a></p>
+</body>
+</html>
+"""
+
+
+async def logout_page(request: web.Request) -> web.StreamResponse:
+    """``GET {svc}logout``: a page asking to confirm, whose button POSTs the sign-out.
+
+    Signing out changes state, so a link or an image elsewhere must not do it: only the
+    CSRF-checked POST does.
+    """
+    urls = request.app[URLS]
+    auth = await resolve_auth(request)
+    response = web.Response(content_type="text/html", headers={"Cache-Control": "no-store"})
+    token = ""
+    if auth is not None and auth.session_id is not None:
+        token = current_xsrf_token(request) or new_xsrf_token(request, auth.session_id)
+        if token not in cookie_values(request, XSRF_COOKIE):
+            _set_xsrf_cookie(request, response, token)
+        question = f"Sign out {auth.user.name} from this service and from JupyterHub?"
+    else:
+        question = "Sign out from JupyterHub?"
+    response.text = _LOGOUT_PAGE.format(
+        question=html.escape(question),
+        action=html.escape(urls.logout),
+        field=XSRF_FIELD,
+        token=html.escape(token),
+        home=html.escape(urls.home),
+    )
+    return response
+
+
 async def logout(request: web.Request) -> web.StreamResponse:
-    """End our session, then the hub's (which also revokes the token we held)."""
+    """``POST {svc}logout`` (CSRF-checked): end our session, then the hub's (which also
+    revokes the token we held)."""
     app = request.app
     auth = await resolve_auth(request)
     if auth is not None and auth.session_id is not None:
