@@ -68,6 +68,7 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("GET", PREFIX + "metrics"):                     (200, 200, 200, 200, 200, 200, 200, _),
     ("GET", PREFIX + "api/openapi.json"):            (200, 200, 200, 200, 200, 200, 200, _),
     ("GET", PREFIX + "gate/{url_id}"):               (302, 403, 401, 401, 401, 401, 302, _),
+    ("POST", PREFIX + "gate/{url_id}"):              (401, 403, 401, 401, 401, 401, 302, 403),
     # the user API
     ("GET", API + "user"):                           (401, 403, 200, 200, 200, 200, 200, _),
     ("GET", API + "applications/"):                  (401, 403, 200, 200, 200, 200, 200, _),
@@ -94,8 +95,8 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("DELETE", ADMIN + "containers/{url_id}/"):      (401, 403, 403, 403, 403, 204, 204, 403),
     ("GET", ADMIN + "stats/"):                       (401, 403, 403, 403, 403, 200, 200, _),
     # a running application, through the gate
-    (GATE + " GET", APP_PATH):                       (302, 403, 200, 403, 200, 200, 200, _),
-    (GATE + " POST", APP_PATH):                      (401, 403, 200, 403, 200, 200, 200, _),
+    (GATE + " GET", APP_PATH):                       (302, 403, 200, 403, 200, 403, 200, _),
+    (GATE + " POST", APP_PATH):                      (401, 403, 200, 403, 200, 403, 200, _),
 }
 # fmt: on
 
