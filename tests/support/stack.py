@@ -169,9 +169,12 @@ async def running_stack(
         remove_realm_containers(realm)
 
 
-async def signed_in(stack: Stack, name: str, path: str = PREFIX) -> tuple[BrowserContext, Page]:
-    """A new browser context where ``name`` signed in through the hub, showing ``path``."""
-    context = await stack.browser.new_context(viewport={"width": 1280, "height": 800})
+async def signed_in(
+    stack: Stack, name: str, path: str = PREFIX, browser: Browser | None = None
+) -> tuple[BrowserContext, Page]:
+    """A new browser context where ``name`` signed in through the hub, showing ``path``
+    (in ``browser``, else the stack's own)."""
+    context = await (browser or stack.browser).new_context(viewport={"width": 1280, "height": 800})
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.public_url)
     page = await context.new_page()
     page.set_default_timeout(20_000)
