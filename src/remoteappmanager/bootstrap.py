@@ -191,6 +191,7 @@ def build_web_deps(
         listing_ttl=SESSION_LISTING_TTL,
         confinement=settings.confinement,
         volume_rules=volume_rules,
+        workspace_uid_base=settings.workspace_uid_base,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions)

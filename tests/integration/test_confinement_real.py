@@ -16,7 +16,7 @@ import secrets
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ class World:
     runtime: AiodockerRuntime
     sessions: Sessions
     proxy: Proxy
+    make: Callable[..., Sessions]
 
 
 @pytest.fixture
@@ -87,21 +88,25 @@ async def world(proxy: Proxy, tmp_path: Path, docker_engine: None) -> AsyncItera
     routes = ChpRouteTable(proxy.api_url, proxy.token, retries=1, backoff=0.01)
     probe = AiohttpReadinessProbe()
     (tmp_path / "shared").mkdir()
-    sessions = Sessions(
-        runtime,
-        routes,
-        DirectoryWorkspaces(tmp_path / "workspaces", uid=os.getuid(), gid=os.getgid()),
-        LocalHostPaths(),
-        probe,
-        realm=realm,
-        access=AccessMode.DIRECT,
-        network_timeout=60,
-        watch_interval=0.5,
-        confinement=Confinement(limits=LIMITS, network=network),
-        volume_rules=VolumeRules.of([str(tmp_path / "shared")]),
-    )
+
+    def make(workspace_uid_base: int | None = None) -> Sessions:
+        return Sessions(
+            runtime,
+            routes,
+            DirectoryWorkspaces(tmp_path / "workspaces", uid=os.getuid(), gid=os.getgid()),
+            LocalHostPaths(),
+            probe,
+            realm=realm,
+            access=AccessMode.DIRECT,
+            network_timeout=60,
+            watch_interval=0.5,
+            confinement=Confinement(limits=LIMITS, network=network),
+            volume_rules=VolumeRules.of([str(tmp_path / "shared")]),
+            workspace_uid_base=workspace_uid_base,
+        )
+
     try:
-        yield World(realm, network, runtime, sessions, proxy)
+        yield World(realm, network, runtime, make(), proxy, make)
     finally:
         await remove_realm(realm)
         docker_cli("network", "rm", network)
@@ -284,6 +289,31 @@ async def test_the_demo_images_start_and_serve_under_confinement(
         )
         greeting = await asyncio.to_thread(_rfb_greeting, port, f"{session.urlpath}/websockify")
         assert greeting.startswith(b"RFB 003.00")
+
+
+async def test_with_a_uid_base_each_user_runs_as_the_owner_of_their_workspace(
+    world: World, demo_images: None, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        skip_or_fail("handing workspaces to other uids needs root (CAP_CHOWN)")
+    sessions = world.make(workspace_uid_base=300_000)
+    home = Policy(allow_home=True)
+    alice = await sessions.start(
+        Grant(secrets.token_hex(16), User(11, "alice"), Application(1, WEBAPP), home)
+    )
+    bob = await sessions.start(
+        Grant(secrets.token_hex(16), User(12, "bob"), Application(1, WEBAPP), home)
+    )
+
+    for session, uid in ((alice, 300_011), (bob, 300_012)):
+        assert session.container_id is not None
+        assert exec_in(session.container_id, "id", "-u").stdout.strip() == str(uid)
+        workspace = (tmp_path / "workspaces" / session.user).stat()
+        assert (workspace.st_uid, workspace.st_gid) == (uid, uid)
+        assert exec_in(session.container_id, "touch", "/workspace/mine").returncode == 0
+        assert (tmp_path / "workspaces" / session.user / "mine").stat().st_uid == uid
+        status, _ = await asyncio.to_thread(get, world.proxy, f"{session.urlpath}/")
+        assert status == 200
 
 
 def _published(container_id: str) -> int:

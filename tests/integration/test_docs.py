@@ -131,6 +131,7 @@ def test_the_configuration_page_lists_every_setting(site: Path) -> None:
         "REMOTEAPP_VOLUME_ROOTS",
         "REMOTEAPP_CONTAINER_NETWORK",
         "REMOTEAPP_ALLOW_PUBLIC_PUBLISH_IP",
+        "REMOTEAPP_WORKSPACE_UID_BASE",
     ):
         assert variable in text, variable
     # The commented examples are shown, not copied: they come from config/ at build time.

@@ -297,6 +297,8 @@ class AiodockerRuntime:
             "ExposedPorts": {exposed: {}},
             "HostConfig": host_config,
         }
+        if confinement.run_as is not None:
+            config["User"] = f"{confinement.run_as}:{confinement.run_as}"
         try:
             async with self._call(f"create container {spec.name}"):
                 container = await self._client().containers.create(config, name=spec.name)
