@@ -14,6 +14,7 @@ from remoteappmanager import bootstrap
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.cli.remoteappdb import main
+from remoteappmanager.domain.models import Policy, Volume
 from tests.support.database import cli_url, execute, migrations_one_step_ahead
 from tests.support.services import PostgresCluster, free_port
 
@@ -247,6 +248,31 @@ def test_without_volume_roots_no_volume_is_granted(db: str) -> None:
     assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
     # A grant without a volume needs no roots.
     assert len(ok(db, "app", "grant", IMAGE, "alice", "--allow-home").strip()) == 32
+
+
+def test_a_grant_written_before_the_rules_can_still_be_revoked(
+    db: str, empty_database_url: str
+) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    forbidden = Policy(volume=Volume.parse("/etc:/data:ro"))
+
+    async def write_behind_the_rules() -> None:
+        # As a grant from before the rules exists in the database: written without them.
+        database = bootstrap.build_database(empty_database_url)
+        async with database, database.unit_of_work() as work:
+            user = await work.users.get_by_name("alice")
+            application = await work.applications.get_by_image(IMAGE)
+            await work.grants.grant(user, application, forbidden)
+            await work.commit()
+
+    asyncio.run(write_behind_the_rules())
+    assert "volume=/etc:/data:ro" in ok(db, "user", "list", "--show-apps", "--no-decoration")
+
+    assert ok(db, "app", "revoke", IMAGE, "alice", "--volume", "/etc:/data:ro") == (
+        "revoked 1 grant\n"
+    )
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
 
 
 def test_bad_volume_roots_are_a_usage_error(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
