@@ -42,7 +42,8 @@ _CONTAINER_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _TCP_SCHEME_RE = re.compile(r"^(tcp|http)://")
 _SUMMARY_KEYS = ("Id", "Names", "Image", "Labels", "State", "Ports")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
-NETWORK_LABEL = "eu.simphony-project.docker.runinfo.network"
+# Marks the networks this service created.
+NETWORK_LABEL = "eu.simphony-project.docker.network"
 
 
 def tls_context(cert_path: Path, verify: bool) -> ssl.SSLContext:
@@ -176,7 +177,6 @@ class AiodockerRuntime:
         self._image_cache[image] = (now, metadata)
         return metadata
 
-    # ----------------------------------------------------------------- containers
     # ----------------------------------------------------------------- network and engine
     async def ensure_network(self, name: str) -> None:
         """Make sure the application network exists and keeps its containers apart.
@@ -242,6 +242,8 @@ class AiodockerRuntime:
     async def _check_mounts(self, spec: ContainerSpec) -> None:
         # The volume rules keep the engine's default data directory out; an engine keeping
         # its data elsewhere is only known here.
+        if not spec.mounts:
+            return
         data_root = await self.data_root()
         for mount in spec.mounts:
             if is_within(mount.source, data_root) or is_within(data_root, mount.source):
@@ -250,6 +252,7 @@ class AiodockerRuntime:
                     f"directory ({data_root}), which is never mounted into a container"
                 )
 
+    # ----------------------------------------------------------------- containers
     async def create(self, spec: ContainerSpec) -> str:
         await self._check_mounts(spec)
         if spec.confinement.network is not None:
