@@ -160,8 +160,8 @@ def _type_of(info: Any) -> str:
         text = "path"
     elif typing.get_origin(annotation) is dict:
         text = "JSON object (a table in TOML)"
-    elif typing.get_origin(annotation) is list:
-        text = "JSON list of strings (an array in TOML)"
+    elif typing.get_origin(annotation) in (tuple, list):
+        text = "list (a JSON list or comma-separated values; an array in TOML)"
     else:
         raise ValueError(f"no description for the type {annotation!r} of {info!r}")
     if constraints:
@@ -189,7 +189,7 @@ def _default_of(info: Any) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, float):
         return f"`{value:g}`"
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list | tuple):
         return f"`{json.dumps(value)}`"
     return f"`{value}`"
 

@@ -16,6 +16,7 @@ from typing import Self
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.migrate import SchemaStatus
 from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.probe import ReadinessProbe
@@ -24,6 +25,7 @@ from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+from remoteappmanager.services.access import demo_policy
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.deps import Resource, WebDeps
@@ -160,6 +162,7 @@ def build_web_deps(
     from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
 
     settings.require_service_settings()
+    _check_demo_volumes(settings)
     if identity is None:
         if settings.jupyterhub_api_token is None:
             raise SettingsError(
@@ -193,6 +196,7 @@ def build_web_deps(
         volume_rules=volume_rules,
         start_rate_per_minute=settings.start_rate_per_minute,
         max_sessions_per_user=settings.max_sessions_per_user,
+        workspace_uid_base=settings.workspace_uid_base,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions)
@@ -225,6 +229,18 @@ def build_web_deps(
         applications=applications,
         volumes=VolumeGuard(volume_rules, host_paths),
     )
+
+
+def _check_demo_volumes(settings: Settings) -> None:
+    """Demo grants are written at sign-in: their volumes must pass the rules from the start."""
+    rules = settings.volume_rules
+    for image, overrides in settings.demo_applications.items():
+        try:
+            volume = demo_policy(image, overrides).volume
+            if volume is not None:
+                rules.check(volume)
+        except InvalidRequest as exc:
+            raise SettingsError(f"REMOTEAPP_DEMO_APPLICATIONS: {image}: {exc.message}") from None
 
 
 def build_volume_guard(settings: Settings) -> VolumeGuard:

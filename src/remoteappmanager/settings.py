@@ -39,6 +39,7 @@ from remoteappmanager.domain.confinement import (
     DEFAULT_MEMORY_LIMIT_MB,
     DEFAULT_NETWORK,
     DEFAULT_PIDS_LIMIT,
+    MAX_UID_BASE,
     MIN_MEMORY_LIMIT_MB,
     Confinement,
     ResourceLimits,
@@ -186,6 +187,14 @@ class Settings(BaseSettings):
         description="Host folders under which grants may mount volumes (a JSON list or "
         "comma-separated absolute paths). Empty: no grant may mount a host folder. System "
         "paths (/, /etc, /proc, the Docker socket...) are refused whatever the roots.",
+    )
+    workspace_uid_base: int | None = Field(
+        default=None,
+        ge=1000,
+        le=MAX_UID_BASE,
+        description="Give each user a uid of their own: their containers run as (and their "
+        "workspace belongs to) this number plus their user id. Unset: containers run as the "
+        "image's user and every workspace belongs to uid 1000, shared by all users.",
     )
     workspace_root: Path | None = Field(
         default=None,

@@ -130,11 +130,15 @@ async def test_an_admin_gives_carol_an_application_and_stops_it(stack: Stack) ->
         await dialog.locator("#image_name").select_option(WEBAPP)
         await dialog.locator("#allow_home").check()
         # A volume needs both paths: one alone is refused before anything is sent.
-        shared = str(stack.database.parent)
-        await dialog.locator("#volume_source").fill(shared)
+        shared = str(stack.database.parent / "shared")
+        await dialog.locator("#volume_source").fill("/var/run/docker.sock")
         await _footer_button(admin, "Submit")
         await dialog.locator(".alert-danger", has_text="Volume target").wait_for()
         await dialog.locator("#volume_target").fill("/mnt/shared")
+        # The engine's socket (or anything outside the volume roots) is refused by the service.
+        await _footer_button(admin, "Submit")
+        await dialog.locator(".alert-danger", has_text="Docker socket").wait_for()
+        await dialog.locator("#volume_source").fill(shared)
         await dialog.locator("#allow_view").check()
         await screenshot(admin, "admin-06-new-policy")
         await _footer_button(admin, "Submit")

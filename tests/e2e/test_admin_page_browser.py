@@ -183,3 +183,28 @@ async def test_a_refused_policy_keeps_the_dialog_open_with_the_reason(
     await dialog.get_by_role("button", name="Cancel").click()
     await dialog.wait_for(state="detached")
     assert len(await catalogue.list_grants(site.world.database.unit_of_work)) == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "says"),
+    [
+        ("/var/run/docker.sock", "/var/run/docker.sock", "Docker socket"),
+        ("/etc", "/data", "never mounted"),
+        ("/home/someone", "/data", "outside the folders grants may mount"),
+        ("/data/project", "/proc/sys", "volume target"),
+    ],
+)
+async def test_a_dangerous_volume_is_refused_with_the_reason_and_nothing_is_written(
+    page: Page, site: Site, source: str, target: str, says: str
+) -> None:
+    await _show(page, site, f"#/users/{site.user_id}/accounting")
+    await page.get_by_role("button", name="Create New Entry").click()
+    dialog = page.locator("dialog[open]")
+    await dialog.locator("#volume_source").fill(source)
+    await dialog.locator("#volume_target").fill(target)
+    await dialog.get_by_role("button", name="Submit").click()
+
+    await dialog.locator(".alert-danger", has_text=says).wait_for()
+    await dialog.get_by_role("button", name="Cancel").click()
+    await dialog.wait_for(state="detached")
+    assert len(await catalogue.list_grants(site.world.database.unit_of_work)) == 1

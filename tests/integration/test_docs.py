@@ -125,6 +125,13 @@ def test_the_configuration_page_lists_every_setting(site: Path) -> None:
         "REMOTEAPP_DEMO_APPLICATIONS",
         "REMOTEAPP_ADMIN_GROUP",
         "REMOTEAPP_LOG_FORMAT",
+        "REMOTEAPP_DEFAULT_MEMORY_LIMIT_MB",
+        "REMOTEAPP_DEFAULT_CPU_LIMIT",
+        "REMOTEAPP_DEFAULT_PIDS_LIMIT",
+        "REMOTEAPP_VOLUME_ROOTS",
+        "REMOTEAPP_CONTAINER_NETWORK",
+        "REMOTEAPP_ALLOW_PUBLIC_PUBLISH_IP",
+        "REMOTEAPP_WORKSPACE_UID_BASE",
     ):
         assert variable in text, variable
     # The commented examples are shown, not copied: they come from config/ at build time.

@@ -1,7 +1,8 @@
 """The demo application images (images/) follow the container protocol.
 
 Each image is run the way the launcher runs it (``--init``, port 8888 published
-on 127.0.0.1 only, the protocol's environment) and probed through the published
+on 127.0.0.1 only, the protocol's environment, no capabilities, no-new-privileges and the
+default limits) and probed through the published
 port: readiness on ``<urlpath>/``, the content served under the URL path, and
 for the VNC desktop a WebSocket connection through to the RFB server.
 
@@ -31,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from remoteappmanager.domain.confinement import DEFAULT_CONFINEMENT
+
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +45,16 @@ WEBAPP = "remoteapp-demo/webapp:latest"
 VNCAPP = "remoteapp-demo/vncapp:latest"
 # Every container started here carries this label.
 TEST_LABEL = "remoteapp-test.images"
+# Confined as the launcher confines every application container by default.
+_LIMITS = DEFAULT_CONFINEMENT.limits
+CONFINED = (
+    *(f"--cap-drop={cap}" for cap in DEFAULT_CONFINEMENT.cap_drop),
+    "--security-opt=no-new-privileges",
+    f"--memory={_LIMITS.memory_mb}m",
+    f"--memory-swap={_LIMITS.memory_mb}m",
+    f"--cpus={_LIMITS.cpus}",
+    f"--pids-limit={_LIMITS.pids}",
+)
 
 
 # ----------------------------------------------------------------------------- docker
@@ -167,7 +180,7 @@ def start_container(image: str, env: dict[str, str], volumes: list[str]) -> Cont
         "USER": "alice",
         **env,
     }
-    args = ["run", "-d", "--init", "-p", "127.0.0.1::8888", "--label", TEST_LABEL]
+    args = ["run", "-d", "--init", "-p", "127.0.0.1::8888", "--label", TEST_LABEL, *CONFINED]
     for key, value in full_env.items():
         args += ["-e", f"{key}={value}"]
     for volume in volumes:

@@ -14,6 +14,7 @@ from remoteappmanager import bootstrap
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.cli.remoteappdb import main
+from remoteappmanager.domain.models import Policy, Volume
 from tests.support.database import cli_url, execute, migrations_one_step_ahead
 from tests.support.services import PostgresCluster, free_port
 
@@ -63,7 +64,8 @@ def db(empty_database_url: str) -> str:
 
 
 # ------------------------------------------------------------------------------ round trip
-def test_the_full_round_trip(db: str) -> None:
+def test_the_full_round_trip(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", "/srv")
     user_id = ok(db, "user", "create", "alice").strip()
     assert user_id.isdigit()
     assert ok(db, "app", "create", IMAGE, "--no-verify").strip().isdigit()
@@ -183,6 +185,104 @@ def test_malformed_names_and_volumes_are_one_line_and_write_nothing(db: str) -> 
 
     assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
     assert ok(db, "app", "list", "--no-decoration") == f"1 {IMAGE}\n"
+
+
+@pytest.mark.parametrize(
+    ("volume", "reason"),
+    [
+        ("/var/run/docker.sock:/var/run/docker.sock:rw", "Docker socket"),
+        ("/srv/engine/docker.sock:/run/docker.sock:rw", "Docker socket"),
+        ("/:/host:ro", "never mounted"),
+        ("/etc:/data:ro", "never mounted"),
+        ("/proc:/data:ro", "never mounted"),
+        ("/sys:/data:ro", "never mounted"),
+        ("/dev:/data:ro", "never mounted"),
+        ("/boot:/data:ro", "never mounted"),
+        ("/root:/data:ro", "never mounted"),
+        ("/var/lib/docker:/data:ro", "never mounted"),
+        ("/home/alice:/data:rw", "outside the folders grants may mount"),
+        ("/srv/../etc:/data:ro", ".."),
+        ("/srv/data:/proc:rw", "volume target"),
+        ("/srv/data:/:rw", "volume target"),
+    ],
+)
+def test_dangerous_volumes_are_refused_and_nothing_is_written(
+    db: str, monkeypatch: pytest.MonkeyPatch, volume: str, reason: str
+) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", "/srv")
+
+    message = refused(db, "app", "grant", IMAGE, "alice", "--volume", volume)
+
+    assert reason in message
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
+
+
+def test_a_symbolic_link_out_of_the_roots_is_refused(
+    db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    root = tmp_path / "shared"
+    (root / "project").mkdir(parents=True)
+    (root / "escape").symlink_to("/etc")
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", str(root))
+
+    message = refused(db, "app", "grant", IMAGE, "alice", "--volume", f"{root}/escape:/data:ro")
+
+    assert "symbolic link" in message
+    assert "/etc" in message
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
+    mapping_id = ok(db, "app", "grant", IMAGE, "alice", "--volume", f"{root}/project:/data:ro")
+    assert len(mapping_id.strip()) == 32
+
+
+def test_without_volume_roots_no_volume_is_granted(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+
+    message = refused(db, "app", "grant", IMAGE, "alice", "--volume", "/srv/data:/data:ro")
+
+    assert "REMOTEAPP_VOLUME_ROOTS" in message
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
+    # A grant without a volume needs no roots.
+    assert len(ok(db, "app", "grant", IMAGE, "alice", "--allow-home").strip()) == 32
+
+
+def test_a_grant_written_before_the_rules_can_still_be_revoked(
+    db: str, empty_database_url: str
+) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    forbidden = Policy(volume=Volume.parse("/etc:/data:ro"))
+
+    async def write_behind_the_rules() -> None:
+        # As a grant from before the rules exists in the database: written without them.
+        database = bootstrap.build_database(empty_database_url)
+        async with database, database.unit_of_work() as work:
+            user = await work.users.get_by_name("alice")
+            application = await work.applications.get_by_image(IMAGE)
+            await work.grants.grant(user, application, forbidden)
+            await work.commit()
+
+    asyncio.run(write_behind_the_rules())
+    assert "volume=/etc:/data:ro" in ok(db, "user", "list", "--show-apps", "--no-decoration")
+
+    assert ok(db, "app", "revoke", IMAGE, "alice", "--volume", "/etc:/data:ro") == (
+        "revoked 1 grant\n"
+    )
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
+
+
+def test_bad_volume_roots_are_a_usage_error(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", "/etc")
+
+    message = refused(db, "app", "grant", IMAGE, "alice", "--volume", "/etc:/data:ro", code=2)
+
+    assert message.startswith("REMOTEAPP_VOLUME_ROOTS: ")
 
 
 def test_revoke_all_with_policy_flags_is_a_usage_error(db: str) -> None:

@@ -121,6 +121,8 @@ async def running_stack(
     """
     database = tmp / "remoteappmanager.db"
     fill(database)
+    # The only host folder grants may mount (see Stack.shared).
+    (tmp / "shared").mkdir(exist_ok=True)
 
     ports, gate_port = HubPorts.free(), free_port()
     service_token, proxy_token = secrets.token_hex(32), secrets.token_hex(32)
@@ -141,6 +143,7 @@ async def running_stack(
         configproxy_api_url=f"http://127.0.0.1:{ports.proxy_api}",
         configproxy_auth_token=proxy_token,
         workspace_root=tmp / "workspaces",
+        volume_roots=(str(tmp / "shared"),),
         jupyterhub_api_url=f"http://127.0.0.1:{ports.hub}/hub/api",
         jupyterhub_api_token=service_token,
         jupyterhub_service_prefix=PREFIX,

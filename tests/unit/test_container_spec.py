@@ -134,8 +134,9 @@ def test_policy_volume_is_left_out_when_told_its_source_is_missing() -> None:
     assert spec.mounts == ()
 
 
-def test_policy_volume_over_the_workspace_is_refused() -> None:
-    policy = Policy(allow_home=True, volume=Volume.parse("/srv/data:/workspace:ro"))
+@pytest.mark.parametrize("target", ["/workspace", "/workspace/data"])
+def test_policy_volume_over_or_inside_the_workspace_is_refused(target: str) -> None:
+    policy = Policy(allow_home=True, volume=Volume.parse(f"/srv/data:{target}:ro"))
     with pytest.raises(InvalidRequest, match="clashes"):
         build_container_spec(
             grant(policy), IMAGE, Configuration(), URL_ID, "r", "127.0.0.1", "/w/a"

@@ -30,6 +30,7 @@ from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+from remoteappmanager.services.sessions import Sessions
 from tests.support.session_world import (
     GATE_URL,
     IMAGE,
@@ -559,3 +560,43 @@ async def test_a_user_runs_at_most_the_quota_and_replacing_a_session_is_not_anot
     await sessions.stop("alice", running[0].url_id)
     await sessions.start(third)
     assert len(await sessions.list_for_user("alice")) == 2
+
+
+async def test_without_a_uid_base_containers_keep_the_images_user(world: World) -> None:
+    session = await world.sessions.start(make_grant("alice", Policy(allow_home=True)))
+    assert session.container_id is not None
+
+    assert world.runtime.spec_of(session.container_id).confinement.run_as is None
+    assert set(world.workspaces.owners.values()) == {None}
+
+
+async def test_with_a_uid_base_each_user_runs_as_and_owns_a_uid_of_their_own(
+    world: World,
+) -> None:
+    sessions = Sessions(
+        world.runtime,
+        world.routes,
+        world.workspaces,
+        world.host_paths,
+        world.probe,
+        realm=REALM,
+        access=AccessMode.DIRECT,
+        network_timeout=5,
+        watch_interval=0.01,
+        workspace_uid_base=200_000,
+    )
+    home = Policy(allow_home=True)
+
+    alice = await sessions.start(make_grant("alice", home, user_id=1))
+    bob = await sessions.start(make_grant("bob", home, user_id=2))
+    carol = await sessions.start(make_grant("carol", user_id=3))  # no workspace
+
+    runs_as = {
+        session.user: world.runtime.spec_of(str(session.container_id)).confinement.run_as
+        for session in (alice, bob, carol)
+    }
+    assert runs_as == {"alice": 200_001, "bob": 200_002, "carol": 200_003}
+    assert sorted(world.workspaces.owners.items()) == [
+        (f"{world.workspaces.root}/alice", 200_001),
+        (f"{world.workspaces.root}/bob", 200_002),
+    ]

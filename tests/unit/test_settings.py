@@ -353,3 +353,17 @@ def test_volume_roots_are_a_list_of_absolute_paths(
     monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", value)
 
     assert load_settings().volume_roots == roots
+
+
+def test_the_workspace_uid_base_is_unset_by_default_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().workspace_uid_base is None
+
+    monkeypatch.setenv("REMOTEAPP_WORKSPACE_UID_BASE", "100000")
+    assert load_settings().workspace_uid_base == 100_000
+
+    for bad in ("0", "999", "-5", str(2**31), "many"):
+        monkeypatch.setenv("REMOTEAPP_WORKSPACE_UID_BASE", bad)
+        with pytest.raises(SettingsError, match=r"^REMOTEAPP_WORKSPACE_UID_BASE: "):
+            load_settings()

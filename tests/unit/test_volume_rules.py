@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from remoteappmanager import bootstrap
+from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.models import Volume
@@ -13,7 +15,7 @@ from remoteappmanager.domain.volumes import (
     check_volume_target,
 )
 from remoteappmanager.services.catalogue import VolumeGuard
-from remoteappmanager.settings import load_settings
+from remoteappmanager.settings import SettingsError, load_settings
 
 RULES = VolumeRules.of(["/srv/data", "/mnt/shared"], forbidden=["/mnt/shared/workspaces"])
 # Rules as an operator could not configure them: every path a root. System paths must still be
@@ -222,3 +224,27 @@ def test_the_settings_forbid_the_workspaces_and_the_database(
         with pytest.raises(InvalidRequest):
             rules.check(volume(source))
     assert rules.check(volume("/srv/data")).source == "/srv/data"
+
+
+@pytest.mark.parametrize(
+    ("roots", "volume_spec", "says"),
+    [
+        ("", "/srv/data:/data:ro", "REMOTEAPP_VOLUME_ROOTS"),
+        ("/srv/data", "/etc:/data:ro", "never mounted"),
+        ("/srv/data", "/srv/data:/proc:ro", "volume target"),
+    ],
+)
+def test_demo_grants_with_forbidden_volumes_stop_the_service_from_starting(
+    monkeypatch: pytest.MonkeyPatch, roots: str, volume_spec: str, says: str
+) -> None:
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", roots)
+    settings = load_settings(
+        configproxy_auth_token="p" * 32,
+        jupyterhub_api_token="h" * 32,
+        demo_applications={"remoteapp-demo/webapp:latest": {"volume": volume_spec}},
+    )
+
+    with pytest.raises(SettingsError, match=r"^REMOTEAPP_DEMO_APPLICATIONS: ") as refused:
+        bootstrap.build_web_deps(settings, identity=InMemoryIdentityProvider())
+
+    assert says in str(refused.value)

@@ -42,7 +42,8 @@ _CONTAINER_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _TCP_SCHEME_RE = re.compile(r"^(tcp|http)://")
 _SUMMARY_KEYS = ("Id", "Names", "Image", "Labels", "State", "Ports")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
-NETWORK_LABEL = "eu.simphony-project.docker.runinfo.network"
+# Marks the networks this service created.
+NETWORK_LABEL = "eu.simphony-project.docker.network"
 
 
 def tls_context(cert_path: Path, verify: bool) -> ssl.SSLContext:
@@ -104,7 +105,6 @@ class AiodockerRuntime:
         self._clock = clock
         self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
         self._docker: aiodocker.Docker | None = None
-        self._networks_ready: set[str] = set()
         self._network_lock = asyncio.Lock()
         self._data_root: str | None = None
 
@@ -177,7 +177,6 @@ class AiodockerRuntime:
         self._image_cache[image] = (now, metadata)
         return metadata
 
-    # ----------------------------------------------------------------- containers
     # ----------------------------------------------------------------- network and engine
     async def ensure_network(self, name: str) -> None:
         """Make sure the application network exists and keeps its containers apart.
@@ -186,20 +185,16 @@ class AiodockerRuntime:
         (``com.docker.network.bridge.enable_icc=false``): containers on it reach the outside
         (through the host's NAT) and their ports published on the host, but not each other,
         by address or by name. An existing network that lets them is refused (``Unable``)
-        rather than used. Checked once per runtime (and again if it disappears).
+        rather than used. Looked at before every container is created, since the engine
+        accepts a container on a network that has gone and fails only when starting it.
         """
-        if name in self._networks_ready:
-            return
         if not _CONTAINER_REF_RE.fullmatch(name):
             raise InvalidRequest(f"{name!r:.70} is not a Docker network name")
         async with self._network_lock:
-            if name in self._networks_ready:
-                return
             data = await self._inspect_network(name)
             if data is None:
                 data = await self._create_network(name)
             _check_network(name, data)
-            self._networks_ready.add(name)
 
     async def _inspect_network(self, name: str) -> Mapping[str, Any] | None:
         try:
@@ -247,6 +242,8 @@ class AiodockerRuntime:
     async def _check_mounts(self, spec: ContainerSpec) -> None:
         # The volume rules keep the engine's default data directory out; an engine keeping
         # its data elsewhere is only known here.
+        if not spec.mounts:
+            return
         data_root = await self.data_root()
         for mount in spec.mounts:
             if is_within(mount.source, data_root) or is_within(data_root, mount.source):
@@ -255,20 +252,12 @@ class AiodockerRuntime:
                     f"directory ({data_root}), which is never mounted into a container"
                 )
 
+    # ----------------------------------------------------------------- containers
     async def create(self, spec: ContainerSpec) -> str:
         await self._check_mounts(spec)
-        network = spec.confinement.network
-        if network is not None:
-            await self.ensure_network(network)
-        try:
-            return await self._create(spec)
-        except NotFound:
-            if network is None or network not in self._networks_ready:
-                raise
-            # The network was removed behind our back: make it again, once.
-            self._networks_ready.discard(network)
-            await self.ensure_network(network)
-            return await self._create(spec)
+        if spec.confinement.network is not None:
+            await self.ensure_network(spec.confinement.network)
+        return await self._create(spec)
 
     async def _create(self, spec: ContainerSpec) -> str:
         exposed = f"{spec.port}/tcp"
@@ -311,12 +300,12 @@ class AiodockerRuntime:
             "ExposedPorts": {exposed: {}},
             "HostConfig": host_config,
         }
+        if confinement.run_as is not None:
+            config["User"] = f"{confinement.run_as}:{confinement.run_as}"
         try:
             async with self._call(f"create container {spec.name}"):
                 container = await self._client().containers.create(config, name=spec.name)
         except aiodocker.DockerError as exc:
-            if exc.status == 404 and "network" in str(exc.message).lower():
-                raise NotFound(f"the network {spec.confinement.network} does not exist") from None
             if exc.status == 404:
                 raise _image_missing(spec.image) from None
             if exc.status == 409:

@@ -14,19 +14,21 @@ class InMemoryWorkspaces:
     """``Workspaces`` that only remembers which users got one.
 
     Test controls: ``failing = True`` makes ``ensure`` raise ``Unable`` as a full disk would;
-    ``created`` lists the paths handed out.
+    ``created`` lists the paths handed out, ``owners`` the uid each was given (None: default).
     """
 
     def __init__(self, root: str = "/srv/remoteapp/workspaces") -> None:
         self.root = root.rstrip("/")
         self.failing = False
         self.created: set[str] = set()
+        self.owners: dict[str, int | None] = {}
 
-    async def ensure(self, user: str) -> str:
+    async def ensure(self, user: str, owner: int | None = None) -> str:
         if self.failing:
             raise Unable("the workspace cannot be prepared: no space left on device")
         path = f"{self.root}/{unix_user_name(user)}"
         self.created.add(path)
+        self.owners[path] = owner
         return path
 
 

@@ -45,10 +45,11 @@ class DirectoryWorkspaces:
     def root(self) -> Path:
         return self._root
 
-    async def ensure(self, user: str) -> str:
-        return await asyncio.to_thread(self._ensure, unix_user_name(user))
+    async def ensure(self, user: str, owner: int | None = None) -> str:
+        uid, gid = (self._uid, self._gid) if owner is None else (owner, owner)
+        return await asyncio.to_thread(self._ensure, unix_user_name(user), uid, gid)
 
-    def _ensure(self, name: str) -> str:
+    def _ensure(self, name: str, uid: int, gid: int) -> str:
         if "/" in name or name in {"", ".", ".."}:
             raise Unable("no workspace can be made for this user name")
         try:
@@ -66,7 +67,7 @@ class DirectoryWorkspaces:
                     raise Unable(f"the workspace of {name} is not a directory") from None
                 raise
             try:
-                self._own(fd, name)
+                self._own(fd, name, uid, gid)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -75,16 +76,16 @@ class DirectoryWorkspaces:
             os.close(root_fd)
         return str(self._root / name)
 
-    def _own(self, fd: int, name: str) -> None:
+    def _own(self, fd: int, name: str, uid: int, gid: int) -> None:
         info = os.fstat(fd)
         if not stat.S_ISDIR(info.st_mode):
             raise Unable(f"the workspace of {name} is not a directory")
-        if (info.st_uid, info.st_gid) != (self._uid, self._gid):
+        if (info.st_uid, info.st_gid) != (uid, gid):
             try:
-                os.fchown(fd, self._uid, self._gid)
+                os.fchown(fd, uid, gid)
             except PermissionError:
                 raise Unable(
-                    f"the workspace of {name} cannot be given to uid {self._uid}: the service "
+                    f"the workspace of {name} cannot be given to uid {uid}: the service "
                     "needs root (CAP_CHOWN) or to run as that uid"
                 ) from None
         if stat.S_IMODE(info.st_mode) != WORKSPACE_MODE:

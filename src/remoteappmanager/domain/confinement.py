@@ -69,9 +69,24 @@ class Confinement:
     cap_drop: tuple[str, ...] = DROPPED_CAPABILITIES
     no_new_privileges: bool = True
     network: str | None = DEFAULT_NETWORK
+    run_as: int | None = None
+    """The uid and gid the container runs as; None: the image's own user."""
 
 
 DEFAULT_CONFINEMENT = Confinement()
+# Highest uid the kernel hands out, less a margin for the users themselves.
+MAX_UID_BASE = 2**31 - 2**24
+
+
+def user_uid(base: int | None, user_id: int) -> int | None:
+    """The uid (and gid) a user's containers run as and their workspace belongs to.
+
+    None when the deployment keeps the images' own user (``base`` unset); otherwise one uid
+    per user, so that no two users' files or processes share an owner on the host.
+    """
+    if base is None:
+        return None
+    return base + user_id
 
 
 def capabilities_for(app_type: AppType) -> tuple[str, ...]:

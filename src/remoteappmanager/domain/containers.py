@@ -21,6 +21,7 @@ from remoteappmanager.domain.labels import (
 )
 from remoteappmanager.domain.models import Grant, Volume, VolumeMode
 from remoteappmanager.domain.naming import container_name, unix_user_name, urlpath, user_base_url
+from remoteappmanager.domain.volumes import is_within
 
 CONTAINER_PORT = 8888
 RUNINFO_NAMESPACE = "eu.simphony-project.docker.runinfo."
@@ -138,7 +139,12 @@ def build_container_spec(
         mounts.append(Mount(source=workspace, target=WORKSPACE_TARGET, read_only=False))
     mounted = volume if volume is not None else policy.volume
     if mounted is not None and mount_volume:
-        if any(mount.target == mounted.target for mount in mounts):
+        # Inside the workspace, the engine would make the mount point in the user's host
+        # folder; around it, the volume would hide it.
+        if any(
+            is_within(mounted.target, mount.target) or is_within(mount.target, mounted.target)
+            for mount in mounts
+        ):
             raise InvalidRequest(
                 f"the policy's volume target {mounted.target} clashes with the workspace"
             )

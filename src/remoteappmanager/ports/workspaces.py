@@ -1,10 +1,11 @@
 """The workspace port: per-user host directories mounted at ``/workspace``, and host paths.
 
 Contract (``InMemoryWorkspaces`` / ``DirectoryWorkspaces``):
-- ``ensure(user)`` returns the absolute host path of the user's workspace, creating it on first
-  use, owned by the account the application runs as and readable by nobody else. The same user
-  always gets the same path; two users never share one. Raises ``Unable`` when it cannot be
-  created (disk, permissions).
+- ``ensure(user, owner)`` returns the absolute host path of the user's workspace, creating it
+  on first use, owned by the account the application runs as (uid and gid ``owner``, or the
+  adapter's default account when None) and readable by nobody else. The same user always gets
+  the same path; two users never share one. Raises ``Unable`` when it cannot be created
+  (disk, permissions).
 
 Contract (``InMemoryHostPaths`` / ``LocalHostPaths``):
 - ``exists(path)`` says whether a host path exists, so that a policy volume whose source is
@@ -22,7 +23,7 @@ from remoteappmanager.domain.volumes import HostPath
 
 
 class Workspaces(Protocol):
-    async def ensure(self, user: str) -> str: ...
+    async def ensure(self, user: str, owner: int | None = None) -> str: ...
 
 
 class HostPaths(Protocol):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from remoteappmanager.domain.configurables import Configuration, validate_configurables
-from remoteappmanager.domain.confinement import DEFAULT_CONFINEMENT, Confinement
+from remoteappmanager.domain.confinement import DEFAULT_CONFINEMENT, Confinement, user_uid
 from remoteappmanager.domain.containers import (
     RUNINFO_REALM,
     RUNINFO_URL_ID,
@@ -104,7 +104,9 @@ class Sessions:
     rules), ``Unavailable`` (engine or proxy down). A failed start leaves neither a container
     nor a route behind.
 
-    Containers are created under ``confinement`` (capabilities, limits, network); a policy
+    Containers are created under ``confinement`` (capabilities, limits, network); with a
+    ``workspace_uid_base`` each user's containers run as a uid of their own (base + user id),
+    which also owns their workspace; a policy
     volume is checked against ``volume_rules`` on the host's real paths at every start, so a
     grant written before the rules, or a link changed since, is refused rather than mounted.
     """
@@ -130,6 +132,7 @@ class Sessions:
         start_rate_per_minute: int | None = None,
         max_sessions_per_user: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        workspace_uid_base: int | None = None,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -146,6 +149,7 @@ class Sessions:
         self._watch_interval = watch_interval
         self._unit_of_work = unit_of_work
         self._confinement = confinement
+        self._workspace_uid_base = workspace_uid_base
         self._volumes = VolumeGuard(volume_rules, host_paths)
         self._claims: dict[SessionKey, _Claim] = {}
         self._listing_ttl = listing_ttl
@@ -354,7 +358,8 @@ class Sessions:
     ) -> Session:
         user = grant.user.name
         volume = await self._checked_volume(grant)
-        workspace = await self._workspaces.ensure(user) if grant.policy.allow_home else None
+        owner = user_uid(self._workspace_uid_base, grant.user.id)
+        workspace = await self._workspaces.ensure(user, owner) if grant.policy.allow_home else None
         mount_volume = volume is not None and await self._host_paths.exists(volume.source)
         if volume is not None and not mount_volume:
             log.warning("session.volume_skipped", user=user, source=volume.source)
@@ -370,7 +375,7 @@ class Sessions:
             workspace,
             mount_volume=mount_volume,
             volume=volume,
-            confinement=self._confinement,
+            confinement=replace(self._confinement, run_as=owner),
         )
         route_tried = False
         try:
