@@ -189,6 +189,17 @@ def serialise_origin(text: str | None) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
+def origin_of_url(url: str | None) -> str | None:
+    """The serialised origin of an absolute ``http(s)`` URL (a public URL), or None."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return serialise_origin(f"{parts.scheme}://{parts.netloc}")
+
+
 def request_origin(host: str | None, scheme: str | None) -> str | None:
     """The origin a request was addressed to: its ``Host`` and scheme (``http`` if unsaid)."""
     if not host:

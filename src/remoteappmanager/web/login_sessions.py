@@ -32,7 +32,8 @@ class LoginSessionStore:
 
     The hub token never leaves the server: the browser holds only the session id (in a signed
     cookie). Being in-process, sessions end when the service restarts; the browser then signs
-    in again through the hub.
+    in again through the hub. Whatever ends a session (sign-out, the hub refusing its token,
+    expiry, eviction) tells every ``on_end`` listener its id, at once.
     """
 
     def __init__(
@@ -50,6 +51,15 @@ class LoginSessionStore:
         self.max_age = max_age
         self._max_sessions = max_sessions
         self._sessions: OrderedDict[str, LoginSession] = OrderedDict()
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_end(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(session_id)`` whenever a session ends (it must not raise)."""
+        self._listeners.append(listener)
+
+    def _ended(self, session_id: str) -> None:
+        for listener in self._listeners:
+            listener(session_id)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -66,7 +76,7 @@ class LoginSessionStore:
         )
         self._sessions[session.id] = session
         while len(self._sessions) > self._max_sessions:
-            self._sessions.popitem(last=False)
+            self._ended(self._sessions.popitem(last=False)[0])
         return session
 
     def get(self, session_id: str) -> LoginSession | None:
@@ -77,19 +87,22 @@ class LoginSessionStore:
         now = self._clock()
         if self._expired(session, now):
             del self._sessions[session_id]
+            self._ended(session_id)
             return None
         session.last_seen = now
         self._sessions.move_to_end(session_id)
         return session
 
     def delete(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        if self._sessions.pop(session_id, None) is not None:
+            self._ended(session_id)
 
     def delete_user(self, user: str) -> int:
         """End every session of ``user``; returns how many there were."""
         doomed = [sid for sid, session in self._sessions.items() if session.user == user]
         for sid in doomed:
             del self._sessions[sid]
+            self._ended(sid)
         return len(doomed)
 
     def _expired(self, session: LoginSession, now: float) -> bool:
@@ -102,3 +115,4 @@ class LoginSessionStore:
             if not self._expired(oldest, now):
                 break
             del self._sessions[oldest.id]
+            self._ended(oldest.id)
