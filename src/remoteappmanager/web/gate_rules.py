@@ -54,6 +54,7 @@ PINNED_HEADERS = frozenset(
     }
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_WEBSOCKET_SCHEMES = {"ws": "http", "wss": "https"}
 _ORIGIN = re.compile(r"(https?)://([^/?#@\s]+)", re.IGNORECASE)
 
 
@@ -201,10 +202,15 @@ def origin_of_url(url: str | None) -> str | None:
 
 
 def request_origin(host: str | None, scheme: str | None) -> str | None:
-    """The origin a request was addressed to: its ``Host`` and scheme (``http`` if unsaid)."""
+    """The origin a request was addressed to: its ``Host`` and scheme (``http`` if unsaid).
+
+    ``scheme`` is ``X-Forwarded-Proto`` as the proxy set it: its first value, which for a
+    WebSocket is ``ws``/``wss`` (configurable-http-proxy says so for upgrades).
+    """
     if not host:
         return None
     scheme = (scheme or "http").split(",")[0].strip().lower()
+    scheme = _WEBSOCKET_SCHEMES.get(scheme, scheme)
     if scheme not in _DEFAULT_PORTS:
         return None
     return serialise_origin(f"{scheme}://{host.strip()}")
