@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         "reach the proxy). Unset: applications share the service's origin, where they run "
         "confined (see the security overview). Needs gated access and JUPYTERHUB_PUBLIC_URL.",
     )
+    gate_max_connections_per_user: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Requests in progress plus open WebSockets one user may have through the "
+        "gate at once (gated mode); beyond it the gate answers 429 with Retry-After.",
+    )
     publish_ip: str = Field(
         default="127.0.0.1",
         description="Host address on which container ports are published: a loopback "

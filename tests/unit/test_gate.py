@@ -258,6 +258,11 @@ async def enter(client: Client, path: str) -> aiohttp.ClientResponse:
     return await client.get(path)
 
 
+def same_origin(stack: Stack) -> str:
+    """The origin of pages behind this proxy (the gate's address stands in for it here)."""
+    return f"http://127.0.0.1:{stack.gate_port}"
+
+
 def headers_seen(stack: Stack, index: int = -1) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     for name, value in stack.seen.requests[index]["headers"]:
@@ -284,7 +289,9 @@ async def test_anonymous_api_and_websocket_get_401_without_content(stack: Stack)
     assert response.status == 401
     assert len(await response.read()) < 1024
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await stack.client.ws_connect(session.urlpath + "/ws", protocols=("binary",))
+        await stack.client.ws_connect(
+            session.urlpath + "/ws", protocols=("binary",), origin=same_origin(stack)
+        )
     assert refused.value.status == 401
     assert stack.seen.requests == []
     assert stack.seen.ws_protocols == []
@@ -610,7 +617,9 @@ async def test_websocket_both_ways_with_subprotocol_and_close_codes(stack: Stack
     session = await stack.start()
     await sign_in(stack.client, stack.world, "alice")
     await enter(stack.client, session.urlpath + "/")
-    ws = await stack.client.ws_connect(session.urlpath + "/ws", protocols=("binary", "base64"))
+    ws = await stack.client.ws_connect(
+        session.urlpath + "/ws", protocols=("binary", "base64"), origin=same_origin(stack)
+    )
     assert ws.protocol == "binary"
     await ws.send_str("hello")
     assert (await ws.receive_str()) == "echo:hello"
@@ -630,7 +639,9 @@ async def test_websocket_close_from_the_application_reaches_the_browser(stack: S
     session = await stack.start()
     await sign_in(stack.client, stack.world, "alice")
     await enter(stack.client, session.urlpath + "/")
-    ws = await stack.client.ws_connect(session.urlpath + "/ws", protocols=("binary",))
+    ws = await stack.client.ws_connect(
+        session.urlpath + "/ws", protocols=("binary",), origin=same_origin(stack)
+    )
     await ws.send_str("close-please")
     message = await ws.receive()
     assert message.type is WSMsgType.CLOSE
@@ -1409,3 +1420,198 @@ async def test_a_bad_chunk_in_a_forwarded_request_cuts_the_connection(
     assert await conn.closed()
     await asyncio.sleep(0.2)
     assert not any(r["path_qs"].endswith("/smuggled") for r in stack.seen.requests)
+
+
+# ------------------------------------------------------------------------------ WebSocket origin
+async def open_ws(
+    stack: Stack, session: Session, client: Client | None = None, **kwargs: Any
+) -> aiohttp.ClientWebSocketResponse:
+    kwargs.setdefault("origin", same_origin(stack))
+    ws: aiohttp.ClientWebSocketResponse = await (client or stack.client).ws_connect(
+        session.urlpath + "/ws", protocols=("binary",), **kwargs
+    )
+    await ws.send_str("ping")
+    assert await ws.receive_str(timeout=5) == "echo:ping"
+    return ws
+
+
+async def closed_within(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> bool:
+    """Whether the gate ends this WebSocket within ``seconds`` (an error or a close)."""
+    try:
+        message = await ws.receive(timeout=seconds)
+    except TimeoutError:
+        return False
+    return message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "http://127.0.0.1:1",
+        "https://127.0.0.1:{port}",
+        "null",
+        "http://127.0.0.1:{port}.evil.example",
+        "http://user@127.0.0.1:{port}",
+    ],
+)
+async def test_a_websocket_from_another_origin_is_refused(stack: Stack, origin: str) -> None:
+    session, _value = await entered(stack)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await stack.client.ws_connect(
+            session.urlpath + "/ws", origin=origin.format(port=stack.gate_port)
+        )
+    assert refused.value.status == 403
+    assert stack.seen.ws_protocols == []
+
+
+async def test_a_browser_websocket_without_origin_is_refused(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(
+        request(
+            session.urlpath + "/ws",
+            value,
+            extra="Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        )
+    )
+    assert (await conn.response()).status == 403
+    assert stack.seen.ws_protocols == []
+
+
+async def test_a_token_client_may_open_a_websocket_without_origin(stack: Stack) -> None:
+    session, _value = await entered(stack)
+    token = stack.world.hub.issue_token("alice")
+    other = await stack.make_client()
+    ws = await open_ws(
+        stack, session, other, origin=None, headers={"Authorization": f"token {token}"}
+    )
+    await ws.close()
+    # Without Origin, the cookie counts for nothing: only a token gets in.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await stack.client.ws_connect(session.urlpath + "/ws")
+    assert refused.value.status == 403
+    bobs = stack.world.hub.issue_token("bob")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await other.ws_connect(session.urlpath + "/ws", headers={"Authorization": f"token {bobs}"})
+    assert refused.value.status == 403
+
+
+async def test_the_public_and_application_origins_are_allowed(stack: Stack) -> None:
+    session, _value = await entered(stack)
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    gate.public_origins = frozenset({"https://hub.example.org"})
+    gate.application_origins = lambda target: [f"https://{target.url_id}.apps.example.org:443"]
+    ws = await open_ws(stack, session, origin="https://HUB.example.org:443")
+    await ws.close()
+    ws = await open_ws(stack, session, origin=f"https://{session.url_id}.apps.example.org")
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await stack.client.ws_connect(
+            session.urlpath + "/ws", origin="https://other.apps.example.org"
+        )
+
+
+# ------------------------------------------------------------------------- open connections end
+async def test_signing_out_closes_open_websockets_at_once(stack: Stack) -> None:
+    session, _value = await entered(stack)
+    ws = await open_ws(stack, session)
+    await stack.client.get(PREFIX + "logout", allow_redirects=False)
+    assert await closed_within(ws, 2)
+
+
+async def test_another_login_session_keeps_its_websocket(stack: Stack) -> None:
+    session, _value = await entered(stack)
+    other = await stack.make_client()
+    await sign_in(other, stack.world, "alice")
+    assert (await enter(other, session.urlpath + "/")).status == 200
+    kept = await open_ws(stack, session, other)
+    ws = await open_ws(stack, session)
+    await stack.client.get(PREFIX + "logout", allow_redirects=False)
+    assert await closed_within(ws, 2)
+    await kept.send_str("still")
+    assert await kept.receive_str(timeout=5) == "echo:still"
+
+
+@pytest.mark.parametrize("change", ["hub_logout", "admin_lost", "grant_revoked", "stopped"])
+async def test_open_websockets_close_when_the_access_that_let_them_in_ends(
+    stack: Stack, change: str
+) -> None:
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    visitor = "root" if change == "admin_lost" else "bob"
+    session = await stack.start("alice", Policy(allow_view=visitor == "bob"))
+    await sign_in(stack.client, stack.world, visitor)
+    assert (await enter(stack.client, session.urlpath + "/")).status == 200
+    ws = await open_ws(stack, session)
+    assert await gate.recheck() == 0
+    assert not await closed_within(ws, 0.2)
+    if change == "hub_logout":
+        stack.world.hub.revoke_user(visitor)
+    elif change == "admin_lost":
+        stack.world.hub.set_admin(visitor, False)
+    elif change == "grant_revoked":
+        async with stack.world.database.unit_of_work() as uow:
+            await uow.grants.revoke(session.mapping_id)
+            await uow.commit()
+    else:
+        await stack.sessions.stop("alice", session.url_id)
+    await gate.recheck()
+    assert await closed_within(ws, 2)
+
+
+async def test_the_gate_rechecks_by_itself(stack: Stack) -> None:
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    session = await stack.start("alice", Policy(allow_view=True))
+    await sign_in(stack.client, stack.world, "bob")
+    assert (await enter(stack.client, session.urlpath + "/")).status == 200
+    ws = await open_ws(stack, session)
+    async with stack.world.database.unit_of_work() as uow:
+        await uow.grants.revoke(session.mapping_id)
+        await uow.commit()
+    # The running loop sleeps RECHECK_INTERVAL between rounds: closed within two of them.
+    assert await closed_within(ws, 2 * gate.recheck_interval + 1)
+
+
+# ------------------------------------------------------------------------------ per-user cap
+async def test_one_user_cannot_hold_more_than_the_cap(stack: Stack) -> None:
+    assert stack.client.app is not None
+    server = stack.client.app[GATE].server
+    server.max_per_user = 2
+    session, value = await entered(stack)
+    first = await open_ws(stack, session)
+    second = await open_ws(stack, session)
+    assert server.in_use("alice") == 2
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/third", value))
+    crowded = await conn.response()
+    assert crowded.status == 429
+    assert crowded.header("retry-after") == "5"
+    assert not any(r["path_qs"].endswith("/third") for r in stack.seen.requests)
+    # Another user is not held back by alice's connections.
+    carols = await stack.start("carol")
+    other = await stack.make_client()
+    await sign_in(other, stack.world, "carol")
+    assert (await enter(other, carols.urlpath + "/")).status == 200
+    carol_value = gate_cookie(other, carols)
+    await conn.send(request(carols.urlpath + "/fine", carol_value))
+    assert (await conn.response()).status == 200
+    await first.close()
+    for _ in range(100):
+        if server.in_use("alice") < 2:
+            break
+        await asyncio.sleep(0.02)
+    await conn.send(request(session.urlpath + "/again", value))
+    assert (await conn.response()).status == 200
+    await conn.close()
+    await second.close()
+    for _ in range(100):
+        if server.in_use("alice") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert server.in_use("alice") == 0
+    text = await (await stack.client.get(PREFIX + "metrics")).text()
+    assert "remoteapp_gate_crowded_total 1.0" in text

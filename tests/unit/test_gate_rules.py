@@ -228,5 +228,7 @@ def test_the_request_origin_comes_from_host_and_scheme() -> None:
     assert request_origin("127.0.0.1:8000", None) == "http://127.0.0.1:8000"
     assert request_origin("hub.example.org", "https") == "https://hub.example.org"
     assert request_origin("hub.example.org:443", "https, http") == "https://hub.example.org"
+    assert request_origin("hub.example.org", "wss") == "https://hub.example.org"
+    assert request_origin("127.0.0.1:8000", "ws") == "http://127.0.0.1:8000"
     assert request_origin(None, "https") is None
     assert request_origin("hub.example.org", "gopher") is None

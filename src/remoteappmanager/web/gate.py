@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, quote, unquote
@@ -30,6 +32,7 @@ from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.gate_proxy import (
+    MAX_CONNECTIONS_PER_USER,
     Answer,
     Forward,
     GateRequest,
@@ -41,6 +44,9 @@ from remoteappmanager.web.gate_rules import (
     GATE_COOKIE,
     authorization_token,
     forwarded_authorization,
+    origin_of_url,
+    request_origin,
+    serialise_origin,
     sort_cookies,
 )
 from remoteappmanager.web.keys import (
@@ -66,6 +72,9 @@ MAX_VERIFIED_COOKIES = 10_000
 ENTER_PATH = "/.remoteapp-gate-enter"
 TICKET_TTL = 60.0
 MAX_TICKETS = 10_000
+# How often open WebSockets are checked against the decision that let them in: an ended
+# grant, share or admin right closes them within this (plus the identity cache's time).
+RECHECK_INTERVAL = 3.0
 _PAGE_METHODS = frozenset({"GET", "HEAD"})
 _EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
 _PAGE = """<!DOCTYPE html>
@@ -128,7 +137,18 @@ class Gate:
     binding the login session and the url id), minted by ``{svc}gate/<url_id>``: a page of
     the service, so that the service's session cookie is sent there. API clients may send
     ``Authorization: token <hub token>`` instead. Our cookies and tokens never reach the
-    application.
+    application (``web.gate_rules``).
+
+    A WebSocket is let in only from an allowed ``Origin``: the one the request was
+    addressed to (``Host`` and ``X-Forwarded-Proto``), ``public_origins`` (the hub's public
+    URL), or one ``application_origins(target)`` names (an application served from a host
+    of its own). A WebSocket without ``Origin`` is not a browser's: it must authenticate
+    with a hub token in ``Authorization``, and cookies do not count for it.
+
+    Open WebSockets are registered by what let them in (login session or token) and closed
+    when it ends: at once when the login session ends (``session_ended``), and otherwise at
+    the next ``recheck`` (every ``recheck_interval`` seconds), which takes the gate's
+    decision again with fresh answers.
 
     With ``app_origins`` (``Settings.app_origin_template``) each application is served only
     on its own host: on any other host (the service's) its paths redirect to the entry page,
@@ -154,9 +174,13 @@ class Gate:
     # Cookie values whose signature was checked: value -> (valid until, payload). Checking
     # an HMAC on every request of a page's assets is a tenth of the gate's time.
     verified: dict[str, tuple[float, str]] = field(default_factory=dict)
+    public_origins: frozenset[str] = frozenset()
+    application_origins: Callable[[GateTarget], Iterable[str]] | None = None
+    max_connections_per_user: int = MAX_CONNECTIONS_PER_USER
+    recheck_interval: float = RECHECK_INTERVAL
 
     def __post_init__(self) -> None:
-        self.server = GateServer(self)
+        self.server = GateServer(self, max_per_user=self.max_connections_per_user)
 
     def cookie_payload(self, value: str) -> str | None:
         now = self.clock()
@@ -238,7 +262,7 @@ class Gate:
         if not path.startswith(base) or (len(path) > len(base) and path[len(base)] != "/"):
             return self._page(404, f"there is no application {target.url_id} running")
         if self.app_origins is not None:
-            if not is_app_host(self.app_origins, target.url_id, request.host):
+            if not is_app_host(self.app_origins, target.url_id, request.host or ""):
                 # Never served on a shared host: the service's origin stays the service's.
                 if request.method in _PAGE_METHODS and not request.websocket:
                     location = (
@@ -251,6 +275,13 @@ class Gate:
         if len(path) == len(base) and request.method in _PAGE_METHODS:
             # The cookie's path is the application's folder: go there first.
             return Answer(302, (("Location", base + "/" + ("?" + query if query else "")),))
+        if request.websocket and not self.origin_allowed(request, target):
+            if request.origin is None and authorization_token(request.authorization):
+                # Not a browser's (browsers always send Origin on a WebSocket, and cannot set
+                # Authorization): the token alone decides.
+                return _Caller(forwarded_cookie=sort_cookies(request.cookies)[1])
+            log.info("gate.foreign_origin", url_id=target.url_id, origin=request.origin)
+            return self._page(403, "a WebSocket opened from another site is not let through")
         caller = self._read_cookies(request.cookies, target.url_id)
         session_id = caller.session_id
         if session_id is not None:
@@ -258,7 +289,7 @@ class Gate:
             if allowed is None:
                 return caller
             if allowed:
-                return self._forward(request, target, caller)
+                return self._forward(request, target, caller, caller.user)
             return self._page(403, "this application is not shared with you")
         if authorization_token(request.authorization) is not None:
             return caller
@@ -332,7 +363,7 @@ class Gate:
         if not allowed:
             log.info("gate.refused", user=user.name, url_id=target.url_id)
             return self._page(403, "this application is not shared with you")
-        return self._forward(request, target, caller)
+        return self._forward(request, target, caller, user.name)
 
     async def _check_token(
         self, request: GateRequest, target: GateTarget, caller: _Caller
@@ -342,11 +373,24 @@ class Gate:
         user = self.identify.identify(await self.identity.user_for_token(token))
         # An admin enters someone else's application only as a confirmed browser action.
         if self.access.may_enter(user, target) and not self.access.enters_as_admin(user, target):
-            return self._forward(request, target, caller)
+            return self._forward(request, target, caller, user.name, token=token)
         log.info("gate.refused", user=user.name, url_id=target.url_id)
         return self._page(403, "this application is not shared with you")
 
-    def _forward(self, request: GateRequest, target: GateTarget, caller: _Caller) -> Forward:
+    def _forward(
+        self,
+        request: GateRequest,
+        target: GateTarget,
+        caller: _Caller,
+        user: str | None,
+        *,
+        token: str | None = None,
+    ) -> Forward:
+        principal: Hashable | None = None
+        if caller.session_id is not None:
+            principal = (_SESSION, caller.session_id)
+        elif token is not None:
+            principal = (_TOKEN, token)
         return Forward(
             url_id=target.url_id,
             host=target.host,
@@ -354,7 +398,91 @@ class Gate:
             cookie=caller.forwarded_cookie,
             authorization=forwarded_authorization(request.authorization),
             cookie_path=target.urlpath + "/",
+            user=user,
+            principal=principal,
         )
+
+    # ------------------------------------------------------------------ open connections
+    def origin_allowed(self, request: GateRequest, target: GateTarget) -> bool:
+        """Whether a WebSocket may be opened from the request's ``Origin``."""
+        origin = serialise_origin(request.origin)
+        if origin is None:
+            return False
+        if origin == request_origin(request.host, request.forwarded_proto):
+            return True
+        if origin in self.public_origins:
+            return True
+        others = self.application_origins
+        return others is not None and any(
+            origin == serialise_origin(allowed) for allowed in others(target)
+        )
+
+    def session_ended(self, session_id: str) -> None:
+        """A login session ended: its decisions go, and its open WebSockets close now."""
+        self.access.forget_principal(session_id)
+        principal = (_SESSION, session_id)
+        closed = self.server.close_upgrades(lambda who, _url_id: who == principal)
+        if closed:
+            log.info("gate.closed_on_sign_out", connections=closed)
+
+    async def recheck(self) -> int:
+        """Take the gate's decision again for every open WebSocket; close the refused ones.
+
+        Targets are looked up afresh (a revoked grant, a stopped application); the hub is
+        asked through the identity provider (its cache applies). When the hub, engine or
+        database cannot answer, connections stay open: they were let in, and the next
+        recheck decides. Returns how many connections were closed.
+        """
+        pairs = set(self.server.upgrades.values())
+        for url_id in {url_id for _who, url_id in pairs}:
+            self.access.forget(url_id)
+        doomed: set[tuple[Hashable | None, str]] = set()
+        for principal, url_id in pairs:
+            if not await self._still_allowed(principal, url_id):
+                doomed.add((principal, url_id))
+        if not doomed:
+            return 0
+        closed = self.server.close_upgrades(lambda who, url_id: (who, url_id) in doomed)
+        log.info("gate.closed_on_recheck", connections=closed)
+        return closed
+
+    async def _still_allowed(self, principal: Hashable | None, url_id: str) -> bool:
+        if not isinstance(principal, tuple) or len(principal) != 2:
+            return False
+        kind, secret = principal
+        session = self.store.get(secret) if kind == _SESSION else None
+        if kind == _SESSION and session is None:
+            return False
+        token = session.hub_token if session is not None else secret
+        try:
+            user = self.identify.identify(await self.identity.user_for_token(token))
+        except Unauthorized:
+            if session is not None:
+                self.store.delete(session.id)  # the hub ended it: so does the service
+            return False
+        except Unavailable:
+            return True
+        try:
+            target = await self.access.target(url_id)
+        except NotFound:
+            return False
+        except Unavailable:
+            return True
+        if session is not None and user.name != session.user:
+            return False
+        allowed = self.access.may_enter(user, target)
+        if session is not None:
+            self.access.remember(session.id, url_id, allowed)
+        return allowed
+
+    async def rechecking(self) -> None:
+        """Run ``recheck`` every ``recheck_interval`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(self.recheck_interval)
+            try:
+                await self.recheck()
+            except Exception:
+                log.exception("gate.recheck_failed")
 
     def _refuse_anonymous(
         self, request: GateRequest, target: GateTarget, stale_cookie: bool
@@ -374,6 +502,9 @@ class Gate:
         home = html.escape(self.public_origin + self.prefix)
         page = _PAGE.format(title=title, message=html.escape(message), home=home)
         return Answer(status, (("Cache-Control", "no-store"),), page.encode())
+
+
+_SESSION, _TOKEN = "session", "token"
 
 
 def _url_id_in(path: str) -> str | None:
@@ -399,6 +530,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         return False
     prefix = app[URLS].prefix
     settings = app[SETTINGS]
+    public = origin_of_url(settings.jupyterhub_public_url)
     gate = Gate(
         access=GateAccess(sessions, deps.uow_factory, clock=deps.clock),
         signer=app[SIGNER],
@@ -409,8 +541,11 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         clock=deps.clock,
         app_origins=settings.app_origin_template,
         public_origin=(settings.public_origin or "") if settings.app_origin_template else "",
+        public_origins=frozenset({public} if public else ()),
+        max_connections_per_user=settings.gate_max_connections_per_user,
     )
     app[GATE] = gate
+    app[LOGIN_SESSIONS].on_end(gate.session_ended)
     app[METRICS].registry.register(_GateCollector(gate.server.stats))
     app.cleanup_ctx.append(_listening)
     app.router.add_get(prefix + "gate/{url_id}", gate_entry, name="gate_entry")
@@ -427,9 +562,13 @@ async def _listening(app: web.Application) -> AsyncIterator[None]:
         log.error("gate.cannot_listen", host=host, port=port, error=str(exc))
         raise Unavailable(listen_failure("the gate", host, port, exc, GATE_SETTING)) from exc
     log.info("gate.listening", host=host, port=server.port)
+    rechecking = asyncio.create_task(app[GATE].rechecking())
     try:
         yield
     finally:
+        rechecking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rechecking
         await server.close()
 
 
@@ -463,6 +602,11 @@ class _GateCollector(Collector):
             "remoteapp_gate_connections",
             "Open connections from the proxy to the gate.",
             value=stats.connections,
+        )
+        yield CounterMetricFamily(
+            "remoteapp_gate_crowded",
+            "Requests refused (429) because their user had too many under way at once.",
+            value=stats.crowded,
         )
 
 

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import re
 import secrets
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol, cast
@@ -37,6 +38,8 @@ CONNECT_TIMEOUT = 10.0
 # How often timeouts are looked at: one timer for the whole listener, none per request.
 SWEEP_INTERVAL = 1.0
 MAX_IDLE_PER_TARGET = 32
+# Requests in progress and open WebSockets one user may have through the gate at once.
+MAX_CONNECTIONS_PER_USER = 64
 # Write buffer limits: past HIGH the other side stops being read until the buffer drains to
 # LOW, so a slow reader holds at most about HIGH plus one read in memory per connection.
 WRITE_HIGH = 256 * 1024
@@ -56,15 +59,21 @@ class GateRequest:
     cookies: list[str]
     authorization: str | None
     websocket: bool
-    host: str = ""
-    """The ``Host`` header (where the browser thinks it is), empty if none came."""
+    origin: str | None = None
+    host: str | None = None
+    """The ``Host`` header (where the browser thinks it is), None if none came."""
+    forwarded_proto: str | None = None
+    """``X-Forwarded-Proto`` as the proxy set it."""
 
 
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Let the request through to ``host:port`` with these credentials (None: none).
 
-    The application's ``Set-Cookie`` answers are confined to ``cookie_path``.
+    The application's ``Set-Cookie`` answers are confined to ``cookie_path``. ``user`` is
+    counted against the per-user cap while the request is in progress (for a WebSocket,
+    while it is open); ``principal`` is what let the request in, by which open WebSockets
+    are found again (``GateServer.upgrades``, ``close_upgrades``).
     """
 
     url_id: str
@@ -73,6 +82,8 @@ class Forward:
     cookie: str | None
     authorization: str | None
     cookie_path: str
+    user: str | None = None
+    principal: Hashable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,8 @@ class GateStats:
     """Answered 5xx by the gate: the application did not answer, or not properly."""
     malformed: int = 0
     """Requests refused as unreadable: 400, 408, 431."""
+    crowded: int = 0
+    """Requests refused (429) because their user had too many in progress already."""
     connections: int = 0
 
 
@@ -124,6 +137,7 @@ _CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
 # headers (RFC 9110 7.6.1) are dropped, or replaced by what this hop needs.
 _DROP, _COOKIE, _AUTHORIZATION, _XFF, _XFPROTO, _XFHOST, _HOST, _REQUEST_ID = range(8)
 _UPGRADE, _CONNECTION, _EXPECT, _TRANSFER_ENCODING, _CONTENT_LENGTH, _SET_COOKIE = range(8, 14)
+_ORIGIN = 14
 _HOP_BY_HOP = {
     b"connection": _CONNECTION,
     b"keep-alive": _DROP,
@@ -144,6 +158,7 @@ _REQUEST_HEADERS = {
     b"x-forwarded-host": _XFHOST,
     b"host": _HOST,
     b"x-request-id": _REQUEST_ID,
+    b"origin": _ORIGIN,
     b"content-length": _CONTENT_LENGTH,
     # Answered here when the request is let through; the application must not wait for it.
     b"expect": _EXPECT,
@@ -219,6 +234,12 @@ _BAD_REQUEST = _plain(400, "the request could not be read")
 _AMBIGUOUS = _plain(400, "the request's framing, host or credentials are ambiguous")
 _PINNED = _plain(400, "the Connection header names a header that is not hop-by-hop")
 _UNKNOWN_CODING = _plain(501, "the only transfer coding understood is 'chunked'")
+_CROWDED = Answer(
+    429,
+    (("Cache-Control", "no-store"), ("Retry-After", "5")),
+    b"429 Too Many Requests: too many connections to applications at once\n",
+    "text/plain; charset=utf-8",
+)
 _TIMEOUT = _plain(408, "the request did not arrive in time")
 _TOO_LARGE = _plain(431, "the request's headers are too large")
 _INTERNAL = _plain(500, "something went wrong on our side")
@@ -259,6 +280,7 @@ class _Exchange:
         "key",
         "lines",
         "pending",
+        "principal",
         "request",
         "request_done",
         "response_done",
@@ -268,6 +290,7 @@ class _Exchange:
         "upgrade",
         "upstream",
         "url_id",
+        "user",
     )
 
     def __init__(self) -> None:
@@ -287,6 +310,8 @@ class _Exchange:
         self.key: tuple[str, int] = ("", 0)
         self.url_id = ""
         self.cookie_path = b"/"
+        self.user: str | None = None  # counted against the cap while in progress
+        self.principal: Hashable | None = None
         self.upstream: _Upstream | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -319,6 +344,7 @@ class _Downstream(asyncio.Protocol):
         self._write_paused = False
         self._upstream: _Upstream | None = None
         self._upgraded: _Upstream | None = None
+        self._spliced_user: str | None = None
         self._holding: bytearray | None = None
         self._broken: Answer | None = None
         self._in_next = False
@@ -339,11 +365,18 @@ class _Downstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._server.connections.discard(self)
-        self._server.stats.connections -= 1
+        server = self._server
+        server.connections.discard(self)
+        server.stats.connections -= 1
+        if server.upgrades.pop(self, None) is not None:
+            server.uncount(self._spliced_user)
+            self._spliced_user = None
         active, self._active = self._active, None
-        if active is not None and active.task is not None:
-            active.task.cancel()
+        if active is not None:
+            server.uncount(active.user)
+            active.user = None
+            if active.task is not None:
+                active.task.cancel()
         self._queue.clear()
         for upstream in (self._upstream, self._upgraded):
             if upstream is not None:
@@ -514,7 +547,7 @@ class _Downstream(asyncio.Protocol):
         lines.append(b"%b %b HTTP/%b\r\n" % (method, target, version.encode("latin-1")))
         cookies: list[str] = []
         authorization: str | None = None
-        forwarded_for = host = upgrade = encoding = None
+        forwarded_for = host = upgrade = encoding = origin = proto = None
         has_proto = has_host = has_id = False
         hosts = authorizations = 0
         listed: set[bytes] | None = None
@@ -556,6 +589,10 @@ class _Downstream(asyncio.Protocol):
                     lines.append(b"X-Request-Id: %b\r\n" % value)
             elif code == _XFPROTO:  # passed on as the proxy set it
                 has_proto = True
+                proto = value if proto is None else proto + b"," + value
+                lines.append(b"%b: %b\r\n" % (name, value))
+            elif code == _ORIGIN:
+                origin = value if origin is None else b"null"  # two: neither counts
                 lines.append(b"%b: %b\r\n" % (name, value))
             elif code == _XFHOST:
                 has_host = True
@@ -594,7 +631,9 @@ class _Downstream(asyncio.Protocol):
             websocket=method == b"GET"
             and upgrade is not None
             and upgrade.strip().lower() == b"websocket",
-            host="" if host is None else host.decode("latin-1"),
+            origin=None if origin is None else origin.decode("latin-1"),
+            host=None if host is None else host.decode("latin-1"),
+            forwarded_proto=None if proto is None else proto.decode("latin-1"),
         )
         return exchange
 
@@ -653,7 +692,15 @@ class _Downstream(asyncio.Protocol):
             self._server.stats.answered += 1
             self._answer(exchange, verdict)
             return
-        self._server.stats.forwarded += 1
+        server = self._server
+        if verdict.user is not None:
+            if not server.count(verdict.user):
+                server.stats.crowded += 1
+                self._answer(exchange, _CROWDED)
+                return
+            exchange.user = verdict.user
+        exchange.principal = verdict.principal
+        server.stats.forwarded += 1
         lines = exchange.lines
         if verdict.cookie:
             lines.append(b"Cookie: %b\r\n" % verdict.cookie.encode("latin-1"))
@@ -743,7 +790,13 @@ class _Downstream(asyncio.Protocol):
 
     def upgraded(self, upstream: _Upstream, data: bytes) -> None:
         """The application switched protocols: from now on bytes pass through untouched."""
-        self._server.stats.upgraded += 1
+        server = self._server
+        server.stats.upgraded += 1
+        exchange = self._active
+        if exchange is not None:
+            # The user's count moves from the request to the open connection.
+            self._spliced_user, exchange.user = exchange.user, None
+            server.upgrades[self] = (exchange.principal, exchange.url_id)
         self._upgraded = upstream
         self._upstream = None
         self._active = None
@@ -754,6 +807,8 @@ class _Downstream(asyncio.Protocol):
         self._resume(_HOLDING)
 
     def response_done(self, exchange: _Exchange, *, close: bool) -> None:
+        self._server.uncount(exchange.user)
+        exchange.user = None
         exchange.response_done = True
         exchange.upstream = None
         self._upstream = None
@@ -781,6 +836,8 @@ class _Downstream(asyncio.Protocol):
     def _fail(self, exchange: _Exchange, answer: Answer) -> None:
         """The gate's own error: nothing of the application's answer was sent yet."""
         self._server.stats.failed += 1
+        self._server.uncount(exchange.user)
+        exchange.user = None
         exchange.upstream = None
         self._upstream = None
         self._resume(_UPSTREAM_FULL)
@@ -1241,6 +1298,7 @@ class GateServer:
         connect_timeout: float = CONNECT_TIMEOUT,
         sweep_interval: float = SWEEP_INTERVAL,
         max_head: int = MAX_REQUEST_HEAD,
+        max_per_user: int = MAX_CONNECTIONS_PER_USER,
     ) -> None:
         self.gatekeeper = gatekeeper
         self.idle_timeout = idle_timeout
@@ -1249,8 +1307,12 @@ class GateServer:
         self.connect_timeout = connect_timeout
         self.sweep_interval = sweep_interval
         self.max_head = max_head
+        self.max_per_user = max_per_user
         self.stats = GateStats()
         self.connections: set[_Downstream] = set()
+        # Open WebSockets (spliced connections): connection -> (principal, url id).
+        self.upgrades: dict[_Downstream, tuple[Hashable | None, str]] = {}
+        self._per_user: dict[str, int] = {}
         self._idle: dict[tuple[str, int], list[_Upstream]] = {}
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -1297,6 +1359,35 @@ class GateServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await server.wait_closed()
+
+    # ------------------------------------------------------------------ users
+    def count(self, user: str) -> bool:
+        """Count one more request or connection of ``user``; False if over the cap."""
+        current = self._per_user.get(user, 0)
+        if current >= self.max_per_user:
+            return False
+        self._per_user[user] = current + 1
+        return True
+
+    def uncount(self, user: str | None) -> None:
+        if user is None:
+            return
+        current = self._per_user.get(user, 0) - 1
+        if current > 0:
+            self._per_user[user] = current
+        else:
+            self._per_user.pop(user, None)
+
+    def in_use(self, user: str) -> int:
+        """Requests in progress and open WebSockets of ``user``."""
+        return self._per_user.get(user, 0)
+
+    def close_upgrades(self, doomed: Callable[[Hashable | None, str], bool]) -> int:
+        """Close every open WebSocket for which ``doomed(principal, url_id)``; how many."""
+        closing = [down for down, (who, url_id) in self.upgrades.items() if doomed(who, url_id)]
+        for down in closing:
+            down.abort()
+        return len(closing)
 
     def next_request_id(self) -> bytes:
         return b"%s%x" % (self._id_prefix.encode("ascii"), next(self._ids))

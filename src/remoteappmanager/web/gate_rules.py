@@ -54,6 +54,7 @@ PINNED_HEADERS = frozenset(
     }
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_WEBSOCKET_SCHEMES = {"ws": "http", "wss": "https"}
 _ORIGIN = re.compile(r"(https?)://([^/?#@\s]+)", re.IGNORECASE)
 
 
@@ -189,11 +190,27 @@ def serialise_origin(text: str | None) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
+def origin_of_url(url: str | None) -> str | None:
+    """The serialised origin of an absolute ``http(s)`` URL (a public URL), or None."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return serialise_origin(f"{parts.scheme}://{parts.netloc}")
+
+
 def request_origin(host: str | None, scheme: str | None) -> str | None:
-    """The origin a request was addressed to: its ``Host`` and scheme (``http`` if unsaid)."""
+    """The origin a request was addressed to: its ``Host`` and scheme (``http`` if unsaid).
+
+    ``scheme`` is ``X-Forwarded-Proto`` as the proxy set it: its first value, which for a
+    WebSocket is ``ws``/``wss`` (configurable-http-proxy says so for upgrades).
+    """
     if not host:
         return None
     scheme = (scheme or "http").split(",")[0].strip().lower()
+    scheme = _WEBSOCKET_SCHEMES.get(scheme, scheme)
     if scheme not in _DEFAULT_PORTS:
         return None
     return serialise_origin(f"{scheme}://{host.strip()}")

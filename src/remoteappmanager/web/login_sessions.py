@@ -45,6 +45,9 @@ class LoginSessionStore:
       session pays with their own least recently used one; only a user's first session ends
       the least recently used session of the whole store. Pushing other users out therefore
       takes as many distinct hub accounts as sessions to end, and an idle session goes first.
+
+    Whatever ends a session (sign-out, the hub refusing its token, expiry, eviction) tells
+    every ``on_end`` listener its id, at once.
     """
 
     def __init__(
@@ -66,6 +69,11 @@ class LoginSessionStore:
         self._sessions: OrderedDict[str, LoginSession] = OrderedDict()
         # user -> their session ids, least recently used first
         self._by_user: dict[str, OrderedDict[str, None]] = {}
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_end(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(session_id)`` whenever a session ends (it must not raise)."""
+        self._listeners.append(listener)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -126,6 +134,8 @@ class LoginSessionStore:
         del mine[session_id]
         if not mine:
             del self._by_user[session.user]
+        for listener in self._listeners:
+            listener(session_id)
 
     def _expired(self, session: LoginSession, now: float) -> bool:
         return now - session.last_seen > self.idle_timeout or now - session.created > self.max_age
