@@ -7,10 +7,10 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
@@ -109,10 +109,19 @@ def remove_realm_containers(realm: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    tmp: Path, fill: Callable[[Path], None], *, hub_admins: Sequence[str] = ()
+    tmp: Path,
+    fill: Callable[[Path], None],
+    *,
+    hub_admins: Sequence[str] = (),
+    public_host: str = "127.0.0.1",
+    settings: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Stack]:
     """Everything running, the catalogue made by ``fill(database)``; ``hub_admins`` are hub
     admins (and so ours). Every container of the stack's realm is removed at the end.
+
+    The browser reaches the proxy as ``public_host`` (a ``*.localhost`` name, say: Chromium
+    resolves those to loopback itself); ``settings`` adds to the service's settings, with
+    ``{port}`` in a string value standing for the proxy's public port.
 
     JupyterHub (with the repository's ``config/jupyterhub_config.py``) starts the proxy; our
     service runs in the test's event loop as an externally managed hub service; Chromium runs
@@ -136,8 +145,12 @@ async def running_stack(
         REMOTEAPP_SERVICE_API_TOKEN=service_token,
         CONFIGPROXY_AUTH_TOKEN=proxy_token,
     )
+    extra = {
+        name: value.replace("{port}", str(ports.public)) if isinstance(value, str) else value
+        for name, value in (settings or {}).items()
+    }
     # Our service, externally managed: in this process, on the port the hub routes to.
-    settings = Settings(
+    service_settings = Settings(
         database_url=f"sqlite+aiosqlite:///{database}",
         realm=realm,
         configproxy_api_url=f"http://127.0.0.1:{ports.proxy_api}",
@@ -151,14 +164,15 @@ async def running_stack(
         jupyterhub_base_url="/",
         # Its default, the port after the service's, may be taken by one of the above.
         gate_url=f"http://127.0.0.1:{gate_port}",
+        **extra,
     )
-    runner = web.AppRunner(create_app(build_web_deps(settings)), access_log=None)
+    runner = web.AppRunner(create_app(build_web_deps(service_settings)), access_log=None)
     try:
         with running_hub(tmp, env, ports.public):
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", ports.service).start()
-            public_url = ports.public_url
-            await wait_until_routed(public_url + PREFIX + "health")
+            await wait_until_routed(ports.public_url + PREFIX + "health")
+            public_url = f"http://{public_host}:{ports.public}"
             async with namespaced_chromium([ports.public]) as browser:
                 yield Stack(
                     public_url=public_url,

@@ -556,3 +556,19 @@ async def test_the_user_page_may_frame_the_application_hosts(hosts: Stack) -> No
     assert page.status == 200
     policy = page.headers["Content-Security-Policy"]
     assert f"frame-src 'self' http://*.apps.localhost:{hosts.gate_port}" in policy
+
+
+async def test_an_admin_confirms_and_lands_on_the_applications_host(hosts: Stack) -> None:
+    session = await hosts.start("alice")
+    client = hosts.client
+    await sign_in(client, hosts.world, "root")
+    confirmation = await client.get(f"http://{client.service}{session.urlpath}/")
+    assert 'id="enter-confirm"' in await confirmation.text()
+    # The button's answer is a redirect to the application's host: the page lets forms go
+    # there (browsers check form-action along redirects).
+    policy = confirmation.headers["Content-Security-Policy"]
+    assert f"form-action 'self' http://*.apps.localhost:{hosts.gate_port}" in policy
+    entered = await confirm_entry(client, confirmation)
+    assert entered.status == 200
+    assert str(client.last_url) == hosts.app_url(session)
+    assert await entered.text() == f"app page {session.urlpath}/"

@@ -61,7 +61,12 @@ from remoteappmanager.web.keys import (
 )
 from remoteappmanager.web.listening import GATE_SETTING, listen_failure
 from remoteappmanager.web.login_sessions import LoginSessionStore
-from remoteappmanager.web.pages import page_headers, require_navigation, xsrf_token_for_page
+from remoteappmanager.web.pages import (
+    app_sources,
+    page_headers,
+    require_navigation,
+    xsrf_token_for_page,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -678,7 +683,8 @@ async def _confirmation_page(
     request: web.Request, target: GateTarget, next_url: str
 ) -> web.StreamResponse:
     gate = request.app[GATE]
-    response = web.Response(content_type="text/html", headers=page_headers())
+    # The button's answer sends the browser on to the application's own host, if it has one.
+    response = web.Response(content_type="text/html", headers=page_headers(app_sources(request)))
     xsrf = await xsrf_token_for_page(request, response)
     response.text = _CONFIRM_PAGE.format(
         owner=html.escape(target.owner),

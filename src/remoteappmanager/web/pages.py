@@ -30,21 +30,23 @@ ADMIN_TEMPLATE = "admin.html"
 ADMIN_PATH = "admin/"
 
 
-def content_security_policy(frame_sources: str = "'self'") -> str:
+def content_security_policy(app_origins: str = "") -> str:
     """The pages build their DOM from API data with textContent only; this policy is the
     second line of defence should a value ever reach markup: no inline or foreign script,
-    frames only from this site or the applications' own hosts, never framed themselves."""
+    frames and form targets only on this site or the applications' own hosts (``app_origins``,
+    a source expression), never framed themselves."""
+    others = f"'self' {app_origins}".strip()
     return "; ".join(
         (
             "default-src 'self'",
             "script-src 'self'",
             "style-src 'self'",
             "img-src 'self' data:",
-            f"frame-src {frame_sources}",
+            f"frame-src {others}",
             "connect-src 'self'",
             "object-src 'none'",
             "base-uri 'none'",
-            "form-action 'self'",
+            f"form-action {others}",
             "frame-ancestors 'none'",
         )
     )
@@ -53,14 +55,14 @@ def content_security_policy(frame_sources: str = "'self'") -> str:
 CONTENT_SECURITY_POLICY = content_security_policy()
 
 
-def page_headers(frame_sources: str = "'self'") -> dict[str, str]:
+def page_headers(app_origins: str = "") -> dict[str, str]:
     """Headers of every HTML page of the service.
 
     ``Cross-Origin-Opener-Policy`` keeps a page that an application opens in a new window
     out of that application's reach (they may share an origin).
     """
     return {
-        "Content-Security-Policy": content_security_policy(frame_sources),
+        "Content-Security-Policy": content_security_policy(app_origins),
         "Cross-Origin-Opener-Policy": "same-origin",
         "Cache-Control": "no-store",
         "Referrer-Policy": "same-origin",
@@ -85,9 +87,10 @@ def require_navigation(request: web.Request) -> None:
         raise Forbidden("pages of this service open in the browser, not from scripts")
 
 
-def _frame_sources(request: web.Request) -> str:
+def app_sources(request: web.Request) -> str:
+    """The applications' own hosts as a CSP source expression ("" when they have none)."""
     template = request.app[SETTINGS].app_origin_template
-    return "'self'" if template is None else f"'self' {app_origin_pattern(template)}"
+    return "" if template is None else app_origin_pattern(template)
 
 
 def add_static_routes(app: web.Application) -> None:
@@ -103,7 +106,7 @@ async def home(request: web.Request) -> web.StreamResponse:
     require_navigation(request)
     user = signed_in_user(request)
     urls, assets = request.app[URLS], request.app[PAGE_ASSETS]
-    response = web.Response(content_type="text/html", headers=page_headers(_frame_sources(request)))
+    response = web.Response(content_type="text/html", headers=page_headers(app_sources(request)))
     page = assets.template(USER_TEMPLATE).render(
         {
             "api_url": urls.api + "v1/",
