@@ -15,7 +15,11 @@ from click.testing import CliRunner, Result
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.cli import manager
 from remoteappmanager.settings import Settings
-from tests.support.database import migrations_one_step_ahead
+from tests.support.database import (
+    CURRENT_REVISION,
+    NEXT_REVISION,
+    migrations_one_step_ahead,
+)
 from tests.support.services import PostgresCluster, free_port
 
 ERROR = "remoteappmanager: error: "
@@ -62,14 +66,15 @@ def test_upgrade_check_and_current(empty_database_url: str) -> None:
 
     upgraded = run("db", "upgrade", url=empty_database_url)
     assert upgraded.exit_code == 0, upgraded.output
-    assert "upgraded from an empty database to 0001" in upgraded.stdout
+    assert f"upgraded from an empty database to {CURRENT_REVISION}" in upgraded.stdout
 
     again = run("db", "upgrade", url=empty_database_url)
-    assert "already at the current schema (0001)" in again.stdout
+    assert f"already at the current schema ({CURRENT_REVISION})" in again.stdout
     checked = run("db", "check", url=empty_database_url)
     assert checked.exit_code == 0
-    assert "at the current schema (0001)" in checked.stdout
-    assert run("db", "current", url=empty_database_url).stdout.endswith(": 0001 (current)\n")
+    assert f"at the current schema ({CURRENT_REVISION})" in checked.stdout
+    current = run("db", "current", url=empty_database_url).stdout
+    assert current.endswith(f": {CURRENT_REVISION} (current)\n")
 
 
 def test_check_on_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
@@ -90,11 +95,11 @@ def test_a_database_behind_the_code_is_upgraded(
     behind = run("db", "check", url=empty_database_url)
     assert behind.exit_code == 1
     message = error_line(behind)
-    assert "revision 0001, not the current 0002" in message
+    assert f"revision {CURRENT_REVISION}, not the current {NEXT_REVISION}" in message
     assert message.endswith("run `remoteappmanager db upgrade`")
 
     upgraded = run("db", "upgrade", url=empty_database_url)
-    assert "upgraded from 0001 to 0002" in upgraded.stdout
+    assert f"upgraded from {CURRENT_REVISION} to {NEXT_REVISION}" in upgraded.stdout
     assert run("db", "check", url=empty_database_url).exit_code == 0
 
 

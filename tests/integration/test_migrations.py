@@ -18,11 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.engine import create_engine
 from remoteappmanager.adapters.db.models import metadata
+from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.domain.errors import Exists, Unavailable
 from tests.support.database import execute
 from tests.support.services import REPO, PostgresCluster
 
-TABLES = {"user", "application", "application_policy", "accounting"}
+TABLES = {"user", "application", "application_policy", "accounting", "catalogue_version"}
 
 
 async def _inspect(url: str, look: object) -> object:
@@ -52,7 +53,7 @@ async def test_upgrade_takes_an_empty_database_to_head(empty_database_url: str) 
 
     after = await migrate.upgrade(empty_database_url)
 
-    assert after.current == migrate.head() == "0001"
+    assert after.current == migrate.head() == "0002"
     assert after.at_head
     assert await migrate.check(empty_database_url)
     assert await _inspect(empty_database_url, _table_names) == TABLES | {"alembic_version"}
@@ -76,6 +77,52 @@ async def test_downgrade_to_base_and_back_again(empty_database_url: str) -> None
     assert up.at_head
     assert await _inspect(empty_database_url, _differences) == []
     assert await execute(empty_database_url, 'SELECT count(*) FROM "user"') == [(0,)]
+
+
+async def test_the_catalogue_version_keeps_existing_rows_and_starts_at_zero(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0001")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "a" * 32 + "', 1, 1, 1)",
+    )
+
+    assert (await migrate.upgrade(empty_database_url)).at_head
+
+    assert await execute(empty_database_url, 'SELECT name FROM "user"') == [("alice",)]
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        ("a" * 32, 1)
+    ]
+    assert await execute(empty_database_url, "SELECT id, version FROM catalogue_version") == [
+        (1, 0)
+    ]
+    # The service reads the upgraded catalogue as it is, and a change moves the version.
+    database = SqlDatabase(empty_database_url)
+    try:
+        async with database.unit_of_work() as work:
+            (grant,) = await work.grants.list_all()
+            assert (grant.user.name, grant.application.image) == ("alice", "app:1")
+            assert await work.catalogue_version() == 0
+            await work.users.add("bob")
+            await work.commit()
+        async with database.unit_of_work() as work:
+            assert await work.catalogue_version() == 1
+    finally:
+        await database.close()
+    # A second row is refused: there is one version.
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url, "INSERT INTO catalogue_version (id, version) VALUES (2, 0)"
+        )
+
+    down = await migrate.downgrade(empty_database_url, "0001")
+    assert down.current == "0001"
+    assert await execute(empty_database_url, 'SELECT count(*) FROM "user"') == [(2,)]
 
 
 async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:

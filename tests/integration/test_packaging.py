@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.database import CURRENT_REVISION
 from tests.support.services import REPO, skip_or_fail
 
 _REPORT_AND_UPGRADE = """
@@ -57,11 +58,11 @@ def test_an_installed_wheel_migrates_with_its_own_copy(tmp_path: Path) -> None:
     module, scripts, state = upgraded.stdout.splitlines()
     assert Path(module).is_relative_to(site)
     assert Path(scripts) == site / "remoteappmanager" / "migrations"
-    assert state == "0001 True"
+    assert state == f"{CURRENT_REVISION} True"
 
     created = subprocess.run(
         [sys.executable, "-c", _REMOTEAPPDB, str(tmp_path / "cli.db"), "init"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
-    assert "schema revision 0001" in created.stdout
+    assert f"schema revision {CURRENT_REVISION}" in created.stdout

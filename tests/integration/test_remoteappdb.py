@@ -15,7 +15,13 @@ from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.cli.remoteappdb import main
 from remoteappmanager.domain.models import Policy, Volume
-from tests.support.database import cli_url, execute, migrations_one_step_ahead
+from tests.support.database import (
+    CURRENT_REVISION,
+    NEXT_REVISION,
+    cli_url,
+    execute,
+    migrations_one_step_ahead,
+)
 from tests.support.services import PostgresCluster, free_port
 
 IMAGE = "simphony/paraview:5.9"
@@ -341,7 +347,7 @@ def test_a_database_behind_the_code_names_the_upgrade(
 
     message = refused(db, "user", "list")
 
-    assert "revision 0001, not 0002" in message
+    assert f"revision {CURRENT_REVISION}, not {NEXT_REVISION}" in message
     assert "`remoteappmanager db upgrade`" in message
 
 

@@ -305,3 +305,59 @@ async def test_identical_policies_are_stored_once(
 
     assert await execute(url, "SELECT count(*) FROM application_policy") == [(2,)]
     assert await execute(url, "SELECT count(*) FROM accounting") == [(8,)]
+
+
+# ------------------------------------------------------------------------------ version
+async def _version(uow: UnitOfWorkFactory) -> int:
+    async with uow() as work:
+        return await work.catalogue_version()
+
+
+async def test_every_committed_change_moves_the_catalogue_version(uow: UnitOfWorkFactory) -> None:
+    seen = [await _version(uow)]
+
+    async def moved() -> bool:
+        seen.append(await _version(uow))
+        return seen[-1] != seen[-2]
+
+    alice, _bob, app, _other = await _seed(uow)
+    assert await moved()
+    async with uow() as work:
+        grant = await work.grants.grant(alice, app, FULL_POLICY)
+        await work.commit()
+    assert await moved()
+    async with uow() as work:
+        await work.grants.revoke(grant.mapping_id)
+        await work.commit()
+    assert await moved()
+    async with uow() as work:
+        await work.grants.grant(alice, app, Policy())
+        await work.commit()
+    assert await moved()
+    async with uow() as work:
+        assert await work.grants.revoke_all(alice.id, app.id) == 1
+        await work.commit()
+    assert await moved()
+    async with uow() as work:
+        await work.applications.remove(app.id)
+        await work.users.remove(alice.id)
+        await work.commit()
+    assert await moved()
+
+
+async def test_reads_and_uncommitted_work_leave_the_version_alone(uow: UnitOfWorkFactory) -> None:
+    alice, _bob, app, _other = await _seed(uow)
+    before = await _version(uow)
+    async with uow() as work:
+        await work.users.list()
+        await work.grants.list_all()
+        await work.commit()
+    async with uow() as work:
+        await work.grants.grant(alice, app, FULL_POLICY)
+        await work.users.add("carol")
+        # Not committed: rolled back on leaving the block.
+    async with uow() as work:
+        await work.users.add("dave")
+        await work.rollback()
+        await work.commit()
+    assert await _version(uow) == before

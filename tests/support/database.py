@@ -8,17 +8,19 @@ from pathlib import Path
 from sqlalchemy import text
 
 from remoteappmanager.adapters.db.engine import create_engine
-from remoteappmanager.adapters.db.migrate import scripts_dir
+from remoteappmanager.adapters.db.migrate import head, scripts_dir
 
-NEXT_REVISION = "0002"
+# The newest shipped revision, and the one a copy of the migrations one step ahead adds.
+CURRENT_REVISION = head()
+NEXT_REVISION = f"{int(CURRENT_REVISION) + 1:04d}"
 
-_NEXT_REVISION_SCRIPT = '''"""A later revision: the code is one step ahead of the database."""
+_NEXT_REVISION_SCRIPT = f'''"""A later revision: the code is one step ahead of the database."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{NEXT_REVISION}"
+down_revision = "{CURRENT_REVISION}"
 branch_labels = None
 depends_on = None
 
@@ -33,10 +35,10 @@ def downgrade() -> None:
 
 
 def migrations_one_step_ahead(directory: Path) -> Path:
-    """A copy of the shipped migrations plus revision 0002; returns its scripts directory."""
+    """A copy of the shipped migrations plus ``NEXT_REVISION``; returns its scripts directory."""
     target = directory / "migrations"
     shutil.copytree(scripts_dir(), target, ignore=shutil.ignore_patterns("__pycache__"))
-    (target / "versions" / "0002_scratch.py").write_text(_NEXT_REVISION_SCRIPT)
+    (target / "versions" / f"{NEXT_REVISION}_scratch.py").write_text(_NEXT_REVISION_SCRIPT)
     return target
 
 

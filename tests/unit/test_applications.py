@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+from remoteappmanager.adapters.memory_db import InMemoryDatabase, InMemoryUnitOfWork
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.domain.containers import ContainerInfo
 from remoteappmanager.domain.errors import Unavailable
@@ -17,6 +18,7 @@ from remoteappmanager.services import catalogue
 from remoteappmanager.services.applications import (
     IMAGE_MISSING,
     Applications,
+    CatalogueWatch,
     ImageMetadataCache,
     ImageState,
 )
@@ -128,3 +130,99 @@ async def test_listings_share_one_engine_call_and_see_our_own_changes_at_once() 
     (entry,) = await applications.list_for("alice")
     assert entry.session is None
     assert await applications.list_for("nobody") == []
+
+
+# ------------------------------------------------------------------------------ freshness
+class CountingDatabase(InMemoryDatabase):
+    """Counts the catalogue-version reads; can be made unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version_reads = 0
+        self.down = False
+
+    def unit_of_work(self) -> InMemoryUnitOfWork:
+        database = self
+
+        class Counting(InMemoryUnitOfWork):
+            async def catalogue_version(self) -> int:
+                database.version_reads += 1
+                await asyncio.sleep(0.01)
+                if database.down:
+                    raise Unavailable("database unavailable: connection refused")
+                return await super().catalogue_version()
+
+        return Counting(self)
+
+
+async def test_the_watch_reads_the_version_at_most_once_a_second_and_once_at_a_time() -> None:
+    database = CountingDatabase()
+    clock = Clock()
+    watch = CatalogueWatch(database.unit_of_work, interval=1.0, clock=clock)
+    assert await watch.changed() is False  # the first look only records the version
+    await catalogue.create_user(database.unit_of_work, "alice")
+    assert await watch.changed() is False  # within the interval: not even asked
+    assert database.version_reads == 1
+
+    clock.now = 1.0
+    answers = await asyncio.gather(*(watch.changed() for _ in range(100)))
+    assert answers == [True] * 100
+    assert database.version_reads == 2
+    clock.now = 2.5
+    assert await watch.changed() is False  # nothing new
+    assert database.version_reads == 3
+
+
+async def test_an_unreadable_version_counts_as_no_change_and_is_retried_later() -> None:
+    database = CountingDatabase()
+    clock = Clock()
+    watch = CatalogueWatch(database.unit_of_work, interval=1.0, clock=clock)
+    await watch.changed()
+    await catalogue.create_user(database.unit_of_work, "alice")
+    database.down = True
+    clock.now = 1.0
+    assert await watch.changed() is False
+    database.down = False
+    clock.now = 1.5
+    assert await watch.changed() is False
+    clock.now = 2.0
+    assert await watch.changed() is True
+
+
+async def test_a_change_made_elsewhere_shows_within_a_second_despite_the_grants_cache() -> None:
+    world = make_world()
+    database = CountingDatabase()
+    uow = database.unit_of_work
+    clock = Clock()
+    await catalogue.create_user(uow, "alice")
+    await catalogue.create_application(uow, IMAGE)
+    first = await catalogue.grant_access(uow, IMAGE, "alice", Policy())
+    runtime = InMemoryRuntime(image_cache_ttl=0)
+    runtime.add_image(IMAGE, IMAGE_LABELS)
+    sessions = Sessions(
+        runtime,
+        world.routes,
+        world.workspaces,
+        world.host_paths,
+        world.probe,
+        realm=REALM,
+        access=AccessMode.DIRECT,
+        unit_of_work=uow,
+    )
+    applications = Applications(
+        uow, sessions, ImageMetadataCache(runtime, clock=clock), grants_ttl=10.0, clock=clock
+    )
+    assert [a.mapping_id for a in await applications.list_for("alice")] == [first.mapping_id]
+
+    # Another process grants, and nobody tells this one.
+    second = await catalogue.grant_access(uow, IMAGE, "alice", Policy(allow_home=True))
+    clock.now = 0.5
+    assert [a.mapping_id for a in await applications.list_for("alice")] == [first.mapping_id]
+    clock.now = 1.0
+    listed = {a.mapping_id for a in await applications.list_for("alice")}
+    assert listed == {first.mapping_id, second.mapping_id}
+
+    # A revocation elsewhere, likewise.
+    await catalogue.revoke_grant(uow, first.mapping_id)
+    clock.now = 2.0
+    assert [a.mapping_id for a in await applications.list_for("alice")] == [second.mapping_id]

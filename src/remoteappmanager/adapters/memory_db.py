@@ -50,6 +50,7 @@ class InMemoryDatabase:
     def __init__(self) -> None:
         self._tables = _Tables()
         self.commits = 0
+        self.version = 0
 
     def unit_of_work(self) -> InMemoryUnitOfWork:
         return InMemoryUnitOfWork(self)
@@ -60,6 +61,8 @@ class InMemoryDatabase:
         return tables
 
     def publish(self, tables: _Tables) -> None:
+        if tables != self._tables:
+            self.version += 1
         self._tables = copy.deepcopy(tables)
         self._tables.next_ids = tables.next_ids
         self.commits += 1
@@ -242,6 +245,10 @@ class InMemoryUnitOfWork:
     async def rollback(self) -> None:
         self._require_tables()
         self._tables = self._database.snapshot()
+
+    async def catalogue_version(self) -> int:
+        self._require_tables()
+        return self._database.version
 
     def _require_tables(self) -> _Tables:
         if self._tables is None:

@@ -8,6 +8,9 @@ Contract (checked against the in-memory fakes and the SQL adapter by one contrac
 - Nothing a repository does is visible to other units of work until ``commit()``; leaving the
   unit of work without committing rolls everything back, including after an error.
 - Every method raises ``Unavailable`` when the database cannot be reached or used.
+- ``catalogue_version()`` changes with every committed write of the catalogue, whichever
+  process made it (it is stored with the catalogue, bumped in the same transaction); it does
+  not change on reads or on work rolled back.
 """
 
 from __future__ import annotations
@@ -135,6 +138,11 @@ class UnitOfWork(Protocol):
 
     async def rollback(self) -> None:
         """Discard the work since the last commit."""
+        ...
+
+    async def catalogue_version(self) -> int:
+        """The catalogue's version as committed (see the module): equal values mean that no
+        change was committed in between."""
         ...
 
 

@@ -12,13 +12,18 @@ Contract:
   ``unavailable_reason``, and the other grants are listed as usual.
 - Errors: ``Unavailable`` when the database or the engine cannot be reached.
 
+Freshness: a change of the catalogue committed by any process (this one, another replica,
+``remoteappdb``) shows within ``CatalogueWatch``'s interval plus one database read (about a
+second): the catalogue's version is compared at most once per interval, and a new version
+drops the cached grants and the images remembered as unavailable. Changes made through this
+process show at once (``forget_grants``). Starting a grant always reads it afresh, so a
+revoked grant listed a moment longer still cannot be started.
+
 Cost: image metadata is kept for ``image_ttl`` seconds (a missing image for
-``missing_image_ttl``), every user's grants (read by one query) for ``grants_ttl`` seconds,
-each looked up once however many requests want it meanwhile; with a listing TTL on
-``Sessions`` a listing then costs no database or engine call in the steady state. A grant
-given or revoked shows within ``grants_ttl`` (at once after ``forget_grants``); starting a
-grant always reads it afresh, so a revoked grant listed a moment longer still cannot be
-started.
+``missing_image_ttl``), every user's grants (read by one query) for ``grants_ttl`` seconds
+unless the version moves, each looked up once however many requests want it meanwhile; with
+a listing TTL on ``Sessions`` a listing then costs no engine call and at most one small
+database read a second in the steady state.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ DEFAULT_IMAGE_TTL = 60.0
 # Short: an admin who builds a missing image expects to see it soon.
 DEFAULT_MISSING_IMAGE_TTL = 5.0
 DEFAULT_GRANTS_TTL = 10.0
+# How often the catalogue's version is compared: the bound on how late another process's
+# change shows (plus one read).
+DEFAULT_VERSION_INTERVAL = 1.0
 
 
 IMAGE_MISSING = "the image is not on the Docker engine"
@@ -152,6 +160,62 @@ class ImageMetadataCache:
         return state
 
 
+class CatalogueWatch:
+    """Tells whether the catalogue changed since it last looked, in any process.
+
+    ``changed()`` reads the catalogue's version at most once per ``interval`` seconds, one
+    read at a time however many requests ask (they share it), and answers True when the
+    version differs from the one seen before. The first read only records the version. A
+    database that cannot be read counts as no change (logged): cached answers stay usable
+    while it is down, and the next check comes after ``interval`` again.
+    """
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        interval: float = DEFAULT_VERSION_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._interval = interval
+        self._clock = clock
+        self._version: int | None = None
+        self._checked_at: float | None = None
+        self._read: asyncio.Future[bool] | None = None
+
+    async def changed(self) -> bool:
+        checked = self._checked_at
+        if checked is not None and self._clock() - checked < self._interval:
+            return False
+        read = self._read
+        if read is None:
+            read = asyncio.ensure_future(self._compare())
+            self._read = read
+            read.add_done_callback(self._done)
+        # Shielded: a caller giving up must not cancel the read others wait for.
+        return await asyncio.shield(read)
+
+    def _done(self, read: asyncio.Future[bool]) -> None:
+        if self._read is read:
+            self._read = None
+        if not read.cancelled():
+            read.exception()  # retrieved: every waiter may have gone away
+
+    async def _compare(self) -> bool:
+        started = self._clock()
+        try:
+            async with self._uow_factory() as uow:
+                version = await uow.catalogue_version()
+        except Unavailable as exc:
+            log.warning("applications.catalogue_version_unreadable", error=exc.message)
+            self._checked_at = started
+            return False
+        self._checked_at = started
+        previous, self._version = self._version, version
+        return previous is not None and previous != version
+
+
 class Applications:
     """The query behind the user page and ``{svc}api/v1/applications/`` (see the module)."""
 
@@ -162,12 +226,14 @@ class Applications:
         images: ImageMetadataCache,
         *,
         grants_ttl: float = DEFAULT_GRANTS_TTL,
+        watch: CatalogueWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._uow_factory = uow_factory
         self._sessions = sessions
         self._images = images
         self._grants_ttl = grants_ttl
+        self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
         self._clock = clock
         # Every user's grants, read by one query: refreshing per user made all entries expire
         # together and queue hundreds of reads for the database at once.
@@ -203,6 +269,11 @@ class Applications:
         raise NotFound(f"no application {mapping_id!r:.40} is granted to {user}")
 
     async def _grants_of(self, user: str) -> Sequence[Grant]:
+        if await self._watch.changed():
+            # Changed by another process (or by this one, which forgot already): the cached
+            # grants and the images remembered as unavailable may be out of date.
+            self.forget_grants()
+            self._images.forget_unavailable()
         if self._grants_ttl <= 0:
             return (await self._read_catalogue()).get(user, ())
         entry = self._catalogue

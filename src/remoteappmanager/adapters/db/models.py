@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     ForeignKey,
@@ -12,6 +13,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -98,5 +100,18 @@ class AccountingRow(Base):
     application: Mapped[ApplicationRow] = relationship(lazy="raise_on_sql")
     policy: Mapped[PolicyRow] = relationship(lazy="raise_on_sql")
 
+
+class CatalogueVersionRow(Base):
+    """A single row counting committed catalogue changes, bumped in the same transaction as
+    each of them, so that every process can tell cheaply whether its caches are stale."""
+
+    __tablename__ = "catalogue_version"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
+CATALOGUE_VERSION_ID = 1
 
 metadata = Base.metadata

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Select, delete, select
+from sqlalchemy import ColumnElement, Select, delete, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,9 +16,11 @@ from sqlalchemy.orm import InstrumentedAttribute, joinedload
 from remoteappmanager.adapters.db.engine import create_engine, describe
 from remoteappmanager.adapters.db.errors import translated_errors
 from remoteappmanager.adapters.db.models import (
+    CATALOGUE_VERSION_ID,
     MAPPING_ID_LENGTH,
     AccountingRow,
     ApplicationRow,
+    CatalogueVersionRow,
     PolicyRow,
     UserRow,
 )
@@ -88,13 +90,24 @@ def _same(column: InstrumentedAttribute[Any], value: object) -> ColumnElement[bo
     return column.is_(None) if value is None else column == value
 
 
+class _Writes:
+    """Whether a unit of work wrote to the catalogue (its commit then bumps the version)."""
+
+    __slots__ = ("happened",)
+
+    def __init__(self) -> None:
+        self.happened = False
+
+
 # ------------------------------------------------------------------------ repositories
 class SqlUserRepository:
-    def __init__(self, session: AsyncSession, location: str) -> None:
+    def __init__(self, session: AsyncSession, location: str, writes: _Writes) -> None:
         self._session = session
         self._location = location
+        self._writes = writes
 
     async def add(self, name: str) -> User:
+        self._writes.happened = True
         with translated_errors(self._location):
             if await self._find(name) is not None:
                 raise Exists(f"user {name!r} already exists")
@@ -126,6 +139,7 @@ class SqlUserRepository:
             return [_user(row) for row in rows]
 
     async def remove(self, user_id: int) -> None:
+        self._writes.happened = True
         with translated_errors(self._location):
             result = await self._session.execute(
                 delete(UserRow).where(UserRow.id == user_id).returning(UserRow.id)
@@ -142,11 +156,13 @@ class SqlUserRepository:
 
 
 class SqlApplicationRepository:
-    def __init__(self, session: AsyncSession, location: str) -> None:
+    def __init__(self, session: AsyncSession, location: str, writes: _Writes) -> None:
         self._session = session
         self._location = location
+        self._writes = writes
 
     async def add(self, image: str) -> Application:
+        self._writes.happened = True
         with translated_errors(self._location):
             if await self._find(image) is not None:
                 raise Exists(f"application {image!r} already exists")
@@ -178,6 +194,7 @@ class SqlApplicationRepository:
             return [_application(row) for row in rows]
 
     async def remove(self, application_id: int) -> None:
+        self._writes.happened = True
         with translated_errors(self._location):
             result = await self._session.execute(
                 delete(ApplicationRow)
@@ -196,11 +213,13 @@ class SqlApplicationRepository:
 
 
 class SqlGrantRepository:
-    def __init__(self, session: AsyncSession, location: str) -> None:
+    def __init__(self, session: AsyncSession, location: str, writes: _Writes) -> None:
         self._session = session
         self._location = location
+        self._writes = writes
 
     async def grant(self, user: User, application: Application, policy: Policy) -> Grant:
+        self._writes.happened = True
         with translated_errors(self._location):
             if await self._session.get(UserRow, user.id) is None:
                 raise NotFound(f"no user with id {user.id}")
@@ -250,6 +269,7 @@ class SqlGrantRepository:
         )
 
     async def revoke(self, mapping_id: str) -> None:
+        self._writes.happened = True
         with translated_errors(self._location):
             result = await self._session.execute(
                 delete(AccountingRow)
@@ -261,6 +281,7 @@ class SqlGrantRepository:
             raise NotFound(f"no grant with mapping id {mapping_id!r}")
 
     async def revoke_all(self, user_id: int, application_id: int) -> int:
+        self._writes.happened = True
         with translated_errors(self._location):
             result = await self._session.execute(
                 delete(AccountingRow)
@@ -319,11 +340,15 @@ class SqlGrantRepository:
 
 # ------------------------------------------------------------------------ unit of work
 class SqlUnitOfWork:
-    """One ``AsyncSession`` and one transaction; rolled back on exit unless committed."""
+    """One ``AsyncSession`` and one transaction; rolled back on exit unless committed.
+
+    A commit after a write bumps the catalogue version in the same transaction.
+    """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], location: str) -> None:
         self._sessions = sessions
         self._location = location
+        self._writes = _Writes()
         self._session: AsyncSession | None = None
         self._users: SqlUserRepository | None = None
         self._applications: SqlApplicationRepository | None = None
@@ -350,9 +375,10 @@ class SqlUnitOfWork:
     async def __aenter__(self) -> Self:
         session = self._sessions()
         self._session = session
-        self._users = SqlUserRepository(session, self._location)
-        self._applications = SqlApplicationRepository(session, self._location)
-        self._grants = SqlGrantRepository(session, self._location)
+        self._writes = _Writes()
+        self._users = SqlUserRepository(session, self._location, self._writes)
+        self._applications = SqlApplicationRepository(session, self._location, self._writes)
+        self._grants = SqlGrantRepository(session, self._location, self._writes)
         return self
 
     async def __aexit__(
@@ -377,12 +403,39 @@ class SqlUnitOfWork:
             await session.close()
 
     async def commit(self) -> None:
+        session = self._require_session()
         with translated_errors(self._location):
-            await self._require_session().commit()
+            if self._writes.happened:
+                await self._bump_version(session)
+            await session.commit()
+        self._writes.happened = False
 
     async def rollback(self) -> None:
         with translated_errors(self._location):
             await self._require_session().rollback()
+        self._writes.happened = False
+
+    async def catalogue_version(self) -> int:
+        with translated_errors(self._location):
+            version = await self._require_session().scalar(
+                select(CatalogueVersionRow.version).where(
+                    CatalogueVersionRow.id == CATALOGUE_VERSION_ID
+                )
+            )
+        return int(version or 0)
+
+    @staticmethod
+    async def _bump_version(session: AsyncSession) -> None:
+        bumped = await session.execute(
+            update(CatalogueVersionRow)
+            .where(CatalogueVersionRow.id == CATALOGUE_VERSION_ID)
+            .values(version=CatalogueVersionRow.version + 1)
+            .returning(CatalogueVersionRow.version)
+        )
+        if bumped.scalar_one_or_none() is None:
+            # The row was deleted by hand: put it back rather than lose every later change.
+            session.add(CatalogueVersionRow(id=CATALOGUE_VERSION_ID, version=1))
+            await session.flush()
 
     def _require_session(self) -> AsyncSession:
         if self._session is None:
