@@ -353,6 +353,8 @@ async def test_a_script_cannot_read_the_api_without_the_pages_token(shared: Stac
         applications, headers={**SCRIPT_FETCH, "Authorization": f"token {hub_token}"}
     )
     assert with_token.status == 200
+    # The API's description holds nothing of the user's: a browser may open it.
+    assert (await client.get(API + "openapi.json", headers=NAVIGATION)).status == 200
 
 
 async def test_the_service_cookies_are_invisible_to_scripts(shared: Stack) -> None:
