@@ -574,3 +574,21 @@ async def test_an_admin_confirms_and_lands_on_the_applications_host(hosts: Stack
     assert entered.status == 200
     assert str(client.last_url) == hosts.app_url(session)
     assert await entered.text() == f"app page {session.urlpath}/"
+
+
+async def test_a_viewers_cookie_does_not_outlive_the_sharing_for_an_admin(shared: Stack) -> None:
+    viewed = await shared.start("bob", Policy(allow_view=True))
+    entered = await shared.start("alice")
+    client = shared.client
+    await sign_in(client, shared.world, "root")
+    assert (await client.get(viewed.urlpath + "/")).status == 200  # shared: not asked
+    confirmation = await client.get(entered.urlpath + "/")
+    assert (await confirm_entry(client, confirmation)).status == 200
+    async with shared.world.database.unit_of_work() as uow:
+        await uow.grants.revoke(viewed.mapping_id)
+        await uow.commit()
+    shared.world.clock.advance(11)  # past the kept target and the kept decision
+    # The admin flag alone now lets the admin in: that takes a confirmed entry.
+    refused = await client.get(viewed.urlpath + "/again", allow_redirects=False)
+    assert refused.status == 403
+    assert (await client.get(entered.urlpath + "/again")).status == 200
