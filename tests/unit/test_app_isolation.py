@@ -37,6 +37,7 @@ from remoteappmanager.domain.routing import (
     app_origin,
     app_origin_pattern,
     check_app_origin_template,
+    is_any_app_host,
     is_app_host,
 )
 from remoteappmanager.domain.sessions import AccessMode, Session
@@ -592,3 +593,25 @@ async def test_a_viewers_cookie_does_not_outlive_the_sharing_for_an_admin(shared
     refused = await client.get(viewed.urlpath + "/again", allow_redirects=False)
     assert refused.status == 403
     assert (await client.get(entered.urlpath + "/again")).status == 200
+
+
+def test_any_app_host() -> None:
+    https = "https://{url_id}.apps.example.org"
+    assert is_any_app_host(https, "abc123.apps.example.org")
+    assert is_any_app_host(https, "ABC123.apps.example.org:443")
+    assert not is_any_app_host(https, "apps.example.org")
+    assert not is_any_app_host(https, "a.b.apps.example.org")
+    assert not is_any_app_host(https, "example.org")
+    assert not is_any_app_host(https, "abc.apps.example.org.evil.net")
+    assert not is_any_app_host(https, "abc.apps.example.org:8443")
+
+
+async def test_the_service_does_not_answer_on_an_applications_host(hosts: Stack) -> None:
+    session = await hosts.start("alice")
+    client = hosts.client
+    await sign_in(client, hosts.world, "alice")
+    app_host = urlsplit(hosts.app_url(session)).netloc
+    for path in (PREFIX, PREFIX + "admin/", API + "v1/user", PREFIX + "health"):
+        response = await client.get(f"http://{app_host}{path}", allow_redirects=False)
+        assert response.status == 404, path
+    assert (await client.get(PREFIX + "health")).status in (200, 503)
