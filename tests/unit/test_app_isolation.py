@@ -37,6 +37,7 @@ from remoteappmanager.domain.routing import (
     app_origin,
     app_origin_pattern,
     check_app_origin_template,
+    is_any_app_host,
     is_app_host,
 )
 from remoteappmanager.domain.sessions import AccessMode, Session
@@ -353,6 +354,8 @@ async def test_a_script_cannot_read_the_api_without_the_pages_token(shared: Stac
         applications, headers={**SCRIPT_FETCH, "Authorization": f"token {hub_token}"}
     )
     assert with_token.status == 200
+    # The API's description holds nothing of the user's: a browser may open it.
+    assert (await client.get(API + "openapi.json", headers=NAVIGATION)).status == 200
 
 
 async def test_the_service_cookies_are_invisible_to_scripts(shared: Stack) -> None:
@@ -572,3 +575,43 @@ async def test_an_admin_confirms_and_lands_on_the_applications_host(hosts: Stack
     assert entered.status == 200
     assert str(client.last_url) == hosts.app_url(session)
     assert await entered.text() == f"app page {session.urlpath}/"
+
+
+async def test_a_viewers_cookie_does_not_outlive_the_sharing_for_an_admin(shared: Stack) -> None:
+    viewed = await shared.start("bob", Policy(allow_view=True))
+    entered = await shared.start("alice")
+    client = shared.client
+    await sign_in(client, shared.world, "root")
+    assert (await client.get(viewed.urlpath + "/")).status == 200  # shared: not asked
+    confirmation = await client.get(entered.urlpath + "/")
+    assert (await confirm_entry(client, confirmation)).status == 200
+    async with shared.world.database.unit_of_work() as uow:
+        await uow.grants.revoke(viewed.mapping_id)
+        await uow.commit()
+    shared.world.clock.advance(11)  # past the kept target and the kept decision
+    # The admin flag alone now lets the admin in: that takes a confirmed entry.
+    refused = await client.get(viewed.urlpath + "/again", allow_redirects=False)
+    assert refused.status == 403
+    assert (await client.get(entered.urlpath + "/again")).status == 200
+
+
+def test_any_app_host() -> None:
+    https = "https://{url_id}.apps.example.org"
+    assert is_any_app_host(https, "abc123.apps.example.org")
+    assert is_any_app_host(https, "ABC123.apps.example.org:443")
+    assert not is_any_app_host(https, "apps.example.org")
+    assert not is_any_app_host(https, "a.b.apps.example.org")
+    assert not is_any_app_host(https, "example.org")
+    assert not is_any_app_host(https, "abc.apps.example.org.evil.net")
+    assert not is_any_app_host(https, "abc.apps.example.org:8443")
+
+
+async def test_the_service_does_not_answer_on_an_applications_host(hosts: Stack) -> None:
+    session = await hosts.start("alice")
+    client = hosts.client
+    await sign_in(client, hosts.world, "alice")
+    app_host = urlsplit(hosts.app_url(session)).netloc
+    for path in (PREFIX, PREFIX + "admin/", API + "v1/user", PREFIX + "health"):
+        response = await client.get(f"http://{app_host}{path}", allow_redirects=False)
+        assert response.status == 404, path
+    assert (await client.get(PREFIX + "health")).status in (200, 503)

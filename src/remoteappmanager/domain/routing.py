@@ -89,6 +89,16 @@ def is_app_host(template: str, url_id: str, host_header: str) -> bool:
     return host.removesuffix(default) == expected.removesuffix(default)
 
 
+def is_any_app_host(template: str, host_header: str) -> bool:
+    """Whether a request's ``Host`` is one of the application hosts (any url id)."""
+    scheme, _, rest = template.partition("://")
+    default = ":443" if scheme == "https" else ":80"
+    suffix = rest.removeprefix(URL_ID_PLACEHOLDER).removesuffix(default)
+    host = host_header.strip().lower().removesuffix(default)
+    label = host.removesuffix(suffix)
+    return host.endswith(suffix) and bool(_URL_ID_RE.match(label))
+
+
 def app_origin_pattern(template: str) -> str:
     """The application origins as a CSP source expression (``https://*.apps.example.org``)."""
     return template.replace(URL_ID_PLACEHOLDER, "*")

@@ -55,6 +55,7 @@ from remoteappmanager.web.metrics import (
     metrics_handler,
     metrics_middleware,
 )
+from remoteappmanager.web.origins import app_hosts_middleware
 from remoteappmanager.web.urls import ServiceUrls
 
 log = structlog.get_logger(__name__)
@@ -81,6 +82,7 @@ def create_app(deps: WebDeps) -> web.Application:
             request_context_middleware,
             metrics_middleware,
             error_middleware,
+            app_hosts_middleware,
             csrf_middleware,
         ]
     )

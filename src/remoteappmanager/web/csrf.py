@@ -58,7 +58,9 @@ async def _submitted_token(request: web.Request) -> str | None:
 
 
 def _browser_reads_api(request: web.Request) -> bool:
-    return "Sec-Fetch-Site" in request.headers and request.app[URLS].is_api(request.path)
+    # The versioned API only: its description (``api/openapi.json``) stays open to a browser.
+    api = request.app[URLS].api + "v1/"
+    return "Sec-Fetch-Site" in request.headers and request.path.startswith(api)
 
 
 @web.middleware

@@ -71,6 +71,9 @@ from remoteappmanager.web.pages import (
 log = structlog.get_logger(__name__)
 
 _GATE_PURPOSE = "gate"
+# Appended to a gate cookie's payload when an admin confirmed entering someone else's
+# application: only such a cookie keeps opening it on the admin flag alone.
+_CONFIRMED = "entered"
 MAX_VERIFIED_COOKIES = 10_000
 # Per-application hosts: the path under an application's own host where a ticket from
 # ``{svc}gate/<url_id>`` becomes that host's cookie; a ticket works once, this long.
@@ -118,6 +121,7 @@ class _Caller:
     session_id: str | None = None
     hub_token: str | None = None
     user: str | None = None
+    confirmed: bool = False
     stale_cookie: bool = False
     forwarded_cookie: str | None = None
 
@@ -130,6 +134,7 @@ class _Ticket:
     url_id: str
     next_url: str
     expires: float
+    confirmed: bool
 
 
 @dataclass(slots=True)
@@ -204,7 +209,14 @@ class Gate:
         """The entry page, absolute when applications have hosts of their own."""
         return f"{self.public_origin}{self.prefix}gate/{url_id}"
 
-    def issue_ticket(self, session_id: str, target: GateTarget, next_url: str) -> str:
+    def cookie_value(self, session_id: str, url_id: str, *, confirmed: bool) -> str:
+        """A signed gate cookie for this login session and application."""
+        payload = f"{session_id} {url_id}" + (f" {_CONFIRMED}" if confirmed else "")
+        return self.signer.sign(_GATE_PURPOSE, payload)
+
+    def issue_ticket(
+        self, session_id: str, target: GateTarget, next_url: str, *, confirmed: bool
+    ) -> str:
         """The URL on the application's own host that lets this login session in, once."""
         assert self.app_origins is not None
         now = self.clock()
@@ -214,7 +226,9 @@ class Gate:
             if len(self.tickets) >= MAX_TICKETS:
                 self.tickets.clear()
         ticket = secrets.token_urlsafe(32)
-        self.tickets[ticket] = _Ticket(session_id, target.url_id, next_url, now + TICKET_TTL)
+        self.tickets[ticket] = _Ticket(
+            session_id, target.url_id, next_url, now + TICKET_TTL, confirmed
+        )
         origin = app_origin(self.app_origins, target.url_id)
         return f"{origin}{target.urlpath}{ENTER_PATH}?ticket={ticket}"
 
@@ -315,7 +329,7 @@ class Gate:
         if session is None:
             return self._page(401, "sign in to the service first, then open the application again")
         self.access.remember(session.id, target.url_id, True)
-        value = self.signer.sign(_GATE_PURPOSE, f"{session.id} {target.url_id}")
+        value = self.cookie_value(session.id, target.url_id, confirmed=ticket.confirmed)
         assert self.app_origins is not None
         secure = "; Secure" if self.app_origins.startswith("https:") else ""
         cookie = (
@@ -335,7 +349,8 @@ class Gate:
         gate_values, caller.forwarded_cookie = sort_cookies(headers)
         for value in gate_values:
             payload = self.cookie_payload(value)
-            session_id, _, cookie_url_id = (payload or "").partition(" ")
+            session_id, _, rest = (payload or "").partition(" ")
+            cookie_url_id, _, how = rest.partition(" ")
             session = self.store.get(session_id) if cookie_url_id == url_id else None
             if session is None:
                 caller.stale_cookie = True
@@ -345,6 +360,7 @@ class Gate:
                 session.hub_token,
                 session.user,
             )
+            caller.confirmed = how == _CONFIRMED
             break
         return caller
 
@@ -363,7 +379,11 @@ class Gate:
             user = None
         if user is None or user.name != caller.user:
             return self._refuse_anonymous(request, target, stale_cookie=True)
-        allowed = self.access.may_enter(user, target)
+        # The admin flag alone opens someone else's application only to a confirmed entry
+        # (the application may have been shared when this cookie was made, and no longer is).
+        allowed = self.access.may_enter(user, target) and (
+            caller.confirmed or not self.access.enters_as_admin(user, target)
+        )
         self.access.remember(session_id, target.url_id, allowed)
         if not allowed:
             log.info("gate.refused", user=user.name, url_id=target.url_id)
@@ -658,7 +678,7 @@ async def gate_entry(request: web.Request) -> web.StreamResponse:
         raise Forbidden("this application is not shared with you")
     if gate.access.enters_as_admin(auth.user, target):
         return await _confirmation_page(request, target, next_url)
-    return _let_in(request, auth.session_id, auth.user.name, target, next_url)
+    return _let_in(request, auth.session_id, auth.user.name, target, next_url, confirmed=False)
 
 
 async def gate_entry_confirmed(request: web.Request) -> web.StreamResponse:
@@ -674,9 +694,10 @@ async def gate_entry_confirmed(request: web.Request) -> web.StreamResponse:
     if not gate.access.may_enter(auth.user, target):
         log.info("gate.refused", user=auth.user.name, url_id=target.url_id)
         raise Forbidden("this application is not shared with you")
-    if gate.access.enters_as_admin(auth.user, target):
+    confirmed = gate.access.enters_as_admin(auth.user, target)
+    if confirmed:
         await gate.access.record_entry(auth.user, target)
-    return _let_in(request, auth.session_id, auth.user.name, target, next_url)
+    return _let_in(request, auth.session_id, auth.user.name, target, next_url, confirmed=confirmed)
 
 
 async def _confirmation_page(
@@ -697,7 +718,13 @@ async def _confirmation_page(
 
 
 def _let_in(
-    request: web.Request, session_id: str, user: str, target: GateTarget, next_url: str
+    request: web.Request,
+    session_id: str,
+    user: str,
+    target: GateTarget,
+    next_url: str,
+    *,
+    confirmed: bool,
 ) -> web.StreamResponse:
     """Send the browser to the application with what opens it: this path's cookie, or (with
     hosts of their own) a one-time ticket that the application's host turns into its cookie."""
@@ -705,7 +732,8 @@ def _let_in(
     gate.access.remember(session_id, target.url_id, True)
     log.info("gate.entered", user=user, url_id=target.url_id, owner=target.owner)
     if gate.app_origins is not None:
-        response = web.HTTPFound(gate.issue_ticket(session_id, target, next_url))
+        ticket_url = gate.issue_ticket(session_id, target, next_url, confirmed=confirmed)
+        response = web.HTTPFound(ticket_url)
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
         raise response
@@ -713,7 +741,7 @@ def _let_in(
     response.headers["Cache-Control"] = "no-store"
     response.set_cookie(
         GATE_COOKIE,
-        gate.signer.sign(_GATE_PURPOSE, f"{session_id} {target.url_id}"),
+        gate.cookie_value(session_id, target.url_id, confirmed=confirmed),
         path=target.urlpath + "/",
         max_age=int(gate.store.max_age),
         httponly=True,
