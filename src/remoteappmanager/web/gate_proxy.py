@@ -646,7 +646,8 @@ class _Downstream(asyncio.Protocol):
             if parsing in self._queue:
                 # Not begun yet: it is answered (refused) in its turn, and never forwarded.
                 self._queue.remove(parsing)
-                self._resume(_QUEUED)
+                if not self._queue:
+                    self._resume(_QUEUED)
             else:
                 # The error is inside a request that is under way: it cannot be answered.
                 self.abort()
