@@ -207,7 +207,8 @@ class Gate:
                 # Not a browser's (browsers always send Origin on a WebSocket, and cannot set
                 # Authorization): the token alone decides.
                 return _Caller(forwarded_cookie=sort_cookies(request.cookies)[1])
-            log.info("gate.foreign_origin", url_id=target.url_id, origin=request.origin)
+            origin = None if request.origin is None else request.origin[:200]
+            log.info("gate.foreign_origin", url_id=target.url_id, origin=origin)
             return self._page(403, "a WebSocket opened from another site is not let through")
         caller = self._read_cookies(request.cookies, target.url_id)
         session_id = caller.session_id
