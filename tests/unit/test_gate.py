@@ -1614,3 +1614,19 @@ async def test_a_token_websocket_closes_when_the_hub_revokes_the_token(stack: St
     stack.world.hub.revoke_user("alice")
     assert await gate.recheck() == 1
     assert await closed_within(ws, 2)
+
+
+async def test_signing_out_cuts_an_answer_under_way(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/huge", value))
+    status, _headers = await conn.head()
+    assert status == 200  # and the reader takes its time: the answer stays under way
+    await stack.client.get(PREFIX + "logout", allow_redirects=False)
+    received = 0
+    while True:
+        data = await asyncio.wait_for(conn.reader.read(1024 * 1024), 5)
+        if not data:
+            break
+        received += len(data)
+    assert received < HUGE
