@@ -283,7 +283,8 @@ async def _ws_client(url: str, cookie: str, mode: str, seconds: float) -> dict[s
             url,
             protocols=("binary",),
             headers={"Cookie": f"remoteapp-gate={cookie}"},
-            origin=f"{url.split('/', 3)[0]}//{url.split('/', 3)[2]}",
+            # As a page served through the proxy would: its own http origin.
+            origin="http://" + url.split("/", 3)[2],
             max_msg_size=0,
             compress=0,
             timeout=timeout,

@@ -1625,3 +1625,41 @@ async def test_one_user_cannot_hold_more_than_the_cap(stack: Stack) -> None:
     assert server.in_use("alice") == 0
     text = await (await stack.client.get(PREFIX + "metrics")).text()
     assert "remoteapp_gate_crowded_total 1.0" in text
+
+
+async def test_an_expired_login_session_closes_its_websockets(stack: Stack) -> None:
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    session, _value = await entered(stack)
+    ws = await open_ws(stack, session)
+    stack.world.clock.advance(gate.store.idle_timeout + 1)
+    assert await gate.recheck() == 1
+    assert await closed_within(ws, 2)
+
+
+async def test_a_token_websocket_closes_when_the_hub_revokes_the_token(stack: Stack) -> None:
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    session = await stack.start("alice")
+    token = stack.world.hub.issue_token("alice")
+    ws = await open_ws(stack, session, origin=None, headers={"Authorization": f"token {token}"})
+    assert await gate.recheck() == 0
+    stack.world.hub.revoke_user("alice")
+    assert await gate.recheck() == 1
+    assert await closed_within(ws, 2)
+
+
+async def test_signing_out_cuts_an_answer_under_way(stack: Stack) -> None:
+    session, value = await entered(stack)
+    conn = await RawConnection.open(stack.gate_port)
+    await conn.send(request(session.urlpath + "/huge", value))
+    status, _headers = await conn.head()
+    assert status == 200  # and the reader takes its time: the answer stays under way
+    await sign_out(stack.client)
+    received = 0
+    while True:
+        data = await asyncio.wait_for(conn.reader.read(1024 * 1024), 5)
+        if not data:
+            break
+        received += len(data)
+    assert received < HUGE

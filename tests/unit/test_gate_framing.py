@@ -469,3 +469,66 @@ def test_answers_are_framed_as_h11_frames_them_or_refused(
             raise AssertionError(f"passed on what h11 refuses: {response!r} -> {written!r}")
 
     asyncio.run(scenario())
+
+
+_PIPELINE = (
+    b"POST "
+    + APP.encode()
+    + b"/a HTTP/1.1\r\nHost: gate.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3;x=y\r\nabc\r\n1\r\nd\r\n0\r\nTrailer: t\r\n\r\n"
+    b"PUT " + APP.encode() + b"/b HTTP/1.1\r\nHost: gate.test\r\nContent-Length: 4\r\n\r\nwxyz"
+    b"GET " + APP.encode() + b"/c HTTP/1.1\r\nHost: gate.test\r\nConnection: close\r\n\r\n"
+)
+_ANSWERS = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1; Path=/\r\n\r\n"
+    b"5;ext\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot here!",
+    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+)
+
+
+def test_a_pipeline_fed_one_byte_at_a_time_is_framed_as_h11_frames_it() -> None:
+    """Every split point at once: the gate's parsing state survives any boundary."""
+    expected, faulty = h11_requests(_PIPELINE)
+    assert not faulty
+    assert len(expected) == 3
+
+    async def scenario() -> None:
+        received = Received()
+        app = await h11_application(received)
+        try:
+            port = app.sockets[0].getsockname()[1]
+            pieces = [_PIPELINE[i : i + 1] for i in range(len(_PIPELINE))]
+            written, closed = await through_the_gate(pieces, port, answers=3)
+        finally:
+            app.close()
+        assert received.requests == expected
+        assert [status for status, _body in gate_answers(written, closed)] == [200, 200, 200]
+        assert closed  # the last request asked for it
+
+    asyncio.run(scenario())
+
+
+def test_answers_sent_one_byte_at_a_time_arrive_as_h11_reads_them() -> None:
+    request = b"GET " + APP.encode() + b"/x HTTP/1.1\r\nHost: gate.test\r\n\r\n"
+
+    async def scenario(answer: bytes) -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                await reader.readuntil(b"\r\n\r\n")
+                for i in range(len(answer)):
+                    writer.write(answer[i : i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+            writer.close()
+
+        app = await asyncio.start_server(serve, "127.0.0.1", 0)
+        try:
+            port = app.sockets[0].getsockname()[1]
+            written, closed = await through_the_gate([request], port, answers=1)
+        finally:
+            app.close()
+        assert gate_answers(written, closed)[:1] == h11_responses(answer, [b"GET"])[:1]
+
+    for answer in _ANSWERS:
+        asyncio.run(scenario(answer))

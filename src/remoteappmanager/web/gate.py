@@ -80,8 +80,9 @@ MAX_VERIFIED_COOKIES = 10_000
 ENTER_PATH = "/.remoteapp-gate-enter"
 TICKET_TTL = 60.0
 MAX_TICKETS = 10_000
-# How often open WebSockets are checked against the decision that let them in: an ended
-# grant, share or admin right closes them within this (plus the identity cache's time).
+# How often open WebSockets (and answers under way) are checked against the decision that
+# let them in: an ended grant, share or admin right cuts them within this (plus the identity
+# cache's time).
 RECHECK_INTERVAL = 3.0
 _PAGE_METHODS = frozenset({"GET", "HEAD"})
 _EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
@@ -155,10 +156,12 @@ class Gate:
     of its own). A WebSocket without ``Origin`` is not a browser's: it must authenticate
     with a hub token in ``Authorization``, and cookies do not count for it.
 
-    Open WebSockets are registered by what let them in (login session or token) and closed
-    when it ends: at once when the login session ends (``session_ended``), and otherwise at
-    the next ``recheck`` (every ``recheck_interval`` seconds), which takes the gate's
-    decision again with fresh answers.
+    Open WebSockets and answers under way (streams, long polls) are found by what let them
+    in (login session or token) and cut when it ends: at once when the login session ends
+    (``session_ended``), and otherwise at the next ``recheck`` (every ``recheck_interval``
+    seconds), which takes the gate's decision again with fresh answers. Idle keep-alive
+    connections from the proxy are left alone: they carry any user's next request, which is
+    decided on its own.
 
     With ``app_origins`` (``Settings.app_origin_template``) each application is served only
     on its own host: on any other host (the service's) its paths redirect to the entry page,
@@ -299,7 +302,8 @@ class Gate:
                 # Not a browser's (browsers always send Origin on a WebSocket, and cannot set
                 # Authorization): the token alone decides.
                 return _Caller(forwarded_cookie=sort_cookies(request.cookies)[1])
-            log.info("gate.foreign_origin", url_id=target.url_id, origin=request.origin)
+            origin = None if request.origin is None else request.origin[:200]
+            log.info("gate.foreign_origin", url_id=target.url_id, origin=origin)
             return self._page(403, "a WebSocket opened from another site is not let through")
         caller = self._read_cookies(request.cookies, target.url_id)
         session_id = caller.session_id
@@ -443,22 +447,22 @@ class Gate:
         )
 
     def session_ended(self, session_id: str) -> None:
-        """A login session ended: its decisions go, and its open WebSockets close now."""
+        """A login session ended: its decisions go, and its open connections are cut now."""
         self.access.forget_principal(session_id)
         principal = (_SESSION, session_id)
-        closed = self.server.close_upgrades(lambda who, _url_id: who == principal)
+        closed = self.server.close_held(lambda who, _url_id: who == principal)
         if closed:
             log.info("gate.closed_on_sign_out", connections=closed)
 
     async def recheck(self) -> int:
-        """Take the gate's decision again for every open WebSocket; close the refused ones.
+        """Decide again for every open WebSocket and answer under way; cut the refused ones.
 
         Targets are looked up afresh (a revoked grant, a stopped application); the hub is
         asked through the identity provider (its cache applies). When the hub, engine or
         database cannot answer, connections stay open: they were let in, and the next
         recheck decides. Returns how many connections were closed.
         """
-        pairs = set(self.server.upgrades.values())
+        pairs = self.server.holders()
         for url_id in {url_id for _who, url_id in pairs}:
             self.access.forget(url_id)
         doomed: set[tuple[Hashable | None, str]] = set()
@@ -467,7 +471,7 @@ class Gate:
                 doomed.add((principal, url_id))
         if not doomed:
             return 0
-        closed = self.server.close_upgrades(lambda who, url_id: (who, url_id) in doomed)
+        closed = self.server.close_held(lambda who, url_id: (who, url_id) in doomed)
         log.info("gate.closed_on_recheck", connections=closed)
         return closed
 

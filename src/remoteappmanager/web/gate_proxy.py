@@ -73,7 +73,7 @@ class Forward:
     The application's ``Set-Cookie`` answers are confined to ``cookie_path``. ``user`` is
     counted against the per-user cap while the request is in progress (for a WebSocket,
     while it is open); ``principal`` is what let the request in, by which open WebSockets
-    are found again (``GateServer.upgrades``, ``close_upgrades``).
+    and answers under way are found again (``GateServer.holders``, ``close_held``).
     """
 
     url_id: str
@@ -416,6 +416,14 @@ class _Downstream(asyncio.Protocol):
             if not self._paused and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
+    @property
+    def forwarding(self) -> _Exchange | None:
+        """The request let through to an application whose answer is under way, if any."""
+        active = self._active
+        if active is None or active.upstream is None or active.response_done:
+            return None
+        return active
+
     def close(self) -> None:
         """Close once what is written has been sent."""
         if not self.closed:
@@ -650,7 +658,8 @@ class _Downstream(asyncio.Protocol):
             if parsing in self._queue:
                 # Not begun yet: it is answered (refused) in its turn, and never forwarded.
                 self._queue.remove(parsing)
-                self._resume(_QUEUED)
+                if not self._queue:
+                    self._resume(_QUEUED)
             else:
                 # The error is inside a request that is under way: it cannot be answered.
                 self.abort()
@@ -1382,9 +1391,27 @@ class GateServer:
         """Requests in progress and open WebSockets of ``user``."""
         return self._per_user.get(user, 0)
 
-    def close_upgrades(self, doomed: Callable[[Hashable | None, str], bool]) -> int:
-        """Close every open WebSocket for which ``doomed(principal, url_id)``; how many."""
+    def holders(self) -> set[tuple[Hashable | None, str]]:
+        """(principal, url id) of every open WebSocket and every answer under way."""
+        held = set(self.upgrades.values())
+        for down in self.connections:
+            exchange = down.forwarding
+            if exchange is not None:
+                held.add((exchange.principal, exchange.url_id))
+        return held
+
+    def close_held(self, doomed: Callable[[Hashable | None, str], bool]) -> int:
+        """Cut every open WebSocket and answer under way for which ``doomed(principal,
+        url_id)``; how many connections were cut.
+
+        Connections from the proxy carry one request at a time, so cutting one under way
+        ends that request only (the proxy opens another connection for the next).
+        """
         closing = [down for down, (who, url_id) in self.upgrades.items() if doomed(who, url_id)]
+        for down in self.connections:
+            exchange = down.forwarding
+            if exchange is not None and doomed(exchange.principal, exchange.url_id):
+                closing.append(down)
         for down in closing:
             down.abort()
         return len(closing)
