@@ -536,7 +536,10 @@ async def test_an_open_websocket_closes_within_seconds_of_signing_out(
         value = await entered(stack, browser, "alice", session)
         raw = await open_websocket(stack, session, value)
         assert not await raw.ended_within(1)
-        response = await browser.get(PREFIX + "logout", allow_redirects=False)
+        xsrf = next(morsel.value for morsel in browser.cookie_jar if morsel.key == "_xsrf")
+        response = await browser.post(
+            PREFIX + "logout", headers={"X-XSRFToken": xsrf}, allow_redirects=False
+        )
         assert response.status == 302
         started = time.monotonic()
         assert await raw.ended_within(10)

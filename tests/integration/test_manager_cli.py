@@ -192,7 +192,7 @@ def _serve_with_a_taken_port(tmp_path: Path, which: str) -> subprocess.Completed
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         held = taken.getsockname()[1]
-        # The gate listens on the service's port + 1; hold whichever the test is about.
+        # The gate listens on the service's port + 1 by default, and binds first.
         service_port = held if which == "service" else held - 1
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_PREFIXES)},
@@ -204,6 +204,8 @@ def _serve_with_a_taken_port(tmp_path: Path, which: str) -> subprocess.Completed
             "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{service_port}",
             "REMOTEAPP_REALM": f"ports-{tmp_path.name[-8:]}",
         }
+        if which == "service":  # the port after the held one may be anybody's
+            env["REMOTEAPP_GATE_URL"] = f"http://127.0.0.1:{free_port()}"
         return subprocess.run(
             [str(Path(sys.executable).parent / "remoteappmanager")],
             env=env,
