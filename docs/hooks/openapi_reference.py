@@ -187,7 +187,7 @@ def _operation(path: str, method: str, operation: Mapping[str, Any]) -> list[str
         for parameter in parameters:
             lines.append(
                 f"| `{parameter['name']}` | {parameter.get('in', '')} "
-                f"| {_type(parameter.get('schema', {}))} "
+                f"| {_type(_parameter_schema(parameter))} "
                 f"| {'yes' if parameter.get('required') else 'no'} |"
             )
         lines.append("")
@@ -298,8 +298,12 @@ def _type(schema: Mapping[str, Any]) -> str:
     constraints = []
     if "format" in schema:
         constraints.append(schema["format"])
-    if "pattern" in schema:
-        constraints.append(f"matching `{schema['pattern']}`")
+    if "pattern" in schema and "format" not in schema:
+        pattern = str(schema["pattern"])
+        # Long patterns (every printable character, look-ahead bounds) are for machines: they
+        # stay in openapi.json.
+        shown = "`" not in pattern and "|" not in pattern and len(pattern) <= 80
+        constraints.append(f"matching `{pattern}`" if shown else "matching a pattern")
     if "minLength" in schema:
         constraints.append(_characters("at least", schema["minLength"]))
     if "maxLength" in schema:
@@ -308,6 +312,15 @@ def _type(schema: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ helpers
+def _parameter_schema(parameter: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A parameter's schema, or that of its JSON content (a JSON document in the query)."""
+    if "schema" in parameter:
+        return dict(parameter["schema"])
+    for content in parameter.get("content", {}).values():
+        return dict(content.get("schema", {}))
+    return {}
+
+
 def _characters(bound: str, count: int) -> str:
     return f"{bound} {count} character" + ("" if count == 1 else "s")
 

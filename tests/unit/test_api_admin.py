@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
@@ -497,7 +498,7 @@ async def test_the_original_clients_grant_without_a_volume(root: Api, ids: dict[
         {"user_id": None},
         {"user_id": "0"},
         {"user_id": True},
-        {"user_id": 1.0},
+        {"user_id": 1.5},
         {"user_id": " 1"},
         {"allow_home": "perhaps"},
         {"app_license": "x" * 5000},
@@ -561,6 +562,15 @@ async def test_a_volume_under_the_root_is_granted(root: Api, ids: dict[str, str]
 
     item = (await root.grants(ids["alice"]))["items"][mapping_id]
     assert (item["volume_source"], item["volume_target"]) == ("/data/project", "/data")
+
+
+async def test_an_integral_number_is_an_id_as_json_schema_has_it(
+    root: Api, ids: dict[str, str]
+) -> None:
+    payload = {**_grant(ids["alice"]), "user_id": float(ids["alice"])}
+    status, body, _ = await root.call("POST", ACCOUNTING, json=payload)
+    assert status == 201, body
+    assert (await root.grants(ids["alice"]))["total"] == 1
 
 
 @pytest.mark.parametrize(
@@ -959,3 +969,44 @@ async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
         "policy",
         "container",
     }
+
+
+async def test_the_document_states_what_the_server_checks(client: TestClient[Any, Any]) -> None:
+    async with client.get(OPENAPI) as response:
+        document = await response.json()
+    schemas = document["components"]["schemas"]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for parameter in operation.get("parameters", []):
+                where = f"{method} {path} {parameter['name']}"
+                if parameter["in"] == "path":
+                    assert parameter["schema"]["pattern"].startswith("^"), where
+                    assert parameter["schema"]["maxLength"] <= 64, where
+                else:
+                    assert parameter["content"]["application/json"]["schema"], where
+            # Every answer the server may give is documented with its body.
+            assert "500" in operation["responses"], f"{method} {path}"
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400:
+                    assert answer["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ApiError"
+                    }
+    grant = schemas["AdminGrantCreate"]
+    assert grant["required"] == ["user_id"]
+    assert len(grant["allOf"]) == 3  # one application, both volume paths or none, one form
+    image = schemas["AdminApplicationCreate"]["properties"]["image_name"]
+    assert image["format"] == "docker-image-reference"
+    assert re.search(image["pattern"], "remoteapp-demo/webapp:latest")
+    assert not re.search(image["pattern"], "a" * 238)  # the engine's docker.io/library/ limit
+    name = schemas["AdminUserCreate"]["properties"]["name"]
+    assert re.search(name["pattern"], "jos\u00e9 a")
+    for refused in ("", " alice", "a/b", "tab\tname", "alice\n", "rtl\u202eoverride"):
+        assert not re.search(name["pattern"], refused), refused
+
+
+@pytest.mark.parametrize(
+    "name", [" alice", "alice ", "a/b", "bell\a", "alice\n", "rtl\u202eoverride", "x" * 256]
+)
+async def test_user_names_outside_the_documented_pattern_are_refused(root: Api, name: str) -> None:
+    status, body, _ = await root.call("POST", USERS, json={"name": name})
+    assert (status, body["type"]) == (400, "BadRepresentation")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.models import (
+    IMAGE_REFERENCE_PATTERN,
     MAX_IMAGE_LENGTH,
     ImageReference,
     parse_image_reference,
@@ -106,3 +109,60 @@ def test_anything_either_parses_or_is_an_invalid_request(text: str) -> None:
         assert len(text) <= MAX_IMAGE_LENGTH
         assert len(reference.normalised_name) <= MAX_IMAGE_LENGTH
     assert refused is None or refused.message
+
+
+def _matches_the_pattern(text: str) -> bool:
+    # As JSON Schema validators apply a pattern.
+    return re.search(IMAGE_REFERENCE_PATTERN, text) is not None
+
+
+_EDGES = [
+    "docker.io/" + "a" * 237,
+    "docker.io/" + "a" * 238,
+    "docker.io/x/" + "a" * 243,
+    "docker.io/x/" + "a" * 244,
+    "index.docker.io/" + "a" * 238,
+    "docker.io/localhost/x",
+    "Docker.io/" + "a" * 240,
+    "localhost:5000/" + "a" * 240,
+    "a.b/" + "c" * 251,
+    "a.b_c/" + "d" * 249,
+    "busybox\n",
+    "busybox:1\n",
+]
+
+
+@pytest.mark.parametrize("image", [*ACCEPTED, *(image for image, _ in REFUSED), *_EDGES])
+def test_the_documented_pattern_is_the_same_rule(image: str) -> None:
+    try:
+        validate_image_name(image)
+    except InvalidRequest:
+        accepted = False
+    else:
+        accepted = True
+    assert _matches_the_pattern(image) == accepted
+
+
+_component = st.from_regex(r"\A[a-z0-9]{1,6}(?:(?:[._]|__|-{1,2})[a-z0-9]{1,6}){0,2}\Z")
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="aZ09._-:/@", max_size=20),
+        st.builds(
+            lambda prefix, parts, padding, tag: prefix + "/".join(parts) + padding + tag,
+            st.sampled_from(["", "docker.io/", "index.docker.io/", "localhost/", "r.io:5/"]),
+            st.lists(_component, min_size=1, max_size=3),
+            st.integers(min_value=0, max_value=250).map(lambda n: "a" * n),
+            st.sampled_from(["", ":v1", ":" + "t" * 128, "@sha256:" + "0" * 64]),
+        ),
+    )
+)
+def test_the_documented_pattern_agrees_with_the_parser_on_anything(text: str) -> None:
+    try:
+        validate_image_name(text)
+    except InvalidRequest:
+        accepted = False
+    else:
+        accepted = True
+    assert _matches_the_pattern(text) == accepted

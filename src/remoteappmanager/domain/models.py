@@ -33,6 +33,47 @@ _DEFAULT_REGISTRY_ALIASES = frozenset({"docker.io", "index.docker.io"})
 MAX_TAG_LENGTH = 128
 
 
+def _reference_pattern() -> str:
+    # The same rule as ``parse_image_reference`` as one regular expression (for the REST API's
+    # schema): the engine's length limit on the name (after ``docker.io/library/`` is added)
+    # is a look-ahead bound on the repository in each case.
+    path_chars, end = r"[a-z0-9._/-]", r"(?:[:@]|$)"
+    single = rf"(?={path_chars}{{1,{MAX_IMAGE_LENGTH - 18}}}{end}){_PATH_COMPONENT}"
+    nested = (
+        rf"(?={path_chars}{{1,{MAX_IMAGE_LENGTH - 10}}}{end})"
+        rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})+"
+    )
+    no_dot = r"[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*"
+    plain_nested = (
+        rf"(?={path_chars}{{1,{MAX_IMAGE_LENGTH - 10}}}{end})"
+        rf"(?!localhost/){no_dot}(?:/{_PATH_COMPONENT})+"
+    )
+    host = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*"
+    registry = (
+        rf"(?!(?:index\.)?docker\.io/)"
+        rf"(?:{host}\.{_DOMAIN_COMPONENT}(?::[0-9]+)?|{host}:[0-9]+|localhost)"
+        rf"/{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    )
+    # A first component with a dot that is no host name: the engine reads it as repository.
+    dotted = (
+        rf"(?!(?:index\.)?docker\.io/)(?=[a-z0-9_-]*\.)"
+        rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})+"
+    )
+    digest = "|".join(f"{name}:[a-f0-9]{{{length}}}" for name, length in _DIGEST_LENGTHS.items())
+    name = (
+        rf"(?:(?:index\.)?docker\.io/(?:{single}|{nested})"
+        rf"|(?![a-f0-9]{{64}}$){single}|{plain_nested}|{registry}|{dotted})"
+    )
+    tag = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+    # "$(?!\n)": the end of the text in ECMA-262 and Python alike (Python's "$" also matches
+    # before a final newline).
+    return rf"^(?=.{{1,{MAX_IMAGE_LENGTH}}}$(?!\n)){name}(?::{tag})?(?:@(?:{digest}))?$(?!\n)"
+
+
+IMAGE_REFERENCE_PATTERN = _reference_pattern()
+"""``parse_image_reference``'s rule as a regular expression (ECMA-262 and Python alike)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImageReference:
     """An image reference split as the engine splits it."""

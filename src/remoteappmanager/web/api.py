@@ -52,7 +52,9 @@ class ApiOperation:
     (``v1/containers/{url_id}/``); ``responses`` maps each success status to its body model
     (None: no body); ``errors`` lists the error statuses it may answer (besides 500);
     ``headers`` documents response headers per status (e.g. ``Location`` on 201);
-    ``query`` the required query arguments (name: description).
+    ``path`` placeholders each need a ``PathParameter`` in ``path_parameters`` (the pattern
+    the handler checks); ``query`` lists the required query arguments, each a JSON document
+    validated by a model.
     """
 
     method: str
@@ -67,7 +69,25 @@ class ApiOperation:
     headers: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     public: bool = False
     description: str = ""
-    query: Mapping[str, str] = field(default_factory=dict)
+    path_parameters: Mapping[str, PathParameter] = field(default_factory=dict)
+    query: Mapping[str, QueryParameter] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PathParameter:
+    """A path placeholder: what it names, and the pattern its handler accepts."""
+
+    description: str
+    pattern: str
+    max_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParameter:
+    """A required query argument that carries a JSON document validated by ``model``."""
+
+    description: str
+    model: type[BaseModel]
 
 
 class ApiRegistry:
@@ -87,6 +107,8 @@ class ApiRegistry:
             raise ValueError(f"{key[0]} {key[1]} is registered twice")
         if any(o.operation_id == operation.operation_id for o in self._operations.values()):
             raise ValueError(f"operation id {operation.operation_id} is registered twice")
+        if set(_path_parameters(operation.path)) != set(operation.path_parameters):
+            raise ValueError(f"{key[0]} {key[1]}: every path placeholder needs its pattern")
         self._operations[key] = operation
 
     @property
@@ -174,17 +196,27 @@ class ApiRegistry:
         if operation.description:
             result["description"] = operation.description
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "description": operation.path_parameters[name].description,
+                "schema": {
+                    "type": "string",
+                    "pattern": operation.path_parameters[name].pattern,
+                    "maxLength": operation.path_parameters[name].max_length,
+                },
+            }
             for name in _path_parameters(operation.path)
         ] + [
             {
                 "name": name,
                 "in": "query",
                 "required": True,
-                "description": text,
-                "schema": {"type": "string"},
+                "description": parameter.description,
+                "content": {"application/json": {"schema": _ref(parameter.model)}},
             }
-            for name, text in operation.query.items()
+            for name, parameter in operation.query.items()
         ]
         if parameters:
             result["parameters"] = parameters
@@ -211,6 +243,7 @@ def _models_of(
     for operation in operations:
         used: list[tuple[type[BaseModel] | None, JsonSchemaMode]] = [
             (operation.request, "validation"),
+            *((parameter.model, "validation") for parameter in operation.query.values()),
             *((model, "serialization") for model in operation.responses.values()),
         ]
         for model, mode in used:

@@ -15,11 +15,16 @@ from remoteappmanager.web.api import (
     ApiOperation,
     ApiRegistry,
     Handler,
+    PathParameter,
+    QueryParameter,
     json_response,
     parse_body,
     parse_query_json,
 )
 from remoteappmanager.web.api_models import (
+    MAPPING_ID,
+    ROW_ID,
+    URL_ID,
     AdminApplicationCreate,
     AdminApplicationList,
     AdminApplicationOut,
@@ -46,9 +51,8 @@ STATS_PATH = ADMIN_PATH + "stats/"
 FILTER_EXAMPLE = '{"user_id": "<id>"}'
 _TAG = "admin"
 
-# Digits only, and few enough that the id is a number the database could hold.
-_ROW_ID_RE = re.compile(r"[0-9]{1,18}")
-_MAPPING_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ROW_ID_RE = re.compile(ROW_ID.pattern)
+_MAPPING_ID_RE = re.compile(MAPPING_ID.pattern)
 
 
 def _admin(request: web.Request) -> Administration:
@@ -74,14 +78,14 @@ def _path_part(request: web.Request, key: str, valid: Callable[[str], object], m
 
 
 def _row_id(request: web.Request, what: str) -> int:
-    return int(_path_part(request, "id", _ROW_ID_RE.fullmatch, f"a {what} id is a number"))
+    return int(_path_part(request, "id", _ROW_ID_RE.match, f"a {what} id is a number"))
 
 
 def _mapping_id(request: web.Request) -> str:
     return _path_part(
         request,
         "mapping_id",
-        _MAPPING_ID_RE.fullmatch,
+        _MAPPING_ID_RE.match,
         "a mapping id is made of letters, digits, '-' and '_'",
     )
 
@@ -227,7 +231,7 @@ def _get(
     answer: type[BaseModel],
     *,
     errors: tuple[int, ...] = _READ_ONE_ERRORS,
-    query: Mapping[str, str] | None = None,
+    query: Mapping[str, QueryParameter] | None = None,
 ) -> ApiOperation:
     return ApiOperation(
         "GET",
@@ -237,6 +241,7 @@ def _get(
         summary=summary,
         tag=_TAG,
         query=query or {},
+        path_parameters=_placeholders(path),
         responses={200: answer},
         errors=errors,
     )
@@ -262,6 +267,7 @@ def _post(
         description=description,
         tag=_TAG,
         request=body,
+        path_parameters=_placeholders(path),
         responses={201: None},
         headers={201: location},
         errors=errors,
@@ -279,9 +285,26 @@ def _delete(
         summary=summary,
         description=description,
         tag=_TAG,
+        path_parameters=_placeholders(path),
         responses={204: None},
         errors=_DELETE_ERRORS,
     )
+
+
+# Each placeholder of the admin paths, with the pattern its handler checks (400 otherwise).
+_PLACEHOLDERS: Mapping[str, PathParameter] = {
+    "id": ROW_ID,
+    "mapping_id": MAPPING_ID,
+    "url_id": URL_ID,
+}
+
+
+def _placeholders(path: str) -> dict[str, PathParameter]:
+    return {
+        part[1:-1]: _PLACEHOLDERS[part[1:-1]]
+        for part in path.split("/")
+        if part.startswith("{") and part.endswith("}")
+    }
 
 
 def register(registry: ApiRegistry) -> None:
@@ -349,7 +372,11 @@ def register(registry: ApiRegistry) -> None:
             "admin_list_grants",
             "One user's grants",
             AdminGrantList,
-            query={"filter": f"JSON, required: {FILTER_EXAMPLE}"},
+            query={
+                "filter": QueryParameter(
+                    f"Whose grants, as JSON: {FILTER_EXAMPLE}", AdminGrantFilter
+                )
+            },
         ),
         _post(
             ACCOUNTING_PATH,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -11,22 +14,86 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StringConstraints,
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from remoteappmanager.domain.labels import ImageMetadata
-from remoteappmanager.domain.models import Grant, Policy, User, Volume
-from remoteappmanager.domain.naming import container_name
+from remoteappmanager.domain.models import (
+    IMAGE_REFERENCE_PATTERN,
+    MAX_IMAGE_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_PATH_LENGTH,
+    Grant,
+    Policy,
+    User,
+    Volume,
+)
+from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name
 from remoteappmanager.domain.sessions import Session
 from remoteappmanager.services.admin import RegisteredApplication, Statistics
 from remoteappmanager.services.applications import UserApplication
+from remoteappmanager.web.api import PathParameter
 
 _Item = TypeVar("_Item", bound=BaseModel)
 _Source = TypeVar("_Source")
 
-MappingId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# "$(?!\n)": the end of the text in ECMA-262 and Python alike (Python's "$" also matches
+# before a final newline).
+_TEXT_END = r"$(?!\n)"
+MAPPING_ID_PATTERN = rf"^[A-Za-z0-9_-]{{1,64}}{_TEXT_END}"
+# The REST API's numeric ids: digits, few enough for the database to hold.
+ROW_ID_PATTERN = rf"^[0-9]{{1,18}}{_TEXT_END}"
+URL_ID_PATTERN = rf"^[a-z0-9]{{{URL_ID_LENGTH},64}}{_TEXT_END}"
+
+MAPPING_ID = PathParameter("A grant's mapping id.", MAPPING_ID_PATTERN, 64)
+URL_ID = PathParameter("A running application's url id.", URL_ID_PATTERN, 64)
+ROW_ID = PathParameter("A numeric id.", ROW_ID_PATTERN, 18)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A string the service checks against ``pattern()`` (with Python ``re``, as JSON Schema
+    validators apply it), documented with the very same pattern."""
+
+    pattern: Callable[[], str]
+    max_length: int
+    message: str
+    format: str | None = None
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            self._check, core_schema.str_schema(max_length=self.max_length)
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        documented: dict[str, Any] = {"type": "string", "maxLength": self.max_length}
+        if self.format is not None:
+            # A name for what the pattern spells out, for generators and readers.
+            documented["format"] = self.format
+        documented["pattern"] = self.pattern()
+        return documented
+
+    def _check(self, value: str) -> str:
+        if not re.search(self.pattern(), value):
+            raise ValueError(self.message)
+        return value
+
+
+MappingId = Annotated[
+    str,
+    _Checked(
+        lambda: MAPPING_ID_PATTERN, 64, "a mapping id is made of letters, digits, '-' and '_'"
+    ),
+]
 _ShortText = Annotated[str, StringConstraints(max_length=1024)]
 # One configurable's value: the original's ``{"resolution": "1920x1080"}``, or the bare value.
 ConfigurableValue = dict[Annotated[str, StringConstraints(max_length=64)], _ShortText | None] | (
@@ -224,15 +291,18 @@ class ApplicationList(ItemList[ApplicationOut]):
 
 
 # ------------------------------------------------------------------------------ admin
-_ROW_ID_RE = re.compile(r"[0-9]{1,19}")
+# No leading zero, and at most 18 digits: always a positive number a database can hold.
+_ROW_ID_TEXT = r"^[1-9][0-9]{0,17}$"
+_ROW_ID_RE = re.compile(_ROW_ID_TEXT)
 
 
 def _row_id(value: object) -> object:
-    # A JSON true or 1.0 is not an id, though pydantic's lax integers would take them.
-    if isinstance(value, bool | float):
+    # A JSON true is not an id, though pydantic's lax integers would take it; 3.0 is the
+    # integer 3 (as JSON Schema has it), 3.5 is refused by the integer validation.
+    if isinstance(value, bool):
         raise ValueError("an id is a number or a string of digits")
     if isinstance(value, str):
-        if not _ROW_ID_RE.fullmatch(value):
+        if not _ROW_ID_RE.match(value) or value.endswith("\n"):
             raise ValueError("an id is a number or a string of digits")
         return int(value)
     return value
@@ -246,15 +316,105 @@ RowId = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 1},
-                {"type": "string", "pattern": f"^{_ROW_ID_RE.pattern}$"},
+                {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                {"type": "string", "pattern": _ROW_ID_TEXT[:-1] + r"$(?!\n)"},
             ],
             "description": "A numeric id (a number or a string of digits).",
         }
     ),
 ]
-_Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-_Path = Annotated[str, StringConstraints(max_length=1024)]
+# Where the domain's validators say "printable" (str.isprintable), the document says which
+# characters that is; the answers then agree with the validators by construction.
+
+
+@functools.cache
+def _printable_class(exclude: str = "", *, spaces: bool = True) -> str:
+    """A regular-expression class of the printable characters, less ``exclude`` (and
+    whitespace unless ``spaces``), as ranges of literal characters."""
+    ranges: list[tuple[int, int]] = []
+    start: int | None = None
+    for point in range(sys.maxunicode + 2):
+        char = chr(point) if point <= sys.maxunicode else ""
+        wanted = (
+            bool(char)
+            and char.isprintable()
+            and char not in exclude
+            and (spaces or not char.isspace())
+        )
+        if wanted and start is None:
+            start = point
+        elif not wanted and start is not None:
+            ranges.append((start, point - 1))
+            start = None
+
+    def literal(point: int) -> str:
+        char = chr(point)
+        return "\\" + char if char in "\\]^-[" else char
+
+    return (
+        "["
+        + "".join(
+            literal(low) if low == high else f"{literal(low)}-{literal(high)}"
+            for low, high in ranges
+        )
+        + "]"
+    )
+
+
+def _user_name_pattern() -> str:
+    edge = _printable_class("/", spaces=False)
+    inner = _printable_class("/")
+    return rf"^{edge}(?:{inner}{{0,{MAX_NAME_LENGTH - 2}}}{edge})?{_TEXT_END}"
+
+
+def _path_pattern(*, colon: bool) -> str:
+    # validate_abs_path: absolute, printable, no ".." segment (and, inside SOURCE:TARGET:MODE,
+    # no colon).
+    inner = _printable_class("" if colon else ":")
+    stop = "/" if colon else "[/:]"
+    rest = ".*/" if colon else "[^:]*/"
+    return rf"(?!(?:{rest})?\.\.(?:{stop}|$))/{inner}*"
+
+
+_UserName = Annotated[
+    str,
+    _Checked(
+        _user_name_pattern,
+        MAX_NAME_LENGTH,
+        "a user name is printable, without '/' and without surrounding spaces",
+        "hub-user-name",
+    ),
+]
+_ImageName = Annotated[
+    str,
+    _Checked(
+        lambda: IMAGE_REFERENCE_PATTERN,
+        MAX_IMAGE_LENGTH,
+        "not a valid Docker image name (see the image_name pattern)",
+        "docker-image-reference",
+    ),
+]
+_PathOrEmpty = Annotated[
+    str,
+    _Checked(
+        lambda: rf"^(?:{_path_pattern(colon=True)})?{_TEXT_END}",
+        MAX_PATH_LENGTH,
+        "a path is absolute, printable and without '..' (or empty for none)",
+        "absolute-path-or-empty",
+    ),
+]
+_VolumeOrEmpty = Annotated[
+    str,
+    _Checked(
+        lambda: (
+            rf"^(?:{_path_pattern(colon=False)}:{_path_pattern(colon=False)}:(?:ro|rw))?"
+            + _TEXT_END
+        ),
+        MAX_PATH_LENGTH,
+        "a volume is SOURCE:TARGET:MODE, both paths absolute, MODE ro or rw (or empty for none)",
+        "volume-or-empty",
+    ),
+]
 
 
 class AdminUserOut(_Answer):
@@ -273,7 +433,7 @@ class AdminUserList(ItemList[AdminUserOut]):
 class AdminUserCreate(_Request):
     """``POST admin/users/``: add a user by hub name."""
 
-    name: _Name
+    name: _UserName
 
 
 class ImageLabelsOut(_Answer):
@@ -324,9 +484,11 @@ class AdminApplicationList(ItemList[AdminApplicationOut]):
 
 
 class AdminApplicationCreate(_Request):
-    """``POST admin/applications/``: register a Docker image."""
+    """``POST admin/applications/``: register a Docker image (a reference the engine parses:
+    lower-case repository, at most 255 characters once the engine has added
+    ``docker.io/library/``, a tag of at most 128 characters, a full digest)."""
 
-    image_name: _Name
+    image_name: _ImageName
 
 
 class AdminGrantOut(_PolicyFields):
@@ -360,6 +522,43 @@ class AdminGrantFilter(_Request):
     user_id: RowId
 
 
+def _grant_create_rules(schema: dict[str, Any]) -> None:
+    # What ``AdminGrantCreate._one_way_each`` checks, in JSON Schema: the application by
+    # exactly one of image_name and application_id (null counts as absent); volume_source and
+    # volume_target both or neither (empty counts as absent); not both volume forms.
+    absent: dict[str, Any] = {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]}
+    given: dict[str, Any] = {"type": "string", "minLength": 1}
+    schema["allOf"] = [
+        {
+            "oneOf": [
+                {
+                    "required": ["image_name"],
+                    "properties": {"image_name": {"type": "string"}},
+                },
+                {
+                    "required": ["application_id"],
+                    "properties": {"application_id": {"not": {"type": "null"}}},
+                },
+            ]
+        },
+        {
+            "anyOf": [
+                {
+                    "required": ["volume_source", "volume_target"],
+                    "properties": {"volume_source": given, "volume_target": given},
+                },
+                {"properties": {"volume_source": absent, "volume_target": absent}},
+            ]
+        },
+        {
+            "not": {
+                "required": ["volume", "volume_source"],
+                "properties": {"volume": given, "volume_source": given},
+            }
+        },
+    ]
+
+
 class AdminGrantCreate(_Request):
     """``POST admin/accounting/``: let a user run an application under a policy.
 
@@ -368,16 +567,18 @@ class AdminGrantCreate(_Request):
     neither; empty means none) with ``volume_mode`` (default ``ro``).
     """
 
+    model_config = ConfigDict(json_schema_extra=_grant_create_rules)
+
     user_id: RowId
-    image_name: _Name | None = None
+    image_name: _ImageName | None = None
     application_id: RowId | None = None
     app_license: Annotated[str, StringConstraints(max_length=4096)] | None = None
     allow_home: bool = False
     allow_view: bool = False
     allow_common: bool = False
-    volume: _Path | None = Field(default=None, description="SOURCE:TARGET:MODE")
-    volume_source: _Path | None = None
-    volume_target: _Path | None = None
+    volume: _VolumeOrEmpty | None = Field(default=None, description="SOURCE:TARGET:MODE")
+    volume_source: _PathOrEmpty | None = None
+    volume_target: _PathOrEmpty | None = None
     volume_mode: Literal["ro", "rw"] | None = None
     allow_startup_data: bool = False
 

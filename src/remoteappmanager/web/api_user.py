@@ -9,6 +9,8 @@ from remoteappmanager.services.applications import Applications, UserApplication
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.web.api import ApiOperation, ApiRegistry, json_response, parse_body
 from remoteappmanager.web.api_models import (
+    MAPPING_ID,
+    URL_ID,
     ApplicationList,
     ApplicationOut,
     ContainerCreate,
@@ -113,7 +115,11 @@ async def delete_container(request: web.Request) -> web.StreamResponse:
 
 # ------------------------------------------------------------------------------ routes
 def register(registry: ApiRegistry) -> None:
-    """Declare the user API's routes."""
+    """Declare the user API's routes.
+
+    A malformed mapping or url id names nothing of the caller's: it is a 404 like any other
+    unknown one (the patterns in the document say what an id can look like).
+    """
     signed_in = (401,)
     for operation in (
         ApiOperation(
@@ -143,6 +149,7 @@ def register(registry: ApiRegistry) -> None:
             operation_id="get_application",
             summary="One of my applications",
             tag=_TAG,
+            path_parameters={"mapping_id": MAPPING_ID},
             responses={200: ApplicationOut},
             errors=(*signed_in, 404, 503),
         ),
@@ -183,6 +190,7 @@ def register(registry: ApiRegistry) -> None:
             operation_id="get_container",
             summary="One of my running applications",
             tag=_TAG,
+            path_parameters={"url_id": URL_ID},
             responses={200: ContainerOut},
             errors=(*signed_in, 404, 503),
         ),
@@ -193,6 +201,7 @@ def register(registry: ApiRegistry) -> None:
             operation_id="delete_container",
             summary="Stop one of my running applications",
             tag=_TAG,
+            path_parameters={"url_id": URL_ID},
             responses={204: None},
             errors=(*signed_in, 403, 404, 409, 503),
         ),
