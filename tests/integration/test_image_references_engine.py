@@ -15,8 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from remoteappmanager.adapters import docker as docker_adapter
+from remoteappmanager.adapters.docker import AiodockerRuntime
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.models import validate_image_name
+from remoteappmanager.services.applications import IMAGE_MISSING, ImageMetadataCache
 from tests.unit.test_image_reference import ACCEPTED, REFUSED
 
 pytestmark = pytest.mark.docker
@@ -92,3 +95,35 @@ def test_generated_references_get_the_engines_verdict(docker_engine: None, image
         assert not _ours(image)
         return
     assert _ours(image) == asyncio.run(verdict()), image
+
+
+async def test_a_listing_shows_what_the_real_engine_cannot_inspect_as_unavailable(
+    docker_engine: None,
+) -> None:
+    runtime = AiodockerRuntime()
+    try:
+        images = ImageMetadataCache(runtime)
+        refused = await images.get("a" * 238)
+        missing = await images.get("remoteapp-test/never-built:" + "0" * 12)
+    finally:
+        await runtime.close()
+    assert refused.metadata is None
+    assert refused.unavailable_reason is not None
+    assert "not a valid Docker image name" in refused.unavailable_reason
+    assert (missing.metadata, missing.unavailable_reason) == (None, IMAGE_MISSING)
+
+
+async def test_the_engines_own_refusal_is_an_unavailable_image_not_an_error(
+    docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if our check let a reference through that the engine refuses (the 400 that used to
+    # fail every listing): the engine's answer alone must make it unavailable.
+    monkeypatch.setattr(docker_adapter, "validate_image_name", lambda image: image)
+    runtime = AiodockerRuntime()
+    try:
+        state = await ImageMetadataCache(runtime).get("a" * 238)
+    finally:
+        await runtime.close()
+    assert state.metadata is None
+    assert state.unavailable_reason is not None
+    assert "Docker engine refused to inspect image" in state.unavailable_reason

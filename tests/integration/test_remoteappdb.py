@@ -169,6 +169,23 @@ def test_unknown_users_and_images_are_one_line(db: str) -> None:
     assert "no grant" in refused(db, "app", "revoke", IMAGE, "alice", "--allow-view")
 
 
+@pytest.mark.parametrize(
+    ("image", "why"),
+    [
+        ("a" * 238, "longer than 255"),
+        ("x/" + "a" * 244, "longer than 255"),
+        ("app:" + "t" * 129, "tag"),
+        ("app@sha256:" + "0" * 32, "digest"),
+        ("Team/app", "lower-case"),
+    ],
+)
+def test_references_the_engine_refuses_are_not_registered(db: str, image: str, why: str) -> None:
+    message = refused(db, "app", "create", image, "--no-verify")
+    assert "is not a valid Docker image name" in message
+    assert why in message
+    assert ok(db, "app", "list").strip().splitlines()[2:] == []
+
+
 def test_duplicates_are_one_line(db: str) -> None:
     ok(db, "user", "create", "alice")
     ok(db, "app", "create", IMAGE, "--no-verify")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import structlog
 
 from remoteappmanager.domain.configurables import offered_configurables
-from remoteappmanager.domain.errors import NotFound, RemoteAppError, Unavailable
+from remoteappmanager.domain.errors import InvalidRequest, NotFound, RemoteAppError, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import Grant
 from remoteappmanager.domain.sessions import Session
@@ -147,8 +147,15 @@ class ImageMetadataCache:
             state = ImageState(None, IMAGE_MISSING)
         except Unavailable:
             raise
+        except InvalidRequest as exc:
+            # A reference the engine refuses never becomes valid: remembered as long as a
+            # description, and said once per period rather than on every listing.
+            log.warning("applications.image_refused", image=image[:80], error=exc.message)
+            state = ImageState(None, exc.message)
+            self._entries[image] = (self._clock() + self._ttl, state)
+            return state
         except RemoteAppError as exc:
-            # A reference the engine refuses, or an engine error on this one image.
+            # An engine error on this one image.
             log.warning("applications.image_unavailable", image=image[:80], error=exc.message)
             state = ImageState(None, exc.message)
         except Exception:
