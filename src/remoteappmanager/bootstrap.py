@@ -16,7 +16,7 @@ from typing import Self
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.migrate import SchemaStatus
 from remoteappmanager.adapters.db.repositories import SqlDatabase
-from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.probe import ReadinessProbe
@@ -239,7 +239,7 @@ def _check_demo_volumes(settings: Settings) -> None:
             volume = demo_policy(image, overrides).volume
             if volume is not None:
                 rules.check(volume)
-        except InvalidRequest as exc:
+        except (InvalidRequest, Forbidden) as exc:
             raise SettingsError(f"REMOTEAPP_DEMO_APPLICATIONS: {image}: {exc.message}") from None
 
 

@@ -7,7 +7,7 @@ import pytest
 from remoteappmanager import bootstrap
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths
-from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.models import Volume
 from remoteappmanager.domain.volumes import (
     VolumeRules,
@@ -58,9 +58,9 @@ def volume(source: str, target: str = "/data", mode: str = "ro") -> Volume:
     ],
 )
 def test_system_paths_are_never_mounted_whatever_the_roots(source: str) -> None:
-    with pytest.raises(InvalidRequest, match="volume source"):
+    with pytest.raises(Forbidden, match="volume source"):
         EVERYTHING.check(volume(source))
-    with pytest.raises(InvalidRequest, match="volume source"):
+    with pytest.raises(Forbidden, match="volume source"):
         RULES.check(volume(source))
 
 
@@ -87,7 +87,7 @@ def test_system_paths_are_never_mounted_whatever_the_roots(source: str) -> None:
     ],
 )
 def test_system_targets_are_refused(target: str) -> None:
-    with pytest.raises(InvalidRequest, match="volume target"):
+    with pytest.raises(Forbidden, match="volume target"):
         RULES.check(volume("/srv/data", target))
 
 
@@ -115,18 +115,18 @@ def test_sources_under_a_root_are_accepted(source: str) -> None:
     ],
 )
 def test_sources_outside_the_roots_are_refused(source: str) -> None:
-    with pytest.raises(InvalidRequest, match="outside the folders grants may mount"):
+    with pytest.raises(Forbidden, match="outside the folders grants may mount"):
         RULES.check(volume(source))
 
 
 @pytest.mark.parametrize("source", ["/mnt/shared/workspaces/alice", "/mnt/shared"])
 def test_paths_of_the_deployment_are_refused_even_under_a_root(source: str) -> None:
-    with pytest.raises(InvalidRequest, match="/mnt/shared/workspaces"):
+    with pytest.raises(Forbidden, match="/mnt/shared/workspaces"):
         RULES.check(volume(source))
 
 
 def test_without_roots_no_host_folder_may_be_granted() -> None:
-    with pytest.raises(InvalidRequest, match="REMOTEAPP_VOLUME_ROOTS"):
+    with pytest.raises(Forbidden, match="REMOTEAPP_VOLUME_ROOTS"):
         VolumeRules().check(volume("/srv/data"))
 
 
@@ -157,9 +157,9 @@ async def test_a_symbolic_link_out_of_a_root_is_refused(host: InMemoryHostPaths)
     host.links["/srv/data/escape"] = "/etc"
     guard = VolumeGuard(RULES, host)
 
-    with pytest.raises(InvalidRequest, match="symbolic link"):
+    with pytest.raises(Forbidden, match="symbolic link"):
         await guard.check(volume("/srv/data/escape"))
-    with pytest.raises(InvalidRequest, match="symbolic link"):
+    with pytest.raises(Forbidden, match="symbolic link"):
         await guard.check(volume("/srv/data/escape/ssl"))
 
 
@@ -167,7 +167,7 @@ async def test_a_symbolic_link_to_the_docker_socket_is_refused(host: InMemoryHos
     host.links["/srv/data/engine"] = "/var/run/docker.sock"
     guard = VolumeGuard(RULES, host)
 
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Forbidden):
         await guard.check(volume("/srv/data/engine"))
 
 
@@ -175,7 +175,7 @@ async def test_a_socket_under_a_root_is_refused(host: InMemoryHostPaths) -> None
     host.sockets.add("/srv/data/app.sock")
     guard = VolumeGuard(RULES, host)
 
-    with pytest.raises(InvalidRequest, match="socket"):
+    with pytest.raises(Forbidden, match="socket"):
         await guard.check(volume("/srv/data/app.sock"))
 
 
@@ -204,7 +204,7 @@ async def test_a_root_that_is_a_link_is_judged_by_where_it_leads(host: InMemoryH
 async def test_the_engine_data_directory_given_later_is_refused(host: InMemoryHostPaths) -> None:
     guard = VolumeGuard(RULES, host)
 
-    with pytest.raises(InvalidRequest, match="/srv/data/engine"):
+    with pytest.raises(Forbidden, match="/srv/data/engine"):
         await guard.check(volume("/srv/data/engine/x"), forbidden=("/srv/data/engine",))
 
 
@@ -221,7 +221,7 @@ def test_the_settings_forbid_the_workspaces_and_the_database(
         "/srv/remoteapp/remoteapp.db",
         "/srv/remoteapp",
     ):
-        with pytest.raises(InvalidRequest):
+        with pytest.raises(Forbidden):
             rules.check(volume(source))
     assert rules.check(volume("/srv/data")).source == "/srv/data"
 

@@ -19,7 +19,7 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.models import Volume, validate_abs_path
 
 DOCKER_SOCKET_NAME = "docker.sock"
@@ -124,7 +124,11 @@ class VolumeRules:
         return VolumeRules(self.roots, tuple(dict.fromkeys((*self.forbidden, *extra))))
 
     def check(self, volume: Volume) -> Volume:
-        """The volume if its source and target are acceptable; ``InvalidRequest`` if not."""
+        """The volume if its source and target are acceptable.
+
+        ``InvalidRequest`` for a path that is no absolute, clean path; ``Forbidden`` for one
+        the rules keep out (a well-formed request that this deployment does not allow).
+        """
         self.check_source(volume.source)
         check_volume_target(volume.target)
         return volume
@@ -136,24 +140,24 @@ class VolumeRules:
         """
         source = validate_abs_path(source, "volume source")
         if posixpath.basename(source) == DOCKER_SOCKET_NAME:
-            raise InvalidRequest(
+            raise Forbidden(
                 f"volume source {source} is a Docker socket: it would hand the engine (and "
                 "the host) to the container"
             )
         for system in (*SYSTEM_SOURCES, *self.forbidden):
             if _overlaps(source, system):
-                raise InvalidRequest(
+                raise Forbidden(
                     f"volume source {source} is or contains {system}, which is never mounted "
                     "into a container"
                 )
         allowed = self.roots if roots is None else tuple(roots)
         if not allowed:
-            raise InvalidRequest(
+            raise Forbidden(
                 f"volume source {source} cannot be granted: no host folder may be mounted "
                 "(the operator has set no REMOTEAPP_VOLUME_ROOTS)"
             )
         if not any(is_within(source, root) for root in allowed):
-            raise InvalidRequest(
+            raise Forbidden(
                 f"volume source {source} is outside the folders grants may mount "
                 f"({', '.join(allowed)})"
             )
@@ -167,7 +171,7 @@ class VolumeRules:
         """
         self.check(volume)
         if host.kind is HostPathKind.OTHER:
-            raise InvalidRequest(
+            raise Forbidden(
                 f"volume source {volume.source} is not a folder or a regular file (a socket "
                 "or a device is never mounted)"
             )
@@ -175,8 +179,8 @@ class VolumeRules:
         if resolved != volume.source:
             try:
                 self.check_source(resolved, roots)
-            except InvalidRequest as exc:
-                raise InvalidRequest(
+            except (InvalidRequest, Forbidden) as exc:
+                raise Forbidden(
                     f"volume source {volume.source} leads to {resolved} through a symbolic "
                     f"link: {exc.message}"
                 ) from None
@@ -188,13 +192,13 @@ NO_VOLUMES = VolumeRules()
 
 
 def check_volume_target(target: str) -> str:
-    """A container path a volume may be mounted at; ``InvalidRequest`` if not."""
+    """A container path a volume may be mounted at; ``Forbidden`` for a system folder."""
     target = validate_abs_path(target, "volume target")
     if target in SYSTEM_TARGETS:
-        raise InvalidRequest(f"volume target {target} would replace a system folder")
+        raise Forbidden(f"volume target {target} would replace a system folder")
     for tree in SYSTEM_TARGET_TREES:
         if is_within(target, tree):
-            raise InvalidRequest(
+            raise Forbidden(
                 f"volume target {target} is inside the container's system folder {tree}"
             )
     return target

@@ -8,7 +8,7 @@ for ``verify_image``, the Docker engine) cannot be reached.
 
 A grant whose policy mounts a host folder is checked against the volume rules (``VolumeGuard``)
 before anything is written: outside the operator's roots, a system path, or a symbolic link
-that leads out of the roots is ``InvalidRequest``. Without a guard no volume may be granted.
+that leads out of the roots is ``Forbidden``. Without a guard no volume may be granted.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from remoteappmanager.domain.errors import InvalidRequest, NotFound
+from remoteappmanager.domain.errors import Forbidden, NotFound
 from remoteappmanager.domain.models import (
     Application,
     Grant,
@@ -60,7 +60,7 @@ class VolumeGuard:
         self._host_paths = host_paths
 
     async def check(self, volume: Volume, *, forbidden: tuple[str, ...] = ()) -> Volume:
-        """The volume to mount (its source resolved); ``InvalidRequest`` if it may not be.
+        """The volume to mount (its source resolved); ``Forbidden`` if it may not be.
 
         ``forbidden`` adds host paths known only now (the engine's data directory).
         """
@@ -72,11 +72,12 @@ class VolumeGuard:
 
 
 async def check_policy_volume(volumes: VolumeGuard | None, policy: Policy) -> None:
-    """``InvalidRequest`` unless the policy's volume (if any) may be granted."""
+    """``Forbidden`` unless the policy's volume (if any) may be granted (``InvalidRequest``
+    for a path that is not an absolute, clean path)."""
     if policy.volume is None:
         return
     if volumes is None:
-        raise InvalidRequest(
+        raise Forbidden(
             f"volume source {policy.volume.source} cannot be granted: no host folder may be "
             "mounted here"
         )
@@ -180,7 +181,7 @@ async def grant_access(
     """Let ``user`` run ``application`` under ``policy``.
 
     Idempotent: granting the same policy again returns the same grant (same mapping id).
-    A policy volume must pass ``volumes`` (``InvalidRequest``, nothing written).
+    A policy volume must pass ``volumes`` (``Forbidden``, nothing written).
     """
     await check_policy_volume(volumes, policy)
     async with uow() as work:

@@ -23,6 +23,7 @@ from remoteappmanager.domain.containers import (
 from remoteappmanager.domain.errors import (
     Conflict,
     Exists,
+    Forbidden,
     InvalidRequest,
     NotFound,
     RemoteAppError,
@@ -408,7 +409,7 @@ class Sessions:
             return None
         try:
             return await self._volumes.check(volume)
-        except InvalidRequest as exc:
+        except (InvalidRequest, Forbidden) as exc:
             log.warning(
                 "session.volume_refused",
                 user=grant.user.name,
