@@ -18,6 +18,7 @@ from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.services import catalogue
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.gate_access import GateAccess
+from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
 from tests.support.session_world import GATE_URL, IMAGE, IMAGE_LABELS, REALM, World, make_world
 
@@ -364,3 +365,61 @@ async def test_a_grants_read_under_way_when_they_change_is_not_kept() -> None:
     held.set()
     assert len(await early) == 1
     assert len(await applications.list_for("alice")) == 2
+
+
+# ------------------------------------------------------------------------------ the reconciler
+async def test_a_reconcile_pass_over_many_sessions_lets_other_tasks_run() -> None:
+    world = make_world()
+    uow = world.database.unit_of_work
+    await catalogue.create_application(uow, IMAGE)
+    for n in range(60):
+        await catalogue.create_user(uow, f"user{n}")
+        await world.sessions.start(await catalogue.grant_access(uow, IMAGE, f"user{n}", Policy()))
+    reconciler = Reconciler(world.runtime, world.routes, world.sessions, slice_size=10)
+    turns = 0
+
+    async def ticking() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(ticking())
+    await asyncio.sleep(0)
+    before = turns
+    report = await reconciler.reconcile_once()
+    ticker.cancel()
+    assert not report.changed
+    # The engine's and the proxy's answers are immediate here: only the slices yield.
+    assert turns - before >= 5
+
+
+async def test_a_session_stopped_during_a_reconcile_pass_gets_no_route_back() -> None:
+    world = make_world()
+    runtime = ListingRuntime()
+    runtime.add_image(IMAGE, IMAGE_LABELS)
+    sessions = Sessions(
+        runtime,
+        world.routes,
+        world.workspaces,
+        world.host_paths,
+        world.probe,
+        realm=REALM,
+        access=AccessMode.DIRECT,
+        unit_of_work=world.database.unit_of_work,
+    )
+    uow = world.database.unit_of_work
+    await catalogue.create_application(uow, IMAGE)
+    await catalogue.create_user(uow, "alice")
+    alice = await sessions.start(await catalogue.grant_access(uow, IMAGE, "alice", Policy()))
+    world.routes.lose_all()  # a restarted proxy: the pass would add alice's route back
+    held = runtime.hold = asyncio.Event()
+    reconciling = asyncio.ensure_future(
+        Reconciler(runtime, world.routes, sessions).reconcile_once()
+    )
+    await runtime.reading.wait()  # the engine listed alice's container; the pass goes on later
+    await sessions.stop("alice", alice.url_id)
+    held.set()
+    report = await reconciling
+    assert report.routes_added == []
+    assert alice.urlpath not in await world.routes.list()
