@@ -423,3 +423,52 @@ async def test_a_session_stopped_during_a_reconcile_pass_gets_no_route_back() ->
     report = await reconciling
     assert report.routes_added == []
     assert alice.urlpath not in await world.routes.list()
+
+
+async def test_stale_grants_are_answered_at_once_and_refreshed_a_few_at_a_time() -> None:
+    database = CountingDatabase()
+    in_flight = peak = 0
+    release = asyncio.Event()
+    slow = False
+
+    class SlowGrants(InMemoryGrantRepository):
+        async def list_for_user(self, user_id: int) -> Sequence[Grant]:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await release.wait()
+            in_flight -= 1
+            return await super().list_for_user(user_id)
+
+    class Work(InMemoryUnitOfWork):
+        @property
+        def grants(self) -> InMemoryGrantRepository:
+            return SlowGrants(self._require_tables()) if slow else super().grants
+
+    def uow() -> InMemoryUnitOfWork:
+        return Work(database)
+
+    await catalogue.create_application(uow, IMAGE)
+    names = [f"user{n}" for n in range(12)]
+    for name in names:
+        await catalogue.create_user(uow, name)
+        await catalogue.grant_access(uow, IMAGE, name, Policy())
+    world = make_world()
+    clock = Clock()
+    applications = Applications(
+        uow, world.sessions, ImageMetadataCache(world.runtime), grants_ttl=10.0, clock=clock
+    )
+    for name in names:
+        await applications.list_for(name)
+
+    slow = True  # the database takes its time from now on
+    clock.now = 15.0  # every entry stale, none expired
+    listed = await asyncio.wait_for(asyncio.gather(*(applications.list_for(n) for n in names)), 1)
+    assert all(len(entry) == 1 for entry in listed)  # answered without waiting for the reads
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert peak == 4
+    release.set()
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert in_flight == 0

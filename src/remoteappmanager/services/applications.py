@@ -55,6 +55,10 @@ DEFAULT_MISSING_IMAGE_TTL = 5.0
 DEFAULT_GRANTS_TTL = 10.0
 # How many users' grants are kept; past it the least recently read go first.
 DEFAULT_MAX_CACHED_USERS = 100_000
+# Background refreshes of stale entries read the database this many at a time: entries read
+# together (at start, say) expire together, and their refreshes must not make the requests
+# that need the database queue behind them.
+DEFAULT_REFRESH_CONCURRENCY = 4
 # How often the catalogue's version is compared: the bound on how late another process's
 # change shows (plus one read).
 DEFAULT_VERSION_INTERVAL = 1.0
@@ -245,6 +249,7 @@ class Applications:
         # user -> (read at, grants), least recently read first; and the reads under way.
         self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
         self._grant_reads: dict[str, asyncio.Future[tuple[Grant, ...]]] = {}
+        self._refresh_slots = asyncio.Semaphore(DEFAULT_REFRESH_CONCURRENCY)
 
     def forget_grants(self, user: str | None = None) -> None:
         """Read ``user``'s grants (everybody's: None) afresh next time."""
@@ -292,14 +297,17 @@ class Applications:
                 return entry[1]
             if age < 2 * self._grants_ttl:
                 # Stale but recent: answered at once while one refresh runs in the background.
-                self._refresh_grants(user)
+                self._refresh_grants(user, background=True)
                 return entry[1]
         return await asyncio.shield(self._refresh_grants(user))
 
-    def _refresh_grants(self, user: str) -> asyncio.Future[tuple[Grant, ...]]:
+    def _refresh_grants(
+        self, user: str, *, background: bool = False
+    ) -> asyncio.Future[tuple[Grant, ...]]:
         task = self._grant_reads.get(user)
         if task is None:
-            task = asyncio.ensure_future(self._read_grants(user))
+            read = self._read_grants_in_turn(user) if background else self._read_grants(user)
+            task = asyncio.ensure_future(read)
             self._grant_reads[user] = task
             task.add_done_callback(lambda done: self._grants_read(user, done))
         return task
@@ -316,6 +324,10 @@ class Applications:
         self._grants[user] = (self._clock(), task.result())
         while len(self._grants) > self._max_cached_users:
             del self._grants[next(iter(self._grants))]
+
+    async def _read_grants_in_turn(self, user: str) -> tuple[Grant, ...]:
+        async with self._refresh_slots:
+            return await self._read_grants(user)
 
     async def _read_grants(self, user: str) -> tuple[Grant, ...]:
         async with self._uow_factory() as uow:
