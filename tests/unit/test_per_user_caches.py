@@ -18,7 +18,7 @@ from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.services import catalogue
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.gate_access import GateAccess
-from remoteappmanager.services.reconcile import Reconciler
+from remoteappmanager.services.reconcile import Reconciler, ReconcileReport
 from remoteappmanager.services.sessions import Sessions
 from tests.support.session_world import GATE_URL, IMAGE, IMAGE_LABELS, REALM, World, make_world
 
@@ -472,3 +472,24 @@ async def test_stale_grants_are_answered_at_once_and_refreshed_a_few_at_a_time()
     for _ in range(100):
         await asyncio.sleep(0)
     assert in_flight == 0
+
+
+async def test_reconcile_passes_that_take_long_are_spaced_out() -> None:
+    world = make_world()
+    passes = 0
+
+    class Slow(Reconciler):
+        async def reconcile_once(self) -> ReconcileReport:
+            nonlocal passes
+            passes += 1
+            await asyncio.sleep(0.05)  # a pass over a large realm
+            return ReconcileReport()
+
+    task = asyncio.ensure_future(
+        Slow(world.runtime, world.routes, world.sessions, rest_factor=9).run_forever(0.001)
+    )
+    await asyncio.sleep(0.7)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # Each pass is followed by 0.45 s of rest: two passes in 0.7 s (without it, about 14).
+    assert passes == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
@@ -21,6 +22,10 @@ DEFAULT_CONCURRENCY = 16
 # Containers (and routes) looked at between two returns to the event loop: a pass over tens of
 # thousands of sessions then never holds requests up for more than a few milliseconds.
 DEFAULT_SLICE = 500
+# After a pass, the reconciler rests at least this many times as long as the pass took: on a
+# large realm (a pass grows with the number of sessions) it then takes at most a tenth of the
+# service's time, however short ``interval`` is.
+DEFAULT_REST_FACTOR = 9.0
 
 
 @dataclass
@@ -57,12 +62,14 @@ class Reconciler:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         slice_size: int = DEFAULT_SLICE,
+        rest_factor: float = DEFAULT_REST_FACTOR,
     ) -> None:
         self._runtime = runtime
         self._routes = routes
         self._sessions = sessions
         self._concurrency = concurrency
         self._slice = max(1, slice_size)
+        self._rest_factor = rest_factor
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass; raises ``Unavailable`` only when the engine or the proxy cannot list.
@@ -124,15 +131,20 @@ class Reconciler:
         return report
 
     async def run_forever(self, interval: float) -> None:
-        """Reconcile every ``interval`` seconds until cancelled; failures are logged."""
+        """Reconcile every ``interval`` seconds until cancelled; failures are logged.
+
+        A pass that took ``t`` seconds is followed by at least ``rest_factor * t`` of rest.
+        """
         while True:
+            started = time.monotonic()
             try:
                 await self.reconcile_once()
             except RemoteAppError as exc:
                 log.warning("reconcile.failed", error=exc.message)
             except Exception:
                 log.exception("reconcile.crashed")
-            await asyncio.sleep(interval)
+            took = time.monotonic() - started
+            await asyncio.sleep(max(interval, took * self._rest_factor))
 
     async def _bounded(self, work: list[Coroutine[object, object, None]]) -> None:
         # Repairs are independent; running them side by side brings a restarted proxy's
