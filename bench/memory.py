@@ -14,16 +14,25 @@ The comparison: one Python process of the original's per-user shape (tornado's w
 JupyterHub's service-auth module, SQLAlchemy, requests and traitlets imported, one tornado
 application listening), measured the same way (VmRSS), times N.
 
-    .venv/bin/python bench/memory.py [USERS]      (default 1000)
+    .venv/bin/python bench/memory.py [USERS ...] [--profile DIR]   (default 1000 10000 50000)
+
+Each size runs in a fresh service process; the table gives the per-user cost and the service's
+RSS for each, and the cost's ratio to the smallest size's (flat costs give ratios near 1).
+``--profile DIR`` runs the signed-in loop under cProfile and writes the 30 most expensive
+functions (own time, then cumulative) to ``DIR/memory-<USERS>.txt``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import cProfile
 import gc
+import io
 import multiprocessing
 import multiprocessing.connection
 import os
+import pstats
 import re
 import secrets
 import subprocess
@@ -53,6 +62,8 @@ PREFIX = "/services/remoteapp/"
 IMAGE = "bench/desktop:latest"
 NS = "eu.simphony-project.docker."
 TARGET_MB = 250.0
+LARGE_TARGET_MB = 600.0
+SEED_BATCH = 1000
 XSRF_META = re.compile(r'<meta name="xsrf-token" content="([^"]+)"')
 
 # What one per-user process of the original design had loaded and running.
@@ -83,10 +94,15 @@ async def seed(database_url: str, users: int) -> None:
     await bootstrap.upgrade_database(database_url)
     async with bootstrap.build_database(database_url) as database:
         uow = database.unit_of_work
-        await catalogue.create_application(uow, IMAGE)
-        for n in range(users):
-            await catalogue.create_user(uow, user_name(n))
-            await catalogue.grant_access(uow, IMAGE, user_name(n), Policy(allow_home=True))
+        application = await catalogue.create_application(uow, IMAGE)
+        # Many users per transaction: one commit per user would make seeding 50,000 users
+        # take longer than the measurement.
+        for first in range(0, users, SEED_BATCH):
+            async with uow() as work:
+                for n in range(first, min(users, first + SEED_BATCH)):
+                    user = await work.users.add(user_name(n))
+                    await work.grants.grant(user, application, Policy(allow_home=True))
+                await work.commit()
 
 
 async def sign_in_and_start(base: str, identity: InMemoryIdentityProvider, name: str) -> None:
@@ -115,7 +131,9 @@ async def sign_in_and_start(base: str, identity: InMemoryIdentityProvider, name:
             assert listed["items"][mapping_id]["container"] is not None
 
 
-async def measure(conn: multiprocessing.connection.Connection, users: int) -> None:
+async def measure(
+    conn: multiprocessing.connection.Connection, users: int, profile: str | None
+) -> None:
     with tempfile.TemporaryDirectory(prefix="remoteapp-memory-") as tmp:
         database_url = f"sqlite+aiosqlite:///{tmp}/catalogue.db"
         await seed(database_url, users)
@@ -145,10 +163,17 @@ async def measure(conn: multiprocessing.connection.Connection, users: int) -> No
                 identity.add_user(user_name(n))
             gc.collect()
             empty = rss_kib()
+            profiler = cProfile.Profile() if profile else None
             started = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             for n in range(users):
                 await sign_in_and_start(base, identity, user_name(n))
+            if profiler is not None:
+                profiler.disable()
             took = time.perf_counter() - started
+            if profiler is not None and profile:
+                write_profile(profiler, Path(profile) / f"memory-{users}.txt", users, took)
             assert deps.sessions is not None
             running = len(await deps.sessions.list_all())
             gc.collect()
@@ -156,14 +181,24 @@ async def measure(conn: multiprocessing.connection.Connection, users: int) -> No
             conn.send((empty, full, running, took))
 
 
-def service(conn: multiprocessing.connection.Connection, users: int) -> None:
+def write_profile(profiler: cProfile.Profile, path: Path, users: int, took: float) -> None:
+    out = io.StringIO()
+    out.write(f"{users} users: sign-in + page + start + list, {took / users * 1000:.1f} ms/user\n")
+    for order in ("tottime", "cumulative"):
+        out.write(f"\n=== top 30 by {order} ===\n")
+        pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(order).print_stats(30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(out.getvalue())
+
+
+def service(conn: multiprocessing.connection.Connection, users: int, profile: str | None) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(measure(conn, users))
+    asyncio.run(measure(conn, users, profile))
 
 
 def per_user_process_kib() -> int:
@@ -174,30 +209,54 @@ def per_user_process_kib() -> int:
     return int(result.stdout.strip())
 
 
-def main() -> None:
-    users = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+def run(users: int, profile: str | None) -> tuple[int, int, int, float]:
     parent, child = multiprocessing.Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=service, args=(child, users))
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(target=service, args=(child, users, profile))
     process.start()
     empty, full, running, took = parent.recv()
     process.join()
-    one = per_user_process_kib()
+    return empty, full, running, took
 
-    full_mb, empty_mb, one_mb = full / 1024, empty / 1024, one / 1024
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("users", nargs="*", type=int, default=[1000, 10000, 50000])
+    parser.add_argument("--profile", metavar="DIR", help="write cProfile summaries here")
+    args = parser.parse_args()
+    sizes = sorted(set(args.users))
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-    print(f"users signed in with one running session each: {users} ({running} sessions running)")
-    print(f"sign-in + page + start + list per user: {took / users * 1000:.1f} ms")
-    print(f"service RSS before any user: {empty_mb:.1f} MB")
-    print(
-        f"service RSS with {users} users: {full_mb:.1f} MB "
-        f"(target <= {TARGET_MB:.0f} MB: {'met' if full_mb <= TARGET_MB else 'NOT met'}); "
-        f"{(full - empty) / users:.1f} KiB per user"
-    )
+    results: list[tuple[int, int, int, int, float]] = []
+    for users in sizes:
+        empty, full, running, took = run(users, args.profile)
+        results.append((users, empty, full, running, took))
+        print(
+            f"  {users} users: {took / users * 1000:.2f} ms/user, RSS {full / 1024:.1f} MB "
+            f"({running} sessions running)",
+            flush=True,
+        )
+    base_cost = results[0][4] / results[0][0]
+    print()
+    print("| users | sessions | ms per user | ratio to smallest | RSS (MB) | KiB per user |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for users, empty, full, running, took in results:
+        cost = took / users
+        print(
+            f"| {users:,} | {running:,} | {cost * 1000:.2f} | {cost / base_cost:.2f}x "
+            f"| {full / 1024:.1f} | {(full - empty) / users:.1f} |"
+        )
+    largest_users, _, largest_full, _, _ = results[-1]
+    target = TARGET_MB if largest_users <= 1000 else LARGE_TARGET_MB
+    verdict = "met" if largest_full / 1024 <= target else "NOT met"
+    print(f"service RSS with {largest_users:,} users: target <= {target:.0f} MB: {verdict}")
+    one = per_user_process_kib()
+    one_mb = one / 1024
     print(f"one per-user process of the original design: {one_mb:.1f} MB")
-    print(
-        f"original design for {users} users: {one_mb * users / 1024:.1f} GB; "
-        f"ratio original / ours = {one * users / full:.0f}x"
-    )
+    for users, _, full, _, _ in results:
+        print(
+            f"original design for {users:,} users: {one_mb * users / 1024:.1f} GB; "
+            f"ratio original / ours = {one * users / full:.0f}x"
+        )
 
 
 if __name__ == "__main__":

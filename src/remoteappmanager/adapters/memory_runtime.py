@@ -5,10 +5,15 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 
-from remoteappmanager.domain.containers import ContainerInfo, ContainerSpec, Route
+from remoteappmanager.domain.containers import (
+    RUNINFO_NAMESPACE,
+    ContainerInfo,
+    ContainerSpec,
+    Route,
+)
 from remoteappmanager.domain.errors import Exists, NotFound, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
 from remoteappmanager.domain.models import validate_image_name
@@ -47,6 +52,10 @@ class InMemoryRuntime:
         self.available = True
         self._images: MutableMapping[str, Mapping[str, str]] = {} if images is None else images
         self._containers: dict[str, _StoredContainer] = {}
+        # Indexes, as the engine has: by name, and by run-info label (key, value) -> ids in
+        # creation order, so that a filtered list costs what it finds, not every container.
+        self._names: dict[str, str] = {}
+        self._labelled: dict[tuple[str, str], dict[str, None]] = {}
         self._crashing: set[str] = set()
         self._ports = itertools.count(FIRST_HOST_PORT)
         self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
@@ -75,7 +84,7 @@ class InMemoryRuntime:
         if stored is None:
             raise KeyError(container_id)
         if remove:
-            del self._containers[container_id]
+            self._forget(container_id)
             return
         self._containers[container_id] = replace(
             stored, info=replace(stored.info, running=False, host_ip=None, host_port=None)
@@ -113,7 +122,7 @@ class InMemoryRuntime:
         self._check()
         if spec.image not in self._images:
             raise NotFound(f"image {spec.image} is not available on the Docker engine")
-        if any(stored.info.name == spec.name for stored in self._containers.values()):
+        if spec.name in self._names:
             raise Exists(f"a container named {spec.name} already exists")
         container_id = secrets.token_hex(32)
         info = ContainerInfo(
@@ -124,7 +133,23 @@ class InMemoryRuntime:
             running=False,
         )
         self._containers[container_id] = _StoredContainer(info=info, spec=spec)
+        self._names[spec.name] = container_id
+        for key, value in info.labels.items():
+            if key.startswith(RUNINFO_NAMESPACE):
+                self._labelled.setdefault((key, value), {})[container_id] = None
         return container_id
+
+    def _forget(self, container_id: str) -> None:
+        stored = self._containers.pop(container_id, None)
+        if stored is None:
+            return
+        self._names.pop(stored.info.name, None)
+        for key, value in stored.info.labels.items():
+            ids = self._labelled.get((key, value))
+            if ids is not None:
+                ids.pop(container_id, None)
+                if not ids:
+                    del self._labelled[(key, value)]
 
     async def start(self, container_id: str) -> ContainerInfo:
         self._check()
@@ -151,28 +176,30 @@ class InMemoryRuntime:
         stored = self._containers.get(container_id)
         if stored is None:
             # Docker also resolves a container by its name.
-            stored = next(
-                (s for s in self._containers.values() if s.info.name == container_id), None
-            )
+            by_name = self._names.get(container_id)
+            stored = self._containers.get(by_name) if by_name is not None else None
         return stored.info if stored is not None else None
 
     async def list(self, labels: Mapping[str, str]) -> Sequence[ContainerInfo]:
         self._check()
+        candidates: Collection[str] = self._containers
+        for key, value in labels.items():
+            if key.startswith(RUNINFO_NAMESPACE):
+                indexed = self._labelled.get((key, value), {})
+                if len(indexed) < len(candidates):
+                    candidates = indexed
+        found = [self._containers[container_id].info for container_id in candidates]
         return [
-            stored.info
-            for stored in self._containers.values()
-            if all(stored.info.labels.get(key) == value for key, value in labels.items())
+            info
+            for info in found
+            if all(info.labels.get(key) == value for key, value in labels.items())
         ]
 
     async def remove(self, container_id: str) -> None:
         self._check()
-        if self._containers.pop(container_id, None) is None:
-            found = next(
-                (key for key, s in self._containers.items() if s.info.name == container_id),
-                None,
-            )
-            if found is not None:
-                del self._containers[found]
+        if container_id not in self._containers:
+            container_id = self._names.get(container_id, "")
+        self._forget(container_id)
 
     async def close(self) -> None:
         self.closed = True

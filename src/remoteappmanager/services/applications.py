@@ -20,17 +20,20 @@ process show at once (``forget_grants``). Starting a grant always reads it afres
 revoked grant listed a moment longer still cannot be started.
 
 Cost: image metadata is kept for ``image_ttl`` seconds (a missing image for
-``missing_image_ttl``), every user's grants (read by one query) for ``grants_ttl`` seconds
-unless the version moves, each looked up once however many requests want it meanwhile; with
-a listing TTL on ``Sessions`` a listing then costs no engine call and at most one small
-database read a second in the steady state.
+``missing_image_ttl``), each user's grants (read by their own two indexed queries) for
+``grants_ttl`` seconds unless the version moves, each looked up once however many requests
+want it meanwhile. An entry older than ``grants_ttl`` but younger than twice that is answered
+at once while it is read again in the background, so entries expiring never make requests
+queue for the database. With a listing TTL on ``Sessions`` a listing then costs no engine call
+and at most one small database read a second in the steady state, whatever the number of
+users: nothing on the way reads or walks everybody's data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -50,6 +53,12 @@ DEFAULT_IMAGE_TTL = 60.0
 # Short: an admin who builds a missing image expects to see it soon.
 DEFAULT_MISSING_IMAGE_TTL = 5.0
 DEFAULT_GRANTS_TTL = 10.0
+# How many users' grants are kept; past it the least recently read go first.
+DEFAULT_MAX_CACHED_USERS = 100_000
+# Background refreshes of stale entries read the database this many at a time: entries read
+# together (at start, say) expire together, and their refreshes must not make the requests
+# that need the database queue behind them.
+DEFAULT_REFRESH_CONCURRENCY = 4
 # How often the catalogue's version is compared: the bound on how late another process's
 # change shows (plus one read).
 DEFAULT_VERSION_INTERVAL = 1.0
@@ -235,6 +244,7 @@ class Applications:
         grants_ttl: float = DEFAULT_GRANTS_TTL,
         watch: CatalogueWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
     ) -> None:
         self._uow_factory = uow_factory
         self._sessions = sessions
@@ -242,17 +252,21 @@ class Applications:
         self._grants_ttl = grants_ttl
         self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
         self._clock = clock
-        # Every user's grants, read by one query: refreshing per user made all entries expire
-        # together and queue hundreds of reads for the database at once.
-        self._catalogue: tuple[float, Mapping[str, tuple[Grant, ...]]] | None = None
-        self._catalogue_read: asyncio.Future[Mapping[str, tuple[Grant, ...]]] | None = None
+        self._max_cached_users = max_cached_users
+        # user -> (read at, grants), least recently read first; and the reads under way.
+        self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
+        self._grant_reads: dict[str, asyncio.Future[tuple[Grant, ...]]] = {}
+        self._refresh_slots = asyncio.Semaphore(DEFAULT_REFRESH_CONCURRENCY)
 
     def forget_grants(self, user: str | None = None) -> None:
-        """Read the grants afresh next time (after a catalogue change; ``user`` is only a hint:
-        one query reads everybody's)."""
+        """Read ``user``'s grants (everybody's: None) afresh next time."""
         # A read under way may have seen the old grants: it is not kept either.
-        self._catalogue = None
-        self._catalogue_read = None
+        if user is None:
+            self._grants.clear()
+            self._grant_reads.clear()
+        else:
+            self._grants.pop(user, None)
+            self._grant_reads.pop(user, None)
 
     async def image_state(self, image: str) -> ImageState:
         """What ``image`` declares, or why it is unavailable, from the listings' cache."""
@@ -282,41 +296,53 @@ class Applications:
             self.forget_grants()
             self._images.forget_unavailable()
         if self._grants_ttl <= 0:
-            return (await self._read_catalogue()).get(user, ())
-        entry = self._catalogue
+            return await self._read_grants(user)
+        entry = self._grants.get(user)
         if entry is not None:
             age = self._clock() - entry[0]
             if age < self._grants_ttl:
-                return entry[1].get(user, ())
+                return entry[1]
             if age < 2 * self._grants_ttl:
-                # Stale but recent: answered at once while one refresh runs in the background,
-                # so that an expiring catalogue never makes requests queue for the database.
-                self._refresh_catalogue()
-                return entry[1].get(user, ())
-        return (await asyncio.shield(self._refresh_catalogue())).get(user, ())
+                # Stale but recent: answered at once while one refresh runs in the background.
+                self._refresh_grants(user, background=True)
+                return entry[1]
+        return await asyncio.shield(self._refresh_grants(user))
 
-    def _refresh_catalogue(self) -> asyncio.Future[Mapping[str, tuple[Grant, ...]]]:
-        task = self._catalogue_read
+    def _refresh_grants(
+        self, user: str, *, background: bool = False
+    ) -> asyncio.Future[tuple[Grant, ...]]:
+        task = self._grant_reads.get(user)
         if task is None:
-            task = asyncio.ensure_future(self._read_catalogue())
-            self._catalogue_read = task
-            task.add_done_callback(self._catalogue_done)
+            read = self._read_grants_in_turn(user) if background else self._read_grants(user)
+            task = asyncio.ensure_future(read)
+            self._grant_reads[user] = task
+            task.add_done_callback(lambda done: self._grants_read(user, done))
         return task
 
-    def _catalogue_done(self, task: asyncio.Future[Mapping[str, tuple[Grant, ...]]]) -> None:
-        if self._catalogue_read is not task:
-            return  # forgotten meanwhile
-        self._catalogue_read = None
-        if not task.cancelled() and task.exception() is None:
-            self._catalogue = (self._clock(), task.result())
+    def _grants_read(self, user: str, task: asyncio.Future[tuple[Grant, ...]]) -> None:
+        if self._grant_reads.get(user) is not task:
+            if not task.cancelled():
+                task.exception()  # retrieved: forgotten meanwhile, maybe nobody waits
+            return
+        del self._grant_reads[user]
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._grants.pop(user, None)
+        self._grants[user] = (self._clock(), task.result())
+        while len(self._grants) > self._max_cached_users:
+            del self._grants[next(iter(self._grants))]
 
-    async def _read_catalogue(self) -> Mapping[str, tuple[Grant, ...]]:
+    async def _read_grants_in_turn(self, user: str) -> tuple[Grant, ...]:
+        async with self._refresh_slots:
+            return await self._read_grants(user)
+
+    async def _read_grants(self, user: str) -> tuple[Grant, ...]:
         async with self._uow_factory() as uow:
-            grants = await uow.grants.list_all()
-        by_user: dict[str, list[Grant]] = {}
-        for grant in grants:
-            by_user.setdefault(grant.user.name, []).append(grant)
-        return {name: tuple(owned) for name, owned in by_user.items()}
+            try:
+                found = await uow.users.get_by_name(user)
+            except NotFound:
+                return ()
+            return tuple(await uow.grants.list_for_user(found.id))
 
     async def _describe(self, user: str, grants: Sequence[Grant]) -> list[UserApplication]:
         # Awaited one by one: cached answers come back without suspending, which is the

@@ -53,7 +53,8 @@ class GateAccess:
     - ``target(url_id)`` is the running session ``url_id`` with its grant's ``allow_view``;
       ``NotFound`` when nothing runs there (or it has no published port yet), ``Unavailable``
       when the engine or the database cannot be asked (never cached). Answers are kept until
-      ``Sessions.generation`` changes or ``target_ttl`` passes; concurrent misses for one
+      the service changes the owner's sessions (``Sessions.generation_of``: another user's
+      start or stop leaves them be) or ``target_ttl`` passes; concurrent misses for one
       url id share one lookup. ``cached_target`` is the same without I/O (None on a miss).
     - ``forget(url_id)`` drops a cached target (its application stopped answering).
     - ``may_enter(user, target)``: the owner, an admin, or — when the grant's policy has
@@ -88,7 +89,7 @@ class GateAccess:
         if entry is None:
             return None
         generation, expires, target = entry
-        if generation != self._sessions.generation or self._clock() >= expires:
+        if generation < self._sessions.generation_of(target.owner) or self._clock() >= expires:
             del self._targets[url_id]
             return None
         return target
@@ -135,7 +136,8 @@ class GateAccess:
             port=session.host_port,
             allow_view=allow_view,
         )
-        if generation == self._sessions.generation:
+        # A lookup that started before a change of the owner's sessions may not show it.
+        if generation >= self._sessions.generation_of(target.owner):
             if len(self._targets) >= MAX_TARGETS:
                 self._sweep_targets()
             self._targets[url_id] = (generation, self._clock() + self._target_ttl, target)
@@ -145,9 +147,9 @@ class GateAccess:
         self._targets.pop(url_id, None)
 
     def _sweep_targets(self) -> None:
-        now, generation = self._clock(), self._sessions.generation
-        for key, (gen, expires, _target) in list(self._targets.items()):
-            if gen != generation or now >= expires:
+        now = self._clock()
+        for key, (gen, expires, target) in list(self._targets.items()):
+            if gen < self._sessions.generation_of(target.owner) or now >= expires:
                 del self._targets[key]
         if len(self._targets) >= MAX_TARGETS:
             self._targets.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
@@ -18,6 +19,13 @@ from remoteappmanager.services.sessions import Sessions
 log = structlog.get_logger(__name__)
 
 DEFAULT_CONCURRENCY = 16
+# Containers (and routes) looked at between two returns to the event loop: a pass over tens of
+# thousands of sessions then never holds requests up for more than a few milliseconds.
+DEFAULT_SLICE = 500
+# After a pass, the reconciler rests at least this many times as long as the pass took: on a
+# large realm (a pass grows with the number of sessions) it then takes at most a tenth of the
+# service's time, however short ``interval`` is.
+DEFAULT_REST_FACTOR = 9.0
 
 
 @dataclass
@@ -53,11 +61,15 @@ class Reconciler:
         sessions: Sessions,
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
+        slice_size: int = DEFAULT_SLICE,
+        rest_factor: float = DEFAULT_REST_FACTOR,
     ) -> None:
         self._runtime = runtime
         self._routes = routes
         self._sessions = sessions
         self._concurrency = concurrency
+        self._slice = max(1, slice_size)
+        self._rest_factor = rest_factor
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass; raises ``Unavailable`` only when the engine or the proxy cannot list.
@@ -73,16 +85,23 @@ class Reconciler:
             for path, route in (await self._routes.list()).items()
             if self._sessions.is_ours(route)
         }
+        listed_at = self._sessions.generation
         containers = await self._runtime.list({RUNINFO_REALM: realm})
         report = ReconcileReport()
         live_paths: set[str] = set()
         repairs: list[Coroutine[object, object, None]] = []
-        for info in containers:
+        for index, info in enumerate(containers):
+            if index and index % self._slice == 0:
+                await asyncio.sleep(0)
             session = session_from_container(info, realm)
             if session is None:
                 continue
             live_paths.add(session.urlpath)
-            if self._sessions.busy(session.user, session.mapping_id, session.url_id):
+            # Busy, or changed through the service since the list was read (the pass returns
+            # to the event loop now and then): next pass.
+            if self._sessions.busy(
+                session.user, session.mapping_id, session.url_id
+            ) or listed_at < self._sessions.generation_of(session.user):
                 report.skipped_busy += 1
                 continue
             wanted = self._sessions.route_for(info)
@@ -93,6 +112,7 @@ class Reconciler:
             repairs.append(self._repair(info, session, wanted, routes, report))
         await self._bounded(repairs)
 
+        await asyncio.sleep(0)
         busy_url_ids = self._sessions.busy_url_ids()
         await self._bounded(
             [
@@ -111,15 +131,20 @@ class Reconciler:
         return report
 
     async def run_forever(self, interval: float) -> None:
-        """Reconcile every ``interval`` seconds until cancelled; failures are logged."""
+        """Reconcile every ``interval`` seconds until cancelled; failures are logged.
+
+        A pass that took ``t`` seconds is followed by at least ``rest_factor * t`` of rest.
+        """
         while True:
+            started = time.monotonic()
             try:
                 await self.reconcile_once()
             except RemoteAppError as exc:
                 log.warning("reconcile.failed", error=exc.message)
             except Exception:
                 log.exception("reconcile.crashed")
-            await asyncio.sleep(interval)
+            took = time.monotonic() - started
+            await asyncio.sleep(max(interval, took * self._rest_factor))
 
     async def _bounded(self, work: list[Coroutine[object, object, None]]) -> None:
         # Repairs are independent; running them side by side brings a restarted proxy's

@@ -60,7 +60,20 @@ _EXITED = "the application exited before it became ready"
 
 _MAX_MALFORMED_REMEMBERED = 1024
 
+# How many users' listings (and records of their last change) are kept; past it the oldest
+# go, which costs those users one engine call more.
+DEFAULT_MAX_CACHED_USERS = 100_000
+
 SessionKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """One user's containers as the engine listed them, read at ``generation``."""
+
+    generation: int
+    fetched_at: float
+    containers: Sequence[ContainerInfo]
 
 
 @dataclass(eq=False)
@@ -134,6 +147,7 @@ class Sessions:
         max_sessions_per_user: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         workspace_uid_base: int | None = None,
+        max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -160,29 +174,40 @@ class Sessions:
             else None
         )
         self._max_sessions = max_sessions_per_user
+        self._clock = clock
         self._listing: tuple[int, float, Sequence[ContainerInfo]] | None = None
         self._listing_fetch: tuple[int, asyncio.Task[Sequence[ContainerInfo]]] | None = None
         # Bumped whenever this service changes what runs, so that a listing read before the
         # change is never served after it.
         self._generation = 0
+        # Per user: the generation of their last change (oldest first, bounded; a user not in
+        # it last changed at or before the floor), their cached containers, the listing under
+        # way. Every request then costs a look-up in these, not a pass over everybody's.
+        self._max_listings = max_cached_users
+        self._user_changes: dict[str, int] = {}
+        self._changes_floor = 0
+        self._user_listings: dict[str, _Listing] = {}
+        self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
         """The user's sessions: running, exited, and being started or stopped.
 
-        With a ``listing_ttl``, the realm's containers are listed at most once per TTL for
-        everybody (changes made through this service are seen at once; changes behind its
-        back, such as a crash, within the TTL).
+        With a ``listing_ttl``, each user's containers are listed (by label, on the engine) at
+        most once per TTL, one engine call however many of the user's requests want it; a
+        change made through this service to one user's sessions refreshes that user's entry
+        only (at once), changes behind its back (a crash) show within the TTL.
         """
         if self._listing_ttl > 0:
-            mine = [c for c in await self._realm_containers() if c.labels.get(RUNINFO_USER) == user]
-            return self._merge(mine, lambda claim: claim.user == user)
-        containers = await self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_USER: user})
-        return self._merge(containers, lambda claim: claim.user == user)
+            mine = await self._user_containers(user)
+        else:
+            mine = await self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_USER: user})
+        return self._merge(mine, lambda claim: claim.user == user)
 
     async def list_all(self) -> list[Session]:
-        """Every session of this realm (for admins); cached like ``list_for_user``."""
+        """Every session of this realm (for admins); with a ``listing_ttl`` the realm's list is
+        kept that long, and dropped by any change made through this service."""
         if self._listing_ttl > 0:
             containers = await self._realm_containers()
         else:
@@ -214,14 +239,76 @@ class Sessions:
         if generation == self._generation:
             self._listing = (generation, started, task.result())
 
-    def _changed(self) -> None:
+    async def _user_containers(self, user: str) -> Sequence[ContainerInfo]:
+        now = self._clock()
+        entry = self._user_listings.get(user)
+        if (
+            entry is not None
+            and entry.generation >= self.generation_of(user)
+            and now - entry.fetched_at < self._listing_ttl
+        ):
+            return entry.containers
+        fetch = self._user_fetches.get(user)
+        if fetch is None or fetch[0] < self.generation_of(user):
+            # Started before the user's last change (or none yet): a fresh one is needed.
+            generation = self._generation
+            task = asyncio.ensure_future(
+                self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_USER: user})
+            )
+            fetch = (generation, task)
+            self._user_fetches[user] = fetch
+            task.add_done_callback(lambda done: self._user_listed(user, generation, now, done))
+        return await asyncio.shield(fetch[1])
+
+    def _user_listed(
+        self,
+        user: str,
+        generation: int,
+        started: float,
+        task: asyncio.Task[Sequence[ContainerInfo]],
+    ) -> None:
+        fetch = self._user_fetches.get(user)
+        if fetch is not None and fetch[1] is task:
+            del self._user_fetches[user]
+        if task.cancelled() or task.exception() is not None:
+            return
+        # A listing that started before the user's last change may not show it: not kept.
+        if generation < self.generation_of(user):
+            return
+        current = self._user_listings.get(user)
+        if current is not None and current.generation > generation:
+            return  # a later listing is kept already
+        self._user_listings.pop(user, None)
+        self._user_listings[user] = _Listing(generation, started, task.result())
+        while len(self._user_listings) > self._max_listings:
+            del self._user_listings[next(iter(self._user_listings))]
+
+    def _changed(self, user: str) -> None:
         self._generation += 1
         self._listing = None
+        if len(self._user_changes) >= self._max_listings:
+            # Forget who changed when, and treat everybody as changed now: every cached
+            # answer is read afresh once, and the record of changes stays bounded.
+            self._user_changes.clear()
+            self._changes_floor = self._generation
+        else:
+            self._user_changes.pop(user, None)
+            self._user_changes[user] = self._generation
+        self._user_listings.pop(user, None)
 
     @property
     def generation(self) -> int:
         """Changes whenever this service ends a start, stop or repair: a cache validator."""
         return self._generation
+
+    def generation_of(self, user: str) -> int:
+        """The ``generation`` at which this service last changed ``user``'s sessions.
+
+        An answer about the user computed from data read at generation ``g`` is still valid
+        while ``generation_of(user) <= g`` (then nothing was changed for them since); costs
+        one dictionary look-up, whatever the number of users.
+        """
+        return self._user_changes.get(user, self._changes_floor)
 
     async def get(self, user: str, url_id: str) -> Session:
         """The user's session ``url_id``; ``NotFound`` for anybody else's."""
@@ -553,7 +640,7 @@ class Sessions:
             yield True
         finally:
             del self._claims[key]
-            self._changed()
+            self._changed(claim.user)
             claim.done.set()
 
     async def wait_maintenance(self, user: str, mapping_id: str) -> None:
