@@ -10,6 +10,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,13 @@ from yarl import URL
 
 from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
-from remoteappmanager.services.access import new_pkce_verifier, pkce_challenge
-from remoteappmanager.services.deps import WebDeps
+from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
+from remoteappmanager.domain.errors import Unauthorized
+from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
+from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
+from remoteappmanager.web.deps import WebDeps
 from tests.support.gated import gated_service
 from tests.support.hub import (
     HubPorts,
@@ -49,8 +53,24 @@ PASSWORD = "demo-" + secrets.token_hex(8)
 HUB_ADMINS = ("root",)
 PREFIX = "/services/remoteapp/"
 ADMIN_GROUP = "remoteapp-admins"
-# Short, so that the test of hub logout does not wait long; the real default is 30 s.
-CACHE_TTL = 2.0
+# The real default; tests move the identity cache's clock instead of waiting it out.
+CACHE_TTL = 30.0
+
+
+class ShiftedClock:
+    """The monotonic clock, plus however far a test has moved it on."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+CLOCK = ShiftedClock()
 
 # A service holding the test's own admin token, to create tokens and groups through the API,
 # and another OAuth client that users may sign in to (its tokens are not for us).
@@ -129,7 +149,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         admin_group=ADMIN_GROUP,
         auto_user_creation=True,
     )
-    identity = HubIdentityProvider.from_settings(settings, cache_ttl=CACHE_TTL)
+    identity = HubIdentityProvider.from_settings(settings, cache_ttl=CACHE_TTL, clock=CLOCK)
     deps = WebDeps(
         settings=settings, identity=identity, uow_factory=InMemoryDatabase().unit_of_work
     )
@@ -241,7 +261,9 @@ async def test_hub_logout_ends_our_session_within_the_cache_ttl(stack: Stack) ->
         assert (await _whoami(browser, stack))[0] == 200
         async with browser.get(stack.url("/hub/logout")) as response:
             assert response.status == 200
-        await asyncio.sleep(CACHE_TTL + 0.5)
+        # Until the cached answer expires the session stands; then the logout holds.
+        assert (await _whoami(browser, stack))[0] == 200
+        CLOCK.advance(CACHE_TTL)
         status, body = await _whoami(browser, stack)
         assert (status, body["type"]) == (401, "Unauthorized")
         # A page visit now goes back to the hub's login form.
@@ -499,3 +521,145 @@ async def test_the_hub_refuses_to_start_when_a_service_port_is_taken(
     # Nothing was started: no proxy on the public port.
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", ports.public)) != 0
+
+
+# ---------------------------------------------------------------- the identity port's contract
+# The same assertions against the in-memory hub and the real one (ports/identity.py).
+
+
+class HubSide:
+    """What a test does at the hub: make users and tokens, revoke, change groups."""
+
+    async def token(self, user: str) -> str:
+        raise NotImplementedError
+
+    async def revoke(self, user: str) -> None:
+        raise NotImplementedError
+
+    async def join(self, user: str, group: str) -> None:
+        raise NotImplementedError
+
+
+class RealHubSide(HubSide):
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    async def token(self, user: str) -> str:
+        return await _token(self.stack, user)
+
+    async def revoke(self, user: str) -> None:
+        for token in (await _api(self.stack, "GET", f"/users/{user}/tokens"))["api_tokens"]:
+            await _api(self.stack, "DELETE", f"/users/{user}/tokens/{token['id']}")
+
+    async def join(self, user: str, group: str) -> None:
+        groups = {g["name"] for g in await _api(self.stack, "GET", "/groups")}
+        if group not in groups:
+            await _api(self.stack, "POST", f"/groups/{group}")
+        await _api(self.stack, "POST", f"/groups/{group}/users", json={"users": [user]})
+
+
+class FakeHubSide(HubSide):
+    def __init__(self, hub: InMemoryIdentityProvider) -> None:
+        self.hub = hub
+
+    async def token(self, user: str) -> str:
+        try:
+            return self.hub.issue_token(user)
+        except KeyError:
+            self.hub.add_user(user)
+            return self.hub.issue_token(user)
+
+    async def revoke(self, user: str) -> None:
+        self.hub.revoke_user(user)
+
+    async def join(self, user: str, group: str) -> None:
+        self.hub.set_groups(user, self.hub._users[user].groups | {group})
+
+
+@pytest_asyncio.fixture(loop_scope="module", params=["in-memory", "jupyterhub"])
+async def contract(
+    request: pytest.FixtureRequest, stack: Stack
+) -> AsyncIterator[tuple[IdentityProvider, HubSide, ShiftedClock]]:
+    clock = ShiftedClock()
+    provider: IdentityProvider
+    side: HubSide
+    if request.param == "in-memory":
+        fake = InMemoryIdentityProvider(cache_ttl=CACHE_TTL, clock=clock)
+        provider, side = fake, FakeHubSide(fake)
+    else:
+        provider = HubIdentityProvider.from_settings(
+            stack.settings, cache_ttl=CACHE_TTL, clock=clock
+        )
+        side = RealHubSide(stack)
+    try:
+        yield provider, side, clock
+    finally:
+        await provider.close()
+
+
+async def test_contract_the_authorize_url_carries_state_and_challenge(
+    contract: tuple[IdentityProvider, HubSide, ShiftedClock],
+) -> None:
+    provider, _side, _clock = contract
+    challenge = pkce_challenge(new_pkce_verifier())
+    url = URL(provider.authorize_url("the-state", challenge))
+    assert url.path == "/hub/api/oauth2/authorize"
+    assert url.query["state"] == "the-state"
+    assert url.query["code_challenge"] == challenge
+    assert url.query["code_challenge_method"] == "S256"
+    assert url.query["response_type"] == "code"
+    assert url.query["client_id"] == "service-remoteapp"
+
+
+async def test_contract_an_unknown_code_is_unauthorized(
+    contract: tuple[IdentityProvider, HubSide, ShiftedClock],
+) -> None:
+    provider, _side, _clock = contract
+    with pytest.raises(Unauthorized):
+        await provider.exchange_code(secrets.token_urlsafe(16), new_pkce_verifier())
+
+
+async def test_contract_a_token_names_its_user_and_carries_the_access_scope(
+    contract: tuple[IdentityProvider, HubSide, ShiftedClock],
+) -> None:
+    provider, side, _clock = contract
+    token = await side.token("mona")
+    user = await provider.user_for_token(token)
+    assert (user.name, user.admin, user.groups) == ("mona", False, frozenset())
+    assert "access:services!service=remoteapp" in user.scopes
+    await provider.check()
+
+
+async def test_contract_unknown_and_empty_tokens_are_unauthorized(
+    contract: tuple[IdentityProvider, HubSide, ShiftedClock],
+) -> None:
+    provider, _side, _clock = contract
+    for token in ("", secrets.token_hex(16)):
+        with pytest.raises(Unauthorized):
+            await provider.user_for_token(token)
+
+
+async def test_contract_a_revoked_token_works_until_the_cached_answer_expires(
+    contract: tuple[IdentityProvider, HubSide, ShiftedClock],
+) -> None:
+    provider, side, clock = contract
+    token = await side.token("nina")
+    assert (await provider.user_for_token(token)).name == "nina"
+    await side.revoke("nina")
+    clock.advance(CACHE_TTL - 1)
+    assert (await provider.user_for_token(token)).name == "nina"
+    clock.advance(1)
+    with pytest.raises(Unauthorized):
+        await provider.user_for_token(token)
+
+
+async def test_contract_a_group_change_shows_once_the_cached_answer_expires(
+    contract: tuple[IdentityProvider, HubSide, ShiftedClock],
+) -> None:
+    provider, side, clock = contract
+    token = await side.token("omar")
+    assert (await provider.user_for_token(token)).groups == frozenset()
+    await side.join("omar", "physics")
+    assert (await provider.user_for_token(token)).groups == frozenset()
+    clock.advance(CACHE_TTL)
+    assert (await provider.user_for_token(token)).groups == {"physics"}

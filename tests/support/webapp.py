@@ -26,10 +26,10 @@ from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.catalogue import VolumeGuard
-from remoteappmanager.services.deps import HealthCheck, WebDeps
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
+from remoteappmanager.web.deps import HealthCheck, WebDeps
 
 PREFIX = "/services/remoteapp/"
 CALLBACK = PREFIX + "oauth_callback"
@@ -106,9 +106,11 @@ VOLUME_ROOT = "/data"
 
 @dataclass
 class World:
-    hub: InMemoryIdentityProvider = field(default_factory=InMemoryIdentityProvider)
-    database: InMemoryDatabase = field(default_factory=InMemoryDatabase)
     clock: FakeClock = field(default_factory=FakeClock)
+    # The hub caches what it answers on the world's clock, as production does on the real one:
+    # a hub-side change shows once ``clock.advance(hub.cache_ttl)``.
+    hub: InMemoryIdentityProvider = field(init=False)
+    database: InMemoryDatabase = field(default_factory=InMemoryDatabase)
     # The container side: an "engine" without image caching, so tests see changes at once.
     runtime: InMemoryRuntime = field(default_factory=lambda: InMemoryRuntime(image_cache_ttl=0))
     routes: InMemoryRouteTable = field(default_factory=InMemoryRouteTable)
@@ -116,6 +118,13 @@ class World:
     workspaces: InMemoryWorkspaces = field(default_factory=InMemoryWorkspaces)
     host_paths: InMemoryHostPaths = field(default_factory=InMemoryHostPaths)
     sessions: Sessions | None = None
+
+    def __post_init__(self) -> None:
+        self.hub = InMemoryIdentityProvider(clock=self.clock)
+
+    def hub_changed(self) -> None:
+        """Let the hub's cached answers expire, as they do ``cache_ttl`` after a change."""
+        self.clock.advance(self.hub.cache_ttl)
 
     def make_sessions(self, settings: Settings) -> Sessions:
         """The sessions service over this world's fakes, as the composition root builds it."""

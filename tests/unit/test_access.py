@@ -9,13 +9,9 @@ import pytest
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.models import Policy, Volume, VolumeMode
+from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
 from remoteappmanager.ports.identity import HubUser
-from remoteappmanager.services.access import (
-    AccessService,
-    demo_policy,
-    new_pkce_verifier,
-    pkce_challenge,
-)
+from remoteappmanager.services.access import AccessService, demo_policy
 
 ACCESS = frozenset({"access:services!service=remoteapp"})
 

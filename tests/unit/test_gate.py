@@ -30,9 +30,9 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemor
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import AccessMode, Session
-from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.web.app import create_app
+from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate import GATE_COOKIE
 from remoteappmanager.web.gate_proxy import WRITE_HIGH
 from remoteappmanager.web.keys import GATE
@@ -566,7 +566,7 @@ async def test_hub_logout_ends_container_access_once_the_decision_expires(stack:
     await sign_in(stack.client, stack.world, "alice")
     assert (await enter(stack.client, session.urlpath + "/")).status == 200
     stack.world.hub.revoke_user("alice")
-    stack.world.clock.advance(6)
+    stack.world.hub_changed()  # the hub's cached answer expires; the decision's (5 s) too
     response = await stack.client.post(session.urlpath + "/x", data=b"")
     assert response.status == 401
 
@@ -578,7 +578,7 @@ async def test_lost_admin_rights_end_access_once_the_decision_expires(stack: Sta
     assert (await confirm_entry(stack.client, confirmation)).status == 200
     stack.world.hub.set_admin("root", False)
     assert (await stack.client.get(session.urlpath + "/")).status == 200  # decision kept
-    stack.world.clock.advance(6)
+    stack.world.hub_changed()
     assert (await stack.client.get(session.urlpath + "/")).status == 403
 
 
@@ -1560,8 +1560,10 @@ async def test_open_websockets_close_when_the_access_that_let_them_in_ends(
     assert not await closed_within(ws, 0.2)
     if change == "hub_logout":
         stack.world.hub.revoke_user(visitor)
+        stack.world.hub_changed()
     elif change == "admin_lost":
         stack.world.hub.set_admin(visitor, False)
+        stack.world.hub_changed()
     elif change == "grant_revoked":
         async with stack.world.database.unit_of_work() as uow:
             await uow.grants.revoke(session.mapping_id)
@@ -1645,6 +1647,8 @@ async def test_a_token_websocket_closes_when_the_hub_revokes_the_token(stack: St
     ws = await open_ws(stack, session, origin=None, headers={"Authorization": f"token {token}"})
     assert await gate.recheck() == 0
     stack.world.hub.revoke_user("alice")
+    assert await gate.recheck() == 0  # the hub's answer is cached for its stated time
+    stack.world.hub_changed()
     assert await gate.recheck() == 1
     assert await closed_within(ws, 2)
 

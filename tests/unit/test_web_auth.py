@@ -305,6 +305,7 @@ async def test_hub_revoking_the_token_ends_the_session(
     await sign_in(client, world, "alice")
     assert (await client.get(WHOAMI)).status == 200
     world.hub.revoke_user("alice")  # what a hub logout does
+    world.hub_changed()
     response = await client.get(WHOAMI)
     assert response.status == 401
     assert response.cookies[SESSION_COOKIE].value == ""
@@ -349,9 +350,11 @@ async def test_admin_is_decided_on_every_request(
     assert (await (await client.get(WHOAMI)).json())["admin"] is False
     assert (await client.get(ADMIN_ONLY)).status == 403
     world.hub.set_admin("alice", True)
+    world.hub_changed()
     assert (await (await client.get(WHOAMI)).json())["admin"] is True
     assert (await client.get(ADMIN_ONLY)).status == 200
     world.hub.set_admin("alice", False)
+    world.hub_changed()
     response = await client.get(ADMIN_ONLY)
     assert response.status == 403
     assert (await response.json())["type"] == "Forbidden"
@@ -364,6 +367,7 @@ async def test_admin_group_makes_admins(world: World, aiohttp_client: Any) -> No
     headers = {"Authorization": f"token {token}"}
     assert (await (await client.get(WHOAMI, headers=headers)).json())["admin"] is False
     world.hub.set_groups("alice", frozenset({"remoteapp-admins"}))
+    world.hub_changed()
     body = await (await client.get(WHOAMI, headers=headers)).json()
     assert body == {"name": "alice", "admin": True, "groups": ["remoteapp-admins"]}
 

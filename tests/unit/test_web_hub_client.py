@@ -18,8 +18,8 @@ from remoteappmanager.adapters.jupyterhub import (
     HubIdentityProvider,
 )
 from remoteappmanager.domain.errors import Unable, Unauthorized, Unavailable
+from remoteappmanager.domain.oauth import pkce_challenge
 from remoteappmanager.ports.identity import HubUser
-from remoteappmanager.services.access import pkce_challenge
 from tests.support.services import free_port
 from tests.support.webapp import FakeClock, make_settings
 
@@ -263,7 +263,7 @@ async def test_the_memory_of_refused_tokens_is_bounded(hub: FakeHub, aiohttp_ser
         with pytest.raises(Unauthorized):
             await provider.user_for_token("bad-1")  # forgotten (size 2): asked again
         assert hub.user_calls == 4
-        assert len(provider._refused) == 2
+        assert provider.refusals_remembered == 2
     finally:
         await provider.close()
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -13,6 +11,7 @@ from urllib.parse import urlencode
 import aiohttp
 import structlog
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.errors import Unable, Unauthorized, Unavailable
 from remoteappmanager.ports.identity import HubUser
 from remoteappmanager.settings import Settings
@@ -72,18 +71,16 @@ class HubIdentityProvider:
         self._client_id = client_id
         self._redirect_uri = redirect_uri
         self._authorize_endpoint = base_url.rstrip("/") + "/hub/api/oauth2/authorize"
-        self._cache_ttl = cache_ttl
-        self._cache_size = cache_size
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[float, HubUser]] = OrderedDict()
-        self._negative_ttl = negative_ttl
-        self._negative_size = negative_size
-        # token digest -> until when the hub's refusal stands; oldest first
-        self._refused: OrderedDict[bytes, float] = OrderedDict()
-        self.user_lookups = 0
-        self.refusals_cached = 0
-        self._inflight: dict[bytes, asyncio.Task[HubUser]] = {}
+        # Keyed by the token's digest, so that no token sits in memory longer than a request.
+        self._users: TtlCache[bytes, HubUser] = TtlCache(
+            ttl=cache_ttl,
+            maxsize=cache_size,
+            clock=clock,
+            refusals=(Unauthorized,),
+            refusal_ttl=negative_ttl,
+            refusal_maxsize=negative_size,
+        )
         self._client: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -104,7 +101,21 @@ class HubIdentityProvider:
 
     @property
     def cache_ttl(self) -> float:
-        return self._cache_ttl
+        return self._users.ttl
+
+    @property
+    def user_lookups(self) -> int:
+        """Requests made to the hub's ``/user``."""
+        return self._users.loads
+
+    @property
+    def refusals_cached(self) -> int:
+        """Refusals answered from memory."""
+        return self._users.refusals_answered
+
+    @property
+    def refusals_remembered(self) -> int:
+        return self._users.refusals
 
     # ------------------------------------------------------------------ the port
     def authorize_url(self, state: str, code_challenge: str) -> str:
@@ -148,26 +159,7 @@ class HubIdentityProvider:
         if not token:
             raise Unauthorized(_CREDENTIALS_REFUSED)
         key = hashlib.sha256(token.encode()).digest()
-        cached = self._cache.get(key)
-        if cached is not None:
-            expires, user = cached
-            if self._clock() < expires:
-                self._cache.move_to_end(key)
-                return user
-            del self._cache[key]
-        refused_until = self._refused.get(key)
-        if refused_until is not None:
-            if self._clock() < refused_until:
-                self.refusals_cached += 1
-                raise Unauthorized(_CREDENTIALS_REFUSED)
-            del self._refused[key]
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.create_task(self._fetch_user(key, token))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._forget(key, done))
-        # Shielded: one caller giving up must not cancel the lookup the others wait for.
-        return await asyncio.shield(task)
+        return await self._users.get(key, lambda: self._fetch_user(token))
 
     async def check(self) -> None:
         status, _body = await self._call("GET", "/")
@@ -175,41 +167,20 @@ class HubIdentityProvider:
             raise Unavailable(f"JupyterHub answered {status}")
 
     async def close(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
-        self._inflight.clear()
-        self._cache.clear()
-        self._refused.clear()
+        await self._users.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
 
     # ------------------------------------------------------------------ internals
-    async def _fetch_user(self, key: bytes, token: str) -> HubUser:
-        self.user_lookups += 1
+    async def _fetch_user(self, token: str) -> HubUser:
         status, body = await self._call("GET", "/user", headers={"Authorization": f"token {token}"})
         if status in (401, 403):
             # A revoked token answers 403 (the hub sees no user), an unknown one 403 or 401.
-            self._refused[key] = self._clock() + self._negative_ttl
-            self._refused.move_to_end(key)
-            while len(self._refused) > self._negative_size:
-                self._refused.popitem(last=False)
             raise Unauthorized(_CREDENTIALS_REFUSED)
         if status != 200 or not isinstance(body, Mapping):
             raise Unavailable(_HUB_UNREACHABLE)
-        user = _user_from_model(body)
-        self._cache[key] = (self._clock() + self._cache_ttl, user)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return user
-
-    def _forget(self, key: bytes, task: asyncio.Task[HubUser]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            # Marks the outcome as seen even when every waiter has gone away meanwhile.
-            task.exception()
+        return _user_from_model(body)
 
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None or self._client.closed:

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.errors import Unauthorized, Unavailable
+from remoteappmanager.domain.oauth import pkce_challenge
 from remoteappmanager.ports.identity import HubUser
 
 AUTHORIZE_PATH = "/hub/api/oauth2/authorize"
+# The real adapter's defaults (adapters/jupyterhub.py), so that tests run what production runs.
+DEFAULT_CACHE_TTL = 30.0
+DEFAULT_NEGATIVE_TTL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class _PendingCode:
     user: str
     code_challenge: str
-
-
-def s256_challenge(verifier: str) -> str:
-    """The PKCE S256 challenge of a verifier (RFC 7636 §4.2)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 class InMemoryIdentityProvider:
@@ -35,7 +34,12 @@ class InMemoryIdentityProvider:
     default with the scopes the hub's ``user`` role gives: this service's access scope and
     the user's own identity; ``scopes=`` narrows or widens it, as the hub's token API does),
     ``revoke_user`` plays a hub logout, ``available = False`` makes every call raise
-    ``Unavailable``. Nothing is cached, so edits show on the very next request.
+    ``Unavailable``.
+
+    Like ``HubIdentityProvider``, ``user_for_token`` answers are cached for ``cache_ttl``
+    seconds and refusals for ``negative_ttl`` (the same defaults), on the injected ``clock``:
+    a hub-side edit shows once the cached answer expires, as it does with the real hub.
+    ``forget()`` drops what is cached (as a restart of the service would).
     """
 
     def __init__(
@@ -44,6 +48,9 @@ class InMemoryIdentityProvider:
         client_id: str = "service-remoteapp",
         redirect_uri: str = "/services/remoteapp/oauth_callback",
         service_name: str = "remoteapp",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client_id = client_id
         self.service_name = service_name
@@ -53,6 +60,14 @@ class InMemoryIdentityProvider:
         self._codes: dict[str, _PendingCode] = {}
         # token -> (owner, the token's scopes as the hub would expand them)
         self._tokens: dict[str, tuple[str, frozenset[str]]] = {}
+        self._answers: TtlCache[str, HubUser] = TtlCache(
+            ttl=cache_ttl,
+            maxsize=10_000,
+            clock=clock,
+            refusals=(Unauthorized,),
+            refusal_ttl=negative_ttl,
+        )
+        self.user_lookups = 0
 
     # ------------------------------------------------------------------ test controls
     def add_user(
@@ -92,6 +107,14 @@ class InMemoryIdentityProvider:
         self._tokens[token] = (name, self.default_scopes(name) if scopes is None else scopes)
         return token
 
+    def forget(self) -> None:
+        """Drop every cached answer: the next lookups see the hub as it is now."""
+        self._answers.clear()
+
+    @property
+    def cache_ttl(self) -> float:
+        return self._answers.ttl
+
     def revoke_user(self, name: str) -> None:
         for token in [t for t, (owner, _) in self._tokens.items() if owner == name]:
             del self._tokens[token]
@@ -114,13 +137,19 @@ class InMemoryIdentityProvider:
         self._check_available()
         pending = self._codes.pop(code, None)
         if pending is None or not secrets.compare_digest(
-            s256_challenge(verifier), pending.code_challenge
+            pkce_challenge(verifier), pending.code_challenge
         ):
             raise Unauthorized("the sign-in code is not valid (any more); sign in again")
         return self.issue_token(pending.user)
 
     async def user_for_token(self, token: str) -> HubUser:
         self._check_available()
+        if not token:
+            raise Unauthorized("the JupyterHub token is not valid (any more); sign in again")
+        return await self._answers.get(token, lambda: self._look_up(token))
+
+    async def _look_up(self, token: str) -> HubUser:
+        self.user_lookups += 1
         held = self._tokens.get(token)
         if held is None or held[0] not in self._users:
             raise Unauthorized("the JupyterHub token is not valid (any more); sign in again")
@@ -131,7 +160,7 @@ class InMemoryIdentityProvider:
         self._check_available()
 
     async def close(self) -> None:
-        return None
+        await self._answers.close()
 
     def _check_available(self) -> None:
         if not self.available:

@@ -19,9 +19,6 @@ Contract:
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,17 +73,6 @@ class AuthenticatedUser:
     name: str
     admin: bool
     groups: frozenset[str] = frozenset()
-
-
-def new_pkce_verifier() -> str:
-    """A fresh PKCE code verifier: 43 characters of the unreserved set (RFC 7636 §4.1)."""
-    return secrets.token_urlsafe(32)
-
-
-def pkce_challenge(verifier: str) -> str:
-    """The S256 code challenge of a verifier (RFC 7636 §4.2)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def demo_policy(image: str, overrides: Mapping[str, Any]) -> Policy:

@@ -24,7 +24,8 @@ import structlog
 from aiohttp import web
 
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest, Unauthorized
-from remoteappmanager.services.access import AuthenticatedUser, new_pkce_verifier, pkce_challenge
+from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.web.keys import (
     ACCESS,
     AUTH,
