@@ -24,7 +24,7 @@ from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
     InMemoryHostPaths,
     InMemoryWorkspaces,
 )
-from remoteappmanager.services.deps import WebDeps  # noqa: E402
+from remoteappmanager.web.deps import WebDeps  # noqa: E402
 from remoteappmanager.settings import Settings  # noqa: E402
 from remoteappmanager.web.app import create_app  # noqa: E402
 

@@ -102,7 +102,7 @@ async def _gate_main(
     from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
     from remoteappmanager.domain.models import Policy
     from remoteappmanager.domain.sessions import AccessMode
-    from remoteappmanager.services.deps import WebDeps
+    from remoteappmanager.web.deps import WebDeps
     from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.app import create_app

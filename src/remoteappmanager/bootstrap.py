@@ -28,10 +28,10 @@ from remoteappmanager.ports.workspaces import HostPaths, Workspaces
 from remoteappmanager.services.access import demo_policy
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.catalogue import VolumeGuard
-from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings, SettingsError
+from remoteappmanager.web.deps import Resource, WebDeps
 
 __all__ = [
     "Database",

@@ -36,9 +36,9 @@ from remoteappmanager.adapters.http_probe import AiohttpReadinessProbe
 from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import AccessMode, Session
-from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.web.app import create_app
+from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate import GATE_COOKIE
 from tests.support.services import REPO, Proxy, ServiceMissing, free_port, skip_or_fail
 from tests.support.session_images import (

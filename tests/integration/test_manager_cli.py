@@ -37,7 +37,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """Stands in for the web application: records the settings it was started with."""
     calls: list[Settings] = []
-    monkeypatch.setattr(manager, "_find_serve", lambda: calls.append)
+    monkeypatch.setattr(manager, "serve", calls.append)
     return calls
 
 
@@ -138,19 +138,6 @@ def test_the_service_starts_on_a_schema_at_head(
 
     assert result.exit_code == 0, result.output
     assert [settings.database_url for settings in served] == [empty_database_url]
-
-
-def test_a_build_without_the_web_service_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url = str(tmp_path / "remote.db")
-    assert run("db", "upgrade", url=url).exit_code == 0
-    monkeypatch.setattr(manager, "_WEB_APP_MODULE", "remoteappmanager.no_such_module")
-
-    result = run(url=url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token")
-
-    assert result.exit_code == 2
-    assert error_line(result) == "the web service is not available in this build"
 
 
 def test_the_service_needs_the_proxy_token(tmp_path: Path, served: list[Settings]) -> None:

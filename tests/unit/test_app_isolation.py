@@ -41,11 +41,11 @@ from remoteappmanager.domain.routing import (
     is_app_host,
 )
 from remoteappmanager.domain.sessions import AccessMode, Session
-from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import SettingsError, load_settings
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.auth import XSRF_COOKIE
+from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate import ENTER_PATH, GATE_COOKIE, TICKET_TTL
 from tests.support.services import free_port
 from tests.support.webapp import (

@@ -16,12 +16,12 @@ SECRET = "hub-token-" + "s" * 30
 _SCRIPT = textwrap.dedent(
     """
     import asyncio, contextlib, sys
-    from remoteappmanager import bootstrap
     from remoteappmanager.adapters.memory_db import InMemoryDatabase
     from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
-    from remoteappmanager.services.deps import WebDeps
+    from remoteappmanager.web.deps import WebDeps
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.app import serve
+    from remoteappmanager.web.logs import configure_logging
 
     @contextlib.asynccontextmanager
     async def resource():
@@ -30,19 +30,17 @@ _SCRIPT = textwrap.dedent(
         yield
         print("closed", flush=True)
 
-    def build_web_deps(settings):
-        return WebDeps(
-            settings=settings,
-            identity=InMemoryIdentityProvider(),
-            uow_factory=InMemoryDatabase().unit_of_work,
-            resources=[resource],
-        )
-
-    bootstrap.build_web_deps = build_web_deps
-    serve(Settings(
+    settings = Settings(
         jupyterhub_service_url="http://127.0.0.1:" + sys.argv[1],
         jupyterhub_api_token=sys.argv[2],
         log_format="json",
+    )
+    configure_logging(settings.log_format, settings.log_level)
+    serve(WebDeps(
+        settings=settings,
+        identity=InMemoryIdentityProvider(),
+        uow_factory=InMemoryDatabase().unit_of_work,
+        resources=[resource],
     ))
     """
 )

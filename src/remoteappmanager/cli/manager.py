@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -14,10 +12,11 @@ from remoteappmanager import __version__, bootstrap
 from remoteappmanager.cli.output import fail
 from remoteappmanager.domain.errors import RemoteAppError
 from remoteappmanager.settings import Settings, SettingsError, load_settings
+from remoteappmanager.web import app as web_app
+from remoteappmanager.web.logs import configure_logging
 
 PROG = "remoteappmanager"
 UPGRADE_COMMAND = f"`{PROG} db upgrade`"
-_WEB_APP_MODULE = "remoteappmanager.web.app"
 _T = TypeVar("_T")
 
 
@@ -41,9 +40,6 @@ def main(ctx: click.Context) -> None:
     status = _run(bootstrap.schema_status(settings.database_url))
     if not status.at_head:
         fail(PROG, _not_at_head(status))
-    serve = _find_serve()
-    if serve is None:
-        fail(PROG, "the web service is not available in this build", 2)
     try:
         serve(settings)
     except RemoteAppError as exc:
@@ -122,12 +118,7 @@ def _not_at_head(status: bootstrap.SchemaStatus) -> str:
     )
 
 
-def _find_serve() -> Callable[[Settings], object] | None:
-    # The web application is looked up at run time, so that a build without it says so
-    # plainly; an import error inside an existing module still surfaces as itself.
-    if importlib.util.find_spec(_WEB_APP_MODULE) is None:
-        return None
-    serve: Callable[[Settings], object] | None = getattr(
-        importlib.import_module(_WEB_APP_MODULE), "serve", None
-    )
-    return serve
+def serve(settings: Settings) -> None:
+    """Build the service from ``settings`` through the composition root, and run it."""
+    configure_logging(settings.log_format, settings.log_level)
+    web_app.serve(bootstrap.build_web_deps(settings))

@@ -1,4 +1,5 @@
-"""The aiohttp application: middlewares, routes under ``{svc}``, lifecycle, and ``serve``."""
+"""The aiohttp application: middlewares, routes under ``{svc}``, lifecycle, and ``serve``
+(which runs an application built from given dependencies; the command line builds them)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,20 @@ import asyncio
 import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable
-from typing import cast
 
 import structlog
 from aiohttp import web
 from yarl import URL
 
-from remoteappmanager import __version__, bootstrap
+from remoteappmanager import __version__
 from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.admin import Administration
-from remoteappmanager.services.deps import Resource, WebDeps
-from remoteappmanager.settings import Settings
 from remoteappmanager.web import api_admin, api_user, auth, pages
 from remoteappmanager.web.api import AnswerCache, ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
+from remoteappmanager.web.deps import Resource, WebDeps
 from remoteappmanager.web.errors import error_middleware
 from remoteappmanager.web.gate import setup_gate
 from remoteappmanager.web.health import CachedHealth, health_handler
@@ -46,7 +45,6 @@ from remoteappmanager.web.listening import BIND_ERRORS, SERVICE_SETTING, listen_
 from remoteappmanager.web.login_sessions import LoginSessionStore
 from remoteappmanager.web.logs import (
     add_request_id_header,
-    configure_logging,
     request_context_middleware,
 )
 from remoteappmanager.web.metrics import (
@@ -62,8 +60,6 @@ log = structlog.get_logger(__name__)
 
 # Seconds in-flight requests get to finish once a stop is asked for.
 SHUTDOWN_TIMEOUT = 10.0
-# The composition root's function building the web application's dependencies.
-DEPS_BUILDER = "build_web_deps"
 _API_DESCRIPTION = (
     "Lists are `{offset, total, items: {id: object}, identifiers: [id...]}`; a create answers "
     "201 with an empty body and a `Location` ending in `<id>/`; errors are "
@@ -175,21 +171,19 @@ async def _api_not_cacheable(request: web.Request, response: web.StreamResponse)
         response.headers["Cache-Control"] = "no-store"
 
 
-def serve(settings: Settings) -> None:
-    """Run the service on the host and port of ``JUPYTERHUB_SERVICE_URL`` until SIGINT/SIGTERM.
+def serve(deps: WebDeps) -> None:
+    """Run the service built from ``deps`` on the host and port of ``JUPYTERHUB_SERVICE_URL``
+    until SIGINT/SIGTERM.
 
-    The dependencies come from the composition root (``bootstrap.build_web_deps``). uvloop is
-    used when installed. On a stop signal the server stops accepting, gives in-flight requests
-    ``SHUTDOWN_TIMEOUT`` seconds, then closes every resource in reverse order.
+    The dependencies come from the composition root (``bootstrap``), called by the command
+    line. uvloop is used when installed. On a stop signal the server stops accepting, gives
+    in-flight requests ``SHUTDOWN_TIMEOUT`` seconds, then closes every resource in reverse
+    order.
     """
-    configure_logging(settings.log_format, settings.log_level)
+    settings = deps.settings
     url = URL(settings.jupyterhub_service_url)
     host = url.host or "127.0.0.1"
     port = url.port or 80
-    builder = getattr(bootstrap, DEPS_BUILDER, None)
-    if builder is None:
-        raise RuntimeError(f"the composition root has no {DEPS_BUILDER}(settings)")
-    deps = cast(Callable[[Settings], WebDeps], builder)(settings)
     log.info("service_starting", host=host, port=port, prefix=settings.jupyterhub_service_prefix)
     loop = _new_event_loop()
     asyncio.set_event_loop(loop)

@@ -13,8 +13,6 @@ from urllib.parse import parse_qs, quote, unquote
 
 import structlog
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from remoteappmanager.domain.errors import (
     Forbidden,
@@ -27,17 +25,16 @@ from remoteappmanager.domain.routing import app_origin, is_app_host
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
-from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
+from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate_proxy import (
     MAX_CONNECTIONS_PER_USER,
     Answer,
     Forward,
     GateRequest,
     GateServer,
-    GateStats,
     Verdict,
 )
 from remoteappmanager.web.gate_rules import (
@@ -575,7 +572,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)
-    app[METRICS].registry.register(_GateCollector(gate.server.stats))
+    app[METRICS].watch_gate(gate.server.stats)
     app.cleanup_ctx.append(_listening)
     app.router.add_get(prefix + "gate/{url_id}", gate_entry, name="gate_entry")
     app.router.add_post(prefix + "gate/{url_id}", gate_entry_confirmed)
@@ -599,44 +596,6 @@ async def _listening(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await rechecking
         await server.close()
-
-
-class _GateCollector(Collector):
-    """The gate's plain counters, turned into metrics when scraped (nothing per request)."""
-
-    def __init__(self, stats: GateStats) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
-        stats = self._stats
-        requests = CounterMetricFamily(
-            "remoteapp_gate_requests",
-            "Requests to running applications, by what the gate did with them.",
-            labels=("outcome",),
-        )
-        for outcome, value in (
-            ("forwarded", stats.forwarded),
-            ("answered", stats.answered),
-            ("failed", stats.failed),
-            ("malformed", stats.malformed),
-        ):
-            requests.add_metric((outcome,), value)
-        yield requests
-        yield CounterMetricFamily(
-            "remoteapp_gate_upgrades",
-            "Connections switched to another protocol (WebSocket) through the gate.",
-            value=stats.upgraded,
-        )
-        yield GaugeMetricFamily(
-            "remoteapp_gate_connections",
-            "Open connections from the proxy to the gate.",
-            value=stats.connections,
-        )
-        yield CounterMetricFamily(
-            "remoteapp_gate_crowded",
-            "Requests refused (429) because their user had too many under way at once.",
-            value=stats.crowded,
-        )
 
 
 # ---------------------------------------------------------------------------- {svc}gate/<url_id>

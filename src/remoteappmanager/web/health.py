@@ -18,8 +18,8 @@ import structlog
 from aiohttp import web
 
 from remoteappmanager.domain.errors import RemoteAppError
-from remoteappmanager.services.deps import HealthCheck
 from remoteappmanager.web.auth import resolve_auth
+from remoteappmanager.web.deps import HealthCheck
 from remoteappmanager.web.keys import HEALTH
 
 log = structlog.get_logger(__name__)

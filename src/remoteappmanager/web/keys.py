@@ -11,13 +11,13 @@ if TYPE_CHECKING:
     from remoteappmanager.services.access import AccessService
     from remoteappmanager.services.admin import Administration
     from remoteappmanager.services.applications import Applications, UserApplication
-    from remoteappmanager.services.deps import HealthCheck, WebDeps
     from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.api import AnswerCache, ApiRegistry
     from remoteappmanager.web.assets import PageAssets
     from remoteappmanager.web.auth import RequestAuth
     from remoteappmanager.web.cookies import CookieSigner
+    from remoteappmanager.web.deps import HealthCheck, WebDeps
     from remoteappmanager.web.gate import Gate
     from remoteappmanager.web.health import CachedHealth
     from remoteappmanager.web.login_sessions import LoginSessionStore

@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
+from remoteappmanager.web.gate_proxy import GateStats
 from remoteappmanager.web.keys import METRICS
 
 # Requests that match no route share one label value, so that scanners cannot blow up the
@@ -75,6 +78,10 @@ class Metrics:
             self._series[key] = series
         series[0].inc()
         series[1].observe(seconds)
+
+    def watch_gate(self, stats: GateStats) -> None:
+        """Export the gate's plain counters, read when metrics are scraped."""
+        self.registry.register(_GateCollector(stats))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -141,3 +148,41 @@ async def loop_lag_lifespan(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class _GateCollector(Collector):
+    """The gate's plain counters, turned into metrics when scraped (nothing per request)."""
+
+    def __init__(self, stats: GateStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self._stats
+        requests = CounterMetricFamily(
+            "remoteapp_gate_requests",
+            "Requests to running applications, by what the gate did with them.",
+            labels=("outcome",),
+        )
+        for outcome, value in (
+            ("forwarded", stats.forwarded),
+            ("answered", stats.answered),
+            ("failed", stats.failed),
+            ("malformed", stats.malformed),
+        ):
+            requests.add_metric((outcome,), value)
+        yield requests
+        yield CounterMetricFamily(
+            "remoteapp_gate_upgrades",
+            "Connections switched to another protocol (WebSocket) through the gate.",
+            value=stats.upgraded,
+        )
+        yield GaugeMetricFamily(
+            "remoteapp_gate_connections",
+            "Open connections from the proxy to the gate.",
+            value=stats.connections,
+        )
+        yield CounterMetricFamily(
+            "remoteapp_gate_crowded",
+            "Requests refused (429) because their user had too many under way at once.",
+            value=stats.crowded,
+        )
