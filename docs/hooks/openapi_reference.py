@@ -49,14 +49,14 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any, **_: Any
 def render_errors() -> str:
     """The error types of the API: ``type``, HTTP status and meaning, from the code."""
     from remoteappmanager.domain.errors import RemoteAppError
-    from remoteappmanager.web.errors import ERROR_STATUS
+    from remoteappmanager.web.errors import ERROR_STATUS, WIRE_NAME
 
     lines = ["| `type` | Status | Meaning |", "|---|---|---|"]
     for error, status in sorted(ERROR_STATUS.items(), key=lambda item: item[1]):
         if error is RemoteAppError:
             continue
         meaning = (error.__doc__ or "").strip().splitlines()[0] if error.__doc__ else ""
-        lines.append(f"| `{error.wire_name}` | {status} | {_cell(meaning)} |")
+        lines.append(f"| `{WIRE_NAME[error]}` | {status} | {_cell(meaning)} |")
     return "\n".join(lines)
 
 

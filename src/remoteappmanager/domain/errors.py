@@ -1,7 +1,7 @@
 """The error hierarchy every layer raises; it knows nothing of HTTP.
 
-The web layer maps each class to the REST API's ``{"type", "message"}`` shape (the ``type`` is
-the class's ``wire_name``), the command-line tools to one line on stderr and an exit code.
+The web layer maps each class to the REST API's ``{"type", "message"}`` shape and a status
+(``web/errors.py`` names both), the command-line tools to one line on stderr and an exit code.
 Messages are shown to users verbatim, so they never carry tokens or internal URLs.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 class RemoteAppError(Exception):
     """Base of every error the product reports on purpose."""
-
-    wire_name = "Unable"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -24,43 +22,29 @@ class RemoteAppError(Exception):
 class InvalidRequest(RemoteAppError):
     """The input is malformed or not acceptable (bad JSON, bad volume, bad resolution...)."""
 
-    wire_name = "BadRepresentation"
-
 
 class Unauthorized(RemoteAppError):
     """Nobody is signed in, or the credentials are not valid (any more)."""
-
-    wire_name = "Unauthorized"
 
 
 class Forbidden(RemoteAppError):
     """Signed in, but not allowed to do this."""
 
-    wire_name = "Forbidden"
-
 
 class NotFound(RemoteAppError):
     """The thing asked for does not exist (or is not visible to the caller)."""
-
-    wire_name = "NotFound"
 
 
 class Exists(RemoteAppError):
     """Creating something that already exists."""
 
-    wire_name = "Exists"
-
 
 class Conflict(RemoteAppError):
     """The request clashes with work in progress (e.g. a second start of the same grant)."""
 
-    wire_name = "Exists"
-
 
 class TooManyRequests(RemoteAppError):
     """The caller asked for this too often; ``retry_after`` whole seconds until it may again."""
-
-    wire_name = "TooManyRequests"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
@@ -70,10 +54,6 @@ class TooManyRequests(RemoteAppError):
 class Unavailable(RemoteAppError):
     """A system we depend on (database, Docker engine, proxy, hub) cannot be reached."""
 
-    wire_name = "Unable"
-
 
 class Unable(RemoteAppError):
     """The request was valid but could not be carried out (e.g. the application never started)."""
-
-    wire_name = "Unable"

@@ -28,7 +28,9 @@ from remoteappmanager.web.logs import request_id_of
 
 log = structlog.get_logger(__name__)
 
-# Most specific class first: ``status_of`` walks the error's MRO.
+# Each error's status and its name in the API (the ``type`` of ``{type, message}``, kept from
+# SimPhoNy-Remote's REST API for its clients). Most specific class first: ``status_of`` and
+# ``wire_name_of`` walk the error's MRO.
 ERROR_STATUS: Mapping[type[RemoteAppError], int] = {
     InvalidRequest: 400,
     Unauthorized: 401,
@@ -41,20 +43,32 @@ ERROR_STATUS: Mapping[type[RemoteAppError], int] = {
     Unable: 500,
     RemoteAppError: 500,
 }
+WIRE_NAME: Mapping[type[RemoteAppError], str] = {
+    InvalidRequest: "BadRepresentation",
+    Unauthorized: "Unauthorized",
+    Forbidden: "Forbidden",
+    NotFound: "NotFound",
+    Exists: "Exists",
+    Conflict: "Exists",
+    TooManyRequests: "TooManyRequests",
+    Unavailable: "Unable",
+    Unable: "Unable",
+    RemoteAppError: "Unable",
+}
 
 # aiohttp's own errors (no route, wrong method, body too large...) in the API's vocabulary.
 _WIRE_NAME_OF_STATUS: Mapping[int, str] = {
-    400: InvalidRequest.wire_name,
-    401: Unauthorized.wire_name,
-    403: Forbidden.wire_name,
-    404: NotFound.wire_name,
-    405: InvalidRequest.wire_name,
-    409: Exists.wire_name,
-    411: InvalidRequest.wire_name,
-    413: InvalidRequest.wire_name,
-    415: InvalidRequest.wire_name,
-    422: InvalidRequest.wire_name,
-    429: TooManyRequests.wire_name,
+    400: WIRE_NAME[InvalidRequest],
+    401: WIRE_NAME[Unauthorized],
+    403: WIRE_NAME[Forbidden],
+    404: WIRE_NAME[NotFound],
+    405: WIRE_NAME[InvalidRequest],
+    409: WIRE_NAME[Exists],
+    411: WIRE_NAME[InvalidRequest],
+    413: WIRE_NAME[InvalidRequest],
+    415: WIRE_NAME[InvalidRequest],
+    422: WIRE_NAME[InvalidRequest],
+    429: WIRE_NAME[TooManyRequests],
 }
 # Headers of an aiohttp error worth keeping (``Allow`` on 405, for instance).
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
@@ -78,6 +92,14 @@ def status_of(error: RemoteAppError) -> int:
         if status is not None:
             return status
     return 500
+
+
+def wire_name_of(error: RemoteAppError) -> str:
+    for cls in type(error).__mro__:
+        name = WIRE_NAME.get(cls)
+        if name is not None:
+            return name
+    return WIRE_NAME[RemoteAppError]
 
 
 def error_response(
@@ -120,12 +142,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = (
             {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
         )
-        return error_response(request, status, exc.wire_name, exc.message, headers)
+        return error_response(request, status, wire_name_of(exc), exc.message, headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
         kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
-        wire_name = _WIRE_NAME_OF_STATUS.get(exc.status, Unable.wire_name)
+        wire_name = _WIRE_NAME_OF_STATUS.get(exc.status, WIRE_NAME[Unable])
         return error_response(request, exc.status, wire_name, exc.reason, kept)
     except asyncio.CancelledError:
         raise
@@ -135,4 +157,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             "Something went wrong on our side. If it persists, tell your administrator "
             f"the request id {request_id_of(request)}."
         )
-        return error_response(request, 500, Unable.wire_name, message)
+        return error_response(request, 500, WIRE_NAME[Unable], message)
