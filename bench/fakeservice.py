@@ -24,9 +24,9 @@ from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
     InMemoryHostPaths,
     InMemoryWorkspaces,
 )
-from remoteappmanager.web.deps import WebDeps  # noqa: E402
 from remoteappmanager.settings import Settings  # noqa: E402
 from remoteappmanager.web.app import create_app  # noqa: E402
+from remoteappmanager.web.deps import WebDeps  # noqa: E402
 
 
 @asynccontextmanager

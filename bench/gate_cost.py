@@ -102,10 +102,10 @@ async def _gate_main(
     from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
     from remoteappmanager.domain.models import Policy
     from remoteappmanager.domain.sessions import AccessMode
-    from remoteappmanager.web.deps import WebDeps
     from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.app import create_app
+    from remoteappmanager.web.deps import WebDeps
     from remoteappmanager.web.logs import configure_logging
 
     configure_logging("console", os.environ.get("BENCH_GATE_LOG_LEVEL", "INFO"))
