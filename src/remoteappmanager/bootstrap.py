@@ -16,6 +16,7 @@ from typing import Self
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.migrate import SchemaStatus
 from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
@@ -32,6 +33,7 @@ from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings, SettingsError
 from remoteappmanager.web.deps import Resource, WebDeps
+from remoteappmanager.web.metrics import Metrics
 
 __all__ = [
     "Database",
@@ -72,9 +74,10 @@ class Database:
         await self.close()
 
 
-def build_database(database_url: str) -> Database:
-    """The database behind an async SQLAlchemy URL (``Settings.database_url``)."""
-    sql = SqlDatabase(database_url)
+def build_database(database_url: str, *, observe: Observe | None = None) -> Database:
+    """The database behind an async SQLAlchemy URL (``Settings.database_url``); with
+    ``observe``, each SQL statement's duration and outcome is reported to it."""
+    sql = SqlDatabase(database_url, observe=observe)
     return Database(
         location=sql.location, unit_of_work=sql.unit_of_work, ping=sql.ping, close=sql.close
     )
@@ -100,7 +103,7 @@ def schema_head() -> str:
     return migrate.head()
 
 
-def build_runtime(settings: Settings) -> ContainerRuntime:
+def build_runtime(settings: Settings, *, observe: Observe | None = None) -> ContainerRuntime:
     """The Docker engine named by the settings (not contacted until first used)."""
     # Imported here so that the database tools never load aiodocker.
     from remoteappmanager.adapters.docker import AiodockerRuntime, tls_context
@@ -110,7 +113,7 @@ def build_runtime(settings: Settings) -> ContainerRuntime:
         settings.docker_tls_verify or (settings.docker_host or "").startswith("tcp://")
     ):
         ssl_context = tls_context(settings.docker_cert_path, settings.docker_tls_verify)
-    return AiodockerRuntime(settings.docker_host, ssl_context)
+    return AiodockerRuntime(settings.docker_host, ssl_context, observe=observe)
 
 
 def build_remote_client(service_url: str, token: str, *, timeout: float) -> RemoteAppClient:
@@ -163,20 +166,25 @@ def build_web_deps(
 
     settings.require_service_settings()
     _check_demo_volumes(settings)
+    # Every call to the hub, the proxy, the engine and the database is timed for the metrics.
+    metrics = Metrics()
+    observe = metrics.observe_dependency
     if identity is None:
         if settings.jupyterhub_api_token is None:
             raise SettingsError(
                 "JUPYTERHUB_API_TOKEN: required to run the service (the hub sets it)"
             )
-        identity = HubIdentityProvider.from_settings(settings)
+        identity = HubIdentityProvider.from_settings(settings, observe=observe)
     if routes is None:
         proxy_token = settings.configproxy_auth_token
         assert proxy_token is not None  # checked by require_service_settings
-        routes = ChpRouteTable(settings.configproxy_api_url, proxy_token.get_secret_value())
-    runtime = runtime or build_runtime(settings)
+        routes = ChpRouteTable(
+            settings.configproxy_api_url, proxy_token.get_secret_value(), observe=observe
+        )
+    runtime = runtime or build_runtime(settings, observe=observe)
     probe = probe or AiohttpReadinessProbe()
 
-    database = build_database(settings.database_url)
+    database = build_database(settings.database_url, observe=observe)
     host_paths = host_paths or LocalHostPaths()
     volume_rules = settings.volume_rules
     sessions = Sessions(
@@ -199,7 +207,7 @@ def build_web_deps(
         workspace_uid_base=settings.workspace_uid_base,
     )
     route_table = routes
-    reconciler = Reconciler(runtime, routes, sessions)
+    reconciler = Reconciler(runtime, routes, sessions, on_pass=metrics.observe_reconcile)
     applications = Applications(database.unit_of_work, sessions, ImageMetadataCache(runtime))
 
     async def docker_check() -> None:
@@ -228,6 +236,7 @@ def build_web_deps(
         sessions=sessions,
         applications=applications,
         volumes=VolumeGuard(volume_rules, host_paths),
+        metrics=metrics,
     )
 
 

@@ -20,6 +20,7 @@ import aiodocker
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from remoteappmanager import bootstrap
 from remoteappmanager.domain.models import Policy
@@ -198,3 +199,63 @@ async def test_another_user_sees_nothing_of_it(service: Service) -> None:
     async with service.client.get(APPLICATIONS, headers=intruder) as response:
         assert (await response.json())["total"] == 0
     assert len(await _realm_containers(service.realm)) == 1
+
+
+async def _samples(service: Service) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with service.client.get(PREFIX + "metrics") as response:
+        text = await response.text()
+    assert response.status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_time_every_dependency_and_count_reconcile_actions(
+    service: Service,
+) -> None:
+    client, headers = service.client, service.headers
+    async with client.post(
+        CONTAINERS, json={"mapping_id": service.mapping_id}, headers=headers
+    ) as response:
+        assert response.status == 201, await response.text()
+        location = response.headers["Location"]
+    async with client.get(location, headers=headers) as response:
+        urlpath = (await response.json())["urlpath"]
+    _delete_route(service.proxy, urlpath)
+    await _until(lambda: urlpath in service.proxy.routes())
+    await asyncio.sleep(0.5)  # a pass after the repair has counted the running session
+
+    samples = await _samples(service)
+    calls = "remoteapp_dependency_call_duration_seconds_count"
+    for dependency, operation in (
+        ("docker", "create container"),
+        ("docker", "start container"),
+        ("docker", "list containers"),
+        ("proxy", "add route"),
+        ("proxy", "list routes"),
+        ("hub", "GET /user"),
+        ("database", "select"),
+    ):
+        assert (
+            _value(samples, calls, dependency=dependency, operation=operation, outcome="ok") >= 1
+        ), (
+            dependency,
+            operation,
+        )
+    assert _value(samples, "remoteapp_reconcile_actions_total", action="route_added") >= 1
+    assert _value(samples, "remoteapp_running_sessions", image=WEB_IMAGE) == 1
+    assert _value(samples, "remoteapp_reconcile_pass_duration_seconds_count") >= 1
+
+    async with client.delete(location, headers=headers) as response:
+        assert response.status == 204
+    await asyncio.sleep(0.6)  # the next pass sees no running session of the image
+    samples = await _samples(service)
+    assert ("remoteapp_running_sessions", frozenset({("image", WEB_IMAGE)})) not in samples

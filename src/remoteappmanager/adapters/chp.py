@@ -12,6 +12,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from remoteappmanager.adapters.observed import Observe, operation_of, timing
 from remoteappmanager.domain.containers import Route
 from remoteappmanager.domain.errors import InvalidRequest, Unable, Unavailable
 from remoteappmanager.domain.routing import check_route_path, encode_route_path
@@ -57,6 +58,7 @@ class ChpRouteTable:
         retries: int = 3,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         backoff: float = 0.05,
+        observe: Observe | None = None,
     ) -> None:
         if max_concurrency < 1 or retries < 0:
             raise ValueError("max_concurrency must be >= 1 and retries >= 0")
@@ -68,6 +70,7 @@ class ChpRouteTable:
         self._max_concurrency = max_concurrency
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._session: aiohttp.ClientSession | None = None
+        self._observe = observe
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -165,9 +168,10 @@ class ChpRouteTable:
     ) -> tuple[int, Any]:
         async with self._semaphore:
             try:
-                async with self._client().request(method, url, json=payload) as response:
-                    status = response.status
-                    body = await response.read()
+                with timing(self._observe, "proxy", operation_of(action)):
+                    async with self._client().request(method, url, json=payload) as response:
+                        status = response.status
+                        body = await response.read()
             except TimeoutError:
                 raise _RetryableError("no answer in time") from None
             except aiohttp.ClientConnectorError as exc:

@@ -15,6 +15,7 @@ import aiodocker
 import aiohttp
 import structlog
 
+from remoteappmanager.adapters.observed import Observe, operation_of, timing
 from remoteappmanager.domain.containers import CONTAINER_PORT, ContainerInfo, ContainerSpec
 from remoteappmanager.domain.errors import (
     Exists,
@@ -92,6 +93,7 @@ class AiodockerRuntime:
         stop_timeout: int = DEFAULT_STOP_TIMEOUT,
         image_cache_ttl: float = DEFAULT_IMAGE_CACHE_TTL,
         clock: Callable[[], float] = time.monotonic,
+        observe: Observe | None = None,
     ) -> None:
         if url is not None and ssl_context is not None:
             url = _TCP_SCHEME_RE.sub("https://", url)
@@ -100,6 +102,7 @@ class AiodockerRuntime:
         self._url = url
         self._ssl_context = ssl_context
         self._request_timeout = request_timeout
+        self._observe = observe
         self._stop_timeout = stop_timeout
         self._image_cache_ttl = image_cache_ttl
         self._clock = clock
@@ -141,8 +144,9 @@ class AiodockerRuntime:
         caller, which knows what a 404 or 409 means for its operation.
         """
         try:
-            async with asyncio.timeout(self._request_timeout + extra_seconds):
-                yield
+            with timing(self._observe, "docker", operation_of(action)):
+                async with asyncio.timeout(self._request_timeout + extra_seconds):
+                    yield
         except TimeoutError:
             raise Unavailable(
                 f"Docker engine unavailable: no answer within {self._request_timeout:g} s "
@@ -232,7 +236,7 @@ class AiodockerRuntime:
         """The engine's data directory (``DockerRootDir``), never to be mounted; cached."""
         if self._data_root is None:
             try:
-                async with self._call("read the engine's information"):
+                async with self._call("read engine information"):
                     info = await self._client().system.info()
             except aiodocker.DockerError as exc:
                 raise _engine_error(exc, "read the engine's information") from None

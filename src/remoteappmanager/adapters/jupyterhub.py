@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import aiohttp
 import structlog
 
+from remoteappmanager.adapters.observed import Observe, timing
 from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.errors import Unable, Unauthorized, Unavailable
 from remoteappmanager.ports.identity import HubUser
@@ -63,6 +64,7 @@ class HubIdentityProvider:
         negative_size: int = DEFAULT_NEGATIVE_SIZE,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        observe: Observe | None = None,
     ) -> None:
         if cache_size < 1 or negative_size < 1:
             raise ValueError("cache_size and negative_size must be at least 1")
@@ -72,6 +74,7 @@ class HubIdentityProvider:
         self._redirect_uri = redirect_uri
         self._authorize_endpoint = base_url.rstrip("/") + "/hub/api/oauth2/authorize"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._observe = observe
         # Keyed by the token's digest, so that no token sits in memory longer than a request.
         self._users: TtlCache[bytes, HubUser] = TtlCache(
             ttl=cache_ttl,
@@ -200,14 +203,15 @@ class HubIdentityProvider:
     ) -> tuple[int, Any]:
         url = self._api_url + path
         try:
-            async with self._session().request(
-                method, url, data=data, headers=headers, allow_redirects=False
-            ) as response:
-                try:
-                    body: Any = await response.json(content_type=None)
-                except ValueError:
-                    body = None
-                return response.status, body
+            with timing(self._observe, "hub", f"{method} {path}"):
+                async with self._session().request(
+                    method, url, data=data, headers=headers, allow_redirects=False
+                ) as response:
+                    try:
+                        body: Any = await response.json(content_type=None)
+                    except ValueError:
+                        body = None
+                    return response.status, body
         except (aiohttp.ClientError, TimeoutError) as exc:
             _log.warning("hub_unreachable", method=method, path=path, error=type(exc).__name__)
             raise Unavailable(_HUB_UNREACHABLE) from None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 import structlog
@@ -37,6 +38,9 @@ class ReconcileReport:
     containers_removed: list[str] = field(default_factory=list)
     skipped_busy: int = 0
     errors: list[str] = field(default_factory=list)
+    running_by_image: Counter[str] = field(default_factory=Counter)
+    """Running sessions of the realm by image, as the pass found them."""
+    seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
@@ -63,6 +67,7 @@ class Reconciler:
         concurrency: int = DEFAULT_CONCURRENCY,
         slice_size: int = DEFAULT_SLICE,
         rest_factor: float = DEFAULT_REST_FACTOR,
+        on_pass: Callable[[ReconcileReport], None] | None = None,
     ) -> None:
         self._runtime = runtime
         self._routes = routes
@@ -70,12 +75,15 @@ class Reconciler:
         self._concurrency = concurrency
         self._slice = max(1, slice_size)
         self._rest_factor = rest_factor
+        self._on_pass = on_pass
 
     async def reconcile_once(self) -> ReconcileReport:
         """One pass; raises ``Unavailable`` only when the engine or the proxy cannot list.
 
         Failures on single items are logged, reported in ``errors`` and left for next time.
+        The report goes to ``on_pass`` (the metrics) too.
         """
+        started = time.monotonic()
         realm = self._sessions.realm
         # Routes are listed before containers: a route added by a start that completes in
         # between then always has its container in the (later) container list, so it is never
@@ -97,6 +105,8 @@ class Reconciler:
             if session is None:
                 continue
             live_paths.add(session.urlpath)
+            if info.running:
+                report.running_by_image[info.image] += 1
             # Busy, or changed through the service since the list was read (the pass returns
             # to the event loop now and then): next pass.
             if self._sessions.busy(
@@ -128,6 +138,9 @@ class Reconciler:
                 routes_removed=len(report.routes_removed),
                 containers_removed=len(report.containers_removed),
             )
+        report.seconds = time.monotonic() - started
+        if self._on_pass is not None:
+            self._on_pass(report)
         return report
 
     async def run_forever(self, interval: float) -> None:

@@ -48,7 +48,6 @@ from remoteappmanager.web.logs import (
     request_context_middleware,
 )
 from remoteappmanager.web.metrics import (
-    Metrics,
     loop_lag_lifespan,
     metrics_handler,
     metrics_middleware,
@@ -97,7 +96,7 @@ def create_app(deps: WebDeps) -> web.Application:
         clock=deps.clock, max_sessions_per_user=settings.max_login_sessions_per_user
     )
     app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
-    app[METRICS] = Metrics()
+    app[METRICS] = deps.metrics
     checks = {"hub": deps.identity.check, **deps.health_checks}
     app[HEALTH_CHECKS] = checks
     app[HEALTH] = CachedHealth(checks, clock=deps.clock)

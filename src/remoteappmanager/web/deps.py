@@ -13,6 +13,7 @@ from remoteappmanager.services.applications import Applications
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
+from remoteappmanager.web.metrics import Metrics
 
 HealthCheck = Callable[[], Awaitable[None]]
 """Returns when a dependency is usable, raises (preferably ``Unavailable``) when it is not."""
@@ -38,6 +39,8 @@ class WebDeps:
       and ``api/v1/applications/``); set whenever ``sessions`` is.
     - ``volumes``: the volume rules grants are checked against (None: no grant may mount a
       host folder).
+    - ``metrics``: the service's Prometheus registry; the composition root hands the
+      adapters and the reconciler to it before the application exists.
     """
 
     settings: Settings
@@ -49,3 +52,4 @@ class WebDeps:
     sessions: Sessions | None = None
     applications: Applications | None = None
     volumes: VolumeGuard | None = None
+    metrics: Metrics = field(default_factory=Metrics)

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from remoteappmanager.services.reconcile import ReconcileReport
 from remoteappmanager.web.gate_proxy import GateStats
 from remoteappmanager.web.keys import METRICS
 
@@ -63,9 +64,40 @@ class Metrics:
             "The worst event loop lag seen since the service started.",
             registry=self.registry,
         )
+        self.dependency_calls = Histogram(
+            "remoteapp_dependency_call_duration_seconds",
+            "Calls to the hub, the proxy, the Docker engine and the database (one SQL "
+            "statement each), by dependency, operation and outcome (ok, refused: an answer "
+            "such as not found; failed: unreachable or nonsense).",
+            ("dependency", "operation", "outcome"),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.reconcile_actions = Counter(
+            "remoteapp_reconcile_actions",
+            "What the reconciler changed: routes added or removed, exited containers removed, "
+            "repairs that failed.",
+            ("action",),
+            registry=self.registry,
+        )
+        for action in ("route_added", "route_removed", "container_removed", "failed"):
+            self.reconcile_actions.labels(action)
+        self.reconcile_seconds = Histogram(
+            "remoteapp_reconcile_pass_duration_seconds",
+            "How long one reconcile pass took.",
+            registry=self.registry,
+        )
+        self.running_sessions = Gauge(
+            "remoteapp_running_sessions",
+            "Running sessions of this realm by image, as the last reconcile pass found them.",
+            ("image",),
+            registry=self.registry,
+        )
         # ``labels()`` validates and locks on every call: the series of a (route, method,
         # status) are looked up once. The key space is bounded as the labels are.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._dependency_series: dict[tuple[str, str, str], Histogram] = {}
+        self._running_images: set[str] = set()
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method if method in _METHODS else "other", status)
@@ -78,6 +110,37 @@ class Metrics:
             self._series[key] = series
         series[0].inc()
         series[1].observe(seconds)
+
+    def observe_dependency(
+        self, dependency: str, operation: str, seconds: float, outcome: str
+    ) -> None:
+        """One call to a dependency (the signature of ``adapters.observed.Observe``)."""
+        key = (dependency, operation, outcome)
+        series = self._dependency_series.get(key)
+        if series is None:
+            series = self.dependency_calls.labels(dependency, operation, outcome)
+            self._dependency_series[key] = series
+        series.observe(seconds)
+
+    def observe_reconcile(self, report: ReconcileReport) -> None:
+        """One reconcile pass: what it changed and the running sessions it saw."""
+        actions = self.reconcile_actions
+        for action, done in (
+            ("route_added", report.routes_added),
+            ("route_removed", report.routes_removed),
+            ("container_removed", report.containers_removed),
+            ("failed", report.errors),
+        ):
+            if done:
+                actions.labels(action).inc(len(done))
+        self.reconcile_seconds.observe(report.seconds)
+        running = self.running_sessions
+        seen = set(report.running_by_image)
+        for image in self._running_images - seen:  # an image no longer running: no series
+            running.remove(image)
+        for image, count in report.running_by_image.items():
+            running.labels(image).set(count)
+        self._running_images = seen
 
     def watch_gate(self, stats: GateStats) -> None:
         """Export the gate's plain counters, read when metrics are scraped."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Select, delete, select, update
-from sqlalchemy.engine import URL
+from sqlalchemy import ColumnElement, Select, delete, event, select, update
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
@@ -24,6 +25,7 @@ from remoteappmanager.adapters.db.models import (
     PolicyRow,
     UserRow,
 )
+from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.errors import Exists, NotFound
 from remoteappmanager.domain.models import (
     Application,
@@ -444,12 +446,18 @@ class SqlUnitOfWork:
 
 
 class SqlDatabase:
-    """An engine, its session factory and the units of work built on them."""
+    """An engine, its session factory and the units of work built on them.
 
-    def __init__(self, url: str | URL) -> None:
+    With ``observe``, every SQL statement reports ``("database", verb, seconds, outcome)``
+    (``adapters.observed.Observe``): SQLAlchemy's cursor events say when it starts and ends.
+    """
+
+    def __init__(self, url: str | URL, *, observe: Observe | None = None) -> None:
         self.location = describe(url)
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        if observe is not None:
+            _time_statements(self.engine.sync_engine, observe)
 
     def unit_of_work(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self._sessions, self.location)
@@ -462,3 +470,35 @@ class SqlDatabase:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+_VERBS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "COMMIT", "ROLLBACK"})
+
+
+def _verb(statement: str) -> str:
+    word = statement.lstrip()[:8].split(None, 1)
+    verb = word[0].upper() if word else ""
+    return verb.lower() if verb in _VERBS else "other"
+
+
+def _time_statements(engine: Engine, observe: Observe) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def started(
+        conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        conn.info.setdefault("remoteapp_started", []).append(time.perf_counter())
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def ended(
+        conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        began = conn.info["remoteapp_started"].pop()
+        observe("database", _verb(statement), time.perf_counter() - began, "ok")
+
+    @event.listens_for(engine, "handle_error")
+    def failed(context: Any) -> None:
+        stack = context.connection.info.get("remoteapp_started") if context.connection else None
+        if stack:
+            began = stack.pop()
+            verb = _verb(context.statement or "")
+            observe("database", verb, time.perf_counter() - began, "failed")
