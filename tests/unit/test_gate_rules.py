@@ -14,12 +14,16 @@ from remoteappmanager.web.gate_rules import (
     authorization_token,
     confine_set_cookie,
     connection_options,
+    cookie_pairs,
     forwarded_authorization,
     is_service_cookie,
     pins_a_header,
     request_origin,
     serialise_origin,
     sort_cookies,
+)
+from remoteappmanager.web.gate_rules import (
+    cookie_values as values_of_cookie,
 )
 
 BASE = b"/user/alice/containers/abc123/"
@@ -232,3 +236,24 @@ def test_the_request_origin_comes_from_host_and_scheme() -> None:
     assert request_origin("127.0.0.1:8000", "ws") == "http://127.0.0.1:8000"
     assert request_origin(None, "https") is None
     assert request_origin("hub.example.org", "gopher") is None
+
+
+def test_one_cookie_parser_reads_every_pair_as_sent() -> None:
+    headers = ['a=1; b="2"; =x; flag;  c = 3 ', "a=4"]
+    assert list(cookie_pairs(headers)) == [
+        ("a", "1", "a=1"),
+        ("b", '"2"', 'b="2"'),
+        ("", "x", "=x"),
+        ("", "", "flag"),
+        ("c", "3", "c = 3"),
+        ("a", "4", "a=4"),
+    ]
+    assert values_of_cookie(headers, "a") == ["1", "4"]
+    assert values_of_cookie(headers, "b") == ["2"]
+    assert values_of_cookie(headers, "flag") == []
+
+
+@given(st.lists(st.text(alphabet=' ;=ab"-', max_size=30), max_size=3))
+def test_the_service_and_the_gate_read_the_gate_cookie_alike(headers: list[str]) -> None:
+    gate_values, _ = sort_cookies(headers)
+    assert [v.strip('"') for v in gate_values] == values_of_cookie(headers, GATE_COOKIE)

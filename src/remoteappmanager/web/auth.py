@@ -26,6 +26,8 @@ from aiohttp import web
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest, Unauthorized
 from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
 from remoteappmanager.services.access import AuthenticatedUser
+from remoteappmanager.web import gate_rules
+from remoteappmanager.web.gate_rules import authorization_token
 from remoteappmanager.web.keys import (
     ACCESS,
     AUTH,
@@ -78,10 +80,7 @@ def is_https(request: web.Request) -> bool:
 
 
 def _token_from_header(request: web.Request) -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() in ("token", "bearer") and value.strip():
-        return value.strip()
-    return None
+    return authorization_token(request.headers.get("Authorization"))
 
 
 async def resolve_auth(request: web.Request) -> RequestAuth | None:
@@ -231,13 +230,7 @@ def xsrf_token_valid(request: web.Request, session_id: str, token: str) -> bool:
 
 def cookie_values(request: web.Request, name: str) -> list[str]:
     """Every value of cookie ``name``: browsers send one per path that matches."""
-    values = []
-    for header in request.headers.getall("Cookie", []):
-        for part in header.split(";"):
-            key, eq, value = part.strip().partition("=")
-            if eq and key == name:
-                values.append(value.strip().strip('"'))
-    return values
+    return gate_rules.cookie_values(request.headers.getall("Cookie", []), name)
 
 
 def current_xsrf_token(request: web.Request) -> str | None:

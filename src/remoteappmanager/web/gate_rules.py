@@ -19,7 +19,7 @@ Pure functions, no I/O, shared by the gatekeeper (``web.gate``) and the listener
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
 # The gate's own cookie: a signed (login session, url id) scoped to the application's path.
@@ -73,6 +73,24 @@ def is_service_cookie(name: str) -> bool:
     return bare in SERVICE_COOKIE_NAMES or bare.startswith(SERVICE_COOKIE_PREFIXES)
 
 
+def cookie_pairs(headers: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """(name, value, the pair as sent) of every pair in ``Cookie`` header values, in order;
+    a pair without ``=`` has the empty name. The one cookie parser of the service and the
+    gate: both must read a header alike, or a crafted one could mean two things."""
+    for header in headers:
+        for part in header.split(";"):
+            crumb = part.strip()
+            if not crumb:
+                continue
+            name, eq, value = crumb.partition("=")
+            yield (name.strip() if eq else ""), value.strip(), crumb
+
+
+def cookie_values(headers: Iterable[str], name: str) -> list[str]:
+    """Every value of cookie ``name`` (browsers send one per path that matches), unquoted."""
+    return [value.strip('"') for key, value, _ in cookie_pairs(headers) if key == name]
+
+
 def sort_cookies(headers: Iterable[str]) -> tuple[list[str], str | None]:
     """(values of the gate cookie, in order; the ``Cookie`` value for the application).
 
@@ -81,17 +99,11 @@ def sort_cookies(headers: Iterable[str]) -> tuple[list[str], str | None]:
     """
     gate_values: list[str] = []
     kept: list[str] = []
-    for header in headers:
-        for part in header.split(";"):
-            crumb = part.strip()
-            if not crumb:
-                continue
-            name, eq, value = crumb.partition("=")
-            name = name.strip()
-            if name == GATE_COOKIE:
-                gate_values.append(value.strip())
-            elif eq and name and not is_service_cookie(name):
-                kept.append(crumb)
+    for name, value, crumb in cookie_pairs(headers):
+        if name == GATE_COOKIE:
+            gate_values.append(value)
+        elif name and not is_service_cookie(name):
+            kept.append(crumb)
     return gate_values, "; ".join(kept) if kept else None
 
 
