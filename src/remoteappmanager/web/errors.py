@@ -79,11 +79,29 @@ _PAGE = """<!DOCTYPE html>
 <body>
 <h1>{title}</h1>
 <p>{message}</p>
-<p><a href="{home}">Back to the applications</a></p>
-<p><small>Request id: {request_id}</small></p>
+<p><a href="{home}">Back to the applications</a></p>{request_id}
 </body>
 </html>
 """
+
+
+def error_page(status: int, message: str, home: str, request_id: str | None = None) -> str:
+    """The small HTML page of an error (the service's and the gate's), every value escaped."""
+    try:
+        title = f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        title = str(status)
+    quoted = (
+        ""
+        if request_id is None
+        else f"\n<p><small>Request id: {html.escape(request_id)}</small></p>"
+    )
+    return _PAGE.format(
+        title=html.escape(title),
+        message=html.escape(message),
+        home=html.escape(home),
+        request_id=quoted,
+    )
 
 
 def status_of(error: RemoteAppError) -> int:
@@ -118,16 +136,7 @@ def error_response(
         return web.json_response(
             {"type": wire_name, "message": message}, status=status, headers=extra
         )
-    try:
-        title = f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        title = str(status)
-    page = _PAGE.format(
-        title=html.escape(title),
-        message=html.escape(message),
-        home=html.escape(urls.home),
-        request_id=html.escape(request_id_of(request)),
-    )
+    page = error_page(status, message, urls.home, request_id_of(request))
     return web.Response(text=page, status=status, content_type="text/html", headers=extra)
 
 

@@ -8,7 +8,6 @@ import html
 import secrets
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from urllib.parse import parse_qs, quote, unquote
 
 import structlog
@@ -29,6 +28,7 @@ from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
+from remoteappmanager.web.errors import error_page
 from remoteappmanager.web.gate_proxy import (
     MAX_CONNECTIONS_PER_USER,
     Answer,
@@ -83,16 +83,6 @@ MAX_TICKETS = 10_000
 RECHECK_INTERVAL = 3.0
 _PAGE_METHODS = frozenset({"GET", "HEAD"})
 _EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{title}</title></head>
-<body>
-<h1>{title}</h1>
-<p>{message}</p>
-<p><a href="{home}">Back to the applications</a></p>
-</body>
-</html>
-"""
 _CONFIRM_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>Enter {owner}'s session?</title></head>
@@ -524,9 +514,7 @@ class Gate:
         return self._page(401, "sign in to the service first, then open the application again")
 
     def _page(self, status: int, message: str) -> Answer:
-        title = html.escape(f"{status} {HTTPStatus(status).phrase}")
-        home = html.escape(self.public_origin + self.prefix)
-        page = _PAGE.format(title=title, message=html.escape(message), home=home)
+        page = error_page(status, message, self.public_origin + self.prefix)
         return Answer(status, (("Cache-Control", "no-store"),), page.encode())
 
 
