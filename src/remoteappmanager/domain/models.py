@@ -6,6 +6,7 @@ import enum
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from remoteappmanager.domain.errors import InvalidRequest
 
@@ -206,6 +207,21 @@ class Policy:
     allow_common: bool = False
     volume: Volume | None = None
     allow_startup_data: bool = False
+
+    def flat(self) -> dict[str, Any]:
+        """The policy as flat fields (the volume as ``volume_source/target/mode``): the
+        database's columns and the APIs' field names alike."""
+        volume = self.volume
+        return {
+            "app_license": self.app_license,
+            "allow_home": self.allow_home,
+            "allow_view": self.allow_view,
+            "allow_common": self.allow_common,
+            "volume_source": volume.source if volume else None,
+            "volume_target": volume.target if volume else None,
+            "volume_mode": volume.mode.value if volume else None,
+            "allow_startup_data": self.allow_startup_data,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,17 +74,7 @@ def _grant(row: AccountingRow) -> Grant:
 
 
 def _policy_columns(policy: Policy) -> dict[str, Any]:
-    volume = policy.volume
-    return {
-        "app_license": policy.app_license,
-        "allow_home": policy.allow_home,
-        "allow_view": policy.allow_view,
-        "allow_common": policy.allow_common,
-        "volume_source": volume.source if volume else None,
-        "volume_target": volume.target if volume else None,
-        "volume_mode": volume.mode.value if volume else None,
-        "allow_startup_data": policy.allow_startup_data,
-    }
+    return policy.flat()
 
 
 def _same(column: InstrumentedAttribute[Any], value: object) -> ColumnElement[bool]:
