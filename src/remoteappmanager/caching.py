@@ -94,7 +94,15 @@ class TtlCache(Generic[K, V]):
             return None
         return entry.value
 
-    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+    async def get(
+        self,
+        key: K,
+        load: Callable[[], Awaitable[V]],
+        *,
+        refresh: Callable[[], Awaitable[V]] | None = None,
+    ) -> V:
+        """The value of ``key``: from memory, or ``load()``ed; a stale one is answered while
+        ``refresh()`` (``load`` by default; e.g. one that waits its turn) runs behind."""
         now = self._clock()
         entry = self._entries.get(key)
         if entry is not None:
@@ -104,9 +112,9 @@ class TtlCache(Generic[K, V]):
             if now < entry.stale_until:
                 self._entries.move_to_end(key)
                 if key not in self._inflight:
-                    refresh = self._start(key, load)
-                    self._refreshing.add(refresh)
-                    refresh.add_done_callback(self._refreshing.discard)
+                    refreshing = self._start(key, refresh or load)
+                    self._refreshing.add(refreshing)
+                    refreshing.add_done_callback(self._refreshing.discard)
                 return entry.value
             del self._entries[key]
         refused = self._refused.get(key)
@@ -116,9 +124,7 @@ class TtlCache(Generic[K, V]):
                 self.refusals_answered += 1
                 raise error.with_traceback(None)
             del self._refused[key]
-        task = self._inflight.get(key)
-        if task is None:
-            task = self._start(key, load)
+        task = self._inflight.get(key) or self._start(key, load)
         # Shielded: one caller giving up must not cancel the load the others wait for.
         return await asyncio.shield(task)
 
@@ -139,6 +145,11 @@ class TtlCache(Generic[K, V]):
         self._entries.pop(key, None)
         self._refused.pop(key, None)
         self._inflight.pop(key, None)
+
+    def discard_where(self, doomed: Callable[[V], bool]) -> None:
+        """Forget every value for which ``doomed(value)``."""
+        for key in [key for key, entry in self._entries.items() if doomed(entry.value)]:
+            del self._entries[key]
 
     def clear(self) -> None:
         """Forget everything; loads under way complete for their callers only."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.configurables import offered_configurables
 from remoteappmanager.domain.errors import InvalidRequest, NotFound, RemoteAppError, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata
@@ -52,6 +53,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_IMAGE_TTL = 60.0
 # Short: an admin who builds a missing image expects to see it soon.
 DEFAULT_MISSING_IMAGE_TTL = 5.0
+# Images described at once; a catalogue has far fewer.
+DEFAULT_MAX_IMAGES = 10_000
 DEFAULT_GRANTS_TTL = 10.0
 # How many users' grants are kept; past it the least recently read go first.
 DEFAULT_MAX_CACHED_USERS = 100_000
@@ -74,6 +77,9 @@ class ImageState:
 
     metadata: ImageMetadata | None
     unavailable_reason: str | None = None
+    lasting: bool = False
+    """Unavailable for good (a reference the engine refuses): remembered as long as a
+    description is."""
 
     @property
     def available(self) -> bool:
@@ -117,37 +123,26 @@ class ImageMetadataCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._runtime = runtime
-        self._ttl = ttl
-        self._missing_ttl = missing_ttl
-        self._clock = clock
-        self._entries: dict[str, tuple[float, ImageState]] = {}
-        self._lookups: dict[str, asyncio.Task[ImageState]] = {}
+        self._states: TtlCache[str, ImageState] = TtlCache(
+            ttl=ttl,
+            maxsize=DEFAULT_MAX_IMAGES,
+            clock=clock,
+            ttl_of=lambda state: ttl if state.available or state.lasting else missing_ttl,
+        )
 
     async def get(self, image: str) -> ImageState:
-        entry = self._entries.get(image)
-        if entry is not None:
-            expires, metadata = entry
-            if self._clock() < expires:
-                return metadata
-        task = self._lookups.get(image)
-        if task is None:
-            task = asyncio.ensure_future(self._lookup(image))
-            self._lookups[image] = task
-            task.add_done_callback(lambda _done: self._lookups.pop(image, None))
-        # Shielded: a caller giving up must not cancel the lookup others wait for.
-        return await asyncio.shield(task)
+        return await self._states.get(image, lambda: self._lookup(image))
 
     def forget(self, image: str | None = None) -> None:
         """Drop one image (or all): the next request looks it up again."""
         if image is None:
-            self._entries.clear()
+            self._states.clear()
         else:
-            self._entries.pop(image, None)
+            self._states.discard(image)
 
     def forget_unavailable(self) -> None:
         """Drop every image remembered as unavailable (the catalogue changed)."""
-        for name in [name for name, (_, state) in self._entries.items() if not state.available]:
-            del self._entries[name]
+        self._states.discard_where(lambda state: not state.available)
 
     async def _lookup(self, image: str) -> ImageState:
         try:
@@ -160,9 +155,7 @@ class ImageMetadataCache:
             # A reference the engine refuses never becomes valid: remembered as long as a
             # description, and said once per period rather than on every listing.
             log.warning("applications.image_refused", image=image[:80], error=exc.message)
-            state = ImageState(None, exc.message)
-            self._entries[image] = (self._clock() + self._ttl, state)
-            return state
+            return ImageState(None, exc.message, lasting=True)
         except RemoteAppError as exc:
             # An engine error on this one image.
             log.warning("applications.image_unavailable", image=image[:80], error=exc.message)
@@ -171,8 +164,6 @@ class ImageMetadataCache:
             # One image must not take every listing down with it, whatever went wrong.
             log.exception("applications.image_unreadable", image=image[:80])
             state = ImageState(None, IMAGE_UNREADABLE)
-        ttl = self._ttl if state.available else self._missing_ttl
-        self._entries[image] = (self._clock() + ttl, state)
         return state
 
 
@@ -251,11 +242,11 @@ class Applications:
         self._images = images
         self._grants_ttl = grants_ttl
         self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
-        self._clock = clock
-        self._max_cached_users = max_cached_users
-        # user -> (read at, grants), least recently read first; and the reads under way.
-        self._grants: dict[str, tuple[float, tuple[Grant, ...]]] = {}
-        self._grant_reads: dict[str, asyncio.Future[tuple[Grant, ...]]] = {}
+        # Stale but recent grants (up to twice the TTL) are answered at once while one
+        # refresh runs in the background, in turn with the other refreshes.
+        self._grants: TtlCache[str, tuple[Grant, ...]] = TtlCache(
+            ttl=grants_ttl, stale=grants_ttl, maxsize=max_cached_users, clock=clock
+        )
         self._refresh_slots = asyncio.Semaphore(DEFAULT_REFRESH_CONCURRENCY)
 
     def forget_grants(self, user: str | None = None) -> None:
@@ -263,10 +254,8 @@ class Applications:
         # A read under way may have seen the old grants: it is not kept either.
         if user is None:
             self._grants.clear()
-            self._grant_reads.clear()
         else:
-            self._grants.pop(user, None)
-            self._grant_reads.pop(user, None)
+            self._grants.discard(user)
 
     async def image_state(self, image: str) -> ImageState:
         """What ``image`` declares, or why it is unavailable, from the listings' cache."""
@@ -297,40 +286,11 @@ class Applications:
             self._images.forget_unavailable()
         if self._grants_ttl <= 0:
             return await self._read_grants(user)
-        entry = self._grants.get(user)
-        if entry is not None:
-            age = self._clock() - entry[0]
-            if age < self._grants_ttl:
-                return entry[1]
-            if age < 2 * self._grants_ttl:
-                # Stale but recent: answered at once while one refresh runs in the background.
-                self._refresh_grants(user, background=True)
-                return entry[1]
-        return await asyncio.shield(self._refresh_grants(user))
-
-    def _refresh_grants(
-        self, user: str, *, background: bool = False
-    ) -> asyncio.Future[tuple[Grant, ...]]:
-        task = self._grant_reads.get(user)
-        if task is None:
-            read = self._read_grants_in_turn(user) if background else self._read_grants(user)
-            task = asyncio.ensure_future(read)
-            self._grant_reads[user] = task
-            task.add_done_callback(lambda done: self._grants_read(user, done))
-        return task
-
-    def _grants_read(self, user: str, task: asyncio.Future[tuple[Grant, ...]]) -> None:
-        if self._grant_reads.get(user) is not task:
-            if not task.cancelled():
-                task.exception()  # retrieved: forgotten meanwhile, maybe nobody waits
-            return
-        del self._grant_reads[user]
-        if task.cancelled() or task.exception() is not None:
-            return
-        self._grants.pop(user, None)
-        self._grants[user] = (self._clock(), task.result())
-        while len(self._grants) > self._max_cached_users:
-            del self._grants[next(iter(self._grants))]
+        return await self._grants.get(
+            user,
+            lambda: self._read_grants(user),
+            refresh=lambda: self._read_grants_in_turn(user),
+        )
 
     async def _read_grants_in_turn(self, user: str) -> tuple[Grant, ...]:
         async with self._refresh_slots:
