@@ -13,6 +13,7 @@ from remoteappmanager.domain.errors import NotFound
 from remoteappmanager.domain.sessions import SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.access import AuthenticatedUser
+from remoteappmanager.services.applications import CatalogueWatch
 from remoteappmanager.services.sessions import Sessions
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,11 @@ class GateAccess:
       ``allow_view`` — any signed-in user. Pure.
     - ``decision(principal, url_id)`` / ``remember(principal, url_id, allowed)``: a decision
       kept for ``decision_ttl`` seconds, ``principal`` being a login session id.
+    - A change of the catalogue (a grant revoked, a policy's ``allow_view`` changed, by this
+      process or any other) drops every cached target and decision: when a comparison is due
+      (at most once per ``watch`` interval) a lookup asks for one in the background, so no
+      request waits for the database. A database that cannot be read counts as no change,
+      so cached answers keep serving the running applications while it is down.
     """
 
     def __init__(
@@ -71,8 +77,10 @@ class GateAccess:
         target_ttl: float = DEFAULT_TARGET_TTL,
         decision_ttl: float = DEFAULT_DECISION_TTL,
         clock: Callable[[], float] = time.monotonic,
+        watch: CatalogueWatch | None = None,
     ) -> None:
         self._sessions = sessions
+        self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
         self._uow_factory = uow_factory
         self._target_ttl = target_ttl
         self._decision_ttl = decision_ttl
@@ -82,9 +90,13 @@ class GateAccess:
         self._lookups: dict[str, asyncio.Task[GateTarget]] = {}
         # (principal, url_id) -> (expires, allowed)
         self._decisions: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._comparison: asyncio.Future[bool] | None = None
+        # Counts the catalogue changes seen: a lookup that overlapped one is not kept.
+        self._catalogue_generation = 0
 
     # ----------------------------------------------------------------- targets
     def cached_target(self, url_id: str) -> GateTarget | None:
+        self._compare_catalogue()
         entry = self._targets.get(url_id)
         if entry is None:
             return None
@@ -93,6 +105,28 @@ class GateAccess:
             del self._targets[url_id]
             return None
         return target
+
+    def _compare_catalogue(self) -> None:
+        if self._comparison is not None or not self._watch.due():
+            return
+        comparison = asyncio.ensure_future(self._watch.changed())
+        self._comparison = comparison
+        comparison.add_done_callback(self._compared)
+
+    def _compared(self, comparison: asyncio.Future[bool]) -> None:
+        self._comparison = None
+        if comparison.cancelled() or comparison.exception() is not None:
+            return
+        if comparison.result():
+            log.info("gate.catalogue_changed", targets=len(self._targets))
+            self._catalogue_generation += 1
+            self._targets.clear()
+            self._decisions.clear()
+
+    async def close(self) -> None:
+        """Cancel a catalogue comparison under way."""
+        if self._comparison is not None:
+            self._comparison.cancel()
 
     async def target(self, url_id: str) -> GateTarget:
         cached = self.cached_target(url_id)
@@ -114,6 +148,7 @@ class GateAccess:
 
     async def _look_up(self, url_id: str) -> GateTarget:
         generation = self._sessions.generation
+        catalogue_generation = self._catalogue_generation
         session = await self._sessions.get_any(url_id)
         if session.state is not SessionState.RUNNING or session.host_port is None:
             raise NotFound(f"there is no application {url_id} running")
@@ -137,7 +172,10 @@ class GateAccess:
             allow_view=allow_view,
         )
         # A lookup that started before a change of the owner's sessions may not show it.
-        if generation >= self._sessions.generation_of(target.owner):
+        if (
+            generation >= self._sessions.generation_of(target.owner)
+            and catalogue_generation == self._catalogue_generation
+        ):
             if len(self._targets) >= MAX_TARGETS:
                 self._sweep_targets()
             self._targets[url_id] = (generation, self._clock() + self._target_ttl, target)
