@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -68,6 +67,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fault
     except ServiceMissing as exc:
         skip_or_fail(f"the fault-injection stack: {exc}")
         raise AssertionError("unreachable") from exc
+    # The engine killed is the stack's own, never the machine's.
+    assert running.docker.url != "unix:///var/run/docker.sock"
+    assert "rf-dockerd-" in running.service_environment()["REMOTEAPP_DOCKER_HOST"]
     try:
         yield running
     finally:
@@ -196,19 +198,3 @@ async def test_a_fault_during_50_concurrent_starts(stack: FaultStack, name: str)
     await stack.wait_consistent(RECOVERY_WITHIN)
     assert await stack.engine_containers() == []
     assert await stack.our_routes() == {}
-
-
-def test_the_suite_uses_its_own_engine(tmp_path: Path) -> None:
-    """The machine's engine is never the one killed: the stack's socket is a private one."""
-    from tests.support.private_docker import PrivateDocker
-
-    try:
-        engine = PrivateDocker()
-    except ServiceMissing as exc:
-        skip_or_fail(str(exc))
-        return
-    try:
-        assert engine.url != "unix:///var/run/docker.sock"
-        assert str(engine.root).startswith("/tmp/rf-dockerd-")
-    finally:
-        engine.remove()

@@ -331,6 +331,18 @@ async def test_an_unreadable_catalogue_keeps_the_gate_serving_from_its_caches() 
     assert gate.cached_target(alice.url_id) == target
     await settle()
     assert gate.cached_target(alice.url_id) == target
+    # Once the cached answer expires, the owner still reaches the application; viewers don't
+    # (sharing cannot be checked), and the answer is not kept.
+    clock.now += 20
+    assert gate.cached_target(alice.url_id) is None
+    degraded = await gate.target(alice.url_id)
+    assert (degraded.owner, degraded.port, degraded.allow_view) == ("alice", target.port, False)
+    assert gate.cached_target(alice.url_id) is None
+    down = False
+    clock.now += 2
+    gate.cached_target(alice.url_id)
+    await settle()
+    assert (await gate.target(alice.url_id)).allow_view is True
     await gate.close()
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.sessions import SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.access import AuthenticatedUser
@@ -53,7 +53,9 @@ class GateAccess:
     Contract:
     - ``target(url_id)`` is the running session ``url_id`` with its grant's ``allow_view``;
       ``NotFound`` when nothing runs there (or it has no published port yet), ``Unavailable``
-      when the engine or the database cannot be asked (never cached). Answers are kept until
+      when the engine cannot be asked (never cached). A database that cannot be read gives
+      the target with ``allow_view`` false, not kept: owners and admins keep using their
+      applications while it is down, and nobody else gets in. Answers are kept until
       the service changes the owner's sessions (``Sessions.generation_of``: another user's
       start or stop leaves them be) or ``target_ttl`` passes; concurrent misses for one
       url id share one lookup. ``cached_target`` is the same without I/O (None on a miss).
@@ -153,11 +155,18 @@ class GateAccess:
         if session.state is not SessionState.RUNNING or session.host_port is None:
             raise NotFound(f"there is no application {url_id} running")
         allow_view = False
-        async with self._uow_factory() as uow:
-            try:
-                grant = await uow.grants.get(session.mapping_id)
-            except NotFound:
-                grant = None  # revoked since the start: only its owner and admins get in
+        catalogue_read = True
+        try:
+            async with self._uow_factory() as uow:
+                try:
+                    grant = await uow.grants.get(session.mapping_id)
+                except NotFound:
+                    grant = None  # revoked since the start: only its owner and admins get in
+        except Unavailable as exc:
+            # The application runs and its owner may still use it; whether others may is
+            # unknown until the catalogue can be read again: not kept, and nobody else enters.
+            log.warning("gate.catalogue_unreadable", url_id=url_id, error=exc.message)
+            grant, catalogue_read = None, False
         if grant is not None:
             allow_view = grant.policy.allow_view
         host = session.host_ip or ""
@@ -173,7 +182,8 @@ class GateAccess:
         )
         # A lookup that started before a change of the owner's sessions may not show it.
         if (
-            generation >= self._sessions.generation_of(target.owner)
+            catalogue_read
+            and generation >= self._sessions.generation_of(target.owner)
             and catalogue_generation == self._catalogue_generation
         ):
             if len(self._targets) >= MAX_TARGETS:
