@@ -84,8 +84,8 @@ CMD {command}
     return buffer
 
 
-async def _ensure(image: str, command: str) -> None:
-    async with aiodocker.Docker() as docker:
+async def _ensure(image: str, command: str, url: str | None = None) -> None:
+    async with aiodocker.Docker(url=url) as docker:
         try:
             await docker.images.inspect(image)
             return
@@ -98,15 +98,18 @@ async def _ensure(image: str, command: str) -> None:
         await docker.images.inspect(image)
 
 
-def ensure_test_image(image: str = TEST_IMAGE, *, crash: bool = False) -> str:
+def ensure_test_image(
+    image: str = TEST_IMAGE, *, crash: bool = False, docker_url: str | None = None
+) -> str:
     """Build the test image unless the engine already has it; returns its name.
 
-    ``crash``: the image's command exits at once instead of serving. Runs in a thread of
-    its own so that it also works when called under a running loop.
+    ``crash``: the image's command exits at once instead of serving; ``docker_url``: the
+    engine to build it on (default: ``DOCKER_HOST``, then the local socket). Runs in a thread
+    of its own so that it also works when called under a running loop.
     """
     command = _CRASH if crash else _SERVE
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _ensure(image, command)).result()
+        pool.submit(asyncio.run, _ensure(image, command, docker_url)).result()
     return image
 
 

@@ -7,6 +7,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -90,6 +91,43 @@ class PostgresCluster:
             raise ServiceMissing(f"createdb failed: {result.stderr.decode().strip()}")
         return self.url.rsplit("/", 1)[0] + "/" + name
 
+    def start(self) -> None:
+        """Start the cluster (again, after ``kill``) on the same port and data; waits."""
+        base = self.datadir.parent
+        result = self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-o",
+            _pg_options(self.port, base),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
+        if result.returncode != 0:
+            log = (
+                (base / "log").read_text(errors="replace")[-300:] if (base / "log").exists() else ""
+            )
+            raise ServiceMissing(f"pg_ctl start failed: {result.stderr.decode().strip()} {log}")
+
+    def kill(self) -> None:
+        """``kill -9`` of the postmaster, as a crash would; its backends go with it."""
+        pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        # Backends notice their postmaster is gone on their own; none may hold the port.
+        while time.monotonic() < deadline and _port_taken(self.port):
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop")
         shutil.rmtree(self.datadir.parent, ignore_errors=True)
@@ -133,27 +171,25 @@ def start_postgres() -> PostgresCluster:
     )
     if result.returncode != 0:
         raise ServiceMissing(f"initdb failed: {result.stderr.decode().strip()[-300:]}")
-    options = (
+    cluster.start()
+    return cluster
+
+
+def _pg_options(port: int, base: Path) -> str:
+    return (
         f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
-    result = cluster._run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(datadir),
-        "-o",
-        options,
-        "-l",
-        str(base / "log"),
-        "-w",
-        "-t",
-        "30",
-        "start",
-    )
-    if result.returncode != 0:
-        log = (base / "log").read_text(errors="replace")[-300:] if (base / "log").exists() else ""
-        raise ServiceMissing(f"pg_ctl start failed: {result.stderr.decode().strip()} {log}")
-    return cluster
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------ Docker engine

@@ -13,6 +13,7 @@ from remoteappmanager.adapters.memory_db import (
 )
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.domain.containers import RUNINFO_REALM, ContainerInfo
+from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.domain.models import Grant, Policy
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.services import catalogue
@@ -276,6 +277,73 @@ async def test_a_gate_lookup_under_way_at_the_owners_stop_is_not_kept() -> None:
     held.set()
     assert (await lookup).owner == "alice"
     assert gate.cached_target(alice.url_id) is None
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_revoked_grant_drops_the_gate_targets_and_decisions_at_the_next_comparison() -> (
+    None
+):
+    # A viewer let in while the policy allowed viewing must not keep getting in for the
+    # caches' lifetime once the owner's grant is revoked (or changed) in the catalogue.
+    world, _runtime, sessions, clock, grants = await setup(access=AccessMode.GATED)
+    gate = GateAccess(sessions, world.database.unit_of_work, clock=clock)
+    alice = await sessions.start(grants["alice"])
+    assert gate.cached_target(alice.url_id) is None  # asks for the first comparison
+    await settle()
+    target = await gate.target(alice.url_id)
+    assert target.allow_view is True
+    gate.remember("bob-login", alice.url_id, True)
+
+    await catalogue.revoke_grant(world.database.unit_of_work, grants["alice"].mapping_id)
+    clock.now += 0.5  # the comparison is not due yet: the caches still answer
+    assert gate.cached_target(alice.url_id) == target
+    assert gate.decision("bob-login", alice.url_id) is True
+
+    clock.now += 1.0
+    assert gate.cached_target(alice.url_id) == target  # answered now, compared behind
+    await settle()
+    assert gate.cached_target(alice.url_id) is None
+    assert gate.decision("bob-login", alice.url_id) is None
+    again = await gate.target(alice.url_id)
+    assert again.allow_view is False  # revoked: only the owner and admins get in
+
+
+async def test_an_unreadable_catalogue_keeps_the_gate_serving_from_its_caches() -> None:
+    world, _runtime, sessions, clock, grants = await setup(access=AccessMode.GATED)
+    down = False
+
+    def unit_of_work() -> InMemoryUnitOfWork:
+        if down:
+            raise Unavailable("cannot use the database: connection refused")
+        return world.database.unit_of_work()
+
+    gate = GateAccess(sessions, unit_of_work, clock=clock)
+    alice = await sessions.start(grants["alice"])
+    gate.cached_target(alice.url_id)
+    await settle()
+    target = await gate.target(alice.url_id)
+    down = True
+    clock.now += 1.5
+    assert gate.cached_target(alice.url_id) == target
+    await settle()
+    assert gate.cached_target(alice.url_id) == target
+    # Once the cached answer expires, the owner still reaches the application; viewers don't
+    # (sharing cannot be checked), and the answer is not kept.
+    clock.now += 20
+    assert gate.cached_target(alice.url_id) is None
+    degraded = await gate.target(alice.url_id)
+    assert (degraded.owner, degraded.port, degraded.allow_view) == ("alice", target.port, False)
+    assert gate.cached_target(alice.url_id) is None
+    down = False
+    clock.now += 2
+    gate.cached_target(alice.url_id)
+    await settle()
+    assert (await gate.target(alice.url_id)).allow_view is True
+    await gate.close()
 
 
 # ------------------------------------------------------------------------------ grants

@@ -38,6 +38,7 @@ async def test_health_is_200_when_every_dependency_answers(aiohttp_client: Any) 
     assert response.status == 200
     assert await response.json() == {
         "status": "ok",
+        "down": [],
         "checks": {"database": {"ok": True}, "hub": {"ok": True}},
     }
     assert response.headers["Cache-Control"] == "no-store"
@@ -54,6 +55,7 @@ async def test_health_is_503_and_names_the_failing_dependency(aiohttp_client: An
     assert response.status == 503
     body = await response.json()
     assert body["status"] == "unavailable"
+    assert body["down"] == ["database"]
     assert body["checks"]["database"] == {"ok": False, "error": "the database cannot be reached"}
     assert body["checks"]["docker"] == {"ok": True}
     # A hub that is down cannot say who is an admin: the answer is the public one.
@@ -62,6 +64,7 @@ async def test_health_is_503_and_names_the_failing_dependency(aiohttp_client: An
     response = await client.get(PREFIX + "health", headers=admin)
     assert response.status == 503
     body = await response.json()
+    assert body["down"] == ["database", "hub"]
     assert body["checks"]["hub"] == {"ok": False}
     assert body["checks"]["database"] == {"ok": False}
 
@@ -97,6 +100,7 @@ async def test_anonymous_callers_see_states_but_no_reasons(aiohttp_client: Any) 
         assert response.status == 503
         assert await response.json() == {
             "status": "unavailable",
+            "down": ["database", "proxy"],
             "checks": {"database": {"ok": False}, "hub": {"ok": True}, "proxy": {"ok": False}},
         }
 

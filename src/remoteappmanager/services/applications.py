@@ -191,9 +191,13 @@ class CatalogueWatch:
         self._checked_at: float | None = None
         self._read: asyncio.Future[bool] | None = None
 
-    async def changed(self) -> bool:
+    def due(self) -> bool:
+        """Whether the next ``changed()`` would read the version (no I/O)."""
         checked = self._checked_at
-        if checked is not None and self._clock() - checked < self._interval:
+        return checked is None or self._clock() - checked >= self._interval
+
+    async def changed(self) -> bool:
+        if not self.due():
             return False
         read = self._read
         if read is None:

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.sessions import SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.access import AuthenticatedUser
+from remoteappmanager.services.applications import CatalogueWatch
 from remoteappmanager.services.sessions import Sessions
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,9 @@ class GateAccess:
     Contract:
     - ``target(url_id)`` is the running session ``url_id`` with its grant's ``allow_view``;
       ``NotFound`` when nothing runs there (or it has no published port yet), ``Unavailable``
-      when the engine or the database cannot be asked (never cached). Answers are kept until
+      when the engine cannot be asked (never cached). A database that cannot be read gives
+      the target with ``allow_view`` false, not kept: owners and admins keep using their
+      applications while it is down, and nobody else gets in. Answers are kept until
       the service changes the owner's sessions (``Sessions.generation_of``: another user's
       start or stop leaves them be) or ``target_ttl`` passes; concurrent misses for one
       url id share one lookup. ``cached_target`` is the same without I/O (None on a miss).
@@ -61,6 +64,11 @@ class GateAccess:
       ``allow_view`` — any signed-in user. Pure.
     - ``decision(principal, url_id)`` / ``remember(principal, url_id, allowed)``: a decision
       kept for ``decision_ttl`` seconds, ``principal`` being a login session id.
+    - A change of the catalogue (a grant revoked, a policy's ``allow_view`` changed, by this
+      process or any other) drops every cached target and decision: when a comparison is due
+      (at most once per ``watch`` interval) a lookup asks for one in the background, so no
+      request waits for the database. A database that cannot be read counts as no change,
+      so cached answers keep serving the running applications while it is down.
     """
 
     def __init__(
@@ -71,8 +79,10 @@ class GateAccess:
         target_ttl: float = DEFAULT_TARGET_TTL,
         decision_ttl: float = DEFAULT_DECISION_TTL,
         clock: Callable[[], float] = time.monotonic,
+        watch: CatalogueWatch | None = None,
     ) -> None:
         self._sessions = sessions
+        self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
         self._uow_factory = uow_factory
         self._target_ttl = target_ttl
         self._decision_ttl = decision_ttl
@@ -82,9 +92,13 @@ class GateAccess:
         self._lookups: dict[str, asyncio.Task[GateTarget]] = {}
         # (principal, url_id) -> (expires, allowed)
         self._decisions: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._comparison: asyncio.Future[bool] | None = None
+        # Counts the catalogue changes seen: a lookup that overlapped one is not kept.
+        self._catalogue_generation = 0
 
     # ----------------------------------------------------------------- targets
     def cached_target(self, url_id: str) -> GateTarget | None:
+        self._compare_catalogue()
         entry = self._targets.get(url_id)
         if entry is None:
             return None
@@ -93,6 +107,28 @@ class GateAccess:
             del self._targets[url_id]
             return None
         return target
+
+    def _compare_catalogue(self) -> None:
+        if self._comparison is not None or not self._watch.due():
+            return
+        comparison = asyncio.ensure_future(self._watch.changed())
+        self._comparison = comparison
+        comparison.add_done_callback(self._compared)
+
+    def _compared(self, comparison: asyncio.Future[bool]) -> None:
+        self._comparison = None
+        if comparison.cancelled() or comparison.exception() is not None:
+            return
+        if comparison.result():
+            log.info("gate.catalogue_changed", targets=len(self._targets))
+            self._catalogue_generation += 1
+            self._targets.clear()
+            self._decisions.clear()
+
+    async def close(self) -> None:
+        """Cancel a catalogue comparison under way."""
+        if self._comparison is not None:
+            self._comparison.cancel()
 
     async def target(self, url_id: str) -> GateTarget:
         cached = self.cached_target(url_id)
@@ -114,15 +150,23 @@ class GateAccess:
 
     async def _look_up(self, url_id: str) -> GateTarget:
         generation = self._sessions.generation
+        catalogue_generation = self._catalogue_generation
         session = await self._sessions.get_any(url_id)
         if session.state is not SessionState.RUNNING or session.host_port is None:
             raise NotFound(f"there is no application {url_id} running")
         allow_view = False
-        async with self._uow_factory() as uow:
-            try:
-                grant = await uow.grants.get(session.mapping_id)
-            except NotFound:
-                grant = None  # revoked since the start: only its owner and admins get in
+        catalogue_read = True
+        try:
+            async with self._uow_factory() as uow:
+                try:
+                    grant = await uow.grants.get(session.mapping_id)
+                except NotFound:
+                    grant = None  # revoked since the start: only its owner and admins get in
+        except Unavailable as exc:
+            # The application runs and its owner may still use it; whether others may is
+            # unknown until the catalogue can be read again: not kept, and nobody else enters.
+            log.warning("gate.catalogue_unreadable", url_id=url_id, error=exc.message)
+            grant, catalogue_read = None, False
         if grant is not None:
             allow_view = grant.policy.allow_view
         host = session.host_ip or ""
@@ -137,7 +181,11 @@ class GateAccess:
             allow_view=allow_view,
         )
         # A lookup that started before a change of the owner's sessions may not show it.
-        if generation >= self._sessions.generation_of(target.owner):
+        if (
+            catalogue_read
+            and generation >= self._sessions.generation_of(target.owner)
+            and catalogue_generation == self._catalogue_generation
+        ):
             if len(self._targets) >= MAX_TARGETS:
                 self._sweep_targets()
             self._targets[url_id] = (generation, self._clock() + self._target_ttl, target)

@@ -584,6 +584,7 @@ async def _listening(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await rechecking
         await server.close()
+        await app[GATE].access.close()
 
 
 # ---------------------------------------------------------------------------- {svc}gate/<url_id>

@@ -4,7 +4,8 @@ Anyone may ask, so asking must stay cheap: the combined answer is kept for ``HEA
 seconds and concurrent callers share one probe of the dependencies, so a flood of requests
 costs each dependency at most one check per TTL. Anonymous callers (and users who are not
 admins) see the overall status and each dependency's up/down state; only admins also see why
-a dependency is down.
+a dependency is down. ``down`` lists the names of the dependencies that do not answer
+(``database``, ``docker``, ``proxy``, ``hub``), so a probe or a person reads at once which one.
 """
 
 from __future__ import annotations
@@ -37,16 +38,23 @@ class HealthReport:
     # name -> {"ok": bool} or {"ok": False, "error": why}
     checks: Mapping[str, Mapping[str, Any]]
 
+    @property
+    def down(self) -> list[str]:
+        """The dependencies that do not answer, by name."""
+        return sorted(name for name, result in self.checks.items() if not result["ok"])
+
     def public(self) -> dict[str, Any]:
         """What anyone may see: the status and each dependency's state, no reasons."""
         return {
             "status": "ok" if self.healthy else "unavailable",
+            "down": self.down,
             "checks": {name: {"ok": bool(result["ok"])} for name, result in self.checks.items()},
         }
 
     def detailed(self) -> dict[str, Any]:
         return {
             "status": "ok" if self.healthy else "unavailable",
+            "down": self.down,
             "checks": {name: dict(result) for name, result in self.checks.items()},
         }
 

@@ -14,6 +14,11 @@ from remoteappmanager.domain.errors import InvalidRequest
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POSTGRES_CONNECT_TIMEOUT = 10.0
+# No statement of ours takes long: one that does is waiting on a server that has gone away
+# (or stopped), and the request must fail with ``Unavailable`` instead of hanging.
+POSTGRES_COMMAND_TIMEOUT = 15.0
+# How long a request waits for a free pooled connection before it is refused.
+POSTGRES_POOL_TIMEOUT = 10.0
 POSTGRES_POOL_SIZE = 5
 POSTGRES_MAX_OVERFLOW = 10
 POSTGRES_POOL_RECYCLE = 1800
@@ -65,7 +70,11 @@ def create_engine(url: str | URL, *, enforce_foreign_keys: bool = True) -> Async
         max_overflow=POSTGRES_MAX_OVERFLOW,
         pool_pre_ping=True,
         pool_recycle=POSTGRES_POOL_RECYCLE,
-        connect_args={"timeout": POSTGRES_CONNECT_TIMEOUT},
+        pool_timeout=POSTGRES_POOL_TIMEOUT,
+        connect_args={
+            "timeout": POSTGRES_CONNECT_TIMEOUT,
+            "command_timeout": POSTGRES_COMMAND_TIMEOUT,
+        },
     )
 
 
