@@ -274,6 +274,9 @@ class Gate:
     def unreachable(self, url_id: str) -> None:
         self.access.forget(url_id)
 
+    def client_input(self, url_id: str) -> None:
+        """Activity on an open WebSocket; nothing uses it yet (culling idle sessions will)."""
+
     # ------------------------------------------------------------------ decisions
     def _verdict(
         self, request: GateRequest, path: str, query: str, target: GateTarget

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 import httptools
 import structlog
@@ -50,6 +50,21 @@ _MAX_TRAILERS = 16 * 1024
 
 # ---------------------------------------------------------------------------- the contract
 @dataclass(slots=True)
+class ViewerInput:
+    """What a viewer (not the owner) may send through an open WebSocket; mutable.
+
+    The relay looks at ``input_allowed`` for every message from the viewer to the
+    application, so that changing it takes effect on the next message, without reconnecting.
+    With ``protocol="vnc"`` a viewer without input may send only what asks for the picture
+    (RFB pixel format, encodings, update requests); its keyboard, mouse and clipboard never
+    reach the desktop. With ``protocol="web"`` it may send no data frames at all.
+    """
+
+    input_allowed: bool
+    protocol: Literal["vnc", "web"]
+
+
+@dataclass(slots=True)
 class GateRequest:
     """What the gatekeeper sees of a request; header values decoded as Latin-1."""
 
@@ -74,6 +89,8 @@ class Forward:
     counted against the per-user cap while the request is in progress (for a WebSocket,
     while it is open); ``principal`` is what let the request in, by which open WebSockets
     and answers under way are found again (``GateServer.holders``, ``close_held``).
+    ``viewer`` is None for the owner (a WebSocket is relayed unfiltered) and otherwise
+    says what the viewer may send (``ViewerInput``).
     """
 
     url_id: str
@@ -84,6 +101,7 @@ class Forward:
     cookie_path: str
     user: str | None = None
     principal: Hashable | None = None
+    viewer: ViewerInput | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +128,13 @@ class Gatekeeper(Protocol):
 
     def unreachable(self, url_id: str) -> None:
         """The application refused a connection."""
+
+    def client_input(self, url_id: str) -> None:
+        """A client sent data to the application over an open WebSocket (activity).
+
+        Called for data frames only (not pings, pongs or closes, nor frames the gate
+        dropped), at most once a second per connection; must not block.
+        """
 
 
 @dataclass(slots=True)
