@@ -33,6 +33,7 @@ from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.gate_proxy import (
     MAX_CONNECTIONS_PER_USER,
+    WEBSOCKET_PING_INTERVAL,
     Answer,
     Forward,
     GateRequest,
@@ -191,9 +192,14 @@ class Gate:
     application_origins: Callable[[GateTarget], Iterable[str]] | None = None
     max_connections_per_user: int = MAX_CONNECTIONS_PER_USER
     recheck_interval: float = RECHECK_INTERVAL
+    websocket_ping_s: float = WEBSOCKET_PING_INTERVAL
 
     def __post_init__(self) -> None:
-        self.server = GateServer(self, max_per_user=self.max_connections_per_user)
+        self.server = GateServer(
+            self,
+            max_per_user=self.max_connections_per_user,
+            ping_interval=self.websocket_ping_s,
+        )
 
     def cookie_payload(self, value: str) -> str | None:
         now = self.clock()
@@ -575,6 +581,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         public_origin=(settings.public_origin or "") if settings.app_origin_template else "",
         public_origins=frozenset({public} if public else ()),
         max_connections_per_user=settings.gate_max_connections_per_user,
+        websocket_ping_s=settings.websocket_ping_s,
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)
@@ -640,6 +647,15 @@ class _GateCollector(Collector):
             "Requests refused (429) because their user had too many under way at once.",
             value=stats.crowded,
         )
+        closed = CounterMetricFamily(
+            "remoteapp_gate_websockets_closed",
+            "WebSockets the gate closed: a protocol violation (either side), or a leg that "
+            "did not answer the gate's ping.",
+            labels=("reason",),
+        )
+        closed.add_metric(("violation",), stats.ws_refused)
+        closed.add_metric(("unanswered_ping",), stats.ws_dead)
+        yield closed
 
 
 # ---------------------------------------------------------------------------- {svc}gate/<url_id>
