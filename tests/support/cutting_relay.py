@@ -4,6 +4,8 @@
     await relay.start()          # relay.port: where to connect instead of the target
     ...
     relay.accepted, relay.cut    # connections accepted, connections cut for idleness
+    relay.links                  # per connection: the longest time without a byte; open?
+    relay.cut_all()              # cut every open connection now (a network drop)
     await relay.close()
 
 Bytes in either direction count as activity. It listens on and connects to 127.0.0.1 only.
@@ -20,6 +22,15 @@ import asyncio
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Link:
+    """One relayed connection."""
+
+    longest_quiet: float = 0.0
+    open: bool = True
 
 
 class CuttingRelay:
@@ -39,6 +50,8 @@ class CuttingRelay:
         self.accepted = 0
         self.cut = 0
         self.closed_by_peer = 0
+        self.links: list[Link] = []
+        self._open: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_change = on_change
@@ -60,6 +73,13 @@ class CuttingRelay:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def cut_all(self) -> int:
+        """Cut every open connection, as a network drop would; how many."""
+        cutting = list(self._open)
+        for task in cutting:
+            task.cancel()
+        return len(cutting)
+
     def _changed(self) -> None:
         if callable(self._on_change):
             self._on_change(self)
@@ -69,10 +89,13 @@ class CuttingRelay:
         assert task is not None
         self._tasks.add(task)
         self.accepted += 1
+        link = Link()
+        self.links.append(link)
         self._changed()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
+            link.open = False
             writer.close()
             self._tasks.discard(task)
             return
@@ -80,7 +103,9 @@ class CuttingRelay:
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             while data := await src.read(65536):
-                last[0] = time.monotonic()
+                now = time.monotonic()
+                link.longest_quiet = max(link.longest_quiet, now - last[0])
+                last[0] = now
                 dst.write(data)
                 await dst.drain()
 
@@ -88,6 +113,7 @@ class CuttingRelay:
             asyncio.create_task(pump(reader, up_writer)),
             asyncio.create_task(pump(up_reader, writer)),
         ]
+        self._open.add(task)
         try:
             while True:
                 done, _ = await asyncio.wait(
@@ -99,7 +125,11 @@ class CuttingRelay:
                 if time.monotonic() - last[0] >= self.idle_cut:
                     self.cut += 1
                     break
+        except asyncio.CancelledError:
+            pass  # cut_all, or the relay closing
         finally:
+            link.open = False
+            self._open.discard(task)
             for pump_task in pumps:
                 pump_task.cancel()
             for w in (writer, up_writer):
