@@ -31,6 +31,7 @@ from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.errors import error_page
 from remoteappmanager.web.gate_proxy import (
     MAX_CONNECTIONS_PER_USER,
+    WEBSOCKET_PING_INTERVAL,
     Answer,
     Forward,
     GateRequest,
@@ -178,9 +179,14 @@ class Gate:
     application_origins: Callable[[GateTarget], Iterable[str]] | None = None
     max_connections_per_user: int = MAX_CONNECTIONS_PER_USER
     recheck_interval: float = RECHECK_INTERVAL
+    websocket_ping_s: float = WEBSOCKET_PING_INTERVAL
 
     def __post_init__(self) -> None:
-        self.server = GateServer(self, max_per_user=self.max_connections_per_user)
+        self.server = GateServer(
+            self,
+            max_per_user=self.max_connections_per_user,
+            ping_interval=self.websocket_ping_s,
+        )
 
     def cookie_payload(self, value: str) -> str | None:
         now = self.clock()
@@ -260,6 +266,9 @@ class Gate:
 
     def unreachable(self, url_id: str) -> None:
         self.access.forget(url_id)
+
+    def client_input(self, url_id: str) -> None:
+        """Activity on an open WebSocket; nothing uses it yet (culling idle sessions will)."""
 
     # ------------------------------------------------------------------ decisions
     def _verdict(
@@ -557,6 +566,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         public_origin=(settings.public_origin or "") if settings.app_origin_template else "",
         public_origins=frozenset({public} if public else ()),
         max_connections_per_user=settings.gate_max_connections_per_user,
+        websocket_ping_s=settings.websocket_ping_s,
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)

@@ -249,3 +249,12 @@ class _GateCollector(Collector):
             "Requests refused (429) because their user had too many under way at once.",
             value=stats.crowded,
         )
+        closed = CounterMetricFamily(
+            "remoteapp_gate_websockets_closed",
+            "WebSockets the gate closed: a protocol violation (either side), or a leg that "
+            "did not answer the gate's ping.",
+            labels=("reason",),
+        )
+        closed.add_metric(("violation",), stats.ws_refused)
+        closed.add_metric(("unanswered_ping",), stats.ws_dead)
+        yield closed
