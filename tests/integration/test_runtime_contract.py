@@ -1,8 +1,10 @@
-"""The ContainerRuntime contract, run against InMemoryRuntime and AiodockerRuntime."""
+"""The ContainerRuntime contract, run against InMemoryRuntime, AiodockerRuntime and
+SwarmRuntime (on a single-node swarm the test session starts and leaves)."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -14,6 +16,7 @@ import pytest
 
 from remoteappmanager.adapters.docker import AiodockerRuntime
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
+from remoteappmanager.adapters.swarm import SwarmRuntime
 from remoteappmanager.domain.containers import RUNINFO_NAMESPACE, ContainerSpec, Mount
 from remoteappmanager.domain.errors import Exists, NotFound, Unavailable
 from remoteappmanager.domain.labels import AppType
@@ -29,6 +32,7 @@ from tests.support.busybox_image import (
     untag_image,
 )
 from tests.support.services import ServiceMissing, skip_or_fail
+from tests.support.swarm import remove_services_labelled
 
 # Every container these tests create carries this label, so teardown finds them all.
 TEST_LABEL = "remoteapp-test.contract"
@@ -46,6 +50,8 @@ class Backend:
     add_alias: Callable[[str], Awaitable[None]]
     remove_alias: Callable[[str], Awaitable[None]]
     kill: Callable[[ContainerRuntime, str], Awaitable[None]]
+    published_on_loopback: bool = True
+    """A swarm publishes nothing: its tasks are reached on the overlay network."""
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +82,25 @@ async def _kill_fake(runtime: ContainerRuntime, container_id: str) -> None:
     runtime.kill(container_id)
 
 
-@pytest.fixture(params=["memory", pytest.param("docker", marks=pytest.mark.docker)])
+async def _kill_swarm_task(runtime: ContainerRuntime, service_id: str) -> None:
+    async with aiodocker.Docker() as docker:
+        tasks = await docker.tasks.list(filters={"service": [service_id]})
+        for task in tasks:
+            container = (task.get("Status") or {}).get("ContainerStatus", {}).get("ContainerID")
+            if container:
+                await docker.containers.container(container).kill()
+
+
+SWARM_NETWORK = "remoteapp-test-overlay"
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("swarm", marks=[pytest.mark.docker, pytest.mark.swarm]),
+    ]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         # All fakes of one test share the "engine's" images, as real clients of one engine do.
@@ -113,6 +137,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     image = request.getfixturevalue("real_image")
     crashing = request.getfixturevalue("real_crashing_image")
     aliases: list[str] = []
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_engine")
 
     async def add_real_alias(alias: str) -> None:
         aliases.append(alias)
@@ -122,16 +148,29 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         return AiodockerRuntime("unix:///nonexistent/remoteapp-test/docker.sock")
 
     try:
-        yield Backend(
-            "docker",
-            lambda **kwargs: AiodockerRuntime(None, **kwargs),
-            unreachable_real,
-            image,
-            crashing,
-            add_real_alias,
-            untag_image,
-            _kill_real,
-        )
+        if request.param == "swarm":
+            yield Backend(
+                "swarm",
+                lambda **kwargs: SwarmRuntime(None, network=SWARM_NETWORK, **kwargs),
+                lambda: SwarmRuntime("unix:///nonexistent/remoteapp-test/docker.sock"),
+                image,
+                crashing,
+                add_real_alias,
+                untag_image,
+                _kill_swarm_task,
+                published_on_loopback=False,
+            )
+        else:
+            yield Backend(
+                "docker",
+                lambda **kwargs: AiodockerRuntime(None, **kwargs),
+                unreachable_real,
+                image,
+                crashing,
+                add_real_alias,
+                untag_image,
+                _kill_real,
+            )
     finally:
         for alias in aliases:
             await untag_image(alias)
@@ -153,7 +192,9 @@ async def runtime(backend: Backend, run_label: dict[str, str]) -> AsyncIterator[
                 await runtime.remove(info.id)
         finally:
             await runtime.close()
-            if backend.kind == "docker":
+            if backend.kind == "swarm":
+                remove_services_labelled(f"{TEST_LABEL}={run_label[TEST_LABEL]}")
+            if backend.kind != "memory":
                 await remove_containers_labelled(TEST_LABEL, run_label[TEST_LABEL])
 
 
@@ -237,9 +278,15 @@ async def test_create_and_start_publishes_on_localhost(
     assert info.running
     assert info.name == spec.name
     assert info.image == backend.image
-    assert info.host_ip == "127.0.0.1"
-    assert info.host_port is not None
-    assert info.host_port > 0
+    if backend.published_on_loopback:
+        assert info.host_ip == "127.0.0.1"
+        assert info.host_port is not None
+        assert info.host_port > 0
+    else:
+        # Nothing is published: the task is reached on its overlay address, port 8888.
+        assert info.host_ip is not None
+        assert ipaddress.ip_address(info.host_ip).is_private
+        assert info.host_port == 8888
     assert info.runinfo("user") == "alice"
     assert info.runinfo("url_id") == spec.labels[RUNINFO_NAMESPACE + "url_id"]
     assert await runtime.inspect(container_id) == info
