@@ -8,7 +8,7 @@ import ipaddress
 import secrets
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiodocker
@@ -17,8 +17,9 @@ import pytest
 from remoteappmanager.adapters.docker import AiodockerRuntime
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.adapters.swarm import SwarmRuntime
+from remoteappmanager.domain.confinement import Confinement, ResourceLimits
 from remoteappmanager.domain.containers import RUNINFO_NAMESPACE, ContainerSpec, Mount
-from remoteappmanager.domain.errors import Exists, NotFound, Unavailable
+from remoteappmanager.domain.errors import Exists, NotFound, Unable, Unavailable
 from remoteappmanager.domain.labels import AppType
 from remoteappmanager.ports.runtime import ContainerRuntime
 from tests.support.busybox_image import (
@@ -510,3 +511,85 @@ async def test_an_engine_that_never_answers_is_unavailable_in_bounded_time(tmp_p
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+# ---------------------------------------------------------------------------- the swarm
+@pytest.fixture
+async def swarm_runtime(
+    swarm_engine: str, real_image: str, run_label: dict[str, str]
+) -> AsyncIterator[SwarmRuntime]:
+    runtime = SwarmRuntime(None, network=SWARM_NETWORK, start_timeout=20)
+    try:
+        yield runtime
+    finally:
+        try:
+            for info in await runtime.list(run_label):
+                await runtime.remove(info.id)
+        finally:
+            await runtime.close()
+            remove_services_labelled(f"{TEST_LABEL}={run_label[TEST_LABEL]}")
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+async def test_a_swarm_session_is_a_service_publishing_nothing(
+    swarm_runtime: SwarmRuntime, real_image: str, run_label: dict[str, str]
+) -> None:
+    spec = replace(
+        make_spec(real_image, run_label, user="alice"),
+        confinement=Confinement(limits=ResourceLimits(256, 0.5, 128)),
+    )
+    service_id = await swarm_runtime.create(spec)
+    await swarm_runtime.start(service_id)
+    async with aiodocker.Docker() as docker:
+        service = await docker.services.inspect(service_id)
+        tasks = await docker.tasks.list(filters={"service": [service_id]})
+    described = service["Spec"]
+    template = described["TaskTemplate"]
+    for key, value in spec.labels.items():
+        assert described["Labels"][key] == value
+        assert template["ContainerSpec"]["Labels"][key] == value
+    assert described["EndpointSpec"]["Mode"] == "dnsrr"
+    assert not described["EndpointSpec"].get("Ports")
+    assert not (service.get("Endpoint") or {}).get("Ports")
+    assert template["RestartPolicy"]["Condition"] == "none"
+    assert template["Resources"]["Limits"] == {
+        "MemoryBytes": 256 * 1024 * 1024,
+        "NanoCPUs": 500_000_000,
+        "Pids": 128,
+    }
+    assert template["Resources"]["Reservations"] == {
+        "MemoryBytes": 256 * 1024 * 1024,
+        "NanoCPUs": 500_000_000,
+    }
+    assert template["ContainerSpec"]["Init"] is True
+    assert template["ContainerSpec"]["Image"].startswith("sha256:")
+    [task] = tasks
+    networks = [a["Network"]["Spec"]["Name"] for a in task["NetworksAttachments"]]
+    assert networks == [SWARM_NETWORK]
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+async def test_a_swarm_that_cannot_place_a_session_says_so_at_once(
+    swarm_runtime: SwarmRuntime, real_image: str, run_label: dict[str, str]
+) -> None:
+    spec = replace(make_spec(real_image, run_label), placement=("node.labels.gpu==true",))
+    service_id = await swarm_runtime.create(spec)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Unable, match=r"the swarm cannot place it: no suitable node"):
+        await swarm_runtime.start(service_id)
+    # Well before the start timeout (20 s): the swarm's reason, not a wait.
+    assert asyncio.get_running_loop().time() - started < 10
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+async def test_a_task_the_swarm_rejects_ends_the_start_with_its_reason(
+    swarm_runtime: SwarmRuntime, real_image: str, run_label: dict[str, str], tmp_path: Path
+) -> None:
+    # The engine refuses to bind-mount a source that does not exist on the node.
+    missing = Mount(str(tmp_path / "not-there"), "/data", True)
+    service_id = await swarm_runtime.create(make_spec(real_image, run_label, mounts=(missing,)))
+    with pytest.raises(Unable, match=r"the swarm could not start it \(rejected\): .*not-there"):
+        await swarm_runtime.start(service_id)
