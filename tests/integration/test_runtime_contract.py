@@ -19,7 +19,7 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.adapters.swarm import SwarmRuntime
 from remoteappmanager.domain.confinement import Confinement, ResourceLimits
 from remoteappmanager.domain.containers import RUNINFO_NAMESPACE, ContainerSpec, Mount
-from remoteappmanager.domain.errors import Exists, NotFound, Unable, Unavailable
+from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Unable, Unavailable
 from remoteappmanager.domain.labels import AppType
 from remoteappmanager.ports.runtime import ContainerRuntime
 from tests.support.busybox_image import (
@@ -335,6 +335,19 @@ async def test_list_by_labels_in_any_state(
     other_run = {TEST_LABEL: secrets.token_hex(8)}
     assert await runtime.list(other_run) == []
     assert await runtime.list({**run_label, RUNINFO_NAMESPACE + "user": "carol"}) == []
+
+
+async def test_a_single_engine_refuses_placement_constraints(
+    backend: Backend, runtime: ContainerRuntime, run_label: dict[str, str]
+) -> None:
+    spec = replace(make_spec(backend.image, run_label), placement=("node.labels.gpu==true",))
+    if backend.kind == "swarm":
+        service_id = await runtime.create(spec)
+        assert (await runtime.inspect(service_id)) is not None
+        return
+    with pytest.raises(InvalidRequest, match=r"need a Docker Swarm \(REMOTEAPP_ENGINE=swarm\)"):
+        await runtime.create(spec)
+    assert await runtime.list(run_label) == []
 
 
 async def test_remove_is_idempotent(

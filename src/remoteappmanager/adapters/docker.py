@@ -256,6 +256,15 @@ class AiodockerRuntime:
 
     # ----------------------------------------------------------------- containers
     async def create(self, spec: ContainerSpec) -> str:
+        if spec.placement:
+            # A single engine has nowhere else to put it: running it here would ignore
+            # what the grant asks for (a GPU node, a zone).
+            raise InvalidRequest(
+                "the grant's placement constraints ("
+                + ", ".join(spec.placement)
+                + ") need a Docker Swarm (REMOTEAPP_ENGINE=swarm); an administrator must "
+                "change the grant"
+            )
         await self._check_mounts(spec)
         if spec.confinement.network is not None:
             await self.ensure_network(spec.confinement.network)

@@ -169,4 +169,5 @@ def build_container_spec(
             confinement,
             cap_add=tuple(dict.fromkeys((*confinement.cap_add, *capabilities_for(image.type)))),
         ),
+        placement=policy.placement,
     )

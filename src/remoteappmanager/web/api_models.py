@@ -28,10 +28,14 @@ from remoteappmanager.domain.models import (
     MAX_IMAGE_LENGTH,
     MAX_NAME_LENGTH,
     MAX_PATH_LENGTH,
+    MAX_PLACEMENT_CONSTRAINTS,
+    MAX_PLACEMENT_LENGTH,
+    PLACEMENT_PATTERN,
     Grant,
     Policy,
     User,
     Volume,
+    validate_placement,
 )
 from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name
 from remoteappmanager.domain.sessions import Session
@@ -233,6 +237,10 @@ class _PolicyFields(_Answer):
     volume_target: str | None
     volume_mode: Literal["ro", "rw"] | None
     allow_startup_data: bool
+    placement: list[str] = Field(
+        description="Docker Swarm placement constraints the application's task must meet "
+        "(REMOTEAPP_ENGINE=swarm; refused at start on a single engine)."
+    )
 
     @staticmethod
     def _policy_fields(policy: Policy) -> dict[str, Any]:
@@ -246,6 +254,7 @@ class _PolicyFields(_Answer):
             "volume_target": volume.target if volume else None,
             "volume_mode": volume.mode.value if volume else None,
             "allow_startup_data": policy.allow_startup_data,
+            "placement": list(policy.placement),
         }
 
 
@@ -401,6 +410,17 @@ _PathOrEmpty = Annotated[
         MAX_PATH_LENGTH,
         "a path is absolute, printable and without '..' (or empty for none)",
         "absolute-path-or-empty",
+    ),
+]
+_Constraint = Annotated[
+    str,
+    _Checked(
+        lambda: rf"^{PLACEMENT_PATTERN}{_TEXT_END}",
+        MAX_PLACEMENT_LENGTH,
+        "a placement constraint is <key>==<value> or <key>!=<value> with a swarm node key "
+        "(node.labels.<name>, engine.labels.<name>, node.id, node.hostname, node.role, "
+        "node.platform.os, node.platform.arch)",
+        "swarm-placement-constraint",
     ),
 ]
 _VolumeOrEmpty = Annotated[
@@ -581,6 +601,12 @@ class AdminGrantCreate(_Request):
     volume_target: _PathOrEmpty | None = None
     volume_mode: Literal["ro", "rw"] | None = None
     allow_startup_data: bool = False
+    placement: list[_Constraint] = Field(
+        default_factory=list,
+        max_length=MAX_PLACEMENT_CONSTRAINTS,
+        description="Docker Swarm placement constraints, all to be met (e.g. "
+        "node.labels.gpu==true); only a swarm engine can start such a grant.",
+    )
 
     @model_validator(mode="after")
     def _one_way_each(self) -> AdminGrantCreate:
@@ -614,6 +640,7 @@ class AdminGrantCreate(_Request):
             allow_common=self.allow_common,
             volume=volume,
             allow_startup_data=self.allow_startup_data,
+            placement=validate_placement(self.placement),
         )
 
 

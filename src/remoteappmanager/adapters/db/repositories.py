@@ -59,6 +59,7 @@ def _policy(row: PolicyRow) -> Policy:
         allow_common=row.allow_common,
         volume=volume,
         allow_startup_data=row.allow_startup_data,
+        placement=tuple(row.placement.split("\n")) if row.placement else (),
     )
 
 
@@ -82,6 +83,7 @@ def _policy_columns(policy: Policy) -> dict[str, Any]:
         "volume_target": volume.target if volume else None,
         "volume_mode": volume.mode.value if volume else None,
         "allow_startup_data": policy.allow_startup_data,
+        "placement": "\n".join(policy.placement) or None,
     }
 
 
