@@ -52,8 +52,11 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_SWARM_NETWORK = "remoteapp-overlay"
 DEFAULT_START_TIMEOUT = 60.0
-# How often a start or a removal looks at the service's task.
-POLL_INTERVAL = 0.1
+# How often a start looks at the service's task: a task runs a few hundred milliseconds after
+# it is asked for, and each look is one small call to the manager.
+POLL_INTERVAL = 0.02
+# How often a removal looks whether the swarm has let the task go.
+REMOVE_POLL_INTERVAL = 0.1
 
 SWARM_NAMESPACE = "eu.simphony-project.docker.swarm."
 NAME_LABEL = SWARM_NAMESPACE + "name"
@@ -123,6 +126,8 @@ class SwarmRuntime(AiodockerRuntime):
         self._start_timeout = start_timeout
         self._overlay_lock = asyncio.Lock()
         self._overlay_ready = False
+        self._pins: dict[str, tuple[float, str]] = {}
+        self._pin_ttl = image_cache_ttl
 
     # ----------------------------------------------------------------- network
     async def ensure_overlay(self) -> None:
@@ -195,7 +200,12 @@ class SwarmRuntime(AiodockerRuntime):
         return str(created["ID"])
 
     async def _pinned_image(self, image: str) -> str:
-        """The image reference the nodes run: a repository digest, else the image id."""
+        """The image reference the nodes run: a repository digest, else the image id (kept
+        as long as image metadata is)."""
+        now = self._clock()
+        pinned = self._pins.get(image)
+        if pinned is not None and now - pinned[0] < self._pin_ttl:
+            return pinned[1]
         try:
             async with self._call(f"inspect image {image}"):
                 data = await self._client().images.inspect(image)
@@ -204,7 +214,11 @@ class SwarmRuntime(AiodockerRuntime):
                 raise image_missing(image) from None
             raise engine_error(exc, f"inspect image {image}") from None
         digests = [str(ref) for ref in data.get("RepoDigests") or [] if "@" in str(ref)]
-        return digests[0] if digests else str(data["Id"])
+        reference = digests[0] if digests else str(data["Id"])
+        if len(self._pins) > 1024:
+            self._pins.clear()
+        self._pins[image] = (now, reference)
+        return reference
 
     async def start(self, container_id: str) -> ContainerInfo:
         check_container_ref(container_id, NotFound)
@@ -227,17 +241,18 @@ class SwarmRuntime(AiodockerRuntime):
             if exc.status == 404:
                 raise NotFound(f"service {container_id[:12]} does not exist") from None
             raise engine_error(exc, what) from None
-        return await self._wait_started(str(service["ID"]))
+        return await self._wait_started(service)
 
-    async def _wait_started(self, service_id: str) -> ContainerInfo:
+    async def _wait_started(self, service: Mapping[str, Any]) -> ContainerInfo:
+        service_id = str(service["ID"])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._start_timeout
         state = "new"
         while True:
-            service = await self._service(service_id)
-            if service is None:
-                raise Unable(f"service {service_id[:12]} disappeared as it started")
-            task = _latest(await self._tasks([service_id]))
+            try:
+                task = _latest(await self._tasks([service_id]))
+            except NotFound:
+                raise Unable(f"service {service_id[:12]} disappeared as it started") from None
             if task is not None:
                 status = task.get("Status") or {}
                 state = str(status.get("State", ""))
@@ -344,7 +359,7 @@ class SwarmRuntime(AiodockerRuntime):
                 if loop.time() >= deadline:
                     log.info("swarm.task_lingers", service=service_id[:12], task=task_id[:12])
                     return
-                await asyncio.sleep(POLL_INTERVAL)
+                await asyncio.sleep(REMOVE_POLL_INTERVAL)
 
     async def _task_exists(self, task_id: str) -> bool:
         try:
