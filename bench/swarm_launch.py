@@ -1,6 +1,7 @@
 """Launch overhead and 50 concurrent starts on Docker Swarm (REMOTEAPP_ENGINE=swarm).
 
-Usage: .venv/bin/python bench/swarm_launch.py [REPETITIONS] [USERS]   (default 10 and 50)
+Usage: .venv/bin/python bench/swarm_launch.py [REPETITIONS] [USERS] [PROBE_MAX_INTERVAL]
+       (default 10, 50 and the readiness probe's own longest interval)
 
 The engine is made a single-node swarm (advertised on 127.0.0.1) for the run and left
 afterwards (``docker_gwbridge`` removed too); an attachable overlay network is created for
@@ -44,7 +45,7 @@ MEMORY_MB = 32
 
 
 # ---------------------------------------------------------------------------- on the host
-def host(repetitions: int, users: int) -> int:
+def host(repetitions: int, users: int, probe_max: str) -> int:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from tests.support.session_images import WEB_IMAGE, ensure_session_images
@@ -85,6 +86,7 @@ def host(repetitions: int, users: int) -> int:
                     network,
                     realm,
                     WEB_IMAGE,
+                    probe_max,
                 ],
                 check=False,
                 timeout=3600,
@@ -116,7 +118,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def inside(repetitions: int, users: int, network: str, realm: str, image: str) -> None:
+async def inside(
+    repetitions: int, users: int, network: str, realm: str, image: str, probe_max: str
+) -> None:
     import logging
 
     import aiodocker
@@ -157,7 +161,11 @@ async def inside(repetitions: int, users: int, network: str, realm: str, image: 
     limits = ResourceLimits(MEMORY_MB, None, 256)
     runtime = SwarmRuntime(None, network=network, start_timeout=300)
     routes = ChpRouteTable(api_url, token)
-    probe = AiohttpReadinessProbe()
+    probe = (
+        AiohttpReadinessProbe(max_interval=float(probe_max))
+        if probe_max
+        else AiohttpReadinessProbe()
+    )
     sessions = Sessions(
         runtime,
         routes,
@@ -273,6 +281,8 @@ async def inside(repetitions: int, users: int, network: str, realm: str, image: 
 
     try:
         print(f"{socket.gethostname()} on {os.cpu_count()} cores, swarm of one node")
+        if probe_max:
+            print(f"readiness probe: polls at most {probe_max} s apart")
         # One untimed round each: image metadata cache, the network's first task, pools.
         await by_sessions("warmup")
         await by_hand("warmup")
@@ -367,12 +377,13 @@ async def inside(repetitions: int, users: int, network: str, realm: str, image: 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--inside":
-        reps, count, net, realm_name, app_image = sys.argv[2:7]
-        asyncio.run(inside(int(reps), int(count), net, realm_name, app_image))
+        reps, count, net, realm_name, app_image, longest = sys.argv[2:8]
+        asyncio.run(inside(int(reps), int(count), net, realm_name, app_image, longest))
     else:
         sys.exit(
             host(
                 int(sys.argv[1]) if len(sys.argv) > 1 else 10,
                 int(sys.argv[2]) if len(sys.argv) > 2 else 50,
+                sys.argv[3] if len(sys.argv) > 3 else "",
             )
         )
