@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -37,7 +38,13 @@ def leave_swarm() -> None:
     deadline = time.monotonic() + 30
     while _docker("network", "inspect", GWBRIDGE).returncode == 0:
         # Task containers leave the bridge a moment after the swarm is gone.
-        if _docker("network", "rm", GWBRIDGE).returncode == 0 or time.monotonic() > deadline:
+        removed = _docker("network", "rm", GWBRIDGE)
+        if removed.returncode == 0:
+            break
+        if time.monotonic() > deadline:
+            # The engine sometimes keeps counting an endpoint that no container holds any
+            # more; only a restart of the engine clears it. Said, not hidden.
+            print(f"warning: {GWBRIDGE} stays: {removed.stderr.strip()[:200]}", file=sys.stderr)
             break
         time.sleep(0.5)
 
