@@ -127,6 +127,22 @@ def test_placement_is_repeatable_and_makes_another_policy(db: str) -> None:
     assert plain in ok(db, "user", "list", "--show-apps")
 
 
+def test_on_a_swarm_only_shared_storage_is_granted(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REMOTEAPP_ENGINE", "swarm")
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", "/srv,/scratch")
+    monkeypatch.setenv("REMOTEAPP_SWARM_SHARED_ROOTS", "/srv")
+    monkeypatch.setenv("REMOTEAPP_WORKSPACE_ROOT", "/srv/workspaces")
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+
+    local = ["app", "grant", IMAGE, "alice", "--volume", "/scratch/d:/data:ro"]
+    assert "not on storage that every swarm node shares" in refused(db, *local)
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
+    assert ok(db, "app", "grant", IMAGE, "alice", "--volume", "/srv/d:/data:ro").strip()
+
+
 def test_lists_are_tables_or_plain_lines(db: str) -> None:
     ok(db, "user", "create", "alice")
     ok(db, "user", "create", "bob")
