@@ -8,6 +8,8 @@
 #   REMOTEAPP_DEMO_ADMIN_PASSWORD with it: the password of the hub admins (32+ characters)
 #   REMOTEAPP_HUB_IP / _PORT      public address of the proxy (127.0.0.1 / 8000)
 #   REMOTEAPP_HUB_INTERNAL_PORT   the hub's own port, reached by the proxy and services (8081)
+#   REMOTEAPP_HUB_INTERNAL_IP     the address it binds (127.0.0.1; 0.0.0.0 in a container whose
+#                                 service runs in other containers, deploy/stack.yml)
 #   REMOTEAPP_HUB_BASE_URL        URL prefix of everything (/)
 #   REMOTEAPP_HUB_PUBLIC_URL      the hub's public URL when behind TLS/another proxy (unset)
 #   REMOTEAPP_HUB_DATA_DIR        where the hub keeps its database and secrets (the cwd)
@@ -18,6 +20,8 @@
 #   REMOTEAPP_SERVICE_COMMAND     how to start the service (remoteappmanager beside python)
 #   REMOTEAPP_SERVICE_API_TOKEN   set: the service runs on its own (systemd, a container...)
 #                                 with this token as JUPYTERHUB_API_TOKEN; the hub won't start it
+#   REMOTEAPP_SERVICE_URL         with it: where the proxy reaches that service
+#                                 (http://127.0.0.1:<REMOTEAPP_SERVICE_PORT>)
 #   REMOTEAPP_CHP_COMMAND         configurable-http-proxy executable (the repo's node_modules)
 # Shared with the service: CONFIGPROXY_API_URL (http://127.0.0.1:8001), CONFIGPROXY_AUTH_TOKEN
 # (generated at each hub start when unset), every other REMOTEAPP_* and DOCKER_* variable.
@@ -50,7 +54,8 @@ _data.mkdir(parents=True, exist_ok=True)  # first start on a fresh machine
 
 c.JupyterHub.bind_url = f"http://{_ip}:{_port}{_base_url}"  # the proxy's public side
 # The hub's own port: only the proxy and the service talk to it, so it stays on loopback.
-c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{_env('REMOTEAPP_HUB_INTERNAL_PORT', '8081')}"
+_hub_ip = _env("REMOTEAPP_HUB_INTERNAL_IP", "127.0.0.1")  # another container's service: 0.0.0.0
+c.JupyterHub.hub_bind_url = f"http://{_hub_ip}:{_env('REMOTEAPP_HUB_INTERNAL_PORT', '8081')}"
 if _env("REMOTEAPP_HUB_PUBLIC_URL"):  # absolute links (e.g. share links) need the real origin
     c.JupyterHub.public_url = _env("REMOTEAPP_HUB_PUBLIC_URL")  # e.g. https://apps.example.org/
 c.JupyterHub.db_url = f"sqlite:///{_data / 'jupyterhub.sqlite'}"  # the hub's own small database
@@ -161,6 +166,7 @@ if _env("REMOTEAPP_SERVICE_API_TOKEN"):
     # Externally managed: the operator runs `remoteappmanager` with the same token as its
     # JUPYTERHUB_API_TOKEN (and JUPYTERHUB_SERVICE_URL=http://127.0.0.1:<port>).
     _service["api_token"] = _env("REMOTEAPP_SERVICE_API_TOKEN")  # its OAuth client secret too
+    _service["url"] = _env("REMOTEAPP_SERVICE_URL") or _service["url"]  # another host's port
 else:
     _beside_python = Path(sys.executable).parent / "remoteappmanager"  # same venv as the hub
     _command = _env("REMOTEAPP_SERVICE_COMMAND") or (  # explicit, else the venv's, else PATH

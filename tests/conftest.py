@@ -17,6 +17,7 @@ from tests.support.services import (
     skip_or_fail,
     start_postgres,
 )
+from tests.support.swarm import single_node_swarm
 
 _database_names = itertools.count()
 
@@ -58,6 +59,16 @@ def docker_engine() -> None:
     problem = docker_socket_problem()
     if problem:
         skip_or_fail(problem)
+
+
+@pytest.fixture(scope="session")
+def swarm_engine(docker_engine: None) -> Iterator[str]:
+    """The engine as a single-node swarm for the rest of the session; left at its end."""
+    try:
+        with single_node_swarm() as node:
+            yield node
+    except ServiceMissing as exc:
+        skip_or_fail(f"Docker Swarm: {exc}")
 
 
 @pytest.fixture

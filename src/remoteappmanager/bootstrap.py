@@ -31,7 +31,7 @@ from remoteappmanager.services.applications import Applications, ImageMetadataCa
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
-from remoteappmanager.settings import Settings, SettingsError
+from remoteappmanager.settings import Engine, Settings, SettingsError
 from remoteappmanager.web.deps import Resource, WebDeps
 from remoteappmanager.web.metrics import Metrics
 
@@ -104,15 +104,27 @@ def schema_head() -> str:
 
 
 def build_runtime(settings: Settings, *, observe: Observe | None = None) -> ContainerRuntime:
-    """The Docker engine named by the settings (not contacted until first used)."""
+    """The Docker engine (or Swarm manager, ``REMOTEAPP_ENGINE=swarm``) named by the
+    settings (not contacted until first used)."""
     # Imported here so that the database tools never load aiodocker.
     from remoteappmanager.adapters.docker import AiodockerRuntime, tls_context
+    from remoteappmanager.adapters.swarm import SwarmRuntime
 
     ssl_context = None
     if settings.docker_cert_path is not None and (
         settings.docker_tls_verify or (settings.docker_host or "").startswith("tcp://")
     ):
         ssl_context = tls_context(settings.docker_cert_path, settings.docker_tls_verify)
+    if settings.engine is Engine.SWARM:
+        # A task may wait for a node and pull its image before the application starts: the
+        # same bound as for the application to answer.
+        return SwarmRuntime(
+            settings.docker_host,
+            ssl_context,
+            network=settings.swarm_network,
+            start_timeout=settings.network_timeout,
+            observe=observe,
+        )
     return AiodockerRuntime(settings.docker_host, ssl_context, observe=observe)
 
 

@@ -46,7 +46,7 @@ from remoteappmanager.domain.confinement import (
 )
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.routing import check_app_origin_template
-from remoteappmanager.domain.volumes import VolumeRules, check_volume_root
+from remoteappmanager.domain.volumes import VolumeRules, check_volume_root, is_within
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///remoteappmanager.db"
 CONFIG_FILE_VARIABLE = "REMOTEAPP_CONFIG_FILE"
@@ -59,6 +59,11 @@ class SettingsError(Exception):
 class ContainerAccess(enum.StrEnum):
     GATED = "gated"
     DIRECT = "direct"
+
+
+class Engine(enum.StrEnum):
+    DOCKER = "docker"
+    SWARM = "swarm"
 
 
 class LogFormat(enum.StrEnum):
@@ -109,6 +114,26 @@ class Settings(BaseSettings):
             "REMOTEAPP_DOCKER_CERT_PATH", "DOCKER_CERT_PATH", "docker_cert_path"
         ),
         description="Folder holding ca.pem, cert.pem and key.pem for a TLS engine.",
+    )
+    engine: Engine = Field(
+        default=Engine.DOCKER,
+        description="'docker': applications are containers on one Docker engine; 'swarm': "
+        "the engine is a Docker Swarm manager and each application is a swarm service, "
+        "reached over REMOTEAPP_SWARM_NETWORK (see the swarm deployment page).",
+    )
+    swarm_network: str = Field(
+        default="remoteapp-overlay",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="With REMOTEAPP_ENGINE=swarm: the attachable overlay network the "
+        "applications' tasks join, and the service's gate with them (created if missing).",
+    )
+    # NoDecode: a JSON list or comma-separated paths, parsed by our validator.
+    swarm_shared_roots: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="With REMOTEAPP_ENGINE=swarm: host folders that every node sees alike "
+        "(NFS or another shared file system; a JSON list or comma-separated absolute paths). "
+        "A grant's volume and the workspaces must lie under one of them, since a task may "
+        "run on any node.",
     )
     realm: str = Field(
         default="remoteexec",
@@ -356,7 +381,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be 0 (no limit) or at least {MIN_MEMORY_LIMIT_MB}")
         return value
 
-    @field_validator("volume_roots", mode="before")
+    @field_validator("volume_roots", "swarm_shared_roots", mode="before")
     @classmethod
     def _parse_volume_roots(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -446,6 +471,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _swarm_workspaces_shared(self) -> Settings:
+        if self.engine is not Engine.SWARM:
+            return self
+        workspaces = str(self.workspace_dir.absolute())
+        if not any(is_within(workspaces, root) for root in self.swarm_shared_roots):
+            raise ValueError(
+                f"REMOTEAPP_WORKSPACE_ROOT: with REMOTEAPP_ENGINE=swarm the workspaces "
+                f"({workspaces}) must lie under one of REMOTEAPP_SWARM_SHARED_ROOTS, the "
+                "folders every node shares"
+            )
+        return self
+
     @field_validator("jupyterhub_service_prefix")
     @classmethod
     def _prefix_shape(cls, value: str) -> str:
@@ -477,7 +515,8 @@ class Settings(BaseSettings):
         database_file = sqlite_path(self.database_url)
         if database_file is not None:
             forbidden.append(str(database_file.absolute()))
-        return VolumeRules.of(self.volume_roots, forbidden)
+        shared = self.swarm_shared_roots if self.engine is Engine.SWARM else None
+        return VolumeRules.of(self.volume_roots, forbidden, shared)
 
     @property
     def access_scopes(self) -> frozenset[str]:

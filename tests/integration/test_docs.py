@@ -83,6 +83,7 @@ def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
         "benchmarks",
         "authentication",
         "database",
+        "deployment-swarm",
     ):
         assert (site / f"{page}.html").is_file(), page
     # The build code is not published.

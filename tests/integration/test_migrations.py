@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ async def test_upgrade_takes_an_empty_database_to_head(empty_database_url: str) 
 
     after = await migrate.upgrade(empty_database_url)
 
-    assert after.current == migrate.head() == "0002"
+    assert after.current == migrate.head() == "0007"
     assert after.at_head
     assert await migrate.check(empty_database_url)
     assert await _inspect(empty_database_url, _table_names) == TABLES | {"alembic_version"}
@@ -123,6 +124,51 @@ async def test_the_catalogue_version_keeps_existing_rows_and_starts_at_zero(
     down = await migrate.downgrade(empty_database_url, "0001")
     assert down.current == "0001"
     assert await execute(empty_database_url, 'SELECT count(*) FROM "user"') == [(2,)]
+
+
+async def test_placement_keeps_every_policy_and_grant_and_starts_empty(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0002")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(
+        empty_database_url,
+        "INSERT INTO application_policy (allow_home, volume_source, volume_target, volume_mode)"
+        " VALUES (true, '/srv/data', '/data', 'ro')",
+    )
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
+    )
+
+    assert (await migrate.upgrade(empty_database_url)).current == "0007"
+
+    assert await execute(
+        empty_database_url,
+        "SELECT id, allow_home, volume_source, placement FROM application_policy",
+    ) == [(1, True, "/srv/data", None)]
+    database = SqlDatabase(empty_database_url)
+    try:
+        async with database.unit_of_work() as work:
+            (grant,) = await work.grants.list_all()
+            assert grant.mapping_id == "b" * 32
+            assert grant.policy.placement == ()
+            assert grant.policy.allow_home
+            # The same policy with a placement is another policy; the old grant stays.
+            placed = replace(grant.policy, placement=("node.labels.gpu==true",))
+            other = await work.grants.grant(grant.user, grant.application, placed)
+            await work.commit()
+        async with database.unit_of_work() as work:
+            assert (await work.grants.get(other.mapping_id)).policy == placed
+            assert len(await work.grants.list_all()) == 2
+    finally:
+        await database.close()
+
+    down = await migrate.downgrade(empty_database_url, "0002")
+    assert down.current == "0002"
+    assert await execute(empty_database_url, "SELECT count(*) FROM accounting") == [(2,)]
 
 
 async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:

@@ -103,6 +103,46 @@ def test_the_full_round_trip(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert ok(db, "app", "list").splitlines() == ["ID  IMAGE", "--  -----"]
 
 
+def test_placement_is_repeatable_and_makes_another_policy(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    plain = ok(db, "app", "grant", IMAGE, "alice").strip()
+    gpu = ["--placement", "node.labels.gpu==true", "--placement", "node.role!=manager"]
+    placed = ok(db, "app", "grant", IMAGE, "alice", *gpu).strip()
+    assert placed != plain
+    # The same constraints in another order: the same policy, the same grant.
+    assert ok(db, "app", "grant", IMAGE, "alice", *gpu[2:], *gpu[:2]).strip() == placed
+
+    listed = ok(db, "user", "list", "--show-apps", "--no-decoration").splitlines()
+    assert (
+        f"1 alice {IMAGE} {placed} placement=node.labels.gpu==true,placement=node.role!=manager"
+        in listed
+    )
+
+    assert "is not <key>==<value>" in refused(
+        db, "app", "grant", IMAGE, "alice", "--placement", "node.labels.gpu=true"
+    )
+    assert ok(db, "app", "revoke", IMAGE, "alice", *gpu) == "revoked 1 grant\n"
+    assert placed not in ok(db, "user", "list", "--show-apps")
+    assert plain in ok(db, "user", "list", "--show-apps")
+
+
+def test_on_a_swarm_only_shared_storage_is_granted(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REMOTEAPP_ENGINE", "swarm")
+    monkeypatch.setenv("REMOTEAPP_VOLUME_ROOTS", "/srv,/scratch")
+    monkeypatch.setenv("REMOTEAPP_SWARM_SHARED_ROOTS", "/srv")
+    monkeypatch.setenv("REMOTEAPP_WORKSPACE_ROOT", "/srv/workspaces")
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+
+    local = ["app", "grant", IMAGE, "alice", "--volume", "/scratch/d:/data:ro"]
+    assert "not on storage that every swarm node shares" in refused(db, *local)
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == "1 alice - - -\n"
+    assert ok(db, "app", "grant", IMAGE, "alice", "--volume", "/srv/d:/data:ro").strip()
+
+
 def test_lists_are_tables_or_plain_lines(db: str) -> None:
     ok(db, "user", "create", "alice")
     ok(db, "user", "create", "bob")

@@ -27,6 +27,7 @@ FULL_POLICY = Policy(
     allow_common=True,
     volume=Volume.parse("/srv/data:/data:rw"),
     allow_startup_data=True,
+    placement=("engine.labels.zone!=eu-1", "node.labels.gpu==true"),
 )
 MAPPING_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -173,14 +174,27 @@ async def test_an_identical_grant_returns_the_same_mapping_id(uow: UnitOfWorkFac
         default = await work.grants.grant(alice, app, Policy())
         default_again = await work.grants.grant(alice, app, Policy())
         bobs = await work.grants.grant(bob, app, FULL_POLICY)
+        gpu = await work.grants.grant(alice, app, Policy(placement=("node.labels.gpu==true",)))
+        gpu_again = await work.grants.grant(
+            alice, app, Policy(placement=("node.labels.gpu==true",))
+        )
         await work.commit()
 
     assert again == first
     assert default_again == default
-    ids = {first.mapping_id, licence_only.mapping_id, default.mapping_id, bobs.mapping_id}
-    assert len(ids) == 4
+    # Differing only in placement: another policy, another grant.
+    assert gpu_again == gpu
+    assert gpu.policy.placement == ("node.labels.gpu==true",)
+    ids = {
+        first.mapping_id,
+        licence_only.mapping_id,
+        default.mapping_id,
+        bobs.mapping_id,
+        gpu.mapping_id,
+    }
+    assert len(ids) == 5
     async with uow() as work:
-        assert len(await work.grants.list_for(alice.id, app.id)) == 3
+        assert len(await work.grants.list_for(alice.id, app.id)) == 4
 
 
 async def test_grants_are_listed_per_user_and_application(uow: UnitOfWorkFactory) -> None:

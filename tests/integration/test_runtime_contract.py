@@ -1,12 +1,14 @@
-"""The ContainerRuntime contract, run against InMemoryRuntime and AiodockerRuntime."""
+"""The ContainerRuntime contract, run against InMemoryRuntime, AiodockerRuntime and
+SwarmRuntime (on a single-node swarm the test session starts and leaves)."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiodocker
@@ -14,8 +16,10 @@ import pytest
 
 from remoteappmanager.adapters.docker import AiodockerRuntime
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
+from remoteappmanager.adapters.swarm import SwarmRuntime
+from remoteappmanager.domain.confinement import Confinement, ResourceLimits
 from remoteappmanager.domain.containers import RUNINFO_NAMESPACE, ContainerSpec, Mount
-from remoteappmanager.domain.errors import Exists, NotFound, Unavailable
+from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Unable, Unavailable
 from remoteappmanager.domain.labels import AppType
 from remoteappmanager.ports.runtime import ContainerRuntime
 from tests.support.busybox_image import (
@@ -29,6 +33,7 @@ from tests.support.busybox_image import (
     untag_image,
 )
 from tests.support.services import ServiceMissing, skip_or_fail
+from tests.support.swarm import remove_services_labelled
 
 # Every container these tests create carries this label, so teardown finds them all.
 TEST_LABEL = "remoteapp-test.contract"
@@ -46,6 +51,8 @@ class Backend:
     add_alias: Callable[[str], Awaitable[None]]
     remove_alias: Callable[[str], Awaitable[None]]
     kill: Callable[[ContainerRuntime, str], Awaitable[None]]
+    published_on_loopback: bool = True
+    """A swarm publishes nothing: its tasks are reached on the overlay network."""
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +83,25 @@ async def _kill_fake(runtime: ContainerRuntime, container_id: str) -> None:
     runtime.kill(container_id)
 
 
-@pytest.fixture(params=["memory", pytest.param("docker", marks=pytest.mark.docker)])
+async def _kill_swarm_task(runtime: ContainerRuntime, service_id: str) -> None:
+    async with aiodocker.Docker() as docker:
+        tasks = await docker.tasks.list(filters={"service": [service_id]})
+        for task in tasks:
+            container = (task.get("Status") or {}).get("ContainerStatus", {}).get("ContainerID")
+            if container:
+                await docker.containers.container(container).kill()
+
+
+SWARM_NETWORK = "remoteapp-test-overlay"
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("swarm", marks=[pytest.mark.docker, pytest.mark.swarm]),
+    ]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         # All fakes of one test share the "engine's" images, as real clients of one engine do.
@@ -113,6 +138,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     image = request.getfixturevalue("real_image")
     crashing = request.getfixturevalue("real_crashing_image")
     aliases: list[str] = []
+    if request.param == "swarm":
+        request.getfixturevalue("swarm_engine")
 
     async def add_real_alias(alias: str) -> None:
         aliases.append(alias)
@@ -122,16 +149,29 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         return AiodockerRuntime("unix:///nonexistent/remoteapp-test/docker.sock")
 
     try:
-        yield Backend(
-            "docker",
-            lambda **kwargs: AiodockerRuntime(None, **kwargs),
-            unreachable_real,
-            image,
-            crashing,
-            add_real_alias,
-            untag_image,
-            _kill_real,
-        )
+        if request.param == "swarm":
+            yield Backend(
+                "swarm",
+                lambda **kwargs: SwarmRuntime(None, network=SWARM_NETWORK, **kwargs),
+                lambda: SwarmRuntime("unix:///nonexistent/remoteapp-test/docker.sock"),
+                image,
+                crashing,
+                add_real_alias,
+                untag_image,
+                _kill_swarm_task,
+                published_on_loopback=False,
+            )
+        else:
+            yield Backend(
+                "docker",
+                lambda **kwargs: AiodockerRuntime(None, **kwargs),
+                unreachable_real,
+                image,
+                crashing,
+                add_real_alias,
+                untag_image,
+                _kill_real,
+            )
     finally:
         for alias in aliases:
             await untag_image(alias)
@@ -153,7 +193,9 @@ async def runtime(backend: Backend, run_label: dict[str, str]) -> AsyncIterator[
                 await runtime.remove(info.id)
         finally:
             await runtime.close()
-            if backend.kind == "docker":
+            if backend.kind == "swarm":
+                remove_services_labelled(f"{TEST_LABEL}={run_label[TEST_LABEL]}")
+            if backend.kind != "memory":
                 await remove_containers_labelled(TEST_LABEL, run_label[TEST_LABEL])
 
 
@@ -237,9 +279,15 @@ async def test_create_and_start_publishes_on_localhost(
     assert info.running
     assert info.name == spec.name
     assert info.image == backend.image
-    assert info.host_ip == "127.0.0.1"
-    assert info.host_port is not None
-    assert info.host_port > 0
+    if backend.published_on_loopback:
+        assert info.host_ip == "127.0.0.1"
+        assert info.host_port is not None
+        assert info.host_port > 0
+    else:
+        # Nothing is published: the task is reached on its overlay address, port 8888.
+        assert info.host_ip is not None
+        assert ipaddress.ip_address(info.host_ip).is_private
+        assert info.host_port == 8888
     assert info.runinfo("user") == "alice"
     assert info.runinfo("url_id") == spec.labels[RUNINFO_NAMESPACE + "url_id"]
     assert await runtime.inspect(container_id) == info
@@ -287,6 +335,19 @@ async def test_list_by_labels_in_any_state(
     other_run = {TEST_LABEL: secrets.token_hex(8)}
     assert await runtime.list(other_run) == []
     assert await runtime.list({**run_label, RUNINFO_NAMESPACE + "user": "carol"}) == []
+
+
+async def test_a_single_engine_refuses_placement_constraints(
+    backend: Backend, runtime: ContainerRuntime, run_label: dict[str, str]
+) -> None:
+    spec = replace(make_spec(backend.image, run_label), placement=("node.labels.gpu==true",))
+    if backend.kind == "swarm":
+        service_id = await runtime.create(spec)
+        assert (await runtime.inspect(service_id)) is not None
+        return
+    with pytest.raises(InvalidRequest, match=r"need a Docker Swarm \(REMOTEAPP_ENGINE=swarm\)"):
+        await runtime.create(spec)
+    assert await runtime.list(run_label) == []
 
 
 async def test_remove_is_idempotent(
@@ -463,3 +524,85 @@ async def test_an_engine_that_never_answers_is_unavailable_in_bounded_time(tmp_p
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+# ---------------------------------------------------------------------------- the swarm
+@pytest.fixture
+async def swarm_runtime(
+    swarm_engine: str, real_image: str, run_label: dict[str, str]
+) -> AsyncIterator[SwarmRuntime]:
+    runtime = SwarmRuntime(None, network=SWARM_NETWORK, start_timeout=20)
+    try:
+        yield runtime
+    finally:
+        try:
+            for info in await runtime.list(run_label):
+                await runtime.remove(info.id)
+        finally:
+            await runtime.close()
+            remove_services_labelled(f"{TEST_LABEL}={run_label[TEST_LABEL]}")
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+async def test_a_swarm_session_is_a_service_publishing_nothing(
+    swarm_runtime: SwarmRuntime, real_image: str, run_label: dict[str, str]
+) -> None:
+    spec = replace(
+        make_spec(real_image, run_label, user="alice"),
+        confinement=Confinement(limits=ResourceLimits(256, 0.5, 128)),
+    )
+    service_id = await swarm_runtime.create(spec)
+    await swarm_runtime.start(service_id)
+    async with aiodocker.Docker() as docker:
+        service = await docker.services.inspect(service_id)
+        tasks = await docker.tasks.list(filters={"service": [service_id]})
+    described = service["Spec"]
+    template = described["TaskTemplate"]
+    for key, value in spec.labels.items():
+        assert described["Labels"][key] == value
+        assert template["ContainerSpec"]["Labels"][key] == value
+    assert described["EndpointSpec"]["Mode"] == "dnsrr"
+    assert not described["EndpointSpec"].get("Ports")
+    assert not (service.get("Endpoint") or {}).get("Ports")
+    assert template["RestartPolicy"]["Condition"] == "none"
+    assert template["Resources"]["Limits"] == {
+        "MemoryBytes": 256 * 1024 * 1024,
+        "NanoCPUs": 500_000_000,
+        "Pids": 128,
+    }
+    assert template["Resources"]["Reservations"] == {
+        "MemoryBytes": 256 * 1024 * 1024,
+        "NanoCPUs": 500_000_000,
+    }
+    assert template["ContainerSpec"]["Init"] is True
+    assert template["ContainerSpec"]["Image"].startswith("sha256:")
+    [task] = tasks
+    networks = [a["Network"]["Spec"]["Name"] for a in task["NetworksAttachments"]]
+    assert networks == [SWARM_NETWORK]
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+async def test_a_swarm_that_cannot_place_a_session_says_so_at_once(
+    swarm_runtime: SwarmRuntime, real_image: str, run_label: dict[str, str]
+) -> None:
+    spec = replace(make_spec(real_image, run_label), placement=("node.labels.gpu==true",))
+    service_id = await swarm_runtime.create(spec)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Unable, match=r"the swarm cannot place it: no suitable node"):
+        await swarm_runtime.start(service_id)
+    # Well before the start timeout (20 s): the swarm's reason, not a wait.
+    assert asyncio.get_running_loop().time() - started < 10
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+async def test_a_task_the_swarm_rejects_ends_the_start_with_its_reason(
+    swarm_runtime: SwarmRuntime, real_image: str, run_label: dict[str, str], tmp_path: Path
+) -> None:
+    # The engine refuses to bind-mount a source that does not exist on the node.
+    missing = Mount(str(tmp_path / "not-there"), "/data", True)
+    service_id = await swarm_runtime.create(make_spec(real_image, run_label, mounts=(missing,)))
+    with pytest.raises(Unable, match=r"the swarm could not start it \(rejected\): .*not-there"):
+        await swarm_runtime.start(service_id)

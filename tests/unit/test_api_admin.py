@@ -411,6 +411,7 @@ async def test_grants_are_created_listed_and_revoked(
             "volume_target": "/mnt/shared",
             "volume_mode": "rw",
             "allow_startup_data": True,
+            "placement": ["node.labels.gpu==true", "node.role!=manager"],
         },
     )
     assert len(mapping_id) == 32
@@ -430,6 +431,7 @@ async def test_grants_are_created_listed_and_revoked(
         "volume_target": "/mnt/shared",
         "volume_mode": "rw",
         "allow_startup_data": True,
+        "placement": ["node.labels.gpu==true", "node.role!=manager"],
     }
     status, one, _ = await root.call("GET", ACCOUNTING + mapping_id + "/")
     assert (status, one) == (200, body["items"][mapping_id])
@@ -461,6 +463,37 @@ async def test_the_same_grant_twice_is_the_same_mapping_id(root: Api, ids: dict[
     other = await root.create(ACCOUNTING, dict(payload, allow_home=False))
     assert other != first[2]["Location"].rstrip("/").rsplit("/", 1)[-1]
     assert (await root.grants(ids["alice"]))["total"] == 2
+    # Differing only in placement: another policy; the same constraints in another order
+    # are the same one.
+    gpu = await root.create(ACCOUNTING, dict(payload, placement=["node.labels.gpu==true"]))
+    assert gpu not in (other, first[2]["Location"].rstrip("/").rsplit("/", 1)[-1])
+    both = ["node.labels.gpu==true", "node.role==worker"]
+    one_way = await root.create(ACCOUNTING, dict(payload, placement=both))
+    other_way = await root.create(ACCOUNTING, dict(payload, placement=both[::-1]))
+    assert one_way == other_way
+    assert (await root.grants(ids["alice"]))["total"] == 4
+
+
+@pytest.mark.parametrize(
+    "placement",
+    [
+        ["node.labels.gpu=true"],
+        ["gpu==true"],
+        ["node.labels.gpu==true\n"],
+        ["node.labels.gpu==true && x"],
+        ["node.labels.==true"],
+        ["node.labels.gpu=="],
+        "node.labels.gpu==true",
+        ["node.labels.a==b"] * 1 + [f"node.labels.n{i}==x" for i in range(16)],
+    ],
+)
+async def test_a_malformed_placement_is_refused_and_grants_nothing(
+    root: Api, ids: dict[str, str], placement: object
+) -> None:
+    payload = dict(_grant(ids["alice"], WEBAPP), placement=placement)
+    status, body, _ = await root.call("POST", ACCOUNTING, json=payload)
+    assert (status, body["type"]) == (400, "BadRepresentation")
+    assert (await root.grants(ids["alice"]))["total"] == 0
 
 
 async def test_the_original_clients_grant_without_a_volume(root: Api, ids: dict[str, str]) -> None:

@@ -153,6 +153,7 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
             "volume_target": "/mnt/data",
             "volume_mode": "ro",
             "allow_startup_data": True,
+            "placement": [],
         },
         "container": None,
     }

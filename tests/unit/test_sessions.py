@@ -296,6 +296,16 @@ async def test_engine_down_is_a_clear_error_and_leaves_nothing(world: World) -> 
     assert nothing_left(world)
 
 
+async def test_a_placed_grant_on_a_single_engine_is_refused_and_leaves_nothing(
+    world: World,
+) -> None:
+    grant = make_grant(policy=Policy(allow_home=True, placement=("node.labels.gpu==true",)))
+    with pytest.raises(InvalidRequest, match=r"need a Docker Swarm \(REMOTEAPP_ENGINE=swarm\)"):
+        await world.sessions.start(grant)
+    assert nothing_left(world)
+    assert await world.sessions.list_for_user("alice") == []
+
+
 async def test_workspace_failure_leaves_nothing(world: World) -> None:
     world.workspaces.failing = True
     with pytest.raises(Unable, match="workspace"):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from remoteappmanager import bootstrap
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
-from remoteappmanager.domain.models import Volume
+from remoteappmanager.domain.models import Volume, VolumeMode
 from remoteappmanager.domain.volumes import (
     VolumeRules,
     check_volume_root,
@@ -248,3 +250,39 @@ def test_demo_grants_with_forbidden_volumes_stop_the_service_from_starting(
         bootstrap.build_web_deps(settings, identity=InMemoryIdentityProvider())
 
     assert says in str(refused.value)
+
+
+# ---------------------------------------------------------------------------- a swarm's storage
+def test_on_a_swarm_a_source_outside_the_shared_roots_is_refused() -> None:
+    rules = VolumeRules.of(["/srv/data", "/scratch"], shared=["/srv"])
+    assert rules.check(Volume("/srv/data/project", "/data", VolumeMode.RO)).source == (
+        "/srv/data/project"
+    )
+    with pytest.raises(Forbidden, match="not on storage that every swarm node shares"):
+        rules.check(Volume("/scratch/mine", "/data", VolumeMode.RO))
+    # Node-local by default: with no shared root declared, nothing may be mounted.
+    with pytest.raises(Forbidden, match=r"REMOTEAPP_SWARM_SHARED_ROOTS: none"):
+        VolumeRules.of(["/srv/data"], shared=[]).check(Volume("/srv/data/x", "/d", VolumeMode.RO))
+    # On one engine the shared roots ask nothing more.
+    assert VolumeRules.of(["/scratch"]).check(Volume("/scratch/x", "/d", VolumeMode.RO))
+
+
+def test_the_swarm_engine_takes_the_shared_roots_into_the_volume_rules(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    settings = load_settings(
+        engine="swarm",
+        volume_roots=f"{shared}/data,/scratch",
+        swarm_shared_roots=str(shared),
+        workspace_root=str(shared / "workspaces"),
+    )
+    with pytest.raises(Forbidden, match="every swarm node shares"):
+        settings.volume_rules.check(Volume("/scratch/x", "/d", VolumeMode.RO))
+    docker = load_settings(volume_roots="/scratch")
+    assert docker.volume_rules.check(Volume("/scratch/x", "/d", VolumeMode.RO))
+
+
+def test_the_swarm_engine_refuses_workspaces_on_node_local_storage(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="REMOTEAPP_SWARM_SHARED_ROOTS"):
+        load_settings(engine="swarm", workspace_root=str(tmp_path / "local"))
+    with pytest.raises(SettingsError, match="REMOTEAPP_ENGINE"):
+        load_settings(engine="kubernetes")

@@ -45,6 +45,8 @@ _SUMMARY_KEYS = ("Id", "Names", "Image", "Labels", "State", "Ports")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 # Marks the networks this service created.
 NETWORK_LABEL = "eu.simphony-project.docker.network"
+# The engine's HTTP errors, for the other adapter of the same engine (swarm.py).
+DockerError = aiodocker.DockerError
 
 
 def tls_context(cert_path: Path, verify: bool) -> ssl.SSLContext:
@@ -174,8 +176,8 @@ class AiodockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 self._image_cache.pop(image, None)
-                raise _image_missing(image) from None
-            raise _engine_error(exc, f"inspect image {image}") from None
+                raise image_missing(image) from None
+            raise engine_error(exc, f"inspect image {image}") from None
         labels = (data.get("Config") or {}).get("Labels") or {}
         metadata = parse_image_labels(image, labels)
         self._image_cache[image] = (now, metadata)
@@ -208,7 +210,7 @@ class AiodockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return None
-            raise _engine_error(exc, f"inspect network {name}") from None
+            raise engine_error(exc, f"inspect network {name}") from None
 
     async def _create_network(self, name: str) -> Mapping[str, Any]:
         config = {
@@ -224,7 +226,7 @@ class AiodockerRuntime:
         except aiodocker.DockerError as exc:
             # 409: another replica created it meanwhile; it is checked like any other.
             if exc.status != 409:
-                raise _engine_error(exc, f"create network {name}") from None
+                raise engine_error(exc, f"create network {name}") from None
         else:
             log.info("docker.network_created", network=name)
         data = await self._inspect_network(name)
@@ -239,7 +241,7 @@ class AiodockerRuntime:
                 async with self._call("read engine information"):
                     info = await self._client().system.info()
             except aiodocker.DockerError as exc:
-                raise _engine_error(exc, "read the engine's information") from None
+                raise engine_error(exc, "read the engine's information") from None
             self._data_root = str(info.get("DockerRootDir") or DEFAULT_ENGINE_DATA_DIR)
         return self._data_root
 
@@ -258,6 +260,15 @@ class AiodockerRuntime:
 
     # ----------------------------------------------------------------- containers
     async def create(self, spec: ContainerSpec) -> str:
+        if spec.placement:
+            # A single engine has nowhere else to put it: running it here would ignore
+            # what the grant asks for (a GPU node, a zone).
+            raise InvalidRequest(
+                "the grant's placement constraints ("
+                + ", ".join(spec.placement)
+                + ") need a Docker Swarm (REMOTEAPP_ENGINE=swarm); an administrator must "
+                "change the grant"
+            )
         await self._check_mounts(spec)
         if spec.confinement.network is not None:
             await self.ensure_network(spec.confinement.network)
@@ -311,21 +322,21 @@ class AiodockerRuntime:
                 container = await self._client().containers.create(config, name=spec.name)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
-                raise _image_missing(spec.image) from None
+                raise image_missing(spec.image) from None
             if exc.status == 409:
                 raise Exists(f"a container named {spec.name} already exists") from None
-            raise _engine_error(exc, f"create container {spec.name}") from None
+            raise engine_error(exc, f"create container {spec.name}") from None
         return str(container.id)
 
     async def start(self, container_id: str) -> ContainerInfo:
-        _check_container_ref(container_id, NotFound)
+        check_container_ref(container_id, NotFound)
         try:
             async with self._call(f"start container {container_id[:12]}"):
                 await self._client().containers.container(container_id).start()
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise NotFound(f"container {container_id[:12]} does not exist") from None
-            raise _engine_error(exc, f"start container {container_id[:12]}") from None
+            raise engine_error(exc, f"start container {container_id[:12]}") from None
         info = await self.inspect(container_id)
         if info is None:
             raise Unable(f"container {container_id[:12]} disappeared as it started")
@@ -340,7 +351,7 @@ class AiodockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return None
-            raise _engine_error(exc, f"inspect container {container_id[:12]}") from None
+            raise engine_error(exc, f"inspect container {container_id[:12]}") from None
         return _info_from_inspect(data)
 
     async def list(self, labels: Mapping[str, str]) -> Sequence[ContainerInfo]:
@@ -349,7 +360,7 @@ class AiodockerRuntime:
             async with self._call("list containers"):
                 summaries = await self._client().containers.list(all=True, filters=filters)
         except aiodocker.DockerError as exc:
-            raise _engine_error(exc, "list containers") from None
+            raise engine_error(exc, "list containers") from None
         infos: list[ContainerInfo] = []
         for container in summaries:
             summary = {key: container[key] for key in _SUMMARY_KEYS if key in container}
@@ -391,7 +402,7 @@ class AiodockerRuntime:
             # 409: a removal is already in progress, which is what we want.
             if exc.status in (404, 409):
                 return
-            raise _engine_error(exc, what) from None
+            raise engine_error(exc, what) from None
 
 
 def _check_network(name: str, data: Mapping[str, Any]) -> None:
@@ -403,16 +414,16 @@ def _check_network(name: str, data: Mapping[str, Any]) -> None:
         )
 
 
-def _check_container_ref(container_id: str, error: type[RemoteAppError]) -> None:
+def check_container_ref(container_id: str, error: type[RemoteAppError]) -> None:
     if not isinstance(container_id, str) or not _CONTAINER_REF_RE.fullmatch(container_id):
         raise error(f"container {container_id!r:.40} does not exist")
 
 
-def _image_missing(image: str) -> NotFound:
+def image_missing(image: str) -> NotFound:
     return NotFound(f"image {image} is not available on the Docker engine")
 
 
-def _engine_error(exc: aiodocker.DockerError, action: str) -> RemoteAppError:
+def engine_error(exc: aiodocker.DockerError, action: str) -> RemoteAppError:
     """An HTTP error of the engine that the operation has no special meaning for."""
     log.warning("docker.error", action=action, status=exc.status, message=exc.message)
     message = " ".join(str(exc.message).split())[:200]
@@ -477,3 +488,8 @@ def _info_from_summary(data: Mapping[str, Any]) -> ContainerInfo:
         host_ip=(binding.get("IP") or None) if binding else None,
         host_port=int(binding["PublicPort"]) if binding else None,
     )
+
+
+def is_container_ref(ref: str) -> bool:
+    """Whether ``ref`` could be an id or name the engine issues (safe in an API path)."""
+    return isinstance(ref, str) and _CONTAINER_REF_RE.fullmatch(ref) is not None

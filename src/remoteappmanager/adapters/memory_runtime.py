@@ -14,7 +14,7 @@ from remoteappmanager.domain.containers import (
     ContainerSpec,
     Route,
 )
-from remoteappmanager.domain.errors import Exists, NotFound, Unavailable
+from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
 from remoteappmanager.domain.models import validate_image_name
 from remoteappmanager.domain.routing import check_route_path
@@ -120,6 +120,10 @@ class InMemoryRuntime:
 
     async def create(self, spec: ContainerSpec) -> str:
         self._check()
+        if spec.placement:
+            raise InvalidRequest(
+                "the grant's placement constraints need a Docker Swarm (REMOTEAPP_ENGINE=swarm)"
+            )
         if spec.image not in self._images:
             raise NotFound(f"image {spec.image} is not available on the Docker engine")
         if spec.name in self._names:

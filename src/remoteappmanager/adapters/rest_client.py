@@ -94,6 +94,7 @@ class _PolicyWire(_Wire):
     volume_target: str | None = None
     volume_mode: Literal["ro", "rw"] | None = None
     allow_startup_data: bool = False
+    placement: list[str] = []
 
     def value(self) -> Policy:
         volume = None
@@ -106,6 +107,7 @@ class _PolicyWire(_Wire):
             allow_common=self.allow_common,
             volume=volume,
             allow_startup_data=self.allow_startup_data,
+            placement=tuple(self.placement),
         )
 
 

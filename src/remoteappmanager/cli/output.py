@@ -57,6 +57,7 @@ def describe_policy(policy: Policy) -> str:
     ]
     if policy.volume is not None:
         parts.append(f"volume={policy.volume}")
+    parts.extend(f"placement={constraint}" for constraint in policy.placement)
     if policy.app_license is not None:
         # Last, because a licence is free text and may contain spaces.
         parts.append(f"license={policy.app_license}")

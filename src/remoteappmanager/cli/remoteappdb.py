@@ -19,7 +19,7 @@ from remoteappmanager.domain.errors import (
     Unable,
     Unavailable,
 )
-from remoteappmanager.domain.models import Policy, Volume
+from remoteappmanager.domain.models import Policy, Volume, validate_placement
 from remoteappmanager.services import catalogue
 from remoteappmanager.settings import (
     Settings,
@@ -146,6 +146,14 @@ def _policy_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--allow-startup-data", is_flag=True, help="The user may pick a startup file."
         ),
+        click.option(
+            "--placement",
+            multiple=True,
+            metavar="KEY==VALUE",
+            help="A Docker Swarm placement constraint (KEY==VALUE or KEY!=VALUE, e.g. "
+            "node.labels.gpu==true); repeat for several. Only a swarm engine starts such "
+            "a grant.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -158,9 +166,11 @@ def _policy(
     allow_view: bool,
     volume: str | None,
     allow_startup_data: bool,
+    placement: tuple[str, ...] = (),
 ) -> Policy:
     try:
         parsed_volume = Volume.parse(volume) if volume is not None else None
+        constraints = validate_placement(placement)
     except InvalidRequest as exc:
         fail(PROG, str(exc))
     return Policy(
@@ -169,6 +179,7 @@ def _policy(
         allow_view=allow_view,
         volume=parsed_volume,
         allow_startup_data=allow_startup_data,
+        placement=constraints,
     )
 
 
@@ -312,12 +323,13 @@ def app_grant(
     allow_view: bool,
     volume: str | None,
     allow_startup_data: bool,
+    placement: tuple[str, ...],
 ) -> None:
     """Let USER run IMAGE under a policy; prints the grant's mapping id.
 
     Granting the same policy again gives the same mapping id.
     """
-    policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data)
+    policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data, placement)
     volumes = _volume_guard() if policy.volume is not None else None
     granted = _run(
         lambda database: catalogue.grant_access(
@@ -341,15 +353,23 @@ def app_revoke(
     allow_view: bool,
     volume: str | None,
     allow_startup_data: bool,
+    placement: tuple[str, ...],
 ) -> None:
     """Withdraw USER's grant of IMAGE with exactly this policy (or all of them)."""
     policy: Policy | Literal["all"]
     if revoke_all:
-        if app_license is not None or allow_home or allow_view or volume or allow_startup_data:
+        if (
+            app_license is not None
+            or allow_home
+            or allow_view
+            or volume
+            or allow_startup_data
+            or placement
+        ):
             fail(PROG, "--revoke-all cannot be combined with policy options", 2)
         policy = catalogue.ALL_POLICIES
     else:
-        policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data)
+        policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data, placement)
     count = _run(
         lambda database: catalogue.revoke_access(database.unit_of_work, image, user_name, policy)
     )

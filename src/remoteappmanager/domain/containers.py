@@ -46,6 +46,8 @@ class ContainerSpec:
     publish_ip: str = "127.0.0.1"
     port: int = CONTAINER_PORT
     confinement: Confinement = DEFAULT_CONFINEMENT
+    placement: tuple[str, ...] = ()
+    """Swarm placement constraints (``node.labels.gpu==true``); a single engine has none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,4 +169,5 @@ def build_container_spec(
             confinement,
             cap_add=tuple(dict.fromkeys((*confinement.cap_add, *capabilities_for(image.type)))),
         ),
+        placement=policy.placement,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,10 +208,14 @@ class Policy:
     allow_common: bool = False
     volume: Volume | None = None
     allow_startup_data: bool = False
+    placement: tuple[str, ...] = ()
+    """Swarm placement constraints, all to be met (``validate_placement`` keeps them sorted
+    and unique, so that two policies asking the same are the same policy)."""
 
     def flat(self) -> dict[str, Any]:
-        """The policy as flat fields (the volume as ``volume_source/target/mode``): the
-        database's columns and the APIs' field names alike."""
+        """The policy's scalar fields, the volume as ``volume_source/target/mode``: the
+        database's columns and the APIs' field names alike (``placement``, a list, is left
+        to each to write its way)."""
         volume = self.volume
         return {
             "app_license": self.app_license,
@@ -222,6 +227,40 @@ class Policy:
             "volume_mode": volume.mode.value if volume else None,
             "allow_startup_data": self.allow_startup_data,
         }
+
+
+# A placement constraint as Docker Swarm reads it: <key>==<value> or <key>!=<value>, where
+# the key is a node attribute or a node or engine label. The value is kept to characters a
+# label value commonly has (swarm itself also takes spaces and regular-expression signs).
+PLACEMENT_KEY_PATTERN = (
+    r"(?:node\.(?:id|hostname|role|platform\.os|platform\.arch)"
+    r"|(?:node|engine)\.labels\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})"
+)
+# Unanchored: callers anchor it (fullmatch here, the API document's pattern there).
+PLACEMENT_PATTERN = rf"{PLACEMENT_KEY_PATTERN}(?:==|!=)[A-Za-z0-9_.:/*-]{{1,128}}"
+MAX_PLACEMENT_LENGTH = 300
+_PLACEMENT_RE = re.compile(PLACEMENT_PATTERN)
+MAX_PLACEMENT_CONSTRAINTS = 16
+
+
+def validate_placement(constraints: Iterable[str]) -> tuple[str, ...]:
+    """Placement constraints, sorted and unique; ``InvalidRequest`` for one that is not
+    ``<key>==<value>`` or ``<key>!=<value>`` with a swarm node key (``node.labels.gpu``,
+    ``node.hostname``, ``node.role``, ``node.platform.arch``...)."""
+    if isinstance(constraints, str):
+        raise InvalidRequest("placement must be a list of constraints")
+    found: set[str] = set()
+    for constraint in constraints:
+        if not isinstance(constraint, str) or not _PLACEMENT_RE.fullmatch(constraint):
+            raise InvalidRequest(
+                f"placement constraint {constraint!r:.80} is not <key>==<value> or "
+                "<key>!=<value> with a node key (node.labels.<name>, engine.labels.<name>, "
+                "node.id, node.hostname, node.role, node.platform.os, node.platform.arch)"
+            )
+        found.add(constraint)
+    if len(found) > MAX_PLACEMENT_CONSTRAINTS:
+        raise InvalidRequest(f"placement has more than {MAX_PLACEMENT_CONSTRAINTS} constraints")
+    return tuple(sorted(found))
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,22 +106,35 @@ class VolumeRules:
 
     ``forbidden`` adds host paths of this deployment that no grant may reach (the workspace
     folder, which holds every user's workspace; the engine's data directory when it is not
-    the default one).
+    the default one). ``shared``, on a swarm, names the folders every node sees alike: a
+    source must lie under one of them as well, since its task may run on any node; None
+    (a single engine) asks nothing more.
     """
 
     roots: tuple[str, ...] = ()
     forbidden: tuple[str, ...] = ()
+    shared: tuple[str, ...] | None = None
 
     @classmethod
-    def of(cls, roots: Iterable[str], forbidden: Iterable[str] = ()) -> VolumeRules:
+    def of(
+        cls,
+        roots: Iterable[str],
+        forbidden: Iterable[str] = (),
+        shared: Iterable[str] | None = None,
+    ) -> VolumeRules:
         """Rules from configured paths; ``InvalidRequest`` for a root that is not acceptable."""
         checked = tuple(dict.fromkeys(check_volume_root(root) for root in roots))
         extra = tuple(dict.fromkeys(validate_abs_path(path, "path") for path in forbidden))
-        return cls(roots=checked, forbidden=extra)
+        common = (
+            None
+            if shared is None
+            else tuple(dict.fromkeys(check_volume_root(root) for root in shared))
+        )
+        return cls(roots=checked, forbidden=extra, shared=common)
 
     def with_forbidden(self, *paths: str) -> VolumeRules:
         extra = tuple(validate_abs_path(path, "path") for path in paths)
-        return VolumeRules(self.roots, tuple(dict.fromkeys((*self.forbidden, *extra))))
+        return VolumeRules(self.roots, tuple(dict.fromkeys((*self.forbidden, *extra))), self.shared)
 
     def check(self, volume: Volume) -> Volume:
         """The volume if its source and target are acceptable.
@@ -160,6 +173,12 @@ class VolumeRules:
             raise Forbidden(
                 f"volume source {source} is outside the folders grants may mount "
                 f"({', '.join(allowed)})"
+            )
+        if self.shared is not None and not any(is_within(source, root) for root in self.shared):
+            declared = ", ".join(self.shared) or "none"
+            raise Forbidden(
+                f"volume source {source} is not on storage that every swarm node shares "
+                f"(REMOTEAPP_SWARM_SHARED_ROOTS: {declared})"
             )
         return source
 

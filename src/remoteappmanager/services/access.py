@@ -30,6 +30,7 @@ from remoteappmanager.domain.models import (
     Policy,
     Volume,
     validate_image_name,
+    validate_placement,
     validate_user_name,
 )
 from remoteappmanager.ports.identity import HubUser
@@ -83,6 +84,7 @@ def demo_policy(image: str, overrides: Mapping[str, Any]) -> Policy:
     flags: dict[str, bool] = {}
     app_license: str | None = None
     volume: Volume | None = None
+    placement: tuple[str, ...] = ()
     for key, value in overrides.items():
         if key in _BOOL_POLICY_KEYS:
             if not isinstance(value, bool):
@@ -99,9 +101,24 @@ def demo_policy(image: str, overrides: Mapping[str, Any]) -> Policy:
                 volume = Volume.parse(value) if value else None
             except InvalidRequest as exc:
                 raise InvalidRequest(f"{where}: {exc.message}") from None
+        elif key == "placement":
+            if not isinstance(value, list):
+                raise InvalidRequest(f"{where}.placement must be a list of constraints")
+            try:
+                placement = validate_placement(value)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{where}: {exc.message}") from None
         else:
             raise InvalidRequest(f"{where} has an unknown policy option {key!r}")
-    return Policy(app_license=app_license, volume=volume, **flags)
+    return Policy(
+        app_license=app_license,
+        volume=volume,
+        allow_home=flags.get("allow_home", False),
+        allow_view=flags.get("allow_view", False),
+        allow_common=flags.get("allow_common", False),
+        allow_startup_data=flags.get("allow_startup_data", False),
+        placement=placement,
+    )
 
 
 class AccessService:

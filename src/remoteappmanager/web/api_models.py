@@ -28,10 +28,14 @@ from remoteappmanager.domain.models import (
     MAX_IMAGE_LENGTH,
     MAX_NAME_LENGTH,
     MAX_PATH_LENGTH,
+    MAX_PLACEMENT_CONSTRAINTS,
+    MAX_PLACEMENT_LENGTH,
+    PLACEMENT_PATTERN,
     Grant,
     Policy,
     User,
     Volume,
+    validate_placement,
 )
 from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name
 from remoteappmanager.domain.sessions import Session
@@ -233,10 +237,14 @@ class _PolicyFields(_Answer):
     volume_target: str | None
     volume_mode: Literal["ro", "rw"] | None
     allow_startup_data: bool
+    placement: list[str] = Field(
+        description="Docker Swarm placement constraints the application's task must meet "
+        "(REMOTEAPP_ENGINE=swarm; refused at start on a single engine)."
+    )
 
     @staticmethod
     def _policy_fields(policy: Policy) -> dict[str, Any]:
-        return policy.flat()
+        return {**policy.flat(), "placement": list(policy.placement)}
 
 
 class PolicyOut(_PolicyFields):
@@ -391,6 +399,17 @@ _PathOrEmpty = Annotated[
         MAX_PATH_LENGTH,
         "a path is absolute, printable and without '..' (or empty for none)",
         "absolute-path-or-empty",
+    ),
+]
+_Constraint = Annotated[
+    str,
+    _Checked(
+        lambda: rf"^{PLACEMENT_PATTERN}{_TEXT_END}",
+        MAX_PLACEMENT_LENGTH,
+        "a placement constraint is <key>==<value> or <key>!=<value> with a swarm node key "
+        "(node.labels.<name>, engine.labels.<name>, node.id, node.hostname, node.role, "
+        "node.platform.os, node.platform.arch)",
+        "swarm-placement-constraint",
     ),
 ]
 _VolumeOrEmpty = Annotated[
@@ -571,6 +590,12 @@ class AdminGrantCreate(_Request):
     volume_target: _PathOrEmpty | None = None
     volume_mode: Literal["ro", "rw"] | None = None
     allow_startup_data: bool = False
+    placement: list[_Constraint] = Field(
+        default_factory=list,
+        max_length=MAX_PLACEMENT_CONSTRAINTS,
+        description="Docker Swarm placement constraints, all to be met (e.g. "
+        "node.labels.gpu==true); only a swarm engine can start such a grant.",
+    )
 
     @model_validator(mode="after")
     def _one_way_each(self) -> AdminGrantCreate:
@@ -604,6 +629,7 @@ class AdminGrantCreate(_Request):
             allow_common=self.allow_common,
             volume=volume,
             allow_startup_data=self.allow_startup_data,
+            placement=validate_placement(self.placement),
         )
 
 

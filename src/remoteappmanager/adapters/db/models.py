@@ -76,6 +76,9 @@ class PolicyRow(Base):
     allow_startup_data: Mapped[bool] = mapped_column(
         Boolean, nullable=False, server_default=false()
     )
+    # Swarm placement constraints, sorted, one per line; NULL for none (so that policies
+    # compare by plain column equality).
+    placement: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AccountingRow(Base):

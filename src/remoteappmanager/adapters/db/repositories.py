@@ -61,6 +61,7 @@ def _policy(row: PolicyRow) -> Policy:
         allow_common=row.allow_common,
         volume=volume,
         allow_startup_data=row.allow_startup_data,
+        placement=tuple(row.placement.split("\n")) if row.placement else (),
     )
 
 
@@ -74,7 +75,8 @@ def _grant(row: AccountingRow) -> Grant:
 
 
 def _policy_columns(policy: Policy) -> dict[str, Any]:
-    return policy.flat()
+    # Constraints one per line; none is NULL, so that such policies compare equal.
+    return {**policy.flat(), "placement": "\n".join(policy.placement) or None}
 
 
 def _same(column: InstrumentedAttribute[Any], value: object) -> ColumnElement[bool]:

@@ -406,6 +406,7 @@ function showAccounting(token, userId) {
         volumeText(item),
         yesNo(item.allow_view),
         yesNo(item.allow_startup_data),
+        text(Array.isArray(item.placement) ? item.placement.join(", ") : ""),
       ],
       actions: [
         {
@@ -432,7 +433,7 @@ function showAccounting(token, userId) {
         h("a", { class: "button", href: "#/users", text: "Back to users" }),
       ),
       dataTable(
-        ["ID", "Image", "License", "Workspace", "Volume", "View", "Startup file"],
+        ["ID", "Image", "License", "Workspace", "Volume", "View", "Startup file", "Placement"],
         rows,
         `${name} has no policies yet: they see no applications.`,
       ),
@@ -471,6 +472,13 @@ async function createGrant(userId, userName) {
   const readonly = checkbox("volume_readonly", "Mount the volume read-only", true);
   const viewable = checkbox("allow_view", "Allow viewing: signed-in users with the link can see it");
   const startup = checkbox("allow_startup_data", "Allow providing a startup file");
+  const placement = h("textarea", {
+    id: "placement",
+    name: "placement",
+    rows: 2,
+    spellcheck: "false",
+    placeholder: "node.labels.gpu==true (one constraint a line; Docker Swarm only)",
+  });
 
   const fields = [
     applications.length
@@ -487,6 +495,7 @@ async function createGrant(userId, userName) {
     ),
     viewable.element,
     startup.element,
+    field("Placement", placement, "Swarm constraints, KEY==VALUE or KEY!=VALUE, one a line."),
   ];
   const result = await formDialog({
     title: `Create New Policy for ${userName}`,
@@ -501,6 +510,10 @@ async function createGrant(userId, userName) {
       for (const [label, value] of [["Volume source", volumeSource], ["Volume target", volumeTarget]]) {
         if (value && !isAbsolutePath(value)) return `${label} must be an absolute path.`;
       }
+      const constraints = placement.value
+        .split("\n")
+        .map((line) => line.trim())
+        .filter(Boolean);
       await api("POST", "accounting/", {
         user_id: userId,
         image_name: image.value,
@@ -511,6 +524,7 @@ async function createGrant(userId, userName) {
         volume_target: volumeTarget || null,
         volume_mode: readonly.input.checked ? "ro" : "rw",
         allow_startup_data: startup.input.checked,
+        placement: constraints,
       });
       return null;
     },
