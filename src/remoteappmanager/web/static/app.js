@@ -16,6 +16,9 @@ import {
 
 const api = apiClient(metaContent("remoteapp-api"));
 const DEFAULT_ICON = document.body.dataset.defaultIcon || "";
+// Desktops are shown by the service's own noVNC viewer, which the gate serves under their path.
+const DESKTOP_VIEWER = document.body.dataset.desktopViewer === "true";
+const VIEWER_DIR = ".remoteapp-desktop/";
 
 const POLL_INTERVAL_MS = 1500;
 // While a start of this page is under way, its step is asked for this often.
@@ -214,8 +217,13 @@ function confirmQuit(app) {
   });
 }
 
+// Where a running application is shown: a desktop in the service's viewer, else its own page.
+function framePath(app) {
+  return `${app.container.urlpath}/${DESKTOP_VIEWER && app.type === "vncapp" ? VIEWER_DIR : ""}`;
+}
+
 function showShare(app) {
-  const link = `${window.location.origin}${app.container.urlpath}/`;
+  const link = `${window.location.origin}${framePath(app)}`;
   const field = h("input", {
     id: "shared-url",
     class: "share-field",
@@ -537,7 +545,7 @@ function frame(app) {
     id: "application",
     class: "application-frame",
     title: app.name,
-    src: `${app.container.urlpath}/`,
+    src: framePath(app),
     allow: "clipboard-read; clipboard-write; fullscreen",
   });
   iframe.addEventListener("load", () => {
