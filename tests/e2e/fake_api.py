@@ -79,6 +79,8 @@ class FakeBackend:
     applications: dict[str, FakeApplication] = field(default_factory=dict)
     start_delay: float = 0.0
     start_error: str | None = None
+    # The steps a start shows (as a starting container), each for an equal share of the delay.
+    start_steps: list[str] = field(default_factory=list)
     # What each start asked for, in order: (mapping_id, configurables).
     starts: list[tuple[str, Any]] = field(default_factory=list)
     csrf_headers: list[str | None] = field(default_factory=list)
@@ -154,13 +156,20 @@ class FakeBackend:
         app = self.applications.get(str(mapping_id))
         if app is None:
             return _error(404, "NotFound", "no such application")
-        await asyncio.sleep(self.start_delay)
-        if self.start_error is not None:
-            return _error(500, "Unable", self.start_error)
         url_id = secrets.token_hex(16)
+        urlpath = f"/user/{self.user}/containers/{url_id}"
+        for step in self.start_steps:
+            app.container = {"url_id": url_id, "urlpath": urlpath, "state": "starting",
+                             "step": step, "mapping_id": app.mapping_id}  # fmt: skip
+            await asyncio.sleep(self.start_delay / len(self.start_steps))
+        if not self.start_steps:
+            await asyncio.sleep(self.start_delay)
+        if self.start_error is not None:
+            app.container = None
+            return _error(500, "Unable", self.start_error)
         app.container = {
             "url_id": url_id,
-            "urlpath": f"/user/{self.user}/containers/{url_id}",
+            "urlpath": urlpath,
             "state": "running",
             "mapping_id": app.mapping_id,
         }

@@ -91,7 +91,8 @@ async def _start(page: Page, name: str) -> tuple[FrameLocator, str]:
     await page.locator("#application").wait_for(timeout=START_TIMEOUT_MS)
     path = await page.get_attribute("#application", "src")
     assert path is not None
-    assert re.fullmatch(rf"/user/{OWNER}/containers/[a-z0-9]+/", path), path
+    # A desktop is shown by the service's viewer, under the desktop's own path.
+    assert re.fullmatch(rf"/user/{OWNER}/containers/[a-z0-9]+/(\.remoteapp-desktop/)?", path), path
     return page.frame_locator("#application"), path
 
 

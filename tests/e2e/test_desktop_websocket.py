@@ -102,8 +102,9 @@ async def _start_desktop(page: Page) -> str:
     )
     path = await page.get_attribute("#application", "src")
     assert path
-    assert re.fullmatch(r"/user/alice/containers/[a-z0-9]+/", path)
-    return path
+    # The desktop is shown by the service's viewer, under the desktop's own path.
+    assert re.fullmatch(r"/user/alice/containers/[a-z0-9]+/\.remoteapp-desktop/", path)
+    return path.removesuffix(".remoteapp-desktop/")
 
 
 def _websocket_url(stack: Stack, path: str) -> str:

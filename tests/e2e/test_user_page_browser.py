@@ -60,6 +60,7 @@ def backend(site: Site) -> FakeBackend:
     site.backend.csrf_headers.clear()
     site.backend.start_delay = 0.0
     site.backend.start_error = None
+    site.backend.start_steps = []
     return site.backend
 
 
@@ -294,6 +295,47 @@ async def test_errors_show_the_apis_message_in_a_dialog(
     assert await page.locator("#application-entry-1 .status").text_content() == "Stopped"
 
 
+async def test_a_start_shows_its_steps_as_they_happen(
+    page: Page, site: Site, backend: FakeBackend
+) -> None:
+    apps = _catalogue(backend)
+    backend.start_steps = ["creating", "starting", "waiting for the app", "routing"]
+    backend.start_delay = 4.0
+    await _open(page, site, "#" + apps["web"].mapping_id)
+    await page.click("#start-button")
+    steps = page.locator("#start-steps")
+    current = steps.locator("li[aria-current=step]")
+    await steps.locator("li[aria-current=step][data-step='waiting for the app']").wait_for()
+    assert await current.text_content() == "Waiting for the application to answer"
+    assert await steps.locator("li.step-done").all_text_contents() == [
+        "Creating the container",
+        "Starting it",
+    ]
+    await screenshot(page, "fake-06b-start-steps")
+    await page.frame_locator("#application").locator("#fake-app").wait_for()
+    assert await steps.is_hidden()
+
+
+async def test_a_failed_start_names_its_step_and_leaves_the_page_startable(
+    page: Page, site: Site, backend: FakeBackend
+) -> None:
+    apps = _catalogue(backend)
+    backend.start_steps = ["creating", "waiting for the app"]
+    backend.start_delay = 1.0
+    backend.start_error = (
+        "Demo web app could not be started (step: waiting for the app): the application did "
+        "not become ready within 30 s"
+    )
+    await _open(page, site, "#" + apps["web"].mapping_id)
+    await page.click("#start-button")
+    dialog = page.locator("dialog[open]")
+    await dialog.wait_for(timeout=15_000)
+    assert await dialog.locator(".error-message").text_content() == backend.start_error
+    await dialog.get_by_role("button", name="Close").click()
+    assert await page.locator("#start-steps").is_hidden()
+    assert await page.text_content("#start-button") == "Start"
+
+
 async def test_applications_being_started_elsewhere_are_followed_until_running(
     page: Page, site: Site, backend: FakeBackend
 ) -> None:
@@ -303,10 +345,12 @@ async def test_applications_being_started_elsewhere_are_followed_until_running(
         "url_id": url_id,
         "urlpath": f"/user/alice/containers/{url_id}",
         "state": "starting",
+        "step": "starting",
     }
     await _open(page, site, "#" + apps["web"].mapping_id, settled=False)
     assert await page.locator("#application-entry-1 .status").text_content() == "Starting"
     assert await page.is_visible("#loading-spinner")
+    assert await page.text_content("#start-steps li[aria-current=step]") == "Starting it"
     apps["web"].container = {**apps["web"].container, "state": "running"}
     await page.frame_locator("#application").locator("#fake-app").wait_for()
     assert await page.locator("#application-entry-1 .status").text_content() == "Running"

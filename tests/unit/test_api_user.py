@@ -474,6 +474,65 @@ async def test_a_concurrent_start_of_the_same_grant_is_refused(alice: Api, world
     assert status == 201
 
 
+async def test_a_start_shows_its_step_and_its_durations_go_to_the_metrics(
+    alice: Api, world: World, client: TestClient[Any, Any]
+) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice")
+    world.probe.hold = asyncio.Event()
+    first = asyncio.ensure_future(alice.call("POST", CONTAINERS, json={"mapping_id": mapping_id}))
+    for _ in range(1000):
+        if world.probe.probed:
+            break
+        await asyncio.sleep(0.001)
+    _, listed, _ = await alice.call("GET", CONTAINERS)
+    ((url_id, item),) = listed["items"].items()
+    assert (item["state"], item["step"]) == ("starting", "waiting for the app")
+    _, one, _ = await alice.call("GET", f"{CONTAINERS}{url_id}/")
+    assert one["step"] == "waiting for the app"
+    _, application, _ = await alice.call("GET", f"{APPLICATIONS}{mapping_id}/")
+    assert application["container"]["step"] == "waiting for the app"
+    world.probe.hold.set()
+    status, _, headers = await first
+    assert status == 201
+    _, running, _ = await alice.call("GET", headers["Location"])
+    assert (running["state"], running["step"]) == ("running", None)
+
+    metrics = await (await client.get(PREFIX + "metrics")).text()
+    for step in ("creating", "starting", "waiting for the app", "routing"):
+        assert (
+            "remoteapp_session_start_step_duration_seconds_count"
+            f'{{image="{WEBAPP}",step="{step}"}} 1.0'
+        ) in metrics
+    assert f'remoteapp_session_starts_total{{image="{WEBAPP}",outcome="started"}} 1.0' in metrics
+
+
+async def test_a_failed_start_names_its_step_and_is_counted_by_reason(
+    alice: Api, world: World, client: TestClient[Any, Any]
+) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice")
+    world.probe.ready = False
+    status, body, _ = await alice.call("POST", CONTAINERS, json={"mapping_id": mapping_id})
+    assert (status, body["type"]) == (500, "Unable")
+    assert body["message"].startswith("Web could not be started (step: waiting for the app): ")
+    world.routes.available = False
+    world.probe.ready = True
+    status, body, _ = await alice.call("POST", CONTAINERS, json={"mapping_id": mapping_id})
+    assert (status, body["type"]) == (503, "Unable")
+    assert body["message"].startswith("Web could not be started (step: routing): ")
+
+    metrics = await (await client.get(PREFIX + "metrics")).text()
+    assert f'remoteapp_session_starts_total{{image="{WEBAPP}",outcome="failed"}} 2.0' in metrics
+    for step, reason in (("waiting for the app", "unable"), ("routing", "unavailable")):
+        assert (
+            "remoteapp_session_start_failures_total"
+            f'{{image="{WEBAPP}",reason="{reason}",step="{step}"}} 1.0'
+        ) in metrics
+    # Steps that ended well are timed; the failed ones are not.
+    durations = f'remoteapp_session_start_step_duration_seconds_count{{image="{WEBAPP}",step='
+    assert durations + '"creating"} 2.0' in metrics
+    assert durations + '"waiting for the app"}' not in metrics
+
+
 async def test_a_failed_start_is_unable_and_leaves_nothing(alice: Api, world: World) -> None:
     mapping_id = await _grant(world, WEBAPP, "alice")
     world.probe.ready = False
@@ -602,3 +661,14 @@ async def test_every_api_answer_is_not_cacheable(alice: Api, world: World) -> No
 
 def test_prefix_is_what_the_test_app_uses() -> None:
     assert API == PREFIX + "api/"
+
+
+def test_the_documented_steps_are_the_steps_of_a_start() -> None:
+    from typing import get_args
+
+    from remoteappmanager.domain.sessions import StartStep
+    from remoteappmanager.web.api_models import ContainerOut
+
+    annotation = ContainerOut.model_fields["step"].annotation
+    (literal, _none) = get_args(annotation)
+    assert list(get_args(literal)) == [step.value for step in StartStep]

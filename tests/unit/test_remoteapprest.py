@@ -723,7 +723,8 @@ async def test_a_server_error_shows_the_apis_message(stack: Stack) -> None:
     stack.world.probe.ready = False
     message = await refused(stack, ExitCode.SERVER_ERROR, "app", "start", mapping_id)
     assert message == (
-        "server error: Web could not be started: the application did not become ready within 5 s"
+        "server error: Web could not be started (step: waiting for the app): the application "
+        "did not become ready within 5 s"
     )
     stack.world.hub.available = False
     message = await refused(stack, ExitCode.SERVER_ERROR, "app", "running")

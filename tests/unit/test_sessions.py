@@ -283,7 +283,9 @@ async def test_a_container_that_exits_while_starting_fails_the_start_at_once(
 
 async def test_proxy_down_during_start_removes_the_container(world: World) -> None:
     world.routes.available = False
-    with pytest.raises(Unavailable, match="could not be started: proxy unavailable"):
+    with pytest.raises(
+        Unavailable, match=r"could not be started \(step: routing\): proxy unavailable"
+    ):
         await world.sessions.start(make_grant())
     assert not world.runtime.container_ids
 

@@ -27,6 +27,20 @@ class SessionState(enum.StrEnum):
     EXITED = "exited"
 
 
+class StartStep(enum.StrEnum):
+    """The steps of a start, in order, as users see them while it runs.
+
+    ``creating``: the image looked up, the configurables checked, the container created;
+    ``starting``: the engine starts it; ``waiting for the app``: until the application answers
+    on its URL path; ``routing``: until the proxy routes to it.
+    """
+
+    CREATING = "creating"
+    STARTING = "starting"
+    WAITING = "waiting for the app"
+    ROUTING = "routing"
+
+
 class AccessMode(enum.StrEnum):
     """Where proxy routes point: our gate (authorization on every request) or the container."""
 
@@ -38,7 +52,8 @@ class AccessMode(enum.StrEnum):
 class Session:
     """An application started for ``user`` from grant ``mapping_id``, served at ``urlpath``.
 
-    ``container_id`` is None only while a start has not created its container yet.
+    ``container_id`` is None only while a start has not created its container yet; ``step``
+    is the step a start under way is at (None otherwise).
     """
 
     url_id: str
@@ -50,6 +65,7 @@ class Session:
     container_id: str | None = None
     host_ip: str | None = None
     host_port: int | None = None
+    step: StartStep | None = None
 
     @property
     def key(self) -> tuple[str, str]:

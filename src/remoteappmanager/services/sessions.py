@@ -17,6 +17,7 @@ from remoteappmanager.domain.containers import (
     RUNINFO_URL_ID,
     RUNINFO_USER,
     ContainerInfo,
+    ContainerSpec,
     Route,
     build_container_spec,
 )
@@ -36,9 +37,11 @@ from remoteappmanager.domain.sessions import (
     AccessMode,
     Session,
     SessionState,
+    StartStep,
     session_from_container,
 )
 from remoteappmanager.domain.volumes import NO_VOLUMES, VolumeRules
+from remoteappmanager.ports.observers import StartObserver
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
@@ -86,6 +89,8 @@ class _Claim:
     url_id: str | None = None
     image: str = ""
     container_id: str | None = None
+    step: StartStep | None = None
+    step_began: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def as_session(self) -> Session | None:
@@ -99,6 +104,7 @@ class _Claim:
             urlpath=urlpath(self.user, self.url_id),
             state=self.state,
             container_id=self.container_id,
+            step=self.step,
         )
 
 
@@ -123,6 +129,10 @@ class Sessions:
     which also owns their workspace; a policy
     volume is checked against ``volume_rules`` on the host's real paths at every start, so a
     grant written before the rules, or a link changed since, is refused rather than mounted.
+
+    A start goes through the steps of ``StartStep``; the session a listing shows meanwhile
+    carries the current one, and a failed start's message names the step it failed at. Each
+    step's duration, and each start's outcome, go to ``start_observer`` when one is set.
     """
 
     def __init__(
@@ -189,6 +199,7 @@ class Sessions:
         self._user_listings: dict[str, _Listing] = {}
         self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
+        self.start_observer: StartObserver | None = None
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
@@ -346,7 +357,8 @@ class Sessions:
             return None
         claim = self._claims.get(session.key)
         if claim is not None and claim.state is not None:
-            session = _with_state(session, claim.state)
+            step = claim.step if claim.url_id == session.url_id else None
+            session = replace(session, state=claim.state, step=step)
         return session
 
     def _skipped(self, info: ContainerInfo) -> None:
@@ -411,18 +423,46 @@ class Sessions:
                 )
             await self._within_quota(claim)
             shown = grant.application.image
+            # Visible in listings from here on, as "creating".
+            claim.url_id = new_url_id()
+            claim.step, claim.step_began = StartStep.CREATING, time.perf_counter()
             try:
                 image = await self._runtime.inspect_image(grant.application.image)
                 shown = image.ui_name
                 options = validate_configurables(configurables, image, grant.policy)
                 session = await self._start(grant, image, options, claim)
             except RemoteAppError as exc:
+                step = claim.step
                 log.warning(
-                    "session.start_failed", user=claim.user, image=claim.image, error=exc.message
+                    "session.start_failed",
+                    user=claim.user,
+                    image=claim.image,
+                    step=step,
+                    error=exc.message,
                 )
-                raise type(exc)(f"{shown} could not be started: {exc.message}") from exc
+                self._start_ended(claim, step, _reason(exc))
+                # Bad input is not a step that failed: the message says what to change.
+                at = "" if isinstance(exc, InvalidRequest) else f" (step: {step})"
+                raise type(exc)(f"{shown} could not be started{at}: {exc.message}") from exc
+            except BaseException as exc:
+                reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+                self._start_ended(claim, claim.step, reason)
+                raise
+        self._start_ended(claim, None, None)
         log.info("session.started", user=claim.user, image=claim.image, url_id=session.url_id)
         return session
+
+    def _next_step(self, claim: _Claim, step: StartStep | None) -> None:
+        """The claim's step ended well (its duration is reported); ``step`` begins (None:
+        the start is over). A step that fails stays the claim's step."""
+        now = time.perf_counter()
+        if claim.step is not None and self.start_observer is not None:
+            self.start_observer.step_finished(claim.image, claim.step, now - claim.step_began)
+        claim.step, claim.step_began = step, now
+
+    def _start_ended(self, claim: _Claim, failed: StartStep | None, reason: str | None) -> None:
+        if self.start_observer is not None:
+            self.start_observer.start_finished(claim.image, failed, reason)
 
     async def _within_quota(self, claim: _Claim) -> None:
         """``Conflict`` when the user already runs ``max_sessions_per_user`` applications,
@@ -444,29 +484,11 @@ class Sessions:
     async def _start(
         self, grant: Grant, image: ImageMetadata, options: Configuration, claim: _Claim
     ) -> Session:
-        user = grant.user.name
-        volume = await self._checked_volume(grant)
-        owner = user_uid(self._workspace_uid_base, grant.user.id)
-        workspace = await self._workspaces.ensure(user, owner) if grant.policy.allow_home else None
-        mount_volume = volume is not None and await self._host_paths.exists(volume.source)
-        if volume is not None and not mount_volume:
-            log.warning("session.volume_skipped", user=user, source=volume.source)
-
-        claim.url_id = new_url_id()
-        spec = build_container_spec(
-            grant,
-            image,
-            options,
-            claim.url_id,
-            self.realm,
-            self._publish_ip,
-            workspace,
-            mount_volume=mount_volume,
-            volume=volume,
-            confinement=replace(self._confinement, run_as=owner),
-        )
+        assert claim.url_id is not None
         route_tried = False
+        routing: asyncio.Future[None] | None = None
         try:
+            spec = await self._spec(grant, image, options, claim.url_id)
             try:
                 claim.container_id = await self._runtime.create(spec)
             except Exists:
@@ -474,6 +496,7 @@ class Sessions:
                 # start replaces. Finding it this way spares every other start a list call.
                 await self._remove_previous(spec.name, claim)
                 claim.container_id = await self._runtime.create(spec)
+            self._next_step(claim, StartStep.STARTING)
             info = await self._runtime.start(claim.container_id)
             if not info.running:
                 raise Unable(_EXITED)
@@ -482,13 +505,46 @@ class Sessions:
             if route is None or session is None:
                 raise Unable("the engine did not publish the application's port")
             probe_url = f"http://{self._reach_host(info)}:{info.host_port}{session.urlpath}/"
-            await self._wait_ready(claim.container_id, probe_url)
+            # The route is added while the application gets ready: nobody is sent to it
+            # before the start answers, and the gate lets nothing through to a session that
+            # is not running yet. A failed start removes it again.
             route_tried = True
-            await self._routes.add(route)
+            routing = asyncio.ensure_future(self._routes.add(route))
+            self._next_step(claim, StartStep.WAITING)
+            await self._wait_ready(claim, probe_url, routing)
+            self._next_step(claim, StartStep.ROUTING)
+            await routing
+            self._next_step(claim, None)
         except BaseException:
+            if routing is not None and not routing.done():
+                routing.cancel()
+                await asyncio.gather(routing, return_exceptions=True)
             await self._undo_start(claim, route_tried=route_tried)
             raise
-        return _with_state(session, SessionState.RUNNING)
+        return replace(session, state=SessionState.RUNNING, step=None)
+
+    async def _spec(
+        self, grant: Grant, image: ImageMetadata, options: Configuration, url_id: str
+    ) -> ContainerSpec:
+        user = grant.user.name
+        volume = await self._checked_volume(grant)
+        owner = user_uid(self._workspace_uid_base, grant.user.id)
+        workspace = await self._workspaces.ensure(user, owner) if grant.policy.allow_home else None
+        mount_volume = volume is not None and await self._host_paths.exists(volume.source)
+        if volume is not None and not mount_volume:
+            log.warning("session.volume_skipped", user=user, source=volume.source)
+        return build_container_spec(
+            grant,
+            image,
+            options,
+            url_id,
+            self.realm,
+            self._publish_ip,
+            workspace,
+            mount_volume=mount_volume,
+            volume=volume,
+            confinement=replace(self._confinement, run_as=owner),
+        )
 
     async def _checked_volume(self, grant: Grant) -> Volume | None:
         volume = grant.policy.volume
@@ -518,11 +574,21 @@ class Sessions:
         await self._remove(previous)
         log.info("session.replaced", user=claim.user, url_id=previous.url_id)
 
-    async def _wait_ready(self, container_id: str, url: str) -> None:
+    async def _wait_ready(self, claim: _Claim, url: str, routing: asyncio.Future[None]) -> None:
+        """Until the application answers at ``url``; fails early if its container exits or
+        the route being added meanwhile (``routing``) cannot be."""
+        assert claim.container_id is not None
         ready = asyncio.create_task(self._probe.wait_ready(url, self._network_timeout))
-        watch = asyncio.create_task(self._watch_alive(container_id))
+        watch = asyncio.create_task(self._watch_alive(claim.container_id))
+        waiting: set[asyncio.Future[None]] = {ready, watch, routing}
         try:
-            await asyncio.wait({ready, watch}, return_when=asyncio.FIRST_COMPLETED)
+            while not (ready.done() or watch.done()):
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if routing in done:
+                    waiting.discard(routing)
+                    if not routing.cancelled() and routing.exception() is not None:
+                        claim.step = StartStep.ROUTING
+                        routing.result()
         finally:
             for task in (ready, watch):
                 task.cancel()
@@ -658,5 +724,17 @@ class Sessions:
         return f"[{host}]" if ":" in host else host
 
 
-def _with_state(session: Session, state: SessionState) -> Session:
-    return replace(session, state=state)
+def _reason(error: RemoteAppError) -> str:
+    """A failed start's reason as a metric label: the error's kind, from a fixed set."""
+    return _REASONS.get(type(error).__name__, "error")
+
+
+_REASONS = {
+    "Unable": "unable",
+    "Unavailable": "unavailable",
+    "InvalidRequest": "invalid_request",
+    "NotFound": "not_found",
+    "Conflict": "conflict",
+    "Forbidden": "forbidden",
+    "Exists": "exists",
+}

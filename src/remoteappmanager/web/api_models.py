@@ -156,6 +156,12 @@ class ContainerOut(_Answer):
     mapping_id: str
     urlpath: str = Field(description="Where the application is served (no trailing slash).")
     state: Literal["starting", "running", "stopping", "exited"]
+    step: Literal["creating", "starting", "waiting for the app", "routing"] | None = Field(
+        default=None,
+        description="While the container is starting: the step its start is at (`creating` "
+        "the container, `starting` it, `waiting for the app` to answer, `routing` the proxy "
+        "to it); null otherwise. Poll the container (or the application) to follow a start.",
+    )
 
     @classmethod
     def of(cls, session: Session, realm: str) -> ContainerOut:
@@ -171,6 +177,7 @@ class ContainerOut(_Answer):
             "mapping_id": session.mapping_id,
             "urlpath": session.urlpath,
             "state": session.state.value,
+            "step": session.step.value if session.step is not None else None,
         }
 
 

@@ -102,6 +102,7 @@ def create_app(deps: WebDeps) -> web.Application:
     app[HEALTH] = CachedHealth(checks, clock=deps.clock)
     if deps.sessions is not None:
         app[SESSIONS] = deps.sessions
+        deps.sessions.start_observer = app[METRICS]
     if deps.applications is not None:
         app[APPLICATIONS] = deps.applications
         app[APPLICATION_LISTINGS] = AnswerCache()

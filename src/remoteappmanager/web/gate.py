@@ -28,6 +28,7 @@ from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
+from remoteappmanager.web.desktop_viewer import VIEWER_DIR, DesktopViewer, find_novnc
 from remoteappmanager.web.errors import error_page
 from remoteappmanager.web.gate_proxy import (
     MAX_CONNECTIONS_PER_USER,
@@ -180,6 +181,9 @@ class Gate:
     max_connections_per_user: int = MAX_CONNECTIONS_PER_USER
     recheck_interval: float = RECHECK_INTERVAL
     websocket_ping_s: float = WEBSOCKET_PING_INTERVAL
+    # Served under every application's ``<urlpath>/.remoteapp-desktop/`` to whoever the gate
+    # lets in (``web.desktop_viewer``); None when noVNC is not installed beside the proxy.
+    desktop: DesktopViewer | None = None
 
     def __post_init__(self) -> None:
         self.server = GateServer(
@@ -410,7 +414,15 @@ class Gate:
         user: str | None,
         *,
         token: str | None = None,
-    ) -> Forward:
+    ) -> Verdict:
+        if self.desktop is not None and not request.websocket:
+            path = request.target.partition("?")[0]
+            viewer = target.urlpath + VIEWER_DIR
+            if path.startswith(viewer):
+                # Let in like any request to the application, answered from memory.
+                if request.method not in _PAGE_METHODS:
+                    return self._page(405, "the desktop viewer's files can only be read")
+                return self.desktop.answer(request.method, path[len(viewer) :])
         principal: Hashable | None = None
         if caller.session_id is not None:
             principal = (_SESSION, caller.session_id)
@@ -567,6 +579,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         public_origins=frozenset({public} if public else ()),
         max_connections_per_user=settings.gate_max_connections_per_user,
         websocket_ping_s=settings.websocket_ping_s,
+        desktop=_desktop_viewer(),
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)
@@ -575,6 +588,20 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
     app.router.add_get(prefix + "gate/{url_id}", gate_entry, name="gate_entry")
     app.router.add_post(prefix + "gate/{url_id}", gate_entry_confirmed)
     return True
+
+
+def _desktop_viewer() -> DesktopViewer | None:
+    novnc = find_novnc()
+    if novnc is None:
+        log.warning("gate.desktop_viewer_missing", reason="noVNC is not installed beside the proxy")
+        return None
+    try:
+        viewer = DesktopViewer.load(novnc)
+    except OSError as exc:
+        log.warning("gate.desktop_viewer_missing", reason=str(exc))
+        return None
+    log.info("gate.desktop_viewer", novnc=str(novnc), files=len(viewer.files))
+    return viewer
 
 
 async def _listening(app: web.Application) -> AsyncIterator[None]:

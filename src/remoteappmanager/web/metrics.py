@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from remoteappmanager.domain.sessions import StartStep
 from remoteappmanager.services.reconcile import ReconcileReport
 from remoteappmanager.web.gate_proxy import GateStats
 from remoteappmanager.web.keys import METRICS
@@ -33,6 +34,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 # second cost well under 1 % of a core.
 LOOP_LAG_INTERVAL = 0.01
 LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A start's steps take from milliseconds (routing) to the network timeout (an application
+# that never answers).
+START_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -93,6 +97,28 @@ class Metrics:
             ("image",),
             registry=self.registry,
         )
+        self.start_steps = Histogram(
+            "remoteapp_session_start_step_duration_seconds",
+            "How long each step of an application's start took, by image and step "
+            "(creating, starting, waiting for the app, routing); a step that failed is "
+            "counted in remoteapp_session_start_failures instead.",
+            ("image", "step"),
+            buckets=START_STEP_BUCKETS,
+            registry=self.registry,
+        )
+        self.starts = Counter(
+            "remoteapp_session_starts",
+            "Application starts that ended, by image and outcome (started, failed).",
+            ("image", "outcome"),
+            registry=self.registry,
+        )
+        self.start_failures = Counter(
+            "remoteapp_session_start_failures",
+            "Failed application starts, by image, the step they failed at and the reason "
+            "(unable, unavailable, invalid_request, not_found, conflict, cancelled, error...).",
+            ("image", "step", "reason"),
+            registry=self.registry,
+        )
         # ``labels()`` validates and locks on every call: the series of a (route, method,
         # status) are looked up once. The key space is bounded as the labels are.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -145,6 +171,18 @@ class Metrics:
     def watch_gate(self, stats: GateStats) -> None:
         """Export the gate's plain counters, read when metrics are scraped."""
         self.registry.register(_GateCollector(stats))
+
+    # ------------------------------------------------------------ StartObserver
+    def step_finished(self, image: str, step: StartStep, seconds: float) -> None:
+        self.start_steps.labels(image, step.value).observe(seconds)
+
+    def start_finished(self, image: str, failed_step: StartStep | None, reason: str | None) -> None:
+        if failed_step is None and reason is None:
+            self.starts.labels(image, "started").inc()
+            return
+        self.starts.labels(image, "failed").inc()
+        step = failed_step.value if failed_step is not None else "none"
+        self.start_failures.labels(image, step, reason or "error").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

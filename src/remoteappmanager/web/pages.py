@@ -22,7 +22,7 @@ from remoteappmanager.web.auth import (
     resolve_auth,
     signed_in_user,
 )
-from remoteappmanager.web.keys import PAGE_ASSETS, SETTINGS, URLS
+from remoteappmanager.web.keys import GATE, PAGE_ASSETS, SETTINGS, URLS
 
 USER_TEMPLATE = "user.html"
 ADMIN_TEMPLATE = "admin.html"
@@ -116,6 +116,7 @@ async def home(request: web.Request) -> web.StreamResponse:
             "user_name": user.name,
             "user_initial": user.name[:1].upper(),
             "is_admin": "true" if user.admin else "false",
+            "desktop_viewer": "true" if _has_desktop_viewer(request) else "false",
             "xsrf_token": await xsrf_token_for_page(request, response),
             "css_url": assets.static_url("app.css"),
             "js_url": assets.static_url("app.js"),
@@ -125,6 +126,12 @@ async def home(request: web.Request) -> web.StreamResponse:
     )
     response.text = page
     return response
+
+
+def _has_desktop_viewer(request: web.Request) -> bool:
+    """Whether the gate serves the desktop viewer (``web.desktop_viewer``)."""
+    gate = request.app.get(GATE)
+    return gate is not None and gate.desktop is not None
 
 
 @require_admin

@@ -16,8 +16,20 @@ import {
 
 const api = apiClient(metaContent("remoteapp-api"));
 const DEFAULT_ICON = document.body.dataset.defaultIcon || "";
+// Desktops are shown by the service's own noVNC viewer, which the gate serves under their path.
+const DESKTOP_VIEWER = document.body.dataset.desktopViewer === "true";
+const VIEWER_DIR = ".remoteapp-desktop/";
 
 const POLL_INTERVAL_MS = 1500;
+// While a start of this page is under way, its step is asked for this often.
+const PROGRESS_INTERVAL_MS = 250;
+// The steps of a start, as the API names them (a starting container's "step").
+const START_STEPS = [
+  ["creating", "Creating the container"],
+  ["starting", "Starting it"],
+  ["waiting for the app", "Waiting for the application to answer"],
+  ["routing", "Routing to it"],
+];
 const FIT_WINDOW = "fit";
 const COMMON_RESOLUTIONS = [
   "1024x768",
@@ -53,6 +65,7 @@ const state = {
   selected: null, // mapping id
   filter: "",
   pending: new Map(), // mapping id -> "starting" | "stopping", for requests of this page
+  steps: new Map(), // mapping id -> the step a start of this page is at
   resolution: new Map(), // mapping id -> the chosen resolution, kept across re-renders
   pollTimer: null,
   shownKey: null, // what the main panel shows, so polling does not reload the frame
@@ -64,6 +77,7 @@ const elements = {
   search: document.getElementById("search-input"),
   spinner: document.getElementById("loading-spinner"),
   spinnerText: document.querySelector("#loading-spinner .loading-text"),
+  steps: document.getElementById("start-steps"),
   panel: document.getElementById("app-panel"),
   view: document.getElementById("app-view"),
   menuButton: document.getElementById("user-menu"),
@@ -115,6 +129,7 @@ function toApplication(id, raw) {
           urlId: text(container.url_id),
           urlpath: safePath(container.urlpath),
           state: text(container.state),
+          step: text(container.step),
         }
       : null,
   };
@@ -207,8 +222,13 @@ function confirmQuit(app) {
   });
 }
 
+// Where a running application is shown: a desktop in the service's viewer, else its own page.
+function framePath(app) {
+  return `${app.container.urlpath}/${DESKTOP_VIEWER && app.type === "vncapp" ? VIEWER_DIR : ""}`;
+}
+
 function showShare(app) {
-  const link = `${window.location.origin}${app.container.urlpath}/`;
+  const link = `${window.location.origin}${framePath(app)}`;
   const field = h("input", {
     id: "shared-url",
     class: "share-field",
@@ -282,19 +302,51 @@ function chosenConfigurables(app, form) {
   return configurables;
 }
 
+// Follow the steps of a start under way (the POST answers only when it is over).
+function followStart(id) {
+  let stopped = false;
+  let timer = null;
+  const tick = async () => {
+    try {
+      const raw = await api("GET", `applications/${encodeURIComponent(id)}/`);
+      const container = raw && typeof raw.container === "object" ? raw.container : null;
+      const step = container && container.state === "starting" ? text(container.step) : "";
+      if (!stopped && step) {
+        state.steps.set(id, step);
+        const app = selectedApp();
+        if (app) updateSpinner(app, statusOf(app));
+      }
+    } catch {
+      // The start's own answer says what went wrong.
+    }
+    if (!stopped) timer = setTimeout(tick, PROGRESS_INTERVAL_MS);
+  };
+  timer = setTimeout(tick, PROGRESS_INTERVAL_MS);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    state.steps.delete(id);
+  };
+}
+
 async function start(app, form) {
   const configurables = chosenConfigurables(app, form);
   state.pending.set(app.id, "starting");
+  state.steps.set(app.id, START_STEPS[0][0]);
   render();
+  const stopFollowing = followStart(app.id);
   try {
     await api("POST", "containers/", { mapping_id: app.id, configurables });
+    stopFollowing();
     await reloadApplication(app.id);
   } catch (error) {
+    stopFollowing();
     state.pending.delete(app.id);
     render();
     await showError(`${app.name} did not start`, error.message);
     return;
   } finally {
+    stopFollowing();
     state.pending.delete(app.id);
   }
   render();
@@ -431,6 +483,32 @@ function updateSpinner(app, status) {
   }
   elements.spinnerText.textContent = message;
   elements.spinner.hidden = !message;
+  renderSteps(app && status === "starting" ? currentStep(app) : "");
+}
+
+// The step a start is at: this page's own start, or one seen in the listing.
+function currentStep(app) {
+  const known = state.steps.get(app.id) || (app.container && app.container.step) || "";
+  return START_STEPS.some(([step]) => step === known) ? known : "";
+}
+
+function renderSteps(current) {
+  elements.steps.hidden = !current;
+  if (!current) {
+    elements.steps.replaceChildren();
+    return;
+  }
+  const reached = START_STEPS.findIndex(([step]) => step === current);
+  elements.steps.replaceChildren(
+    ...START_STEPS.map(([step, label], index) =>
+      h("li", {
+        class: index < reached ? "step-done" : index === reached ? "step-current" : "step-next",
+        "data-step": step,
+        "aria-current": index === reached ? "step" : null,
+        text: label,
+      }),
+    ),
+  );
 }
 
 function toolbar(app, status) {
@@ -547,7 +625,7 @@ function frame(app) {
     id: "application",
     class: "application-frame",
     title: app.name,
-    src: `${app.container.urlpath}/`,
+    src: framePath(app),
     allow: "clipboard-read; clipboard-write; fullscreen",
   });
   iframe.addEventListener("load", () => {
