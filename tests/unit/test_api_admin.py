@@ -411,6 +411,11 @@ async def test_grants_are_created_listed_and_revoked(
             "volume_target": "/mnt/shared",
             "volume_mode": "rw",
             "allow_startup_data": True,
+            "memory_limit_mb": 512,
+            "cpu_limit": 0.5,
+            "pids_limit": 128,
+            "idle_timeout_s": 600,
+            "max_lifetime_s": 0,
         },
     )
     assert len(mapping_id) == 32
@@ -430,6 +435,11 @@ async def test_grants_are_created_listed_and_revoked(
         "volume_target": "/mnt/shared",
         "volume_mode": "rw",
         "allow_startup_data": True,
+        "memory_limit_mb": 512,
+        "cpu_limit": 0.5,
+        "pids_limit": 128,
+        "idle_timeout_s": 600,
+        "max_lifetime_s": 0,
     }
     status, one, _ = await root.call("GET", ACCOUNTING + mapping_id + "/")
     assert (status, one) == (200, body["items"][mapping_id])
@@ -968,6 +978,7 @@ async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
         "unavailable_reason",
         "image",
         "policy",
+        "limits",
         "container",
     }
 

@@ -121,6 +121,8 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
         allow_home=True,
         allow_startup_data=True,
         volume=Volume.parse("/data:/mnt/data:ro"),
+        memory_limit_mb=256,
+        idle_timeout_s=3600,
     )
     desktop = await _grant(world, DESKTOP, "alice", policy)
     web = await _grant(world, WEBAPP, "alice")
@@ -153,7 +155,14 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
             "volume_target": "/mnt/data",
             "volume_mode": "ro",
             "allow_startup_data": True,
+            "memory_limit_mb": 256,
+            "cpu_limit": None,
+            "pids_limit": None,
+            "idle_timeout_s": 3600,
+            "max_lifetime_s": None,
         },
+        # The policy's own memory limit, the deployment's defaults for the rest.
+        "limits": {"memory_limit_mb": 256, "cpu_limit": 2.0, "pids_limit": 1024},
         "container": None,
     }
     assert body["items"][web]["image"]["type"] == "webapp"
@@ -583,6 +592,7 @@ async def test_the_openapi_document_is_public_valid_and_lists_every_route(
         "unavailable_reason",
         "image",
         "policy",
+        "limits",
         "container",
     }
     # Everything but the document itself needs a signed-in caller.

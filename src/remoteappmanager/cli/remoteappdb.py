@@ -19,7 +19,16 @@ from remoteappmanager.domain.errors import (
     Unable,
     Unavailable,
 )
-from remoteappmanager.domain.models import Policy, Volume
+from remoteappmanager.domain.models import (
+    MAX_CPU_LIMIT,
+    MAX_MEMORY_LIMIT_MB,
+    MAX_PIDS_LIMIT,
+    MAX_TIMEOUT_S,
+    MIN_CPU_LIMIT,
+    MIN_MEMORY_LIMIT_MB,
+    Policy,
+    Volume,
+)
 from remoteappmanager.services import catalogue
 from remoteappmanager.settings import (
     Settings,
@@ -146,6 +155,40 @@ def _policy_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--allow-startup-data", is_flag=True, help="The user may pick a startup file."
         ),
+        click.option(
+            "--memory-limit-mb",
+            type=click.IntRange(MIN_MEMORY_LIMIT_MB, MAX_MEMORY_LIMIT_MB),
+            default=None,
+            help="Memory limit in MiB, swap included (default: the deployment's).",
+        ),
+        click.option(
+            "--cpu-limit",
+            type=click.FloatRange(MIN_CPU_LIMIT, MAX_CPU_LIMIT),
+            default=None,
+            help="CPU limit in cores, fractional (default: the deployment's).",
+        ),
+        click.option(
+            "--pids-limit",
+            type=click.IntRange(1, MAX_PIDS_LIMIT),
+            default=None,
+            help="Process limit (default: the deployment's).",
+        ),
+        click.option(
+            "--idle-timeout",
+            "idle_timeout_s",
+            type=click.IntRange(0, MAX_TIMEOUT_S),
+            default=None,
+            metavar="SECONDS",
+            help="Stop the session after this long without input (0: never).",
+        ),
+        click.option(
+            "--max-lifetime",
+            "max_lifetime_s",
+            type=click.IntRange(0, MAX_TIMEOUT_S),
+            default=None,
+            metavar="SECONDS",
+            help="Stop the session this long after its start (0: never).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -158,6 +201,7 @@ def _policy(
     allow_view: bool,
     volume: str | None,
     allow_startup_data: bool,
+    limits: dict[str, Any],
 ) -> Policy:
     try:
         parsed_volume = Volume.parse(volume) if volume is not None else None
@@ -169,6 +213,7 @@ def _policy(
         allow_view=allow_view,
         volume=parsed_volume,
         allow_startup_data=allow_startup_data,
+        **limits,
     )
 
 
@@ -312,12 +357,13 @@ def app_grant(
     allow_view: bool,
     volume: str | None,
     allow_startup_data: bool,
+    **limits: Any,
 ) -> None:
     """Let USER run IMAGE under a policy; prints the grant's mapping id.
 
     Granting the same policy again gives the same mapping id.
     """
-    policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data)
+    policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data, limits)
     volumes = _volume_guard() if policy.volume is not None else None
     granted = _run(
         lambda database: catalogue.grant_access(
@@ -341,15 +387,24 @@ def app_revoke(
     allow_view: bool,
     volume: str | None,
     allow_startup_data: bool,
+    **limits: Any,
 ) -> None:
     """Withdraw USER's grant of IMAGE with exactly this policy (or all of them)."""
     policy: Policy | Literal["all"]
     if revoke_all:
-        if app_license is not None or allow_home or allow_view or volume or allow_startup_data:
+        chosen = any(value is not None for value in limits.values())
+        if (
+            app_license is not None
+            or allow_home
+            or allow_view
+            or volume
+            or allow_startup_data
+            or chosen
+        ):
             fail(PROG, "--revoke-all cannot be combined with policy options", 2)
         policy = catalogue.ALL_POLICIES
     else:
-        policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data)
+        policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data, limits)
     count = _run(
         lambda database: catalogue.revoke_access(database.unit_of_work, image, user_name, policy)
     )

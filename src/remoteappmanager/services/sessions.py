@@ -11,7 +11,13 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from remoteappmanager.domain.configurables import Configuration, validate_configurables
-from remoteappmanager.domain.confinement import DEFAULT_CONFINEMENT, Confinement, user_uid
+from remoteappmanager.domain.confinement import (
+    DEFAULT_CONFINEMENT,
+    Confinement,
+    ResourceLimits,
+    limits_for,
+    user_uid,
+)
 from remoteappmanager.domain.containers import (
     RUNINFO_REALM,
     RUNINFO_URL_ID,
@@ -189,6 +195,11 @@ class Sessions:
         self._user_listings: dict[str, _Listing] = {}
         self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
+
+    @property
+    def default_limits(self) -> ResourceLimits:
+        """The limits of a container whose policy sets none of its own."""
+        return self._confinement.limits
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
@@ -463,7 +474,11 @@ class Sessions:
             workspace,
             mount_volume=mount_volume,
             volume=volume,
-            confinement=replace(self._confinement, run_as=owner),
+            confinement=replace(
+                self._confinement,
+                run_as=owner,
+                limits=limits_for(grant.policy, self._confinement.limits),
+            ),
         )
         route_tried = False
         try:

@@ -22,12 +22,19 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from remoteappmanager.domain.confinement import ResourceLimits, limits_for
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import (
     IMAGE_REFERENCE_PATTERN,
+    MAX_CPU_LIMIT,
     MAX_IMAGE_LENGTH,
+    MAX_MEMORY_LIMIT_MB,
     MAX_NAME_LENGTH,
     MAX_PATH_LENGTH,
+    MAX_PIDS_LIMIT,
+    MAX_TIMEOUT_S,
+    MIN_CPU_LIMIT,
+    MIN_MEMORY_LIMIT_MB,
     Grant,
     Policy,
     User,
@@ -233,6 +240,21 @@ class _PolicyFields(_Answer):
     volume_target: str | None
     volume_mode: Literal["ro", "rw"] | None
     allow_startup_data: bool
+    memory_limit_mb: int | None = Field(
+        description="Memory limit in MiB, swap included; null: the deployment's default."
+    )
+    cpu_limit: float | None = Field(
+        description="CPU limit in cores (fractional); null: the deployment's default."
+    )
+    pids_limit: int | None = Field(
+        description="Process (and thread) limit; null: the deployment's default."
+    )
+    idle_timeout_s: int | None = Field(
+        description="Seconds without input after which the session is stopped; 0 or null: never."
+    )
+    max_lifetime_s: int | None = Field(
+        description="Seconds after its start at which the session is stopped; 0 or null: never."
+    )
 
     @staticmethod
     def _policy_fields(policy: Policy) -> dict[str, Any]:
@@ -246,6 +268,11 @@ class _PolicyFields(_Answer):
             "volume_target": volume.target if volume else None,
             "volume_mode": volume.mode.value if volume else None,
             "allow_startup_data": policy.allow_startup_data,
+            "memory_limit_mb": policy.memory_limit_mb,
+            "cpu_limit": policy.cpu_limit,
+            "pids_limit": policy.pids_limit,
+            "idle_timeout_s": policy.idle_timeout_s,
+            "max_lifetime_s": policy.max_lifetime_s,
         }
 
 
@@ -253,6 +280,21 @@ class PolicyOut(_PolicyFields):
     @classmethod
     def of(cls, policy: Policy) -> PolicyOut:
         return cls.model_construct(**cls._policy_fields(policy))
+
+
+class LimitsOut(_Answer):
+    """What a container of this grant may use: the policy's limits, or the deployment's
+    defaults where the policy sets none (null: unlimited)."""
+
+    memory_limit_mb: int | None
+    cpu_limit: float | None
+    pids_limit: int | None
+
+    @classmethod
+    def of(cls, limits: ResourceLimits) -> LimitsOut:
+        return cls.model_construct(
+            memory_limit_mb=limits.memory_mb, cpu_limit=limits.cpus, pids_limit=limits.pids
+        )
 
 
 class ApplicationOut(_Answer):
@@ -268,10 +310,13 @@ class ApplicationOut(_Answer):
     )
     image: ImageOut
     policy: PolicyOut
+    limits: LimitsOut
     container: ContainerOut | None
 
     @classmethod
-    def of(cls, application: UserApplication, realm: str) -> ApplicationOut:
+    def of(
+        cls, application: UserApplication, realm: str, defaults: ResourceLimits
+    ) -> ApplicationOut:
         grant = application.grant
         session = application.session
         return cls.model_construct(
@@ -282,6 +327,7 @@ class ApplicationOut(_Answer):
                 grant.application.image, application.image, application.configurables
             ),
             policy=PolicyOut.of(grant.policy),
+            limits=LimitsOut.of(limits_for(grant.policy, defaults)),
             container=ContainerOut.of(session, realm) if session is not None else None,
         )
 
@@ -581,6 +627,21 @@ class AdminGrantCreate(_Request):
     volume_target: _PathOrEmpty | None = None
     volume_mode: Literal["ro", "rw"] | None = None
     allow_startup_data: bool = False
+    memory_limit_mb: (
+        Annotated[int, Field(ge=MIN_MEMORY_LIMIT_MB, le=MAX_MEMORY_LIMIT_MB, strict=True)] | None
+    ) = Field(default=None, description="MiB, swap included; null: the deployment's default.")
+    cpu_limit: (
+        Annotated[float, Field(ge=MIN_CPU_LIMIT, le=MAX_CPU_LIMIT, allow_inf_nan=False)] | None
+    ) = Field(default=None, description="Cores, fractional; null: the deployment's default.")
+    pids_limit: Annotated[int, Field(ge=1, le=MAX_PIDS_LIMIT, strict=True)] | None = Field(
+        default=None, description="Processes; null: the deployment's default."
+    )
+    idle_timeout_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S, strict=True)] | None = Field(
+        default=None, description="Seconds without input before a stop; 0 or null: never."
+    )
+    max_lifetime_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S, strict=True)] | None = Field(
+        default=None, description="Seconds after the start before a stop; 0 or null: never."
+    )
 
     @model_validator(mode="after")
     def _one_way_each(self) -> AdminGrantCreate:
@@ -614,6 +675,11 @@ class AdminGrantCreate(_Request):
             allow_common=self.allow_common,
             volume=volume,
             allow_startup_data=self.allow_startup_data,
+            memory_limit_mb=self.memory_limit_mb,
+            cpu_limit=self.cpu_limit,
+            pids_limit=self.pids_limit,
+            idle_timeout_s=self.idle_timeout_s,
+            max_lifetime_s=self.max_lifetime_s,
         )
 
 

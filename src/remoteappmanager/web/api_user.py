@@ -48,7 +48,8 @@ def _applications(request: web.Request) -> Applications:
 
 
 def _application_out(request: web.Request, application: UserApplication) -> ApplicationOut:
-    return ApplicationOut.of(application, _sessions(request).realm)
+    sessions = _sessions(request)
+    return ApplicationOut.of(application, sessions.realm, sessions.default_limits)
 
 
 # ------------------------------------------------------------------------------ handlers
@@ -57,12 +58,15 @@ async def list_applications(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     found = await _applications(request).list_for(user.name)
     realm = _sessions(request).realm
+    defaults = _sessions(request).default_limits
     return request.app[APPLICATION_LISTINGS].response(
         request,
         user.name,
         found,
         lambda applications: ApplicationList.of(
-            applications, key=lambda a: a.mapping_id, item=lambda a: ApplicationOut.of(a, realm)
+            applications,
+            key=lambda a: a.mapping_id,
+            item=lambda a: ApplicationOut.of(a, realm, defaults),
         ),
     )
 
