@@ -980,6 +980,7 @@ async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
         "policy",
         "limits",
         "container",
+        "last_stop",
     }
 
 

@@ -164,6 +164,7 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
         # The policy's own memory limit, the deployment's defaults for the rest.
         "limits": {"memory_limit_mb": 256, "cpu_limit": 2.0, "pids_limit": 1024},
         "container": None,
+        "last_stop": None,
     }
     assert body["items"][web]["image"]["type"] == "webapp"
     assert body["items"][web]["image"]["configurables"] == []
@@ -594,6 +595,7 @@ async def test_the_openapi_document_is_public_valid_and_lists_every_route(
         "policy",
         "limits",
         "container",
+        "last_stop",
     }
     # Everything but the document itself needs a signed-in caller.
     assert document["paths"][APPLICATIONS]["get"]["security"] == [

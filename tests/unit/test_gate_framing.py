@@ -41,6 +41,7 @@ class PassAll:
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.inputs: list[str] = []
 
     def check(self, request: GateRequest) -> Forward:
         return Forward("app", "127.0.0.1", self.port, None, None, APP + "/")
@@ -50,6 +51,9 @@ class PassAll:
 
     def unreachable(self, url_id: str) -> None:
         pass
+
+    def client_input(self, url_id: str) -> None:
+        self.inputs.append(url_id)
 
 
 class FakeTransport:

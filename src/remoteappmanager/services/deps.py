@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.services.activity import ActivityTracker, StopLog
 from remoteappmanager.services.applications import Applications
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
@@ -38,6 +39,8 @@ class WebDeps:
       and ``api/v1/applications/``); set whenever ``sessions`` is.
     - ``volumes``: the volume rules grants are checked against (None: no grant may mount a
       host folder).
+    - ``activity``: sessions' last client input (the gate reports it); None: not tracked.
+    - ``stop_log``: why sessions ended (the same one ``sessions`` records to).
     """
 
     settings: Settings
@@ -49,3 +52,5 @@ class WebDeps:
     sessions: Sessions | None = None
     applications: Applications | None = None
     volumes: VolumeGuard | None = None
+    activity: ActivityTracker | None = None
+    stop_log: StopLog | None = None

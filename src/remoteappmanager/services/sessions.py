@@ -42,6 +42,7 @@ from remoteappmanager.domain.sessions import (
     AccessMode,
     Session,
     SessionState,
+    StopReason,
     session_from_container,
 )
 from remoteappmanager.domain.volumes import NO_VOLUMES, VolumeRules
@@ -50,6 +51,7 @@ from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+from remoteappmanager.services.activity import StopLog
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.rate_limit import RateLimit
 
@@ -154,6 +156,7 @@ class Sessions:
         clock: Callable[[], float] = time.monotonic,
         workspace_uid_base: int | None = None,
         max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
+        stop_log: StopLog | None = None,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -195,6 +198,7 @@ class Sessions:
         self._user_listings: dict[str, _Listing] = {}
         self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
+        self.stop_log = stop_log
 
     @property
     def default_limits(self) -> ResourceLimits:
@@ -532,6 +536,7 @@ class Sessions:
             raise Conflict(f"a container named {name} exists and is not one of ours")
         await self._remove(previous)
         log.info("session.replaced", user=claim.user, url_id=previous.url_id)
+        await self.record_stop(previous, StopReason.USER)
 
     async def _wait_ready(self, container_id: str, url: str) -> None:
         ready = asyncio.create_task(self._probe.wait_ready(url, self._network_timeout))
@@ -579,13 +584,23 @@ class Sessions:
         the container is left running (``Unavailable``), so that no route can ever outlive
         its container and reach whatever gets the same host port next.
         """
-        await self._stop(await self._find(url_id, user))
+        await self._stop(await self._find(url_id, user), StopReason.USER)
 
     async def stop_any(self, url_id: str) -> None:
         """Stop session ``url_id`` whoever owns it (for admins)."""
-        await self._stop(await self._find(url_id, None))
+        await self._stop(await self._find(url_id, None), StopReason.ADMIN)
 
-    async def _stop(self, session: Session) -> None:
+    async def stop_for(self, session: Session, reason: StopReason) -> None:
+        """Stop ``session`` (as listed) for ``reason``, route first; ``Conflict`` when a start
+        or stop of its grant is under way."""
+        await self._stop(session, reason)
+
+    async def record_stop(self, session: Session, reason: StopReason) -> None:
+        """Record why a session that is gone ended (the reconciler removed it)."""
+        if self.stop_log is not None:
+            await self.stop_log.record(session, reason)
+
+    async def _stop(self, session: Session, reason: StopReason) -> None:
         if session.container_id is None:
             raise Conflict("the application is still starting; stop it once it runs")
         claim = _Claim(SessionState.STOPPING, session.user, session.mapping_id, session.url_id)
@@ -597,6 +612,7 @@ class Sessions:
                 raise Conflict("the application is being started or stopped already")
             await self._remove(session)
         log.info("session.stopped", user=session.user, url_id=session.url_id)
+        await self.record_stop(session, reason)
 
     async def _remove(self, session: Session) -> None:
         await self._routes.remove(session.urlpath)

@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -40,8 +41,9 @@ from remoteappmanager.domain.models import (
     User,
     Volume,
 )
-from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name
-from remoteappmanager.domain.sessions import Session
+from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name, urlpath
+from remoteappmanager.domain.sessions import STOP_REASON_TEXT, Session, SessionState, StopRecord
+from remoteappmanager.services.activity import SessionTimes
 from remoteappmanager.services.admin import RegisteredApplication, Statistics
 from remoteappmanager.services.applications import UserApplication
 from remoteappmanager.web.api import PathParameter
@@ -158,14 +160,50 @@ class ContainerOut(_Answer):
     docker_id: str | None = Field(description="Null while the container is being created.")
     mapping_id: str
     urlpath: str = Field(description="Where the application is served (no trailing slash).")
-    state: Literal["starting", "running", "stopping", "exited"]
+    state: Literal["starting", "running", "stopping", "stopped"] = Field(
+        description="`stopped`: its process ended (the container is removed shortly), or it "
+        "was stopped (see `stop_reason`)."
+    )
+    started_at: str | None = Field(description="When it started (ISO 8601, UTC).")
+    last_input_at: str | None = Field(
+        description="The last client input (requests, WebSocket data) that reached it."
+    )
+    expires_at: str | None = Field(
+        description="When it is stopped: the earlier of its policy's idle and lifetime "
+        "deadlines; null if its policy sets neither."
+    )
+    stop_reason: StopReasonName | None = Field(
+        description="Why it ended, once stopped (`oom`: out of memory); null otherwise."
+    )
 
     @classmethod
-    def of(cls, session: Session, realm: str) -> ContainerOut:
-        return cls.model_construct(**cls._container_fields(session, realm))
+    def of(cls, session: Session, realm: str, times: SessionTimes | None = None) -> ContainerOut:
+        return cls.model_construct(**cls._container_fields(session, realm, times))
+
+    @classmethod
+    def stopped(cls, record: StopRecord, realm: str) -> ContainerOut:
+        """A session that ended, as its user is told about it."""
+        return cls.model_construct(
+            url_id=record.url_id,
+            name=container_name(realm, record.user, record.mapping_id),
+            image_name="",
+            docker_id=None,
+            mapping_id=record.mapping_id,
+            urlpath=urlpath(record.user, record.url_id),
+            state="stopped",
+            started_at=None,
+            last_input_at=None,
+            expires_at=None,
+            stop_reason=record.reason.value,
+        )
 
     @staticmethod
-    def _container_fields(session: Session, realm: str) -> dict[str, Any]:
+    def _container_fields(
+        session: Session, realm: str, times: SessionTimes | None = None
+    ) -> dict[str, Any]:
+        state = session.state
+        last_input = times.last_input_at if times is not None else None
+        expires = times.expires_at if times is not None else None
         return {
             "url_id": session.url_id,
             "name": container_name(realm, session.user, session.mapping_id),
@@ -173,8 +211,39 @@ class ContainerOut(_Answer):
             "docker_id": session.container_id,
             "mapping_id": session.mapping_id,
             "urlpath": session.urlpath,
-            "state": session.state.value,
+            "state": "stopped" if state is SessionState.EXITED else state.value,
+            "started_at": _iso(session.started_at),
+            "last_input_at": _iso(last_input),
+            "expires_at": _iso(expires),
+            "stop_reason": None,
         }
+
+
+StopReasonName = Literal["user", "admin", "idle", "lifetime", "oom", "died", "reconcile"]
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+class StopOut(_Answer):
+    """Why the grant's last session ended (shown until a new one starts)."""
+
+    url_id: str
+    stop_reason: StopReasonName
+    message: str = Field(description="The reason in words, e.g. `out of memory`.")
+    stopped_at: str = Field(description="ISO 8601, UTC.")
+
+    @classmethod
+    def of(cls, record: StopRecord) -> StopOut:
+        return cls.model_construct(
+            url_id=record.url_id,
+            stop_reason=record.reason.value,
+            message=STOP_REASON_TEXT[record.reason],
+            stopped_at=record.stopped_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        )
 
 
 class ContainerList(ItemList[ContainerOut]):
@@ -312,6 +381,10 @@ class ApplicationOut(_Answer):
     policy: PolicyOut
     limits: LimitsOut
     container: ContainerOut | None
+    last_stop: StopOut | None = Field(
+        description="Why the last session of this grant ended, when none runs now and it "
+        "ended in the last days; null otherwise."
+    )
 
     @classmethod
     def of(
@@ -328,7 +401,12 @@ class ApplicationOut(_Answer):
             ),
             policy=PolicyOut.of(grant.policy),
             limits=LimitsOut.of(limits_for(grant.policy, defaults)),
-            container=ContainerOut.of(session, realm) if session is not None else None,
+            container=(
+                ContainerOut.of(session, realm, application.times) if session is not None else None
+            ),
+            last_stop=(
+                StopOut.of(application.last_stop) if application.last_stop is not None else None
+            ),
         )
 
 
@@ -689,8 +767,12 @@ class AdminContainerOut(ContainerOut):
     user: str
 
     @classmethod
-    def of(cls, session: Session, realm: str) -> AdminContainerOut:
-        return cls.model_construct(**cls._container_fields(session, realm), user=session.user)
+    def of(
+        cls, session: Session, realm: str, times: SessionTimes | None = None
+    ) -> AdminContainerOut:
+        return cls.model_construct(
+            **cls._container_fields(session, realm, times), user=session.user
+        )
 
 
 class AdminContainerList(ItemList[AdminContainerOut]):

@@ -27,6 +27,7 @@ from remoteappmanager.domain.routing import app_origin, is_app_host
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
+from remoteappmanager.services.activity import ActivityTracker
 from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
@@ -191,6 +192,8 @@ class Gate:
     application_origins: Callable[[GateTarget], Iterable[str]] | None = None
     max_connections_per_user: int = MAX_CONNECTIONS_PER_USER
     recheck_interval: float = RECHECK_INTERVAL
+    activity: ActivityTracker | None = None
+    """Told of every client input that is let through (idle sessions are culled)."""
 
     def __post_init__(self) -> None:
         self.server = GateServer(self, max_per_user=self.max_connections_per_user)
@@ -273,6 +276,10 @@ class Gate:
 
     def unreachable(self, url_id: str) -> None:
         self.access.forget(url_id)
+
+    def client_input(self, url_id: str) -> None:
+        if self.activity is not None:
+            self.activity.client_input(url_id)
 
     # ------------------------------------------------------------------ decisions
     def _verdict(
@@ -572,6 +579,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         public_origin=(settings.public_origin or "") if settings.app_origin_template else "",
         public_origins=frozenset({public} if public else ()),
         max_connections_per_user=settings.gate_max_connections_per_user,
+        activity=deps.activity,
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)

@@ -111,6 +111,10 @@ class Gatekeeper(Protocol):
     def unreachable(self, url_id: str) -> None:
         """The application refused a connection."""
 
+    def client_input(self, url_id: str) -> None:
+        """A client sent the application ``url_id`` something (a request, WebSocket data):
+        called on the listener's path, so it must be O(1) and do no I/O."""
+
 
 @dataclass(slots=True)
 class GateStats:
@@ -344,6 +348,8 @@ class _Downstream(asyncio.Protocol):
         self._write_paused = False
         self._upstream: _Upstream | None = None
         self._upgraded: _Upstream | None = None
+        self._upgraded_url_id: str | None = None
+        self._input_reported_at = 0.0
         self._spliced_user: str | None = None
         self._holding: bytearray | None = None
         self._broken: Answer | None = None
@@ -454,6 +460,12 @@ class _Downstream(asyncio.Protocol):
         upgraded = self._upgraded
         if upgraded is not None:
             upgraded.write(data)
+            # Client to application bytes after an upgrade count as input, reported at most
+            # once a second per connection.
+            now = self._loop.time()
+            if self._upgraded_url_id is not None and now - self._input_reported_at >= 1.0:
+                self._input_reported_at = now
+                self._server.gatekeeper.client_input(self._upgraded_url_id)
             return
         if self._holding is not None:
             self._holding += data
@@ -710,6 +722,7 @@ class _Downstream(asyncio.Protocol):
             exchange.user = verdict.user
         exchange.principal = verdict.principal
         server.stats.forwarded += 1
+        server.gatekeeper.client_input(verdict.url_id)
         lines = exchange.lines
         if verdict.cookie:
             lines.append(b"Cookie: %b\r\n" % verdict.cookie.encode("latin-1"))
@@ -806,6 +819,7 @@ class _Downstream(asyncio.Protocol):
             # The user's count moves from the request to the open connection.
             self._spliced_user, exchange.user = exchange.user, None
             server.upgrades[self] = (exchange.principal, exchange.url_id)
+            self._upgraded_url_id = exchange.url_id or None
         self._upgraded = upstream
         self._upstream = None
         self._active = None

@@ -60,6 +60,13 @@ class Metrics:
             "The worst event loop lag seen since the service started.",
             registry=self.registry,
         )
+        self.session_stops = Counter(
+            "remoteapp_session_stops",
+            "Sessions ended, by reason (user, admin, idle, lifetime, oom, died, reconcile); "
+            "idle and lifetime are the culler's.",
+            ("reason",),
+            registry=self.registry,
+        )
         # ``labels()`` validates and locks on every call: the series of a (route, method,
         # status) are looked up once. The key space is bounded as the labels are.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -75,6 +82,9 @@ class Metrics:
             self._series[key] = series
         series[0].inc()
         series[1].observe(seconds)
+
+    def count_stop(self, reason: str) -> None:
+        self.session_stops.labels(reason).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
