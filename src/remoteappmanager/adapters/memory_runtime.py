@@ -52,7 +52,7 @@ class InMemoryRuntime:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.available = True
-        self._wall_clock = wall_clock
+        self.wall_clock = wall_clock
         self._images: MutableMapping[str, Mapping[str, str]] = {} if images is None else images
         self._containers: dict[str, _StoredContainer] = {}
         # Indexes, as the engine has: by name, and by run-info label (key, value) -> ids in
@@ -171,7 +171,7 @@ class InMemoryRuntime:
                     running=True,
                     host_ip=stored.spec.publish_ip,
                     host_port=next(self._ports),
-                    started_at=self._wall_clock(),
+                    started_at=self.wall_clock(),
                 ),
             )
             self._containers[container_id] = stored
