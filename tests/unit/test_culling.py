@@ -3,13 +3,14 @@ injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
 
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.domain.confinement import ResourceLimits, limits_for
-from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.errors import InvalidRequest, Unavailable
 from remoteappmanager.domain.models import Grant, Policy
 from remoteappmanager.domain.sessions import StopReason, session_deadline
 from remoteappmanager.services.activity import ActivityTracker, StopLog
@@ -361,3 +362,32 @@ async def test_containers_get_the_policys_limits_over_the_defaults(
     assert world.runtime.spec_of(default.container_id).confinement.limits == (
         service.sessions.default_limits
     )
+
+
+async def test_a_stop_under_way_is_told_as_a_stop_and_a_failed_one_is_not(
+    world: World, clock: FakeClock
+) -> None:
+    service = _service(world, clock)
+    session = await service.sessions.start(await _granted(world, Policy()))
+    release = asyncio.Event()
+    remove_route = world.routes.remove
+
+    async def slow_remove(path: str) -> None:
+        await release.wait()
+        await remove_route(path)
+
+    world.routes.remove = slow_remove  # type: ignore[method-assign]
+    stopping = asyncio.ensure_future(service.sessions.stop("alice", session.url_id))
+    await asyncio.sleep(0.01)
+    during = await service.stop_log.stop_of("alice", session.url_id)
+    assert during is not None
+    assert during.reason is StopReason.USER
+    assert await service.stop_log.stop_of("bob", session.url_id) is None
+    release.set()
+    await stopping
+
+    again = await service.sessions.start(await _granted(world, Policy(), user="bob"))
+    world.routes.available = False
+    with pytest.raises(Unavailable):
+        await service.sessions.stop("bob", again.url_id)
+    assert await service.stop_log.stop_of("bob", again.url_id) is None

@@ -175,16 +175,23 @@ class StopLog:
         self._clock = clock
         # user -> their recent stops, newest first (loaded from the database once).
         self._recent: dict[str, list[StopRecord]] = {}
+        # Stops under way, by url id (see ``note``).
+        self._pending: dict[str, StopRecord] = {}
+
+    def note(self, session: Session, reason: StopReason) -> None:
+        """A stop of ``session`` for ``reason`` begins: from now on ``stop_of`` tells it,
+        so that nobody looking while the container goes is told it never existed."""
+        self._pending[session.url_id] = self._record_of(session, reason)
+        while len(self._pending) > _MAX_USERS_REMEMBERED:
+            del self._pending[next(iter(self._pending))]
+
+    def cancel(self, url_id: str) -> None:
+        """The stop ``note`` announced failed: the session runs on."""
+        self._pending.pop(url_id, None)
 
     async def record(self, session: Session, reason: StopReason) -> None:
         """Record that ``session`` ended for ``reason``; never raises (the stop happened)."""
-        record = StopRecord(
-            url_id=session.url_id,
-            user=session.user,
-            mapping_id=session.mapping_id,
-            reason=reason,
-            stopped_at=_utc(self._clock()),
-        )
+        record = self._record_of(session, reason)
         self._tracker.forget(session.url_id)
         recent = self._recent.get(session.user)
         if recent is not None:
@@ -199,11 +206,22 @@ class StopLog:
                 await uow.commit()
         except RemoteAppError as exc:
             log.warning("session.stop_unrecorded", url_id=session.url_id, error=exc.message)
+        finally:
+            self._pending.pop(session.url_id, None)
         try:
             await self.listener(session.url_id, session.user, reason)
         except Exception:
             log.exception("session.stop_listener_failed", url_id=session.url_id)
         log.info("session.ended", user=session.user, url_id=session.url_id, reason=reason.value)
+
+    def _record_of(self, session: Session, reason: StopReason) -> StopRecord:
+        return StopRecord(
+            url_id=session.url_id,
+            user=session.user,
+            mapping_id=session.mapping_id,
+            reason=reason,
+            stopped_at=_utc(self._clock()),
+        )
 
     async def recent_for(self, user: str) -> Sequence[StopRecord]:
         """The user's stops of the last ``STOP_RETENTION``, newest first."""
@@ -220,6 +238,9 @@ class StopLog:
 
     async def stop_of(self, user: str, url_id: str) -> StopRecord | None:
         """Why the user's session ``url_id`` ended; None if it is not known to have."""
+        pending = self._pending.get(url_id)
+        if pending is not None:
+            return pending if pending.user == user else None
         for record in await self.recent_for(user):
             if record.url_id == url_id:
                 return record

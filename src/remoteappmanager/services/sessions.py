@@ -610,7 +610,14 @@ class Sessions:
         with self._claimed(claim) as acquired:
             if not acquired:
                 raise Conflict("the application is being started or stopped already")
-            await self._remove(session)
+            if self.stop_log is not None:
+                self.stop_log.note(session, reason)
+            try:
+                await self._remove(session)
+            except BaseException:
+                if self.stop_log is not None:
+                    self.stop_log.cancel(session.url_id)
+                raise
         log.info("session.stopped", user=session.user, url_id=session.url_id)
         await self.record_stop(session, reason)
 
