@@ -27,8 +27,15 @@ from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
 from remoteappmanager.services.access import demo_policy
+from remoteappmanager.services.activity import (
+    ActivityTracker,
+    StopListener,
+    StopLog,
+    no_stop_listener,
+)
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.catalogue import VolumeGuard
+from remoteappmanager.services.culling import Culler
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Engine, Settings, SettingsError
@@ -157,6 +164,7 @@ def build_web_deps(
     probe: ReadinessProbe | None = None,
     workspaces: Workspaces | None = None,
     host_paths: HostPaths | None = None,
+    stop_listener: StopListener = no_stop_listener,
 ) -> WebDeps:
     """Everything the web service runs on, wired from the settings (nothing is contacted yet).
 
@@ -199,6 +207,8 @@ def build_web_deps(
     database = build_database(settings.database_url, observe=observe)
     host_paths = host_paths or LocalHostPaths()
     volume_rules = settings.volume_rules
+    activity = ActivityTracker()
+    stop_log = StopLog(database.unit_of_work, activity, listener=stop_listener)
     sessions = Sessions(
         runtime,
         routes,
@@ -217,10 +227,14 @@ def build_web_deps(
         start_rate_per_minute=settings.start_rate_per_minute,
         max_sessions_per_user=settings.max_sessions_per_user,
         workspace_uid_base=settings.workspace_uid_base,
+        stop_log=stop_log,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions, on_pass=metrics.observe_reconcile)
-    applications = Applications(database.unit_of_work, sessions, ImageMetadataCache(runtime))
+    culler = Culler(sessions, database.unit_of_work, activity)
+    applications = Applications(
+        database.unit_of_work, sessions, ImageMetadataCache(runtime), activity=activity
+    )
 
     async def docker_check() -> None:
         await sessions.list_all()
@@ -234,6 +248,11 @@ def build_web_deps(
         _closing(routes.close),
         _closing(probe.close),
         _background(lambda: reconciler.run_forever(settings.reconcile_interval), "reconciler"),
+        _background(
+            lambda: activity.run_forever(database.unit_of_work, settings.activity_flush_interval),
+            "activity",
+        ),
+        _background(lambda: culler.run_forever(settings.cull_interval), "culler"),
     ]
     return WebDeps(
         settings=settings,
@@ -249,6 +268,8 @@ def build_web_deps(
         applications=applications,
         volumes=VolumeGuard(volume_rules, host_paths),
         metrics=metrics,
+        activity=activity,
+        stop_log=stop_log,
     )
 
 

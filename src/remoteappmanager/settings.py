@@ -40,11 +40,11 @@ from remoteappmanager.domain.confinement import (
     DEFAULT_NETWORK,
     DEFAULT_PIDS_LIMIT,
     MAX_UID_BASE,
-    MIN_MEMORY_LIMIT_MB,
     Confinement,
     ResourceLimits,
 )
 from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.models import MIN_MEMORY_LIMIT_MB
 from remoteappmanager.domain.routing import check_app_origin_template
 from remoteappmanager.domain.volumes import VolumeRules, check_volume_root, is_within
 
@@ -278,6 +278,29 @@ class Settings(BaseSettings):
         description="Seconds between two reconciliations; on a large realm at least nine "
         "times as long as the last pass took, so that reconciling takes at most a tenth of "
         "the service's time.",
+    )
+    cull_interval: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two passes of the culler, which stops sessions past "
+        "their policy's idle timeout or maximum lifetime (a session is stopped at most this "
+        "long after its deadline).",
+    )
+    cull_warning_s: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="Seconds before a session's idle or lifetime deadline from which the user "
+        "page shows the time left, with a button to keep working.",
+    )
+    activity_flush_interval: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two writes of the sessions' last client input to the "
+        "database (one batch for all sessions), so that idle deadlines survive a restart; "
+        "after a restart a session may look idle this much earlier than it is.",
     )
     max_login_sessions_per_user: int = Field(
         default=20,

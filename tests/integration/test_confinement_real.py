@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,15 +28,19 @@ import pytest
 from remoteappmanager.adapters.chp import ChpRouteTable
 from remoteappmanager.adapters.docker import ICC_OPTION, AiodockerRuntime
 from remoteappmanager.adapters.http_probe import AiohttpReadinessProbe
+from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
 from remoteappmanager.domain.confinement import Confinement, ResourceLimits
 from remoteappmanager.domain.containers import ContainerSpec, Mount
 from remoteappmanager.domain.errors import InvalidRequest, Unable
 from remoteappmanager.domain.models import Application, Grant, Policy, User, Volume
-from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.sessions import STOP_REASON_TEXT, AccessMode, Session, StopReason
 from remoteappmanager.domain.volumes import VolumeRules
+from remoteappmanager.services.activity import ActivityTracker, StopLog
+from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
 from tests.integration.test_images import WebSocket
+from tests.support.busybox_image import BALLOON_IMAGE, ensure_test_image
 from tests.support.services import Proxy, ServiceMissing, skip_or_fail
 from tests.support.session_images import WEB_IMAGE, ensure_session_images, remove_realm
 
@@ -386,3 +391,60 @@ async def test_the_adapter_never_mounts_the_engines_data_directory(docker_engine
         await runtime.close()
     async with aiodocker.Docker() as docker:
         assert str((await docker.system.info())["DockerRootDir"]) == data_root
+
+
+# ------------------------------------------------------------------------------ limits
+async def test_a_policys_limits_are_what_the_engine_enforces(
+    world: World, session_images: None
+) -> None:
+    policy = Policy(memory_limit_mb=128, cpu_limit=0.5, pids_limit=64)
+    session = await world.sessions.start(grant("alice", WEB_IMAGE, policy))
+    default = await world.sessions.start(grant("bob", WEB_IMAGE))
+    assert session.container_id is not None
+    assert default.container_id is not None
+
+    host = inspect(session.container_id)["HostConfig"]
+    assert host["Memory"] == host["MemorySwap"] == 128 * 1024 * 1024
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 64
+    # Without values of its own a policy gets the deployment's.
+    other = inspect(default.container_id)["HostConfig"]
+    assert (other["Memory"], other["NanoCpus"], other["PidsLimit"]) == (
+        512 * 1024 * 1024,
+        500_000_000,
+        256,
+    )
+    # The engine's start time is the session's.
+    listed = await world.sessions.get("alice", session.url_id)
+    assert listed.started_at is not None
+    assert abs(listed.started_at - time.time()) < 120
+
+
+async def test_a_memory_balloon_is_killed_and_reported_as_out_of_memory(
+    world: World, docker_engine: None
+) -> None:
+    image = ensure_test_image(BALLOON_IMAGE, balloon=True)
+    database = InMemoryDatabase()
+    tracker = ActivityTracker()
+    world.sessions.stop_log = StopLog(database.unit_of_work, tracker)
+    session = await world.sessions.start(
+        grant("alice", image, Policy(memory_limit_mb=128, pids_limit=64))
+    )
+    assert session.container_id is not None
+
+    for _ in range(120):
+        found = await world.runtime.inspect(session.container_id)
+        assert found is not None
+        if not found.running:
+            break
+        await asyncio.sleep(0.5)
+    assert found.oom_killed, "the balloon was not killed by the kernel for its memory"
+
+    routes = world.sessions._routes
+    await Reconciler(world.runtime, routes, world.sessions).reconcile_once()
+
+    stop = await world.sessions.stop_log.stop_of("alice", session.url_id)
+    assert stop is not None
+    assert stop.reason is StopReason.OOM
+    assert STOP_REASON_TEXT[stop.reason] == "out of memory"
+    assert await world.runtime.inspect(session.container_id) is None

@@ -21,10 +21,19 @@ from remoteappmanager.adapters.db.engine import create_engine
 from remoteappmanager.adapters.db.models import metadata
 from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.domain.errors import Exists, Unavailable
+from remoteappmanager.domain.models import Policy
 from tests.support.database import execute
 from tests.support.services import REPO, PostgresCluster
 
-TABLES = {"user", "application", "application_policy", "accounting", "catalogue_version"}
+TABLES = {
+    "user",
+    "application",
+    "application_policy",
+    "accounting",
+    "catalogue_version",
+    "session_activity",
+    "session_stop",
+}
 
 
 async def _inspect(url: str, look: object) -> object:
@@ -143,7 +152,7 @@ async def test_placement_keeps_every_policy_and_grant_and_starts_empty(
         "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
     )
 
-    assert (await migrate.upgrade(empty_database_url)).current == "0007"
+    assert (await migrate.upgrade(empty_database_url)).at_head
 
     assert await execute(
         empty_database_url,
@@ -169,6 +178,52 @@ async def test_placement_keeps_every_policy_and_grant_and_starts_empty(
     down = await migrate.downgrade(empty_database_url, "0002")
     assert down.current == "0002"
     assert await execute(empty_database_url, "SELECT count(*) FROM accounting") == [(2,)]
+
+
+async def test_limits_and_timeouts_keep_existing_policies_and_grants(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0002")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(
+        empty_database_url,
+        "INSERT INTO application_policy (app_license, allow_home) VALUES ('LIC', true)",
+    )
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
+    )
+
+    assert (await migrate.upgrade(empty_database_url)).at_head
+
+    # The old policy is there, with no limits of its own and no timeouts.
+    assert await execute(
+        empty_database_url,
+        "SELECT app_license, memory_limit_mb, cpu_limit, pids_limit, idle_timeout_s, "
+        "max_lifetime_s FROM application_policy",
+    ) == [("LIC", None, None, None, None, None)]
+    database = SqlDatabase(empty_database_url)
+    try:
+        async with database.unit_of_work() as work:
+            (grant,) = await work.grants.list_all()
+            assert grant.mapping_id == "b" * 32
+            assert grant.policy == Policy(app_license="LIC", allow_home=True)
+            # The same content with a limit is another policy, and another grant.
+            limited = await work.grants.grant(
+                grant.user, grant.application, replace(grant.policy, memory_limit_mb=128)
+            )
+            assert limited.mapping_id != grant.mapping_id
+            assert limited.policy.memory_limit_mb == 128
+            await work.commit()
+    finally:
+        await database.close()
+
+    down = await migrate.downgrade(empty_database_url, "0002")
+    assert down.current == "0002"
+    rows = await execute(empty_database_url, "SELECT id FROM accounting")
+    assert sorted(rows) == sorted([("b" * 32,), (limited.mapping_id,)])
 
 
 async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:

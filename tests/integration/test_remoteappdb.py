@@ -143,6 +143,34 @@ def test_on_a_swarm_only_shared_storage_is_granted(
     assert ok(db, "app", "grant", IMAGE, "alice", "--volume", "/srv/d:/data:ro").strip()
 
 
+def test_limits_and_timeouts_make_policies_of_their_own(db: str) -> None:
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    limits = ["--memory-limit-mb", "128", "--cpu-limit", "0.5", "--pids-limit", "64"]
+    timeouts = ["--idle-timeout", "600", "--max-lifetime", "3600"]
+    plain = ok(db, "app", "grant", IMAGE, "alice").strip()
+    limited = ok(db, "app", "grant", IMAGE, "alice", *limits, *timeouts).strip()
+    assert limited != plain
+    assert ok(db, "app", "grant", IMAGE, "alice", *limits, *timeouts).strip() == limited
+
+    rows = ok(db, "user", "list", "--show-apps", "--no-decoration").splitlines()
+    assert (
+        f"1 alice {IMAGE} {limited} memory_mb=128,cpus=0.5,pids=64,idle_s=600,lifetime_s=3600"
+    ) in rows
+    assert f"1 alice {IMAGE} {plain} -" in rows
+
+    # Out of bounds: a usage error naming the option, nothing written.
+    for bad in (["--memory-limit-mb", "5"], ["--cpu-limit", "0"], ["--idle-timeout", "-1"]):
+        result = run(db, "app", "grant", IMAGE, "alice", *bad)
+        assert result.exit_code == 2
+        assert f"Invalid value for '{bad[0]}'" in result.stderr
+    assert len(ok(db, "user", "list", "--show-apps", "--no-decoration").splitlines()) == 2
+    assert ok(db, "app", "revoke", IMAGE, "alice", *limits, *timeouts) == "revoked 1 grant\n"
+    assert "--revoke-all cannot" in refused(
+        db, "app", "revoke", IMAGE, "alice", "--revoke-all", "--pids-limit", "3", code=2
+    )
+
+
 def test_lists_are_tables_or_plain_lines(db: str) -> None:
     ok(db, "user", "create", "alice")
     ok(db, "user", "create", "bob")

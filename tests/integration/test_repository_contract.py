@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.domain.errors import Exists, NotFound
 from remoteappmanager.domain.models import Application, Policy, User, Volume
+from remoteappmanager.domain.sessions import StopReason, StopRecord
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from tests.support.database import execute
 from tests.support.services import PostgresCluster
@@ -375,3 +378,77 @@ async def test_reads_and_uncommitted_work_leave_the_version_alone(uow: UnitOfWor
         await work.rollback()
         await work.commit()
     assert await _version(uow) == before
+
+
+# ------------------------------------------------------------------------------ session records
+URL_A, URL_B = "a" * 32, "b" * 32
+T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+
+async def test_limits_and_timeouts_are_part_of_a_policy(uow: UnitOfWorkFactory) -> None:
+    alice, _bob, app, _other = await _seed(uow)
+    limited = Policy(
+        memory_limit_mb=128, cpu_limit=0.5, pids_limit=64, idle_timeout_s=20, max_lifetime_s=30
+    )
+    async with uow() as work:
+        plain = await work.grants.grant(alice, app, Policy())
+        first = await work.grants.grant(alice, app, limited)
+        again = await work.grants.grant(alice, app, replace(limited))
+        other = await work.grants.grant(alice, app, replace(limited, cpu_limit=0.25))
+        await work.commit()
+    assert first.mapping_id == again.mapping_id
+    assert len({plain.mapping_id, first.mapping_id, other.mapping_id}) == 3
+    async with uow() as work:
+        assert (await work.grants.get(first.mapping_id)).policy == limited
+        assert (await work.grants.get(other.mapping_id)).policy.cpu_limit == 0.25
+
+
+async def test_inputs_keep_the_latest_time_per_session(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        version = await work.catalogue_version()
+        await work.session_records.record_inputs({URL_A: T0, URL_B: T0})
+        await work.commit()
+    async with uow() as work:
+        await work.session_records.record_inputs(
+            {URL_A: T0 + timedelta(seconds=30), URL_B: T0 - timedelta(seconds=30)}
+        )
+        await work.commit()
+    async with uow() as work:
+        assert await work.session_records.last_inputs([URL_A, URL_B, "c" * 32]) == {
+            URL_A: T0 + timedelta(seconds=30),
+            URL_B: T0,
+        }
+        assert await work.session_records.last_inputs([]) == {}
+        # Session records are not catalogue changes.
+        assert await work.catalogue_version() == version
+
+
+async def test_stops_are_kept_per_user_newest_first_and_pruned(uow: UnitOfWorkFactory) -> None:
+    old = StopRecord(URL_A, "alice", "1" * 32, StopReason.IDLE, T0)
+    new = StopRecord(URL_B, "alice", "2" * 32, StopReason.OOM, T0 + timedelta(hours=1))
+    theirs = StopRecord("c" * 32, "bob", "3" * 32, StopReason.ADMIN, T0)
+    async with uow() as work:
+        await work.session_records.record_inputs({URL_A: T0})
+        for record in (old, new, theirs):
+            await work.session_records.record_stop(record)
+        await work.commit()
+    async with uow() as work:
+        records = work.session_records
+        assert list(await records.stops_for_user("alice", T0)) == [new, old]
+        assert list(await records.stops_for_user("alice", T0 + timedelta(minutes=1))) == [new]
+        assert await records.stop_of(URL_B) == new
+        assert await records.stop_of("d" * 32) is None
+        # A stopped session's input time is forgotten.
+        assert await records.last_inputs([URL_A]) == {}
+        assert await records.prune(T0 + timedelta(minutes=1)) == 2
+        await work.commit()
+    async with uow() as work:
+        assert await work.session_records.stop_of(URL_A) is None
+        assert await work.session_records.stop_of(URL_B) == new
+
+
+async def test_session_records_roll_back_with_the_unit_of_work(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        await work.session_records.record_inputs({URL_A: T0})
+    async with uow() as work:
+        assert await work.session_records.last_inputs([URL_A]) == {}

@@ -183,7 +183,8 @@ async def test_start_reach_through_the_proxy_and_stop(service: Service) -> None:
     assert container["urlpath"] not in service.proxy.routes()
     assert await _realm_containers(service.realm) == []
     async with client.get(location, headers=headers) as response:
-        assert response.status == 404
+        gone = await response.json()
+    assert (response.status, gone["state"], gone["stop_reason"]) == (200, "stopped", "user")
 
 
 async def test_another_user_sees_nothing_of_it(service: Service) -> None:

@@ -18,6 +18,14 @@ TEST_IMAGE = "remoteapp-test/busybox:latest"
 CRASHING_IMAGE = "remoteapp-test/busybox-crash:latest"
 _SERVE = '["/bin/busybox", "httpd", "-f", "-p", "8888", "-h", "/www"]'
 _CRASH = '["/bin/busybox", "false"]'
+BALLOON_IMAGE = "remoteapp-test/busybox-balloon:latest"
+# Serves for a few seconds (long enough to be started), then its main process fills memory
+# until the kernel kills it: the container ends with the engine's OOMKilled set.
+_BALLOON = (
+    '["/bin/busybox", "sh", "-c", "/bin/busybox httpd -p 8888 -h /www'
+    " && /bin/busybox sleep 4"
+    ' && /bin/busybox head -c 1073741824 /dev/zero | /bin/busybox tail > /dev/null"]'
+)
 LABEL_NAMESPACE = "eu.simphony-project.docker."
 # A 1x1 PNG, so the icon label holds real base64 image data.
 ICON_PNG = base64.b64encode(
@@ -99,15 +107,20 @@ async def _ensure(image: str, command: str, url: str | None = None) -> None:
 
 
 def ensure_test_image(
-    image: str = TEST_IMAGE, *, crash: bool = False, docker_url: str | None = None
+    image: str = TEST_IMAGE,
+    *,
+    crash: bool = False,
+    balloon: bool = False,
+    docker_url: str | None = None,
 ) -> str:
     """Build the test image unless the engine already has it; returns its name.
 
-    ``crash``: the image's command exits at once instead of serving; ``docker_url``: the
-    engine to build it on (default: ``DOCKER_HOST``, then the local socket). Runs in a thread
-    of its own so that it also works when called under a running loop.
+    ``crash``: the image's command exits at once instead of serving; ``balloon``: it serves
+    for four seconds, then uses memory until it is killed; ``docker_url``: the engine to
+    build it on (default: ``DOCKER_HOST``, then the local socket). Runs in a thread of its
+    own so that it also works when called under a running loop.
     """
-    command = _CRASH if crash else _SERVE
+    command = _CRASH if crash else _BALLOON if balloon else _SERVE
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, _ensure(image, command, docker_url)).result()
     return image

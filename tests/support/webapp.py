@@ -24,6 +24,7 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemor
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.services.activity import ActivityTracker, StopLog
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
@@ -118,8 +119,14 @@ class World:
     workspaces: InMemoryWorkspaces = field(default_factory=InMemoryWorkspaces)
     host_paths: InMemoryHostPaths = field(default_factory=InMemoryHostPaths)
     sessions: Sessions | None = None
+    activity: ActivityTracker = field(init=False)
+    stop_log: StopLog = field(init=False)
 
     def __post_init__(self) -> None:
+        # Containers start on this world's clock, as deadlines are counted on it.
+        self.runtime.wall_clock = self.clock
+        self.activity = ActivityTracker(clock=self.clock)
+        self.stop_log = StopLog(self.database.unit_of_work, self.activity, clock=self.clock)
         self.hub = InMemoryIdentityProvider(clock=self.clock)
 
     def hub_changed(self) -> None:
@@ -145,6 +152,7 @@ class World:
             start_rate_per_minute=settings.start_rate_per_minute,
             max_sessions_per_user=settings.max_sessions_per_user,
             clock=self.clock,
+            stop_log=self.stop_log,
         )
         return self.sessions
 
@@ -183,8 +191,12 @@ def make_app(
         clock=world.clock,
         health_checks=dict(health_checks or {}),
         sessions=sessions,
-        applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=0),
+        applications=Applications(
+            world.database.unit_of_work, sessions, images, grants_ttl=0, activity=world.activity
+        ),
         volumes=world.volume_guard(values),
+        activity=world.activity,
+        stop_log=world.stop_log,
     )
     return create_app(deps)
 

@@ -412,6 +412,11 @@ async def test_grants_are_created_listed_and_revoked(
             "volume_mode": "rw",
             "allow_startup_data": True,
             "placement": ["node.labels.gpu==true", "node.role!=manager"],
+            "memory_limit_mb": 512,
+            "cpu_limit": 0.5,
+            "pids_limit": 128,
+            "idle_timeout_s": 600,
+            "max_lifetime_s": 0,
         },
     )
     assert len(mapping_id) == 32
@@ -432,6 +437,11 @@ async def test_grants_are_created_listed_and_revoked(
         "volume_mode": "rw",
         "allow_startup_data": True,
         "placement": ["node.labels.gpu==true", "node.role!=manager"],
+        "memory_limit_mb": 512,
+        "cpu_limit": 0.5,
+        "pids_limit": 128,
+        "idle_timeout_s": 600,
+        "max_lifetime_s": 0,
     }
     status, one, _ = await root.call("GET", ACCOUNTING + mapping_id + "/")
     assert (status, one) == (200, body["items"][mapping_id])
@@ -1006,7 +1016,9 @@ async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
         "unavailable_reason",
         "image",
         "policy",
+        "limits",
         "container",
+        "last_stop",
     }
 
 

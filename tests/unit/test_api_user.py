@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -121,6 +122,8 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
         allow_home=True,
         allow_startup_data=True,
         volume=Volume.parse("/data:/mnt/data:ro"),
+        memory_limit_mb=256,
+        idle_timeout_s=3600,
     )
     desktop = await _grant(world, DESKTOP, "alice", policy)
     web = await _grant(world, WEBAPP, "alice")
@@ -154,8 +157,16 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
             "volume_mode": "ro",
             "allow_startup_data": True,
             "placement": [],
+            "memory_limit_mb": 256,
+            "cpu_limit": None,
+            "pids_limit": None,
+            "idle_timeout_s": 3600,
+            "max_lifetime_s": None,
         },
+        # The policy's own memory limit, the deployment's defaults for the rest.
+        "limits": {"memory_limit_mb": 256, "cpu_limit": 2.0, "pids_limit": 1024},
         "container": None,
+        "last_stop": None,
     }
     assert body["items"][web]["image"]["type"] == "webapp"
     assert body["items"][web]["image"]["configurables"] == []
@@ -312,7 +323,13 @@ async def test_the_listing_is_revalidated_and_follows_starts_and_stops(
     status, stopped, headers = await alice.call(
         "GET", APPLICATIONS, headers={"If-None-Match": headers["ETag"]}
     )
-    assert (status, stopped, headers["ETag"]) == (200, first, etag)
+    assert status == 200
+    assert headers["ETag"] != etag
+    # As before the start, but saying why the session ended.
+    last_stop = stopped["items"][mapping_id].pop("last_stop")
+    assert (last_stop["url_id"], last_stop["stop_reason"]) == (url_id, "user")
+    first["items"][mapping_id].pop("last_stop")
+    assert stopped == first
 
 
 # ------------------------------------------------------------------------------ containers
@@ -358,9 +375,75 @@ async def test_start_get_list_and_stop_a_container(alice: Api, world: World) -> 
     assert (status, body) == (204, None)
     assert world.runtime.container_ids == frozenset()
     assert world.routes.all_paths == frozenset()
+    # Gone; looking again says why.
     status, body, _ = await alice.call("GET", location)
-    assert (status, body["type"]) == (404, "NotFound")
+    assert status == 200
+    assert (body["state"], body["stop_reason"]) == ("stopped", "user")
+    status, listed, _ = await alice.call("GET", CONTAINERS)
+    assert listed["total"] == 0
     status, body, _ = await alice.call("DELETE", location)
+    assert status == 404
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def test_a_container_shows_its_clock_and_keep_working_counts_as_input(
+    alice: Api, bob: Api, world: World
+) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice", Policy(idle_timeout_s=600))
+    location = await alice.start(mapping_id)
+    started = world.clock()
+
+    _, body, _ = await alice.call("GET", location)
+    assert body["started_at"] == _iso(started)
+    assert body["last_input_at"] is None
+    assert body["expires_at"] == _iso(started + 600)
+    assert body["stop_reason"] is None
+
+    world.clock.advance(100)
+    status, kept, _ = await alice.call("POST", location + "activity")
+    assert status == 200
+    assert kept["last_input_at"] == _iso(started + 100)
+    assert kept["expires_at"] == _iso(started + 700)
+    _, application, _ = await alice.call("GET", APPLICATIONS + mapping_id + "/")
+    assert application["container"]["expires_at"] == _iso(started + 700)
+
+    # Nobody else can keep it alive, or learn that it exists.
+    world.clock.advance(100)
+    status, body, _ = await bob.call("POST", location + "activity")
+    assert (status, body["type"]) == (404, "NotFound")
+    _, body, _ = await alice.call("GET", location)
+    assert body["last_input_at"] == _iso(started + 100)
+
+
+async def test_a_session_without_timeouts_never_expires(alice: Api, world: World) -> None:
+    location = await alice.start(await _grant(world, WEBAPP, "alice"))
+    _, body, _ = await alice.call("GET", location)
+    assert body["expires_at"] is None
+    assert body["started_at"] is not None
+
+
+async def test_an_application_says_why_its_last_session_ended(
+    alice: Api, bob: Api, world: World
+) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice", Policy(memory_limit_mb=64))
+    location = await alice.start(mapping_id)
+    _, body, _ = await alice.call("GET", location)
+    world.runtime.kill(body["docker_id"], oom=True)
+    assert world.sessions is not None
+    from remoteappmanager.services.reconcile import Reconciler
+
+    await Reconciler(world.runtime, world.routes, world.sessions).reconcile_once()
+
+    _, application, _ = await alice.call("GET", APPLICATIONS + mapping_id + "/")
+    assert application["container"] is None
+    assert application["last_stop"]["stop_reason"] == "oom"
+    assert application["last_stop"]["message"] == "out of memory"
+    _, body, _ = await alice.call("GET", location)
+    assert (body["state"], body["stop_reason"]) == ("stopped", "oom")
+    status, _, _ = await bob.call("GET", location)
     assert status == 404
 
 
@@ -551,7 +634,8 @@ async def test_starting_again_replaces_the_container(alice: Api, world: World) -
     assert first != second
     _, listed, _ = await alice.call("GET", CONTAINERS)
     assert listed["total"] == 1
-    assert (await alice.call("GET", first))[0] == 404
+    status, replaced, _ = await alice.call("GET", first)
+    assert (status, replaced["state"], replaced["stop_reason"]) == (200, "stopped", "user")
 
 
 # ------------------------------------------------------------------------------ authentication
@@ -601,6 +685,10 @@ async def test_cookie_sessions_need_the_xsrf_token_to_change_anything(
         location = created.headers["Location"]
     async with client.delete(location) as refused:
         assert refused.status == 403
+    async with client.post(location + "activity") as refused:
+        assert refused.status == 403
+    async with client.post(location + "activity", headers={"X-XSRFToken": token}) as kept:
+        assert kept.status == 200
     async with client.delete(location, headers={"X-XSRFToken": token}) as deleted:
         assert deleted.status == 204
 
@@ -643,7 +731,9 @@ async def test_the_openapi_document_is_public_valid_and_lists_every_route(
         "unavailable_reason",
         "image",
         "policy",
+        "limits",
         "container",
+        "last_stop",
     }
     # Everything but the document itself needs a signed-in caller.
     assert document["paths"][APPLICATIONS]["get"]["security"] == [

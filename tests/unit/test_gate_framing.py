@@ -41,6 +41,7 @@ class PassAll:
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.inputs: list[str] = []
 
     def check(self, request: GateRequest) -> Forward:
         return Forward("app", "127.0.0.1", self.port, None, None, APP + "/")
@@ -52,7 +53,7 @@ class PassAll:
         pass
 
     def client_input(self, url_id: str) -> None:
-        pass
+        self.inputs.append(url_id)
 
 
 class FakeTransport:
@@ -152,14 +153,20 @@ async def h11_application(
 
 
 async def through_the_gate(
-    pieces: list[bytes], port: int, *, answers: int = 0, quiet: float = 0.15, limit: float = 10.0
+    pieces: list[bytes],
+    port: int,
+    *,
+    answers: int = 0,
+    quiet: float = 0.15,
+    limit: float = 10.0,
+    keeper: PassAll | None = None,
 ) -> tuple[bytes, bool]:
     """Feed ``pieces`` to a gate connection; (what the client got, whether it was closed).
 
     Waits until the connection ends, or nothing happens for ``quiet`` seconds (a tenth of
     that once ``answers`` whole answers have come).
     """
-    server = GateServer(PassAll(port))
+    server = GateServer(keeper or PassAll(port))
     await server.start("127.0.0.1", 0)
     try:
         down = _Downstream(server)
@@ -508,6 +515,24 @@ def test_a_pipeline_fed_one_byte_at_a_time_is_framed_as_h11_frames_it() -> None:
         assert received.requests == expected
         assert [status for status, _body in gate_answers(written, closed)] == [200, 200, 200]
         assert closed  # the last request asked for it
+
+    asyncio.run(scenario())
+
+
+def test_every_forwarded_request_is_reported_as_client_input() -> None:
+    """The idle culler's view: one input per request let through to the application."""
+
+    async def scenario() -> None:
+        received = Received()
+        app = await h11_application(received)
+        try:
+            port = app.sockets[0].getsockname()[1]
+            keeper = PassAll(port)
+            await through_the_gate([_PIPELINE], port, answers=3, keeper=keeper)
+        finally:
+            app.close()
+        assert len(received.requests) == 3
+        assert keeper.inputs == ["app", "app", "app"]
 
     asyncio.run(scenario())
 

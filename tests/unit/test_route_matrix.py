@@ -77,6 +77,7 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("POST", API + "containers/"):                   (401, 403, 201, 404, 404, 404, 201, 403),
     ("GET", API + "containers/{url_id}/"):           (401, 403, 200, 404, 404, 404, 200, _),
     ("DELETE", API + "containers/{url_id}/"):        (401, 403, 204, 404, 404, 404, 204, 403),
+    ("POST", API + "containers/{url_id}/activity"):  (401, 403, 200, 404, 404, 404, 200, 403),
     # the admin API
     ("GET", ADMIN + "users/"):                       (401, 403, 403, 403, 403, 200, 200, _),
     ("POST", ADMIN + "users/"):                      (401, 403, 403, 403, 403, 201, 201, 403),

@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,9 @@ _CONNECTION_FAILED = 900
 # Container ids and names as Docker issues and accepts them; anything else cannot exist,
 # and must not be spliced into an API path.
 _CONTAINER_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+_ENGINE_TIME_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)")
 _TCP_SCHEME_RE = re.compile(r"^(tcp|http)://")
-_SUMMARY_KEYS = ("Id", "Names", "Image", "Labels", "State", "Ports")
+_SUMMARY_KEYS = ("Id", "Names", "Image", "Labels", "State", "Ports", "Created")
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 # Marks the networks this service created.
 NETWORK_LABEL = "eu.simphony-project.docker.network"
@@ -467,7 +469,26 @@ def _info_from_inspect(data: Mapping[str, Any]) -> ContainerInfo:
         running=bool(state.get("Running", False)),
         host_ip=host_ip,
         host_port=host_port,
+        started_at=_engine_time(state.get("StartedAt")),
+        oom_killed=bool(state.get("OOMKilled", False)),
     )
+
+
+def _engine_time(text: object) -> float | None:
+    """Seconds since the epoch from the engine's RFC 3339 time (nanoseconds, ``Z``); None
+    for the zero time the engine gives a container that never started, or anything odd."""
+    if not isinstance(text, str) or text.startswith("0001-"):
+        return None
+    # Python reads at most microseconds: the fraction is cut to six digits.
+    match = _ENGINE_TIME_RE.fullmatch(text)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    try:
+        moment = datetime.fromisoformat(f"{whole}{(fraction or '')[:7]}{zone}")
+    except ValueError:
+        return None
+    return moment.timestamp()
 
 
 def _info_from_summary(data: Mapping[str, Any]) -> ContainerInfo:
@@ -487,6 +508,8 @@ def _info_from_summary(data: Mapping[str, Any]) -> ContainerInfo:
         running=data.get("State") == "running",
         host_ip=(binding.get("IP") or None) if binding else None,
         host_port=int(binding["PublicPort"]) if binding else None,
+        # A list has no start time: the creation is a start's first step, moments before.
+        started_at=float(created) if isinstance(created := data.get("Created"), int) else None,
     )
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
 from remoteappmanager.domain.errors import Exists, NotFound
 from remoteappmanager.domain.models import Application, Grant, Policy, User
+from remoteappmanager.domain.sessions import StopRecord
 
 
 @dataclass
@@ -29,6 +31,8 @@ class _Tables:
     applications: dict[int, Application] = field(default_factory=dict)
     policies: dict[int, Policy] = field(default_factory=dict)
     accounting: dict[str, _Accounting] = field(default_factory=dict)
+    inputs: dict[str, datetime] = field(default_factory=dict)
+    stops: dict[str, StopRecord] = field(default_factory=dict)
     # Like database sequences (one per table), ids are never handed out twice, even after a
     # rollback: every copy of the tables shares this one dictionary.
     next_ids: dict[str, int] = field(default_factory=dict)
@@ -61,7 +65,7 @@ class InMemoryDatabase:
         return tables
 
     def publish(self, tables: _Tables) -> None:
-        if tables != self._tables:
+        if _catalogue(tables) != _catalogue(self._tables):
             self.version += 1
         self._tables = copy.deepcopy(tables)
         self._tables.next_ids = tables.next_ids
@@ -208,6 +212,48 @@ class InMemoryGrantRepository:
         )
 
 
+class InMemorySessionRecordRepository:
+    def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+
+    async def record_inputs(self, inputs: Mapping[str, datetime]) -> None:
+        for url_id, moment in inputs.items():
+            stored = self._tables.inputs.get(url_id)
+            if stored is None or stored < moment:
+                self._tables.inputs[url_id] = moment
+
+    async def last_inputs(self, url_ids: Collection[str]) -> dict[str, datetime]:
+        return {
+            url_id: self._tables.inputs[url_id]
+            for url_id in url_ids
+            if url_id in self._tables.inputs
+        }
+
+    async def record_stop(self, record: StopRecord) -> None:
+        self._tables.inputs.pop(record.url_id, None)
+        self._tables.stops[record.url_id] = record
+
+    async def stop_of(self, url_id: str) -> StopRecord | None:
+        return self._tables.stops.get(url_id)
+
+    async def stops_for_user(self, user: str, since: datetime) -> Sequence[StopRecord]:
+        mine = [
+            record
+            for record in self._tables.stops.values()
+            if record.user == user and record.stopped_at >= since
+        ]
+        return sorted(mine, key=lambda record: (-record.stopped_at.timestamp(), record.url_id))
+
+    async def prune(self, before: datetime) -> int:
+        stops = [key for key, record in self._tables.stops.items() if record.stopped_at < before]
+        inputs = [key for key, moment in self._tables.inputs.items() if moment < before]
+        for key in stops:
+            del self._tables.stops[key]
+        for key in inputs:
+            del self._tables.inputs[key]
+        return len(stops) + len(inputs)
+
+
 class InMemoryUnitOfWork:
     """Works on a copy of the committed state; ``commit()`` publishes it."""
 
@@ -226,6 +272,10 @@ class InMemoryUnitOfWork:
     @property
     def grants(self) -> InMemoryGrantRepository:
         return InMemoryGrantRepository(self._require_tables())
+
+    @property
+    def session_records(self) -> InMemorySessionRecordRepository:
+        return InMemorySessionRecordRepository(self._require_tables())
 
     async def __aenter__(self) -> Self:
         self._tables = self._database.snapshot()
@@ -254,6 +304,10 @@ class InMemoryUnitOfWork:
         if self._tables is None:
             raise RuntimeError("the unit of work is used outside 'async with'")
         return self._tables
+
+
+def _catalogue(tables: _Tables) -> tuple[object, ...]:
+    return (tables.users, tables.applications, tables.policies, tables.accounting)
 
 
 def _cascade(tables: _Tables, doomed: _RowFilter) -> int:

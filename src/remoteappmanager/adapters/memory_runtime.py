@@ -35,7 +35,8 @@ class InMemoryRuntime:
     Test controls: ``add_image`` / ``remove_image`` register what the "engine" holds,
     ``available = False`` makes every call raise ``Unavailable`` as a stopped engine would,
     ``add_image(..., exits_on_start=True)`` gives an image whose containers die at once,
-    ``kill`` makes a container exit (or vanish) behind the service's back, and ``spec_of``
+    ``kill`` makes a container exit (or vanish, or die of memory) behind the service's back,
+    containers start at ``wall_clock()``, and ``spec_of``
     shows what a container was created with. Image metadata is cached for
     ``image_cache_ttl`` seconds like the real adapter, so tests see the same staleness.
     Several fakes may share one ``images`` mapping (image → labels), as several clients of
@@ -48,8 +49,10 @@ class InMemoryRuntime:
         images: MutableMapping[str, Mapping[str, str]] | None = None,
         image_cache_ttl: float = DEFAULT_IMAGE_CACHE_TTL,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.available = True
+        self.wall_clock = wall_clock
         self._images: MutableMapping[str, Mapping[str, str]] = {} if images is None else images
         self._containers: dict[str, _StoredContainer] = {}
         # Indexes, as the engine has: by name, and by run-info label (key, value) -> ids in
@@ -78,8 +81,9 @@ class InMemoryRuntime:
         self._images.pop(image, None)
         self._crashing.discard(image)
 
-    def kill(self, container_id: str, *, remove: bool = False) -> None:
-        """The container exits on its own (``remove``: and disappears, like ``--rm``)."""
+    def kill(self, container_id: str, *, remove: bool = False, oom: bool = False) -> None:
+        """The container exits on its own (``remove``: and disappears, like ``--rm``;
+        ``oom``: killed by the kernel for going over its memory limit)."""
         stored = self._containers.get(container_id)
         if stored is None:
             raise KeyError(container_id)
@@ -87,7 +91,8 @@ class InMemoryRuntime:
             self._forget(container_id)
             return
         self._containers[container_id] = replace(
-            stored, info=replace(stored.info, running=False, host_ip=None, host_port=None)
+            stored,
+            info=replace(stored.info, running=False, host_ip=None, host_port=None, oom_killed=oom),
         )
 
     def spec_of(self, container_id: str) -> ContainerSpec:
@@ -170,6 +175,7 @@ class InMemoryRuntime:
                     running=True,
                     host_ip=stored.spec.publish_ip,
                     host_port=next(self._ports),
+                    started_at=self.wall_clock(),
                 ),
             )
             self._containers[container_id] = stored

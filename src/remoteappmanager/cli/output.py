@@ -58,6 +58,15 @@ def describe_policy(policy: Policy) -> str:
     if policy.volume is not None:
         parts.append(f"volume={policy.volume}")
     parts.extend(f"placement={constraint}" for constraint in policy.placement)
+    for word, value in (
+        ("memory_mb", policy.memory_limit_mb),
+        ("cpus", policy.cpu_limit),
+        ("pids", policy.pids_limit),
+        ("idle_s", policy.idle_timeout_s),
+        ("lifetime_s", policy.max_lifetime_s),
+    ):
+        if value is not None:
+            parts.append(f"{word}={value:g}" if isinstance(value, float) else f"{word}={value}")
     if policy.app_license is not None:
         # Last, because a licence is free text and may contain spaces.
         parts.append(f"license={policy.app_license}")

@@ -19,7 +19,17 @@ from remoteappmanager.domain.errors import (
     Unable,
     Unavailable,
 )
-from remoteappmanager.domain.models import Policy, Volume, validate_placement
+from remoteappmanager.domain.models import (
+    MAX_CPU_LIMIT,
+    MAX_MEMORY_LIMIT_MB,
+    MAX_PIDS_LIMIT,
+    MAX_TIMEOUT_S,
+    MIN_CPU_LIMIT,
+    MIN_MEMORY_LIMIT_MB,
+    Policy,
+    Volume,
+    validate_placement,
+)
 from remoteappmanager.services import catalogue
 from remoteappmanager.settings import (
     Settings,
@@ -154,6 +164,40 @@ def _policy_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "node.labels.gpu==true); repeat for several. Only a swarm engine starts such "
             "a grant.",
         ),
+        click.option(
+            "--memory-limit-mb",
+            type=click.IntRange(MIN_MEMORY_LIMIT_MB, MAX_MEMORY_LIMIT_MB),
+            default=None,
+            help="Memory limit in MiB, swap included (default: the deployment's).",
+        ),
+        click.option(
+            "--cpu-limit",
+            type=click.FloatRange(MIN_CPU_LIMIT, MAX_CPU_LIMIT),
+            default=None,
+            help="CPU limit in cores, fractional (default: the deployment's).",
+        ),
+        click.option(
+            "--pids-limit",
+            type=click.IntRange(1, MAX_PIDS_LIMIT),
+            default=None,
+            help="Process limit (default: the deployment's).",
+        ),
+        click.option(
+            "--idle-timeout",
+            "idle_timeout_s",
+            type=click.IntRange(0, MAX_TIMEOUT_S),
+            default=None,
+            metavar="SECONDS",
+            help="Stop the session after this long without input (0: never).",
+        ),
+        click.option(
+            "--max-lifetime",
+            "max_lifetime_s",
+            type=click.IntRange(0, MAX_TIMEOUT_S),
+            default=None,
+            metavar="SECONDS",
+            help="Stop the session this long after its start (0: never).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -166,7 +210,8 @@ def _policy(
     allow_view: bool,
     volume: str | None,
     allow_startup_data: bool,
-    placement: tuple[str, ...] = (),
+    placement: tuple[str, ...],
+    limits: dict[str, Any],
 ) -> Policy:
     try:
         parsed_volume = Volume.parse(volume) if volume is not None else None
@@ -180,6 +225,7 @@ def _policy(
         volume=parsed_volume,
         allow_startup_data=allow_startup_data,
         placement=constraints,
+        **limits,
     )
 
 
@@ -324,12 +370,15 @@ def app_grant(
     volume: str | None,
     allow_startup_data: bool,
     placement: tuple[str, ...],
+    **limits: Any,
 ) -> None:
     """Let USER run IMAGE under a policy; prints the grant's mapping id.
 
     Granting the same policy again gives the same mapping id.
     """
-    policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data, placement)
+    policy = _policy(
+        app_license, allow_home, allow_view, volume, allow_startup_data, placement, limits
+    )
     volumes = _volume_guard() if policy.volume is not None else None
     granted = _run(
         lambda database: catalogue.grant_access(
@@ -354,10 +403,12 @@ def app_revoke(
     volume: str | None,
     allow_startup_data: bool,
     placement: tuple[str, ...],
+    **limits: Any,
 ) -> None:
     """Withdraw USER's grant of IMAGE with exactly this policy (or all of them)."""
     policy: Policy | Literal["all"]
     if revoke_all:
+        chosen = any(value is not None for value in limits.values())
         if (
             app_license is not None
             or allow_home
@@ -365,11 +416,14 @@ def app_revoke(
             or volume
             or allow_startup_data
             or placement
+            or chosen
         ):
             fail(PROG, "--revoke-all cannot be combined with policy options", 2)
         policy = catalogue.ALL_POLICIES
     else:
-        policy = _policy(app_license, allow_home, allow_view, volume, allow_startup_data, placement)
+        policy = _policy(
+            app_license, allow_home, allow_view, volume, allow_startup_data, placement, limits
+        )
     count = _run(
         lambda database: catalogue.revoke_access(database.unit_of_work, image, user_name, policy)
     )

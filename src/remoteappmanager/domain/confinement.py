@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from remoteappmanager.domain.labels import AppType
+from remoteappmanager.domain.models import Policy
 
 CAPABILITIES_BY_APP_TYPE: Mapping[AppType, tuple[str, ...]] = {
     AppType.VNC: (),
@@ -30,8 +31,6 @@ DEFAULT_MEMORY_LIMIT_MB = 4096
 DEFAULT_CPU_LIMIT = 2.0
 DEFAULT_PIDS_LIMIT = 1024
 DEFAULT_NETWORK = "remoteapp-apps"
-# The engine refuses less than 6 MiB.
-MIN_MEMORY_LIMIT_MB = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +57,18 @@ class ResourceLimits:
     @property
     def nano_cpus(self) -> int | None:
         return None if self.cpus is None else round(self.cpus * 1_000_000_000)
+
+
+def limits_for(policy: Policy, defaults: ResourceLimits) -> ResourceLimits:
+    """The limits of a container started under ``policy``: the policy's own values where it
+    has them, the deployment's ``defaults`` (from the settings) where it has none."""
+    return ResourceLimits(
+        memory_mb=policy.memory_limit_mb
+        if policy.memory_limit_mb is not None
+        else defaults.memory_mb,
+        cpus=policy.cpu_limit if policy.cpu_limit is not None else defaults.cpus,
+        pids=policy.pids_limit if policy.pids_limit is not None else defaults.pids,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,10 @@ class ContainerInfo:
     running: bool
     host_ip: str | None = None
     host_port: int | None = None
+    started_at: float | None = None
+    """Seconds since the epoch: when it started (inspect), or was created (lists)."""
+    oom_killed: bool = False
+    """The kernel killed its process for using more memory than its limit (inspect only)."""
 
     def runinfo(self, key: str) -> str | None:
         return self.labels.get(RUNINFO_NAMESPACE + key)

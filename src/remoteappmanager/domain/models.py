@@ -208,9 +208,29 @@ class Policy:
     allow_common: bool = False
     volume: Volume | None = None
     allow_startup_data: bool = False
+    memory_limit_mb: int | None = None
+    """MiB of memory, swap included; None: the deployment's default."""
+    cpu_limit: float | None = None
+    """Cores, fractional; None: the deployment's default."""
+    pids_limit: int | None = None
+    """Processes (threads included); None: the deployment's default."""
+    idle_timeout_s: int | None = None
+    """Seconds without client input before the session is stopped; None or 0: never."""
+    max_lifetime_s: int | None = None
+    """Seconds after its start at which the session is stopped; None or 0: never."""
+
     placement: tuple[str, ...] = ()
     """Swarm placement constraints, all to be met (``validate_placement`` keeps them sorted
     and unique, so that two policies asking the same are the same policy)."""
+
+    def __post_init__(self) -> None:
+        check_policy_limits(
+            self.memory_limit_mb,
+            self.cpu_limit,
+            self.pids_limit,
+            self.idle_timeout_s,
+            self.max_lifetime_s,
+        )
 
     def flat(self) -> dict[str, Any]:
         """The policy's scalar fields, the volume as ``volume_source/target/mode``: the
@@ -226,6 +246,11 @@ class Policy:
             "volume_target": volume.target if volume else None,
             "volume_mode": volume.mode.value if volume else None,
             "allow_startup_data": self.allow_startup_data,
+            "memory_limit_mb": self.memory_limit_mb,
+            "cpu_limit": self.cpu_limit,
+            "pids_limit": self.pids_limit,
+            "idle_timeout_s": self.idle_timeout_s,
+            "max_lifetime_s": self.max_lifetime_s,
         }
 
 
@@ -261,6 +286,42 @@ def validate_placement(constraints: Iterable[str]) -> tuple[str, ...]:
     if len(found) > MAX_PLACEMENT_CONSTRAINTS:
         raise InvalidRequest(f"placement has more than {MAX_PLACEMENT_CONSTRAINTS} constraints")
     return tuple(sorted(found))
+
+
+# Bounds of the policy's limits: what the engine accepts, and no more than a year of time.
+MIN_MEMORY_LIMIT_MB = 6
+MAX_MEMORY_LIMIT_MB = 16 * 1024 * 1024
+MAX_CPU_LIMIT = 1024.0
+MIN_CPU_LIMIT = 0.01
+MAX_PIDS_LIMIT = 4_194_304
+MAX_TIMEOUT_S = 366 * 24 * 3600
+
+
+def check_policy_limits(
+    memory_limit_mb: int | None,
+    cpu_limit: float | None,
+    pids_limit: int | None,
+    idle_timeout_s: int | None,
+    max_lifetime_s: int | None,
+) -> None:
+    """``InvalidRequest`` naming the first limit out of its bounds (None is always fine)."""
+
+    def whole(name: str, value: int | None, low: int, high: int) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidRequest(f"{name} must be a whole number from {low} to {high}")
+
+    whole("memory_limit_mb", memory_limit_mb, MIN_MEMORY_LIMIT_MB, MAX_MEMORY_LIMIT_MB)
+    whole("pids_limit", pids_limit, 1, MAX_PIDS_LIMIT)
+    whole("idle_timeout_s", idle_timeout_s, 0, MAX_TIMEOUT_S)
+    whole("max_lifetime_s", max_lifetime_s, 0, MAX_TIMEOUT_S)
+    if cpu_limit is not None and (
+        isinstance(cpu_limit, bool)
+        or not isinstance(cpu_limit, int | float)
+        or not MIN_CPU_LIMIT <= cpu_limit <= MAX_CPU_LIMIT
+    ):
+        raise InvalidRequest(f"cpu_limit must be a number of cores from {MIN_CPU_LIMIT} to 1024")
 
 
 @dataclass(frozen=True, slots=True)

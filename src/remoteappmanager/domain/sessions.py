@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from remoteappmanager.domain.containers import (
     RUNINFO_MAPPING_ID,
@@ -14,7 +15,7 @@ from remoteappmanager.domain.containers import (
     ContainerInfo,
 )
 from remoteappmanager.domain.errors import InvalidRequest
-from remoteappmanager.domain.models import MAX_NAME_LENGTH
+from remoteappmanager.domain.models import MAX_NAME_LENGTH, Policy
 from remoteappmanager.domain.naming import is_mapping_id, is_url_id
 from remoteappmanager.domain.routing import check_route_path
 
@@ -39,6 +40,71 @@ class StartStep(enum.StrEnum):
     STARTING = "starting"
     WAITING = "waiting for the app"
     ROUTING = "routing"
+
+
+class StopReason(enum.StrEnum):
+    """Why a session ended, as its user is told."""
+
+    USER = "user"
+    ADMIN = "admin"
+    IDLE = "idle"
+    LIFETIME = "lifetime"
+    OOM = "oom"
+    DIED = "died"
+    RECONCILE = "reconcile"
+
+
+STOP_REASON_TEXT = {
+    StopReason.USER: "stopped by you",
+    StopReason.ADMIN: "stopped by an administrator",
+    StopReason.IDLE: "stopped after a time without input",
+    StopReason.LIFETIME: "stopped at the end of its maximum lifetime",
+    StopReason.OOM: "out of memory",
+    StopReason.DIED: "the application exited",
+    StopReason.RECONCILE: "removed while repairing the service's state",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StopRecord:
+    """A session that ended, and why."""
+
+    url_id: str
+    user: str
+    mapping_id: str
+    reason: StopReason
+    stopped_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a session is to be stopped (wall-clock seconds since the epoch), and why."""
+
+    at: float
+    reason: StopReason
+
+
+def session_deadline(
+    policy: Policy, started_at: float | None, last_input_at: float | None
+) -> Deadline | None:
+    """The earlier of the idle and the lifetime deadline of a session under ``policy``.
+
+    Idle counts from the last client input, or from the start when there was none yet (or an
+    input recorded before the start, from an earlier session); the lifetime from the start.
+    None when the policy sets neither (0 and None mean none), or the start is unknown.
+    """
+    if started_at is None:
+        return None
+    deadlines: list[Deadline] = []
+    if policy.max_lifetime_s:
+        deadlines.append(Deadline(started_at + policy.max_lifetime_s, StopReason.LIFETIME))
+    if policy.idle_timeout_s:
+        since = started_at if last_input_at is None else max(started_at, last_input_at)
+        deadlines.append(Deadline(since + policy.idle_timeout_s, StopReason.IDLE))
+    if not deadlines:
+        return None
+    # On a tie the lifetime wins: it would have ended the session whatever its input.
+    return min(deadlines, key=lambda deadline: deadline.at)
 
 
 class AccessMode(enum.StrEnum):
@@ -66,6 +132,8 @@ class Session:
     host_ip: str | None = None
     host_port: int | None = None
     step: StartStep | None = None
+    started_at: float | None = None
+    """When the engine started the container (seconds since the epoch); None if unknown."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -104,4 +172,5 @@ def session_from_container(info: ContainerInfo, realm: str) -> Session | None:
         container_id=info.id,
         host_ip=info.host_ip,
         host_port=info.host_port,
+        started_at=info.started_at,
     )

@@ -15,11 +15,13 @@ Contract (checked against the in-memory fakes and the SQL adapter by one contrac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
 from remoteappmanager.domain.models import Application, Grant, Policy, User
+from remoteappmanager.domain.sessions import StopRecord
 
 
 class UserRepository(Protocol):
@@ -107,6 +109,38 @@ class GrantRepository(Protocol):
         ...
 
 
+class SessionRecordRepository(Protocol):
+    """What outlives a session's container or the service's memory: when each session last
+    had client input, and why recent sessions ended. Writes here never change the
+    catalogue's version."""
+
+    async def record_inputs(self, inputs: Mapping[str, datetime]) -> None:
+        """Store the last input time of each session (by ``url_id``); an older time than
+        the stored one is ignored."""
+        ...
+
+    async def last_inputs(self, url_ids: Collection[str]) -> dict[str, datetime]:
+        """The stored last input times of these sessions (absent ones are left out)."""
+        ...
+
+    async def record_stop(self, record: StopRecord) -> None:
+        """Store why a session ended (replacing an earlier record of the same ``url_id``),
+        and forget its input time."""
+        ...
+
+    async def stop_of(self, url_id: str) -> StopRecord | None:
+        """Why session ``url_id`` ended; None if it is not known to have ended."""
+        ...
+
+    async def stops_for_user(self, user: str, since: datetime) -> Sequence[StopRecord]:
+        """The user's sessions that ended at or after ``since``, newest first."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Forget stops, and input times, older than ``before``; returns how many rows."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories: ``async with uow: ...; await uow.commit()``.
 
@@ -122,6 +156,9 @@ class UnitOfWork(Protocol):
 
     @property
     def grants(self) -> GrantRepository: ...
+
+    @property
+    def session_records(self) -> SessionRecordRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

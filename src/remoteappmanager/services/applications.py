@@ -42,10 +42,11 @@ from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.configurables import offered_configurables
 from remoteappmanager.domain.errors import InvalidRequest, NotFound, RemoteAppError, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata
-from remoteappmanager.domain.models import Grant
-from remoteappmanager.domain.sessions import Session
+from remoteappmanager.domain.models import Grant, Policy
+from remoteappmanager.domain.sessions import Session, StopRecord
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.runtime import ContainerRuntime
+from remoteappmanager.services.activity import ActivityTracker, SessionTimes
 from remoteappmanager.services.sessions import Sessions
 
 log = structlog.get_logger(__name__)
@@ -96,6 +97,10 @@ class UserApplication:
     configurables: tuple[str, ...]
     session: Session | None
     unavailable_reason: str | None = None
+    times: SessionTimes | None = None
+    """The running session's start, last input and deadline."""
+    last_stop: StopRecord | None = None
+    """Why the grant's last session ended, when none runs now and it ended lately."""
 
     @property
     def mapping_id(self) -> str:
@@ -240,9 +245,11 @@ class Applications:
         watch: CatalogueWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
+        activity: ActivityTracker | None = None,
     ) -> None:
         self._uow_factory = uow_factory
         self._sessions = sessions
+        self._activity = activity
         self._images = images
         self._grants_ttl = grants_ttl
         self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
@@ -318,20 +325,55 @@ class Applications:
                 by_image[image_name] = await self._images.get(image_name)
         sessions = await self._sessions.list_for_user(user)
         by_grant: dict[str, Session] = {}
-        for session in sessions:
-            by_grant.setdefault(session.mapping_id, session)
+        for running in sessions:
+            by_grant.setdefault(running.mapping_id, running)
+        stops: dict[str, StopRecord] = {}
+        stop_log = self._sessions.stop_log
+        if stop_log is not None and len(by_grant) < len(grants):
+            for record in await stop_log.recent_for(user):
+                stops.setdefault(record.mapping_id, record)
         described: list[UserApplication] = []
         for grant in grants:
             state = by_image[grant.application.image]
             image = state.metadata
             offered = offered_configurables(image, grant.policy) if image is not None else ()
+            session = by_grant.get(grant.mapping_id)
             described.append(
                 UserApplication(
                     grant=grant,
                     image=image,
                     configurables=offered,
-                    session=by_grant.get(grant.mapping_id),
+                    session=session,
                     unavailable_reason=state.unavailable_reason,
+                    times=self._times(session, grant.policy) if session is not None else None,
+                    last_stop=stops.get(grant.mapping_id) if session is None else None,
                 )
             )
         return described
+
+    def _times(self, session: Session, policy: Policy | None) -> SessionTimes | None:
+        if self._activity is None:
+            return None
+        return self._activity.times(session, policy)
+
+    async def session_times(
+        self, user: str | None, sessions: Sequence[Session]
+    ) -> dict[str, SessionTimes]:
+        """Each session's times by url id, under its grant's policy (``user``: all theirs;
+        None: anybody's, as admins see them)."""
+        if self._activity is None or not sessions:
+            return {}
+        policies: dict[str, Policy] = {}
+        if user is not None:
+            policies = {grant.mapping_id: grant.policy for grant in await self._grants_of(user)}
+        else:
+            async with self._uow_factory() as uow:
+                for mapping_id in {session.mapping_id for session in sessions}:
+                    try:
+                        policies[mapping_id] = (await uow.grants.get(mapping_id)).policy
+                    except NotFound:
+                        continue
+        return {
+            session.url_id: self._activity.times(session, policies.get(session.mapping_id))
+            for session in sessions
+        }

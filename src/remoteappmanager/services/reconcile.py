@@ -12,7 +12,7 @@ import structlog
 
 from remoteappmanager.domain.containers import RUNINFO_REALM, ContainerInfo, Route
 from remoteappmanager.domain.errors import RemoteAppError
-from remoteappmanager.domain.sessions import Session, session_from_container
+from remoteappmanager.domain.sessions import Session, StopReason, session_from_container
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.services.sessions import Sessions
@@ -191,8 +191,14 @@ class Reconciler:
                     await self._routes.remove(session.urlpath)
                     report.routes_removed.append(session.urlpath)
                     del routes[session.urlpath]
+                # The list does not say how it ended: an inspect does (the kernel's OOM kill).
+                ended = await self._runtime.inspect(info.id)
                 await self._runtime.remove(info.id)
                 report.containers_removed.append(info.id)
+                oom = ended is not None and ended.oom_killed
+                await self._sessions.record_stop(
+                    session, StopReason.OOM if oom else StopReason.DIED
+                )
             except RemoteAppError as exc:
                 self._failed(report, f"repair {session.urlpath}", exc)
 

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from remoteappmanager.domain.configurables import Configuration, validate_configurables
-from remoteappmanager.domain.confinement import DEFAULT_CONFINEMENT, Confinement, user_uid
+from remoteappmanager.domain.confinement import (
+    DEFAULT_CONFINEMENT,
+    Confinement,
+    ResourceLimits,
+    limits_for,
+    user_uid,
+)
 from remoteappmanager.domain.containers import (
     RUNINFO_REALM,
     RUNINFO_URL_ID,
@@ -38,6 +44,7 @@ from remoteappmanager.domain.sessions import (
     Session,
     SessionState,
     StartStep,
+    StopReason,
     session_from_container,
 )
 from remoteappmanager.domain.volumes import NO_VOLUMES, VolumeRules
@@ -47,6 +54,7 @@ from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+from remoteappmanager.services.activity import StopLog
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.rate_limit import RateLimit
 
@@ -158,6 +166,7 @@ class Sessions:
         clock: Callable[[], float] = time.monotonic,
         workspace_uid_base: int | None = None,
         max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
+        stop_log: StopLog | None = None,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -200,6 +209,12 @@ class Sessions:
         self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
         self.start_observer: StartObserver | None = None
+        self.stop_log = stop_log
+
+    @property
+    def default_limits(self) -> ResourceLimits:
+        """The limits of a container whose policy sets none of its own."""
+        return self._confinement.limits
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
@@ -543,7 +558,11 @@ class Sessions:
             workspace,
             mount_volume=mount_volume,
             volume=volume,
-            confinement=replace(self._confinement, run_as=owner),
+            confinement=replace(
+                self._confinement,
+                run_as=owner,
+                limits=limits_for(grant.policy, self._confinement.limits),
+            ),
         )
 
     async def _checked_volume(self, grant: Grant) -> Volume | None:
@@ -573,6 +592,7 @@ class Sessions:
             raise Conflict(f"a container named {name} exists and is not one of ours")
         await self._remove(previous)
         log.info("session.replaced", user=claim.user, url_id=previous.url_id)
+        await self.record_stop(previous, StopReason.USER)
 
     async def _wait_ready(self, claim: _Claim, url: str, routing: asyncio.Future[None]) -> None:
         """Until the application answers at ``url``; fails early if its container exits or
@@ -630,13 +650,23 @@ class Sessions:
         the container is left running (``Unavailable``), so that no route can ever outlive
         its container and reach whatever gets the same host port next.
         """
-        await self._stop(await self._find(url_id, user))
+        await self._stop(await self._find(url_id, user), StopReason.USER)
 
     async def stop_any(self, url_id: str) -> None:
         """Stop session ``url_id`` whoever owns it (for admins)."""
-        await self._stop(await self._find(url_id, None))
+        await self._stop(await self._find(url_id, None), StopReason.ADMIN)
 
-    async def _stop(self, session: Session) -> None:
+    async def stop_for(self, session: Session, reason: StopReason) -> None:
+        """Stop ``session`` (as listed) for ``reason``, route first; ``Conflict`` when a start
+        or stop of its grant is under way."""
+        await self._stop(session, reason)
+
+    async def record_stop(self, session: Session, reason: StopReason) -> None:
+        """Record why a session that is gone ended (the reconciler removed it)."""
+        if self.stop_log is not None:
+            await self.stop_log.record(session, reason)
+
+    async def _stop(self, session: Session, reason: StopReason) -> None:
         if session.container_id is None:
             raise Conflict("the application is still starting; stop it once it runs")
         claim = _Claim(SessionState.STOPPING, session.user, session.mapping_id, session.url_id)
@@ -646,8 +676,16 @@ class Sessions:
         with self._claimed(claim) as acquired:
             if not acquired:
                 raise Conflict("the application is being started or stopped already")
-            await self._remove(session)
+            if self.stop_log is not None:
+                self.stop_log.note(session, reason)
+            try:
+                await self._remove(session)
+            except BaseException:
+                if self.stop_log is not None:
+                    self.stop_log.cancel(session.url_id)
+                raise
         log.info("session.stopped", user=session.user, url_id=session.url_id)
+        await self.record_stop(session, reason)
 
     async def _remove(self, session: Session) -> None:
         await self._routes.remove(session.urlpath)

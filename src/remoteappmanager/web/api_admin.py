@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.naming import is_url_id
+from remoteappmanager.domain.sessions import Session
+from remoteappmanager.services.activity import SessionTimes
 from remoteappmanager.services.admin import Administration
 from remoteappmanager.web.api import (
     ApiOperation,
@@ -40,7 +42,7 @@ from remoteappmanager.web.api_models import (
     AdminUserOut,
 )
 from remoteappmanager.web.auth import require_admin
-from remoteappmanager.web.keys import ADMIN, URLS
+from remoteappmanager.web.keys import ADMIN, APPLICATIONS, URLS
 
 ADMIN_PATH = "v1/admin/"
 USERS_PATH = ADMIN_PATH + "users/"
@@ -188,18 +190,31 @@ async def delete_grant(request: web.Request) -> web.StreamResponse:
 async def list_containers(request: web.Request) -> web.StreamResponse:
     admin = _admin(request)
     found = await admin.list_sessions()
+    times = await _session_times(request, found)
     return json_response(
         AdminContainerList.of(
-            found, key=lambda s: s.url_id, item=lambda s: AdminContainerOut.of(s, admin.realm)
+            found,
+            key=lambda s: s.url_id,
+            item=lambda s: AdminContainerOut.of(s, admin.realm, times.get(s.url_id)),
         )
     )
+
+
+async def _session_times(
+    request: web.Request, sessions: Sequence[Session]
+) -> dict[str, SessionTimes]:
+    applications = request.app.get(APPLICATIONS)
+    if applications is None:
+        return {}
+    return await applications.session_times(None, sessions)
 
 
 @require_admin
 async def get_container(request: web.Request) -> web.StreamResponse:
     admin = _admin(request)
     found = await admin.get_session(_url_id(request))
-    return json_response(AdminContainerOut.of(found, admin.realm))
+    times = await _session_times(request, [found])
+    return json_response(AdminContainerOut.of(found, admin.realm, times.get(found.url_id)))
 
 
 @require_admin

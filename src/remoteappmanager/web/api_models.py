@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -22,14 +23,21 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from remoteappmanager.domain.confinement import ResourceLimits, limits_for
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import (
     IMAGE_REFERENCE_PATTERN,
+    MAX_CPU_LIMIT,
     MAX_IMAGE_LENGTH,
+    MAX_MEMORY_LIMIT_MB,
     MAX_NAME_LENGTH,
     MAX_PATH_LENGTH,
+    MAX_PIDS_LIMIT,
     MAX_PLACEMENT_CONSTRAINTS,
     MAX_PLACEMENT_LENGTH,
+    MAX_TIMEOUT_S,
+    MIN_CPU_LIMIT,
+    MIN_MEMORY_LIMIT_MB,
     PLACEMENT_PATTERN,
     Grant,
     Policy,
@@ -37,8 +45,9 @@ from remoteappmanager.domain.models import (
     Volume,
     validate_placement,
 )
-from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name
-from remoteappmanager.domain.sessions import Session
+from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name, urlpath
+from remoteappmanager.domain.sessions import STOP_REASON_TEXT, Session, SessionState, StopRecord
+from remoteappmanager.services.activity import SessionTimes
 from remoteappmanager.services.admin import RegisteredApplication, Statistics
 from remoteappmanager.services.applications import UserApplication
 from remoteappmanager.web.api import PathParameter
@@ -155,20 +164,56 @@ class ContainerOut(_Answer):
     docker_id: str | None = Field(description="Null while the container is being created.")
     mapping_id: str
     urlpath: str = Field(description="Where the application is served (no trailing slash).")
-    state: Literal["starting", "running", "stopping", "exited"]
+    state: Literal["starting", "running", "stopping", "stopped"] = Field(
+        description="`stopped`: its process ended (the container is removed shortly), or it "
+        "was stopped (see `stop_reason`)."
+    )
     step: Literal["creating", "starting", "waiting for the app", "routing"] | None = Field(
         default=None,
         description="While the container is starting: the step its start is at (`creating` "
         "the container, `starting` it, `waiting for the app` to answer, `routing` the proxy "
         "to it); null otherwise. Poll the container (or the application) to follow a start.",
     )
+    started_at: str | None = Field(description="When it started (ISO 8601, UTC).")
+    last_input_at: str | None = Field(
+        description="The last client input (requests, WebSocket data) that reached it."
+    )
+    expires_at: str | None = Field(
+        description="When it is stopped: the earlier of its policy's idle and lifetime "
+        "deadlines; null if its policy sets neither."
+    )
+    stop_reason: StopReasonName | None = Field(
+        description="Why it ended, once stopped (`oom`: out of memory); null otherwise."
+    )
 
     @classmethod
-    def of(cls, session: Session, realm: str) -> ContainerOut:
-        return cls.model_construct(**cls._container_fields(session, realm))
+    def of(cls, session: Session, realm: str, times: SessionTimes | None = None) -> ContainerOut:
+        return cls.model_construct(**cls._container_fields(session, realm, times))
+
+    @classmethod
+    def stopped(cls, record: StopRecord, realm: str) -> ContainerOut:
+        """A session that ended, as its user is told about it."""
+        return cls.model_construct(
+            url_id=record.url_id,
+            name=container_name(realm, record.user, record.mapping_id),
+            image_name="",
+            docker_id=None,
+            mapping_id=record.mapping_id,
+            urlpath=urlpath(record.user, record.url_id),
+            state="stopped",
+            started_at=None,
+            last_input_at=None,
+            expires_at=None,
+            stop_reason=record.reason.value,
+        )
 
     @staticmethod
-    def _container_fields(session: Session, realm: str) -> dict[str, Any]:
+    def _container_fields(
+        session: Session, realm: str, times: SessionTimes | None = None
+    ) -> dict[str, Any]:
+        state = session.state
+        last_input = times.last_input_at if times is not None else None
+        expires = times.expires_at if times is not None else None
         return {
             "url_id": session.url_id,
             "name": container_name(realm, session.user, session.mapping_id),
@@ -176,9 +221,40 @@ class ContainerOut(_Answer):
             "docker_id": session.container_id,
             "mapping_id": session.mapping_id,
             "urlpath": session.urlpath,
-            "state": session.state.value,
+            "state": "stopped" if state is SessionState.EXITED else state.value,
             "step": session.step.value if session.step is not None else None,
+            "started_at": _iso(session.started_at),
+            "last_input_at": _iso(last_input),
+            "expires_at": _iso(expires),
+            "stop_reason": None,
         }
+
+
+StopReasonName = Literal["user", "admin", "idle", "lifetime", "oom", "died", "reconcile"]
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+class StopOut(_Answer):
+    """Why the grant's last session ended (shown until a new one starts)."""
+
+    url_id: str
+    stop_reason: StopReasonName
+    message: str = Field(description="The reason in words, e.g. `out of memory`.")
+    stopped_at: str = Field(description="ISO 8601, UTC.")
+
+    @classmethod
+    def of(cls, record: StopRecord) -> StopOut:
+        return cls.model_construct(
+            url_id=record.url_id,
+            stop_reason=record.reason.value,
+            message=STOP_REASON_TEXT[record.reason],
+            stopped_at=record.stopped_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        )
 
 
 class ContainerList(ItemList[ContainerOut]):
@@ -248,6 +324,21 @@ class _PolicyFields(_Answer):
         description="Docker Swarm placement constraints the application's task must meet "
         "(REMOTEAPP_ENGINE=swarm; refused at start on a single engine)."
     )
+    memory_limit_mb: int | None = Field(
+        description="Memory limit in MiB, swap included; null: the deployment's default."
+    )
+    cpu_limit: float | None = Field(
+        description="CPU limit in cores (fractional); null: the deployment's default."
+    )
+    pids_limit: int | None = Field(
+        description="Process (and thread) limit; null: the deployment's default."
+    )
+    idle_timeout_s: int | None = Field(
+        description="Seconds without input after which the session is stopped; 0 or null: never."
+    )
+    max_lifetime_s: int | None = Field(
+        description="Seconds after its start at which the session is stopped; 0 or null: never."
+    )
 
     @staticmethod
     def _policy_fields(policy: Policy) -> dict[str, Any]:
@@ -258,6 +349,21 @@ class PolicyOut(_PolicyFields):
     @classmethod
     def of(cls, policy: Policy) -> PolicyOut:
         return cls.model_construct(**cls._policy_fields(policy))
+
+
+class LimitsOut(_Answer):
+    """What a container of this grant may use: the policy's limits, or the deployment's
+    defaults where the policy sets none (null: unlimited)."""
+
+    memory_limit_mb: int | None
+    cpu_limit: float | None
+    pids_limit: int | None
+
+    @classmethod
+    def of(cls, limits: ResourceLimits) -> LimitsOut:
+        return cls.model_construct(
+            memory_limit_mb=limits.memory_mb, cpu_limit=limits.cpus, pids_limit=limits.pids
+        )
 
 
 class ApplicationOut(_Answer):
@@ -273,10 +379,17 @@ class ApplicationOut(_Answer):
     )
     image: ImageOut
     policy: PolicyOut
+    limits: LimitsOut
     container: ContainerOut | None
+    last_stop: StopOut | None = Field(
+        description="Why the last session of this grant ended, when none runs now and it "
+        "ended in the last days; null otherwise."
+    )
 
     @classmethod
-    def of(cls, application: UserApplication, realm: str) -> ApplicationOut:
+    def of(
+        cls, application: UserApplication, realm: str, defaults: ResourceLimits
+    ) -> ApplicationOut:
         grant = application.grant
         session = application.session
         return cls.model_construct(
@@ -287,7 +400,13 @@ class ApplicationOut(_Answer):
                 grant.application.image, application.image, application.configurables
             ),
             policy=PolicyOut.of(grant.policy),
-            container=ContainerOut.of(session, realm) if session is not None else None,
+            limits=LimitsOut.of(limits_for(grant.policy, defaults)),
+            container=(
+                ContainerOut.of(session, realm, application.times) if session is not None else None
+            ),
+            last_stop=(
+                StopOut.of(application.last_stop) if application.last_stop is not None else None
+            ),
         )
 
 
@@ -603,6 +722,21 @@ class AdminGrantCreate(_Request):
         description="Docker Swarm placement constraints, all to be met (e.g. "
         "node.labels.gpu==true); only a swarm engine can start such a grant.",
     )
+    memory_limit_mb: (
+        Annotated[int, Field(ge=MIN_MEMORY_LIMIT_MB, le=MAX_MEMORY_LIMIT_MB, strict=True)] | None
+    ) = Field(default=None, description="MiB, swap included; null: the deployment's default.")
+    cpu_limit: (
+        Annotated[float, Field(ge=MIN_CPU_LIMIT, le=MAX_CPU_LIMIT, allow_inf_nan=False)] | None
+    ) = Field(default=None, description="Cores, fractional; null: the deployment's default.")
+    pids_limit: Annotated[int, Field(ge=1, le=MAX_PIDS_LIMIT, strict=True)] | None = Field(
+        default=None, description="Processes; null: the deployment's default."
+    )
+    idle_timeout_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S, strict=True)] | None = Field(
+        default=None, description="Seconds without input before a stop; 0 or null: never."
+    )
+    max_lifetime_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S, strict=True)] | None = Field(
+        default=None, description="Seconds after the start before a stop; 0 or null: never."
+    )
 
     @model_validator(mode="after")
     def _one_way_each(self) -> AdminGrantCreate:
@@ -637,6 +771,11 @@ class AdminGrantCreate(_Request):
             volume=volume,
             allow_startup_data=self.allow_startup_data,
             placement=validate_placement(self.placement),
+            memory_limit_mb=self.memory_limit_mb,
+            cpu_limit=self.cpu_limit,
+            pids_limit=self.pids_limit,
+            idle_timeout_s=self.idle_timeout_s,
+            max_lifetime_s=self.max_lifetime_s,
         )
 
 
@@ -646,8 +785,12 @@ class AdminContainerOut(ContainerOut):
     user: str
 
     @classmethod
-    def of(cls, session: Session, realm: str) -> AdminContainerOut:
-        return cls.model_construct(**cls._container_fields(session, realm), user=session.user)
+    def of(
+        cls, session: Session, realm: str, times: SessionTimes | None = None
+    ) -> AdminContainerOut:
+        return cls.model_construct(
+            **cls._container_fields(session, realm, times), user=session.user
+        )
 
 
 class AdminContainerList(ItemList[AdminContainerOut]):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from remoteappmanager.domain.errors import Unavailable
+from remoteappmanager.domain.errors import NotFound, Unavailable
+from remoteappmanager.domain.naming import is_url_id
 from remoteappmanager.services.applications import Applications, UserApplication
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.web.api import ApiOperation, ApiRegistry, json_response, parse_body
@@ -19,7 +20,7 @@ from remoteappmanager.web.api_models import (
     UserOut,
 )
 from remoteappmanager.web.auth import require_user, signed_in_user
-from remoteappmanager.web.keys import APPLICATION_LISTINGS, APPLICATIONS, SESSIONS, URLS
+from remoteappmanager.web.keys import APPLICATION_LISTINGS, APPLICATIONS, DEPS, SESSIONS, URLS
 from remoteappmanager.web.pages import whoami
 
 USER_PATH = "v1/user"
@@ -48,7 +49,8 @@ def _applications(request: web.Request) -> Applications:
 
 
 def _application_out(request: web.Request, application: UserApplication) -> ApplicationOut:
-    return ApplicationOut.of(application, _sessions(request).realm)
+    sessions = _sessions(request)
+    return ApplicationOut.of(application, sessions.realm, sessions.default_limits)
 
 
 # ------------------------------------------------------------------------------ handlers
@@ -57,12 +59,15 @@ async def list_applications(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     found = await _applications(request).list_for(user.name)
     realm = _sessions(request).realm
+    defaults = _sessions(request).default_limits
     return request.app[APPLICATION_LISTINGS].response(
         request,
         user.name,
         found,
         lambda applications: ApplicationList.of(
-            applications, key=lambda a: a.mapping_id, item=lambda a: ApplicationOut.of(a, realm)
+            applications,
+            key=lambda a: a.mapping_id,
+            item=lambda a: ApplicationOut.of(a, realm, defaults),
         ),
     )
 
@@ -79,9 +84,12 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     sessions = _sessions(request)
     found = await sessions.list_for_user(user.name)
+    times = await _applications(request).session_times(user.name, found)
     return json_response(
         ContainerList.of(
-            found, key=lambda s: s.url_id, item=lambda s: ContainerOut.of(s, sessions.realm)
+            found,
+            key=lambda s: s.url_id,
+            item=lambda s: ContainerOut.of(s, sessions.realm, times.get(s.url_id)),
         )
     )
 
@@ -102,8 +110,32 @@ async def create_container(request: web.Request) -> web.StreamResponse:
 async def get_container(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     sessions = _sessions(request)
+    url_id = request.match_info["url_id"]
+    try:
+        found = await sessions.get(user.name, url_id)
+    except NotFound:
+        # Gone: the user is told why it ended, as long as that is remembered.
+        record = None
+        if sessions.stop_log is not None and is_url_id(url_id):
+            record = await sessions.stop_log.stop_of(user.name, url_id)
+        if record is None:
+            raise
+        return json_response(ContainerOut.stopped(record, sessions.realm))
+    times = await _applications(request).session_times(user.name, [found])
+    return json_response(ContainerOut.of(found, sessions.realm, times.get(found.url_id)))
+
+
+@require_user
+async def container_activity(request: web.Request) -> web.StreamResponse:
+    """The user is still there ("Keep working"): counts as client input."""
+    user = signed_in_user(request)
+    sessions = _sessions(request)
     found = await sessions.get(user.name, request.match_info["url_id"])
-    return json_response(ContainerOut.of(found, sessions.realm))
+    activity = request.app[DEPS].activity
+    if activity is not None:
+        activity.client_input(found.url_id)
+    times = await _applications(request).session_times(user.name, [found])
+    return json_response(ContainerOut.of(found, sessions.realm, times.get(found.url_id)))
 
 
 @require_user
@@ -188,11 +220,26 @@ def register(registry: ApiRegistry) -> None:
             CONTAINERS_PATH + "{url_id}/",
             get_container,
             operation_id="get_container",
-            summary="One of my running applications",
+            summary="One of my applications: running, or why it stopped",
+            description="A session that ended in the last days answers with `state` "
+            "`stopped` and its `stop_reason`.",
             tag=_TAG,
             path_parameters={"url_id": URL_ID},
             responses={200: ContainerOut},
             errors=(*signed_in, 404, 503),
+        ),
+        ApiOperation(
+            "POST",
+            CONTAINERS_PATH + "{url_id}/activity",
+            container_activity,
+            operation_id="container_activity",
+            summary="Keep one of my running applications from being stopped as idle",
+            description="Counts as client input: the idle deadline starts again. Answers "
+            "the container with its new `expires_at`.",
+            tag=_TAG,
+            path_parameters={"url_id": URL_ID},
+            responses={200: ContainerOut},
+            errors=(*signed_in, 403, 404, 503),
         ),
         ApiOperation(
             "DELETE",

@@ -97,6 +97,8 @@ def create_app(deps: WebDeps) -> web.Application:
     )
     app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
     app[METRICS] = deps.metrics
+    if deps.stop_log is not None:
+        deps.stop_log.counter = app[METRICS].count_stop
     checks = {"hub": deps.identity.check, **deps.health_checks}
     app[HEALTH_CHECKS] = checks
     app[HEALTH] = CachedHealth(checks, clock=deps.clock)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.services.activity import ActivityTracker, StopLog
 from remoteappmanager.services.applications import Applications
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
@@ -41,6 +42,8 @@ class WebDeps:
       host folder).
     - ``metrics``: the service's Prometheus registry; the composition root hands the
       adapters and the reconciler to it before the application exists.
+    - ``activity``: sessions' last client input (the gate reports it); None: not tracked.
+    - ``stop_log``: why sessions ended (the same one ``sessions`` records to).
     """
 
     settings: Settings
@@ -53,3 +56,5 @@ class WebDeps:
     applications: Applications | None = None
     volumes: VolumeGuard | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    activity: ActivityTracker | None = None
+    stop_log: StopLog | None = None

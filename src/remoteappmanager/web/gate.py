@@ -24,6 +24,7 @@ from remoteappmanager.domain.routing import app_origin, is_app_host
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
+from remoteappmanager.services.activity import ActivityTracker
 from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
@@ -184,6 +185,8 @@ class Gate:
     # Served under every application's ``<urlpath>/.remoteapp-desktop/`` to whoever the gate
     # lets in (``web.desktop_viewer``); None when noVNC is not installed beside the proxy.
     desktop: DesktopViewer | None = None
+    activity: ActivityTracker | None = None
+    """Told of every client input that is let through (idle sessions are culled)."""
 
     def __post_init__(self) -> None:
         self.server = GateServer(
@@ -272,7 +275,8 @@ class Gate:
         self.access.forget(url_id)
 
     def client_input(self, url_id: str) -> None:
-        """Activity on an open WebSocket; nothing uses it yet (culling idle sessions will)."""
+        if self.activity is not None:
+            self.activity.client_input(url_id)
 
     # ------------------------------------------------------------------ decisions
     def _verdict(
@@ -580,6 +584,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         max_connections_per_user=settings.gate_max_connections_per_user,
         websocket_ping_s=settings.websocket_ping_s,
         desktop=_desktop_viewer(),
+        activity=deps.activity,
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)

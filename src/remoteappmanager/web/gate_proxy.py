@@ -789,6 +789,7 @@ class _Downstream(asyncio.Protocol):
         exchange.principal = verdict.principal
         exchange.viewer = verdict.viewer
         server.stats.forwarded += 1
+        server.gatekeeper.client_input(verdict.url_id)
         lines = exchange.lines
         if verdict.cookie:
             lines.append(b"Cookie: %b\r\n" % verdict.cookie.encode("latin-1"))

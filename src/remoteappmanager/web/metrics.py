@@ -119,6 +119,13 @@ class Metrics:
             ("image", "step", "reason"),
             registry=self.registry,
         )
+        self.session_stops = Counter(
+            "remoteapp_session_stops",
+            "Sessions ended, by reason (user, admin, idle, lifetime, oom, died, reconcile); "
+            "idle and lifetime are the culler's.",
+            ("reason",),
+            registry=self.registry,
+        )
         # ``labels()`` validates and locks on every call: the series of a (route, method,
         # status) are looked up once. The key space is bounded as the labels are.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -183,6 +190,9 @@ class Metrics:
         self.starts.labels(image, "failed").inc()
         step = failed_step.value if failed_step is not None else "none"
         self.start_failures.labels(image, step, reason or "error").inc()
+
+    def count_stop(self, reason: str) -> None:
+        self.session_stops.labels(reason).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -117,6 +117,7 @@ async def home(request: web.Request) -> web.StreamResponse:
             "user_initial": user.name[:1].upper(),
             "is_admin": "true" if user.admin else "false",
             "desktop_viewer": "true" if _has_desktop_viewer(request) else "false",
+            "cull_warning_s": str(request.app[SETTINGS].cull_warning_s),
             "xsrf_token": await xsrf_token_for_page(request, response),
             "css_url": assets.static_url("app.css"),
             "js_url": assets.static_url("app.js"),

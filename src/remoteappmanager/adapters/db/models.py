@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    DateTime,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -79,6 +83,12 @@ class PolicyRow(Base):
     # Swarm placement constraints, sorted, one per line; NULL for none (so that policies
     # compare by plain column equality).
     placement: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Null: the deployment's default (limits) or none (timeouts).
+    memory_limit_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    pids_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    idle_timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_lifetime_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AccountingRow(Base):
@@ -116,5 +126,33 @@ class CatalogueVersionRow(Base):
 
 
 CATALOGUE_VERSION_ID = 1
+
+URL_ID_MAX_LENGTH = 64
+STOP_REASON_LENGTH = 16
+
+
+class SessionActivityRow(Base):
+    """When a session last had client input, written in batches at a bounded rate."""
+
+    __tablename__ = "session_activity"
+
+    url_id: Mapped[str] = mapped_column(String(URL_ID_MAX_LENGTH), primary_key=True)
+    last_input_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class SessionStopRow(Base):
+    """Why a session ended, kept for a while so that its user is told the next time they
+    look."""
+
+    __tablename__ = "session_stop"
+
+    url_id: Mapped[str] = mapped_column(String(URL_ID_MAX_LENGTH), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), nullable=False, index=True)
+    mapping_id: Mapped[str] = mapped_column(String(MAPPING_ID_LENGTH), nullable=False)
+    reason: Mapped[str] = mapped_column(String(STOP_REASON_LENGTH), nullable=False)
+    stopped_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, index=True
+    )
+
 
 metadata = Base.metadata

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -23,6 +24,8 @@ from remoteappmanager.adapters.db.models import (
     ApplicationRow,
     CatalogueVersionRow,
     PolicyRow,
+    SessionActivityRow,
+    SessionStopRow,
     UserRow,
 )
 from remoteappmanager.adapters.observed import Observe
@@ -35,6 +38,7 @@ from remoteappmanager.domain.models import (
     Volume,
     VolumeMode,
 )
+from remoteappmanager.domain.sessions import StopReason, StopRecord
 
 
 def new_mapping_id() -> str:
@@ -62,6 +66,11 @@ def _policy(row: PolicyRow) -> Policy:
         volume=volume,
         allow_startup_data=row.allow_startup_data,
         placement=tuple(row.placement.split("\n")) if row.placement else (),
+        memory_limit_mb=row.memory_limit_mb,
+        cpu_limit=row.cpu_limit,
+        pids_limit=row.pids_limit,
+        idle_timeout_s=row.idle_timeout_s,
+        max_lifetime_s=row.max_lifetime_s,
     )
 
 
@@ -332,6 +341,101 @@ class SqlGrantRepository:
         return row.id
 
 
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes for what was stored as UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _stop(row: SessionStopRow) -> StopRecord:
+    return StopRecord(
+        url_id=row.url_id,
+        user=row.user_name,
+        mapping_id=row.mapping_id,
+        reason=StopReason(row.reason),
+        stopped_at=_aware(row.stopped_at),
+    )
+
+
+class SqlSessionRecordRepository:
+    """Session activity and stop reasons; never counted as catalogue writes."""
+
+    def __init__(self, session: AsyncSession, location: str) -> None:
+        self._session = session
+        self._location = location
+
+    async def record_inputs(self, inputs: Mapping[str, datetime]) -> None:
+        if not inputs:
+            return
+        with translated_errors(self._location):
+            stored = {
+                row.url_id: row
+                for row in await self._session.scalars(
+                    select(SessionActivityRow).where(SessionActivityRow.url_id.in_(list(inputs)))
+                )
+            }
+            for url_id, moment in inputs.items():
+                row = stored.get(url_id)
+                if row is None:
+                    self._session.add(SessionActivityRow(url_id=url_id, last_input_at=moment))
+                elif _aware(row.last_input_at) < moment:
+                    row.last_input_at = moment
+            await self._session.flush()
+
+    async def last_inputs(self, url_ids: Collection[str]) -> dict[str, datetime]:
+        if not url_ids:
+            return {}
+        with translated_errors(self._location):
+            rows = await self._session.execute(
+                select(SessionActivityRow.url_id, SessionActivityRow.last_input_at).where(
+                    SessionActivityRow.url_id.in_(list(url_ids))
+                )
+            )
+            return {url_id: _aware(moment) for url_id, moment in rows}
+
+    async def record_stop(self, record: StopRecord) -> None:
+        with translated_errors(self._location):
+            await self._session.execute(
+                delete(SessionActivityRow).where(SessionActivityRow.url_id == record.url_id)
+            )
+            row = await self._session.get(SessionStopRow, record.url_id)
+            if row is None:
+                row = SessionStopRow(url_id=record.url_id)
+                self._session.add(row)
+            row.user_name = record.user
+            row.mapping_id = record.mapping_id
+            row.reason = record.reason.value
+            row.stopped_at = record.stopped_at
+            await self._session.flush()
+
+    async def stop_of(self, url_id: str) -> StopRecord | None:
+        with translated_errors(self._location):
+            row = await self._session.get(SessionStopRow, url_id)
+        return None if row is None else _stop(row)
+
+    async def stops_for_user(self, user: str, since: datetime) -> Sequence[StopRecord]:
+        with translated_errors(self._location):
+            rows = await self._session.scalars(
+                select(SessionStopRow)
+                .where(SessionStopRow.user_name == user, SessionStopRow.stopped_at >= since)
+                .order_by(SessionStopRow.stopped_at.desc(), SessionStopRow.url_id)
+            )
+            return [_stop(row) for row in rows]
+
+    async def prune(self, before: datetime) -> int:
+        with translated_errors(self._location):
+            stops = await self._session.execute(
+                delete(SessionStopRow)
+                .where(SessionStopRow.stopped_at < before)
+                .returning(SessionStopRow.url_id)
+            )
+            inputs = await self._session.execute(
+                delete(SessionActivityRow)
+                .where(SessionActivityRow.last_input_at < before)
+                .returning(SessionActivityRow.url_id)
+            )
+            return len(stops.all()) + len(inputs.all())
+
+
 # ------------------------------------------------------------------------ unit of work
 class SqlUnitOfWork:
     """One ``AsyncSession`` and one transaction; rolled back on exit unless committed.
@@ -347,6 +451,7 @@ class SqlUnitOfWork:
         self._users: SqlUserRepository | None = None
         self._applications: SqlApplicationRepository | None = None
         self._grants: SqlGrantRepository | None = None
+        self._session_records: SqlSessionRecordRepository | None = None
 
     @property
     def users(self) -> SqlUserRepository:
@@ -366,6 +471,12 @@ class SqlUnitOfWork:
             raise RuntimeError("the unit of work is used outside 'async with'")
         return self._grants
 
+    @property
+    def session_records(self) -> SqlSessionRecordRepository:
+        if self._session_records is None:
+            raise RuntimeError("the unit of work is used outside 'async with'")
+        return self._session_records
+
     async def __aenter__(self) -> Self:
         session = self._sessions()
         self._session = session
@@ -373,6 +484,7 @@ class SqlUnitOfWork:
         self._users = SqlUserRepository(session, self._location, self._writes)
         self._applications = SqlApplicationRepository(session, self._location, self._writes)
         self._grants = SqlGrantRepository(session, self._location, self._writes)
+        self._session_records = SqlSessionRecordRepository(session, self._location)
         return self
 
     async def __aexit__(
@@ -383,6 +495,7 @@ class SqlUnitOfWork:
     ) -> None:
         session = self._session
         self._session = self._users = self._applications = self._grants = None
+        self._session_records = None
         if session is None:
             return
         try:

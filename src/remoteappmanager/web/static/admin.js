@@ -25,6 +25,7 @@ const STATE_TEXT = {
   running: "Running",
   stopping: "Stopping",
   exited: "Exited",
+  stopped: "Stopped",
 };
 const SHORT_ID = 12;
 
@@ -407,6 +408,8 @@ function showAccounting(token, userId) {
         yesNo(item.allow_view),
         yesNo(item.allow_startup_data),
         text(Array.isArray(item.placement) ? item.placement.join(", ") : ""),
+        limitsText(item),
+        timeoutsText(item),
       ],
       actions: [
         {
@@ -433,7 +436,7 @@ function showAccounting(token, userId) {
         h("a", { class: "button", href: "#/users", text: "Back to users" }),
       ),
       dataTable(
-        ["ID", "Image", "License", "Workspace", "Volume", "View", "Startup file", "Placement"],
+        ["ID", "Image", "License", "Workspace", "Volume", "View", "Startup file", "Placement", "Limits", "Timeouts"],
         rows,
         `${name} has no policies yet: they see no applications.`,
       ),
@@ -479,6 +482,13 @@ async function createGrant(userId, userName) {
     spellcheck: "false",
     placeholder: "node.labels.gpu==true (one constraint a line; Docker Swarm only)",
   });
+  const number = (id, min, max, step, placeholder) =>
+    h("input", { id, name: id, type: "number", min, max, step, placeholder, inputmode: "decimal" });
+  const memory = number("memory_limit_mb", 6, 16777216, 1, "default");
+  const cpus = number("cpu_limit", 0.01, 1024, 0.01, "default");
+  const pids = number("pids_limit", 1, 4194304, 1, "default");
+  const idle = number("idle_timeout_s", 0, 31622400, 1, "never");
+  const lifetime = number("max_lifetime_s", 0, 31622400, 1, "never");
 
   const fields = [
     applications.length
@@ -496,6 +506,18 @@ async function createGrant(userId, userName) {
     viewable.element,
     startup.element,
     field("Placement", placement, "Swarm constraints, KEY==VALUE or KEY!=VALUE, one a line."),
+    h(
+      "fieldset",
+      { class: "field-group" },
+      h("legend", { text: "Resources (empty: the deployment's default)" }),
+      h("div", { class: "field-pair" }, field("Memory (MiB)", memory), field("CPUs", cpus), field("Processes", pids)),
+    ),
+    h(
+      "fieldset",
+      { class: "field-group" },
+      h("legend", { text: "Timeouts in seconds (empty or 0: never)" }),
+      h("div", { class: "field-pair" }, field("Idle timeout", idle), field("Maximum lifetime", lifetime)),
+    ),
   ];
   const result = await formDialog({
     title: `Create New Policy for ${userName}`,
@@ -514,7 +536,24 @@ async function createGrant(userId, userName) {
         .split("\n")
         .map((line) => line.trim())
         .filter(Boolean);
+      const limits = {};
+      for (const [key, input, whole] of [
+        ["memory_limit_mb", memory, true],
+        ["cpu_limit", cpus, false],
+        ["pids_limit", pids, true],
+        ["idle_timeout_s", idle, true],
+        ["max_lifetime_s", lifetime, true],
+      ]) {
+        const raw = input.value.trim();
+        if (!raw) continue;
+        const value = Number(raw);
+        if (!Number.isFinite(value) || (whole && !Number.isInteger(value))) {
+          return `${key} must be ${whole ? "a whole number" : "a number"}.`;
+        }
+        limits[key] = value;
+      }
       await api("POST", "accounting/", {
+        ...limits,
         user_id: userId,
         image_name: image.value,
         app_license: license.value.trim() || null,
@@ -530,6 +569,21 @@ async function createGrant(userId, userName) {
     },
   });
   if (result === "submit") route();
+}
+
+function limitsText(item) {
+  const parts = [];
+  if (typeof item.memory_limit_mb === "number") parts.push(`${item.memory_limit_mb} MiB`);
+  if (typeof item.cpu_limit === "number") parts.push(`${item.cpu_limit} CPU`);
+  if (typeof item.pids_limit === "number") parts.push(`${item.pids_limit} pids`);
+  return parts.join(", ") || "default";
+}
+
+function timeoutsText(item) {
+  const parts = [];
+  if (item.idle_timeout_s) parts.push(`idle ${item.idle_timeout_s} s`);
+  if (item.max_lifetime_s) parts.push(`lifetime ${item.max_lifetime_s} s`);
+  return parts.join(", ") || "none";
 }
 
 // ------------------------------------------------------------------------------- applications

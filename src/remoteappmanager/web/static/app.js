@@ -30,6 +30,8 @@ const START_STEPS = [
   ["waiting for the app", "Waiting for the application to answer"],
   ["routing", "Routing to it"],
 ];
+// From this many seconds before a session is stopped, its time left shows.
+const CULL_WARNING_S = Number(document.body.dataset.cullWarning) || 300;
 const FIT_WINDOW = "fit";
 const COMMON_RESOLUTIONS = [
   "1024x768",
@@ -102,6 +104,8 @@ function toApplication(id, raw) {
   const image = item.image && typeof item.image === "object" ? item.image : null;
   const policy = item.policy && typeof item.policy === "object" ? item.policy : {};
   const container = item.container && typeof item.container === "object" ? item.container : null;
+  const limits = item.limits && typeof item.limits === "object" ? item.limits : {};
+  const lastStop = item.last_stop && typeof item.last_stop === "object" ? item.last_stop : null;
   const type = image && text(image.type) in TYPE_TEXT ? image.type : "vncapp";
   const available = image !== null && item.available !== false;
   return {
@@ -124,15 +128,52 @@ function toApplication(id, raw) {
     volumeTarget: text(policy.volume_target),
     volumeMode: text(policy.volume_mode),
     allowStartupData: policy.allow_startup_data === true,
+    memoryMb: positive(limits.memory_limit_mb),
+    cpus: positive(limits.cpu_limit),
+    pids: positive(limits.pids_limit),
+    idleTimeout: positive(policy.idle_timeout_s),
+    maxLifetime: positive(policy.max_lifetime_s),
+    lastStop: lastStop ? text(lastStop.message) : "",
     container: container
       ? {
           urlId: text(container.url_id),
           urlpath: safePath(container.urlpath),
           state: text(container.state),
           step: text(container.step),
+          expiresAt: timeOf(container.expires_at),
         }
       : null,
   };
+}
+
+function positive(value) {
+  return typeof value === "number" && Number.isFinite(value) && value > 0 ? value : null;
+}
+
+function timeOf(value) {
+  const when = typeof value === "string" ? Date.parse(value) : NaN;
+  return Number.isNaN(when) ? null : when;
+}
+
+function duration(seconds) {
+  if (seconds >= 3600 && seconds % 3600 === 0) return `${seconds / 3600} h`;
+  if (seconds >= 60 && seconds % 60 === 0) return `${seconds / 60} min`;
+  return `${seconds} s`;
+}
+
+function resources(app) {
+  return [
+    app.memoryMb ? `${app.memoryMb} MiB memory` : "no memory limit",
+    app.cpus ? `${app.cpus} CPU${app.cpus === 1 ? "" : "s"}` : "no CPU limit",
+    app.pids ? `${app.pids} processes` : "no process limit",
+  ].join(", ");
+}
+
+function timeLimits(app) {
+  const found = [];
+  if (app.idleTimeout) found.push(`stops after ${duration(app.idleTimeout)} without input`);
+  if (app.maxLifetime) found.push(`stops ${duration(app.maxLifetime)} after its start`);
+  return found.join("; ");
 }
 
 function byName(a, b) {
@@ -373,6 +414,36 @@ async function quit(app) {
   schedulePoll();
 }
 
+async function keepWorking(app) {
+  const urlId = app.container && app.container.urlId;
+  if (!urlId) return;
+  try {
+    await api("POST", `containers/${encodeURIComponent(urlId)}/activity`);
+    await reloadApplication(app.id);
+  } catch (error) {
+    await showError(`${app.name} could not be kept running`, error.message);
+  }
+  render();
+  updateTimeLeft();
+}
+
+// The time left before the selected session is stopped, once under CULL_WARNING_S.
+function updateTimeLeft() {
+  const shown = document.getElementById("time-left");
+  const button = document.getElementById("keep-working");
+  const app = selectedApp();
+  if (!shown || !button || !app || !app.container || app.container.expiresAt === null) return;
+  const left = Math.max(0, Math.round((app.container.expiresAt - Date.now()) / 1000));
+  const warn = left <= CULL_WARNING_S;
+  shown.hidden = !warn;
+  button.hidden = !warn;
+  if (!warn) return;
+  const minutes = Math.floor(left / 60);
+  const seconds = String(left % 60).padStart(2, "0");
+  shown.textContent = `Stops in ${minutes}:${seconds}`;
+  if (left === 0 && !state.pollTimer) state.pollTimer = setTimeout(poll, POLL_INTERVAL_MS);
+}
+
 function select(id, { focusPanel = false } = {}) {
   state.selected = id;
   // The selection survives a reload through the fragment (never sent to the server).
@@ -467,6 +538,7 @@ function renderPanel() {
     );
   } else if (status === "running") {
     elements.panel.replaceChildren(toolbar(app, status), frame(app));
+    updateTimeLeft();
   } else {
     elements.panel.replaceChildren(toolbar(app, status), settings(app, status));
   }
@@ -521,6 +593,19 @@ function toolbar(app, status) {
         class: "button",
         text: "Share",
         onclick: () => showShare(app),
+      }),
+    );
+  }
+  if (status === "running" && app.container && app.container.expiresAt !== null) {
+    actions.append(
+      h("span", { id: "time-left", class: "time-left", role: "status", hidden: true }),
+      h("button", {
+        type: "button",
+        id: "keep-working",
+        class: "button",
+        text: "Keep working",
+        hidden: true,
+        onclick: () => keepWorking(app),
       }),
     );
   }
@@ -706,6 +791,9 @@ function settings(app, status) {
   const details = h("dl", { class: "details" });
   const addDetail = (term, value) => details.append(h("dt", { text: term }), h("dd", { text: value }));
   addDetail("Type", TYPE_TEXT[app.type]);
+  addDetail("Resources", resources(app));
+  const limited = timeLimits(app);
+  if (limited) addDetail("Time limits", limited);
   const mounted = mounts(app);
   addDetail("Data", mounted.length ? mounted.join(", ") : "No folders are mounted");
   if (app.allowView) addDetail("Sharing", "Can be shared with other signed-in users");
@@ -722,6 +810,9 @@ function settings(app, status) {
     if (!startButton.disabled) start(app, form);
   });
   form.append(
+    app.lastStop && status === "stopped"
+      ? h("p", { id: "last-stop", class: "notice", role: "status", text: `Your last session ended: ${app.lastStop}.` })
+      : "",
     app.description ? h("p", { class: "settings-description", text: app.description }) : "",
     details,
     fields.childElementCount ? h("fieldset", { class: "settings-group" }, h("legend", { text: "Start with" }), fields) : "",
@@ -790,6 +881,7 @@ async function main() {
   if (wanted && state.apps.some((app) => app.id === wanted)) state.selected = wanted;
   render();
   schedulePoll();
+  setInterval(updateTimeLeft, 1000);
 }
 
 main();
