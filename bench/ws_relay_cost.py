@@ -80,8 +80,12 @@ def main(rounds: int) -> None:
             owner_picture,
             _reads(picture, 262144),
         ),
-        ("owner → application, 22-byte frames, 4 KiB reads", owner_typing, _reads(typing, 4096)),
-        ("view-only viewer → desktop, filtered, 4 KiB reads", viewer, _reads(viewing, 4096)),
+        ("owner → application, 12-byte frames, 4 KiB reads", owner_typing, _reads(typing, 4096)),
+        (
+            "view-only viewer → desktop, 22-byte frames, filtered, 4 KiB reads",
+            viewer,
+            _reads(viewing, 4096),
+        ),
     ]
     print(f"{rounds} rounds; CPU µs per read, least of the rounds (relay vs plain hand-over)\n")
     print("| Case | Hand-over | Relay | Added per read |")

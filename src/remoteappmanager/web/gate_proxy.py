@@ -913,6 +913,8 @@ class _Downstream(asyncio.Protocol):
         self._resume(_HOLDING)
 
     def websocket_violation(self, exc: Exception, *, from_client: bool) -> None:
+        if self.closed:
+            return
         log.info(
             "gate.websocket_refused",
             url_id=self._url_id,

@@ -59,6 +59,8 @@ const TYPE_TEXT = { vncapp: "Desktop", webapp: "Web application" };
 // last one repeats) until noVNC is connected again, by itself or by a reload.
 const RECONNECT_DELAYS_MS = [2000, 4000, 8000, 15000, 30000];
 const WATCH_INTERVAL_MS = 500;
+// "Reconnecting…" stays at least this long, so that a quick reconnection is still seen.
+const RECONNECTING_SHOWN_MS = 1500;
 const NOVNC_STATES = ["connected", "reconnecting", "connecting", "disconnecting", "disconnected"];
 
 const state = {
@@ -665,23 +667,30 @@ function watchDesktop(app, iframe) {
   let droppedAt = null;
   let attempt = 0;
   let reloading = false;
+  let shownAt = null;
   const timer = setInterval(async () => {
     if (!iframe.isConnected) {
       clearInterval(timer);
       return;
     }
     const current = desktopState(iframe);
+    const now = Date.now();
     if (current === "connected") {
       connected = true;
       droppedAt = null;
       attempt = 0;
-      showReconnecting(false);
+      if (shownAt !== null && now - shownAt >= RECONNECTING_SHOWN_MS) {
+        shownAt = null;
+        showReconnecting(false);
+      }
       return;
     }
     if (!connected || reloading) return;
-    const now = Date.now();
     if (droppedAt === null) {
       droppedAt = now;
+      shownAt = now;
+      // Counted on the frame: how many times this desktop's connection dropped.
+      iframe.dataset.drops = String(Number(iframe.dataset.drops || 0) + 1);
       showReconnecting(true);
       return;
     }
