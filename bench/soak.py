@@ -1,7 +1,7 @@
 """Soak: thousands of start/stop cycles and hundreds of thousands of API requests in one run.
 
-Usage: .venv/bin/python bench/soak.py [CYCLES] [REQUESTS] [CONCURRENCY]
-       (defaults 2000, 200000, 10)
+Usage: .venv/bin/python bench/soak.py [CYCLES] [REQUESTS] [CONCURRENCY] [MAX_MINUTES]
+       (defaults 2000, 200000, 10, no limit)
 
 The whole product as separate processes, as the fault-injection suite runs it
 (``tests/support/fault_stack.py``): PostgreSQL, a private Docker engine (never the machine's),
@@ -9,6 +9,9 @@ JupyterHub with its configurable-http-proxy, and the service. CONCURRENCY users 
 their application, fetch it through the proxy and stop it, over and over, until CYCLES
 cycles are done; meanwhile other clients send REQUESTS API requests (listings of
 applications and containers, health) through the proxy, CONCURRENCY at a time.
+
+Every 100 cycles a line shows the progress and the service's memory and descriptors; with
+MAX_MINUTES the run ends after that long even if the counts are not reached (and says so).
 
 Reported: the service's resident memory and open file descriptors after a warm-up and at the
 end (targets: RSS growth < 10 MB, descriptors back to where they were), failed cycles and
@@ -44,14 +47,18 @@ def open_fds(pid: int) -> int:
 
 
 class Counts:
-    def __init__(self) -> None:
+    def __init__(self, deadline: float = float("inf")) -> None:
         self.cycles = 0
         self.requests = 0
         self.failures: Counter[str] = Counter()
+        self.deadline = deadline
+
+    def go_on(self, todo: list[int]) -> bool:
+        return bool(todo) and time.monotonic() < self.deadline
 
 
 async def cycles(stack: FaultStack, user: str, todo: list[int], counts: Counts) -> None:
-    while todo:
+    while counts.go_on(todo):
         todo.pop()
         started = await stack.start_session(user)
         if started.status != 201:
@@ -66,6 +73,13 @@ async def cycles(stack: FaultStack, user: str, todo: list[int], counts: Counts) 
             if stopped.status != 204:
                 counts.failures[f"stop {stopped.status}"] += 1
         counts.cycles += 1
+        if counts.cycles % 100 == 0 and stack.service is not None:
+            pid = stack.service.pid
+            print(
+                f"  {counts.cycles:5d} cycles, {counts.requests:6d} requests: service RSS "
+                f"{rss_kib(pid) / 1024:.1f} MiB, {open_fds(pid)} descriptors",
+                flush=True,
+            )
 
 
 async def requests(stack: FaultStack, users: list[str], todo: list[int], counts: Counts) -> None:
@@ -75,7 +89,7 @@ async def requests(stack: FaultStack, users: list[str], todo: list[int], counts:
         PREFIX + "health",
     )
     turn = 0
-    while todo:
+    while counts.go_on(todo):
         todo.pop()
         turn += 1
         answer = await stack.call("GET", paths[turn % 3], user=users[turn % len(users)])
@@ -101,8 +115,8 @@ async def phase(
     return time.perf_counter() - began
 
 
-async def main(cycle_count: int, request_count: int, concurrency: int) -> None:
-    print(machine())
+async def main(cycle_count: int, request_count: int, concurrency: int, max_minutes: float) -> None:
+    print(machine(), flush=True)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         stack = await FaultStack.create(Path(tmp), 2 * concurrency)
         try:
@@ -115,7 +129,7 @@ async def main(cycle_count: int, request_count: int, concurrency: int) -> None:
             print(f"after warm-up ({counts.cycles} cycles, {counts.requests} requests):")
             print(f"  service RSS {rss_before / 1024:.1f} MiB, {fds_before} open descriptors")
 
-            counts = Counts()
+            counts = Counts(time.monotonic() + max_minutes * 60)
             wall = await phase(stack, cycle_count, request_count, concurrency, counts)
             await asyncio.sleep(2)
             rss_after, fds_after = rss_kib(pid), open_fds(pid)
@@ -124,6 +138,8 @@ async def main(cycle_count: int, request_count: int, concurrency: int) -> None:
         finally:
             await stack.close()
     print(f"soak: {counts.cycles} start/stop cycles and {counts.requests} API requests")
+    if counts.cycles < cycle_count or counts.requests < request_count:
+        print(f"  (stopped after {max_minutes:g} minutes, before {cycle_count} / {request_count})")
     print(f"  wall time        : {wall:.0f} s")
     print(f"  cycles per second: {counts.cycles / wall:.1f}")
     print(f"  requests/second  : {counts.requests / wall:.0f} (alongside the cycles)")
@@ -138,7 +154,7 @@ async def main(cycle_count: int, request_count: int, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    arguments = [int(value) for value in sys.argv[1:4]]
-    defaults = [2000, 200_000, 10]
-    cycle_count, request_count, concurrency = arguments + defaults[len(arguments) :]
-    asyncio.run(main(cycle_count, request_count, concurrency))
+    arguments = [float(value) for value in sys.argv[1:5]]
+    defaults = [2000, 200_000, 10, float("inf")]
+    cycle_count, request_count, concurrency, max_minutes = arguments + defaults[len(arguments) :]
+    asyncio.run(main(int(cycle_count), int(request_count), int(concurrency), max_minutes))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from tests.support.services import ServiceMissing
 
-# Networks of the private engine: away from Docker's default pools (172.17-31, 192.168).
-ADDRESS_POOL = "base=10.213.0.0/16,size=24"
+# Networks of a private engine come from a /16 of its own in 10.200-10.249: away from
+# Docker's default pools (172.17-31, 192.168) and from another private engine's.
+POOL_SECOND_OCTETS = range(200, 250)
 START_TIMEOUT = 30.0
 RESTART_DELAY = 3.0
 
@@ -43,6 +45,9 @@ class PrivateDocker:
         self.pidfile = self.root / "docker.pid"
         self.log = self.root / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.address_pool = f"base=10.{secrets.choice(POOL_SECOND_OCTETS)}.0.0/16,size=24"
+        # The bridges of the networks it made ("br-" + the network id's first 12 digits).
+        self.bridges: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -61,7 +66,7 @@ class PrivateDocker:
             "--ip6tables=false",
             "--ip-masq=false",
             "--live-restore",
-            "--default-address-pool", ADDRESS_POOL,
+            "--default-address-pool", self.address_pool,
             "--storage-driver=overlay2",
             "--log-level=warn",
         ]  # fmt: skip
@@ -127,6 +132,8 @@ class PrivateDocker:
             ids = self.docker("ps", "-aq").stdout.split()
             if ids:
                 self.docker("rm", "-f", *ids)
+            networks = self.docker("network", "ls", "-q", "--no-trunc", "-f", "driver=bridge")
+            self.bridges.update("br-" + net[:12] for net in networks.stdout.split())
             self.docker("network", "prune", "-f")
         if self.process is not None:
             self.process.terminate()
@@ -180,16 +187,11 @@ class PrivateDocker:
         for pid in [*self._processes(), *self._container_processes()]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        # The bridges of its networks, should it not have removed them itself.
-        shown = subprocess.run(
-            ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False
-        )
-        pool = ADDRESS_POOL.split("=")[1].split(".")[:2]
-        prefix = ".".join(pool) + "."
-        for line in shown.stdout.splitlines():
-            fields = line.split()
-            if len(fields) > 3 and fields[3].startswith(prefix) and fields[1].startswith("br-"):
-                delete = ["ip", "link", "delete", fields[1]]
+        # The bridges of its networks, should it not have removed them itself; only those
+        # it was seen to have (another engine's bridges look the same).
+        for bridge in sorted(self.bridges):
+            if Path("/sys/class/net", bridge).exists():
+                delete = ["ip", "link", "delete", bridge]
                 subprocess.run(delete, capture_output=True, check=False)
 
     def _unmount(self) -> None:

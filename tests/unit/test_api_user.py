@@ -742,6 +742,27 @@ async def test_the_openapi_document_is_public_valid_and_lists_every_route(
     ]
 
 
+async def test_every_signed_in_route_documents_the_503_of_a_dependency_that_is_down(
+    client: TestClient[Any, Any], alice: Api, world: World
+) -> None:
+    # Signing a caller in asks the hub: with the hub down, any such route answers 503.
+    async with client.get(OPENAPI) as response:
+        document = await response.json()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if operation.get("security") == []:
+                continue  # public: signs nobody in
+            error = operation["responses"].get("503")
+            assert error is not None, (method, path)
+            schema = error["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ApiError"}, (method, path)
+    world.hub.available = False
+    status, body, _ = await alice.call("GET", API + "v1/user")
+    assert status == 503
+    assert body["type"] == "Unable"
+    assert "JupyterHub" in body["message"]
+
+
 async def test_every_api_answer_is_not_cacheable(alice: Api, world: World) -> None:
     location = await alice.start(await _grant(world, WEBAPP, "alice"))
     for path in (APPLICATIONS, CONTAINERS, location, OPENAPI):

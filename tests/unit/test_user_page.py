@@ -67,6 +67,21 @@ async def test_anonymous_visitors_are_sent_to_the_hub(client: TestClient[Any, An
     assert response.headers["Location"].startswith("/hub/api/oauth2/authorize?")
 
 
+@pytest.mark.parametrize("page", ["", "admin/"])
+async def test_with_the_hub_down_a_page_is_a_readable_503_not_a_traceback(
+    client: TestClient[Any, Any], world: World, page: str
+) -> None:
+    await sign_in(client, world, "root")
+    world.hub.available = False
+    response = await client.get(PREFIX + page, allow_redirects=False)
+    assert response.status == 503
+    assert response.content_type == "text/html"
+    text = await response.text()
+    assert "JupyterHub cannot be reached; try again shortly" in text
+    assert "Traceback" not in text
+    assert "Request id:" in text
+
+
 async def test_signed_in_user_gets_the_page_with_every_element_id(
     client: TestClient[Any, Any], world: World
 ) -> None:

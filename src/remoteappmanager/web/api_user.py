@@ -162,7 +162,7 @@ def register(registry: ApiRegistry) -> None:
             summary="Who I am (name, admin, hub groups)",
             tag=_TAG,
             responses={200: UserOut},
-            errors=signed_in,
+            errors=(*signed_in, 503),
         ),
         ApiOperation(
             "GET",
