@@ -245,6 +245,15 @@ class Settings(BaseSettings):
         "times as long as the last pass took, so that reconciling takes at most a tenth of "
         "the service's time.",
     )
+    max_concurrent_requests: int = Field(
+        default=32,
+        ge=0,
+        le=100_000,
+        description="Reads (GET and HEAD) of the service's pages and REST API answered at "
+        "once; more wait their turn, first come first served. It bounds the work one turn of "
+        "the event loop does, so that a crowd of requests cannot hold up the rest (the gate, "
+        "timers) for long; 0 for no bound. `{svc}health` and `{svc}metrics` never wait.",
+    )
     max_login_sessions_per_user: int = Field(
         default=20,
         ge=1,

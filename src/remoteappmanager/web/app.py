@@ -19,6 +19,11 @@ from remoteappmanager.services.admin import Administration
 from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.settings import Settings
 from remoteappmanager.web import api_admin, api_user, auth, pages
+from remoteappmanager.web.admission import (
+    admission_middleware,
+    setup_admission,
+    tune_garbage_collector,
+)
 from remoteappmanager.web.api import AnswerCache, ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
@@ -81,6 +86,7 @@ def create_app(deps: WebDeps) -> web.Application:
         middlewares=[
             request_context_middleware,
             metrics_middleware,
+            admission_middleware,
             error_middleware,
             app_hosts_middleware,
             csrf_middleware,
@@ -89,6 +95,7 @@ def create_app(deps: WebDeps) -> web.Application:
     app[DEPS] = deps
     app[SETTINGS] = settings
     app[URLS] = urls
+    setup_admission(app)
     app[IDENTITY] = deps.identity
     app[ACCESS] = AccessService(
         deps.uow_factory,
@@ -227,6 +234,7 @@ async def _run_until_stopped(app: web.Application, host: str, port: int) -> None
     try:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
+        tune_garbage_collector()  # once everything start-up builds is there
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:
         await runner.cleanup()
