@@ -17,6 +17,14 @@ Default 200 users, 15 s. Without RATE the users send back to back (closed loop: 
 throughput; latency is then USERS / throughput by Little's law). With RATE (req/s, needs wrk)
 each user waits USERS / RATE seconds after every answer before asking again, so that the
 users together ask about RATE times a second: people reloading a page, not a flood.
+
+    .venv/bin/python bench/api_throughput.py --compare [USERS] [SECONDS] [ROUNDS]
+
+runs two services side by side on the same database, one as configured by default and one
+"untuned" (no bound on concurrent reads, ``max_concurrent_requests = 0``, and Python's default
+garbage collector thresholds, nothing frozen), and loads them in turn, closed loop, ROUNDS
+times (default 200 users, 10 s, 3 rounds). It prints throughput, latency p50/p99 and the event
+loop's lag p50/p99/worst (from ``remoteapp_event_loop_lag_seconds``) of each, then medians.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from remoteappmanager.domain.labels import ImageMetadata  # noqa: E402
 from remoteappmanager.domain.models import Policy  # noqa: E402
 from remoteappmanager.services import catalogue  # noqa: E402
 from remoteappmanager.settings import Settings  # noqa: E402
+from remoteappmanager.web.admission import tune_garbage_collector  # noqa: E402
 from remoteappmanager.web.logs import configure_logging  # noqa: E402
 
 PREFIX = "/services/remoteapp/"
@@ -104,7 +113,9 @@ async def seed(database_url: str, users: int) -> None:
 
 
 # ------------------------------------------------------------------------------ the service
-def serve(conn: multiprocessing.connection.Connection, database_url: str, users: int) -> None:
+def serve(
+    conn: multiprocessing.connection.Connection, database_url: str, users: int, tuned: bool = True
+) -> None:
     try:
         import uvloop
 
@@ -112,11 +123,11 @@ def serve(conn: multiprocessing.connection.Connection, database_url: str, users:
     except ImportError:
         pass
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
-    asyncio.run(_serve(conn, database_url, users))
+    asyncio.run(_serve(conn, database_url, users, tuned))
 
 
 async def _serve(
-    conn: multiprocessing.connection.Connection, database_url: str, users: int
+    conn: multiprocessing.connection.Connection, database_url: str, users: int, tuned: bool
 ) -> None:
     port = free_port()
     settings = Settings(
@@ -127,6 +138,10 @@ async def _serve(
         jupyterhub_service_prefix=PREFIX,
         jupyterhub_service_url=f"http://127.0.0.1:{port}",
         log_format="json",
+        # Untuned: every request is let in at once (as before admission control).
+        max_concurrent_requests=Settings.model_fields["max_concurrent_requests"].default
+        if tuned
+        else 0,
     )
     configure_logging(settings.log_format, settings.log_level)
     identity = InMemoryIdentityProvider()
@@ -145,6 +160,9 @@ async def _serve(
             },
         )
     async with serving(settings, identity, runtime, port) as deps:
+        if tuned:
+            # As ``serve`` does once the service has started.
+            tune_garbage_collector()
         assert deps.applications is not None
         assert deps.sessions is not None
         tokens = []
@@ -247,7 +265,76 @@ def wrk(
     return requests, errors, p50 / 1000, p99 / 1000, most / 1000
 
 
+def compare(users: int, seconds: float, rounds: int) -> None:
+    """Untuned and tuned services side by side, alternating, on the same machine."""
+    if not debian_tool("wrk", "wrk"):
+        raise SystemExit("--compare needs wrk")
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        database_url = f"sqlite+aiosqlite:///{Path(tmp) / 'remoteappmanager.db'}"
+        print(f"seeding {users} users x {GRANTS_PER_USER} grants ...", flush=True)
+        asyncio.run(seed(database_url, users))
+        servers = {}
+        try:
+            for arm, tuned in (("untuned", False), ("tuned", True)):
+                parent, child = multiprocessing.Pipe()
+                process = multiprocessing.get_context("spawn").Process(
+                    target=serve, args=(child, database_url, users, tuned)
+                )
+                process.start()
+                servers[arm] = (process, parent, *parent.recv())
+            results: dict[str, list[tuple[float, ...]]] = {arm: [] for arm in servers}
+            for round_ in range(rounds):
+                for arm, (_process, _conn, base, tokens) in servers.items():
+                    wrk(base, tokens, WARM_UP, users, 0)
+                    before = loop_lag(base)
+                    count, errors, p50, p99, most = wrk(base, tokens, seconds, users, 0)
+                    lag = lag_quantiles(before, loop_lag(base))
+                    results[arm].append((count / seconds, p50, p99, most, errors, *lag))
+                    print(
+                        f"round {round_ + 1} {arm:8}: {count / seconds:6.0f} req/s, p50 "
+                        f"{p50:.1f} ms, p99 {p99:.1f} ms (p99/p50 {p99 / p50:.1f}), loop lag "
+                        f"p50 <= {lag[0]:g} ms, p99 <= {lag[1]:g} ms, worst <= {lag[2]:g} ms",
+                        flush=True,
+                    )
+        finally:
+            for process, conn, *_ in servers.values():
+                conn.send("stop")
+                process.join(15)
+                if process.is_alive():
+                    process.kill()
+    print(f"\nmedians over {rounds} rounds, closed loop, {users} users, {seconds:g} s each:")
+    print(f"{'':9}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'p99/p50':>8}"
+          f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}")  # fmt: skip
+    for arm, rows in results.items():
+        rate, p50, p99, _most, _errors, lag50, lag99, worst = (
+            statistics.median(column) for column in zip(*rows, strict=True)
+        )
+        print(
+            f"{arm:9}{rate:7.0f}{p50:8.1f}{p99:8.1f}{p99 / p50:8.1f}{lag50:9g}{lag99:9g}{worst:9g}"
+        )
+
+
+def lag_quantiles(before: dict[float, float], after: dict[float, float]) -> tuple[float, ...]:
+    """The loop lag's p50, p99 and worst during the load, in ms, as the histogram's upper
+    bucket bounds (so "<= this")."""
+    new = {bound: after[bound] - before.get(bound, 0.0) for bound in after}
+    total = new[float("inf")]
+    bounds = sorted(new)
+
+    def quantile(q: float) -> float:
+        bound = next(bound for bound in bounds if new[bound] >= q * total)
+        return bound * 1000
+
+    return quantile(0.5), quantile(0.99), quantile(1.0)
+
+
 def main() -> None:
+    if "--compare" in sys.argv:
+        args = [arg for arg in sys.argv[1:] if arg != "--compare"]
+        users = int(args[0]) if args else 200
+        seconds = float(args[1]) if len(args) > 1 else 10.0
+        compare(users, seconds, int(args[2]) if len(args) > 2 else 3)
+        return
     users = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 15.0
     rate = float(sys.argv[3]) if len(sys.argv) > 3 else None

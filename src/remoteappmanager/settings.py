@@ -302,6 +302,15 @@ class Settings(BaseSettings):
         "database (one batch for all sessions), so that idle deadlines survive a restart; "
         "after a restart a session may look idle this much earlier than it is.",
     )
+    max_concurrent_requests: int = Field(
+        default=32,
+        ge=0,
+        le=100_000,
+        description="Reads (GET and HEAD) of the service's pages and REST API answered at "
+        "once; more wait their turn, first come first served. It bounds the work one turn of "
+        "the event loop does, so that a crowd of requests cannot hold up the rest (the gate, "
+        "timers) for long; 0 for no bound. `{svc}health` and `{svc}metrics` never wait.",
+    )
     max_login_sessions_per_user: int = Field(
         default=20,
         ge=1,

@@ -56,7 +56,10 @@ DEFAULT_IMAGE_TTL = 60.0
 DEFAULT_MISSING_IMAGE_TTL = 5.0
 # Images described at once; a catalogue has far fewer.
 DEFAULT_MAX_IMAGES = 10_000
-DEFAULT_GRANTS_TTL = 10.0
+# A safety net only: changes show through the catalogue's version (``CatalogueWatch``) within
+# a second whatever this is. Ten seconds made 200 users' refreshes a steady stream of SQLite
+# reads in aiosqlite's thread, which took the GIL from the event loop under load.
+DEFAULT_GRANTS_TTL = 60.0
 # How many users' grants are kept; past it the least recently read go first.
 DEFAULT_MAX_CACHED_USERS = 100_000
 # Background refreshes of stale entries read the database this many at a time: entries read

@@ -17,6 +17,11 @@ from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.admin import Administration
 from remoteappmanager.web import api_admin, api_user, auth, pages
+from remoteappmanager.web.admission import (
+    admission_middleware,
+    setup_admission,
+    tune_garbage_collector,
+)
 from remoteappmanager.web.api import AnswerCache, ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
@@ -76,6 +81,7 @@ def create_app(deps: WebDeps) -> web.Application:
         middlewares=[
             request_context_middleware,
             metrics_middleware,
+            admission_middleware,
             error_middleware,
             app_hosts_middleware,
             csrf_middleware,
@@ -84,6 +90,7 @@ def create_app(deps: WebDeps) -> web.Application:
     app[DEPS] = deps
     app[SETTINGS] = settings
     app[URLS] = urls
+    setup_admission(app)
     app[IDENTITY] = deps.identity
     app[ACCESS] = AccessService(
         deps.uow_factory,
@@ -222,6 +229,7 @@ async def _run_until_stopped(app: web.Application, host: str, port: int) -> None
     try:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
+        tune_garbage_collector()  # once everything start-up builds is there
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:
         await runner.cleanup()

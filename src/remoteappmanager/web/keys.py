@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -37,6 +38,8 @@ HEALTH_CHECKS: web.AppKey[dict[str, HealthCheck]] = web.AppKey("health_checks")
 # ``{svc}health``'s answer, probed at most once per its TTL.
 HEALTH: web.AppKey[CachedHealth] = web.AppKey("health")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
+# Reads answered at once (``web.admission``); absent when unbounded.
+ADMISSION: web.AppKey[asyncio.Semaphore] = web.AppKey("admission")
 # Present when the service has a container engine (``WebDeps.sessions``).
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
 APPLICATIONS: web.AppKey[Applications] = web.AppKey("applications")
