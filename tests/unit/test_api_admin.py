@@ -1055,3 +1055,17 @@ async def test_a_whole_number_written_with_a_fraction_is_a_whole_number(
     mapping_id = await root.create(ACCOUNTING, _grant(ids["alice"], pids_limit=251.0, cpu_limit=1))
     grant = (await root.grants(ids["alice"]))["items"][mapping_id]
     assert (grant["pids_limit"], grant["cpu_limit"]) == (251, 1.0)
+
+
+async def test_the_document_states_the_limits_bounds(client: TestClient[Any, Any]) -> None:
+    async with client.get(OPENAPI) as response:
+        document = await response.json()
+    fields = document["components"]["schemas"]["AdminGrantCreate"]["properties"]
+    bounds = {
+        name: next(option for option in fields[name]["anyOf"] if option["type"] != "null")
+        for name in ("memory_limit_mb", "cpu_limit", "pids_limit", "idle_timeout_s")
+    }
+    assert bounds["memory_limit_mb"] == {"type": "integer", "minimum": 6, "maximum": 16777216}
+    assert bounds["cpu_limit"] == {"type": "number", "minimum": 0.01, "maximum": 1024.0}
+    assert bounds["pids_limit"] == {"type": "integer", "minimum": 1, "maximum": 4194304}
+    assert bounds["idle_timeout_s"]["minimum"] == 0

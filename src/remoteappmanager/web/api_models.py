@@ -718,21 +718,21 @@ class AdminGrantCreate(_Request):
     volume_mode: Literal["ro", "rw"] | None = None
     allow_startup_data: bool = False
     memory_limit_mb: (
-        Annotated[int, _JSON_NUMBER, Field(ge=MIN_MEMORY_LIMIT_MB, le=MAX_MEMORY_LIMIT_MB)] | None
+        Annotated[int, Field(ge=MIN_MEMORY_LIMIT_MB, le=MAX_MEMORY_LIMIT_MB), _JSON_NUMBER] | None
     ) = Field(default=None, description="MiB, swap included; null: the deployment's default.")
     cpu_limit: (
         Annotated[
-            float, _JSON_NUMBER, Field(ge=MIN_CPU_LIMIT, le=MAX_CPU_LIMIT, allow_inf_nan=False)
+            float, Field(ge=MIN_CPU_LIMIT, le=MAX_CPU_LIMIT, allow_inf_nan=False), _JSON_NUMBER
         ]
         | None
     ) = Field(default=None, description="Cores, fractional; null: the deployment's default.")
-    pids_limit: Annotated[int, _JSON_NUMBER, Field(ge=1, le=MAX_PIDS_LIMIT)] | None = Field(
+    pids_limit: Annotated[int, Field(ge=1, le=MAX_PIDS_LIMIT), _JSON_NUMBER] | None = Field(
         default=None, description="Processes; null: the deployment's default."
     )
-    idle_timeout_s: Annotated[int, _JSON_NUMBER, Field(ge=0, le=MAX_TIMEOUT_S)] | None = Field(
+    idle_timeout_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S), _JSON_NUMBER] | None = Field(
         default=None, description="Seconds without input before a stop; 0 or null: never."
     )
-    max_lifetime_s: Annotated[int, _JSON_NUMBER, Field(ge=0, le=MAX_TIMEOUT_S)] | None = Field(
+    max_lifetime_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S), _JSON_NUMBER] | None = Field(
         default=None, description="Seconds after the start before a stop; 0 or null: never."
     )
 
