@@ -11,6 +11,7 @@ import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -29,13 +30,19 @@ class FakeApplication:
     image: dict[str, Any] | None
     policy: dict[str, Any]
     container: dict[str, Any] | None = None
+    limits: dict[str, Any] = field(
+        default_factory=lambda: {"memory_limit_mb": 4096, "cpu_limit": 2.0, "pids_limit": 1024}
+    )
+    last_stop: dict[str, Any] | None = None
 
     def as_item(self) -> dict[str, Any]:
         return {
             "mapping_id": self.mapping_id,
             "image": self.image,
             "policy": self.policy,
+            "limits": self.limits,
             "container": self.container,
+            "last_stop": self.last_stop,
         }
 
 
@@ -84,6 +91,10 @@ class FakeBackend:
     # What each start asked for, in order: (mapping_id, configurables).
     starts: list[tuple[str, Any]] = field(default_factory=list)
     csrf_headers: list[str | None] = field(default_factory=list)
+    # Seconds from a start (or a "Keep working") until the container's expires_at; None: never.
+    expires_in: float | None = None
+    # The url ids "Keep working" was pressed for, in order.
+    activity: list[str] = field(default_factory=list)
 
     def add(self, image: dict[str, Any] | None, policy: dict[str, Any]) -> FakeApplication:
         app = FakeApplication(secrets.token_hex(16), image, policy)
@@ -141,6 +152,14 @@ class FakeBackend:
         if parts == ["containers"] and request.method == "POST":
             self.csrf_headers.append(request.headers.get("X-XSRFToken"))
             return await self._start(await request.json())
+        if parts[:1] == ["containers"] and parts[2:] == ["activity"] and request.method == "POST":
+            self.csrf_headers.append(request.headers.get("X-XSRFToken"))
+            for app in self.applications.values():
+                if app.container and app.container["url_id"] == parts[1]:
+                    self.activity.append(parts[1])
+                    app.container["expires_at"] = self._expiry()
+                    return web.json_response(app.container)
+            return _error(404, "NotFound", "no such container")
         if len(parts) == 2 and parts[0] == "containers" and request.method == "DELETE":
             self.csrf_headers.append(request.headers.get("X-XSRFToken"))
             for app in self.applications.values():
@@ -172,8 +191,15 @@ class FakeBackend:
             "urlpath": urlpath,
             "state": "running",
             "mapping_id": app.mapping_id,
+            "expires_at": self._expiry(),
         }
         return web.Response(status=201, headers={"Location": f"{API}containers/{url_id}/"})
+
+    def _expiry(self) -> str | None:
+        if self.expires_in is None:
+            return None
+        moment = datetime.now(UTC) + timedelta(seconds=self.expires_in)
+        return moment.isoformat().replace("+00:00", "Z")
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:

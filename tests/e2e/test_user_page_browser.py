@@ -61,6 +61,8 @@ def backend(site: Site) -> FakeBackend:
     site.backend.start_delay = 0.0
     site.backend.start_error = None
     site.backend.start_steps = []
+    site.backend.expires_in = None
+    site.backend.activity.clear()
     return site.backend
 
 
@@ -357,6 +359,42 @@ async def test_applications_being_started_elsewhere_are_followed_until_running(
 
 
 # ------------------------------------------------------------------------------ safety, menu
+async def test_limits_show_before_a_start_and_the_time_left_once_it_runs_short(
+    page: Page, site: Site, backend: FakeBackend
+) -> None:
+    app = backend.add(
+        image("remoteapp-demo/webapp:latest", "Timed app"),
+        policy(idle_timeout_s=600, max_lifetime_s=7200),
+    )
+    app.limits = {"memory_limit_mb": 128, "cpu_limit": 0.5, "pids_limit": 64}
+    app.last_stop = {
+        "url_id": "a" * 26,
+        "stop_reason": "oom",
+        "message": "out of memory",
+        "stopped_at": "2026-12-04T12:00:00Z",
+    }
+    await _open(page, site, "#" + app.mapping_id)
+    details = await page.locator(".details").inner_text()
+    assert "128 MiB memory, 0.5 CPUs, 64 processes" in details
+    assert "stops after 10 min without input; stops 2 h after its start" in details
+    assert await page.locator("#last-stop").inner_text() == (
+        "Your last session ended: out of memory."
+    )
+
+    backend.expires_in = 90
+    await page.click("#start-button")
+    await page.wait_for_selector("#time-left:not([hidden])")
+    assert re.fullmatch(r"Stops in 1:[23]\d", await page.locator("#time-left").inner_text())
+    # Keep working counts as input: the deadline moves beyond the warning.
+    backend.expires_in = 3600
+    await page.click("#keep-working")
+    await page.wait_for_selector("#time-left", state="hidden")
+    assert await page.locator("#keep-working").is_hidden()
+    assert app.container is not None
+    assert backend.activity == [app.container["url_id"]]
+    assert backend.csrf_headers[-1]
+
+
 async def test_hostile_labels_stay_text(page: Page, site: Site, backend: FakeBackend) -> None:
     backend.add(image("evil", HOSTILE, description=HOSTILE, icon='x" onerror="1'), policy())
     await _open(page, site)

@@ -1061,3 +1061,49 @@ async def test_the_document_states_what_the_server_checks(client: TestClient[Any
 async def test_user_names_outside_the_documented_pattern_are_refused(root: Api, name: str) -> None:
     status, body, _ = await root.call("POST", USERS, json={"name": name})
     assert (status, body["type"]) == (400, "BadRepresentation")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("memory_limit_mb", 5),
+        ("memory_limit_mb", True),
+        ("memory_limit_mb", "512"),
+        ("cpu_limit", 0),
+        ("cpu_limit", "0.5"),
+        ("pids_limit", 2.5),
+        ("idle_timeout_s", -1),
+        ("max_lifetime_s", 366 * 24 * 3600 + 1),
+    ],
+)
+async def test_limits_out_of_bounds_are_refused_and_grant_nothing(
+    root: Api, ids: dict[str, str], field: str, value: object
+) -> None:
+    status, body, _ = await root.call(
+        "POST", ACCOUNTING, json=_grant(ids["alice"], **{field: value})
+    )
+    assert (status, body["type"]) == (400, "BadRepresentation")
+    assert field in body["message"]
+    assert (await root.grants(ids["alice"]))["total"] == 0
+
+
+async def test_a_whole_number_written_with_a_fraction_is_a_whole_number(
+    root: Api, ids: dict[str, str]
+) -> None:
+    mapping_id = await root.create(ACCOUNTING, _grant(ids["alice"], pids_limit=251.0, cpu_limit=1))
+    grant = (await root.grants(ids["alice"]))["items"][mapping_id]
+    assert (grant["pids_limit"], grant["cpu_limit"]) == (251, 1.0)
+
+
+async def test_the_document_states_the_limits_bounds(client: TestClient[Any, Any]) -> None:
+    async with client.get(OPENAPI) as response:
+        document = await response.json()
+    fields = document["components"]["schemas"]["AdminGrantCreate"]["properties"]
+    bounds = {
+        name: next(option for option in fields[name]["anyOf"] if option["type"] != "null")
+        for name in ("memory_limit_mb", "cpu_limit", "pids_limit", "idle_timeout_s")
+    }
+    assert bounds["memory_limit_mb"] == {"type": "integer", "minimum": 6, "maximum": 16777216}
+    assert bounds["cpu_limit"] == {"type": "number", "minimum": 0.01, "maximum": 1024.0}
+    assert bounds["pids_limit"] == {"type": "integer", "minimum": 1, "maximum": 4194304}
+    assert bounds["idle_timeout_s"]["minimum"] == 0

@@ -433,6 +433,18 @@ def _row_id(value: object) -> object:
 
 
 # Ids travel as strings, as the original's did; requests may send them as numbers too.
+def _json_number(value: object) -> object:
+    # A JSON number, as JSON Schema reads one: 3.0 is the integer 3, but neither true nor
+    # "3" is a number (pydantic's lax numbers would take both).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_JSON_NUMBER = BeforeValidator(_json_number)
+
 RowId = Annotated[
     int,
     BeforeValidator(_row_id),
@@ -723,18 +735,21 @@ class AdminGrantCreate(_Request):
         "node.labels.gpu==true); only a swarm engine can start such a grant.",
     )
     memory_limit_mb: (
-        Annotated[int, Field(ge=MIN_MEMORY_LIMIT_MB, le=MAX_MEMORY_LIMIT_MB, strict=True)] | None
+        Annotated[int, Field(ge=MIN_MEMORY_LIMIT_MB, le=MAX_MEMORY_LIMIT_MB), _JSON_NUMBER] | None
     ) = Field(default=None, description="MiB, swap included; null: the deployment's default.")
     cpu_limit: (
-        Annotated[float, Field(ge=MIN_CPU_LIMIT, le=MAX_CPU_LIMIT, allow_inf_nan=False)] | None
+        Annotated[
+            float, Field(ge=MIN_CPU_LIMIT, le=MAX_CPU_LIMIT, allow_inf_nan=False), _JSON_NUMBER
+        ]
+        | None
     ) = Field(default=None, description="Cores, fractional; null: the deployment's default.")
-    pids_limit: Annotated[int, Field(ge=1, le=MAX_PIDS_LIMIT, strict=True)] | None = Field(
+    pids_limit: Annotated[int, Field(ge=1, le=MAX_PIDS_LIMIT), _JSON_NUMBER] | None = Field(
         default=None, description="Processes; null: the deployment's default."
     )
-    idle_timeout_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S, strict=True)] | None = Field(
+    idle_timeout_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S), _JSON_NUMBER] | None = Field(
         default=None, description="Seconds without input before a stop; 0 or null: never."
     )
-    max_lifetime_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S, strict=True)] | None = Field(
+    max_lifetime_s: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_S), _JSON_NUMBER] | None = Field(
         default=None, description="Seconds after the start before a stop; 0 or null: never."
     )
 
