@@ -18,6 +18,7 @@ from remoteappmanager.adapters.db.migrate import SchemaStatus
 from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.ports.audit import EventStore
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.remote_api import HubTokenIssuer, RemoteAppClient
@@ -27,6 +28,7 @@ from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
 from remoteappmanager.services.access import demo_policy
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.services.reconcile import Reconciler
@@ -56,6 +58,8 @@ class Database:
     location: str
     """Where it is, for messages (never the password)."""
     unit_of_work: UnitOfWorkFactory
+    events: EventStore
+    """The audit trail's store in this database."""
     ping: Callable[[], Awaitable[None]]
     """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""
     close: Callable[[], Awaitable[None]]
@@ -76,7 +80,11 @@ def build_database(database_url: str) -> Database:
     """The database behind an async SQLAlchemy URL (``Settings.database_url``)."""
     sql = SqlDatabase(database_url)
     return Database(
-        location=sql.location, unit_of_work=sql.unit_of_work, ping=sql.ping, close=sql.close
+        location=sql.location,
+        unit_of_work=sql.unit_of_work,
+        events=sql.events(),
+        ping=sql.ping,
+        close=sql.close,
     )
 
 
@@ -177,6 +185,7 @@ def build_web_deps(
     probe = probe or AiohttpReadinessProbe()
 
     database = build_database(settings.database_url)
+    audit = AuditTrail(database.events, retention_days=settings.event_retention_days)
     host_paths = host_paths or LocalHostPaths()
     volume_rules = settings.volume_rules
     sessions = Sessions(
@@ -197,6 +206,7 @@ def build_web_deps(
         start_rate_per_minute=settings.start_rate_per_minute,
         max_sessions_per_user=settings.max_sessions_per_user,
         workspace_uid_base=settings.workspace_uid_base,
+        audit=audit,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions)
@@ -213,6 +223,9 @@ def build_web_deps(
         _closing(runtime.close),
         _closing(routes.close),
         _closing(probe.close),
+        # After the database (closed after it): its cancellation writes what is queued.
+        _background(audit.run_forever, "audit-writer"),
+        _background(audit.run_retention, "audit-retention"),
         _background(lambda: reconciler.run_forever(settings.reconcile_interval), "reconciler"),
     ]
     return WebDeps(
@@ -228,6 +241,7 @@ def build_web_deps(
         sessions=sessions,
         applications=applications,
         volumes=VolumeGuard(volume_rules, host_paths),
+        audit=audit,
     )
 
 

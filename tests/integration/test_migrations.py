@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,19 @@ from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.engine import create_engine
 from remoteappmanager.adapters.db.models import metadata
 from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.domain.audit import EventQuery, NewEvent
 from remoteappmanager.domain.errors import Exists, Unavailable
 from tests.support.database import execute
 from tests.support.services import REPO, PostgresCluster
 
-TABLES = {"user", "application", "application_policy", "accounting", "catalogue_version"}
+TABLES = {
+    "user",
+    "application",
+    "application_policy",
+    "accounting",
+    "catalogue_version",
+    "event",
+}
 
 
 async def _inspect(url: str, look: object) -> object:
@@ -53,7 +62,7 @@ async def test_upgrade_takes_an_empty_database_to_head(empty_database_url: str) 
 
     after = await migrate.upgrade(empty_database_url)
 
-    assert after.current == migrate.head() == "0002"
+    assert after.current == migrate.head() == "0004"
     assert after.at_head
     assert await migrate.check(empty_database_url)
     assert await _inspect(empty_database_url, _table_names) == TABLES | {"alembic_version"}
@@ -123,6 +132,42 @@ async def test_the_catalogue_version_keeps_existing_rows_and_starts_at_zero(
     down = await migrate.downgrade(empty_database_url, "0001")
     assert down.current == "0001"
     assert await execute(empty_database_url, 'SELECT count(*) FROM "user"') == [(2,)]
+
+
+async def test_the_audit_trail_arrives_empty_and_keeps_the_catalogue(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0002")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
+    )
+    await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
+
+    assert (await migrate.upgrade(empty_database_url)).at_head
+
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        ("b" * 32, 1)
+    ]
+    assert await execute(empty_database_url, "SELECT version FROM catalogue_version") == [(7,)]
+    assert await execute(empty_database_url, "SELECT count(*) FROM event") == [(0,)]
+    database = SqlDatabase(empty_database_url)
+    try:
+        events = database.events()
+        await events.append([NewEvent.of(datetime.now(UTC), "alice", "login", "alice")])
+        page = await events.query(EventQuery())
+        assert [(e.actor, e.action.value) for e in page.events] == [("alice", "login")]
+    finally:
+        await database.close()
+
+    down = await migrate.downgrade(empty_database_url, "0002")
+    assert down.current == "0002"
+    assert "event" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
+    assert await execute(empty_database_url, 'SELECT name FROM "user"') == [("alice",)]
 
 
 async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:

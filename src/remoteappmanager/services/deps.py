@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.applications import Applications
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
@@ -38,6 +39,8 @@ class WebDeps:
       and ``api/v1/applications/``); set whenever ``sessions`` is.
     - ``volumes``: the volume rules grants are checked against (None: no grant may mount a
       host folder).
+    - ``audit``: the audit trail the services record in and the admin API lists (None: an
+      application that records nothing and answers ``Unavailable`` for the listing).
     """
 
     settings: Settings
@@ -49,3 +52,4 @@ class WebDeps:
     sessions: Sessions | None = None
     applications: Applications | None = None
     volumes: VolumeGuard | None = None
+    audit: AuditTrail | None = None

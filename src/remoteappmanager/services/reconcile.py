@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from remoteappmanager.domain.audit import SYSTEM_ACTOR, StopReason
 from remoteappmanager.domain.containers import RUNINFO_REALM, ContainerInfo, Route
 from remoteappmanager.domain.errors import RemoteAppError
 from remoteappmanager.domain.sessions import Session, session_from_container
@@ -180,6 +181,7 @@ class Reconciler:
                     del routes[session.urlpath]
                 await self._runtime.remove(info.id)
                 report.containers_removed.append(info.id)
+                self._sessions.record_stop(session, SYSTEM_ACTOR, StopReason.RECONCILE)
             except RemoteAppError as exc:
                 self._failed(report, f"repair {session.urlpath}", exc)
 

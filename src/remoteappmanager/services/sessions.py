@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from remoteappmanager.domain.audit import SYSTEM_ACTOR, AuditAction, StopReason
 from remoteappmanager.domain.configurables import Configuration, validate_configurables
 from remoteappmanager.domain.confinement import DEFAULT_CONFINEMENT, Confinement, user_uid
 from remoteappmanager.domain.containers import (
@@ -44,6 +45,7 @@ from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
+from remoteappmanager.services.audit import DISCARD, Recorder
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.rate_limit import RateLimit
 
@@ -148,11 +150,13 @@ class Sessions:
         clock: Callable[[], float] = time.monotonic,
         workspace_uid_base: int | None = None,
         max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
+        audit: Recorder = DISCARD,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
         self._runtime = runtime
         self._routes = routes
+        self.audit = audit
         self._workspaces = workspaces
         self._host_paths = host_paths
         self._probe = probe
@@ -422,6 +426,12 @@ class Sessions:
                 )
                 raise type(exc)(f"{shown} could not be started: {exc.message}") from exc
         log.info("session.started", user=claim.user, image=claim.image, url_id=session.url_id)
+        self.audit.record(
+            claim.user,
+            AuditAction.START,
+            session.url_id,
+            {"owner": claim.user, "image": claim.image, "mapping_id": claim.mapping_id},
+        )
         return session
 
     async def _within_quota(self, claim: _Claim) -> None:
@@ -564,13 +574,16 @@ class Sessions:
         the container is left running (``Unavailable``), so that no route can ever outlive
         its container and reach whatever gets the same host port next.
         """
-        await self._stop(await self._find(url_id, user))
+        await self._stop(await self._find(url_id, user), user, StopReason.USER)
 
-    async def stop_any(self, url_id: str) -> None:
-        """Stop session ``url_id`` whoever owns it (for admins)."""
-        await self._stop(await self._find(url_id, None))
+    async def stop_any(
+        self, url_id: str, *, actor: str = SYSTEM_ACTOR, reason: StopReason = StopReason.ADMIN
+    ) -> None:
+        """Stop session ``url_id`` whoever owns it (for admins, or the service itself), and
+        record it as done by ``actor`` for ``reason``."""
+        await self._stop(await self._find(url_id, None), actor, reason)
 
-    async def _stop(self, session: Session) -> None:
+    async def _stop(self, session: Session, actor: str, reason: StopReason) -> None:
         if session.container_id is None:
             raise Conflict("the application is still starting; stop it once it runs")
         claim = _Claim(SessionState.STOPPING, session.user, session.mapping_id, session.url_id)
@@ -582,6 +595,16 @@ class Sessions:
                 raise Conflict("the application is being started or stopped already")
             await self._remove(session)
         log.info("session.stopped", user=session.user, url_id=session.url_id)
+        self.record_stop(session, actor, reason)
+
+    def record_stop(self, session: Session, actor: str, reason: StopReason) -> None:
+        """Leave the stop of ``session`` in the audit trail."""
+        self.audit.record(
+            actor,
+            AuditAction.STOP,
+            session.url_id,
+            {"owner": session.user, "image": session.image, "reason": reason.value},
+        )
 
     async def _remove(self, session: Session) -> None:
         await self._routes.remove(session.urlpath)

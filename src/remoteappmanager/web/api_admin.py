@@ -39,7 +39,7 @@ from remoteappmanager.web.api_models import (
     AdminUserList,
     AdminUserOut,
 )
-from remoteappmanager.web.auth import require_admin
+from remoteappmanager.web.auth import require_admin, signed_in_user
 from remoteappmanager.web.keys import ADMIN, URLS
 
 ADMIN_PATH = "v1/admin/"
@@ -57,6 +57,10 @@ _MAPPING_ID_RE = re.compile(MAPPING_ID.pattern)
 
 def _admin(request: web.Request) -> Administration:
     return request.app[ADMIN]
+
+
+def _actor(request: web.Request) -> str:
+    return signed_in_user(request).name
 
 
 def _created(request: web.Request, collection: str, identifier: object) -> web.Response:
@@ -115,13 +119,13 @@ async def get_user(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def create_user(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminUserCreate)
-    user = await _admin(request).create_user(wanted.name)
+    user = await _admin(request).create_user(wanted.name, actor=_actor(request))
     return _created(request, USERS_PATH, user.id)
 
 
 @require_admin
 async def delete_user(request: web.Request) -> web.StreamResponse:
-    await _admin(request).remove_user(_row_id(request, "user"))
+    await _admin(request).remove_user(_row_id(request, "user"), actor=_actor(request))
     return _no_content()
 
 
@@ -145,13 +149,13 @@ async def get_application(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def create_application(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminApplicationCreate)
-    application = await _admin(request).create_application(wanted.image_name)
+    application = await _admin(request).create_application(wanted.image_name, actor=_actor(request))
     return _created(request, APPLICATIONS_PATH, application.id)
 
 
 @require_admin
 async def delete_application(request: web.Request) -> web.StreamResponse:
-    await _admin(request).remove_application(_row_id(request, "application"))
+    await _admin(request).remove_application(_row_id(request, "application"), actor=_actor(request))
     return _no_content()
 
 
@@ -168,7 +172,9 @@ async def list_grants(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def create_grant(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminGrantCreate)
-    grant = await _admin(request).grant(wanted.user_id, wanted.application(), wanted.policy())
+    grant = await _admin(request).grant(
+        wanted.user_id, wanted.application(), wanted.policy(), actor=_actor(request)
+    )
     return _created(request, ACCOUNTING_PATH, grant.mapping_id)
 
 
@@ -179,7 +185,7 @@ async def get_grant(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def delete_grant(request: web.Request) -> web.StreamResponse:
-    await _admin(request).revoke(_mapping_id(request))
+    await _admin(request).revoke(_mapping_id(request), actor=_actor(request))
     return _no_content()
 
 
@@ -204,7 +210,7 @@ async def get_container(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def delete_container(request: web.Request) -> web.StreamResponse:
-    await _admin(request).stop_session(_url_id(request))
+    await _admin(request).stop_session(_url_id(request), actor=_actor(request))
     return _no_content()
 
 

@@ -16,6 +16,7 @@ from remoteappmanager import __version__, bootstrap
 from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.admin import Administration
+from remoteappmanager.services.audit import DISCARD
 from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.settings import Settings
 from remoteappmanager.web import api_admin, api_user, auth, pages
@@ -96,6 +97,7 @@ def create_app(deps: WebDeps) -> web.Application:
         auto_user_creation=settings.auto_user_creation,
         demo_applications=settings.demo_applications,
         access_scopes=settings.access_scopes,
+        audit=deps.audit or DISCARD,
     )
     app[LOGIN_SESSIONS] = LoginSessionStore(
         clock=deps.clock, max_sessions_per_user=settings.max_login_sessions_per_user
@@ -116,6 +118,7 @@ def create_app(deps: WebDeps) -> web.Application:
         sessions=deps.sessions,
         applications=deps.applications,
         volumes=deps.volumes,
+        audit=deps.audit or DISCARD,
     )
     app[API_REGISTRY] = ApiRegistry(
         title="SimPhoNy-Remote", version=__version__, description=_API_DESCRIPTION

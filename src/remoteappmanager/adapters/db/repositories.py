@@ -15,6 +15,7 @@ from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
 from remoteappmanager.adapters.db.engine import create_engine, describe
 from remoteappmanager.adapters.db.errors import translated_errors
+from remoteappmanager.adapters.db.events import SqlEventStore
 from remoteappmanager.adapters.db.models import (
     CATALOGUE_VERSION_ID,
     MAPPING_ID_LENGTH,
@@ -453,6 +454,10 @@ class SqlDatabase:
 
     def unit_of_work(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self._sessions, self.location)
+
+    def events(self) -> SqlEventStore:
+        """The audit trail in this database."""
+        return SqlEventStore(self._sessions, self.location)
 
     async def ping(self) -> None:
         """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""
