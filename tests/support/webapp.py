@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.adapters.memory_events import InMemoryEventStore
 from remoteappmanager.adapters.memory_identity import AUTHORIZE_PATH, InMemoryIdentityProvider
 from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
 from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
@@ -25,6 +26,7 @@ from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMem
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.deps import HealthCheck, WebDeps
 from remoteappmanager.services.sessions import Sessions
@@ -116,6 +118,11 @@ class World:
     workspaces: InMemoryWorkspaces = field(default_factory=InMemoryWorkspaces)
     host_paths: InMemoryHostPaths = field(default_factory=InMemoryHostPaths)
     sessions: Sessions | None = None
+    events: InMemoryEventStore = field(default_factory=InMemoryEventStore)
+    audit: AuditTrail = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditTrail(self.events)
 
     def make_sessions(self, settings: Settings) -> Sessions:
         """The sessions service over this world's fakes, as the composition root builds it."""
@@ -136,6 +143,7 @@ class World:
             start_rate_per_minute=settings.start_rate_per_minute,
             max_sessions_per_user=settings.max_sessions_per_user,
             clock=self.clock,
+            audit=self.audit,
         )
         return self.sessions
 
@@ -176,6 +184,7 @@ def make_app(
         sessions=sessions,
         applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=0),
         volumes=world.volume_guard(values),
+        audit=world.audit,
     )
     return create_app(deps)
 

@@ -19,7 +19,7 @@ from remoteappmanager.services.admin import Administration
 from remoteappmanager.services.audit import DISCARD
 from remoteappmanager.services.deps import Resource, WebDeps
 from remoteappmanager.settings import Settings
-from remoteappmanager.web import api_admin, api_user, auth, pages
+from remoteappmanager.web import api_admin, api_events, api_user, auth, pages
 from remoteappmanager.web.api import AnswerCache, ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
@@ -125,6 +125,7 @@ def create_app(deps: WebDeps) -> web.Application:
     )
     api_user.register(app[API_REGISTRY])
     api_admin.register(app[API_REGISTRY])
+    api_events.register(app[API_REGISTRY])
 
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))
