@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -124,3 +125,27 @@ async def test_an_empty_batch_writes_nothing(store: EventStore) -> None:
     await store.append([])
 
     assert (await store.query(EventQuery())).total == 0
+
+
+async def test_on_sqlite_a_batch_never_breaks_a_unit_of_work_that_read_first(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gate.db'}"
+    await migrate.upgrade(url)
+    database = SqlDatabase(url)
+    events = database.events()
+    try:
+        async with database.unit_of_work() as work:
+            await work.users.list()  # a read first: the transaction holds a snapshot
+            batch = asyncio.ensure_future(events.append([_event(0, "alice", AuditAction.LOGIN)]))
+            await asyncio.sleep(0.05)
+            assert not batch.done()  # it waits for the unit of work
+            await work.users.add("alice")
+            await work.commit()
+        await asyncio.wait_for(batch, 5)
+
+        assert (await events.query(EventQuery())).total == 1
+        async with database.unit_of_work() as work:
+            assert [user.name for user in await work.users.list()] == ["alice"]
+    finally:
+        await database.close()

@@ -159,7 +159,8 @@ async def test_filters_and_paging(root: ApiClient, alice: ApiClient) -> None:
     assert grants["total"] == 1
     assert (second_page["total"], second_page["offset"], len(second_page["items"])) == (6, 2, 2)
     assert [e["action"] for e in second_page["items"].values()] == ["start", "grant"]
-    assert future["total"] == past["total"] == 0
+    backwards = await _events(root, since="2999-01-01T00:00:00Z", until="2000-01-01T00:00:00Z")
+    assert future["total"] == past["total"] == backwards["total"] == 0
     assert everything["total"] == 6
 
 
@@ -179,7 +180,6 @@ async def test_filters_and_paging(root: ApiClient, alice: ApiClient) -> None:
         {"since": "2026-12-04T10:00:00"},
         {"since": "1733300000"},
         {"until": "2026-02-30T10:00:00Z"},
-        {"since": "2026-12-05T00:00:00Z", "until": "2026-12-04T00:00:00Z"},
         {"format": "xml"},
     ],
 )

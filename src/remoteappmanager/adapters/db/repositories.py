@@ -13,9 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
-from remoteappmanager.adapters.db.engine import create_engine, describe
+from remoteappmanager.adapters.db.engine import create_engine, describe, is_sqlite
 from remoteappmanager.adapters.db.errors import translated_errors
-from remoteappmanager.adapters.db.events import SqlEventStore
+from remoteappmanager.adapters.db.events import SqlEventStore, SqliteWriteGate
 from remoteappmanager.adapters.db.models import (
     CATALOGUE_VERSION_ID,
     MAPPING_ID_LENGTH,
@@ -346,9 +346,15 @@ class SqlUnitOfWork:
     A commit after a write bumps the catalogue version in the same transaction.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], location: str) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        location: str,
+        gate: SqliteWriteGate | None = None,
+    ) -> None:
         self._sessions = sessions
         self._location = location
+        self._gate = gate
         self._writes = _Writes()
         self._session: AsyncSession | None = None
         self._users: SqlUserRepository | None = None
@@ -374,6 +380,8 @@ class SqlUnitOfWork:
         return self._grants
 
     async def __aenter__(self) -> Self:
+        if self._gate is not None:
+            await self._gate.enter_unit()
         session = self._sessions()
         self._session = session
         self._writes = _Writes()
@@ -392,6 +400,7 @@ class SqlUnitOfWork:
         self._session = self._users = self._applications = self._grants = None
         if session is None:
             return
+        gate = self._gate
         try:
             with translated_errors(self._location):
                 await session.rollback()
@@ -402,6 +411,8 @@ class SqlUnitOfWork:
                 raise
         finally:
             await session.close()
+            if gate is not None:
+                await gate.leave_unit()
 
     async def commit(self) -> None:
         session = self._require_session()
@@ -451,13 +462,14 @@ class SqlDatabase:
         self.location = describe(url)
         self.engine = create_engine(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._gate = SqliteWriteGate() if is_sqlite(url) else None
 
     def unit_of_work(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self._sessions, self.location)
+        return SqlUnitOfWork(self._sessions, self.location, self._gate)
 
     def events(self) -> SqlEventStore:
         """The audit trail in this database."""
-        return SqlEventStore(self._sessions, self.location)
+        return SqlEventStore(self._sessions, self.location, self._gate)
 
     async def ping(self) -> None:
         """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""

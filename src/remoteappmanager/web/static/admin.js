@@ -621,6 +621,126 @@ async function createApplication() {
   if (result === "submit") route();
 }
 
+// ------------------------------------------------------------------------------- activity
+const ACTIONS = [
+  "login", "start", "stop", "cull", "grant", "revoke", "app_create", "app_delete",
+  "user_create", "user_delete", "enter", "share", "unshare",
+];
+const ACTIVITY_PAGE = 50;
+// The filters and page of the activity view, kept while the admin moves between views.
+const activity = { actor: "", action: "", since: "", until: "", offset: 0 };
+
+// A datetime-local value (the browser's local time) as an ISO 8601 instant, or "".
+function isoInstant(local) {
+  if (!local) return "";
+  const moment = new Date(local);
+  return Number.isNaN(moment.getTime()) ? "" : moment.toISOString();
+}
+
+function activityQuery(extra = {}) {
+  const query = new URLSearchParams();
+  if (activity.actor.trim()) query.set("actor", activity.actor.trim());
+  if (activity.action) query.set("action", activity.action);
+  const since = isoInstant(activity.since);
+  const until = isoInstant(activity.until);
+  if (since) query.set("since", since);
+  if (until) query.set("until", until);
+  for (const [key, value] of Object.entries(extra)) query.set(key, String(value));
+  return query.toString();
+}
+
+function detailText(detail) {
+  if (!detail || typeof detail !== "object") return "";
+  return Object.entries(detail)
+    .map(([key, value]) => `${key}=${value === null ? "" : String(value)}`)
+    .join(", ");
+}
+
+function activityFilters() {
+  const actor = h("input", { id: "activity-actor", type: "search", maxlength: "255", value: activity.actor });
+  const action = h(
+    "select",
+    { id: "activity-action" },
+    h("option", { value: "", text: "Any action" }),
+    ...ACTIONS.map((name) => h("option", { value: name, text: name })),
+  );
+  action.value = activity.action;
+  const since = h("input", { id: "activity-since", type: "datetime-local", value: activity.since });
+  const until = h("input", { id: "activity-until", type: "datetime-local", value: activity.until });
+  const apply = (event) => {
+    event.preventDefault();
+    activity.actor = actor.value;
+    activity.action = action.value;
+    activity.since = since.value;
+    activity.until = until.value;
+    activity.offset = 0;
+    route();
+  };
+  return h(
+    "form",
+    { class: "filters", id: "activity-filters", onsubmit: apply },
+    field("Actor", actor),
+    field("Action", action),
+    field("From", since),
+    field("Before", until),
+    h("button", { type: "submit", class: "button button-primary", text: "Filter" }),
+  );
+}
+
+function pager(answer, pageSize, onMove) {
+  const total = Number(answer.total) || 0;
+  const offset = Number(answer.offset) || 0;
+  const count = entries(answer).length;
+  const first = count ? offset + 1 : 0;
+  const previous = actionButton("Previous", () => onMove(Math.max(offset - pageSize, 0)));
+  const next = actionButton("Next", () => onMove(offset + pageSize));
+  previous.disabled = offset === 0;
+  next.disabled = offset + count >= total;
+  return h(
+    "div",
+    { class: "pager" },
+    previous,
+    h("span", { class: "pager-status", role: "status", text: `${first}–${offset + count} of ${total}` }),
+    next,
+  );
+}
+
+function showActivity(token) {
+  const query = activityQuery({ limit: ACTIVITY_PAGE, offset: activity.offset });
+  return view(token, "Activity", () => api("GET", `events/?${query}`), (answer) => {
+    const rows = entries(answer).map(([id, item]) => ({
+      id,
+      cells: [
+        oneLine(item.time),
+        text(item.actor),
+        text(item.action),
+        oneLine(item.target),
+        detailText(item.detail),
+      ],
+    }));
+    const csv = h("a", {
+      class: "button",
+      id: "activity-csv",
+      href: `${metaContent("remoteapp-admin-api")}events/?${activityQuery({
+        format: "csv",
+        limit: 10000,
+      })}`,
+      download: "events.csv",
+      text: "Download CSV",
+    });
+    return box(
+      "Activity",
+      toolbar(actionButton("Refresh", () => route()), csv),
+      activityFilters(),
+      dataTable(["Time (UTC)", "Actor", "Action", "Target", "Detail"], rows, "No event matches."),
+      pager(answer, ACTIVITY_PAGE, (offset) => {
+        activity.offset = offset;
+        route();
+      }),
+    );
+  });
+}
+
 // ------------------------------------------------------------------------------- routing
 const ROUTES = [
   [/^\/?$/, "stats", showStats],
@@ -628,6 +748,7 @@ const ROUTES = [
   [/^\/users\/?$/, "users", showUsers],
   [/^\/users\/([^/]+)\/accounting\/?$/, "users", showAccounting],
   [/^\/applications\/?$/, "applications", showApplications],
+  [/^\/activity\/?$/, "activity", showActivity],
 ];
 
 function route() {
