@@ -86,6 +86,12 @@ class Administration:
     async def list_users(self) -> list[User]:
         return await catalogue.list_users(self._uow)
 
+    async def users_page(
+        self, *, contains: str | None = None, limit: int, offset: int = 0
+    ) -> tuple[int, list[User]]:
+        """How many users match, and one page of them (see ``catalogue.page_users``)."""
+        return await catalogue.page_users(self._uow, contains=contains, limit=limit, offset=offset)
+
     async def get_user(self, user_id: int) -> User:
         return await catalogue.get_user(self._uow, user_id)
 
@@ -147,6 +153,10 @@ class Administration:
         """The user's grants; ``NotFound`` for an unknown user."""
         return await catalogue.grants_of_user(self._uow, user_id)
 
+    async def grants_page(self, *, limit: int, offset: int = 0) -> tuple[int, list[Grant]]:
+        """How many grants there are, and one page of everyone's."""
+        return await catalogue.page_grants(self._uow, limit=limit, offset=offset)
+
     async def get_grant(self, mapping_id: str) -> Grant:
         return await catalogue.get_grant(self._uow, mapping_id)
 
@@ -183,6 +193,17 @@ class Administration:
         """Every session of this realm, by user then image."""
         sessions = await self._require_sessions().list_all()
         return sorted(sessions, key=lambda s: (s.user, s.image, s.url_id))
+
+    async def sessions_page(
+        self, *, user: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> tuple[int, list[Session]]:
+        """How many sessions (of ``user``, or everyone's) there are, and one page of them in
+        the order of ``list_sessions``."""
+        sessions = await self.list_sessions()
+        if user is not None:
+            sessions = [session for session in sessions if session.user == user]
+        end = None if limit is None else offset + limit
+        return len(sessions), sessions[offset:end]
 
     async def get_session(self, url_id: str) -> Session:
         """Session ``url_id`` whoever owns it; ``NotFound`` if there is none."""

@@ -123,6 +123,25 @@ async def list_users(uow: UnitOfWorkFactory) -> list[User]:
         return list(await work.users.list())
 
 
+async def page_users(
+    uow: UnitOfWorkFactory, *, contains: str | None, limit: int, offset: int
+) -> tuple[int, list[User]]:
+    """How many users' names contain ``contains`` (every user when None), and one page of
+    them in creation order."""
+    async with uow() as work:
+        total, users = await work.users.page(contains=contains, limit=limit, offset=offset)
+    return total, list(users)
+
+
+async def page_grants(
+    uow: UnitOfWorkFactory, *, limit: int, offset: int
+) -> tuple[int, list[Grant]]:
+    """How many grants there are, and one page of them (by user, application, mapping id)."""
+    async with uow() as work:
+        total, grants = await work.grants.page_all(limit=limit, offset=offset)
+    return total, list(grants)
+
+
 async def list_users_with_grants(uow: UnitOfWorkFactory) -> list[UserGrants]:
     """Every user with their grants, read in one transaction so that both agree."""
     async with uow() as work:

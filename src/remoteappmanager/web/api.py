@@ -96,10 +96,11 @@ class PathParameter:
 
 @dataclass(frozen=True, slots=True)
 class QueryParameter:
-    """A required query argument that carries a JSON document validated by ``model``."""
+    """A query argument that carries a JSON document validated by ``model``."""
 
     description: str
     model: type[BaseModel]
+    required: bool = True
 
 
 class ApiRegistry:
@@ -228,7 +229,7 @@ class ApiRegistry:
                 {
                     "name": name,
                     "in": "query",
-                    "required": True,
+                    "required": parameter.required,
                     "description": parameter.description,
                     "content": {"application/json": {"schema": _ref(parameter.model)}},
                 }

@@ -11,11 +11,13 @@ from pydantic import BaseModel
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.naming import is_url_id
 from remoteappmanager.services.admin import Administration
+from remoteappmanager.web import paging
 from remoteappmanager.web.api import (
     ApiOperation,
     ApiRegistry,
     Handler,
     PathParameter,
+    QueryField,
     QueryParameter,
     json_response,
     parse_body,
@@ -106,8 +108,19 @@ def _url_id(request: web.Request) -> str:
 # ------------------------------------------------------------------------------ users
 @require_admin
 async def list_users(request: web.Request) -> web.StreamResponse:
-    users = await _admin(request).list_users()
-    return json_response(AdminUserList.of(users, key=lambda u: str(u.id), item=AdminUserOut.of))
+    limit, offset = paging.optional_paging(request)
+    contains = paging.text(request, "name")
+    if limit is None and offset == 0 and contains is None:
+        users = await _admin(request).list_users()
+        return json_response(AdminUserList.of(users, key=lambda u: str(u.id), item=AdminUserOut.of))
+    total, page = await _admin(request).users_page(
+        contains=contains, limit=limit or paging.MAX_OFFSET, offset=offset
+    )
+    return json_response(
+        AdminUserList.page(
+            page, key=lambda u: str(u.id), item=AdminUserOut.of, total=total, offset=offset
+        )
+    )
 
 
 @require_admin
@@ -162,10 +175,27 @@ async def delete_application(request: web.Request) -> web.StreamResponse:
 # ------------------------------------------------------------------------------ grants
 @require_admin
 async def list_grants(request: web.Request) -> web.StreamResponse:
+    limit, offset = paging.optional_paging(request)
+    if "filter" not in request.query:
+        total, page = await _admin(request).grants_page(
+            limit=limit or paging.DEFAULT_LIMIT, offset=offset
+        )
+        return json_response(
+            AdminGrantList.page(
+                page, key=lambda g: g.mapping_id, item=AdminGrantOut.of, total=total, offset=offset
+            )
+        )
     wanted = parse_query_json(request, "filter", AdminGrantFilter, example=FILTER_EXAMPLE)
     found = await _admin(request).grants_of(wanted.user_id)
+    end = None if limit is None else offset + limit
     return json_response(
-        AdminGrantList.of(found.grants, key=lambda g: g.mapping_id, item=AdminGrantOut.of)
+        AdminGrantList.page(
+            found.grants[offset:end],
+            key=lambda g: g.mapping_id,
+            item=AdminGrantOut.of,
+            total=len(found.grants),
+            offset=offset,
+        )
     )
 
 
@@ -193,10 +223,17 @@ async def delete_grant(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def list_containers(request: web.Request) -> web.StreamResponse:
     admin = _admin(request)
-    found = await admin.list_sessions()
+    limit, offset = paging.optional_paging(request)
+    total, found = await admin.sessions_page(
+        user=paging.text(request, "user"), limit=limit, offset=offset
+    )
     return json_response(
-        AdminContainerList.of(
-            found, key=lambda s: s.url_id, item=lambda s: AdminContainerOut.of(s, admin.realm)
+        AdminContainerList.page(
+            found,
+            key=lambda s: s.url_id,
+            item=lambda s: AdminContainerOut.of(s, admin.realm),
+            total=total,
+            offset=offset,
         )
     )
 
@@ -223,6 +260,11 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
 _ADMINS = (401, 403)
 # What each kind of admin route may answer besides success; the OpenAPI document lists them.
 _READ_ALL_ERRORS = (*_ADMINS, 503)
+_LIST_ERRORS = (400, *_ADMINS, 503)
+_ALL_BY_DEFAULT = (
+    "Without `limit` every entry is listed (from `offset`), as the original did; `total` "
+    "counts every match, `offset` says where the page starts."
+)
 _READ_ONE_ERRORS = (400, *_ADMINS, 404, 503)
 _CREATE_ERRORS = (400, *_ADMINS, 409, 503)
 _DELETE_ERRORS = (400, *_ADMINS, 404, 409, 503)
@@ -238,6 +280,8 @@ def _get(
     *,
     errors: tuple[int, ...] = _READ_ONE_ERRORS,
     query: Mapping[str, QueryParameter] | None = None,
+    query_fields: Mapping[str, QueryField] | None = None,
+    description: str = "",
 ) -> ApiOperation:
     return ApiOperation(
         "GET",
@@ -245,8 +289,10 @@ def _get(
         handler,
         operation_id=operation_id,
         summary=summary,
+        description=description,
         tag=_TAG,
         query=query or {},
+        query_fields=query_fields or {},
         path_parameters=_placeholders(path),
         responses={200: answer},
         errors=errors,
@@ -322,9 +368,15 @@ def register(registry: ApiRegistry) -> None:
             USERS_PATH,
             list_users,
             "admin_list_users",
-            "Every user",
+            "Every user, or one page of those whose name contains a text",
             AdminUserList,
-            errors=_READ_ALL_ERRORS,
+            errors=_LIST_ERRORS,
+            description=_ALL_BY_DEFAULT,
+            query_fields={
+                "name": paging.text_field("Only users whose name contains this (any case)."),
+                "limit": paging.LIMIT_ALL,
+                "offset": paging.OFFSET,
+            },
         ),
         _post(
             USERS_PATH,
@@ -376,13 +428,17 @@ def register(registry: ApiRegistry) -> None:
             ACCOUNTING_PATH,
             list_grants,
             "admin_list_grants",
-            "One user's grants",
+            "One user's grants, or one page of everyone's",
             AdminGrantList,
+            description="With `filter`, the user's grants (every one without `limit`); "
+            f"without it, everyone's by user, application and mapping id, "
+            f"{paging.DEFAULT_LIMIT} at a time unless `limit` says otherwise.",
             query={
                 "filter": QueryParameter(
-                    f"Whose grants, as JSON: {FILTER_EXAMPLE}", AdminGrantFilter
+                    f"Whose grants, as JSON: {FILTER_EXAMPLE}", AdminGrantFilter, required=False
                 )
             },
+            query_fields={"limit": paging.LIMIT_ALL, "offset": paging.OFFSET},
         ),
         _post(
             ACCOUNTING_PATH,
@@ -404,9 +460,15 @@ def register(registry: ApiRegistry) -> None:
             CONTAINERS_PATH,
             list_containers,
             "admin_list_containers",
-            "Every user's running applications in this realm",
+            "Every user's running applications in this realm (or one user's)",
             AdminContainerList,
-            errors=_READ_ALL_ERRORS,
+            errors=_LIST_ERRORS,
+            description=_ALL_BY_DEFAULT,
+            query_fields={
+                "user": paging.text_field("Only this user's (their exact name)."),
+                "limit": paging.LIMIT_ALL,
+                "offset": paging.OFFSET,
+            },
         ),
         _get(
             container,

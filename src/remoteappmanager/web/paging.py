@@ -28,6 +28,10 @@ LIMIT = QueryField(
     f"How many entries at most (default {DEFAULT_LIMIT}).",
     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
 )
+LIMIT_ALL = QueryField(
+    "How many entries at most (default: every one).",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+)
 OFFSET = QueryField(
     "How many matching entries to skip (default 0).",
     {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
@@ -68,6 +72,13 @@ def integer(request: web.Request, name: str, *, default: int, low: int, high: in
 def paging(request: web.Request) -> tuple[int, int]:
     """``(limit, offset)`` from the query."""
     limit = integer(request, "limit", default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+    offset = integer(request, "offset", default=0, low=0, high=MAX_OFFSET)
+    return limit, offset
+
+
+def optional_paging(request: web.Request) -> tuple[int | None, int]:
+    """``(limit, offset)`` from the query; no ``limit`` means every entry from ``offset``."""
+    limit = integer(request, "limit", default=0, low=1, high=MAX_LIMIT) or None
     offset = integer(request, "offset", default=0, low=0, high=MAX_OFFSET)
     return limit, offset
 

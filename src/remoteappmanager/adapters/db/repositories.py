@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Select, delete, select, update
+from sqlalchemy import ColumnElement, Select, delete, func, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -139,6 +139,26 @@ class SqlUserRepository:
             rows = await self._session.scalars(select(UserRow).order_by(UserRow.id))
             return [_user(row) for row in rows]
 
+    async def page(
+        self, *, contains: str | None = None, limit: int, offset: int = 0
+    ) -> tuple[int, Sequence[User]]:
+        conditions = []
+        if contains is not None:
+            escaped = contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(UserRow.name.ilike(f"%{escaped}%", escape="\\"))
+        with translated_errors(self._location):
+            total = await self._session.scalar(
+                select(func.count()).select_from(UserRow).where(*conditions)
+            )
+            rows = await self._session.execute(
+                select(UserRow.id, UserRow.name)
+                .where(*conditions)
+                .order_by(UserRow.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return int(total or 0), [User(id=row.id, name=row.name) for row in rows]
+
     async def remove(self, user_id: int) -> None:
         self._writes.happened = True
         with translated_errors(self._location):
@@ -259,6 +279,12 @@ class SqlGrantRepository:
     async def list_all(self) -> Sequence[Grant]:
         return await self._list(self._select())
 
+    async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
+        with translated_errors(self._location):
+            total = await self._session.scalar(select(func.count()).select_from(AccountingRow))
+        page = await self._list(self._select(), limit=limit, offset=offset)
+        return int(total or 0), page
+
     async def list_for_user(self, user_id: int) -> Sequence[Grant]:
         return await self._list(self._select().where(AccountingRow.user_id == user_id))
 
@@ -303,13 +329,16 @@ class SqlGrantRepository:
             joinedload(AccountingRow.policy),
         )
 
-    async def _list(self, query: Select[AccountingRow]) -> Sequence[Grant]:
+    async def _list(
+        self, query: Select[AccountingRow], *, limit: int | None = None, offset: int = 0
+    ) -> Sequence[Grant]:
+        ordered = query.order_by(
+            AccountingRow.user_id, AccountingRow.application_id, AccountingRow.id
+        )
+        if limit is not None:
+            ordered = ordered.limit(limit).offset(offset)
         with translated_errors(self._location):
-            rows = await self._session.scalars(
-                query.order_by(
-                    AccountingRow.user_id, AccountingRow.application_id, AccountingRow.id
-                )
-            )
+            rows = await self._session.scalars(ordered)
             return [_grant(row) for row in rows]
 
     async def _find(self, user_id: int, application_id: int, policy_id: int) -> Grant | None:
