@@ -246,3 +246,41 @@ async def test_the_activity_view_lists_filters_and_pages_the_audit_trail(
     assert csv_link is not None
     assert "format=csv" in csv_link
     assert "action=start" in csv_link
+
+
+# ------------------------------------------------------------------------------ paging
+async def test_users_are_paged_and_searched(page: Page, site: Site) -> None:
+    uow = site.world.database.unit_of_work
+    for number in range(60):
+        await catalogue.create_user(uow, f"pager{number:02d}")
+
+    await _show(page, site, "#/users")
+    assert await page.locator("#datatable tbody tr").count() == 50
+    await page.get_by_role("button", name="Next").click()
+    await page.locator(".pager-status", has_text="51\u2013").wait_for()
+
+    await page.locator("#users-name").fill("PAGER5")
+    await page.get_by_role("button", name="Filter").click()
+    await page.locator(".pager-status", has_text="of 10").wait_for()
+    names = await page.locator("#datatable tbody tr td:nth-child(2)").all_text_contents()
+    assert names == [f"pager5{n}" for n in range(10)]
+    await page.locator("#users-name").fill("")
+    await page.get_by_role("button", name="Filter").click()
+
+
+async def test_the_containers_view_refreshes_itself(page: Page, site: Site) -> None:
+    await _show(page, site, "#/containers")
+    before = await page.locator("#datatable tbody tr").count()
+    uow = site.world.database.unit_of_work
+    grant = await catalogue.grant_access(uow, IMAGE, site.user_id, Policy(allow_home=True))
+    assert site.world.sessions is not None
+    session = await site.world.sessions.start(grant)
+
+    # No click: the view asks again within its refresh interval.
+    await page.locator(f"#datatable tr[data-id='{session.url_id}']").wait_for(timeout=8_000)
+    assert await page.locator("#datatable tbody tr").count() == before + 1
+    await page.locator("#containers-user").fill("nobody")
+    await page.get_by_role("button", name="Filter").click()
+    await page.locator(".empty-row").wait_for()
+    await page.locator("#containers-user").fill("")
+    await page.get_by_role("button", name="Filter").click()

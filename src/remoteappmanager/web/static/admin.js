@@ -281,7 +281,15 @@ function showStats(token) {
 
 // ------------------------------------------------------------------------------- containers
 function showContainers(token) {
-  return view(token, "Containers", () => api("GET", "containers/"), (answer) => {
+  const query = pageQuery(CONTAINERS_PAGE, containerList.offset, { user: containerList.user });
+  // Refreshed every few seconds while shown: a later navigation bumps `shown` and ends it.
+  if (containersTimer === null) {
+    containersTimer = window.setInterval(() => {
+      const open = document.querySelector("dialog[open]");
+      if (!document.hidden && !open && currentView === "containers") route();
+    }, CONTAINERS_REFRESH_S * 1000);
+  }
+  return view(token, "Containers", () => api("GET", `containers/?${query}`), (answer) => {
     const rows = entries(answer).map(([id, item]) => {
       const link = item.state === "running" ? sitePath(item.urlpath) : null;
       const stop = {
@@ -314,19 +322,61 @@ function showContainers(token) {
     });
     return box(
       "Containers",
-      toolbar(actionButton("Refresh", () => route())),
+      toolbar(
+        actionButton("Refresh", () => route()),
+        h("span", { class: "refresh-note", text: `Refreshed every ${CONTAINERS_REFRESH_S} s` }),
+      ),
+      searchForm("containers-user", "User", containerList, "user"),
       dataTable(
         ["URL ID", "User", "Image", "Docker ID", "Mapping ID", "State"],
         rows,
         "No application is running.",
       ),
+      pager(answer, CONTAINERS_PAGE, (offset) => {
+        containerList.offset = offset;
+        route();
+      }),
     );
   });
 }
 
 // ------------------------------------------------------------------------------- users
+const USERS_PAGE = 50;
+const CONTAINERS_PAGE = 50;
+// Seconds between two refreshes of the containers view while it is shown.
+const CONTAINERS_REFRESH_S = 5;
+const userList = { name: "", offset: 0 };
+const containerList = { user: "", offset: 0 };
+let containersTimer = null;
+
+// A one-field filter form: `state[key]` is set from it, the page goes back to the first.
+function searchForm(id, label, state, key) {
+  const input = h("input", { id, type: "search", maxlength: "255", value: state[key] });
+  return h(
+    "form",
+    {
+      class: "filters",
+      onsubmit: (event) => {
+        event.preventDefault();
+        state[key] = input.value.trim();
+        state.offset = 0;
+        route();
+      },
+    },
+    field(label, input),
+    h("button", { type: "submit", class: "button button-primary", text: "Filter" }),
+  );
+}
+
+function pageQuery(limit, offset, filters) {
+  const query = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+  for (const [key, value] of Object.entries(filters)) if (value) query.set(key, value);
+  return query.toString();
+}
+
 function showUsers(token) {
-  return view(token, "Users", () => api("GET", "users/"), (answer) => {
+  const query = pageQuery(USERS_PAGE, userList.offset, { name: userList.name });
+  return view(token, "Users", () => api("GET", `users/?${query}`), (answer) => {
     const rows = entries(answer).map(([id, item]) => ({
       id,
       cells: [id, text(item.name)],
@@ -357,7 +407,12 @@ function showUsers(token) {
     return box(
       "Users",
       toolbar(actionButton("Create New Entry", createUser, { primary: true })),
-      dataTable(["ID", "Username"], rows, "There are no users yet."),
+      searchForm("users-name", "Name contains", userList, "name"),
+      dataTable(["ID", "Username"], rows, userList.name ? "No user matches." : "There are no users yet."),
+      pager(answer, USERS_PAGE, (offset) => {
+        userList.offset = offset;
+        route();
+      }),
     );
   });
 }
@@ -772,7 +827,14 @@ function route() {
   show(box("Not found", errorAlert("There is no such page here. Choose one from the menu.")));
 }
 
+let currentView = null;
+
 function markNav(name) {
+  currentView = name;
+  if (name !== "containers" && containersTimer !== null) {
+    window.clearInterval(containersTimer);
+    containersTimer = null;
+  }
   for (const link of elements.nav.querySelectorAll("a")) {
     if (link.dataset.view === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
