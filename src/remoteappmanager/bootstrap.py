@@ -19,6 +19,7 @@ from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.ports.audit import EventStore
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.remote_api import HubTokenIssuer, RemoteAppClient
@@ -34,6 +35,7 @@ from remoteappmanager.services.activity import (
     no_stop_listener,
 )
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.culling import Culler
 from remoteappmanager.services.reconcile import Reconciler
@@ -65,6 +67,8 @@ class Database:
     location: str
     """Where it is, for messages (never the password)."""
     unit_of_work: UnitOfWorkFactory
+    events: EventStore
+    """The audit trail's store in this database."""
     ping: Callable[[], Awaitable[None]]
     """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""
     close: Callable[[], Awaitable[None]]
@@ -86,7 +90,11 @@ def build_database(database_url: str, *, observe: Observe | None = None) -> Data
     ``observe``, each SQL statement's duration and outcome is reported to it."""
     sql = SqlDatabase(database_url, observe=observe)
     return Database(
-        location=sql.location, unit_of_work=sql.unit_of_work, ping=sql.ping, close=sql.close
+        location=sql.location,
+        unit_of_work=sql.unit_of_work,
+        events=sql.events(),
+        ping=sql.ping,
+        close=sql.close,
     )
 
 
@@ -205,6 +213,7 @@ def build_web_deps(
     probe = probe or AiohttpReadinessProbe()
 
     database = build_database(settings.database_url, observe=observe)
+    audit = AuditTrail(database.events, retention_days=settings.event_retention_days)
     host_paths = host_paths or LocalHostPaths()
     volume_rules = settings.volume_rules
     activity = ActivityTracker()
@@ -228,6 +237,7 @@ def build_web_deps(
         max_sessions_per_user=settings.max_sessions_per_user,
         workspace_uid_base=settings.workspace_uid_base,
         stop_log=stop_log,
+        audit=audit,
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions, on_pass=metrics.observe_reconcile)
@@ -247,6 +257,9 @@ def build_web_deps(
         _closing(runtime.close),
         _closing(routes.close),
         _closing(probe.close),
+        # After the database (closed after it): its cancellation writes what is queued.
+        _background(audit.run_forever, "audit-writer"),
+        _background(audit.run_retention, "audit-retention"),
         _background(lambda: reconciler.run_forever(settings.reconcile_interval), "reconciler"),
         _background(
             lambda: activity.run_forever(database.unit_of_work, settings.activity_flush_interval),
@@ -270,6 +283,7 @@ def build_web_deps(
         metrics=metrics,
         activity=activity,
         stop_log=stop_log,
+        audit=audit,
     )
 
 

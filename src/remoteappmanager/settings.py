@@ -325,6 +325,13 @@ class Settings(BaseSettings):
         description="Applications one user may run at once (a start that replaces the "
         "same grant's session does not count twice); beyond it a start is refused with 409.",
     )
+    event_retention_days: int = Field(
+        default=365,
+        ge=1,
+        le=36_500,
+        description="Days the audit trail keeps an event; older events are deleted in "
+        "bounded slices by a job that runs every hour.",
+    )
     start_rate_per_minute: int = Field(
         default=30,
         ge=1,

@@ -208,3 +208,79 @@ async def test_a_dangerous_volume_is_refused_with_the_reason_and_nothing_is_writ
     await dialog.get_by_role("button", name="Cancel").click()
     await dialog.wait_for(state="detached")
     assert len(await catalogue.list_grants(site.world.database.unit_of_work)) == 1
+
+
+# ------------------------------------------------------------------------------ activity
+async def test_the_activity_view_lists_filters_and_pages_the_audit_trail(
+    page: Page, site: Site
+) -> None:
+    for number in range(60):
+        site.world.audit.record("=formula", "grant", f"m{number}", {"image": HOSTILE_LABEL})
+
+    await _show(page, site, "#/activity")
+
+    rows = page.locator("#datatable tbody tr")
+    assert await rows.count() == 50
+    status = await page.locator(".pager-status").text_content()
+    assert status is not None
+    assert status.startswith("1\u201350 of ")
+    # The newest first: the last grant recorded tops the list; hostile values stay text.
+    first = rows.first.locator("td")
+    assert await first.nth(1).text_content() == "=formula"
+    assert await first.nth(3).text_content() == "m59"
+    assert HOSTILE_LABEL in (await first.nth(4).text_content() or "")
+    await _not_pwned(page)
+
+    await page.get_by_role("button", name="Next").click()
+    await page.locator(".pager-status", has_text="51\u2013").wait_for()
+
+    await page.locator("#activity-action").select_option("start")
+    await page.get_by_role("button", name="Filter").click()
+    await page.locator(".pager-status", has_text="of 1").wait_for()
+    cells = page.locator("#datatable tbody tr td")
+    assert await cells.nth(1).text_content() == HOSTILE_USER
+    assert await cells.nth(2).text_content() == "start"
+    await screenshot(page, "admin-16-activity")
+    await _not_pwned(page)
+    csv_link = await page.locator("#activity-csv").get_attribute("href")
+    assert csv_link is not None
+    assert "format=csv" in csv_link
+    assert "action=start" in csv_link
+
+
+# ------------------------------------------------------------------------------ paging
+async def test_users_are_paged_and_searched(page: Page, site: Site) -> None:
+    uow = site.world.database.unit_of_work
+    for number in range(60):
+        await catalogue.create_user(uow, f"pager{number:02d}")
+
+    await _show(page, site, "#/users")
+    assert await page.locator("#datatable tbody tr").count() == 50
+    await page.get_by_role("button", name="Next").click()
+    await page.locator(".pager-status", has_text="51\u2013").wait_for()
+
+    await page.locator("#users-name").fill("PAGER5")
+    await page.get_by_role("button", name="Filter").click()
+    await page.locator(".pager-status", has_text="of 10").wait_for()
+    names = await page.locator("#datatable tbody tr td:nth-child(2)").all_text_contents()
+    assert names == [f"pager5{n}" for n in range(10)]
+    await page.locator("#users-name").fill("")
+    await page.get_by_role("button", name="Filter").click()
+
+
+async def test_the_containers_view_refreshes_itself(page: Page, site: Site) -> None:
+    await _show(page, site, "#/containers")
+    before = await page.locator("#datatable tbody tr").count()
+    uow = site.world.database.unit_of_work
+    grant = await catalogue.grant_access(uow, IMAGE, site.user_id, Policy(allow_home=True))
+    assert site.world.sessions is not None
+    session = await site.world.sessions.start(grant)
+
+    # No click: the view asks again within its refresh interval.
+    await page.locator(f"#datatable tr[data-id='{session.url_id}']").wait_for(timeout=8_000)
+    assert await page.locator("#datatable tbody tr").count() == before + 1
+    await page.locator("#containers-user").fill("nobody")
+    await page.get_by_role("button", name="Filter").click()
+    await page.locator(".empty-row").wait_for()
+    await page.locator("#containers-user").fill("")
+    await page.get_by_role("button", name="Filter").click()

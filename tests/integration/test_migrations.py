@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.engine import create_engine
 from remoteappmanager.adapters.db.models import metadata
 from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.domain.audit import EventQuery, NewEvent
 from remoteappmanager.domain.errors import Exists, Unavailable
 from remoteappmanager.domain.models import Policy
 from tests.support.database import execute
@@ -33,6 +35,7 @@ TABLES = {
     "catalogue_version",
     "session_activity",
     "session_stop",
+    "event",
 }
 
 
@@ -224,6 +227,42 @@ async def test_limits_and_timeouts_keep_existing_policies_and_grants(
     assert down.current == "0002"
     rows = await execute(empty_database_url, "SELECT id FROM accounting")
     assert sorted(rows) == sorted([("b" * 32,), (limited.mapping_id,)])
+
+
+async def test_the_audit_trail_arrives_empty_and_keeps_the_catalogue(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0002")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
+    )
+    await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
+
+    assert (await migrate.upgrade(empty_database_url)).at_head
+
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        ("b" * 32, 1)
+    ]
+    assert await execute(empty_database_url, "SELECT version FROM catalogue_version") == [(7,)]
+    assert await execute(empty_database_url, "SELECT count(*) FROM event") == [(0,)]
+    database = SqlDatabase(empty_database_url)
+    try:
+        events = database.events()
+        await events.append([NewEvent.of(datetime.now(UTC), "alice", "login", "alice")])
+        page = await events.query(EventQuery())
+        assert [(e.actor, e.action.value) for e in page.events] == [("alice", "login")]
+    finally:
+        await database.close()
+
+    down = await migrate.downgrade(empty_database_url, "0002")
+    assert down.current == "0002"
+    assert "event" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
+    assert await execute(empty_database_url, 'SELECT name FROM "user"') == [("alice",)]
 
 
 async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 from pathlib import Path
 
@@ -169,6 +170,33 @@ def test_limits_and_timeouts_make_policies_of_their_own(db: str) -> None:
     assert "--revoke-all cannot" in refused(
         db, "app", "revoke", IMAGE, "alice", "--revoke-all", "--pids-limit", "3", code=2
     )
+
+
+def test_changes_are_audited_as_the_os_account_without_the_licence(
+    db: str, empty_database_url: str
+) -> None:
+    account = pwd.getpwuid(os.getuid()).pw_name
+    ok(db, "user", "create", "alice")
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    mapping_id = ok(db, "app", "grant", IMAGE, "alice", "--app-license", "LIC-7f3a-secret").strip()
+    ok(db, "app", "revoke", IMAGE, "alice", "--revoke-all")
+    ok(db, "app", "remove", IMAGE)
+    ok(db, "user", "remove", "alice")
+    refused(db, "user", "remove", "alice")  # a failed change records nothing
+
+    rows = asyncio.run(
+        execute(empty_database_url, "SELECT actor, action, target, detail FROM event ORDER BY id")
+    )
+
+    assert [(actor, action, target) for actor, action, target, _ in rows] == [
+        (account, "user_create", "alice"),
+        (account, "app_create", IMAGE),
+        (account, "grant", mapping_id),
+        (account, "revoke", mapping_id),
+        (account, "app_delete", IMAGE),
+        (account, "user_delete", "alice"),
+    ]
+    assert all("LIC-7f3a" not in str(detail) for *_, detail in rows)
 
 
 def test_lists_are_tables_or_plain_lines(db: str) -> None:

@@ -452,3 +452,39 @@ async def test_session_records_roll_back_with_the_unit_of_work(uow: UnitOfWorkFa
         await work.session_records.record_inputs({URL_A: T0})
     async with uow() as work:
         assert await work.session_records.last_inputs([URL_A]) == {}
+
+
+# ------------------------------------------------------------------------------ paging
+async def test_users_are_paged_and_matched_by_part_of_their_name(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        for name in ("alice", "bob", "Alicia", "carol", "mal_ice", "100%"):
+            await work.users.add(name)
+        await work.commit()
+
+    async with uow() as work:
+        total, page = await work.users.page(limit=2, offset=1)
+        assert total == 6
+        assert [user.name for user in page] == ["bob", "Alicia"]
+        total, found = await work.users.page(contains="ALI", limit=10)
+        assert (total, [user.name for user in found]) == (2, ["alice", "Alicia"])
+        # LIKE's wildcards are plain characters here.
+        assert [u.name for u in (await work.users.page(contains="_", limit=10))[1]] == ["mal_ice"]
+        assert [u.name for u in (await work.users.page(contains="%", limit=10))[1]] == ["100%"]
+        assert (await work.users.page(contains="zzz", limit=10)) == (0, [])
+
+
+async def test_every_grant_is_paged_in_the_listing_order(uow: UnitOfWorkFactory) -> None:
+    alice, bob, app, other = await _seed(uow)
+    async with uow() as work:
+        for user in (alice, bob):
+            for application in (app, other):
+                await work.grants.grant(user, application, Policy())
+        await work.commit()
+
+    async with uow() as work:
+        every = list(await work.grants.list_all())
+        total, first = await work.grants.page_all(limit=3)
+        _, rest = await work.grants.page_all(limit=3, offset=3)
+
+    assert total == 4
+    assert list(first) + list(rest) == every

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.adapters.memory_events import InMemoryEventStore
 from remoteappmanager.adapters.memory_identity import AUTHORIZE_PATH, InMemoryIdentityProvider
 from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
 from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
@@ -26,6 +27,7 @@ from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.activity import ActivityTracker, StopLog
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
@@ -121,6 +123,8 @@ class World:
     sessions: Sessions | None = None
     activity: ActivityTracker = field(init=False)
     stop_log: StopLog = field(init=False)
+    events: InMemoryEventStore = field(default_factory=InMemoryEventStore)
+    audit: AuditTrail = field(init=False)
 
     def __post_init__(self) -> None:
         # Containers start on this world's clock, as deadlines are counted on it.
@@ -128,6 +132,7 @@ class World:
         self.activity = ActivityTracker(clock=self.clock)
         self.stop_log = StopLog(self.database.unit_of_work, self.activity, clock=self.clock)
         self.hub = InMemoryIdentityProvider(clock=self.clock)
+        self.audit = AuditTrail(self.events)
 
     def hub_changed(self) -> None:
         """Let the hub's cached answers expire, as they do ``cache_ttl`` after a change."""
@@ -153,6 +158,7 @@ class World:
             max_sessions_per_user=settings.max_sessions_per_user,
             clock=self.clock,
             stop_log=self.stop_log,
+            audit=self.audit,
         )
         return self.sessions
 
@@ -197,6 +203,7 @@ def make_app(
         volumes=world.volume_guard(values),
         activity=world.activity,
         stop_log=world.stop_log,
+        audit=world.audit,
     )
     return create_app(deps)
 

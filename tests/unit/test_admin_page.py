@@ -82,7 +82,7 @@ async def test_admins_get_the_page_with_their_name_and_every_element_id(
     # The way back to the user page.
     assert page.ids["user-page-link"] == "a"
     assert f'id="user-page-link" class="topbar-link" href="{PREFIX}"' in text
-    for view in ("#/", "#/containers", "#/users", "#/applications"):
+    for view in ("#/", "#/containers", "#/users", "#/applications", "#/activity"):
         assert view in page.links
 
 

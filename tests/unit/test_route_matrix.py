@@ -95,6 +95,7 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("GET", ADMIN + "containers/{url_id}/"):         (401, 403, 403, 403, 403, 200, 200, _),
     ("DELETE", ADMIN + "containers/{url_id}/"):      (401, 403, 403, 403, 403, 204, 204, 403),
     ("GET", ADMIN + "stats/"):                       (401, 403, 403, 403, 403, 200, 200, _),
+    ("GET", ADMIN + "events/"):                      (401, 403, 403, 403, 403, 200, 200, _),
     # a running application, through the gate
     (GATE + " GET", APP_PATH):                       (302, 403, 200, 403, 200, 403, 200, _),
     (GATE + " POST", APP_PATH):                      (401, 403, 200, 403, 200, 403, 200, _),

@@ -98,6 +98,15 @@ class InMemoryUserRepository:
     async def list(self) -> Sequence[User]:
         return sorted(self._tables.users.values(), key=lambda user: user.id)
 
+    async def page(
+        self, *, contains: str | None = None, limit: int, offset: int = 0
+    ) -> tuple[int, Sequence[User]]:
+        wanted = None if contains is None else contains.casefold()
+        matching = [
+            user for user in await self.list() if wanted is None or wanted in user.name.casefold()
+        ]
+        return len(matching), matching[offset : offset + limit]
+
     async def remove(self, user_id: int) -> None:
         if self._tables.users.pop(user_id, None) is None:
             raise NotFound(f"no user with id {user_id}")
@@ -166,6 +175,10 @@ class InMemoryGrantRepository:
 
     async def list_all(self) -> Sequence[Grant]:
         return self._select(lambda row: True)
+
+    async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
+        every = self._select(lambda row: True)
+        return len(every), every[offset : offset + limit]
 
     async def list_for_user(self, user_id: int) -> Sequence[Grant]:
         return self._select(lambda row: row.user_id == user_id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ import click
 
 from remoteappmanager import bootstrap
 from remoteappmanager.cli.output import describe_policy, fail, render_table
+from remoteappmanager.domain.audit import CLI_ACTOR
 from remoteappmanager.domain.errors import (
     InvalidRequest,
     NotFound,
@@ -30,7 +33,9 @@ from remoteappmanager.domain.models import (
     Volume,
     validate_placement,
 )
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services import catalogue
+from remoteappmanager.services.audit import Attribution, AuditTrail
 from remoteappmanager.settings import (
     Settings,
     SettingsError,
@@ -96,14 +101,37 @@ def _target() -> _Target:
     return _Target(url=url, shown=str(path) if path is not None else url)
 
 
-def _run(action: Callable[[bootstrap.Database], Awaitable[_T]]) -> _T:
-    """Run ``action`` on the database, which must exist and be at the current schema."""
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """What a command works with: the catalogue, and who its changes are recorded for."""
+
+    unit_of_work: UnitOfWorkFactory
+    by: Attribution
+
+
+def _os_user() -> str:
+    """The account running the command, by its real uid (not the environment, which anyone
+    can set); ``cli`` when the system has no name for it."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name or CLI_ACTOR
+    except KeyError:
+        return CLI_ACTOR
+
+
+def _run(action: Callable[[_Work], Awaitable[_T]]) -> _T:
+    """Run ``action`` on the database, which must exist and be at the current schema; what
+    it changed is then written to the audit trail (a failure to write it is only warned of:
+    the change itself is done)."""
     target = _target()
 
     async def on_database() -> _T:
         await _require_current_schema(target)
         async with bootstrap.build_database(target.url) as database:
-            return await action(database)
+            trail = AuditTrail(database.events)
+            result = await action(_Work(database.unit_of_work, Attribution(trail, _os_user())))
+            if trail.pending and not await trail.flush():
+                click.echo(f"{PROG}: warning: the change could not be audited", err=True)
+            return result
 
     return _report_errors(lambda: asyncio.run(on_database()))
 
@@ -248,7 +276,9 @@ def user() -> None:
 @click.argument("name")
 def user_create(name: str) -> None:
     """Add user NAME; prints their id."""
-    created = _run(lambda database: catalogue.create_user(database.unit_of_work, name))
+    created = _run(
+        lambda database: catalogue.create_user(database.unit_of_work, name, by=database.by)
+    )
     click.echo(str(created.id))
 
 
@@ -256,7 +286,7 @@ def user_create(name: str) -> None:
 @click.argument("name")
 def user_remove(name: str) -> None:
     """Remove user NAME and every grant they hold."""
-    _run(lambda database: catalogue.remove_user(database.unit_of_work, name))
+    _run(lambda database: catalogue.remove_user(database.unit_of_work, name, by=database.by))
 
 
 @user.command("list")
@@ -312,10 +342,10 @@ def app_create(image: str, verify: bool) -> None:
         except SettingsError as exc:
             fail(PROG, str(exc), 2)
 
-    async def create(database: bootstrap.Database) -> int:
+    async def create(database: _Work) -> int:
         if settings is not None:
             await _verify(settings, image)
-        created = await catalogue.create_application(database.unit_of_work, image)
+        created = await catalogue.create_application(database.unit_of_work, image, by=database.by)
         return created.id
 
     click.echo(str(_run(create)))
@@ -345,7 +375,9 @@ def _verification_unavailable(exc: Unavailable) -> Unavailable:
 @click.argument("image")
 def app_remove(image: str) -> None:
     """Remove application IMAGE and every grant of it."""
-    _run(lambda database: catalogue.remove_application(database.unit_of_work, image))
+    _run(
+        lambda database: catalogue.remove_application(database.unit_of_work, image, by=database.by)
+    )
 
 
 @app.command("list")
@@ -382,7 +414,7 @@ def app_grant(
     volumes = _volume_guard() if policy.volume is not None else None
     granted = _run(
         lambda database: catalogue.grant_access(
-            database.unit_of_work, image, user_name, policy, volumes=volumes
+            database.unit_of_work, image, user_name, policy, volumes=volumes, by=database.by
         )
     )
     click.echo(granted.mapping_id)
@@ -425,6 +457,8 @@ def app_revoke(
             app_license, allow_home, allow_view, volume, allow_startup_data, placement, limits
         )
     count = _run(
-        lambda database: catalogue.revoke_access(database.unit_of_work, image, user_name, policy)
+        lambda database: catalogue.revoke_access(
+            database.unit_of_work, image, user_name, policy, by=database.by
+        )
     )
     click.echo(f"revoked {count} grant{'' if count == 1 else 's'}")

@@ -43,6 +43,13 @@ class UserRepository(Protocol):
         """Every user, ordered by id."""
         ...
 
+    async def page(
+        self, *, contains: str | None = None, limit: int, offset: int = 0
+    ) -> tuple[int, Sequence[User]]:
+        """How many users' names contain ``contains`` (case-insensitively; every user when
+        None), and ``limit`` of them from ``offset``, ordered by id."""
+        ...
+
     async def remove(self, user_id: int) -> None:
         """Delete the user and (by cascade) every grant they hold; ``NotFound`` if absent."""
         ...
@@ -90,6 +97,11 @@ class GrantRepository(Protocol):
 
     async def list_all(self) -> Sequence[Grant]:
         """Every grant of every user."""
+        ...
+
+    async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
+        """How many grants there are, and ``limit`` of them from ``offset`` in the order of
+        ``list_all``."""
         ...
 
     async def list_for_user(self, user_id: int) -> Sequence[Grant]:

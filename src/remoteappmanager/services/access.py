@@ -13,7 +13,8 @@ Contract:
   unknown to the catalogue is created; a user in the catalogue (found or just created) then
   holds every ``demo_applications`` grant (the application is registered if it is not yet).
   Both steps are idempotent, so concurrent first sign-ins of one user are harmless. Raises
-  ``Unavailable`` when the database cannot be reached.
+  ``Unavailable`` when the database cannot be reached. A sign-in is recorded in the audit
+  trail (``login``), and so is a user created by it (``user_create``).
 - Demo policies are checked when the service is built (``InvalidRequest`` naming the image).
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from remoteappmanager.domain.audit import AuditAction
 from remoteappmanager.domain.errors import Exists, Forbidden, InvalidRequest, NotFound
 from remoteappmanager.domain.models import (
     Policy,
@@ -35,6 +37,7 @@ from remoteappmanager.domain.models import (
 )
 from remoteappmanager.ports.identity import HubUser
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.services.audit import DISCARD, Recorder
 
 log = structlog.get_logger(__name__)
 
@@ -132,7 +135,9 @@ class AccessService:
         auto_user_creation: bool = False,
         demo_applications: Mapping[str, Mapping[str, Any]] | None = None,
         access_scopes: Iterable[str] = DEFAULT_ACCESS_SCOPES,
+        audit: Recorder = DISCARD,
     ) -> None:
+        self._audit = audit
         self._access_scopes = frozenset(access_scopes)
         if not self._access_scopes:
             raise InvalidRequest("at least one access scope is needed")
@@ -166,21 +171,35 @@ class AccessService:
         if self._auto_user_creation or self._demo:
             for attempt in range(1, _PROVISION_ATTEMPTS + 1):
                 try:
-                    await self._provision(hub_user.name)
+                    created = await self._provision(hub_user.name)
+                    if created is not None:
+                        self._audit.record(
+                            hub_user.name,
+                            AuditAction.USER_CREATE,
+                            hub_user.name,
+                            {"user_id": created, "auto_user_creation": True},
+                        )
                     break
                 except Exists:
                     if attempt == _PROVISION_ATTEMPTS:
                         raise
-        return self.identify(hub_user)
+        identified = self.identify(hub_user)
+        self._audit.record(
+            hub_user.name, AuditAction.LOGIN, hub_user.name, {"admin": identified.admin}
+        )
+        return identified
 
-    async def _provision(self, name: str) -> None:
+    async def _provision(self, name: str) -> int | None:
+        """Returns the id of the user if this sign-in created them."""
+        created: int | None = None
         async with self._uow_factory() as uow:
             try:
                 user = await uow.users.get_by_name(name)
             except NotFound:
                 if not self._auto_user_creation:
-                    return
+                    return None
                 user = await uow.users.add(validate_user_name(name))
+                created = user.id
                 log.info("user_created_at_sign_in", user=name)
             for image, policy in self._demo.items():
                 try:
@@ -190,3 +209,4 @@ class AccessService:
                     log.info("demo_application_registered", image=image)
                 await uow.grants.grant(user, application, policy)
             await uow.commit()
+        return created

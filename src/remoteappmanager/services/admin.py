@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from remoteappmanager.domain.audit import SYSTEM_ACTOR, StopReason
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import Application, Grant, Policy, User
@@ -29,6 +30,7 @@ from remoteappmanager.domain.sessions import Session, SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services import catalogue
 from remoteappmanager.services.applications import Applications
+from remoteappmanager.services.audit import DISCARD, Attribution, Recorder
 from remoteappmanager.services.catalogue import ApplicationRef, UserGrants, VolumeGuard
 from remoteappmanager.services.sessions import Sessions
 
@@ -71,8 +73,10 @@ class Administration:
         sessions: Sessions | None = None,
         applications: Applications | None = None,
         volumes: VolumeGuard | None = None,
+        audit: Recorder = DISCARD,
     ) -> None:
         self._uow = uow_factory
+        self._audit = audit
         self._volumes = volumes
         self.realm = realm
         self._sessions = sessions
@@ -82,18 +86,24 @@ class Administration:
     async def list_users(self) -> list[User]:
         return await catalogue.list_users(self._uow)
 
+    async def users_page(
+        self, *, contains: str | None = None, limit: int, offset: int = 0
+    ) -> tuple[int, list[User]]:
+        """How many users match, and one page of them (see ``catalogue.page_users``)."""
+        return await catalogue.page_users(self._uow, contains=contains, limit=limit, offset=offset)
+
     async def get_user(self, user_id: int) -> User:
         return await catalogue.get_user(self._uow, user_id)
 
-    async def create_user(self, name: str) -> User:
-        user = await catalogue.create_user(self._uow, name)
+    async def create_user(self, name: str, *, actor: str = SYSTEM_ACTOR) -> User:
+        user = await catalogue.create_user(self._uow, name, by=self._by(actor))
         log.info("admin.user_created", user=user.name, user_id=user.id)
         return user
 
-    async def remove_user(self, user_id: int) -> None:
+    async def remove_user(self, user_id: int, *, actor: str = SYSTEM_ACTOR) -> None:
         user = await catalogue.get_user(self._uow, user_id)
-        await self._stop_sessions(lambda session: session.user == user.name)
-        await catalogue.remove_user(self._uow, user.id)
+        await self._stop_sessions(lambda session: session.user == user.name, actor)
+        await catalogue.remove_user(self._uow, user.id, by=self._by(actor))
         self._forget_grants(user.name)
         log.info("admin.user_removed", user=user.name, user_id=user.id)
 
@@ -107,23 +117,23 @@ class Administration:
     async def get_application(self, application_id: int) -> RegisteredApplication:
         return await self._registered(await catalogue.get_application(self._uow, application_id))
 
-    async def create_application(self, image: str) -> Application:
-        application = await catalogue.create_application(self._uow, image)
+    async def create_application(self, image: str, *, actor: str = SYSTEM_ACTOR) -> Application:
+        application = await catalogue.create_application(self._uow, image, by=self._by(actor))
         if self._applications is not None:
             # The image may have been built since it was last looked up.
             self._applications.forget_image(application.image)
         log.info("admin.application_created", image=application.image, id=application.id)
         return application
 
-    async def remove_application(self, application_id: int) -> None:
+    async def remove_application(self, application_id: int, *, actor: str = SYSTEM_ACTOR) -> None:
         application = await catalogue.get_application(self._uow, application_id)
         granted = {
             grant.mapping_id
             for grant in await catalogue.list_grants(self._uow)
             if grant.application.id == application.id
         }
-        await self._stop_sessions(lambda session: session.mapping_id in granted)
-        await catalogue.remove_application(self._uow, application.id)
+        await self._stop_sessions(lambda session: session.mapping_id in granted, actor)
+        await catalogue.remove_application(self._uow, application.id, by=self._by(actor))
         self._forget_grants(None)
         log.info("admin.application_removed", image=application.image, id=application.id)
 
@@ -143,13 +153,24 @@ class Administration:
         """The user's grants; ``NotFound`` for an unknown user."""
         return await catalogue.grants_of_user(self._uow, user_id)
 
+    async def grants_page(self, *, limit: int, offset: int = 0) -> tuple[int, list[Grant]]:
+        """How many grants there are, and one page of everyone's."""
+        return await catalogue.page_grants(self._uow, limit=limit, offset=offset)
+
     async def get_grant(self, mapping_id: str) -> Grant:
         return await catalogue.get_grant(self._uow, mapping_id)
 
-    async def grant(self, user_id: int, application: ApplicationRef, policy: Policy) -> Grant:
+    async def grant(
+        self,
+        user_id: int,
+        application: ApplicationRef,
+        policy: Policy,
+        *,
+        actor: str = SYSTEM_ACTOR,
+    ) -> Grant:
         """Idempotent: the same grant again gives the same mapping id."""
         grant = await catalogue.grant_access(
-            self._uow, application, user_id, policy, volumes=self._volumes
+            self._uow, application, user_id, policy, volumes=self._volumes, by=self._by(actor)
         )
         self._forget_grants(grant.user.name)
         log.info(
@@ -160,10 +181,10 @@ class Administration:
         )
         return grant
 
-    async def revoke(self, mapping_id: str) -> None:
+    async def revoke(self, mapping_id: str, *, actor: str = SYSTEM_ACTOR) -> None:
         grant = await catalogue.get_grant(self._uow, mapping_id)
-        await self._stop_sessions(lambda session: session.mapping_id == grant.mapping_id)
-        await catalogue.revoke_grant(self._uow, grant.mapping_id)
+        await self._stop_sessions(lambda session: session.mapping_id == grant.mapping_id, actor)
+        await catalogue.revoke_grant(self._uow, grant.mapping_id, by=self._by(actor))
         self._forget_grants(grant.user.name)
         log.info("admin.revoked", user=grant.user.name, mapping_id=grant.mapping_id)
 
@@ -173,17 +194,29 @@ class Administration:
         sessions = await self._require_sessions().list_all()
         return sorted(sessions, key=lambda s: (s.user, s.image, s.url_id))
 
+    async def sessions_page(
+        self, *, user: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> tuple[int, list[Session]]:
+        """How many sessions (of ``user``, or everyone's) there are, and one page of them in
+        the order of ``list_sessions``."""
+        sessions = await self.list_sessions()
+        if user is not None:
+            sessions = [session for session in sessions if session.user == user]
+        end = None if limit is None else offset + limit
+        return len(sessions), sessions[offset:end]
+
     async def get_session(self, url_id: str) -> Session:
         """Session ``url_id`` whoever owns it; ``NotFound`` if there is none."""
         return await self._require_sessions().get_any(url_id)
 
-    async def stop_session(self, url_id: str) -> None:
+    async def stop_session(self, url_id: str, *, actor: str = SYSTEM_ACTOR) -> None:
         """Stop session ``url_id`` whoever owns it; ``NotFound`` if there is none."""
-        await self._require_sessions().stop_any(url_id)
+        await self._require_sessions().stop_any(url_id, actor=actor, reason=StopReason.ADMIN)
         log.info("admin.session_stopped", url_id=url_id)
 
     async def statistics(self) -> Statistics:
-        users = await catalogue.list_users(self._uow)
+        # Counted, not listed: a realm of 10,000 users costs one indexed count.
+        num_users, _ = await catalogue.page_users(self._uow, contains=None, limit=1, offset=0)
         applications = await catalogue.list_applications(self._uow)
         running = (
             [s for s in await self._sessions.list_all() if s.state is SessionState.RUNNING]
@@ -192,7 +225,7 @@ class Administration:
         )
         return Statistics(
             realm=self.realm,
-            num_total_users=len(users),
+            num_total_users=num_users,
             num_active_users=len({session.user for session in running}),
             num_applications=len(applications),
             num_running_containers=len(running),
@@ -204,14 +237,17 @@ class Administration:
             raise Unavailable(_NO_ENGINE)
         return self._sessions
 
-    async def _stop_sessions(self, include: Callable[[Session], bool]) -> None:
+    def _by(self, actor: str) -> Attribution:
+        return Attribution(self._audit, actor)
+
+    async def _stop_sessions(self, include: Callable[[Session], bool], actor: str) -> None:
         if self._sessions is None:
             return
         for session in await self._sessions.list_all():
             if not include(session):
                 continue
             try:
-                await self._sessions.stop_any(session.url_id)
+                await self._sessions.stop_any(session.url_id, actor=actor, reason=StopReason.ADMIN)
             except NotFound:
                 continue  # it ended meanwhile
             log.info("admin.session_stopped", user=session.user, url_id=session.url_id)

@@ -9,6 +9,9 @@ for ``verify_image``, the Docker engine) cannot be reached.
 A grant whose policy mounts a host folder is checked against the volume rules (``VolumeGuard``)
 before anything is written: outside the operator's roots, a system path, or a symbolic link
 that leads out of the roots is ``Forbidden``. Without a guard no volume may be granted.
+
+Every change that was committed is recorded in the audit trail for ``by`` (its actor), with
+details that name what changed and never a policy's licence.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from remoteappmanager.domain.audit import AuditAction
 from remoteappmanager.domain.errors import Forbidden, NotFound
 from remoteappmanager.domain.models import (
     Application,
@@ -30,6 +34,7 @@ from remoteappmanager.domain.volumes import VolumeRules
 from remoteappmanager.ports.repositories import UnitOfWork, UnitOfWorkFactory
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths
+from remoteappmanager.services.audit import UNRECORDED, Attribution
 
 UserRef = int | str
 """A user's id, or their hub name."""
@@ -85,21 +90,25 @@ async def check_policy_volume(volumes: VolumeGuard | None, policy: Policy) -> No
 
 
 # ------------------------------------------------------------------------------ users
-async def create_user(uow: UnitOfWorkFactory, name: str) -> User:
+async def create_user(uow: UnitOfWorkFactory, name: str, *, by: Attribution = UNRECORDED) -> User:
     """Add a user by hub name; ``Exists`` if there is one already."""
     name = validate_user_name(name)
     async with uow() as work:
         user = await work.users.add(name)
         await work.commit()
+    by.record(AuditAction.USER_CREATE, user.name, {"user_id": user.id})
     return user
 
 
-async def remove_user(uow: UnitOfWorkFactory, user: UserRef) -> None:
+async def remove_user(
+    uow: UnitOfWorkFactory, user: UserRef, *, by: Attribution = UNRECORDED
+) -> None:
     """Remove a user and every grant they hold."""
     async with uow() as work:
         found = await _user(work, user)
         await work.users.remove(found.id)
         await work.commit()
+    by.record(AuditAction.USER_DELETE, found.name, {"user_id": found.id})
 
 
 async def get_user(uow: UnitOfWorkFactory, user: UserRef) -> User:
@@ -112,6 +121,25 @@ async def list_users(uow: UnitOfWorkFactory) -> list[User]:
     """Every user, in creation order."""
     async with uow() as work:
         return list(await work.users.list())
+
+
+async def page_users(
+    uow: UnitOfWorkFactory, *, contains: str | None, limit: int, offset: int
+) -> tuple[int, list[User]]:
+    """How many users' names contain ``contains`` (every user when None), and one page of
+    them in creation order."""
+    async with uow() as work:
+        total, users = await work.users.page(contains=contains, limit=limit, offset=offset)
+    return total, list(users)
+
+
+async def page_grants(
+    uow: UnitOfWorkFactory, *, limit: int, offset: int
+) -> tuple[int, list[Grant]]:
+    """How many grants there are, and one page of them (by user, application, mapping id)."""
+    async with uow() as work:
+        total, grants = await work.grants.page_all(limit=limit, offset=offset)
+    return total, list(grants)
 
 
 async def list_users_with_grants(uow: UnitOfWorkFactory) -> list[UserGrants]:
@@ -140,21 +168,27 @@ async def verify_image(runtime: ContainerRuntime, image: str) -> None:
         ) from None
 
 
-async def create_application(uow: UnitOfWorkFactory, image: str) -> Application:
+async def create_application(
+    uow: UnitOfWorkFactory, image: str, *, by: Attribution = UNRECORDED
+) -> Application:
     """Register a Docker image; ``Exists`` if it is registered already."""
     image = validate_image_name(image)
     async with uow() as work:
         application = await work.applications.add(image)
         await work.commit()
+    by.record(AuditAction.APP_CREATE, application.image, {"application_id": application.id})
     return application
 
 
-async def remove_application(uow: UnitOfWorkFactory, application: ApplicationRef) -> None:
+async def remove_application(
+    uow: UnitOfWorkFactory, application: ApplicationRef, *, by: Attribution = UNRECORDED
+) -> None:
     """Remove an application and every grant of it."""
     async with uow() as work:
         found = await _application(work, application)
         await work.applications.remove(found.id)
         await work.commit()
+    by.record(AuditAction.APP_DELETE, found.image, {"application_id": found.id})
 
 
 async def get_application(uow: UnitOfWorkFactory, application: ApplicationRef) -> Application:
@@ -177,6 +211,7 @@ async def grant_access(
     policy: Policy,
     *,
     volumes: VolumeGuard | None = None,
+    by: Attribution = UNRECORDED,
 ) -> Grant:
     """Let ``user`` run ``application`` under ``policy``.
 
@@ -189,6 +224,7 @@ async def grant_access(
         found_application = await _application(work, application)
         grant = await work.grants.grant(found_user, found_application, policy)
         await work.commit()
+    by.record(AuditAction.GRANT, grant.mapping_id, grant_detail(grant))
     return grant
 
 
@@ -197,6 +233,8 @@ async def revoke_access(
     application: ApplicationRef,
     user: UserRef,
     policy: Policy | Literal["all"],
+    *,
+    by: Attribution = UNRECORDED,
 ) -> int:
     """Withdraw the user's grant of ``application`` under ``policy``, or every policy's.
 
@@ -206,14 +244,12 @@ async def revoke_access(
     async with uow() as work:
         found_user = await _user(work, user)
         found_application = await _application(work, application)
+        everything = await work.grants.list_for(found_user.id, found_application.id)
         if policy == ALL_POLICIES:
+            matching = list(everything)
             count = await work.grants.revoke_all(found_user.id, found_application.id)
         else:
-            matching = [
-                grant
-                for grant in await work.grants.list_for(found_user.id, found_application.id)
-                if grant.policy == policy
-            ]
+            matching = [grant for grant in everything if grant.policy == policy]
             if not matching:
                 raise NotFound(
                     f"user {found_user.name!r} has no grant of {found_application.image!r} "
@@ -223,14 +259,34 @@ async def revoke_access(
                 await work.grants.revoke(grant.mapping_id)
             count = len(matching)
         await work.commit()
+    for grant in matching:
+        by.record(AuditAction.REVOKE, grant.mapping_id, grant_detail(grant))
     return count
 
 
-async def revoke_grant(uow: UnitOfWorkFactory, mapping_id: str) -> None:
+async def revoke_grant(
+    uow: UnitOfWorkFactory, mapping_id: str, *, by: Attribution = UNRECORDED
+) -> None:
     """Withdraw one grant by its mapping id."""
     async with uow() as work:
+        grant = await work.grants.get(mapping_id)
         await work.grants.revoke(mapping_id)
         await work.commit()
+    by.record(AuditAction.REVOKE, grant.mapping_id, grant_detail(grant))
+
+
+def grant_detail(grant: Grant) -> dict[str, object]:
+    """What the audit trail says of a grant: who, what, and the policy's switches; never
+    its licence."""
+    policy = grant.policy
+    return {
+        "user": grant.user.name,
+        "image": grant.application.image,
+        "allow_home": policy.allow_home,
+        "allow_view": policy.allow_view,
+        "allow_common": policy.allow_common,
+        "volume": None if policy.volume is None else policy.volume.target,
+    }
 
 
 async def get_grant(uow: UnitOfWorkFactory, mapping_id: str) -> Grant:

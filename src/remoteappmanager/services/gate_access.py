@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from remoteappmanager.domain.audit import AuditAction
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.sessions import SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
@@ -215,9 +216,12 @@ class GateAccess:
     async def record_entry(self, actor: AuthenticatedUser, target: GateTarget) -> None:
         """An admin confirmed entering someone else's application; the one place that says so.
 
-        Logged as the event ``enter`` (actor, owner, url_id).
+        Logged, and recorded in the audit trail, as the event ``enter`` (actor, owner, url_id).
         """
         log.info("enter", actor=actor.name, owner=target.owner, url_id=target.url_id)
+        self._sessions.audit.record(
+            actor.name, AuditAction.ENTER, target.url_id, {"owner": target.owner}
+        )
 
     def decision(self, principal: str, url_id: str) -> bool | None:
         """The kept decision for this login session and application (None: decide again)."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from remoteappmanager.domain.audit import SYSTEM_ACTOR
 from remoteappmanager.domain.containers import RUNINFO_REALM, ContainerInfo, Route
 from remoteappmanager.domain.errors import RemoteAppError
 from remoteappmanager.domain.sessions import Session, StopReason, session_from_container
@@ -197,7 +198,7 @@ class Reconciler:
                 report.containers_removed.append(info.id)
                 oom = ended is not None and ended.oom_killed
                 await self._sessions.record_stop(
-                    session, StopReason.OOM if oom else StopReason.DIED
+                    session, StopReason.OOM if oom else StopReason.DIED, actor=SYSTEM_ACTOR
                 )
             except RemoteAppError as exc:
                 self._failed(report, f"repair {session.urlpath}", exc)

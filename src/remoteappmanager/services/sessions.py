@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from remoteappmanager.domain.audit import SYSTEM_ACTOR, AuditAction
 from remoteappmanager.domain.configurables import Configuration, validate_configurables
 from remoteappmanager.domain.confinement import (
     DEFAULT_CONFINEMENT,
@@ -55,6 +56,7 @@ from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
 from remoteappmanager.services.activity import StopLog
+from remoteappmanager.services.audit import DISCARD, Recorder
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.rate_limit import RateLimit
 
@@ -167,11 +169,13 @@ class Sessions:
         workspace_uid_base: int | None = None,
         max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
         stop_log: StopLog | None = None,
+        audit: Recorder = DISCARD,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
         self._runtime = runtime
         self._routes = routes
+        self.audit = audit
         self._workspaces = workspaces
         self._host_paths = host_paths
         self._probe = probe
@@ -465,6 +469,12 @@ class Sessions:
                 raise
         self._start_ended(claim, None, None)
         log.info("session.started", user=claim.user, image=claim.image, url_id=session.url_id)
+        self.audit.record(
+            claim.user,
+            AuditAction.START,
+            session.url_id,
+            {"owner": claim.user, "image": claim.image, "mapping_id": claim.mapping_id},
+        )
         return session
 
     def _next_step(self, claim: _Claim, step: StartStep | None) -> None:
@@ -592,7 +602,7 @@ class Sessions:
             raise Conflict(f"a container named {name} exists and is not one of ours")
         await self._remove(previous)
         log.info("session.replaced", user=claim.user, url_id=previous.url_id)
-        await self.record_stop(previous, StopReason.USER)
+        await self.record_stop(previous, StopReason.USER, actor=claim.user)
 
     async def _wait_ready(self, claim: _Claim, url: str, routing: asyncio.Future[None]) -> None:
         """Until the application answers at ``url``; fails early if its container exits or
@@ -650,23 +660,21 @@ class Sessions:
         the container is left running (``Unavailable``), so that no route can ever outlive
         its container and reach whatever gets the same host port next.
         """
-        await self._stop(await self._find(url_id, user), StopReason.USER)
+        await self._stop(await self._find(url_id, user), user, StopReason.USER)
 
-    async def stop_any(self, url_id: str) -> None:
-        """Stop session ``url_id`` whoever owns it (for admins)."""
-        await self._stop(await self._find(url_id, None), StopReason.ADMIN)
+    async def stop_any(
+        self, url_id: str, *, actor: str = SYSTEM_ACTOR, reason: StopReason = StopReason.ADMIN
+    ) -> None:
+        """Stop session ``url_id`` whoever owns it (for admins, or the service itself), and
+        record it as done by ``actor`` for ``reason``."""
+        await self._stop(await self._find(url_id, None), actor, reason)
 
     async def stop_for(self, session: Session, reason: StopReason) -> None:
         """Stop ``session`` (as listed) for ``reason``, route first; ``Conflict`` when a start
-        or stop of its grant is under way."""
-        await self._stop(session, reason)
+        or stop of its grant is under way. Done by the service itself (the culler)."""
+        await self._stop(session, SYSTEM_ACTOR, reason)
 
-    async def record_stop(self, session: Session, reason: StopReason) -> None:
-        """Record why a session that is gone ended (the reconciler removed it)."""
-        if self.stop_log is not None:
-            await self.stop_log.record(session, reason)
-
-    async def _stop(self, session: Session, reason: StopReason) -> None:
+    async def _stop(self, session: Session, actor: str, reason: StopReason) -> None:
         if session.container_id is None:
             raise Conflict("the application is still starting; stop it once it runs")
         claim = _Claim(SessionState.STOPPING, session.user, session.mapping_id, session.url_id)
@@ -685,7 +693,22 @@ class Sessions:
                     self.stop_log.cancel(session.url_id)
                 raise
         log.info("session.stopped", user=session.user, url_id=session.url_id)
-        await self.record_stop(session, reason)
+        await self.record_stop(session, reason, actor=actor)
+
+    async def record_stop(
+        self, session: Session, reason: StopReason, *, actor: str = SYSTEM_ACTOR
+    ) -> None:
+        """Record why ``session`` ended: for its user (the stop log) and in the audit trail
+        (a ``cull`` when its idle time or lifetime ran out, else a ``stop``)."""
+        if self.stop_log is not None:
+            await self.stop_log.record(session, reason)
+        culled = reason in (StopReason.IDLE, StopReason.LIFETIME)
+        self.audit.record(
+            actor,
+            AuditAction.CULL if culled else AuditAction.STOP,
+            session.url_id,
+            {"owner": session.user, "image": session.image, "reason": reason.value},
+        )
 
     async def _remove(self, session: Session) -> None:
         await self._routes.remove(session.urlpath)

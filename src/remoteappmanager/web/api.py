@@ -54,7 +54,8 @@ class ApiOperation:
     ``headers`` documents response headers per status (e.g. ``Location`` on 201);
     ``path`` placeholders each need a ``PathParameter`` in ``path_parameters`` (the pattern
     the handler checks); ``query`` lists the required query arguments, each a JSON document
-    validated by a model.
+    validated by a model; ``query_fields`` the optional plain ones, each with its JSON
+    Schema; ``other_content`` documents further media types of the success answer (CSV).
     """
 
     method: str
@@ -71,6 +72,17 @@ class ApiOperation:
     description: str = ""
     path_parameters: Mapping[str, PathParameter] = field(default_factory=dict)
     query: Mapping[str, QueryParameter] = field(default_factory=dict)
+    query_fields: Mapping[str, QueryField] = field(default_factory=dict)
+    other_content: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryField:
+    """An optional query argument holding one plain value; ``schema`` is exactly what its
+    handler accepts (anything else is a 400)."""
+
+    description: str
+    schema: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +96,11 @@ class PathParameter:
 
 @dataclass(frozen=True, slots=True)
 class QueryParameter:
-    """A required query argument that carries a JSON document validated by ``model``."""
+    """A query argument that carries a JSON document validated by ``model``."""
 
     description: str
     model: type[BaseModel]
+    required: bool = True
 
 
 class ApiRegistry:
@@ -169,6 +182,8 @@ class ApiRegistry:
             response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
             if model is not None:
                 response["content"] = {"application/json": {"schema": _ref(model)}}
+                for media_type, schema in operation.other_content.items():
+                    response["content"][media_type] = {"schema": dict(schema)}
             headers = operation.headers.get(status)
             if headers:
                 response["headers"] = {
@@ -195,29 +210,42 @@ class ApiRegistry:
         }
         if operation.description:
             result["description"] = operation.description
-        parameters = [
-            {
-                "name": name,
-                "in": "path",
-                "required": True,
-                "description": operation.path_parameters[name].description,
-                "schema": {
-                    "type": "string",
-                    "pattern": operation.path_parameters[name].pattern,
-                    "maxLength": operation.path_parameters[name].max_length,
-                },
-            }
-            for name in _path_parameters(operation.path)
-        ] + [
-            {
-                "name": name,
-                "in": "query",
-                "required": True,
-                "description": parameter.description,
-                "content": {"application/json": {"schema": _ref(parameter.model)}},
-            }
-            for name, parameter in operation.query.items()
-        ]
+        parameters = (
+            [
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "description": operation.path_parameters[name].description,
+                    "schema": {
+                        "type": "string",
+                        "pattern": operation.path_parameters[name].pattern,
+                        "maxLength": operation.path_parameters[name].max_length,
+                    },
+                }
+                for name in _path_parameters(operation.path)
+            ]
+            + [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": parameter.required,
+                    "description": parameter.description,
+                    "content": {"application/json": {"schema": _ref(parameter.model)}},
+                }
+                for name, parameter in operation.query.items()
+            ]
+            + [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "description": query_field.description,
+                    "schema": dict(query_field.schema),
+                }
+                for name, query_field in operation.query_fields.items()
+            ]
+        )
         if parameters:
             result["parameters"] = parameters
         if operation.request is not None:

@@ -13,11 +13,13 @@ from remoteappmanager.domain.naming import is_url_id
 from remoteappmanager.domain.sessions import Session
 from remoteappmanager.services.activity import SessionTimes
 from remoteappmanager.services.admin import Administration
+from remoteappmanager.web import paging
 from remoteappmanager.web.api import (
     ApiOperation,
     ApiRegistry,
     Handler,
     PathParameter,
+    QueryField,
     QueryParameter,
     json_response,
     parse_body,
@@ -41,7 +43,7 @@ from remoteappmanager.web.api_models import (
     AdminUserList,
     AdminUserOut,
 )
-from remoteappmanager.web.auth import require_admin
+from remoteappmanager.web.auth import require_admin, signed_in_user
 from remoteappmanager.web.keys import ADMIN, APPLICATIONS, URLS
 
 ADMIN_PATH = "v1/admin/"
@@ -59,6 +61,10 @@ _MAPPING_ID_RE = re.compile(MAPPING_ID.pattern)
 
 def _admin(request: web.Request) -> Administration:
     return request.app[ADMIN]
+
+
+def _actor(request: web.Request) -> str:
+    return signed_in_user(request).name
 
 
 def _created(request: web.Request, collection: str, identifier: object) -> web.Response:
@@ -104,8 +110,19 @@ def _url_id(request: web.Request) -> str:
 # ------------------------------------------------------------------------------ users
 @require_admin
 async def list_users(request: web.Request) -> web.StreamResponse:
-    users = await _admin(request).list_users()
-    return json_response(AdminUserList.of(users, key=lambda u: str(u.id), item=AdminUserOut.of))
+    limit, offset = paging.optional_paging(request)
+    contains = paging.text(request, "name")
+    if limit is None and offset == 0 and contains is None:
+        users = await _admin(request).list_users()
+        return json_response(AdminUserList.of(users, key=lambda u: str(u.id), item=AdminUserOut.of))
+    total, page = await _admin(request).users_page(
+        contains=contains, limit=limit or paging.MAX_OFFSET, offset=offset
+    )
+    return json_response(
+        AdminUserList.page(
+            page, key=lambda u: str(u.id), item=AdminUserOut.of, total=total, offset=offset
+        )
+    )
 
 
 @require_admin
@@ -117,13 +134,13 @@ async def get_user(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def create_user(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminUserCreate)
-    user = await _admin(request).create_user(wanted.name)
+    user = await _admin(request).create_user(wanted.name, actor=_actor(request))
     return _created(request, USERS_PATH, user.id)
 
 
 @require_admin
 async def delete_user(request: web.Request) -> web.StreamResponse:
-    await _admin(request).remove_user(_row_id(request, "user"))
+    await _admin(request).remove_user(_row_id(request, "user"), actor=_actor(request))
     return _no_content()
 
 
@@ -147,30 +164,49 @@ async def get_application(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def create_application(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminApplicationCreate)
-    application = await _admin(request).create_application(wanted.image_name)
+    application = await _admin(request).create_application(wanted.image_name, actor=_actor(request))
     return _created(request, APPLICATIONS_PATH, application.id)
 
 
 @require_admin
 async def delete_application(request: web.Request) -> web.StreamResponse:
-    await _admin(request).remove_application(_row_id(request, "application"))
+    await _admin(request).remove_application(_row_id(request, "application"), actor=_actor(request))
     return _no_content()
 
 
 # ------------------------------------------------------------------------------ grants
 @require_admin
 async def list_grants(request: web.Request) -> web.StreamResponse:
+    limit, offset = paging.optional_paging(request)
+    if "filter" not in request.query:
+        total, page = await _admin(request).grants_page(
+            limit=limit or paging.DEFAULT_LIMIT, offset=offset
+        )
+        return json_response(
+            AdminGrantList.page(
+                page, key=lambda g: g.mapping_id, item=AdminGrantOut.of, total=total, offset=offset
+            )
+        )
     wanted = parse_query_json(request, "filter", AdminGrantFilter, example=FILTER_EXAMPLE)
     found = await _admin(request).grants_of(wanted.user_id)
+    end = None if limit is None else offset + limit
     return json_response(
-        AdminGrantList.of(found.grants, key=lambda g: g.mapping_id, item=AdminGrantOut.of)
+        AdminGrantList.page(
+            found.grants[offset:end],
+            key=lambda g: g.mapping_id,
+            item=AdminGrantOut.of,
+            total=len(found.grants),
+            offset=offset,
+        )
     )
 
 
 @require_admin
 async def create_grant(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminGrantCreate)
-    grant = await _admin(request).grant(wanted.user_id, wanted.application(), wanted.policy())
+    grant = await _admin(request).grant(
+        wanted.user_id, wanted.application(), wanted.policy(), actor=_actor(request)
+    )
     return _created(request, ACCOUNTING_PATH, grant.mapping_id)
 
 
@@ -181,7 +217,7 @@ async def get_grant(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def delete_grant(request: web.Request) -> web.StreamResponse:
-    await _admin(request).revoke(_mapping_id(request))
+    await _admin(request).revoke(_mapping_id(request), actor=_actor(request))
     return _no_content()
 
 
@@ -189,13 +225,18 @@ async def delete_grant(request: web.Request) -> web.StreamResponse:
 @require_admin
 async def list_containers(request: web.Request) -> web.StreamResponse:
     admin = _admin(request)
-    found = await admin.list_sessions()
+    limit, offset = paging.optional_paging(request)
+    total, found = await admin.sessions_page(
+        user=paging.text(request, "user"), limit=limit, offset=offset
+    )
     times = await _session_times(request, found)
     return json_response(
-        AdminContainerList.of(
+        AdminContainerList.page(
             found,
             key=lambda s: s.url_id,
             item=lambda s: AdminContainerOut.of(s, admin.realm, times.get(s.url_id)),
+            total=total,
+            offset=offset,
         )
     )
 
@@ -219,7 +260,7 @@ async def get_container(request: web.Request) -> web.StreamResponse:
 
 @require_admin
 async def delete_container(request: web.Request) -> web.StreamResponse:
-    await _admin(request).stop_session(_url_id(request))
+    await _admin(request).stop_session(_url_id(request), actor=_actor(request))
     return _no_content()
 
 
@@ -232,6 +273,11 @@ async def get_stats(request: web.Request) -> web.StreamResponse:
 _ADMINS = (401, 403)
 # What each kind of admin route may answer besides success; the OpenAPI document lists them.
 _READ_ALL_ERRORS = (*_ADMINS, 503)
+_LIST_ERRORS = (400, *_ADMINS, 503)
+_ALL_BY_DEFAULT = (
+    "Without `limit` every entry is listed (from `offset`), as the original did; `total` "
+    "counts every match, `offset` says where the page starts."
+)
 _READ_ONE_ERRORS = (400, *_ADMINS, 404, 503)
 _CREATE_ERRORS = (400, *_ADMINS, 409, 503)
 _DELETE_ERRORS = (400, *_ADMINS, 404, 409, 503)
@@ -247,6 +293,8 @@ def _get(
     *,
     errors: tuple[int, ...] = _READ_ONE_ERRORS,
     query: Mapping[str, QueryParameter] | None = None,
+    query_fields: Mapping[str, QueryField] | None = None,
+    description: str = "",
 ) -> ApiOperation:
     return ApiOperation(
         "GET",
@@ -254,8 +302,10 @@ def _get(
         handler,
         operation_id=operation_id,
         summary=summary,
+        description=description,
         tag=_TAG,
         query=query or {},
+        query_fields=query_fields or {},
         path_parameters=_placeholders(path),
         responses={200: answer},
         errors=errors,
@@ -331,9 +381,15 @@ def register(registry: ApiRegistry) -> None:
             USERS_PATH,
             list_users,
             "admin_list_users",
-            "Every user",
+            "Every user, or one page of those whose name contains a text",
             AdminUserList,
-            errors=_READ_ALL_ERRORS,
+            errors=_LIST_ERRORS,
+            description=_ALL_BY_DEFAULT,
+            query_fields={
+                "name": paging.text_field("Only users whose name contains this (any case)."),
+                "limit": paging.LIMIT_ALL,
+                "offset": paging.OFFSET,
+            },
         ),
         _post(
             USERS_PATH,
@@ -385,13 +441,17 @@ def register(registry: ApiRegistry) -> None:
             ACCOUNTING_PATH,
             list_grants,
             "admin_list_grants",
-            "One user's grants",
+            "One user's grants, or one page of everyone's",
             AdminGrantList,
+            description="With `filter`, the user's grants (every one without `limit`); "
+            f"without it, everyone's by user, application and mapping id, "
+            f"{paging.DEFAULT_LIMIT} at a time unless `limit` says otherwise.",
             query={
                 "filter": QueryParameter(
-                    f"Whose grants, as JSON: {FILTER_EXAMPLE}", AdminGrantFilter
+                    f"Whose grants, as JSON: {FILTER_EXAMPLE}", AdminGrantFilter, required=False
                 )
             },
+            query_fields={"limit": paging.LIMIT_ALL, "offset": paging.OFFSET},
         ),
         _post(
             ACCOUNTING_PATH,
@@ -413,9 +473,15 @@ def register(registry: ApiRegistry) -> None:
             CONTAINERS_PATH,
             list_containers,
             "admin_list_containers",
-            "Every user's running applications in this realm",
+            "Every user's running applications in this realm (or one user's)",
             AdminContainerList,
-            errors=_READ_ALL_ERRORS,
+            errors=_LIST_ERRORS,
+            description=_ALL_BY_DEFAULT,
+            query_fields={
+                "user": paging.text_field("Only this user's (their exact name)."),
+                "limit": paging.LIMIT_ALL,
+                "offset": paging.OFFSET,
+            },
         ),
         _get(
             container,

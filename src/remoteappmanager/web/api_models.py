@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from remoteappmanager.domain.audit import AuditEvent
 from remoteappmanager.domain.confinement import ResourceLimits, limits_for
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import (
@@ -143,6 +144,20 @@ class ItemList(_Answer, Generic[_Item]):
     ) -> ItemList[_Item]:
         items = {key(entry): item(entry) for entry in entries}
         return cls.model_construct(total=len(items), items=items, identifiers=list(items))
+
+    @classmethod
+    def page(
+        cls,
+        entries: Iterable[_Source],
+        key: Callable[[_Source], str],
+        item: Callable[[_Source], _Item],
+        *,
+        total: int,
+        offset: int,
+    ) -> ItemList[_Item]:
+        """One page of a longer listing: ``total`` matches in all, this page from ``offset``."""
+        items = {key(entry): item(entry) for entry in entries}
+        return cls.model_construct(offset=offset, total=total, items=items, identifiers=list(items))
 
 
 # ------------------------------------------------------------------------------ users
@@ -828,3 +843,35 @@ class AdminStatsOut(_Answer):
             num_applications=stats.num_applications,
             num_running_containers=stats.num_running_containers,
         )
+
+
+# ------------------------------------------------------------------------------ audit
+class EventOut(_Answer):
+    """One event of the audit trail."""
+
+    id: int
+    time: str = Field(description="ISO 8601, UTC.")
+    actor: str = Field(description='A user name, an OS account for remoteappdb, or "system".')
+    action: str
+    target: str
+    detail: dict[str, str | int | float | bool | None]
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> EventOut:
+        return cls.model_construct(
+            id=event.id,
+            time=iso_time(event.time),
+            actor=event.actor,
+            action=event.action.value,
+            target=event.target,
+            detail=dict(event.detail),
+        )
+
+
+class EventList(ItemList[EventOut]):
+    """``admin/events/``: newest first, by ``id``."""
+
+
+def iso_time(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, to the microsecond when it has one."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -16,7 +16,8 @@ from remoteappmanager import __version__
 from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.admin import Administration
-from remoteappmanager.web import api_admin, api_user, auth, pages
+from remoteappmanager.services.audit import DISCARD
+from remoteappmanager.web import api_admin, api_events, api_user, auth, pages
 from remoteappmanager.web.admission import (
     admission_middleware,
     setup_admission,
@@ -98,6 +99,7 @@ def create_app(deps: WebDeps) -> web.Application:
         auto_user_creation=settings.auto_user_creation,
         demo_applications=settings.demo_applications,
         access_scopes=settings.access_scopes,
+        audit=deps.audit or DISCARD,
     )
     app[LOGIN_SESSIONS] = LoginSessionStore(
         clock=deps.clock, max_sessions_per_user=settings.max_login_sessions_per_user
@@ -121,12 +123,14 @@ def create_app(deps: WebDeps) -> web.Application:
         sessions=deps.sessions,
         applications=deps.applications,
         volumes=deps.volumes,
+        audit=deps.audit or DISCARD,
     )
     app[API_REGISTRY] = ApiRegistry(
         title="SimPhoNy-Remote", version=__version__, description=_API_DESCRIPTION
     )
     api_user.register(app[API_REGISTRY])
     api_admin.register(app[API_REGISTRY])
+    api_events.register(app[API_REGISTRY])
 
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))

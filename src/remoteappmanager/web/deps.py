@@ -11,6 +11,7 @@ from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.activity import ActivityTracker, StopLog
 from remoteappmanager.services.applications import Applications
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
@@ -44,6 +45,8 @@ class WebDeps:
       adapters and the reconciler to it before the application exists.
     - ``activity``: sessions' last client input (the gate reports it); None: not tracked.
     - ``stop_log``: why sessions ended (the same one ``sessions`` records to).
+    - ``audit``: the audit trail the services record in and the admin API lists (None: an
+      application that records nothing and answers ``Unavailable`` for the listing).
     """
 
     settings: Settings
@@ -58,3 +61,4 @@ class WebDeps:
     metrics: Metrics = field(default_factory=Metrics)
     activity: ActivityTracker | None = None
     stop_log: StopLog | None = None
+    audit: AuditTrail | None = None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -21,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from remoteappmanager.domain.audit import MAX_ACTOR_LENGTH, MAX_TARGET_LENGTH
 from remoteappmanager.domain.models import MAX_IMAGE_LENGTH, MAX_NAME_LENGTH
 
 # Stable constraint names, so that alembic revisions can refer to them on every backend.
@@ -153,6 +157,30 @@ class SessionStopRow(Base):
     stopped_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, index=True
     )
+
+
+class EventRow(Base):
+    """One audit event. Times are naive UTC (SQLite keeps no zone); ``detail`` a JSON object.
+
+    The indexes serve the admin listing: newest first overall, or for one actor or action.
+    """
+
+    __tablename__ = "event"
+    __table_args__ = (
+        Index("ix_event_time_id", "time", "id"),
+        Index("ix_event_actor_time_id", "actor", "time", "id"),
+        Index("ix_event_action_time_id", "action", "time", "id"),
+    )
+
+    # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere ids may outgrow 32 bits.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=False), nullable=False)
+    actor: Mapped[str] = mapped_column(String(MAX_ACTOR_LENGTH), nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    target: Mapped[str] = mapped_column(String(MAX_TARGET_LENGTH), nullable=False)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON(), nullable=False)
 
 
 metadata = Base.metadata

@@ -9,14 +9,15 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Select, delete, event, select, update
+from sqlalchemy import ColumnElement, Select, delete, event, func, select, update
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
-from remoteappmanager.adapters.db.engine import create_engine, describe
+from remoteappmanager.adapters.db.engine import create_engine, describe, is_sqlite
 from remoteappmanager.adapters.db.errors import translated_errors
+from remoteappmanager.adapters.db.events import SqlEventStore, SqliteWriteGate
 from remoteappmanager.adapters.db.models import (
     CATALOGUE_VERSION_ID,
     MAPPING_ID_LENGTH,
@@ -141,6 +142,26 @@ class SqlUserRepository:
             rows = await self._session.scalars(select(UserRow).order_by(UserRow.id))
             return [_user(row) for row in rows]
 
+    async def page(
+        self, *, contains: str | None = None, limit: int, offset: int = 0
+    ) -> tuple[int, Sequence[User]]:
+        conditions = []
+        if contains is not None:
+            escaped = contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(UserRow.name.ilike(f"%{escaped}%", escape="\\"))
+        with translated_errors(self._location):
+            total = await self._session.scalar(
+                select(func.count()).select_from(UserRow).where(*conditions)
+            )
+            rows = await self._session.execute(
+                select(UserRow.id, UserRow.name)
+                .where(*conditions)
+                .order_by(UserRow.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            return int(total or 0), [User(id=row.id, name=row.name) for row in rows]
+
     async def remove(self, user_id: int) -> None:
         self._writes.happened = True
         with translated_errors(self._location):
@@ -261,6 +282,12 @@ class SqlGrantRepository:
     async def list_all(self) -> Sequence[Grant]:
         return await self._list(self._select())
 
+    async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
+        with translated_errors(self._location):
+            total = await self._session.scalar(select(func.count()).select_from(AccountingRow))
+        page = await self._list(self._select(), limit=limit, offset=offset)
+        return int(total or 0), page
+
     async def list_for_user(self, user_id: int) -> Sequence[Grant]:
         return await self._list(self._select().where(AccountingRow.user_id == user_id))
 
@@ -305,13 +332,16 @@ class SqlGrantRepository:
             joinedload(AccountingRow.policy),
         )
 
-    async def _list(self, query: Select[AccountingRow]) -> Sequence[Grant]:
+    async def _list(
+        self, query: Select[AccountingRow], *, limit: int | None = None, offset: int = 0
+    ) -> Sequence[Grant]:
+        ordered = query.order_by(
+            AccountingRow.user_id, AccountingRow.application_id, AccountingRow.id
+        )
+        if limit is not None:
+            ordered = ordered.limit(limit).offset(offset)
         with translated_errors(self._location):
-            rows = await self._session.scalars(
-                query.order_by(
-                    AccountingRow.user_id, AccountingRow.application_id, AccountingRow.id
-                )
-            )
+            rows = await self._session.scalars(ordered)
             return [_grant(row) for row in rows]
 
     async def _find(self, user_id: int, application_id: int, policy_id: int) -> Grant | None:
@@ -443,9 +473,15 @@ class SqlUnitOfWork:
     A commit after a write bumps the catalogue version in the same transaction.
     """
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], location: str) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        location: str,
+        gate: SqliteWriteGate | None = None,
+    ) -> None:
         self._sessions = sessions
         self._location = location
+        self._gate = gate
         self._writes = _Writes()
         self._session: AsyncSession | None = None
         self._users: SqlUserRepository | None = None
@@ -478,6 +514,8 @@ class SqlUnitOfWork:
         return self._session_records
 
     async def __aenter__(self) -> Self:
+        if self._gate is not None:
+            await self._gate.enter_unit()
         session = self._sessions()
         self._session = session
         self._writes = _Writes()
@@ -498,6 +536,7 @@ class SqlUnitOfWork:
         self._session_records = None
         if session is None:
             return
+        gate = self._gate
         try:
             with translated_errors(self._location):
                 await session.rollback()
@@ -508,6 +547,8 @@ class SqlUnitOfWork:
                 raise
         finally:
             await session.close()
+            if gate is not None:
+                await gate.leave_unit()
 
     async def commit(self) -> None:
         session = self._require_session()
@@ -563,9 +604,14 @@ class SqlDatabase:
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         if observe is not None:
             _time_statements(self.engine.sync_engine, observe)
+        self._gate = SqliteWriteGate() if is_sqlite(url) else None
 
     def unit_of_work(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self._sessions, self.location)
+        return SqlUnitOfWork(self._sessions, self.location, self._gate)
+
+    def events(self) -> SqlEventStore:
+        """The audit trail in this database."""
+        return SqlEventStore(self._sessions, self.location, self._gate)
 
     async def ping(self) -> None:
         """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""

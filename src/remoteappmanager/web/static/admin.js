@@ -282,7 +282,15 @@ function showStats(token) {
 
 // ------------------------------------------------------------------------------- containers
 function showContainers(token) {
-  return view(token, "Containers", () => api("GET", "containers/"), (answer) => {
+  const query = pageQuery(CONTAINERS_PAGE, containerList.offset, { user: containerList.user });
+  // Refreshed every few seconds while shown: a later navigation bumps `shown` and ends it.
+  if (containersTimer === null) {
+    containersTimer = window.setInterval(() => {
+      const open = document.querySelector("dialog[open]");
+      if (!document.hidden && !open && currentView === "containers") route();
+    }, CONTAINERS_REFRESH_S * 1000);
+  }
+  return view(token, "Containers", () => api("GET", `containers/?${query}`), (answer) => {
     const rows = entries(answer).map(([id, item]) => {
       const link = item.state === "running" ? sitePath(item.urlpath) : null;
       const stop = {
@@ -315,19 +323,61 @@ function showContainers(token) {
     });
     return box(
       "Containers",
-      toolbar(actionButton("Refresh", () => route())),
+      toolbar(
+        actionButton("Refresh", () => route()),
+        h("span", { class: "refresh-note", text: `Refreshed every ${CONTAINERS_REFRESH_S} s` }),
+      ),
+      searchForm("containers-user", "User", containerList, "user"),
       dataTable(
         ["URL ID", "User", "Image", "Docker ID", "Mapping ID", "State"],
         rows,
         "No application is running.",
       ),
+      pager(answer, CONTAINERS_PAGE, (offset) => {
+        containerList.offset = offset;
+        route();
+      }),
     );
   });
 }
 
 // ------------------------------------------------------------------------------- users
+const USERS_PAGE = 50;
+const CONTAINERS_PAGE = 50;
+// Seconds between two refreshes of the containers view while it is shown.
+const CONTAINERS_REFRESH_S = 5;
+const userList = { name: "", offset: 0 };
+const containerList = { user: "", offset: 0 };
+let containersTimer = null;
+
+// A one-field filter form: `state[key]` is set from it, the page goes back to the first.
+function searchForm(id, label, state, key) {
+  const input = h("input", { id, type: "search", maxlength: "255", value: state[key] });
+  return h(
+    "form",
+    {
+      class: "filters",
+      onsubmit: (event) => {
+        event.preventDefault();
+        state[key] = input.value.trim();
+        state.offset = 0;
+        route();
+      },
+    },
+    field(label, input),
+    h("button", { type: "submit", class: "button button-primary", text: "Filter" }),
+  );
+}
+
+function pageQuery(limit, offset, filters) {
+  const query = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+  for (const [key, value] of Object.entries(filters)) if (value) query.set(key, value);
+  return query.toString();
+}
+
 function showUsers(token) {
-  return view(token, "Users", () => api("GET", "users/"), (answer) => {
+  const query = pageQuery(USERS_PAGE, userList.offset, { name: userList.name });
+  return view(token, "Users", () => api("GET", `users/?${query}`), (answer) => {
     const rows = entries(answer).map(([id, item]) => ({
       id,
       cells: [id, text(item.name)],
@@ -358,7 +408,12 @@ function showUsers(token) {
     return box(
       "Users",
       toolbar(actionButton("Create New Entry", createUser, { primary: true })),
-      dataTable(["ID", "Username"], rows, "There are no users yet."),
+      searchForm("users-name", "Name contains", userList, "name"),
+      dataTable(["ID", "Username"], rows, userList.name ? "No user matches." : "There are no users yet."),
+      pager(answer, USERS_PAGE, (offset) => {
+        userList.offset = offset;
+        route();
+      }),
     );
   });
 }
@@ -689,6 +744,126 @@ async function createApplication() {
   if (result === "submit") route();
 }
 
+// ------------------------------------------------------------------------------- activity
+const ACTIONS = [
+  "login", "start", "stop", "cull", "grant", "revoke", "app_create", "app_delete",
+  "user_create", "user_delete", "enter", "share", "unshare",
+];
+const ACTIVITY_PAGE = 50;
+// The filters and page of the activity view, kept while the admin moves between views.
+const activity = { actor: "", action: "", since: "", until: "", offset: 0 };
+
+// A datetime-local value (the browser's local time) as an ISO 8601 instant, or "".
+function isoInstant(local) {
+  if (!local) return "";
+  const moment = new Date(local);
+  return Number.isNaN(moment.getTime()) ? "" : moment.toISOString();
+}
+
+function activityQuery(extra = {}) {
+  const query = new URLSearchParams();
+  if (activity.actor.trim()) query.set("actor", activity.actor.trim());
+  if (activity.action) query.set("action", activity.action);
+  const since = isoInstant(activity.since);
+  const until = isoInstant(activity.until);
+  if (since) query.set("since", since);
+  if (until) query.set("until", until);
+  for (const [key, value] of Object.entries(extra)) query.set(key, String(value));
+  return query.toString();
+}
+
+function detailText(detail) {
+  if (!detail || typeof detail !== "object") return "";
+  return Object.entries(detail)
+    .map(([key, value]) => `${key}=${value === null ? "" : String(value)}`)
+    .join(", ");
+}
+
+function activityFilters() {
+  const actor = h("input", { id: "activity-actor", type: "search", maxlength: "255", value: activity.actor });
+  const action = h(
+    "select",
+    { id: "activity-action" },
+    h("option", { value: "", text: "Any action" }),
+    ...ACTIONS.map((name) => h("option", { value: name, text: name })),
+  );
+  action.value = activity.action;
+  const since = h("input", { id: "activity-since", type: "datetime-local", value: activity.since });
+  const until = h("input", { id: "activity-until", type: "datetime-local", value: activity.until });
+  const apply = (event) => {
+    event.preventDefault();
+    activity.actor = actor.value;
+    activity.action = action.value;
+    activity.since = since.value;
+    activity.until = until.value;
+    activity.offset = 0;
+    route();
+  };
+  return h(
+    "form",
+    { class: "filters", id: "activity-filters", onsubmit: apply },
+    field("Actor", actor),
+    field("Action", action),
+    field("From", since),
+    field("Before", until),
+    h("button", { type: "submit", class: "button button-primary", text: "Filter" }),
+  );
+}
+
+function pager(answer, pageSize, onMove) {
+  const total = Number(answer.total) || 0;
+  const offset = Number(answer.offset) || 0;
+  const count = entries(answer).length;
+  const first = count ? offset + 1 : 0;
+  const previous = actionButton("Previous", () => onMove(Math.max(offset - pageSize, 0)));
+  const next = actionButton("Next", () => onMove(offset + pageSize));
+  previous.disabled = offset === 0;
+  next.disabled = offset + count >= total;
+  return h(
+    "div",
+    { class: "pager" },
+    previous,
+    h("span", { class: "pager-status", role: "status", text: `${first}–${offset + count} of ${total}` }),
+    next,
+  );
+}
+
+function showActivity(token) {
+  const query = activityQuery({ limit: ACTIVITY_PAGE, offset: activity.offset });
+  return view(token, "Activity", () => api("GET", `events/?${query}`), (answer) => {
+    const rows = entries(answer).map(([id, item]) => ({
+      id,
+      cells: [
+        oneLine(item.time),
+        text(item.actor),
+        text(item.action),
+        oneLine(item.target),
+        detailText(item.detail),
+      ],
+    }));
+    const csv = h("a", {
+      class: "button",
+      id: "activity-csv",
+      href: `${metaContent("remoteapp-admin-api")}events/?${activityQuery({
+        format: "csv",
+        limit: 10000,
+      })}`,
+      download: "events.csv",
+      text: "Download CSV",
+    });
+    return box(
+      "Activity",
+      toolbar(actionButton("Refresh", () => route()), csv),
+      activityFilters(),
+      dataTable(["Time (UTC)", "Actor", "Action", "Target", "Detail"], rows, "No event matches."),
+      pager(answer, ACTIVITY_PAGE, (offset) => {
+        activity.offset = offset;
+        route();
+      }),
+    );
+  });
+}
+
 // ------------------------------------------------------------------------------- routing
 const ROUTES = [
   [/^\/?$/, "stats", showStats],
@@ -696,6 +871,7 @@ const ROUTES = [
   [/^\/users\/?$/, "users", showUsers],
   [/^\/users\/([^/]+)\/accounting\/?$/, "users", showAccounting],
   [/^\/applications\/?$/, "applications", showApplications],
+  [/^\/activity\/?$/, "activity", showActivity],
 ];
 
 function route() {
@@ -719,7 +895,14 @@ function route() {
   show(box("Not found", errorAlert("There is no such page here. Choose one from the menu.")));
 }
 
+let currentView = null;
+
 function markNav(name) {
+  currentView = name;
+  if (name !== "containers" && containersTimer !== null) {
+    window.clearInterval(containersTimer);
+    containersTimer = null;
+  }
   for (const link of elements.nav.querySelectorAll("a")) {
     if (link.dataset.view === name) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
