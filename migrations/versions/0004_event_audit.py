@@ -1,7 +1,8 @@
-"""Audit trail: the ``event`` table (who did what to what, when).
+"""Audit trail: the ``event`` table (who did what to what, when); an index for grant pages.
 
 Nothing existing changes; the table starts empty. Its indexes serve the admin listing:
-newest first overall, or for one actor or one action.
+newest first overall, or for one actor or one action. ``accounting`` gets an index in its
+listing order, so that a page of everyone's grants is read, not sorted.
 
 Revision ID: 0004
 Revises: 0002
@@ -40,9 +41,11 @@ def upgrade() -> None:
     op.create_index("ix_event_time_id", "event", ["time", "id"])
     op.create_index("ix_event_actor_time_id", "event", ["actor", "time", "id"])
     op.create_index("ix_event_action_time_id", "event", ["action", "time", "id"])
+    op.create_index("ix_accounting_listing", "accounting", ["user_id", "application_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_accounting_listing", table_name="accounting")
     op.drop_index("ix_event_action_time_id", table_name="event")
     op.drop_index("ix_event_actor_time_id", table_name="event")
     op.drop_index("ix_event_time_id", table_name="event")

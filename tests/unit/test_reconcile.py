@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from remoteappmanager.adapters.memory_events import InMemoryEventStore
 from remoteappmanager.domain.containers import Route
 from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.reconcile import Reconciler
 from tests.support.session_world import GATE_URL, World, make_grant, make_world, wait_until
 
@@ -248,3 +250,21 @@ async def test_many_routes_are_repaired_concurrently(world: World) -> None:
     report = await reconciler.reconcile_once()
     assert len(report.routes_added) == 40
     assert peak == 8
+
+
+async def test_an_exited_container_removed_is_recorded_as_a_reconcile_stop(world: World) -> None:
+    store = InMemoryEventStore()
+    world.sessions.audit = AuditTrail(store)
+    session = await world.sessions.start(make_grant())
+    assert session.container_id is not None
+    world.runtime.kill(session.container_id)
+
+    await world.reconciler.reconcile_once()
+    await world.sessions.audit.flush()  # type: ignore[attr-defined]
+
+    assert [(e.actor, e.action.value, e.target) for e in store.events] == [
+        (session.user, "start", session.url_id),
+        ("system", "stop", session.url_id),
+    ]
+    assert store.events[1].detail["reason"] == "reconcile"
+    assert store.events[1].detail["owner"] == session.user

@@ -99,7 +99,11 @@ class AccountingRow(Base):
     """One grant; its primary key is the ``mapping_id`` users and the REST API see."""
 
     __tablename__ = "accounting"
-    __table_args__ = (UniqueConstraint("user_id", "application_id", "application_policy_id"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "application_id", "application_policy_id"),
+        # The listing order: a page of everyone's grants is read from it, not sorted.
+        Index("ix_accounting_listing", "user_id", "application_id", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(MAPPING_ID_LENGTH), primary_key=True)
     user_id: Mapped[int] = mapped_column(

@@ -285,7 +285,17 @@ class SqlGrantRepository:
     async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
         with translated_errors(self._location):
             total = await self._session.scalar(select(func.count()).select_from(AccountingRow))
-        page = await self._list(self._select(), limit=limit, offset=offset)
+            # The page's ids first, from the listing index alone; then only those rows with
+            # their user, application and policy (joining first would sort every grant).
+            ids = list(
+                await self._session.scalars(
+                    select(AccountingRow.id)
+                    .order_by(AccountingRow.user_id, AccountingRow.application_id, AccountingRow.id)
+                    .limit(limit)
+                    .offset(offset)
+                )
+            )
+        page = await self._list(self._select().where(AccountingRow.id.in_(ids))) if ids else []
         return int(total or 0), page
 
     async def list_for_user(self, user_id: int) -> Sequence[Grant]:
