@@ -8,9 +8,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.applications import Applications
 from remoteappmanager.services.catalogue import VolumeGuard
+from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 
@@ -38,6 +40,10 @@ class WebDeps:
       and ``api/v1/applications/``); set whenever ``sessions`` is.
     - ``volumes``: the volume rules grants are checked against (None: no grant may mount a
       host folder).
+    - ``login_sessions``: the login sessions every replica shares (None: kept in this
+      process's memory alone).
+    - ``leadership``: whether this replica leads, for health and metrics (None: it runs alone
+      and its periodic jobs are not put under a leadership).
     """
 
     settings: Settings
@@ -49,3 +55,5 @@ class WebDeps:
     sessions: Sessions | None = None
     applications: Applications | None = None
     volumes: VolumeGuard | None = None
+    login_sessions: LoginSessionRecords | None = None
+    leadership: Leadership | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -39,6 +39,7 @@ from remoteappmanager.domain.sessions import (
     session_from_container,
 )
 from remoteappmanager.domain.volumes import NO_VOLUMES, VolumeRules
+from remoteappmanager.ports.coordination import StartClaims
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
@@ -53,6 +54,7 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 # How often a start checks that the container is still alive while waiting for it to answer,
 # so that an application that crashes at once fails its start at once.
 DEFAULT_WATCH_INTERVAL = 1.0
+MIN_CLAIM_TTL = 120.0
 ROUTE_REALM = "realm"
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
 
@@ -148,6 +150,9 @@ class Sessions:
         clock: Callable[[], float] = time.monotonic,
         workspace_uid_base: int | None = None,
         max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
+        start_claims: StartClaims | None = None,
+        claim_holder: str = "",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -189,6 +194,12 @@ class Sessions:
         self._user_listings: dict[str, _Listing] = {}
         self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
+        self._start_claims = start_claims
+        self._claim_holder = claim_holder
+        self._wall_clock = wall_clock
+        # A claim outlives any start or stop that does not hang: one left by a replica that
+        # died lapses after this long.
+        self._claim_ttl = max(MIN_CLAIM_TTL, 4 * network_timeout)
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
@@ -403,25 +414,31 @@ class Sessions:
         claim = _Claim(SessionState.STARTING, grant.user.name, grant.mapping_id)
         claim.image = grant.application.image
         await self.wait_maintenance(claim.user, claim.mapping_id)
+        busy = Conflict(
+            f"{grant.application.image} is already being started or stopped for "
+            f"{grant.user.name}; wait for it to finish"
+        )
         with self._claimed(claim) as acquired:
             if not acquired:
-                raise Conflict(
-                    f"{grant.application.image} is already being started or stopped for "
-                    f"{grant.user.name}; wait for it to finish"
-                )
-            await self._within_quota(claim)
-            shown = grant.application.image
-            try:
-                image = await self._runtime.inspect_image(grant.application.image)
-                shown = image.ui_name
-                options = validate_configurables(configurables, image, grant.policy)
-                session = await self._start(grant, image, options, claim)
-            except RemoteAppError as exc:
-                log.warning(
-                    "session.start_failed", user=claim.user, image=claim.image, error=exc.message
-                )
-                raise type(exc)(f"{shown} could not be started: {exc.message}") from exc
+                raise busy
+            async with self._shared_claim(claim, busy):
+                session = await self._start_claimed(grant, configurables, claim)
         log.info("session.started", user=claim.user, image=claim.image, url_id=session.url_id)
+        return session
+
+    async def _start_claimed(self, grant: Grant, configurables: object, claim: _Claim) -> Session:
+        await self._within_quota(claim)
+        shown = grant.application.image
+        try:
+            image = await self._runtime.inspect_image(grant.application.image)
+            shown = image.ui_name
+            options = validate_configurables(configurables, image, grant.policy)
+            session = await self._start(grant, image, options, claim)
+        except RemoteAppError as exc:
+            log.warning(
+                "session.start_failed", user=claim.user, image=claim.image, error=exc.message
+            )
+            raise type(exc)(f"{shown} could not be started: {exc.message}") from exc
         return session
 
     async def _within_quota(self, claim: _Claim) -> None:
@@ -577,10 +594,12 @@ class Sessions:
         claim.image = session.image
         claim.container_id = session.container_id
         await self.wait_maintenance(session.user, session.mapping_id)
+        busy = Conflict("the application is being started or stopped already")
         with self._claimed(claim) as acquired:
             if not acquired:
-                raise Conflict("the application is being started or stopped already")
-            await self._remove(session)
+                raise busy
+            async with self._shared_claim(claim, busy):
+                await self._remove(session)
         log.info("session.stopped", user=session.user, url_id=session.url_id)
 
     async def _remove(self, session: Session) -> None:
@@ -628,6 +647,34 @@ class Sessions:
         """
         with self._claimed(_Claim(None, user, mapping_id)) as acquired:
             yield acquired
+
+    @contextlib.asynccontextmanager
+    async def _shared_claim(self, claim: _Claim, busy: Conflict) -> AsyncIterator[None]:
+        """Hold the grant for every replica too, or raise ``busy`` when another one does."""
+        claims = self._start_claims
+        if claims is None:
+            yield
+            return
+        now = self._wall_clock()
+        holder = self._claim_holder
+        if not await claims.claim(
+            claim.user, claim.mapping_id, holder=holder, now=now, until=now + self._claim_ttl
+        ):
+            raise busy
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.shield(claims.release(claim.user, claim.mapping_id, holder=holder))
+            except RemoteAppError as exc:
+                # The claim lapses on its own; until then the grant waits.
+                log.warning("session.claim_not_released", user=claim.user, error=exc.message)
+
+    async def claimed_elsewhere(self) -> frozenset[SessionKey]:
+        """The grants any replica is starting or stopping (empty without shared claims)."""
+        if self._start_claims is None:
+            return frozenset()
+        return frozenset(await self._start_claims.held(self._wall_clock()))
 
     @contextlib.contextmanager
     def _claimed(self, claim: _Claim) -> Iterator[bool]:

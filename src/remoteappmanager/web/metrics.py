@@ -19,6 +19,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
+from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.web.keys import METRICS
 
 # Requests that match no route share one label value, so that scanners cannot blow up the
@@ -63,6 +64,16 @@ class Metrics:
         # ``labels()`` validates and locks on every call: the series of a (route, method,
         # status) are looked up once. The key space is bounded as the labels are.
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def watch_leadership(self, leadership: Leadership) -> None:
+        """Export whether this replica leads (runs the reconciler and the other led jobs)."""
+        gauge = Gauge(
+            "remoteapp_leader",
+            "1 while this replica leads: it runs the jobs that act on the whole realm "
+            "(reconciling, culling); 0 while another replica does.",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: 1.0 if leadership.leading else 0.0)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method if method in _METHODS else "other", status)
