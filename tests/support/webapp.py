@@ -24,9 +24,11 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemor
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.deps import HealthCheck, WebDeps
+from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
@@ -162,6 +164,8 @@ def make_app(
     *,
     health_checks: Mapping[str, HealthCheck] | None = None,
     identity: IdentityProvider | None = None,
+    login_sessions: LoginSessionRecords | None = None,
+    leadership: Leadership | None = None,
     **settings: Any,
 ) -> web.Application:
     values = make_settings(**settings)
@@ -176,6 +180,8 @@ def make_app(
         sessions=sessions,
         applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=0),
         volumes=world.volume_guard(values),
+        login_sessions=login_sessions,
+        leadership=leadership,
     )
     return create_app(deps)
 

@@ -124,18 +124,25 @@ class InMemoryLeaderElection:
     def __init__(self, state: InMemorySharedState | None = None) -> None:
         self.state = state or InMemorySharedState()
         self.reachable = True
+        self._lost = False
 
     async def try_lead(self) -> bool:
         if not self.reachable:
             self.die()
+            return False
+        if self._lost:
+            # The check that finds the connection dead fails; the next one starts afresh.
+            self._lost = False
             return False
         if self.state.leader is None:
             self.state.leader = self
         return self.state.leader is self
 
     async def resign(self) -> None:
-        self.die()
+        if self.state.leader is self:
+            self.state.leader = None
 
     def die(self) -> None:
         if self.state.leader is self:
             self.state.leader = None
+            self._lost = True
