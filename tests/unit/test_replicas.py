@@ -102,6 +102,26 @@ async def test_signing_out_on_one_replica_ends_the_session_on_every_replica() ->
     assert await b.load(opened.id) is None
 
 
+async def test_a_stale_cookie_costs_the_database_one_look_up() -> None:
+    clock = FakeClock()
+    _state, (a, b) = _replicas(clock)
+    opened = await a.open("alice", "t")
+    await a.end(opened.id)
+    records = b._records
+    assert isinstance(records, InMemoryLoginSessionRecords)
+    looked_up: list[str] = []
+    real_get = records.get
+
+    async def counted(key: str) -> object:
+        looked_up.append(key)
+        return await real_get(key)
+
+    records.get = counted  # type: ignore[method-assign,assignment]
+    for _ in range(5):
+        assert await b.load(opened.id) is None
+    assert looked_up == [session_key(opened.id)]
+
+
 async def test_an_end_committed_late_is_still_noticed_at_a_later_sync() -> None:
     clock = FakeClock()
     _state, (a, b) = _replicas(clock)

@@ -138,6 +138,9 @@ class LoginSessionStore:
         self._by_key: dict[str, str] = {}
         # Sessions used since their stored last use is more than ``TOUCH_PERIOD`` old.
         self._dirty: set[str] = set()
+        # Ids the database did not know or had ended: a session never comes back, so a browser
+        # repeating a stale cookie costs one query, not one per request (bounded, oldest out).
+        self._absent: OrderedDict[str, None] = OrderedDict()
         self._ended_checked: float | None = None
         self._purged = 0.0
 
@@ -252,9 +255,12 @@ class LoginSessionStore:
         session = self.get(session_id)
         if session is not None or self._records is None or not session_id:
             return session
+        if session_id in self._absent:
+            return None
         key = session_key(session_id)
         stored = await self._records.get(key)
         if stored is None:
+            self._forget(session_id)
             return None
         now = self._clock()
         if now - stored.last_seen > self.idle_timeout or now - stored.created > self.max_age:
@@ -331,6 +337,11 @@ class LoginSessionStore:
                     log.warning("login_sessions.sync_failed", error=exc.message)
                 failing = True
             await asyncio.sleep(interval)
+
+    def _forget(self, session_id: str) -> None:
+        self._absent[session_id] = None
+        while len(self._absent) > self._max_sessions:
+            self._absent.popitem(last=False)
 
     def _remove_key(self, key: str) -> None:
         session_id = self._by_key.get(key)
