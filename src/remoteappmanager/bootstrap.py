@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from remoteappmanager.adapters.db import migrate
+from remoteappmanager.adapters.db.engine import is_sqlite
 from remoteappmanager.adapters.db.migrate import SchemaStatus
 from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.adapters.db.shared_state import (
+    PostgresLeaderElection,
+    SingleProcessElection,
+    SqlLoginSessionRecords,
+    SqlStartClaims,
+)
 from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.audit import EventStore
+from remoteappmanager.ports.coordination import LeaderElection
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.remote_api import HubTokenIssuer, RemoteAppClient
@@ -38,6 +49,7 @@ from remoteappmanager.services.applications import Applications, ImageMetadataCa
 from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.culling import Culler
+from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Engine, Settings, SettingsError
@@ -88,7 +100,10 @@ class Database:
 def build_database(database_url: str, *, observe: Observe | None = None) -> Database:
     """The database behind an async SQLAlchemy URL (``Settings.database_url``); with
     ``observe``, each SQL statement's duration and outcome is reported to it."""
-    sql = SqlDatabase(database_url, observe=observe)
+    return _database_of(SqlDatabase(database_url, observe=observe))
+
+
+def _database_of(sql: SqlDatabase) -> Database:
     return Database(
         location=sql.location,
         unit_of_work=sql.unit_of_work,
@@ -161,6 +176,9 @@ def build_hub_token_issuer(hub_url: str, *, timeout: float) -> HubTokenIssuer:
 # How long the realm's container list is shared between requests: a page load or an API
 # listing then costs no engine call, and a container that dies is noticed within this time.
 SESSION_LISTING_TTL = 1.0
+# How often a replica that does not lead tries to: a dead leader's jobs move within this long
+# (plus the time the database takes to notice the connection is gone).
+LEADER_RETRY_INTERVAL = 2.0
 
 
 def build_web_deps(
@@ -182,9 +200,11 @@ def build_web_deps(
 
     Resources are opened in dependency order when the application starts and closed in the
     reverse order: the database, the Docker client, the proxy client, the readiness probe,
-    then the reconciler (a first pass at once, then one every ``reconcile_interval``
-    seconds), which is cancelled and awaited first on shutdown. The hub client is closed by
-    the application itself.
+    then the leadership: while this process leads (on PostgreSQL one replica of the realm
+    at a time; on SQLite always), it runs the reconciler (a first pass at once, then one
+    every ``reconcile_interval`` seconds). It is cancelled and awaited first on shutdown,
+    giving the lead up for another replica. Login sessions and start claims live in the
+    database, shared by every replica. The hub client is closed by the application itself.
     """
     # Imported here so that the database tools never load the web service's clients.
     from remoteappmanager.adapters.chp import ChpRouteTable
@@ -212,7 +232,8 @@ def build_web_deps(
     runtime = runtime or build_runtime(settings, observe=observe)
     probe = probe or AiohttpReadinessProbe()
 
-    database = build_database(settings.database_url, observe=observe)
+    sql = SqlDatabase(settings.database_url, observe=observe)
+    database = _database_of(sql)
     audit = AuditTrail(database.events, retention_days=settings.event_retention_days)
     host_paths = host_paths or LocalHostPaths()
     volume_rules = settings.volume_rules
@@ -238,10 +259,18 @@ def build_web_deps(
         workspace_uid_base=settings.workspace_uid_base,
         stop_log=stop_log,
         audit=audit,
+        start_claims=SqlStartClaims(sql.engine, sql.location),
+        claim_holder=_process_name(),
     )
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions, on_pass=metrics.observe_reconcile)
     culler = Culler(sessions, database.unit_of_work, activity)
+    # One replica at a time repairs, culls and prunes; every one writes its own activity
+    # and audit events.
+    leadership = Leadership(_leader_election(sql, settings), retry_interval=LEADER_RETRY_INTERVAL)
+    leadership.lead("reconciler", lambda: reconciler.run_forever(settings.reconcile_interval))
+    leadership.lead("culler", lambda: culler.run_forever(settings.cull_interval))
+    leadership.lead("audit-retention", audit.run_retention)
     applications = Applications(
         database.unit_of_work, sessions, ImageMetadataCache(runtime), activity=activity
     )
@@ -259,13 +288,11 @@ def build_web_deps(
         _closing(probe.close),
         # After the database (closed after it): its cancellation writes what is queued.
         _background(audit.run_forever, "audit-writer"),
-        _background(audit.run_retention, "audit-retention"),
-        _background(lambda: reconciler.run_forever(settings.reconcile_interval), "reconciler"),
         _background(
             lambda: activity.run_forever(database.unit_of_work, settings.activity_flush_interval),
             "activity",
         ),
-        _background(lambda: culler.run_forever(settings.cull_interval), "culler"),
+        _background(leadership.run_forever, "leadership"),
     ]
     return WebDeps(
         settings=settings,
@@ -284,7 +311,21 @@ def build_web_deps(
         activity=activity,
         stop_log=stop_log,
         audit=audit,
+        login_sessions=SqlLoginSessionRecords(sql.engine, sql.location),
+        leadership=leadership,
     )
+
+
+def _leader_election(sql: SqlDatabase, settings: Settings) -> LeaderElection:
+    """On PostgreSQL replicas elect one leader per realm; a SQLite file has one process."""
+    if is_sqlite(settings.database_url):
+        return SingleProcessElection()
+    return PostgresLeaderElection(sql.engine, f"remoteapp leader of realm {settings.realm}")
+
+
+def _process_name() -> str:
+    """Names this process among the replicas (start claims record who holds them)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _check_demo_volumes(settings: Settings) -> None:

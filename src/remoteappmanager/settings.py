@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         "proxy's target for every application path, never the browser's. Default: the host "
         "of JUPYTERHUB_SERVICE_URL and the port after the service's.",
     )
+    gate_route_url: str | None = Field(
+        default=None,
+        description="The proxy's target for application paths in gated mode when it is not "
+        "this process's gate, as http://<host>:<port>: a load balancer in front of the gates "
+        "of several replicas, so that every replica writes the same routes and any replica's "
+        "gate serves any session. Default: REMOTEAPP_GATE_URL.",
+    )
     allow_public_publish_ip: bool = Field(
         default=False,
         description="Accept a REMOTEAPP_PUBLISH_IP that is not a loopback address. Then "
@@ -466,7 +473,7 @@ class Settings(BaseSettings):
             return False
         return value
 
-    @field_validator("gate_url")
+    @field_validator("gate_url", "gate_route_url")
     @classmethod
     def _gate_url_shape(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -591,6 +598,8 @@ class Settings(BaseSettings):
     @property
     def effective_gate_url(self) -> str:
         """The URL the proxy's application routes point at in gated mode."""
+        if self.gate_route_url is not None:
+            return self.gate_route_url
         host, port = self.gate_address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 

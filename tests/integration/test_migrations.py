@@ -21,9 +21,11 @@ from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.engine import create_engine
 from remoteappmanager.adapters.db.models import metadata
 from remoteappmanager.adapters.db.repositories import SqlDatabase
+from remoteappmanager.adapters.db.shared_state import SqlLoginSessionRecords, SqlStartClaims
 from remoteappmanager.domain.audit import EventQuery, NewEvent
 from remoteappmanager.domain.errors import Exists, Unavailable
 from remoteappmanager.domain.models import Policy
+from remoteappmanager.ports.login_sessions import StoredLoginSession
 from tests.support.database import execute
 from tests.support.services import REPO, PostgresCluster
 
@@ -36,6 +38,8 @@ TABLES = {
     "session_activity",
     "session_stop",
     "event",
+    "login_session",
+    "start_claim",
 }
 
 
@@ -263,6 +267,64 @@ async def test_the_audit_trail_arrives_empty_and_keeps_the_catalogue(
     assert down.current == "0002"
     assert "event" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
     assert await execute(empty_database_url, 'SELECT name FROM "user"') == [("alice",)]
+
+
+async def test_shared_login_sessions_and_claims_arrive_empty_and_keep_the_catalogue(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0002")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
+    )
+    await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
+
+    assert (await migrate.upgrade(empty_database_url)).at_head
+
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        ("b" * 32, 1)
+    ]
+    assert await execute(empty_database_url, "SELECT version FROM catalogue_version") == [(7,)]
+    assert await execute(empty_database_url, "SELECT count(*) FROM login_session") == [(0,)]
+    assert await execute(empty_database_url, "SELECT count(*) FROM start_claim") == [(0,)]
+    # The new tables work at once, beside the catalogue read as it was.
+    database = SqlDatabase(empty_database_url)
+    records = SqlLoginSessionRecords(database.engine, database.location)
+    claims = SqlStartClaims(database.engine, database.location)
+    try:
+        stored = StoredLoginSession("k" * 64, "alice", b"sealed", 100.0, 100.0)
+        assert await records.add(stored, keep_per_user=5) == []
+        assert await records.get("k" * 64) == stored
+        assert await claims.claim("alice", "b" * 32, holder="one", now=1.0, until=50.0)
+        async with database.unit_of_work() as work:
+            (grant,) = await work.grants.list_all()
+            assert grant.user.name == "alice"
+    finally:
+        await database.close()
+    # Two rows for one session key, or two claims on one grant, are refused.
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url,
+            "INSERT INTO login_session (key, user_name, sealed_token, created, last_seen) "
+            "VALUES ('" + "k" * 64 + "', 'bob', 'x', 1, 1)",
+        )
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url,
+            "INSERT INTO start_claim (user_name, mapping_id, holder, until) "
+            "VALUES ('alice', '" + "b" * 32 + "', 'two', 60)",
+        )
+
+    down = await migrate.downgrade(empty_database_url, "0002")
+    assert down.current == "0002"
+    assert await execute(empty_database_url, "SELECT id FROM accounting") == [("b" * 32,)]
+    tables = await _inspect(empty_database_url, _table_names)
+    assert isinstance(tables, set)
+    assert not tables & {"login_session", "start_claim"}
 
 
 async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:

@@ -25,10 +25,12 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemor
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.services.activity import ActivityTracker, StopLog
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
+from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
@@ -185,6 +187,8 @@ def make_app(
     *,
     health_checks: Mapping[str, HealthCheck] | None = None,
     identity: IdentityProvider | None = None,
+    login_sessions: LoginSessionRecords | None = None,
+    leadership: Leadership | None = None,
     **settings: Any,
 ) -> web.Application:
     values = make_settings(**settings)
@@ -204,6 +208,8 @@ def make_app(
         activity=world.activity,
         stop_log=world.stop_log,
         audit=world.audit,
+        login_sessions=login_sessions,
+        leadership=leadership,
     )
     return create_app(deps)
 

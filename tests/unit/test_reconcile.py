@@ -252,7 +252,9 @@ async def test_many_routes_are_repaired_concurrently(world: World) -> None:
     assert peak == 8
 
 
-async def test_an_exited_container_removed_is_recorded_as_a_reconcile_stop(world: World) -> None:
+async def test_an_exited_container_removed_is_recorded_as_a_stop_by_the_system(
+    world: World,
+) -> None:
     store = InMemoryEventStore()
     world.sessions.audit = AuditTrail(store)
     session = await world.sessions.start(make_grant())
@@ -266,5 +268,6 @@ async def test_an_exited_container_removed_is_recorded_as_a_reconcile_stop(world
         (session.user, "start", session.url_id),
         ("system", "stop", session.url_id),
     ]
-    assert store.events[1].detail["reason"] == "reconcile"
+    # The engine says how it ended: it died (not killed for its memory).
+    assert store.events[1].detail["reason"] == "died"
     assert store.events[1].detail["owner"] == session.user

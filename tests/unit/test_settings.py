@@ -230,6 +230,18 @@ def test_the_gate_listens_beside_the_service_unless_told() -> None:
     assert moved.effective_gate_url == "http://127.0.0.1:9000"
 
 
+def test_replicas_route_applications_to_the_load_balancer_of_their_gates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REMOTEAPP_GATE_URL", "http://127.0.0.1:12345")
+    monkeypatch.setenv("REMOTEAPP_GATE_ROUTE_URL", "http://127.0.0.1:8090/")
+    settings = load_settings()
+    assert settings.gate_address == ("127.0.0.1", 12345)
+    assert settings.effective_gate_url == "http://127.0.0.1:8090"
+    with pytest.raises(SettingsError, match=r"^REMOTEAPP_GATE_ROUTE_URL: "):
+        load_settings(gate_route_url="http://127.0.0.1:8090/path")
+
+
 def test_the_gate_url_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REMOTEAPP_GATE_URL", "http://127.0.0.1:12345")
     assert load_settings().gate_address == ("127.0.0.1", 12345)

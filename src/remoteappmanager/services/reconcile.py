@@ -12,7 +12,7 @@ import structlog
 
 from remoteappmanager.domain.audit import SYSTEM_ACTOR
 from remoteappmanager.domain.containers import RUNINFO_REALM, ContainerInfo, Route
-from remoteappmanager.domain.errors import RemoteAppError
+from remoteappmanager.domain.errors import RemoteAppError, Unavailable
 from remoteappmanager.domain.sessions import Session, StopReason, session_from_container
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
@@ -96,6 +96,7 @@ class Reconciler:
         }
         listed_at = self._sessions.generation
         containers = await self._runtime.list({RUNINFO_REALM: realm})
+        claimed = await self._claimed_by_replicas()
         report = ReconcileReport()
         live_paths: set[str] = set()
         repairs: list[Coroutine[object, object, None]] = []
@@ -110,9 +111,11 @@ class Reconciler:
                 report.running_by_image[info.image] += 1
             # Busy, or changed through the service since the list was read (the pass returns
             # to the event loop now and then): next pass.
-            if self._sessions.busy(
-                session.user, session.mapping_id, session.url_id
-            ) or listed_at < self._sessions.generation_of(session.user):
+            if (
+                self._sessions.busy(session.user, session.mapping_id, session.url_id)
+                or listed_at < self._sessions.generation_of(session.user)
+                or (session.user, session.mapping_id) in claimed
+            ):
                 report.skipped_busy += 1
                 continue
             wanted = self._sessions.route_for(info)
@@ -143,6 +146,16 @@ class Reconciler:
         if self._on_pass is not None:
             self._on_pass(report)
         return report
+
+    async def _claimed_by_replicas(self) -> frozenset[tuple[str, str]]:
+        # Another replica's start or stop is left to it, like this process's own.
+        try:
+            return await self._sessions.claimed_elsewhere()
+        except Unavailable as exc:
+            # Repairs stay possible without the database (a restarted proxy needs them); a
+            # repair racing another replica's start only adds a route that start adds too.
+            log.warning("reconcile.claims_unknown", error=exc.message)
+            return frozenset()
 
     async def run_forever(self, interval: float) -> None:
         """Reconcile every ``interval`` seconds until cancelled; failures are logged.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -49,6 +49,7 @@ from remoteappmanager.domain.sessions import (
     session_from_container,
 )
 from remoteappmanager.domain.volumes import NO_VOLUMES, VolumeRules
+from remoteappmanager.ports.coordination import StartClaims
 from remoteappmanager.ports.observers import StartObserver
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
@@ -66,6 +67,7 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 # How often a start checks that the container is still alive while waiting for it to answer,
 # so that an application that crashes at once fails its start at once.
 DEFAULT_WATCH_INTERVAL = 1.0
+MIN_CLAIM_TTL = 120.0
 ROUTE_REALM = "realm"
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
 
@@ -170,6 +172,9 @@ class Sessions:
         max_cached_users: int = DEFAULT_MAX_CACHED_USERS,
         stop_log: StopLog | None = None,
         audit: Recorder = DISCARD,
+        start_claims: StartClaims | None = None,
+        claim_holder: str = "",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if access is AccessMode.GATED and not gate_url:
             raise ValueError("gated access needs the URL of the gate (the service's own URL)")
@@ -214,6 +219,12 @@ class Sessions:
         self._malformed: set[str] = set()
         self.start_observer: StartObserver | None = None
         self.stop_log = stop_log
+        self._start_claims = start_claims
+        self._claim_holder = claim_holder
+        self._wall_clock = wall_clock
+        # A claim outlives any start or stop that does not hang: one left by a replica that
+        # died lapses after this long.
+        self._claim_ttl = max(MIN_CLAIM_TTL, 4 * network_timeout)
 
     @property
     def default_limits(self) -> ResourceLimits:
@@ -434,40 +445,15 @@ class Sessions:
         claim = _Claim(SessionState.STARTING, grant.user.name, grant.mapping_id)
         claim.image = grant.application.image
         await self.wait_maintenance(claim.user, claim.mapping_id)
+        busy = Conflict(
+            f"{grant.application.image} is already being started or stopped for "
+            f"{grant.user.name}; wait for it to finish"
+        )
         with self._claimed(claim) as acquired:
             if not acquired:
-                raise Conflict(
-                    f"{grant.application.image} is already being started or stopped for "
-                    f"{grant.user.name}; wait for it to finish"
-                )
-            await self._within_quota(claim)
-            shown = grant.application.image
-            # Visible in listings from here on, as "creating".
-            claim.url_id = new_url_id()
-            claim.step, claim.step_began = StartStep.CREATING, time.perf_counter()
-            try:
-                image = await self._runtime.inspect_image(grant.application.image)
-                shown = image.ui_name
-                options = validate_configurables(configurables, image, grant.policy)
-                session = await self._start(grant, image, options, claim)
-            except RemoteAppError as exc:
-                step = claim.step
-                log.warning(
-                    "session.start_failed",
-                    user=claim.user,
-                    image=claim.image,
-                    step=step,
-                    error=exc.message,
-                )
-                self._start_ended(claim, step, _reason(exc))
-                # Bad input is not a step that failed: the message says what to change.
-                at = "" if isinstance(exc, InvalidRequest) else f" (step: {step})"
-                raise type(exc)(f"{shown} could not be started{at}: {exc.message}") from exc
-            except BaseException as exc:
-                reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
-                self._start_ended(claim, claim.step, reason)
-                raise
-        self._start_ended(claim, None, None)
+                raise busy
+            async with self._shared_claim(claim, busy):
+                session = await self._start_claimed(grant, configurables, claim)
         log.info("session.started", user=claim.user, image=claim.image, url_id=session.url_id)
         self.audit.record(
             claim.user,
@@ -475,6 +461,37 @@ class Sessions:
             session.url_id,
             {"owner": claim.user, "image": claim.image, "mapping_id": claim.mapping_id},
         )
+        return session
+
+    async def _start_claimed(self, grant: Grant, configurables: object, claim: _Claim) -> Session:
+        await self._within_quota(claim)
+        shown = grant.application.image
+        # Visible in listings from here on, as "creating".
+        claim.url_id = new_url_id()
+        claim.step, claim.step_began = StartStep.CREATING, time.perf_counter()
+        try:
+            image = await self._runtime.inspect_image(grant.application.image)
+            shown = image.ui_name
+            options = validate_configurables(configurables, image, grant.policy)
+            session = await self._start(grant, image, options, claim)
+        except RemoteAppError as exc:
+            step = claim.step
+            log.warning(
+                "session.start_failed",
+                user=claim.user,
+                image=claim.image,
+                step=step,
+                error=exc.message,
+            )
+            self._start_ended(claim, step, _reason(exc))
+            # Bad input is not a step that failed: the message says what to change.
+            at = "" if isinstance(exc, InvalidRequest) else f" (step: {step})"
+            raise type(exc)(f"{shown} could not be started{at}: {exc.message}") from exc
+        except BaseException as exc:
+            reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            self._start_ended(claim, claim.step, reason)
+            raise
+        self._start_ended(claim, None, None)
         return session
 
     def _next_step(self, claim: _Claim, step: StartStep | None) -> None:
@@ -681,17 +698,19 @@ class Sessions:
         claim.image = session.image
         claim.container_id = session.container_id
         await self.wait_maintenance(session.user, session.mapping_id)
+        busy = Conflict("the application is being started or stopped already")
         with self._claimed(claim) as acquired:
             if not acquired:
-                raise Conflict("the application is being started or stopped already")
-            if self.stop_log is not None:
-                self.stop_log.note(session, reason)
-            try:
-                await self._remove(session)
-            except BaseException:
+                raise busy
+            async with self._shared_claim(claim, busy):
                 if self.stop_log is not None:
-                    self.stop_log.cancel(session.url_id)
-                raise
+                    self.stop_log.note(session, reason)
+                try:
+                    await self._remove(session)
+                except BaseException:
+                    if self.stop_log is not None:
+                        self.stop_log.cancel(session.url_id)
+                    raise
         log.info("session.stopped", user=session.user, url_id=session.url_id)
         await self.record_stop(session, reason, actor=actor)
 
@@ -755,6 +774,34 @@ class Sessions:
         """
         with self._claimed(_Claim(None, user, mapping_id)) as acquired:
             yield acquired
+
+    @contextlib.asynccontextmanager
+    async def _shared_claim(self, claim: _Claim, busy: Conflict) -> AsyncIterator[None]:
+        """Hold the grant for every replica too, or raise ``busy`` when another one does."""
+        claims = self._start_claims
+        if claims is None:
+            yield
+            return
+        now = self._wall_clock()
+        holder = self._claim_holder
+        if not await claims.claim(
+            claim.user, claim.mapping_id, holder=holder, now=now, until=now + self._claim_ttl
+        ):
+            raise busy
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.shield(claims.release(claim.user, claim.mapping_id, holder=holder))
+            except RemoteAppError as exc:
+                # The claim lapses on its own; until then the grant waits.
+                log.warning("session.claim_not_released", user=claim.user, error=exc.message)
+
+    async def claimed_elsewhere(self) -> frozenset[SessionKey]:
+        """The grants any replica is starting or stopping (empty without shared claims)."""
+        if self._start_claims is None:
+            return frozenset()
+        return frozenset(await self._start_claims.held(self._wall_clock()))
 
     @contextlib.contextmanager
     def _claimed(self, claim: _Claim) -> Iterator[bool]:

@@ -65,6 +65,9 @@ log = structlog.get_logger(__name__)
 
 # Seconds in-flight requests get to finish once a stop is asked for.
 SHUTDOWN_TIMEOUT = 10.0
+# How often login sessions ended through another replica are looked for (and recent uses
+# written): a sign-out there cuts this replica's connections within about this long.
+LOGIN_SESSION_SYNC_INTERVAL = 1.0
 _API_DESCRIPTION = (
     "Lists are `{offset, total, items: {id: object}, identifiers: [id...]}`; a create answers "
     "201 with an empty body and a `Location` ending in `<id>/`; errors are "
@@ -102,7 +105,9 @@ def create_app(deps: WebDeps) -> web.Application:
         audit=deps.audit or DISCARD,
     )
     app[LOGIN_SESSIONS] = LoginSessionStore(
-        clock=deps.clock, max_sessions_per_user=settings.max_login_sessions_per_user
+        clock=deps.clock,
+        max_sessions_per_user=settings.max_login_sessions_per_user,
+        records=deps.login_sessions,
     )
     app[SIGNER] = CookieSigner(cookie_key(settings), clock=deps.clock)
     app[METRICS] = deps.metrics
@@ -135,6 +140,10 @@ def create_app(deps: WebDeps) -> web.Application:
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))
     app.cleanup_ctx.append(_identity_lifespan)
+    if app[LOGIN_SESSIONS].persistent:
+        app.cleanup_ctx.append(_login_sessions_syncing)
+    if deps.leadership is not None:
+        app[METRICS].watch_leadership(deps.leadership)
     app.cleanup_ctx.append(loop_lag_lifespan)
     app.on_response_prepare.append(add_request_id_header)
     app.on_response_prepare.append(_api_not_cacheable)
@@ -171,6 +180,17 @@ def _lifespan_of(
             yield
 
     return lifespan
+
+
+async def _login_sessions_syncing(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.ensure_future(app[LOGIN_SESSIONS].syncing(LOGIN_SESSION_SYNC_INTERVAL))
+    task.set_name("login_sessions")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _identity_lifespan(app: web.Application) -> AsyncIterator[None]:

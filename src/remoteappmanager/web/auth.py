@@ -120,7 +120,7 @@ async def _authenticate(request: web.Request) -> RequestAuth | None:
         return None
     store = app[LOGIN_SESSIONS]
     session_id = app[SIGNER].unsign(_SESSION_PURPOSE, signed, max_age=store.max_age)
-    session = store.get(session_id) if session_id else None
+    session = await store.load(session_id) if session_id else None
     if session is None:
         request[STALE_SESSION] = True
         return None
@@ -128,12 +128,12 @@ async def _authenticate(request: web.Request) -> RequestAuth | None:
         hub_user = await identity.user_for_token(session.hub_token)
     except Unauthorized:
         # The hub revoked the token (hub logout, token expiry): our session ends with it.
-        store.delete(session.id)
+        await store.end(session.id)
         request[STALE_SESSION] = True
         log.info("session_ended_by_hub", user=session.user)
         return None
     if hub_user.name != session.user:
-        store.delete(session.id)
+        await store.end(session.id)
         request[STALE_SESSION] = True
         return None
     return RequestAuth(
@@ -374,8 +374,8 @@ async def oauth_callback(request: web.Request) -> web.StreamResponse:
     )
     if previous:
         # A new id at every sign-in: a session id planted before sign-in is worth nothing.
-        store.delete(previous)
-    session = store.create(user.name, hub_token)
+        await store.end(previous)
+    session = await store.open(user.name, hub_token)
     log.info("signed_in", user=user.name, admin=user.admin)
 
     target = pending.next if urls.is_local_page(pending.next) else urls.home
@@ -435,7 +435,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     app = request.app
     auth = await resolve_auth(request)
     if auth is not None and auth.session_id is not None:
-        app[LOGIN_SESSIONS].delete(auth.session_id)
+        await app[LOGIN_SESSIONS].end(auth.session_id)
         log.info("signed_out", user=auth.user.name)
     request[AUTH] = None
     response = web.HTTPFound(app[URLS].hub_logout)

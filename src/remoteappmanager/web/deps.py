@@ -8,11 +8,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.activity import ActivityTracker, StopLog
 from remoteappmanager.services.applications import Applications
 from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
+from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.metrics import Metrics
@@ -47,6 +49,10 @@ class WebDeps:
     - ``stop_log``: why sessions ended (the same one ``sessions`` records to).
     - ``audit``: the audit trail the services record in and the admin API lists (None: an
       application that records nothing and answers ``Unavailable`` for the listing).
+    - ``login_sessions``: the login sessions every replica shares (None: kept in this
+      process's memory alone).
+    - ``leadership``: whether this replica leads, for health and metrics (None: it runs alone
+      and its periodic jobs are not put under a leadership).
     """
 
     settings: Settings
@@ -62,3 +68,5 @@ class WebDeps:
     activity: ActivityTracker | None = None
     stop_log: StopLog | None = None
     audit: AuditTrail | None = None
+    login_sessions: LoginSessionRecords | None = None
+    leadership: Leadership | None = None

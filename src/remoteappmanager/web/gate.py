@@ -244,6 +244,11 @@ class Gate:
         target = self.access.cached_target(url_id)
         if target is None:
             return None
+        if self.store.persistent and any(
+            self.store.get(session_id) is None
+            for session_id in self._cookie_sessions(request.cookies, url_id)
+        ):
+            return None  # opened through another replica, maybe: ``decide`` loads it
         verdict = self._verdict(request, path, query, target)
         return None if isinstance(verdict, _Caller) else verdict
 
@@ -254,6 +259,8 @@ class Gate:
             return self._page(404, "there is no such application running")
         try:
             target = await self.access.target(url_id)
+            for session_id in self._cookie_sessions(request.cookies, url_id):
+                await self.store.load(session_id)
             verdict = self._verdict(request, path, query, target)
             if not isinstance(verdict, _Caller):
                 return verdict
@@ -352,6 +359,15 @@ class Gate:
         )
         return Answer(302, headers)
 
+    def _cookie_sessions(self, headers: Iterable[str], url_id: str) -> list[str]:
+        """The login sessions the request's valid gate cookies for ``url_id`` name."""
+        found = []
+        for value in sort_cookies(headers)[0]:
+            session_id, _, rest = (self.cookie_payload(value) or "").partition(" ")
+            if session_id and rest.partition(" ")[0] == url_id:
+                found.append(session_id)
+        return found
+
     def _read_cookies(self, headers: Iterable[str], url_id: str) -> _Caller:
         caller = _Caller()
         gate_values, caller.forwarded_cookie = sort_cookies(headers)
@@ -381,7 +397,7 @@ class Gate:
             user = self.identify.identify(await self.identity.user_for_token(hub_token))
         except Unauthorized:
             # The hub ended the sign-in (logout, revocation): so does the gate.
-            self.store.delete(session_id)
+            await self.store.end(session_id)
             self.access.forget_principal(session_id)
             log.info("gate.session_ended_by_hub", user=caller.user)
             user = None
@@ -491,7 +507,10 @@ class Gate:
         if not isinstance(principal, tuple) or len(principal) != 2:
             return False
         kind, secret = principal
-        session = self.store.get(secret) if kind == _SESSION else None
+        try:
+            session = await self.store.load(secret) if kind == _SESSION else None
+        except Unavailable:
+            return True
         if kind == _SESSION and session is None:
             return False
         token = session.hub_token if session is not None else secret
@@ -499,7 +518,8 @@ class Gate:
             user = self.identify.identify(await self.identity.user_for_token(token))
         except Unauthorized:
             if session is not None:
-                self.store.delete(session.id)  # the hub ended it: so does the service
+                with contextlib.suppress(Unavailable):
+                    await self.store.end(session.id)  # the hub ended it: so does the service
             return False
         except Unavailable:
             return True

@@ -21,7 +21,7 @@ from aiohttp import web
 from remoteappmanager.domain.errors import RemoteAppError
 from remoteappmanager.web.auth import resolve_auth
 from remoteappmanager.web.deps import HealthCheck
-from remoteappmanager.web.keys import HEALTH
+from remoteappmanager.web.keys import DEPS, HEALTH
 
 log = structlog.get_logger(__name__)
 
@@ -139,6 +139,10 @@ async def _is_admin(request: web.Request) -> bool:
 async def health_handler(request: web.Request) -> web.Response:
     report = await request.app[HEALTH].report()
     body = report.detailed() if await _is_admin(request) else report.public()
+    leadership = request.app[DEPS].leadership
+    if leadership is not None:
+        # Whether this replica runs the reconciler (one replica at a time does).
+        body["leader"] = leadership.leading
     return web.json_response(
         body,
         status=200 if report.healthy else 503,

@@ -22,6 +22,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from remoteappmanager.domain.sessions import StartStep
+from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.reconcile import ReconcileReport
 from remoteappmanager.web.gate_proxy import GateStats
 from remoteappmanager.web.keys import METRICS
@@ -131,6 +132,16 @@ class Metrics:
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._dependency_series: dict[tuple[str, str, str], Histogram] = {}
         self._running_images: set[str] = set()
+
+    def watch_leadership(self, leadership: Leadership) -> None:
+        """Export whether this replica leads (runs the reconciler and the other led jobs)."""
+        gauge = Gauge(
+            "remoteapp_leader",
+            "1 while this replica leads: it runs the jobs that act on the whole realm "
+            "(reconciling, culling); 0 while another replica does.",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: 1.0 if leadership.leading else 0.0)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method if method in _METHODS else "other", status)

@@ -11,10 +11,12 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -26,6 +28,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from remoteappmanager.domain.audit import MAX_ACTOR_LENGTH, MAX_TARGET_LENGTH
 from remoteappmanager.domain.models import MAX_IMAGE_LENGTH, MAX_NAME_LENGTH
+from remoteappmanager.ports.login_sessions import (
+    MAX_LOGIN_SESSION_KEY_LENGTH,
+    MAX_SEALED_TOKEN_LENGTH,
+)
 
 # Stable constraint names, so that alembic revisions can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -185,6 +191,34 @@ class EventRow(Base):
     action: Mapped[str] = mapped_column(String(32), nullable=False)
     target: Mapped[str] = mapped_column(String(MAX_TARGET_LENGTH), nullable=False)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON(), nullable=False)
+
+
+class LoginSessionRow(Base):
+    """A signed-in browser, found by a one-way key of its session id; the hub token is sealed
+    with another key of that id. Ended rows stay until purged, for other replicas to notice.
+    Times are seconds since the epoch."""
+
+    __tablename__ = "login_session"
+
+    key: Mapped[str] = mapped_column(String(MAX_LOGIN_SESSION_KEY_LENGTH), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), nullable=False, index=True)
+    sealed_token: Mapped[bytes] = mapped_column(
+        LargeBinary(MAX_SEALED_TOKEN_LENGTH), nullable=False
+    )
+    created: Mapped[float] = mapped_column(Double, nullable=False)
+    last_seen: Mapped[float] = mapped_column(Double, nullable=False)
+    ended_at: Mapped[float | None] = mapped_column(Double, nullable=True, index=True)
+
+
+class StartClaimRow(Base):
+    """A start or stop of a grant's application under way in one process, until ``until``."""
+
+    __tablename__ = "start_claim"
+
+    user_name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), primary_key=True)
+    mapping_id: Mapped[str] = mapped_column(String(MAPPING_ID_LENGTH), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64), nullable=False)
+    until: Mapped[float] = mapped_column(Double, nullable=False)
 
 
 metadata = Base.metadata
