@@ -11,7 +11,8 @@ times, in the browser, of:
 - **start**: the click until the service answers the start (engine create and start, the
   application's readiness, the proxy route: ``POST api/v1/containers/``), as seen by this
   script (a few milliseconds after the browser);
-- **page**: until noVNC's page and scripts have loaded in the frame;
+- **page**: until the desktop's page and scripts have loaded in the frame (the service's
+  noVNC viewer, which the gate serves under ``<urlpath>/.remoteapp-desktop/``);
 - **connect**: until noVNC reports the WebSocket and the RFB handshake done;
 - **frame**: until the canvas shows its first non-blank pixels (the first framebuffer update).
 

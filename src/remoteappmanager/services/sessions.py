@@ -558,8 +558,9 @@ class Sessions:
             await routing
             self._next_step(claim, None)
         except BaseException:
-            if routing is not None and not routing.done():
+            if routing is not None:
                 routing.cancel()
+                # Also retrieves its error, when the start failed for another reason.
                 await asyncio.gather(routing, return_exceptions=True)
             await self._undo_start(claim, route_tried=route_tried)
             raise
