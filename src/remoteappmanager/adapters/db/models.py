@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    DateTime,
     ForeignKey,
     Integer,
     MetaData,
@@ -18,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from remoteappmanager.domain.models import MAX_IMAGE_LENGTH, MAX_NAME_LENGTH
+from remoteappmanager.domain.naming import MAX_URL_ID_LENGTH
 
 # Stable constraint names, so that alembic revisions can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -113,5 +117,26 @@ class CatalogueVersionRow(Base):
 
 
 CATALOGUE_VERSION_ID = 1
+
+
+class SessionShareRow(Base):
+    """One share of a running session; the session lives in the engine, so ``url_id`` is a
+    plain column (the service deletes a session's shares when it stops it)."""
+
+    __tablename__ = "session_share"
+    __table_args__ = (
+        UniqueConstraint("url_id", "kind", "subject"),
+        CheckConstraint("kind IN ('user', 'group', 'link')", name="kind"),
+        CheckConstraint("mode IN ('view', 'control')", name="mode"),
+        CheckConstraint("(kind = 'link') = (subject = '')", name="subject_iff_named"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url_id: Mapped[str] = mapped_column(String(MAX_URL_ID_LENGTH), nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    subject: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), nullable=False)
+    mode: Mapped[str] = mapped_column(String(8), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
 
 metadata = Base.metadata
