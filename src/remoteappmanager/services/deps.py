@@ -12,6 +12,7 @@ from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.applications import Applications
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import Shares, SharingRules
 from remoteappmanager.settings import Settings
 
 HealthCheck = Callable[[], Awaitable[None]]
@@ -38,6 +39,8 @@ class WebDeps:
       and ``api/v1/applications/``); set whenever ``sessions`` is.
     - ``volumes``: the volume rules grants are checked against (None: no grant may mount a
       host folder).
+    - ``shares``: sharing running applications (None with ``sessions``: built from the
+      settings' sharing rules, without an audit listener).
     """
 
     settings: Settings
@@ -49,3 +52,11 @@ class WebDeps:
     sessions: Sessions | None = None
     applications: Applications | None = None
     volumes: VolumeGuard | None = None
+    shares: Shares | None = None
+
+
+def sharing_rules(settings: Settings) -> SharingRules:
+    """The site's sharing switches, from the settings."""
+    return SharingRules(
+        enabled=settings.sharing, links=settings.link_shares, control=settings.control_shares
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -189,6 +189,7 @@ class Sessions:
         self._user_listings: dict[str, _Listing] = {}
         self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
+        self._stopped: list[Callable[[str], Awaitable[None]]] = []
 
     # ----------------------------------------------------------------- queries
     async def list_for_user(self, user: str) -> list[Session]:
@@ -582,6 +583,16 @@ class Sessions:
                 raise Conflict("the application is being started or stopped already")
             await self._remove(session)
         log.info("session.stopped", user=session.user, url_id=session.url_id)
+        for stopped in self._stopped:
+            try:
+                await stopped(session.url_id)
+            except Exception:
+                # The session is gone either way; what hangs off it is swept another time.
+                log.exception("session.stop_listener_failed", url_id=session.url_id)
+
+    def on_stopped(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """Call ``callback(url_id)`` after this service stops a session (user or admin)."""
+        self._stopped.append(callback)
 
     async def _remove(self, session: Session) -> None:
         await self._routes.remove(session.urlpath)

@@ -16,9 +16,10 @@ from remoteappmanager import __version__, bootstrap
 from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.admin import Administration
-from remoteappmanager.services.deps import Resource, WebDeps
+from remoteappmanager.services.deps import Resource, WebDeps, sharing_rules
+from remoteappmanager.services.shares import Shares
 from remoteappmanager.settings import Settings
-from remoteappmanager.web import api_admin, api_user, auth, pages
+from remoteappmanager.web import api_admin, api_shares, api_user, auth, pages
 from remoteappmanager.web.api import AnswerCache, ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
@@ -39,6 +40,7 @@ from remoteappmanager.web.keys import (
     METRICS,
     SESSIONS,
     SETTINGS,
+    SHARES,
     SIGNER,
     URLS,
 )
@@ -107,6 +109,9 @@ def create_app(deps: WebDeps) -> web.Application:
     app[HEALTH] = CachedHealth(checks, clock=deps.clock)
     if deps.sessions is not None:
         app[SESSIONS] = deps.sessions
+        app[SHARES] = deps.shares or Shares(
+            deps.sessions, deps.uow_factory, rules=sharing_rules(settings)
+        )
     if deps.applications is not None:
         app[APPLICATIONS] = deps.applications
         app[APPLICATION_LISTINGS] = AnswerCache()
@@ -122,6 +127,7 @@ def create_app(deps: WebDeps) -> web.Application:
     )
     api_user.register(app[API_REGISTRY])
     api_admin.register(app[API_REGISTRY])
+    api_shares.register(app[API_REGISTRY])
 
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 import httptools
 import structlog
@@ -66,6 +66,20 @@ class GateRequest:
     """``X-Forwarded-Proto`` as the proxy set it."""
 
 
+@dataclass(slots=True)
+class ViewerInput:
+    """What of a viewer's input reaches the application; shared by all of that viewer's
+    connections to it, and changed while they are open (control handed over or taken back).
+
+    While ``input_allowed`` is False the relay drops the viewer's input: RFB KeyEvent,
+    PointerEvent and ClientCutText messages for ``vnc``, every client-to-application data
+    frame for ``web``.
+    """
+
+    input_allowed: bool
+    protocol: Literal["vnc", "web"]
+
+
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Let the request through to ``host:port`` with these credentials (None: none).
@@ -74,6 +88,7 @@ class Forward:
     counted against the per-user cap while the request is in progress (for a WebSocket,
     while it is open); ``principal`` is what let the request in, by which open WebSockets
     and answers under way are found again (``GateServer.holders``, ``close_held``).
+    ``viewer`` is None for the owner and admins (nothing filtered), else the viewer's input.
     """
 
     url_id: str
@@ -84,6 +99,7 @@ class Forward:
     cookie_path: str
     user: str | None = None
     principal: Hashable | None = None
+    viewer: ViewerInput | None = None
 
 
 @dataclass(frozen=True, slots=True)
