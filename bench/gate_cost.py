@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -65,10 +66,40 @@ USER = "alice"
 HOST_URL_ID = "h0st" + "0" * 22
 HOST_URLPATH = f"/user/{USER}/containers/{HOST_URL_ID}"
 FRAME = 64 * 1024
+# A WebSocket whose URL carries this query is let through as a view-only viewer's (case f).
+VIEWER_QUERY = "remoteapp-bench-viewer=1"
 HTTP_CONNECTIONS = 16
 
 
 # ============================================================================ the gate process
+class _ViewerMarking:
+    """The gate's gatekeeper, except that requests carrying ``VIEWER_QUERY`` come from a
+    view-only VNC viewer: the owner's session, its input filtered as a viewer's would be."""
+
+    def __init__(self, gatekeeper: Any) -> None:
+        self._gatekeeper = gatekeeper
+
+    def _mark(self, request: Any, verdict: Any) -> Any:
+        from remoteappmanager.web.gate_proxy import Forward, ViewerInput
+
+        if isinstance(verdict, Forward) and VIEWER_QUERY in request.target:
+            return dataclasses.replace(verdict, viewer=ViewerInput(False, "vnc"))
+        return verdict
+
+    def check(self, request: Any) -> Any:
+        verdict = self._gatekeeper.check(request)
+        return None if verdict is None else self._mark(request, verdict)
+
+    async def decide(self, request: Any) -> Any:
+        return self._mark(request, await self._gatekeeper.decide(request))
+
+    def unreachable(self, url_id: str) -> None:
+        self._gatekeeper.unreachable(url_id)
+
+    def client_input(self, url_id: str) -> None:
+        self._gatekeeper.client_input(url_id)
+
+
 class _WithHostTarget:
     """The real engine, plus one made-up running container: the fast server on the host.
 
@@ -106,6 +137,7 @@ async def _gate_main(
     from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.app import create_app
+    from remoteappmanager.web.keys import GATE
     from remoteappmanager.web.logs import configure_logging
 
     configure_logging("console", os.environ.get("BENCH_GATE_LOG_LEVEL", "INFO"))
@@ -161,6 +193,7 @@ async def _gate_main(
             sessions=sessions,
         )
     )
+    app[GATE].server.gatekeeper = _ViewerMarking(app[GATE])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -531,7 +564,7 @@ def _measure_all(
 
     rows: list[tuple[str, str, float, float, str]] = []
 
-    cases = os.environ.get("BENCH_CASES", "abcde")
+    cases = os.environ.get("BENCH_CASES", "abcdef")
 
     def throughput(label: str, unit: str, scale: float, measure: Callable[[str], float]) -> None:
         if label[1] not in cases:
@@ -578,6 +611,24 @@ def _measure_all(
         lambda mode: _run_wrk(
             url_of(mode, "host", "/small"), cookie_of("host"), seconds, HTTP_CONNECTIONS
         )[0],
+    )
+    # A view-only viewer against the owner, both through the gate ("direct" here is the
+    # owner's unfiltered connection, "gated" the viewer's filtered one).
+    throughput(
+        "(f) WebSocket, noVNC container, view-only viewer (filtered) vs owner (unfiltered)",
+        "MiB/s",
+        mib,
+        lambda mode: _run_ws_client(
+            url_of(
+                "gated",
+                "vnc",
+                "/websockify" + ("?" + VIEWER_QUERY if mode == "gated" else ""),
+                "ws",
+            ),
+            cookie_of("vnc"),
+            "vnc",
+            seconds,
+        ),
     )
     latencies: dict[str, list[float]] = {}
     for key, tail in (("host", "/small"), ("web", "/")) if "e" in cases else ():

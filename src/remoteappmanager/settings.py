@@ -156,6 +156,15 @@ class Settings(BaseSettings):
         description="Requests in progress plus open WebSockets one user may have through the "
         "gate at once (gated mode); beyond it the gate answers 429 with Retry-After.",
     )
+    websocket_ping_s: float = Field(
+        default=25.0,
+        ge=0,
+        le=3600,
+        description="Seconds between the gate's pings on each leg of an open WebSocket (to "
+        "the browser and to the application; gated mode). They keep idle connections alive "
+        "through proxies that cut quiet ones, and a leg that has not answered by the next "
+        "ping is closed. 0: no pings.",
+    )
     publish_ip: str = Field(
         default="127.0.0.1",
         description="Host address on which container ports are published: a loopback "

@@ -51,6 +51,9 @@ class PassAll:
     def unreachable(self, url_id: str) -> None:
         pass
 
+    def client_input(self, url_id: str) -> None:
+        pass
+
 
 class FakeTransport:
     """What ``_Downstream`` needs of a socket transport; closing ends the connection."""

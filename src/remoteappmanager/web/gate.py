@@ -34,6 +34,7 @@ from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.gate_proxy import (
     MAX_CONNECTIONS_PER_USER,
+    WEBSOCKET_PING_INTERVAL,
     Answer,
     Forward,
     GateRequest,
@@ -199,9 +200,14 @@ class Gate:
     # (url_id, viewer) -> (their mode, the input state all their connections share)
     viewers: dict[tuple[str, str], tuple[ShareMode, ViewerInput]] = field(default_factory=dict)
     _rechecks: set[asyncio.Task[int]] = field(default_factory=set)
+    websocket_ping_s: float = WEBSOCKET_PING_INTERVAL
 
     def __post_init__(self) -> None:
-        self.server = GateServer(self, max_per_user=self.max_connections_per_user)
+        self.server = GateServer(
+            self,
+            max_per_user=self.max_connections_per_user,
+            ping_interval=self.websocket_ping_s,
+        )
 
     def cookie_payload(self, value: str) -> str | None:
         now = self.clock()
@@ -287,6 +293,9 @@ class Gate:
 
     def unreachable(self, url_id: str) -> None:
         self.access.forget(url_id)
+
+    def client_input(self, url_id: str) -> None:
+        """Activity on an open WebSocket; nothing uses it yet (culling idle sessions will)."""
 
     # ------------------------------------------------------------------ decisions
     def _verdict(
@@ -436,12 +445,9 @@ class Gate:
         viewer: ViewerInput | None = None
         if mode is not None and user is not None:
             viewer = self.viewer_input(target, user, mode)
-            if (
-                target.protocol == "web"
-                and not viewer.input_allowed
-                and request.method not in _PAGE_METHODS
-            ):
-                # A viewer of a web application reads it; anything else would act in it.
+            if not viewer.input_allowed and request.method not in _PAGE_METHODS:
+                # A viewer reads; anything but a read could act in the application (and for
+                # a desktop, the only input is over its WebSocket, which the relay filters).
                 return self._page(403, "this application is shared with you to view only")
         principal: Hashable | None = None
         if caller.session_id is not None:
@@ -695,6 +701,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         public_origin=(settings.public_origin or "") if settings.app_origin_template else "",
         public_origins=frozenset({public} if public else ()),
         max_connections_per_user=settings.gate_max_connections_per_user,
+        websocket_ping_s=settings.websocket_ping_s,
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)
@@ -773,6 +780,15 @@ class _GateCollector(Collector):
             "Requests refused (429) because their user had too many under way at once.",
             value=stats.crowded,
         )
+        closed = CounterMetricFamily(
+            "remoteapp_gate_websockets_closed",
+            "WebSockets the gate closed: a protocol violation (either side), or a leg that "
+            "did not answer the gate's ping.",
+            labels=("reason",),
+        )
+        closed.add_metric(("violation",), stats.ws_refused)
+        closed.add_metric(("unanswered_ping",), stats.ws_dead)
+        yield closed
 
 
 # ---------------------------------------------------------------------------- {svc}gate/<url_id>

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import re
 import secrets
+import socket
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -17,6 +18,7 @@ import httptools
 import structlog
 
 from remoteappmanager.web.gate_rules import confine_set_cookie, connection_options, pins_a_header
+from remoteappmanager.web.gate_ws import LegDead, WebSocketRelay, WebSocketViolation
 
 log = structlog.get_logger(__name__)
 
@@ -44,11 +46,33 @@ MAX_CONNECTIONS_PER_USER = 64
 # LOW, so a slow reader holds at most about HIGH plus one read in memory per connection.
 WRITE_HIGH = 256 * 1024
 WRITE_LOW = 64 * 1024
+# Every this many seconds an open WebSocket's legs are pinged; a leg that has not answered by
+# the next ping is closed (0: no pings).
+WEBSOCKET_PING_INTERVAL = 25.0
+# The gatekeeper hears of a client's input on an open WebSocket at most this often.
+CLIENT_INPUT_INTERVAL = 1.0
+# TCP keepalive on a WebSocket's sockets: probes after this long idle, this often, this many.
+TCP_KEEPALIVE = (30, 10, 3)
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILERS = 16 * 1024
 
 
 # ---------------------------------------------------------------------------- the contract
+@dataclass(slots=True)
+class ViewerInput:
+    """What a viewer (not the owner) may send through an open WebSocket; mutable.
+
+    The relay looks at ``input_allowed`` for every message from the viewer to the
+    application, so that changing it takes effect on the next message, without reconnecting.
+    With ``protocol="vnc"`` a viewer without input may send only what asks for the picture
+    (RFB pixel format, encodings, update requests); its keyboard, mouse and clipboard never
+    reach the desktop. With ``protocol="web"`` it may send no data frames at all.
+    """
+
+    input_allowed: bool
+    protocol: Literal["vnc", "web"]
+
+
 @dataclass(slots=True)
 class GateRequest:
     """What the gatekeeper sees of a request; header values decoded as Latin-1."""
@@ -66,20 +90,6 @@ class GateRequest:
     """``X-Forwarded-Proto`` as the proxy set it."""
 
 
-@dataclass(slots=True)
-class ViewerInput:
-    """What of a viewer's input reaches the application; shared by all of that viewer's
-    connections to it, and changed while they are open (control handed over or taken back).
-
-    While ``input_allowed`` is False the relay drops the viewer's input: RFB KeyEvent,
-    PointerEvent and ClientCutText messages for ``vnc``, every client-to-application data
-    frame for ``web``.
-    """
-
-    input_allowed: bool
-    protocol: Literal["vnc", "web"]
-
-
 @dataclass(frozen=True, slots=True)
 class Forward:
     """Let the request through to ``host:port`` with these credentials (None: none).
@@ -88,7 +98,8 @@ class Forward:
     counted against the per-user cap while the request is in progress (for a WebSocket,
     while it is open); ``principal`` is what let the request in, by which open WebSockets
     and answers under way are found again (``GateServer.holders``, ``close_held``).
-    ``viewer`` is None for the owner and admins (nothing filtered), else the viewer's input.
+    ``viewer`` is None for the owner (a WebSocket is relayed unfiltered) and otherwise
+    says what the viewer may send (``ViewerInput``).
     """
 
     url_id: str
@@ -127,6 +138,13 @@ class Gatekeeper(Protocol):
     def unreachable(self, url_id: str) -> None:
         """The application refused a connection."""
 
+    def client_input(self, url_id: str) -> None:
+        """A client sent data to the application over an open WebSocket (activity).
+
+        Called for data frames only (not pings, pongs or closes, nor frames the gate
+        dropped), at most once a second per connection; must not block.
+        """
+
 
 @dataclass(slots=True)
 class GateStats:
@@ -143,6 +161,10 @@ class GateStats:
     """Requests refused as unreadable: 400, 408, 431."""
     crowded: int = 0
     """Requests refused (429) because their user had too many in progress already."""
+    ws_refused: int = 0
+    """WebSockets closed for a protocol violation (either side)."""
+    ws_dead: int = 0
+    """WebSockets closed because a leg did not answer the gate's ping."""
     connections: int = 0
 
 
@@ -307,6 +329,7 @@ class _Exchange:
         "upstream",
         "url_id",
         "user",
+        "viewer",
     )
 
     def __init__(self) -> None:
@@ -328,6 +351,7 @@ class _Exchange:
         self.cookie_path = b"/"
         self.user: str | None = None  # counted against the cap while in progress
         self.principal: Hashable | None = None
+        self.viewer: ViewerInput | None = None
         self.upstream: _Upstream | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -360,6 +384,10 @@ class _Downstream(asyncio.Protocol):
         self._write_paused = False
         self._upstream: _Upstream | None = None
         self._upgraded: _Upstream | None = None
+        self._relay: WebSocketRelay | None = None
+        self._url_id = ""
+        self._input_frames = 0
+        self._input_next = 0.0
         self._spliced_user: str | None = None
         self._holding: bytearray | None = None
         self._broken: Answer | None = None
@@ -454,7 +482,21 @@ class _Downstream(asyncio.Protocol):
             self.transport.abort()
 
     def timed_out(self, now: float) -> None:
-        if self._upgraded is not None:
+        upgraded = self._upgraded
+        if upgraded is not None:
+            relay = self._relay
+            if relay is not None and now >= relay.next_ping:
+                try:
+                    to_client, to_app = relay.tick(now)
+                except LegDead as dead:
+                    log.info("gate.websocket_dead", url_id=self._url_id, leg=str(dead))
+                    self._server.stats.ws_dead += 1
+                    self._end_websocket()
+                    return
+                if to_client:
+                    self.write(to_client)
+                if to_app:
+                    upgraded.write(to_app)
             return
         if self._in_head and now - self._head_started > self._server.head_timeout:
             self._protocol_error(_TIMEOUT)
@@ -469,7 +511,25 @@ class _Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         upgraded = self._upgraded
         if upgraded is not None:
-            upgraded.write(data)
+            relay = self._relay
+            if relay is None:
+                upgraded.write(data)
+                return
+            to_app = relay.to_app
+            try:
+                data = to_app.feed(data)
+            except WebSocketViolation as exc:
+                self.websocket_violation(exc, from_client=True)
+                return
+            if data:
+                upgraded.write(data)
+            frames = to_app.data_frames
+            if frames != self._input_frames:
+                self._input_frames = frames
+                now = self._loop.time()
+                if now >= self._input_next:
+                    self._input_next = now + CLIENT_INPUT_INTERVAL
+                    self._server.gatekeeper.client_input(self._url_id)
             return
         if self._holding is not None:
             self._holding += data
@@ -725,6 +785,7 @@ class _Downstream(asyncio.Protocol):
                 return
             exchange.user = verdict.user
         exchange.principal = verdict.principal
+        exchange.viewer = verdict.viewer
         server.stats.forwarded += 1
         lines = exchange.lines
         if verdict.cookie:
@@ -813,23 +874,58 @@ class _Downstream(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def upgraded(self, upstream: _Upstream, data: bytes) -> None:
-        """The application switched protocols: from now on bytes pass through untouched."""
+    def upgraded(self, upstream: _Upstream, head: bytes, rest: bytes, websocket: bool) -> None:
+        """The application switched protocols: from now on bytes are relayed, a WebSocket's
+        frame by frame (``gate_ws``), anything else untouched."""
         server = self._server
         server.stats.upgraded += 1
         exchange = self._active
+        viewer = None
         if exchange is not None:
             # The user's count moves from the request to the open connection.
             self._spliced_user, exchange.user = exchange.user, None
             server.upgrades[self] = (exchange.principal, exchange.url_id)
+            self._url_id = exchange.url_id
+            viewer = exchange.viewer
         self._upgraded = upstream
         self._upstream = None
         self._active = None
-        self.write(data)
+        if websocket:
+            relay = WebSocketRelay(
+                viewer, ping_interval=server.ping_interval, now=self._loop.time()
+            )
+            self._relay = upstream.relay = relay
+            _keepalive(self.transport)
+            _keepalive(upstream.transport)
+        elif viewer is not None:
+            # Only a WebSocket can be filtered: a viewer gets nothing else.
+            self._end_websocket()
+            return
+        self.write(head)
+        if rest:
+            upstream.data_received(rest)
         holding, self._holding = self._holding, None
         if holding:
-            upstream.write(bytes(holding))
+            self.data_received(bytes(holding))
         self._resume(_HOLDING)
+
+    def websocket_violation(self, exc: Exception, *, from_client: bool) -> None:
+        log.info(
+            "gate.websocket_refused",
+            url_id=self._url_id,
+            side="client" if from_client else "application",
+            reason=str(exc),
+        )
+        self._server.stats.ws_refused += 1
+        self._end_websocket()
+
+    def _end_websocket(self) -> None:
+        """Close both legs of an upgraded connection."""
+        upstream = self._upgraded
+        if upstream is not None:
+            upstream.relay = None
+            upstream.close()
+        self.close()
 
     def response_done(self, exchange: _Exchange, *, close: bool) -> None:
         self._server.uncount(exchange.user)
@@ -906,6 +1002,20 @@ def _without(lines: list[bytes], names: set[bytes]) -> list[bytes]:
     return kept
 
 
+def _keepalive(transport: asyncio.Transport | None) -> None:
+    """TCP keepalive on a long-lived connection: a peer gone silently is noticed."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    idle, interval, count = TCP_KEEPALIVE
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
 # ------------------------------------------------------------------------- the application side
 class _Upstream(asyncio.Protocol):
     """A connection to an application; carries one exchange at a time, then waits in the pool."""
@@ -927,6 +1037,7 @@ class _Upstream(asyncio.Protocol):
         self._reusable = False
         self._close_down = False
         self._reading_paused = False
+        self.relay: WebSocketRelay | None = None
         self.idle_since = 0.0
 
     # ------------------------------------------------------------------ connection events
@@ -1017,6 +1128,16 @@ class _Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self._state
         if state == _SPLICE:
+            relay = self.relay
+            if relay is not None:
+                try:
+                    data = relay.to_client.feed(data)
+                except WebSocketViolation as exc:
+                    if self._down is not None:
+                        self._down.websocket_violation(exc, from_client=False)
+                    return
+                if not data:
+                    return
             self._send(data)
         elif state == _LENGTH:
             remaining = self._remaining
@@ -1086,7 +1207,8 @@ class _Upstream(asyncio.Protocol):
                 return
             self._state = _SPLICE
             self._exchange = None
-            down.upgraded(self, head + rest)
+            request = exchange.request
+            down.upgraded(self, head, rest, request is not None and request.websocket)
             return
         if framing == _LENGTH:
             if len(rest) >= length:
@@ -1324,6 +1446,7 @@ class GateServer:
         sweep_interval: float = SWEEP_INTERVAL,
         max_head: int = MAX_REQUEST_HEAD,
         max_per_user: int = MAX_CONNECTIONS_PER_USER,
+        ping_interval: float = WEBSOCKET_PING_INTERVAL,
     ) -> None:
         self.gatekeeper = gatekeeper
         self.idle_timeout = idle_timeout
@@ -1333,6 +1456,7 @@ class GateServer:
         self.sweep_interval = sweep_interval
         self.max_head = max_head
         self.max_per_user = max_per_user
+        self.ping_interval = ping_interval
         self.stats = GateStats()
         self.connections: set[_Downstream] = set()
         # Open WebSockets (spliced connections): connection -> (principal, url id).

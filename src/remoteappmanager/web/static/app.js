@@ -41,6 +41,11 @@ const STATUS_TEXT = {
   stopping: "Stopping",
 };
 const TYPE_TEXT = { vncapp: "Desktop", webapp: "Web application" };
+// After a desktop's connection drops, the frame is reloaded after these delays in turn (the
+// last one repeats) until noVNC is connected again, by itself or by a reload.
+const RECONNECT_DELAYS_MS = [2000, 4000, 8000, 15000, 30000];
+const WATCH_INTERVAL_MS = 500;
+const NOVNC_STATES = ["connected", "reconnecting", "connecting", "disconnecting", "disconnected"];
 
 const state = {
   apps: [], // sorted by name
@@ -458,8 +463,83 @@ function toolbar(app, status) {
     h("img", { class: "app-icon", src: app.icon, alt: "", width: 32, height: 32 }),
     h("h1", { class: "toolbar-title", text: app.name }),
     h("span", { class: `status status-${status}`, text: STATUS_TEXT[status] }),
+    h("span", {
+      id: "reconnecting",
+      class: "status status-reconnecting",
+      role: "status",
+      text: "Reconnecting…",
+      hidden: true,
+    }),
     actions,
   );
+}
+
+// noVNC (served by the desktop's container, on this page's origin unless applications have
+// hosts of their own) marks its connection's state as a class of its document element.
+function desktopState(iframe) {
+  try {
+    const root = iframe.contentDocument && iframe.contentDocument.documentElement;
+    if (!root) return null;
+    return NOVNC_STATES.find((name) => root.classList.contains(`noVNC_${name}`)) || null;
+  } catch {
+    return null; // another origin: noVNC's own reconnection is all there is
+  }
+}
+
+function showReconnecting(shown) {
+  const badge = document.getElementById("reconnecting");
+  if (badge) badge.hidden = !shown;
+  const iframe = document.getElementById("application");
+  if (iframe) iframe.classList.toggle("reconnecting", shown);
+}
+
+// Watches a desktop's connection while its frame is shown. Once it has been connected, a
+// drop shows "Reconnecting…"; while noVNC has not got back by itself the frame is reloaded
+// with growing delays, after checking that the session still runs (if it does not, the
+// panel shows why instead). The session is untouched: only this viewer reconnects.
+function watchDesktop(app, iframe) {
+  let connected = false;
+  let droppedAt = null;
+  let attempt = 0;
+  let reloading = false;
+  const timer = setInterval(async () => {
+    if (!iframe.isConnected) {
+      clearInterval(timer);
+      return;
+    }
+    const current = desktopState(iframe);
+    if (current === "connected") {
+      connected = true;
+      droppedAt = null;
+      attempt = 0;
+      showReconnecting(false);
+      return;
+    }
+    if (!connected || reloading) return;
+    const now = Date.now();
+    if (droppedAt === null) {
+      droppedAt = now;
+      showReconnecting(true);
+      return;
+    }
+    const delay = RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)];
+    if (now - droppedAt < delay) return;
+    reloading = true;
+    try {
+      await reloadApplication(app.id);
+    } catch {
+      // The service did not answer: try the desktop anyway, and ask again next time.
+    }
+    reloading = false;
+    attempt += 1;
+    droppedAt = Date.now();
+    const fresh = selectedApp();
+    if (!fresh || fresh.id !== app.id || statusOf(fresh) !== "running") {
+      render();
+      return;
+    }
+    if (iframe.isConnected) iframe.src = `${fresh.container.urlpath}/`;
+  }, WATCH_INTERVAL_MS);
 }
 
 function frame(app) {
@@ -481,6 +561,7 @@ function frame(app) {
       // Focus on the frame element is enough where the window refuses it.
     }
   });
+  if (app.type === "vncapp") watchDesktop(app, iframe);
   return iframe;
 }
 
