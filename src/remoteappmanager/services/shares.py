@@ -100,6 +100,8 @@ class ControlState:
 class ControlView:
     """The control state as one caller sees it."""
 
+    owner: str
+    urlpath: str
     controller: str | None
     owner_holds: bool
     everyone: bool
@@ -270,9 +272,11 @@ class Shares:
 
     async def control_view(self, actor: AuthenticatedUser, url_id: str) -> ControlView:
         """The control state for the owner, an admin or a viewer (else ``NotFound``)."""
-        _session, mode = await self._participant(actor, url_id)
+        session, mode = await self._participant(actor, url_id)
         state = self._control.get(url_id) or ControlState()
         return ControlView(
+            owner=session.user,
+            urlpath=session.urlpath,
             controller=state.controller,
             owner_holds=state.owner_holds,
             everyone=state.everyone,

@@ -770,6 +770,8 @@ class ControlIn(_Request):
 class ControlOut(_Answer):
     """Who controls a shared session besides its owner, as the caller sees it."""
 
+    owner: str
+    urlpath: str = Field(description="Where the application is served (open it there).")
     controller: str | None = Field(description="The viewer control was handed to, if any.")
     owner_holds: bool = Field(description="The owner took control back: no viewer has input.")
     everyone: bool = Field(description="Every viewer has input.")
@@ -782,6 +784,8 @@ class ControlOut(_Answer):
     @classmethod
     def of(cls, view: ControlView) -> ControlOut:
         return cls.model_construct(
+            owner=view.owner,
+            urlpath=view.urlpath,
             controller=view.controller,
             owner_holds=view.owner_holds,
             everyone=view.everyone,
