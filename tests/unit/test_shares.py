@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,8 +12,12 @@ from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import Session
 from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
+from remoteappmanager.services.gate_access import GateTarget
 from remoteappmanager.services.shares import Shares
-from remoteappmanager.web.keys import SHARES
+from remoteappmanager.web.gate import _Caller
+from remoteappmanager.web.gate_proxy import Forward, GateRequest
+from remoteappmanager.web.gate_rfb import RfbInputFilter
+from remoteappmanager.web.keys import GATE, SHARES
 from tests.support.gated import GatedService, client_of, gated_service
 from tests.support.webapp import API, ApiClient, World
 
@@ -265,3 +270,40 @@ async def test_without_control_no_viewer_ever_has_input(scene: Scene) -> None:
     ] == 403
     assert (await alice.call("POST", control_url(session), json={"action": "everyone"}))[0] == 403
     assert not scene.shares.input_allowed(session.url_id, "bob", ShareMode.CONTROL)
+
+
+# ------------------------------------------------------------------------------ clipboard
+HANDSHAKE = b"RFB 003.008\n" + b"\x01" + b"\x01"
+KEY_DOWN = b"\x04\x01\x00\x00\x00\x00\x00\x61"
+PASTE = b"\x06\x00\x00\x00" + (5).to_bytes(4, "big") + b"hello"
+UPDATE_REQUEST = b"\x03\x01\x00\x00\x00\x00\x04\x00\x03\x00"
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 64])
+def test_without_the_clipboard_pasted_text_never_reaches_the_desktop(split: int) -> None:
+    clipboard = {"on": False}
+    rfb = RfbInputFilter()
+    rfb.clipboard = lambda: clipboard["on"]
+    stream = HANDSHAKE + KEY_DOWN + PASTE + UPDATE_REQUEST
+    out = b"".join(
+        rfb.feed(stream[i : i + split], allow_input=True) for i in range(0, len(stream), split)
+    )
+    # Keys and picture requests pass; the clipboard text does not, however it is cut.
+    assert out == HANDSHAKE + KEY_DOWN + UPDATE_REQUEST
+    clipboard["on"] = True
+    assert rfb.feed(PASTE, allow_input=True) == PASTE
+
+
+async def test_the_owner_gets_a_filter_only_where_the_clipboard_is_kept_out() -> None:
+    world = World()
+    async with gated_service(world, clipboard_to_app=False) as service:
+        gate = service.app[GATE]
+        target = GateTarget("u" * 26, "alice", "/user/alice/containers/x", "127.0.0.1", 1, False)
+        request = GateRequest("GET", "/", [], None, websocket=True)
+        desktop = gate._forward(request, replace(target, protocol="vnc"), _Caller(), "alice")
+        web_app = gate._forward(request, target, _Caller(), "alice")
+    assert isinstance(desktop, Forward)
+    assert desktop.viewer is not None
+    assert (desktop.viewer.input_allowed, desktop.viewer.clipboard_in) == (True, False)
+    assert isinstance(web_app, Forward)
+    assert web_app.viewer is None

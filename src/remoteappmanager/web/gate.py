@@ -201,6 +201,7 @@ class Gate:
     viewers: dict[tuple[str, str], tuple[ShareMode, ViewerInput]] = field(default_factory=dict)
     _rechecks: set[asyncio.Task[int]] = field(default_factory=set)
     websocket_ping_s: float = WEBSOCKET_PING_INTERVAL
+    clipboard_in: bool = True
 
     def __post_init__(self) -> None:
         self.server = GateServer(
@@ -449,6 +450,9 @@ class Gate:
                 # A viewer reads; anything but a read could act in the application (and for
                 # a desktop, the only input is over its WebSocket, which the relay filters).
                 return self._page(403, "this application is shared with you to view only")
+        elif not self.clipboard_in and target.protocol == "vnc":
+            # The owner's (or an admin's) input passes, but not the browser's clipboard.
+            viewer = ViewerInput(input_allowed=True, protocol="vnc", clipboard_in=False)
         principal: Hashable | None = None
         if caller.session_id is not None:
             principal = (_SESSION, caller.session_id)
@@ -483,7 +487,9 @@ class Gate:
         if entry is None:
             if len(self.viewers) >= MAX_VIEWERS:
                 self._sweep_viewers()
-            viewer = ViewerInput(input_allowed=allowed, protocol=target.protocol)
+            viewer = ViewerInput(
+                input_allowed=allowed, protocol=target.protocol, clipboard_in=self.clipboard_in
+            )
             self.viewers[key] = (mode, viewer)
             return viewer
         viewer = entry[1]
@@ -702,6 +708,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         public_origins=frozenset({public} if public else ()),
         max_connections_per_user=settings.gate_max_connections_per_user,
         websocket_ping_s=settings.websocket_ping_s,
+        clipboard_in=settings.clipboard_to_app,
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)

@@ -842,16 +842,45 @@ function watchDesktop(app, iframe) {
   }, WATCH_INTERVAL_MS);
 }
 
+function clipboardAllowed() {
+  return SWITCHES.has("clipboard-to-app") && SWITCHES.has("clipboard-from-app");
+}
+
+// Where the site turns the clipboard off, noVNC's clipboard panel goes too (a courtesy: the
+// gate drops pasted text on its way to the desktop). Only a frame on this origin can be
+// reached; noVNC may build its panel after the load, so this looks again for a while.
+function hideClipboardPanel(iframe) {
+  if (clipboardAllowed()) return;
+  let tries = 0;
+  const hide = () => {
+    try {
+      const doc = iframe.contentDocument;
+      const button = doc && doc.getElementById("noVNC_clipboard_button");
+      if (button) {
+        button.hidden = true;
+        button.style.display = "none";
+        return;
+      }
+    } catch {
+      return; // another origin
+    }
+    tries += 1;
+    if (tries < 20) setTimeout(hide, 500);
+  };
+  hide();
+}
+
 function frame(app) {
   const iframe = h("iframe", {
     id: "application",
     class: "application-frame",
     title: app.name,
     src: `${app.container.urlpath}/`,
-    allow: "clipboard-read; clipboard-write; fullscreen",
+    allow: clipboardAllowed() ? "clipboard-read; clipboard-write; fullscreen" : "fullscreen",
   });
   iframe.addEventListener("load", () => {
     iframe.classList.add("loaded");
+    hideClipboardPanel(iframe);
     updateSpinner(selectedApp(), "running");
     // The application should get the keyboard at once (a desktop needs every key).
     iframe.focus();
