@@ -43,6 +43,7 @@ from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.services.shares import Shares
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.gate import GATE_COOKIE
+from remoteappmanager.web.gate_ws import TEXT, encode_frame
 from remoteappmanager.web.keys import SHARES
 from tests.support.services import REPO, Proxy, ServiceMissing, free_port, skip_or_fail
 from tests.support.session_images import (
@@ -59,10 +60,12 @@ VNCAPP = "remoteapp-demo/vncapp:latest"
 VNC_BUILD_TIMEOUT = 1500.0
 
 
-ECHO_IMAGE = "remoteapp-test/gate-echo:latest"
+# Tagged by what its handler does (the tag changes with it: a cached image is reused).
+ECHO_IMAGE = "remoteapp-test/gate-echo:ws-frames"
 # One connection, one answer, by path: the request head echoed back; cookies to confine; an
-# answer whose Connection header drops its own Content-Length; a WebSocket-like switch after
-# which every byte is echoed. Every request line is logged, and /log serves the log.
+# answer whose Connection header drops its own Content-Length; a WebSocket switch after which
+# the first byte from the client is answered with one text frame, "pong", and the rest is
+# read and dropped. Every request line is logged, and /log serves the log.
 _ECHO_HANDLER = r"""#!/bin/sh
 head=""
 while IFS= read -r line; do
@@ -92,7 +95,9 @@ case "$path" in
     'Content-Length: 5\r\n\r\nhello' 'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled' ;;
   */ws) out 'HTTP/1.1 101 Switching Protocols\r\n' \
     'Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
-    exec cat ;;
+    head -c 1 >/dev/null
+    out '\0201\0004pong'
+    exec cat >/dev/null ;;
   *) answer "ok" ;;
 esac
 """
@@ -541,8 +546,8 @@ async def open_websocket(stack: Stack, session: Session, cookie: str) -> Raw:
     )
     status, _headers = await raw.head()
     assert status == 101
-    await raw.send(b"ping")
-    assert await asyncio.wait_for(raw.reader.readexactly(4), 10) == b"ping"
+    await raw.send(encode_frame(TEXT, b"ping", masked=True))
+    assert await asyncio.wait_for(raw.reader.readexactly(6), 10) == b"\x81\x04pong"
     return raw
 
 
