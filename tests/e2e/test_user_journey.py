@@ -118,10 +118,18 @@ async def test_alice_runs_her_apps_shares_the_desktop_and_signs_out(stack: Stack
         assert await _status(alice, desktop_entry) == "Running"
         await screenshot(alice, "e2e-04-desktop-running")
 
+        desktop_path = await alice.get_attribute("#application", "src") or ""
+        url_id = desktop_path.rstrip("/").rsplit("/", 1)[-1]
+        # Bob holds the desktop's address, but nothing shares it with him yet.
+        unshared = await bob.goto(stack.url(desktop_path))
+        assert unshared is not None
+        assert unshared.status == 403
+
+        # Opening the share dialog shares the link to view, so that it works at once.
         await alice.click("#share-button")
         shared = await alice.input_value("#shared-url")
-        desktop_path = await alice.get_attribute("#application", "src")
-        assert shared == stack.url(desktop_path or "")
+        assert shared == stack.url(f"{PREFIX}?view={url_id}")
+        await alice.locator("#share-list .share-entry", has_text="Anyone signed in").wait_for()
         await screenshot(alice, "e2e-05-share")
         await alice.locator("dialog[open]").get_by_role("button", name="Close").click()
 
@@ -130,12 +138,27 @@ async def test_alice_runs_her_apps_shares_the_desktop_and_signs_out(stack: Stack
         await alice.frame_locator("#application").locator("html.noVNC_connected").wait_for()
         assert await _status(alice, desktop_entry) == "Running"
 
-        # Bob opens the share link: the policy allows viewing.
+        # Bob opens the share link: alice's desktop, under a banner saying he only views it.
         allowed = await bob.goto(shared)
         assert allowed is not None
         assert allowed.ok
-        await bob.locator("html.noVNC_connected").wait_for(timeout=START_TIMEOUT_MS)
+        viewed = bob.frame_locator("#application")
+        await viewed.locator("html.noVNC_connected").wait_for(timeout=START_TIMEOUT_MS)
+        banner = await bob.locator("#view-only-banner").text_content()
+        assert banner == "View only — alice's session"
+        assert await bob.locator("#request-control").is_visible()
         await screenshot(bob, "e2e-06-bob-views-the-desktop")
+
+        # Alice revokes the link: Bob's connection to her desktop ends within seconds.
+        await alice.click("#share-button")
+        link_share = alice.locator("#share-list .share-entry", has_text="Anyone signed in")
+        await link_share.locator(".share-revoke").click()
+        await link_share.wait_for(state="detached")
+        await alice.locator("dialog[open]").get_by_role("button", name="Close").click()
+        await viewed.locator("html.noVNC_connected").wait_for(state="detached", timeout=10_000)
+        revoked = await bob.goto(stack.url(desktop_path))
+        assert revoked is not None
+        assert revoked.status == 403
 
         await alice.click("#quit-button")
         await alice.locator("dialog[open]").get_by_role("button", name="Ok").click()
