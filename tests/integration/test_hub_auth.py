@@ -23,6 +23,7 @@ from yarl import URL
 
 from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.ports.identity import Directory
 from remoteappmanager.services.access import new_pkce_verifier, pkce_challenge
 from remoteappmanager.services.deps import WebDeps
 from remoteappmanager.settings import Settings
@@ -499,3 +500,24 @@ async def test_the_hub_refuses_to_start_when_a_service_port_is_taken(
     # Nothing was started: no proxy on the public port.
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", ports.public)) != 0
+
+
+async def test_the_share_dialogs_search_finds_hub_users_and_groups(stack: Stack) -> None:
+    # The hub's own listing, asked with the service's token (the config's directory role).
+    await _api(stack, "POST", "/users/dora")
+    await _api(stack, "POST", "/users/doris")
+    await _api(stack, "POST", "/groups/dolphins", json={"users": ["dora"]})
+    found = await stack.identity.directory("do", 20)
+    assert found.users == ("dora", "doris")
+    assert found.groups == ("dolphins",)
+    assert (await stack.identity.directory("dor", 1)).users == ("dora",)
+    assert await stack.identity.directory("nobody-here", 20) == Directory()
+    # And through the API, for a signed-in user.
+    async with new_browser() as browser:
+        await _sign_in(browser, stack, "dora")
+        async with browser.get(
+            stack.url(PREFIX + "api/v1/directory"),
+            params={"query": json.dumps({"prefix": "dol"})},
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"users": [], "groups": ["dolphins"]}

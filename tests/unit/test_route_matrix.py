@@ -89,6 +89,7 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("DELETE", SHARES + "{share_id}/"):              (401, 403, 204, 404, 404, 204, 204, 403),
     ("GET", CONTROL):                                (401, 403, 200, 404, 200, 200, 200, _),
     ("POST", CONTROL):                               (401, 403, 200, 404, 403, 200, 200, 403),
+    ("GET", API + "directory"):                      (401, 403, 200, 200, 200, 200, 200, _),
     # the admin API
     ("GET", ADMIN + "users/"):                       (401, 403, 403, 403, 403, 200, 200, _),
     ("POST", ADMIN + "users/"):                      (401, 403, 403, 403, 403, 201, 201, 403),
@@ -221,6 +222,8 @@ def _body(method: str, path: str, scene: Scene) -> tuple[dict[str, str], Any]:
     """Query and JSON body that make the request valid, so that only the caller is at issue."""
     if method == "GET" and path == ADMIN + "accounting/":
         return {"filter": json.dumps({"user_id": scene.alice_id})}, None
+    if method == "GET" and path == API + "directory":
+        return {"query": json.dumps({"prefix": "b"})}, None
     if method != "POST":
         return {}, None
     bodies: dict[str, Any] = {

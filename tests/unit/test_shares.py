@@ -307,3 +307,21 @@ async def test_the_owner_gets_a_filter_only_where_the_clipboard_is_kept_out() ->
     assert (desktop.viewer.input_allowed, desktop.viewer.clipboard_in) == (True, False)
     assert isinstance(web_app, Forward)
     assert web_app.viewer is None
+
+
+# ------------------------------------------------------------------------------ directory
+async def test_the_directory_finds_users_and_groups_by_prefix(scene: Scene) -> None:
+    bob = scene.api("bob")
+    query = {"query": '{"prefix": "ca"}'}
+    status, found, _ = await bob.call("GET", f"{API}v1/directory", params=query)
+    assert (status, found) == (200, {"users": ["carol"], "groups": []})
+    status, found, _ = await bob.call(
+        "GET", f"{API}v1/directory", params={"query": '{"prefix": "te"}'}
+    )
+    assert found == {"users": [], "groups": ["team"]}
+    for bad in ("", "{}", '{"prefix": ""}', "not json"):
+        status, error, _ = await bob.call("GET", f"{API}v1/directory", params={"query": bad})
+        assert status == 400, bad
+        assert error["type"] == "BadRepresentation"
+    scene.service.world.hub.available = False
+    assert (await bob.call("GET", f"{API}v1/directory", params=query))[0] == 503

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
 from remoteappmanager.domain.errors import Unauthorized, Unavailable
-from remoteappmanager.ports.identity import HubUser
+from remoteappmanager.ports.identity import Directory, HubUser
 
 AUTHORIZE_PATH = "/hub/api/oauth2/authorize"
 
@@ -53,6 +53,16 @@ class InMemoryIdentityProvider:
         self._codes: dict[str, _PendingCode] = {}
         # token -> (owner, the token's scopes as the hub would expand them)
         self._tokens: dict[str, tuple[str, frozenset[str]]] = {}
+
+    async def directory(self, prefix: str, limit: int) -> Directory:
+        if not self.available:
+            raise Unavailable("JupyterHub cannot be reached")
+        users = sorted(name for name in self._users if name.startswith(prefix))
+        groups = sorted({group for user in self._users.values() for group in user.groups})
+        return Directory(
+            users=tuple(users[:limit]),
+            groups=tuple([group for group in groups if group.startswith(prefix)][:limit]),
+        )
 
     # ------------------------------------------------------------------ test controls
     def add_user(

@@ -757,6 +757,19 @@ class ShareList(ItemList[ShareOut]):
     connected: list[ConnectedOut]
 
 
+class DirectoryQuery(_Request):
+    """The ``query`` argument of ``directory`` (JSON): the start of a user or group name."""
+
+    prefix: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
+class DirectoryOut(_Answer):
+    """Hub users and groups whose names start with the prefix (at most 20 of each)."""
+
+    users: list[str]
+    groups: list[str]
+
+
 class ControlIn(_Request):
     """``POST containers/<url_id>/control``. A viewer may ``request`` control or
     ``release`` it; the owner (or an admin) may ``give`` it to ``user``, ``refuse`` their

@@ -8,7 +8,14 @@ from aiohttp import web
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.shares import ShareMode
 from remoteappmanager.services.shares import ControlAction, Shares
-from remoteappmanager.web.api import ApiOperation, ApiRegistry, json_response, parse_body
+from remoteappmanager.web.api import (
+    ApiOperation,
+    ApiRegistry,
+    QueryParameter,
+    json_response,
+    parse_body,
+    parse_query_json,
+)
 from remoteappmanager.web.api_models import (
     _ROW_ID_RE,
     SHARE_ID,
@@ -16,14 +23,18 @@ from remoteappmanager.web.api_models import (
     ConnectedOut,
     ControlIn,
     ControlOut,
+    DirectoryOut,
+    DirectoryQuery,
     ShareCreate,
     ShareList,
     ShareOut,
 )
 from remoteappmanager.web.auth import require_user, signed_in_user
-from remoteappmanager.web.keys import GATE, SHARES, URLS
+from remoteappmanager.web.keys import GATE, IDENTITY, SHARES, URLS
 
 SHARES_PATH = "v1/containers/{url_id}/shares/"
+DIRECTORY_PATH = "v1/directory"
+DIRECTORY_LIMIT = 20
 CONTROL_PATH = "v1/containers/{url_id}/control"
 _TAG = "sharing"
 
@@ -111,6 +122,15 @@ async def change_control(request: web.Request) -> web.StreamResponse:
     return json_response(ControlOut.of(view))
 
 
+@require_user
+async def search_directory(request: web.Request) -> web.StreamResponse:
+    wanted = parse_query_json(request, "query", DirectoryQuery, example='{"prefix": "al"}')
+    found = await request.app[IDENTITY].directory(wanted.prefix, DIRECTORY_LIMIT)
+    return json_response(
+        DirectoryOut.model_construct(users=list(found.users), groups=list(found.groups))
+    )
+
+
 # ------------------------------------------------------------------------------ routes
 def register(registry: ApiRegistry) -> None:
     """Declare the sharing routes (owner and admins; ``control`` for viewers too)."""
@@ -185,6 +205,21 @@ def register(registry: ApiRegistry) -> None:
             request=ControlIn,
             responses={200: ControlOut},
             errors=(400, *signed_in, 403, 404, 503),
+        ),
+        ApiOperation(
+            "GET",
+            DIRECTORY_PATH,
+            search_directory,
+            operation_id="search_directory",
+            summary="Hub users and groups to share with, by the start of their names",
+            tag=_TAG,
+            query={
+                "query": QueryParameter(
+                    'What to look for, as JSON: {"prefix": "al"}', DirectoryQuery
+                )
+            },
+            responses={200: DirectoryOut},
+            errors=(400, *signed_in, 503),
         ),
     ):
         registry.add(operation)

@@ -318,13 +318,41 @@ async function showShare(app) {
     if (!listing.connected.length) viewers.append(h("li", { text: "Nobody else is watching." }));
     updateBadge(listing.shares.length);
   };
+  const suggestions = h("datalist", { id: "share-suggestions" });
   const who = h("input", {
     id: "share-who",
     type: "text",
     placeholder: "Hub user or group name",
     autocomplete: "off",
     spellcheck: "false",
+    list: "share-suggestions",
     "aria-label": "Whom to share with",
+  });
+  // The hub's users and groups whose names start with what was typed, asked of the service
+  // (which asks the hub); names reach the page as option values, never as markup.
+  let searchTimer = null;
+  who.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    const prefix = who.value.trim();
+    if (!prefix) return;
+    searchTimer = setTimeout(async () => {
+      let found;
+      try {
+        found = await api("GET", `directory?query=${encodeURIComponent(JSON.stringify({ prefix }))}`);
+      } catch {
+        return; // no suggestions: a name typed in full still works
+      }
+      const users = Array.isArray(found.users) ? found.users.map(text) : [];
+      const groups = Array.isArray(found.groups) ? found.groups.map(text) : [];
+      suggestions.replaceChildren(
+        ...users.map((name) => h("option", { value: name, label: "user", "data-kind": "user" })),
+        ...groups.map((name) => h("option", { value: name, label: "group", "data-kind": "group" })),
+      );
+    }, 250);
+  });
+  who.addEventListener("change", () => {
+    const picked = [...suggestions.children].find((option) => option.value === who.value);
+    if (picked) kind.value = picked.dataset.kind;
   });
   const kind = h(
     "select",
@@ -357,7 +385,7 @@ async function showShare(app) {
     },
   });
   body.push(
-    h("div", { class: "share-row" }, kind, who, mode, add),
+    h("div", { class: "share-row" }, kind, who, suggestions, mode, add),
     h("h3", { text: "Shared with" }),
     list,
     h("h3", { text: "Connected now" }),
