@@ -58,6 +58,7 @@ include-operation-id = [
     "admin_create_user",
     "create_share",
     "change_control",
+    "search_directory",
 ]
 phases.coverage.enabled = false
 """

@@ -462,7 +462,13 @@ async def test_config_registers_a_managed_service_with_the_right_environment(
     assert not any(name.startswith("REMOTEAPP_HUB_") for name in environment)
     assert config["default_url"] == "/jupyter/services/remoteapp/"
     assert config["roles"] == [
-        {"name": "user", "scopes": ["self", "access:services!service=remoteapp"]}
+        {"name": "user", "scopes": ["self", "access:services!service=remoteapp"]},
+        # The share dialog's search: names of users and groups, nothing else of them.
+        {
+            "name": "remoteapp-directory",
+            "services": ["remoteapp"],
+            "scopes": ["list:users", "read:users:name", "list:groups", "read:groups:name"],
+        },
     ]
     # Without a demo password the machine's accounts sign in (PAM, JupyterHub's default).
     assert config["authenticator"] == ""
@@ -504,20 +510,21 @@ async def test_the_hub_refuses_to_start_when_a_service_port_is_taken(
 
 async def test_the_share_dialogs_search_finds_hub_users_and_groups(stack: Stack) -> None:
     # The hub's own listing, asked with the service's token (the config's directory role).
-    await _api(stack, "POST", "/users/dora")
-    await _api(stack, "POST", "/users/doris")
-    await _api(stack, "POST", "/groups/dolphins", json={"users": ["dora"]})
-    found = await stack.identity.directory("do", 20)
-    assert found.users == ("dora", "doris")
-    assert found.groups == ("dolphins",)
-    assert (await stack.identity.directory("dor", 1)).users == ("dora",)
-    assert await stack.identity.directory("nobody-here", 20) == Directory()
+    stem = "s" + secrets.token_hex(3)
+    await _api(stack, "POST", f"/users/{stem}ora")
+    await _api(stack, "POST", f"/users/{stem}oris")
+    await _api(stack, "POST", f"/groups/{stem}olphins", json={"users": [f"{stem}ora"]})
+    found = await stack.identity.directory(stem, 20)
+    assert found.users == (f"{stem}ora", f"{stem}oris")
+    assert found.groups == (f"{stem}olphins",)
+    assert (await stack.identity.directory(stem + "or", 1)).users == (f"{stem}ora",)
+    assert await stack.identity.directory(stem + "-nobody", 20) == Directory()
     # And through the API, for a signed-in user.
     async with new_browser() as browser:
-        await _sign_in(browser, stack, "dora")
+        await _sign_in(browser, stack, f"{stem}ora")
         async with browser.get(
             stack.url(PREFIX + "api/v1/directory"),
-            params={"query": json.dumps({"prefix": "dol"})},
+            params={"query": json.dumps({"prefix": stem + "ol"})},
         ) as response:
             assert response.status == 200, await response.text()
-            assert await response.json() == {"users": [], "groups": ["dolphins"]}
+            assert await response.json() == {"users": [], "groups": [f"{stem}olphins"]}
