@@ -100,10 +100,15 @@ c.JupyterHub.load_roles = [
         "name": "user",  # the role every hub user has
         "scopes": ["self", "access:services!service=remoteapp"],  # their own data + our service
     },
-    # No role for the service itself: its hub token only authenticates it as the OAuth client
-    # (the client secret of the code exchange). Who a user is comes from GET /hub/api/user with
-    # the *user's* token, which always may read its own name, admin flag and groups; it never
-    # lists or changes hub users, so it needs no scope at all.
+    # The service's own token authenticates it as the OAuth client (the client secret of the
+    # code exchange). Who a user is comes from GET /hub/api/user with the *user's* token. The
+    # service lists user and group names, and nothing else of them, for the share dialog's
+    # search; it never changes hub users or groups.
+    {
+        "name": "remoteapp-directory",
+        "services": ["remoteapp"],
+        "scopes": ["list:users", "read:users:name", "list:groups", "read:groups:name"],
+    },
 ]
 
 # ------------------------------------------------------------------------------ our service

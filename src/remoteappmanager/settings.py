@@ -346,6 +346,36 @@ class Settings(BaseSettings):
         description="Application starts one user may ask for per minute; beyond it the API "
         "answers 429 Too Many Requests with Retry-After.",
     )
+    sharing: bool = Field(
+        default=True,
+        description="Whether owners may share their running applications at all (with users, "
+        "hub groups or a link; each grant's policy must also allow viewing). Off: no share "
+        "can be made, and existing ones let nobody in.",
+    )
+    link_shares: bool = Field(
+        default=True,
+        description="Whether an application may be shared with anyone signed in who holds "
+        "its link. Off: only named users and hub groups, and existing link shares let "
+        "nobody in.",
+    )
+    control_shares: bool = Field(
+        default=True,
+        description="Whether anyone but the owner (and admins) may ever type or click in a "
+        "shared application: `control` shares, handing control over, everyone in control. "
+        "Off: every viewer only watches.",
+    )
+    clipboard_to_app: bool = Field(
+        default=True,
+        description="Whether text copied in the browser may be pasted into desktop "
+        "applications (noVNC's clipboard, RFB ClientCutText). Off: the gate drops it for "
+        "everyone, owners included, and the page hides the clipboard panel.",
+    )
+    clipboard_from_app: bool = Field(
+        default=True,
+        description="Whether text copied in a desktop application reaches the browser "
+        "(RFB ServerCutText, shown in noVNC's clipboard panel). Off: the page's noVNC "
+        "ignores it and hides the clipboard panel.",
+    )
 
     # -- what JupyterHub hands a service (managed services get exactly these)
     jupyterhub_api_url: str = _hub(

@@ -95,6 +95,8 @@ class FakeBackend:
     expires_in: float | None = None
     # The url ids "Keep working" was pressed for, in order.
     activity: list[str] = field(default_factory=list)
+    # url_id -> the session's shares as the API lists them.
+    shares: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def add(self, image: dict[str, Any] | None, policy: dict[str, Any]) -> FakeApplication:
         app = FakeApplication(secrets.token_hex(16), image, policy)
@@ -167,6 +169,52 @@ class FakeBackend:
                     app.container = None
                     return web.Response(status=204)
             return _error(404, "NotFound", "no such container")
+        if len(parts) >= 3 and parts[0] == "containers" and parts[2] in ("shares", "control"):
+            return await self._sharing(request, parts)
+        return _error(404, "NotFound", "no such resource")
+
+    async def _sharing(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        """Shares and control of a running container, as the service answers them."""
+        url_id = parts[1]
+        if not any(app.container and app.container["url_id"] == url_id for app in
+                   self.applications.values()):  # fmt: skip
+            return _error(404, "NotFound", "no such container")
+        shares = self.shares.setdefault(url_id, [])
+        if parts[2] == "control":
+            return web.json_response(
+                {
+                    "owner": self.user,
+                    "urlpath": f"/user/{self.user}/containers/{url_id}",
+                    "controller": None,
+                    "owner_holds": False,
+                    "everyone": False,
+                    "requests": [],
+                    "mode": None,
+                    "input": True,
+                }
+            )
+        if len(parts) == 3 and request.method == "GET":
+            items = {share["id"]: share for share in shares}
+            return web.json_response(
+                {
+                    "offset": 0,
+                    "total": len(items),
+                    "items": items,
+                    "identifiers": list(items),
+                    "connected": [],
+                }
+            )
+        if len(parts) == 3 and request.method == "POST":
+            self.csrf_headers.append(request.headers.get("X-XSRFToken"))
+            body = await request.json()
+            share = {"id": str(len(shares) + 1), "mode": body.get("mode", "view"),
+                     "created_at": "2026-12-04T19:30:00Z"}  # fmt: skip
+            share.update({key: body[key] for key in ("user", "group", "link") if key in body})
+            shares.append(share)
+            return web.Response(status=201, headers={"Location": f"{share['id']}/"})
+        if len(parts) == 4 and request.method == "DELETE":
+            self.shares[url_id] = [share for share in shares if share["id"] != parts[3]]
+            return web.Response(status=204)
         return _error(404, "NotFound", "no such resource")
 
     async def _start(self, body: dict[str, Any]) -> web.StreamResponse:

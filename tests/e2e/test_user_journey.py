@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,10 +121,18 @@ async def test_alice_runs_her_apps_shares_the_desktop_and_signs_out(stack: Stack
         assert await _status(alice, desktop_entry) == "Running"
         await screenshot(alice, "e2e-04-desktop-running")
 
+        desktop_path = await alice.get_attribute("#application", "src") or ""
+        url_id = desktop_path.rstrip("/").rsplit("/", 1)[-1]
+        # Bob holds the desktop's address, but nothing shares it with him yet.
+        unshared = await bob.goto(stack.url(desktop_path))
+        assert unshared is not None
+        assert unshared.status == 403
+
+        # Opening the share dialog shares the link to view, so that it works at once.
         await alice.click("#share-button")
         shared = await alice.input_value("#shared-url")
-        desktop_path = await alice.get_attribute("#application", "src")
-        assert shared == stack.url(desktop_path or "")
+        assert shared == stack.url(f"{PREFIX}?view={url_id}")
+        await alice.locator("#share-list .share-entry", has_text="Anyone signed in").wait_for()
         await screenshot(alice, "e2e-05-share")
         await alice.locator("dialog[open]").get_by_role("button", name="Close").click()
 
@@ -130,12 +141,27 @@ async def test_alice_runs_her_apps_shares_the_desktop_and_signs_out(stack: Stack
         await alice.frame_locator("#application").locator("html.noVNC_connected").wait_for()
         assert await _status(alice, desktop_entry) == "Running"
 
-        # Bob opens the share link: the policy allows viewing.
+        # Bob opens the share link: alice's desktop, under a banner saying he only views it.
         allowed = await bob.goto(shared)
         assert allowed is not None
         assert allowed.ok
-        await bob.locator("html.noVNC_connected").wait_for(timeout=START_TIMEOUT_MS)
+        viewed = bob.frame_locator("#application")
+        await viewed.locator("html.noVNC_connected").wait_for(timeout=START_TIMEOUT_MS)
+        banner = await bob.locator("#view-only-banner").text_content()
+        assert banner == "View only — alice's session"
+        assert await bob.locator("#request-control").is_visible()
         await screenshot(bob, "e2e-06-bob-views-the-desktop")
+
+        # Alice revokes the link: Bob's connection to her desktop ends within seconds.
+        await alice.click("#share-button")
+        link_share = alice.locator("#share-list .share-entry", has_text="Anyone signed in")
+        await link_share.locator(".share-revoke").click()
+        await link_share.wait_for(state="detached")
+        await alice.locator("dialog[open]").get_by_role("button", name="Close").click()
+        await viewed.locator("html.noVNC_connected").wait_for(state="detached", timeout=10_000)
+        revoked = await bob.goto(stack.url(desktop_path))
+        assert revoked is not None
+        assert revoked.status == 403
 
         await alice.click("#quit-button")
         await alice.locator("dialog[open]").get_by_role("button", name="Ok").click()
@@ -150,6 +176,170 @@ async def test_alice_runs_her_apps_shares_the_desktop_and_signs_out(stack: Stack
         signed_out = await alice.goto(stack.url(PREFIX))
         assert signed_out is not None
         assert "/hub/login" in alice.url
+    finally:
+        await alice_context.close()
+        await bob_context.close()
+
+
+# ------------------------------------------------------------------------------ viewing
+# Run in bob's desktop frame (the application's page, not ours): a WebSocket of his own to
+# the desktop, an RFB handshake, then pointer moves and a key press written by hand. The gate
+# must drop them as it drops noVNC's.
+_CRAFTED_INPUT = """async (path) => {
+  const ws = new WebSocket(`${location.origin}${path}/websockify`, ["binary"]);
+  ws.binaryType = "arraybuffer";
+  const chunks = [];
+  let wake = null;
+  ws.onmessage = (event) => { chunks.push(new Uint8Array(event.data)); if (wake) wake(); };
+  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+  const take = async (count) => {
+    for (;;) {
+      const total = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+      if (total >= count) break;
+      await new Promise((resolve) => { wake = resolve; });
+    }
+    const all = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
+    let at = 0;
+    for (const chunk of chunks) { all.set(chunk, at); at += chunk.length; }
+    chunks.length = 0;
+    if (all.length > count) chunks.push(all.slice(count));
+    return all.slice(0, count);
+  };
+  await take(12);
+  ws.send(new TextEncoder().encode("RFB 003.008\\n"));
+  const types = (await take(1))[0];
+  await take(types);
+  ws.send(new Uint8Array([1]));
+  await take(4);
+  ws.send(new Uint8Array([1]));
+  const head = await take(24);
+  const nameLength = new DataView(head.buffer).getUint32(20);
+  await take(nameLength);
+  for (const [x, y] of [[5, 5], [900, 700], [40, 600], [700, 20]]) {
+    ws.send(new Uint8Array([5, 0, x >> 8, x & 255, y >> 8, y & 255]));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  ws.send(new Uint8Array([4, 1, 0, 0, 0, 0, 0, 0x61]));
+  ws.send(new Uint8Array([4, 0, 0, 0, 0, 0, 0, 0x61]));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  ws.close();
+  return true;
+}"""
+
+
+def _docker(*args: str) -> bytes:
+    return subprocess.run(
+        ["docker", *args],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+
+
+def _eyes(container: str) -> str:
+    """What alice's desktop shows in the xeyes window, as a digest (read in her container)."""
+    shot = _docker("exec", container, "sh", "-c", "DISPLAY=:1 xwd -silent -name xeyes")
+    return hashlib.sha256(shot).hexdigest()
+
+
+async def _wiggle(page: Page) -> None:
+    """Bob moves his mouse over the desktop and clicks, as a person would."""
+    box = await page.locator("#application").bounding_box()
+    assert box is not None
+    for fx, fy in ((0.1, 0.1), (0.9, 0.85), (0.2, 0.8), (0.8, 0.15), (0.5, 0.5)):
+        await page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+        await asyncio.sleep(0.15)
+    await page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+    await page.keyboard.press("a")
+
+
+async def _settled(container: str) -> str:
+    """The xeyes window once it stopped changing (its pupils follow the pointer)."""
+    last = _eyes(container)
+    for _ in range(20):
+        await asyncio.sleep(0.5)
+        now = _eyes(container)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the desktop kept changing by itself")
+
+
+async def test_a_viewer_sees_but_acts_only_once_given_control(stack: Stack) -> None:
+    alice_context, alice = await signed_in(stack, "alice")
+    bob_context, bob = await signed_in(stack, "bob")
+    try:
+        await alice.wait_for_selector("#loading-spinner", state="hidden")
+        await alice.click(await _entry(alice, "Demo desktop (xclock)"))
+        await alice.click("#start-button")
+        await (
+            alice.frame_locator("#application")
+            .locator("html.noVNC_connected")
+            .wait_for(timeout=START_TIMEOUT_MS)
+        )
+        path = (await alice.get_attribute("#application", "src") or "").rstrip("/")
+        url_id = path.rsplit("/", 1)[-1]
+        container = (
+            _docker(
+                "ps", "-q", "--filter", f"label=eu.simphony-project.docker.runinfo.url_id={url_id}"
+            )
+            .decode()
+            .strip()
+        )
+        assert container
+        # Something on alice's desktop that shows where the pointer is.
+        _docker("exec", "-d", container, "sh", "-c", "DISPLAY=:1 xeyes -geometry 400x400+0+0")
+        for _ in range(40):
+            try:
+                _eyes(container)
+                break
+            except subprocess.CalledProcessError:
+                await asyncio.sleep(0.25)
+
+        # Alice shares with bob by name, to view.
+        await alice.click("#share-button")
+        await alice.fill("#share-who", "bob")
+        await alice.select_option("#share-mode", "view")
+        await alice.click("#share-add")
+        await alice.locator("#share-list .share-entry", has_text="bob").wait_for()
+        await alice.locator("dialog[open]").get_by_role("button", name="Close").click()
+
+        await bob.goto(stack.url(f"{PREFIX}?view={url_id}"))
+        viewed = bob.frame_locator("#application")
+        await viewed.locator("html.noVNC_connected").wait_for(timeout=START_TIMEOUT_MS)
+        await viewed.locator("#noVNC_container canvas").wait_for()
+        assert await bob.locator("#view-only-banner").text_content() == (
+            "View only — alice's session"
+        )
+
+        # Bob's mouse, keys and hand-written RFB input change nothing on alice's desktop.
+        before = await _settled(container)
+        await _wiggle(bob)
+        desktop_frame = next(f for f in bob.frames if f.url.startswith(stack.url(path)))
+        assert await desktop_frame.evaluate(_CRAFTED_INPUT, path) is True
+        assert await _settled(container) == before
+        await screenshot(bob, "e2e-08-bob-views-only")
+
+        # He asks for control; alice gives it: now his pointer moves her xeyes.
+        await bob.click("#request-control")
+        await alice.locator(".control-give").click(timeout=15_000)
+        await bob.locator("#view-only-banner", has_text="You control").wait_for(timeout=10_000)
+        given = await _settled(container)
+        await _wiggle(bob)
+        assert await _settled(container) != given
+        await screenshot(alice, "e2e-09-bob-in-control")
+
+        # Alice takes control back: bob's input stops counting again.
+        await alice.click("#control-take")
+        await bob.locator("#view-only-banner", has_text="View only").wait_for(timeout=10_000)
+        taken = await _settled(container)
+        await _wiggle(bob)
+        assert await desktop_frame.evaluate(_CRAFTED_INPUT, path) is True
+        assert await _settled(container) == taken
+
+        await alice.click("#quit-button")
+        await alice.locator("dialog[open]").get_by_role("button", name="Ok").click()
+        await _wait_until_startable(alice)
     finally:
         await alice_context.close()
         await bob_context.close()

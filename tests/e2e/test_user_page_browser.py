@@ -270,7 +270,13 @@ async def test_share_shows_an_absolute_link_to_copy(
     shared = await page.input_value("#shared-url")
     container = apps["desktop"].container
     assert container is not None
-    assert shared == f"{site.url}{container['urlpath']}/"
+    # The link is the viewer's page of the session, and works at once: a link share to view.
+    assert shared == f"{site.url}{PREFIX}?view={container['url_id']}"
+    assert [
+        {key: share[key] for key in ("link", "mode")}
+        for share in backend.shares[container["url_id"]]
+    ] == [{"link": True, "mode": "view"}]
+    assert await page.locator("#share-list .share-entry").count() == 1
     await page.click("#cp-clipboard-button")
     # A locator, not wait_for_function: its string predicate is an eval the page's CSP refuses.
     await page.locator("dialog[open] .copy-feedback", has_text="Copied").wait_for()

@@ -52,7 +52,14 @@ REPO = Path(__file__).resolve().parents[2]
 # values, tests/support/schemathesis_hooks.py) and their own tests of the boundaries.
 CONFIG = """
 [[operations]]
-include-operation-id = ["admin_create_application", "admin_create_grant", "admin_create_user"]
+include-operation-id = [
+    "admin_create_application",
+    "admin_create_grant",
+    "admin_create_user",
+    "create_share",
+    "change_control",
+    "search_directory",
+]
 phases.coverage.enabled = false
 """
 

@@ -36,11 +36,15 @@ from remoteappmanager.adapters.http_probe import AiohttpReadinessProbe
 from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.shares import ShareKind, ShareMode
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import Shares
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate import GATE_COOKIE
 from remoteappmanager.web.gate_ws import TEXT, encode_frame
+from remoteappmanager.web.keys import SHARES
 from tests.support.services import REPO, Proxy, ServiceMissing, free_port, skip_or_fail
 from tests.support.session_images import (
     LABELS,
@@ -196,6 +200,7 @@ class Stack:
     sessions: Sessions
     service_url: str
     gate_url: str
+    shares: Shares
 
     async def start(self, user: str, image: str, policy: Policy | None = None) -> Session:
         async with self.world.database.unit_of_work() as uow:
@@ -229,7 +234,7 @@ async def stack(session_images: None, proxy: Proxy, tmp_path: Path) -> AsyncIter
     service_url = f"http://127.0.0.1:{port}"
     gate_url = f"http://127.0.0.1:{gate_port}"
     world = World()
-    for name in ("alice", "bob"):
+    for name in ("alice", "bob", "carol"):
         world.hub.add_user(name)
     runtime = AiodockerRuntime()
     routes = ChpRouteTable(proxy.api_url, proxy.token, retries=1, backoff=0.01)
@@ -260,7 +265,7 @@ async def stack(session_images: None, proxy: Proxy, tmp_path: Path) -> AsyncIter
     await server.start_server()
     try:
         add_service_route(proxy, service_url)
-        yield Stack(proxy, world, sessions, service_url, gate_url)
+        yield Stack(proxy, world, sessions, service_url, gate_url, app[SHARES])
     finally:
         await server.close()
         await remove_realm(realm)
@@ -519,6 +524,19 @@ async def test_a_websocket_from_another_origin_is_refused(stack: Stack, echo_ima
     assert "/ws" in await logged_requests(stack, session, stack.world.hub.issue_token("alice"))
 
 
+async def open_websocket_as_viewer(stack: Stack, session: Session, cookie: str) -> Raw:
+    """A WebSocket opened by a viewer without input: it opens, and nothing it sends counts."""
+    raw = await Raw.open(stack.proxy.public_url)
+    await raw.send(
+        websocket_request(
+            public_host(stack), session.urlpath + "/ws", stack.proxy.public_url, cookie
+        )
+    )
+    status, _headers = await raw.head()
+    assert status == 101
+    return raw
+
+
 async def open_websocket(stack: Stack, session: Session, cookie: str) -> Raw:
     raw = await Raw.open(stack.proxy.public_url)
     await raw.send(
@@ -551,10 +569,50 @@ async def test_an_open_websocket_closes_within_seconds_of_signing_out(
         assert time.monotonic() - started < 10
 
 
+async def test_only_a_share_opens_a_session_and_deleting_it_closes_the_viewer_at_once(
+    stack: Stack, echo_image: str
+) -> None:
+    session = await stack.start("alice", echo_image, Policy(allow_view=True))
+    api = f"{PREFIX}api/v1/containers/{session.url_id}/"
+    owner = {"Authorization": f"token {stack.world.hub.issue_token('alice')}"}
+    stranger = {"Authorization": f"token {stack.world.hub.issue_token('carol')}"}
+    async with stack.browser() as browser:
+        # Carol holds the address and is signed in: that opens nothing, nor does the API.
+        await stack.sign_in(browser, "carol")
+        assert (await browser.get(session.urlpath + "/")).status == 403
+        assert (await browser.get(api + "shares/", headers=stranger)).status == 404
+        assert (await browser.get(api + "control", headers=stranger)).status == 404
+        refused = await browser.post(api + "shares/", json={"user": "carol"}, headers=stranger)
+        assert refused.status == 404
+    async with stack.browser() as client:
+        created = await client.post(api + "shares/", json={"user": "bob"}, headers=owner)
+        assert created.status == 201
+        location = created.headers["Location"]
+    async with stack.browser() as browser:
+        value = await entered(stack, browser, "bob", session)
+        raw = await open_websocket_as_viewer(stack, session, value)
+        assert not await raw.ended_within(1)
+        async with stack.browser() as client:
+            listing = await (await client.get(api + "shares/", headers=owner)).json()
+            assert listing["connected"] == [{"user": "bob", "mode": "view", "input": False}]
+            assert (await client.delete(location, headers=owner)).status == 204
+        started = time.monotonic()
+        assert await raw.ended_within(10)
+        assert time.monotonic() - started < 10
+        assert (await browser.get(session.urlpath + "/")).status == 403
+
+
 async def test_an_open_websocket_closes_within_seconds_of_revocation(
     stack: Stack, echo_image: str
 ) -> None:
     session = await stack.start("alice", echo_image, Policy(allow_view=True))
+    await stack.shares.create(
+        AuthenticatedUser("alice", admin=False),
+        session.url_id,
+        ShareKind.USER,
+        "bob",
+        ShareMode.CONTROL,
+    )
     async with stack.browser() as browser:
         value = await entered(stack, browser, "bob", session)
         raw = await open_websocket(stack, session, value)

@@ -27,7 +27,7 @@ from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
 from remoteappmanager.domain.errors import Unauthorized
 from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
-from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.identity import Directory, IdentityProvider
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.deps import WebDeps
@@ -483,7 +483,13 @@ async def test_config_registers_a_managed_service_with_the_right_environment(
     assert not any(name.startswith("REMOTEAPP_HUB_") for name in environment)
     assert config["default_url"] == "/jupyter/services/remoteapp/"
     assert config["roles"] == [
-        {"name": "user", "scopes": ["self", "access:services!service=remoteapp"]}
+        {"name": "user", "scopes": ["self", "access:services!service=remoteapp"]},
+        # The share dialog's search: names of users and groups, nothing else of them.
+        {
+            "name": "remoteapp-directory",
+            "services": ["remoteapp"],
+            "scopes": ["list:users", "read:users:name", "list:groups", "read:groups:name"],
+        },
     ]
     # Without a demo password the machine's accounts sign in (PAM, JupyterHub's default).
     assert config["authenticator"] == ""
@@ -663,3 +669,25 @@ async def test_contract_a_group_change_shows_once_the_cached_answer_expires(
     assert (await provider.user_for_token(token)).groups == frozenset()
     clock.advance(CACHE_TTL)
     assert (await provider.user_for_token(token)).groups == {"physics"}
+
+
+async def test_the_share_dialogs_search_finds_hub_users_and_groups(stack: Stack) -> None:
+    # The hub's own listing, asked with the service's token (the config's directory role).
+    stem = "s" + secrets.token_hex(3)
+    await _api(stack, "POST", f"/users/{stem}ora")
+    await _api(stack, "POST", f"/users/{stem}oris")
+    await _api(stack, "POST", f"/groups/{stem}olphins", json={"users": [f"{stem}ora"]})
+    found = await stack.identity.directory(stem, 20)
+    assert found.users == (f"{stem}ora", f"{stem}oris")
+    assert found.groups == (f"{stem}olphins",)
+    assert (await stack.identity.directory(stem + "or", 1)).users == (f"{stem}ora",)
+    assert await stack.identity.directory(stem + "-nobody", 20) == Directory()
+    # And through the API, for a signed-in user.
+    async with new_browser() as browser:
+        await _sign_in(browser, stack, f"{stem}ora")
+        async with browser.get(
+            stack.url(PREFIX + "api/v1/directory"),
+            params={"query": json.dumps({"prefix": stem + "ol"})},
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"users": [], "groups": [f"{stem}olphins"]}

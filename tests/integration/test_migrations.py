@@ -25,6 +25,7 @@ from remoteappmanager.adapters.db.shared_state import SqlLoginSessionRecords, Sq
 from remoteappmanager.domain.audit import EventQuery, NewEvent
 from remoteappmanager.domain.errors import Exists, Unavailable
 from remoteappmanager.domain.models import Policy
+from remoteappmanager.domain.shares import ShareKind, ShareMode
 from remoteappmanager.ports.login_sessions import StoredLoginSession
 from tests.support.database import execute
 from tests.support.services import REPO, PostgresCluster
@@ -40,6 +41,7 @@ TABLES = {
     "event",
     "login_session",
     "start_claim",
+    "session_share",
 }
 
 
@@ -327,6 +329,62 @@ async def test_shared_login_sessions_and_claims_arrive_empty_and_keep_the_catalo
     assert not tables & {"login_session", "start_claim"}
 
 
+async def test_session_shares_arrive_empty_and_keep_the_catalogue(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0002")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(empty_database_url, "INSERT INTO application_policy (allow_view) VALUES (true)")
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
+    )
+    await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
+
+    assert (await migrate.upgrade(empty_database_url, "0005")).current == "0005"
+
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        ("b" * 32, 1)
+    ]
+    assert await execute(empty_database_url, "SELECT version FROM catalogue_version") == [(7,)]
+    assert await execute(empty_database_url, "SELECT count(*) FROM session_share") == [(0,)]
+    database = SqlDatabase(empty_database_url)
+    try:
+        async with database.unit_of_work() as work:
+            (grant,) = await work.grants.list_all()
+            assert grant.policy.allow_view
+            share = await work.shares.put(
+                "u" * 26, ShareKind.USER, "bob", ShareMode.VIEW, datetime(2026, 12, 4, tzinfo=UTC)
+            )
+            await work.commit()
+        async with database.unit_of_work() as work:
+            assert list(await work.shares.list_for("u" * 26)) == [share]
+            assert await work.catalogue_version() == 7
+    finally:
+        await database.close()
+    # The database itself refuses a share that names nobody, or a mode it does not know.
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url,
+            "INSERT INTO session_share (url_id, kind, subject, mode, created_at) "
+            "VALUES ('x', 'user', '', 'view', CURRENT_TIMESTAMP)",
+        )
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url,
+            "INSERT INTO session_share (url_id, kind, subject, mode, created_at) "
+            "VALUES ('x', 'link', '', 'drive', CURRENT_TIMESTAMP)",
+        )
+
+    down = await migrate.downgrade(empty_database_url, "0002")
+    assert down.current == "0002"
+    tables = await _inspect(empty_database_url, _table_names)
+    assert "session_share" not in tables  # type: ignore[operator]
+    assert await execute(empty_database_url, "SELECT count(*) FROM accounting") == [(1,)]
+
+
 async def test_constraints_carry_the_naming_convention(empty_database_url: str) -> None:
     await migrate.upgrade(empty_database_url)
 
@@ -352,6 +410,7 @@ async def test_constraints_carry_the_naming_convention(empty_database_url: str) 
             "uq_user_name",
             "uq_application_image",
             "uq_accounting_user_id_application_id_application_policy_id",
+            "uq_session_share_url_id_kind_subject",
         },
         "check": {
             "ck_application_policy_volume_mode",

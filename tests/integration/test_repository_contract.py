@@ -17,6 +17,7 @@ from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.domain.errors import Exists, NotFound
 from remoteappmanager.domain.models import Application, Policy, User, Volume
 from remoteappmanager.domain.sessions import StopReason, StopRecord
+from remoteappmanager.domain.shares import ShareKind, ShareMode
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from tests.support.database import execute
 from tests.support.services import PostgresCluster
@@ -488,3 +489,71 @@ async def test_every_grant_is_paged_in_the_listing_order(uow: UnitOfWorkFactory)
 
     assert total == 4
     assert list(first) + list(rest) == every
+
+
+# ------------------------------------------------------------------------------ shares
+URL_ID = "a" * 26
+OTHER_URL_ID = "b" * 26
+WHEN = datetime(2026, 12, 4, 19, 30, tzinfo=UTC)
+
+
+async def test_shares_are_put_found_listed_by_id_and_removed(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        bob = await work.shares.put(URL_ID, ShareKind.USER, "bob", ShareMode.VIEW, WHEN)
+        team = await work.shares.put(URL_ID, ShareKind.GROUP, "team", ShareMode.CONTROL, WHEN)
+        link = await work.shares.put(URL_ID, ShareKind.LINK, "", ShareMode.VIEW, WHEN)
+        elsewhere = await work.shares.put(OTHER_URL_ID, ShareKind.USER, "bob", ShareMode.VIEW, WHEN)
+        await work.commit()
+
+    assert (bob.url_id, bob.kind, bob.subject, bob.mode) == (
+        URL_ID,
+        ShareKind.USER,
+        "bob",
+        ShareMode.VIEW,
+    )
+    assert bob.created_at == WHEN
+    assert bob.id < team.id < link.id
+    async with uow() as work:
+        assert list(await work.shares.list_for(URL_ID)) == [bob, team, link]
+        assert await work.shares.get(team.id) == team
+        await work.shares.remove(team.id)
+        with pytest.raises(NotFound):
+            await work.shares.remove(team.id)
+        await work.commit()
+    async with uow() as work:
+        assert list(await work.shares.list_for(URL_ID)) == [bob, link]
+        with pytest.raises(NotFound):
+            await work.shares.get(team.id)
+        assert await work.shares.remove_all(URL_ID) == 2
+        await work.commit()
+    async with uow() as work:
+        assert list(await work.shares.list_for(URL_ID)) == []
+        assert list(await work.shares.list_for(OTHER_URL_ID)) == [elsewhere]
+
+
+async def test_sharing_again_changes_the_mode_of_the_same_share(uow: UnitOfWorkFactory) -> None:
+    async with uow() as work:
+        first = await work.shares.put(URL_ID, ShareKind.LINK, "", ShareMode.VIEW, WHEN)
+        await work.commit()
+    later = datetime(2026, 12, 5, tzinfo=UTC)
+    async with uow() as work:
+        again = await work.shares.put(URL_ID, ShareKind.LINK, "", ShareMode.CONTROL, later)
+        await work.commit()
+    assert (again.id, again.created_at, again.mode) == (first.id, WHEN, ShareMode.CONTROL)
+    async with uow() as work:
+        assert list(await work.shares.list_for(URL_ID)) == [again]
+
+
+async def test_shares_are_not_catalogue_changes_and_roll_back(uow: UnitOfWorkFactory) -> None:
+    before = await _version(uow)
+    async with uow() as work:
+        await work.shares.put(URL_ID, ShareKind.USER, "bob", ShareMode.VIEW, WHEN)
+        # Not committed.
+    async with uow() as work:
+        assert list(await work.shares.list_for(URL_ID)) == []
+        share = await work.shares.put(URL_ID, ShareKind.USER, "bob", ShareMode.VIEW, WHEN)
+        await work.commit()
+    async with uow() as work:
+        await work.shares.remove(share.id)
+        await work.commit()
+    assert await _version(uow) == before

@@ -41,12 +41,15 @@ from remoteappmanager.domain.routing import (
     is_app_host,
 )
 from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.shares import ShareKind, ShareMode
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import SettingsError, load_settings
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.auth import XSRF_COOKIE
 from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate import ENTER_PATH, GATE_COOKIE, TICKET_TTL
+from remoteappmanager.web.keys import SHARES
 from tests.support.services import free_port
 from tests.support.webapp import (
     API,
@@ -219,6 +222,14 @@ class Stack:
             grant = await uow.grants.grant(owner, application, policy or Policy())
             await uow.commit()
         return await self.sessions.start(grant)
+
+    async def share_link(self, session: Session) -> None:
+        """The owner shares ``session`` with whoever holds its link, to view."""
+        assert self.client.app is not None
+        owner = AuthenticatedUser(session.user, admin=False)
+        await self.client.app[SHARES].create(
+            owner, session.url_id, ShareKind.LINK, "", ShareMode.VIEW
+        )
 
     def app_url(self, session: Session, path: str = "/") -> str:
         assert self.template is not None
@@ -425,9 +436,10 @@ async def test_owners_and_viewers_are_not_asked(shared: Stack) -> None:
         f"app page {session.urlpath}/"
     )
     shared_session = await shared.start("bob", Policy(allow_view=True))
+    await shared.share_link(shared_session)
     admin = await shared.make_client()
     await sign_in(admin, shared.world, "root")
-    # Viewing is open to every signed-in user: the admin flag is not what lets them in.
+    # Bob shared it by link: the admin flag is not what lets them in.
     assert (await admin.get(shared_session.urlpath + "/")).status == 200
     assert "enter-confirm" not in await (await admin.get(shared_session.urlpath + "/x")).text()
 
@@ -513,6 +525,7 @@ async def test_one_applications_host_does_not_serve_another(hosts: Stack) -> Non
 async def test_a_ticket_works_once_on_its_own_host_and_briefly(hosts: Stack) -> None:
     alices = await hosts.start("alice")
     bobs = await hosts.start("bob", Policy(allow_view=True))
+    await hosts.share_link(bobs)
     client = hosts.client
     await sign_in(client, hosts.world, "alice")
 
@@ -579,6 +592,7 @@ async def test_an_admin_confirms_and_lands_on_the_applications_host(hosts: Stack
 
 async def test_a_viewers_cookie_does_not_outlive_the_sharing_for_an_admin(shared: Stack) -> None:
     viewed = await shared.start("bob", Policy(allow_view=True))
+    await shared.share_link(viewed)
     entered = await shared.start("alice")
     client = shared.client
     await sign_in(client, shared.world, "root")

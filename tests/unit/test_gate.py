@@ -30,12 +30,15 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemor
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import ControlAction
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate import GATE_COOKIE
 from remoteappmanager.web.gate_proxy import WRITE_HIGH
-from remoteappmanager.web.keys import GATE
+from remoteappmanager.web.keys import GATE, SHARES
 from tests.support.services import free_port
 from tests.support.webapp import (
     PREFIX,
@@ -352,12 +355,93 @@ async def test_another_user_is_refused(stack: Stack) -> None:
     assert stack.seen.requests == []
 
 
-async def test_another_user_gets_in_when_the_policy_allows_viewing(stack: Stack) -> None:
+async def share(
+    stack: Stack,
+    session: Session,
+    kind: ShareKind = ShareKind.USER,
+    subject: str = "bob",
+    mode: ShareMode = ShareMode.CONTROL,
+) -> Share:
+    """The owner shares ``session`` (as the share dialog does)."""
+    assert stack.client.app is not None
+    owner = AuthenticatedUser(session.user, admin=False)
+    return await stack.client.app[SHARES].create(owner, session.url_id, kind, subject, mode)
+
+
+async def test_another_user_gets_in_when_a_share_names_them(stack: Stack) -> None:
     session = await stack.start("alice", Policy(allow_view=True))
+    await share(stack, session)
     await sign_in(stack.client, stack.world, "bob")
     response = await enter(stack.client, session.urlpath + "/shared")
     assert response.status == 200
     assert len(stack.seen.requests) == 1
+
+
+async def test_holding_the_address_is_not_enough_without_a_share(stack: Stack) -> None:
+    session = await stack.start("alice", Policy(allow_view=True))
+    await share(stack, session, subject="carol")
+    await sign_in(stack.client, stack.world, "bob")
+    response = await enter(stack.client, session.urlpath + "/shared")
+    assert response.status == 403
+    assert stack.seen.requests == []
+
+
+async def test_a_link_share_lets_anyone_signed_in_with_the_address_in(stack: Stack) -> None:
+    session = await stack.start("alice", Policy(allow_view=True))
+    await share(stack, session, ShareKind.LINK, "")
+    await sign_in(stack.client, stack.world, "bob")
+    assert (await enter(stack.client, session.urlpath + "/shared")).status == 200
+
+
+async def test_a_share_without_allow_view_opens_nothing(stack: Stack) -> None:
+    session = await stack.start("alice", Policy(allow_view=True))
+    await share(stack, session)
+    async with stack.world.database.unit_of_work() as uow:
+        grant = await uow.grants.get(session.mapping_id)
+        await uow.grants.revoke(session.mapping_id)
+        await uow.grants.grant(grant.user, grant.application, Policy())
+        await uow.commit()
+    await sign_in(stack.client, stack.world, "bob")
+    assert (await enter(stack.client, session.urlpath + "/shared")).status == 403
+
+
+async def test_a_viewer_of_a_web_application_reads_but_does_not_act(stack: Stack) -> None:
+    session = await stack.start("alice", Policy(allow_view=True))
+    await share(stack, session, mode=ShareMode.VIEW)
+    await sign_in(stack.client, stack.world, "bob")
+    assert (await enter(stack.client, session.urlpath + "/page")).status == 200
+    posted = await stack.client.post(session.urlpath + "/act", data=b"delete everything")
+    assert posted.status == 403
+    assert not any(r["path_qs"].endswith("/act") for r in stack.seen.requests)
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    mode, viewer = gate.viewers[(session.url_id, "bob")]
+    assert (mode, viewer.input_allowed, viewer.protocol) == (ShareMode.VIEW, False, "web")
+    # The owner hands control over: the same viewer's input now counts, at once.
+    owner = AuthenticatedUser("alice", admin=False)
+    shares = stack.client.app[SHARES]
+    bob = AuthenticatedUser("bob", admin=False)
+    await shares.control(bob, session.url_id, ControlAction.REQUEST)
+    await shares.control(owner, session.url_id, ControlAction.GIVE, "bob")
+    assert viewer.input_allowed
+    assert (await stack.client.post(session.urlpath + "/act", data=b"x")).status == 200
+    await shares.control(owner, session.url_id, ControlAction.TAKE)
+    assert not viewer.input_allowed
+    assert (await stack.client.post(session.urlpath + "/act", data=b"x")).status == 403
+
+
+async def test_deleting_a_share_closes_the_viewers_websocket_at_once(stack: Stack) -> None:
+    session = await stack.start("alice", Policy(allow_view=True))
+    made = await share(stack, session)
+    await sign_in(stack.client, stack.world, "bob")
+    assert (await enter(stack.client, session.urlpath + "/")).status == 200
+    ws = await open_ws(stack, session)
+    assert stack.client.app is not None
+    await stack.client.app[SHARES].delete(
+        AuthenticatedUser("alice", admin=False), session.url_id, made.id
+    )
+    assert await closed_within(ws, 2)
+    assert (await enter(stack.client, session.urlpath + "/")).status == 403
 
 
 async def test_admin_gets_in_after_confirming(stack: Stack) -> None:
@@ -1550,6 +1634,8 @@ async def test_open_websockets_close_when_the_access_that_let_them_in_ends(
     gate = stack.client.app[GATE]
     visitor = "root" if change == "admin_lost" else "bob"
     session = await stack.start("alice", Policy(allow_view=visitor == "bob"))
+    if visitor == "bob":
+        await share(stack, session)
     await sign_in(stack.client, stack.world, visitor)
     entry = await enter(stack.client, session.urlpath + "/")
     if visitor == "root":  # an admin entering someone else's application confirms it
@@ -1578,6 +1664,7 @@ async def test_the_gate_rechecks_by_itself(stack: Stack) -> None:
     assert stack.client.app is not None
     gate = stack.client.app[GATE]
     session = await stack.start("alice", Policy(allow_view=True))
+    await share(stack, session)
     await sign_in(stack.client, stack.world, "bob")
     assert (await enter(stack.client, session.urlpath + "/")).status == 200
     ws = await open_ws(stack, session)

@@ -37,6 +37,7 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 class Viewer:
     input_allowed: bool
     protocol: str
+    clipboard_in: bool = True
 
 
 def decode(wire: bytes) -> list[tuple[bool, int, bytes]]:

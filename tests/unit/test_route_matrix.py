@@ -12,7 +12,8 @@ Columns (who is calling):
 - ``narrow``: alice's hub token holding only ``read:users:name`` (no access to this service);
 - ``user``: alice's token (owner of every grant and container named in the path);
 - ``other``: bob's token, on alice's private grant and container;
-- ``viewer``: bob's token, on alice's ``allow_view`` grant and container (share-link access);
+- ``viewer``: bob's token, on alice's ``allow_view`` grant and container, which alice shared
+  with bob in ``view`` mode (a web application: he may read it, not act in it);
 - ``admin``: a hub admin's token;
 - ``cookie``: a browser session (signed in through the hub) sending the XSRF token and our
   own ``Origin``, as the pages do: the hub admin's for the admin page and API, alice's
@@ -35,8 +36,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from remoteappmanager.domain.models import Policy
+from remoteappmanager.domain.shares import ShareKind, ShareMode
 from remoteappmanager.services import catalogue
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.web.gate import GATE_COOKIE
+from remoteappmanager.web.keys import SHARES as SHARES_KEY
 from tests.support.gated import GATED_IMAGE, GatedService, client_of, gated_service
 from tests.support.webapp import PREFIX, World, cookie, make_app, sign_in
 
@@ -50,6 +54,8 @@ GATE = "GATE"  # rows answered by the gate's own listener, not the service's rou
 APP_PATH = "/user/alice/containers/{url_id}/x"
 OTHER_IMAGE = "remoteapp-test/other:latest"
 EVIL = "http://evil.example"
+SHARES = API + "containers/{url_id}/shares/"
+CONTROL = API + "containers/{url_id}/control"
 
 # fmt: off
 # (method, path as the router spells it):
@@ -78,6 +84,13 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("GET", API + "containers/{url_id}/"):           (401, 403, 200, 404, 404, 404, 200, _),
     ("DELETE", API + "containers/{url_id}/"):        (401, 403, 204, 404, 404, 404, 204, 403),
     ("POST", API + "containers/{url_id}/activity"):  (401, 403, 200, 404, 404, 404, 200, 403),
+    # sharing (on alice's shareable application, but for ``other``)
+    ("GET", SHARES):                                 (401, 403, 200, 404, 404, 200, 200, _),
+    ("POST", SHARES):                                (401, 403, 201, 404, 404, 201, 201, 403),
+    ("DELETE", SHARES + "{share_id}/"):              (401, 403, 204, 404, 404, 204, 204, 403),
+    ("GET", CONTROL):                                (401, 403, 200, 404, 200, 200, 200, _),
+    ("POST", CONTROL):                               (401, 403, 200, 404, 403, 200, 200, 403),
+    ("GET", API + "directory"):                      (401, 403, 200, 200, 200, 200, 200, _),
     # the admin API
     ("GET", ADMIN + "users/"):                       (401, 403, 403, 403, 403, 200, 200, _),
     ("POST", ADMIN + "users/"):                      (401, 403, 403, 403, 403, 201, 201, 403),
@@ -98,7 +111,7 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("GET", ADMIN + "events/"):                      (401, 403, 403, 403, 403, 200, 200, _),
     # a running application, through the gate
     (GATE + " GET", APP_PATH):                       (302, 403, 200, 403, 200, 403, 200, _),
-    (GATE + " POST", APP_PATH):                      (401, 403, 200, 403, 200, 403, 200, _),
+    (GATE + " POST", APP_PATH):                      (401, 403, 200, 403, 403, 403, 200, _),
 }
 # fmt: on
 
@@ -174,8 +187,18 @@ async def _scene(world: World, service: GatedService) -> Scene:
         "name": "app.css",
     }
     viewed = {**own, "url_id": shared.url_id, "mapping_id": shared.mapping_id}
+    share = await service.app[SHARES_KEY].create(
+        AuthenticatedUser("alice", admin=False),
+        shared.url_id,
+        ShareKind.USER,
+        "bob",
+        ShareMode.VIEW,
+    )
     values = {column: dict(own) for column in COLUMNS}
     values["viewer"] = viewed
+    for column in COLUMNS:
+        values[column]["share_id"] = str(share.id)
+        values[column]["shared_url_id"] = shared.url_id if column != "other" else private.url_id
     tokens = {
         "narrow": hub.issue_token("alice", scopes=frozenset({"read:users:name!user=alice"})),
         "user": hub.issue_token("alice"),
@@ -189,6 +212,8 @@ async def _scene(world: World, service: GatedService) -> Scene:
 
 def _path(path: str, column: str, scene: Scene) -> str:
     filled = path
+    if path.startswith((SHARES, CONTROL)):
+        filled = filled.replace("{url_id}", scene.values[column]["shared_url_id"])
     for name, value in scene.values[column].items():
         filled = filled.replace("{" + name + "}", value)
     row_id = scene.application_id if "/applications/" in path else scene.alice_id
@@ -199,11 +224,15 @@ def _body(method: str, path: str, scene: Scene) -> tuple[dict[str, str], Any]:
     """Query and JSON body that make the request valid, so that only the caller is at issue."""
     if method == "GET" and path == ADMIN + "accounting/":
         return {"filter": json.dumps({"user_id": scene.alice_id})}, None
+    if method == "GET" and path == API + "directory":
+        return {"query": json.dumps({"prefix": "b"})}, None
     if method != "POST":
         return {}, None
     bodies: dict[str, Any] = {
         API + "containers/": {"mapping_id": scene.values["user"]["mapping_id"]},
         ADMIN + "users/": {"name": "newcomer"},
+        SHARES: {"group": "team", "mode": "control"},
+        CONTROL: {"action": "take"},
         ADMIN + "applications/": {"image_name": OTHER_IMAGE},
         ADMIN + "accounting/": {
             "user_id": scene.alice_id,

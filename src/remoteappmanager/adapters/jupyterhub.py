@@ -14,7 +14,7 @@ import structlog
 from remoteappmanager.adapters.observed import Observe, timing
 from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.errors import Unable, Unauthorized, Unavailable
-from remoteappmanager.ports.identity import HubUser
+from remoteappmanager.ports.identity import Directory, HubUser
 from remoteappmanager.settings import Settings
 
 # Hub logout revokes the tokens the hub issued during that login, but a user model we cached
@@ -33,6 +33,8 @@ DEFAULT_TIMEOUT = 10.0
 _log = structlog.get_logger(__name__)
 
 _HUB_UNREACHABLE = "JupyterHub cannot be reached; try again shortly"
+# Groups asked for per directory search (the hub has no name filter for groups).
+_GROUP_SCAN = 1000
 _CREDENTIALS_REFUSED = "the JupyterHub token is not valid (any more); sign in again"
 
 
@@ -169,6 +171,26 @@ class HubIdentityProvider:
         if status != 200:
             raise Unavailable(f"JupyterHub answered {status}")
 
+    async def directory(self, prefix: str, limit: int) -> Directory:
+        # The service's own token: it needs list:users, read:users:name, list:groups and
+        # read:groups:name (config/jupyterhub_config.py gives them). The hub filters users
+        # by prefix itself (name_filter); groups are few, so they are filtered here.
+        auth = {"Authorization": f"token {self._api_token}"}
+        query = urlencode({"name_filter": prefix, "limit": str(limit)})
+        status, users = await self._call("GET", "/users?" + query, headers=auth)
+        groups_status, groups = await self._call(
+            "GET", "/groups?" + urlencode({"limit": str(_GROUP_SCAN)}), headers=auth
+        )
+        if status in (401, 403) or groups_status in (401, 403):
+            _log.error("hub_refused_directory", users=status, groups=groups_status)
+            raise Unavailable("JupyterHub does not let this service list its users and groups")
+        if status != 200 or groups_status != 200:
+            raise Unavailable(_HUB_UNREACHABLE)
+        return Directory(
+            users=_names(users, lambda name: name.startswith(prefix), limit),
+            groups=_names(groups, lambda name: name.startswith(prefix), limit),
+        )
+
     async def close(self) -> None:
         await self._users.close()
         if self._client is not None:
@@ -215,6 +237,20 @@ class HubIdentityProvider:
         except (aiohttp.ClientError, TimeoutError) as exc:
             _log.warning("hub_unreachable", method=method, path=path, error=type(exc).__name__)
             raise Unavailable(_HUB_UNREACHABLE) from None
+
+
+def _names(models: Any, keep: Callable[[str], bool], limit: int) -> tuple[str, ...]:
+    """The names of a hub listing (a list, or the paginated form's ``items``), sorted."""
+    if isinstance(models, Mapping):
+        models = models.get("items")
+    if not isinstance(models, list):
+        raise Unavailable("JupyterHub answered a listing of an unknown shape")
+    names = {
+        model["name"]
+        for model in models
+        if isinstance(model, Mapping) and isinstance(model.get("name"), str) and keep(model["name"])
+    }
+    return tuple(sorted(names)[:limit])
 
 
 def _user_from_model(model: Mapping[str, Any]) -> HubUser:

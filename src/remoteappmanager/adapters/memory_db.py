@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Self
@@ -13,6 +13,7 @@ from typing import Self
 from remoteappmanager.domain.errors import Exists, NotFound
 from remoteappmanager.domain.models import Application, Grant, Policy, User
 from remoteappmanager.domain.sessions import StopRecord
+from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 
 
 @dataclass
@@ -33,6 +34,8 @@ class _Tables:
     accounting: dict[str, _Accounting] = field(default_factory=dict)
     inputs: dict[str, datetime] = field(default_factory=dict)
     stops: dict[str, StopRecord] = field(default_factory=dict)
+    # Not part of the catalogue: changing shares leaves the catalogue version alone.
+    shares: dict[int, Share] = field(default_factory=dict, compare=False)
     # Like database sequences (one per table), ids are never handed out twice, even after a
     # rollback: every copy of the tables shares this one dictionary.
     next_ids: dict[str, int] = field(default_factory=dict)
@@ -267,6 +270,52 @@ class InMemorySessionRecordRepository:
         return len(stops) + len(inputs)
 
 
+class InMemoryShareRepository:
+    def __init__(self, tables: _Tables) -> None:
+        self._tables = tables
+
+    async def put(
+        self, url_id: str, kind: ShareKind, subject: str, mode: ShareMode, created_at: datetime
+    ) -> Share:
+        for share in self._tables.shares.values():
+            if (share.url_id, share.kind, share.subject) == (url_id, kind, subject):
+                changed = replace(share, mode=mode)
+                self._tables.shares[share.id] = changed
+                return changed
+        share = Share(
+            id=self._tables.new_id("session_share"),
+            url_id=url_id,
+            kind=kind,
+            subject=subject,
+            mode=mode,
+            created_at=created_at,
+        )
+        self._tables.shares[share.id] = share
+        return share
+
+    async def get(self, share_id: int) -> Share:
+        try:
+            return self._tables.shares[share_id]
+        except KeyError:
+            raise NotFound(f"no share with id {share_id}") from None
+
+    async def list_for(self, url_id: str) -> Sequence[Share]:
+        return sorted(
+            (share for share in self._tables.shares.values() if share.url_id == url_id),
+            key=lambda share: share.id,
+        )
+
+    async def remove(self, share_id: int) -> None:
+        if self._tables.shares.pop(share_id, None) is None:
+            raise NotFound(f"no share with id {share_id}")
+
+    async def remove_all(self, url_id: str) -> int:
+        doomed = [key for key, share in self._tables.shares.items() if share.url_id == url_id]
+        for key in doomed:
+            del self._tables.shares[key]
+        return len(doomed)
+
+
 class InMemoryUnitOfWork:
     """Works on a copy of the committed state; ``commit()`` publishes it."""
 
@@ -289,6 +338,10 @@ class InMemoryUnitOfWork:
     @property
     def session_records(self) -> InMemorySessionRecordRepository:
         return InMemorySessionRecordRepository(self._require_tables())
+
+    @property
+    def shares(self) -> InMemoryShareRepository:
+        return InMemoryShareRepository(self._require_tables())
 
     async def __aenter__(self) -> Self:
         self._tables = self._database.snapshot()

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.errors import Unauthorized, Unavailable
 from remoteappmanager.domain.oauth import pkce_challenge
-from remoteappmanager.ports.identity import HubUser
+from remoteappmanager.ports.identity import Directory, HubUser
 
 AUTHORIZE_PATH = "/hub/api/oauth2/authorize"
 # The real adapter's defaults (adapters/jupyterhub.py), so that tests run what production runs.
@@ -68,6 +68,16 @@ class InMemoryIdentityProvider:
             refusal_ttl=negative_ttl,
         )
         self.user_lookups = 0
+
+    async def directory(self, prefix: str, limit: int) -> Directory:
+        if not self.available:
+            raise Unavailable("JupyterHub cannot be reached")
+        users = sorted(name for name in self._users if name.startswith(prefix))
+        groups = sorted({group for user in self._users.values() for group in user.groups})
+        return Directory(
+            users=tuple(users[:limit]),
+            groups=tuple([group for group in groups if group.startswith(prefix)][:limit]),
+        )
 
     # ------------------------------------------------------------------ test controls
     def add_user(

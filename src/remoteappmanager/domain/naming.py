@@ -12,9 +12,10 @@ from urllib.parse import quote
 URL_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 # 26 base-36 characters carry log2(36) * 26 ≈ 134 bits, above the 128 the protocol asks for.
 URL_ID_LENGTH = 26
+MAX_URL_ID_LENGTH = 64
 UNIX_NAME_MAX = 32
 
-_URL_ID_RE = re.compile(rf"^[a-z0-9]{{{URL_ID_LENGTH},64}}$")
+_URL_ID_RE = re.compile(rf"^[a-z0-9]{{{URL_ID_LENGTH},{MAX_URL_ID_LENGTH}}}$")
 # A name is used verbatim only when it cannot be confused with a mangled one: mangled names
 # always contain "--" before their hash, verbatim names never do.
 _VERBATIM_UNIX_RE = re.compile(rf"^[a-z][a-z0-9_-]{{0,{UNIX_NAME_MAX - 1}}}$")

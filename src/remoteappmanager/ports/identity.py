@@ -35,6 +35,14 @@ class HubUser:
     scopes: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """Hub user and group names found by a search, each sorted."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
 class IdentityProvider(Protocol):
     def authorize_url(self, state: str, code_challenge: str) -> str: ...
 
@@ -43,5 +51,11 @@ class IdentityProvider(Protocol):
     async def user_for_token(self, token: str) -> HubUser: ...
 
     async def check(self) -> None: ...
+
+    async def directory(self, prefix: str, limit: int) -> Directory:
+        """Hub users and groups whose names start with ``prefix`` (at most ``limit`` of
+        each), asked with the service's own credentials; ``Unavailable`` if the hub cannot
+        answer or does not let the service list them."""
+        ...
 
     async def close(self) -> None: ...

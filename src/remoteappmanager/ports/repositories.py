@@ -22,6 +22,7 @@ from typing import Protocol, Self
 
 from remoteappmanager.domain.models import Application, Grant, Policy, User
 from remoteappmanager.domain.sessions import StopRecord
+from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 
 
 class UserRepository(Protocol):
@@ -153,6 +154,37 @@ class SessionRecordRepository(Protocol):
         ...
 
 
+class ShareRepository(Protocol):
+    """Who else may enter a running session (keyed by its ``url_id``), and how.
+
+    Shares are not part of the catalogue: writing them leaves ``catalogue_version`` alone.
+    """
+
+    async def put(
+        self, url_id: str, kind: ShareKind, subject: str, mode: ShareMode, created_at: datetime
+    ) -> Share:
+        """Share the session with ``subject``; at most one share per (session, kind,
+        subject): sharing again changes the existing share's mode and returns it (with its
+        id and first ``created_at``). The subject must already be valid."""
+        ...
+
+    async def get(self, share_id: int) -> Share:
+        """The share with this id; ``NotFound`` if there is none."""
+        ...
+
+    async def list_for(self, url_id: str) -> Sequence[Share]:
+        """The session's shares, ordered by id."""
+        ...
+
+    async def remove(self, share_id: int) -> None:
+        """Delete one share; ``NotFound`` if there is none with this id."""
+        ...
+
+    async def remove_all(self, url_id: str) -> int:
+        """Delete every share of the session; returns how many there were."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories: ``async with uow: ...; await uow.commit()``.
 
@@ -171,6 +203,9 @@ class UnitOfWork(Protocol):
 
     @property
     def session_records(self) -> SessionRecordRepository: ...
+
+    @property
+    def shares(self) -> ShareRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

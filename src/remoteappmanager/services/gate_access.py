@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
 from remoteappmanager.domain.audit import AuditAction
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.sessions import SessionState
+from remoteappmanager.domain.shares import Share, ShareMode
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.applications import CatalogueWatch
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import Shares
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +33,10 @@ DEFAULT_DECISION_TTL = 5.0
 MAX_TARGETS = 10_000
 MAX_DECISIONS = 50_000
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
+
+Protocol = Literal["vnc", "web"]
+ImageType = Callable[[str], Awaitable[str | None]]
+"""An image's declared type (``vncapp``, ``webapp``), None when it cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +53,18 @@ class GateTarget:
     host: str
     port: int
     allow_view: bool
+    shares: tuple[Share, ...] = ()
+    protocol: Protocol = "web"
+    """How a viewer's input is told apart: RFB messages (``vnc``), or any request that is
+    not a read and any WebSocket data (``web``, also for an image whose type is unknown)."""
 
 
 class GateAccess:
     """Access decisions for the gate, cheap enough for every proxied request.
 
     Contract:
-    - ``target(url_id)`` is the running session ``url_id`` with its grant's ``allow_view``;
+    - ``target(url_id)`` is the running session ``url_id`` with its grant's ``allow_view``,
+      its shares (when the policy allows them) and its protocol;
       ``NotFound`` when nothing runs there (or it has no published port yet), ``Unavailable``
       when the engine cannot be asked (never cached). A database that cannot be read gives
       the target with ``allow_view`` false, not kept: owners and admins keep using their
@@ -62,9 +74,12 @@ class GateAccess:
       url id share one lookup. ``cached_target`` is the same without I/O (None on a miss).
     - ``forget(url_id)`` drops a cached target (its application stopped answering).
     - ``may_enter(user, target)``: the owner, an admin, or — when the grant's policy has
-      ``allow_view`` — any signed-in user. Pure.
-    - ``decision(principal, url_id)`` / ``remember(principal, url_id, allowed)``: a decision
-      kept for ``decision_ttl`` seconds, ``principal`` being a login session id.
+      ``allow_view`` — a user whom one of the session's shares names (``viewing_mode``: how).
+      Pure.
+    - ``decision(principal, url_id)`` / ``remember(principal, url_id, allowed, mode)``: a
+      decision (and the viewer's mode, None for the owner and admins) kept for
+      ``decision_ttl`` seconds, ``principal`` being a login session id; ``forget_url``
+      drops every decision about one session (its shares changed).
     - A change of the catalogue (a grant revoked, a policy's ``allow_view`` changed, by this
       process or any other) drops every cached target and decision: when a comparison is due
       (at most once per ``watch`` interval) a lookup asks for one in the background, so no
@@ -77,6 +92,8 @@ class GateAccess:
         sessions: Sessions,
         uow_factory: UnitOfWorkFactory,
         *,
+        shares: Shares | None = None,
+        image_type: ImageType | None = None,
         target_ttl: float = DEFAULT_TARGET_TTL,
         decision_ttl: float = DEFAULT_DECISION_TTL,
         clock: Callable[[], float] = time.monotonic,
@@ -85,14 +102,16 @@ class GateAccess:
         self._sessions = sessions
         self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
         self._uow_factory = uow_factory
+        self.shares = shares
+        self._image_type = image_type
         self._target_ttl = target_ttl
         self._decision_ttl = decision_ttl
         self._clock = clock
         # url_id -> (generation, expires, target)
         self._targets: dict[str, tuple[int, float, GateTarget]] = {}
         self._lookups: dict[str, asyncio.Task[GateTarget]] = {}
-        # (principal, url_id) -> (expires, allowed)
-        self._decisions: dict[tuple[str, str], tuple[float, bool]] = {}
+        # (principal, url_id) -> (expires, allowed, viewer's mode)
+        self._decisions: dict[tuple[str, str], tuple[float, bool, ShareMode | None]] = {}
         self._comparison: asyncio.Future[bool] | None = None
         # Counts the catalogue changes seen: a lookup that overlapped one is not kept.
         self._catalogue_generation = 0
@@ -170,6 +189,12 @@ class GateAccess:
             grant, catalogue_read = None, False
         if grant is not None:
             allow_view = grant.policy.allow_view
+        shares: tuple[Share, ...] = ()
+        if allow_view and self.shares is not None:
+            shares = tuple(await self.shares.shares_of(url_id))
+        protocol: Protocol = "web"
+        if self._image_type is not None and await self._image_type(session.image) == "vncapp":
+            protocol = "vnc"
         host = session.host_ip or ""
         if host in _WILDCARD_HOSTS:
             host = "127.0.0.1"
@@ -180,6 +205,8 @@ class GateAccess:
             host=host,
             port=session.host_port,
             allow_view=allow_view,
+            shares=shares,
+            protocol=protocol,
         )
         # A lookup that started before a change of the owner's sessions may not show it.
         if (
@@ -204,14 +231,20 @@ class GateAccess:
             self._targets.clear()
 
     # ----------------------------------------------------------------- decisions
-    @staticmethod
-    def may_enter(user: AuthenticatedUser, target: GateTarget) -> bool:
-        return user.name == target.owner or user.admin or target.allow_view
+    def viewing_mode(self, user: AuthenticatedUser, target: GateTarget) -> ShareMode | None:
+        """How a share lets ``user`` into someone else's application (None: no share does)."""
+        if user.name == target.owner or not target.allow_view or self.shares is None:
+            return None
+        return self.shares.effective_mode(target.shares, user.name, user.groups)
 
-    @staticmethod
-    def enters_as_admin(user: AuthenticatedUser, target: GateTarget) -> bool:
+    def may_enter(self, user: AuthenticatedUser, target: GateTarget) -> bool:
+        return (
+            user.name == target.owner or user.admin or self.viewing_mode(user, target) is not None
+        )
+
+    def enters_as_admin(self, user: AuthenticatedUser, target: GateTarget) -> bool:
         """Whether only the admin flag lets ``user`` in: someone else's, unshared application."""
-        return user.admin and user.name != target.owner and not target.allow_view
+        return user.admin and user.name != target.owner and self.viewing_mode(user, target) is None
 
     async def record_entry(self, actor: AuthenticatedUser, target: GateTarget) -> None:
         """An admin confirmed entering someone else's application; the one place that says so.
@@ -233,15 +266,32 @@ class GateAccess:
             return None
         return entry[1]
 
-    def remember(self, principal: str, url_id: str, allowed: bool) -> None:
+    def decided_mode(self, principal: str, url_id: str) -> ShareMode | None:
+        """The viewer's mode kept with an allowing ``decision`` (None: owner or admin)."""
+        entry = self._decisions.get((principal, url_id))
+        return None if entry is None else entry[2]
+
+    def remember(
+        self, principal: str, url_id: str, allowed: bool, mode: ShareMode | None = None
+    ) -> None:
         if len(self._decisions) >= MAX_DECISIONS:
             now = self._clock()
-            for key, (expires, _allowed) in list(self._decisions.items()):
+            for key, (expires, _allowed, _mode) in list(self._decisions.items()):
                 if now >= expires:
                     del self._decisions[key]
             if len(self._decisions) >= MAX_DECISIONS:
                 self._decisions.clear()
-        self._decisions[(principal, url_id)] = (self._clock() + self._decision_ttl, allowed)
+        self._decisions[(principal, url_id)] = (
+            self._clock() + self._decision_ttl,
+            allowed,
+            mode,
+        )
+
+    def forget_url(self, url_id: str) -> None:
+        """Drop the cached target and every decision about session ``url_id``."""
+        self.forget(url_id)
+        for key in [key for key in self._decisions if key[1] == url_id]:
+            del self._decisions[key]
 
     def forget_principal(self, principal: str) -> None:
         """Drop every decision of a login session (it ended)."""

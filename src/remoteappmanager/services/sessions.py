@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -225,6 +225,7 @@ class Sessions:
         # A claim outlives any start or stop that does not hang: one left by a replica that
         # died lapses after this long.
         self._claim_ttl = max(MIN_CLAIM_TTL, 4 * network_timeout)
+        self._stopped: list[Callable[[str], Awaitable[None]]] = []
 
     @property
     def default_limits(self) -> ResourceLimits:
@@ -714,6 +715,12 @@ class Sessions:
                     raise
         log.info("session.stopped", user=session.user, url_id=session.url_id)
         await self.record_stop(session, reason, actor=actor)
+        for stopped in self._stopped:
+            try:
+                await stopped(session.url_id)
+            except Exception:
+                # The session is gone either way; what hangs off it is swept another time.
+                log.exception("session.stop_listener_failed", url_id=session.url_id)
 
     async def record_stop(
         self, session: Session, reason: StopReason, *, actor: str = SYSTEM_ACTOR
@@ -729,6 +736,10 @@ class Sessions:
             session.url_id,
             {"owner": session.user, "image": session.image, "reason": reason.value},
         )
+
+    def on_stopped(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """Call ``callback(url_id)`` after this service stops a session (user or admin)."""
+        self._stopped.append(callback)
 
     async def _remove(self, session: Session) -> None:
         await self._routes.remove(session.urlpath)

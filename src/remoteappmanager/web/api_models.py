@@ -17,8 +17,10 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     WithJsonSchema,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import core_schema
@@ -48,9 +50,11 @@ from remoteappmanager.domain.models import (
 )
 from remoteappmanager.domain.naming import URL_ID_LENGTH, container_name, urlpath
 from remoteappmanager.domain.sessions import STOP_REASON_TEXT, Session, SessionState, StopRecord
+from remoteappmanager.domain.shares import Share, ShareKind
 from remoteappmanager.services.activity import SessionTimes
 from remoteappmanager.services.admin import RegisteredApplication, Statistics
 from remoteappmanager.services.applications import UserApplication
+from remoteappmanager.services.shares import ControlView
 from remoteappmanager.web.api import PathParameter
 
 _Item = TypeVar("_Item", bound=BaseModel)
@@ -875,3 +879,157 @@ class EventList(ItemList[EventOut]):
 def iso_time(moment: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, to the microsecond when it has one."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# ------------------------------------------------------------------------------ shares
+SHARE_ID = PathParameter("A share's id.", ROW_ID_PATTERN, 18)
+
+
+def _share_create_rules(schema: dict[str, Any]) -> None:
+    # What ``ShareCreate._exactly_one`` checks, in JSON Schema: one of user, group and link.
+    schema["oneOf"] = [
+        {"required": ["user"], "properties": {"user": {"type": "string"}}},
+        {"required": ["group"], "properties": {"group": {"type": "string"}}},
+        {"required": ["link"], "properties": {"link": {"const": True}}},
+    ]
+
+
+class ShareCreate(_Request):
+    """``POST containers/<url_id>/shares/``: share with a hub user, a hub group, or anyone
+    signed in who holds the link (``"link": true``). Sharing with the same one again
+    changes the mode of that share."""
+
+    model_config = ConfigDict(json_schema_extra=_share_create_rules)
+
+    user: _UserName | None = None
+    group: _UserName | None = None
+    link: Literal[True] | None = None
+    mode: Literal["view", "control"] = "view"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ShareCreate:
+        given = [name for name in (self.user, self.group, self.link) if name is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of user, group and link")
+        return self
+
+    def subject(self) -> tuple[ShareKind, str]:
+        if self.user is not None:
+            return ShareKind.USER, self.user
+        if self.group is not None:
+            return ShareKind.GROUP, self.group
+        return ShareKind.LINK, ""
+
+
+_SHARE_SUBJECTS = ("user", "group", "link")
+
+
+def _share_out_rules(schema: dict[str, Any]) -> None:
+    properties = schema["properties"]
+    for name in ("user", "group"):
+        properties[name] = {"type": "string", "title": properties[name].get("title", name)}
+    properties["link"] = {"const": True, "type": "boolean", "title": "Link"}
+    schema["oneOf"] = [{"required": [name]} for name in _SHARE_SUBJECTS]
+
+
+class ShareOut(_Answer):
+    """A share: with ``user``, ``group`` or ``link`` (exactly one), in ``mode``."""
+
+    model_config = ConfigDict(json_schema_extra=_share_out_rules)
+
+    id: str
+    user: str | None = None
+    group: str | None = None
+    link: bool | None = None
+    mode: Literal["view", "control"]
+    created_at: datetime
+
+    @model_serializer(mode="wrap")
+    def _only_the_subject(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Exactly one of user, group and link is in the answer; the others are left out.
+        dumped = handler(self)
+        return {
+            key: value
+            for key, value in dumped.items()
+            if value is not None or key not in _SHARE_SUBJECTS
+        }
+
+    @classmethod
+    def of(cls, share: Share) -> ShareOut:
+        subject: dict[str, Any] = {}
+        if share.kind is ShareKind.USER:
+            subject["user"] = share.subject
+        elif share.kind is ShareKind.GROUP:
+            subject["group"] = share.subject
+        else:
+            subject["link"] = True
+        return cls.model_construct(
+            id=str(share.id), mode=share.mode.value, created_at=share.created_at, **subject
+        )
+
+
+class ConnectedOut(_Answer):
+    """Someone with the session open right now (a signed-in browser)."""
+
+    user: str
+    mode: Literal["view", "control"] | None = Field(
+        description="Their share's mode; null for the owner and admins."
+    )
+    input: bool = Field(description="Whether their keyboard and mouse reach the application.")
+
+
+class ShareList(ItemList[ShareOut]):
+    """``containers/<url_id>/shares/``: the session's shares by id, and who is connected."""
+
+    connected: list[ConnectedOut]
+
+
+class DirectoryQuery(_Request):
+    """The ``query`` argument of ``directory`` (JSON): the start of a user or group name."""
+
+    prefix: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
+class DirectoryOut(_Answer):
+    """Hub users and groups whose names start with the prefix (at most 20 of each)."""
+
+    users: list[str]
+    groups: list[str]
+
+
+class ControlIn(_Request):
+    """``POST containers/<url_id>/control``. A viewer may ``request`` control or
+    ``release`` it; the owner (or an admin) may ``give`` it to ``user``, ``refuse`` their
+    request, ``take`` it back, ``release`` it (back to what the shares say) or let
+    ``everyone`` control."""
+
+    action: Literal["request", "release", "give", "refuse", "take", "everyone"]
+    user: _UserName | None = None
+
+
+class ControlOut(_Answer):
+    """Who controls a shared session besides its owner, as the caller sees it."""
+
+    owner: str
+    urlpath: str = Field(description="Where the application is served (open it there).")
+    controller: str | None = Field(description="The viewer control was handed to, if any.")
+    owner_holds: bool = Field(description="The owner took control back: no viewer has input.")
+    everyone: bool = Field(description="Every viewer has input.")
+    requests: list[str] = Field(description="Viewers asking for control (owner and admins).")
+    mode: Literal["view", "control"] | None = Field(
+        description="The caller's share mode; null for the owner and admins."
+    )
+    input: bool = Field(description="Whether the caller's input reaches the application.")
+
+    @classmethod
+    def of(cls, view: ControlView) -> ControlOut:
+        return cls.model_construct(
+            owner=view.owner,
+            urlpath=view.urlpath,
+            controller=view.controller,
+            owner_holds=view.owner_holds,
+            everyone=view.everyone,
+            requests=list(view.requests),
+            mode=None if view.mode is None else view.mode.value,
+            input=view.input_allowed,
+        )

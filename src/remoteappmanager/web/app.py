@@ -17,7 +17,8 @@ from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.services.access import AccessService
 from remoteappmanager.services.admin import Administration
 from remoteappmanager.services.audit import DISCARD
-from remoteappmanager.web import api_admin, api_events, api_user, auth, pages
+from remoteappmanager.services.shares import AuditedShares, Shares
+from remoteappmanager.web import api_admin, api_events, api_shares, api_user, auth, pages
 from remoteappmanager.web.admission import (
     admission_middleware,
     setup_admission,
@@ -26,7 +27,7 @@ from remoteappmanager.web.admission import (
 from remoteappmanager.web.api import AnswerCache, ApiRegistry, openapi_handler
 from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
-from remoteappmanager.web.deps import Resource, WebDeps
+from remoteappmanager.web.deps import Resource, WebDeps, sharing_rules
 from remoteappmanager.web.errors import error_middleware
 from remoteappmanager.web.gate import setup_gate
 from remoteappmanager.web.health import CachedHealth, health_handler
@@ -44,6 +45,7 @@ from remoteappmanager.web.keys import (
     METRICS,
     SESSIONS,
     SETTINGS,
+    SHARES,
     SIGNER,
     URLS,
 )
@@ -119,6 +121,12 @@ def create_app(deps: WebDeps) -> web.Application:
     if deps.sessions is not None:
         app[SESSIONS] = deps.sessions
         deps.sessions.start_observer = app[METRICS]
+        app[SHARES] = deps.shares or Shares(
+            deps.sessions,
+            deps.uow_factory,
+            rules=sharing_rules(settings),
+            listener=AuditedShares(deps.audit) if deps.audit is not None else None,
+        )
     if deps.applications is not None:
         app[APPLICATIONS] = deps.applications
         app[APPLICATION_LISTINGS] = AnswerCache()
@@ -136,6 +144,7 @@ def create_app(deps: WebDeps) -> web.Application:
     api_user.register(app[API_REGISTRY])
     api_admin.register(app[API_REGISTRY])
     api_events.register(app[API_REGISTRY])
+    api_shares.register(app[API_REGISTRY])
 
     for resource in deps.resources:
         app.cleanup_ctx.append(_lifespan_of(resource))

@@ -16,6 +16,7 @@ from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import Shares, SharingRules
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.metrics import Metrics
 
@@ -53,6 +54,8 @@ class WebDeps:
       process's memory alone).
     - ``leadership``: whether this replica leads, for health and metrics (None: it runs alone
       and its periodic jobs are not put under a leadership).
+    - ``shares``: sharing running applications (None with ``sessions``: built from the
+      settings' sharing rules, without an audit listener).
     """
 
     settings: Settings
@@ -70,3 +73,11 @@ class WebDeps:
     audit: AuditTrail | None = None
     login_sessions: LoginSessionRecords | None = None
     leadership: Leadership | None = None
+    shares: Shares | None = None
+
+
+def sharing_rules(settings: Settings) -> SharingRules:
+    """The site's sharing switches, from the settings."""
+    return SharingRules(
+        enabled=settings.sharing, links=settings.link_shares, control=settings.control_shares
+    )

@@ -22,10 +22,11 @@ from remoteappmanager.domain.errors import (
 )
 from remoteappmanager.domain.routing import app_origin, is_app_host
 from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.domain.shares import ShareMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
 from remoteappmanager.services.activity import ActivityTracker
-from remoteappmanager.services.gate_access import GateAccess, GateTarget
+from remoteappmanager.services.gate_access import GateAccess, GateTarget, ImageType
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
@@ -39,6 +40,7 @@ from remoteappmanager.web.gate_proxy import (
     GateRequest,
     GateServer,
     Verdict,
+    ViewerInput,
 )
 from remoteappmanager.web.gate_rules import (
     GATE_COOKIE,
@@ -56,6 +58,7 @@ from remoteappmanager.web.keys import (
     LOGIN_SESSIONS,
     METRICS,
     SETTINGS,
+    SHARES,
     SIGNER,
     URLS,
 )
@@ -80,6 +83,7 @@ MAX_VERIFIED_COOKIES = 10_000
 ENTER_PATH = "/.remoteapp-gate-enter"
 TICKET_TTL = 60.0
 MAX_TICKETS = 10_000
+MAX_VIEWERS = 10_000
 # How often open WebSockets (and answers under way) are checked against the decision that
 # let them in: an ended grant, share or admin right cuts them within this (plus the identity
 # cache's time).
@@ -126,6 +130,7 @@ class _Ticket:
     next_url: str
     expires: float
     confirmed: bool
+    mode: ShareMode | None = None
 
 
 @dataclass(slots=True)
@@ -181,12 +186,16 @@ class Gate:
     application_origins: Callable[[GateTarget], Iterable[str]] | None = None
     max_connections_per_user: int = MAX_CONNECTIONS_PER_USER
     recheck_interval: float = RECHECK_INTERVAL
+    # (url_id, viewer) -> (their mode, the input state all their connections share)
+    viewers: dict[tuple[str, str], tuple[ShareMode, ViewerInput]] = field(default_factory=dict)
+    _rechecks: set[asyncio.Task[int]] = field(default_factory=set)
     websocket_ping_s: float = WEBSOCKET_PING_INTERVAL
     # Served under every application's ``<urlpath>/.remoteapp-desktop/`` to whoever the gate
     # lets in (``web.desktop_viewer``); None when noVNC is not installed beside the proxy.
     desktop: DesktopViewer | None = None
     activity: ActivityTracker | None = None
     """Told of every client input that is let through (idle sessions are culled)."""
+    clipboard_in: bool = True
 
     def __post_init__(self) -> None:
         self.server = GateServer(
@@ -218,7 +227,13 @@ class Gate:
         return self.signer.sign(_GATE_PURPOSE, payload)
 
     def issue_ticket(
-        self, session_id: str, target: GateTarget, next_url: str, *, confirmed: bool
+        self,
+        session_id: str,
+        target: GateTarget,
+        next_url: str,
+        *,
+        confirmed: bool,
+        mode: ShareMode | None = None,
     ) -> str:
         """The URL on the application's own host that lets this login session in, once."""
         assert self.app_origins is not None
@@ -230,7 +245,7 @@ class Gate:
                 self.tickets.clear()
         ticket = secrets.token_urlsafe(32)
         self.tickets[ticket] = _Ticket(
-            session_id, target.url_id, next_url, now + TICKET_TTL, confirmed
+            session_id, target.url_id, next_url, now + TICKET_TTL, confirmed, mode
         )
         origin = app_origin(self.app_origins, target.url_id)
         return f"{origin}{target.urlpath}{ENTER_PATH}?ticket={ticket}"
@@ -323,7 +338,8 @@ class Gate:
             if allowed is None:
                 return caller
             if allowed:
-                return self._forward(request, target, caller, caller.user)
+                mode = self.access.decided_mode(session_id, target.url_id)
+                return self._forward(request, target, caller, caller.user, mode=mode)
             return self._page(403, "this application is not shared with you")
         if authorization_token(request.authorization) is not None:
             return caller
@@ -343,7 +359,7 @@ class Gate:
         session = self.store.get(ticket.session_id)
         if session is None:
             return self._page(401, "sign in to the service first, then open the application again")
-        self.access.remember(session.id, target.url_id, True)
+        self.access.remember(session.id, target.url_id, True, ticket.mode)
         value = self.cookie_value(session.id, target.url_id, confirmed=ticket.confirmed)
         assert self.app_origins is not None
         secure = "; Secure" if self.app_origins.startswith("https:") else ""
@@ -408,11 +424,12 @@ class Gate:
         allowed = self.access.may_enter(user, target) and (
             caller.confirmed or not self.access.enters_as_admin(user, target)
         )
-        self.access.remember(session_id, target.url_id, allowed)
+        mode = self._mode_of(user, target, confirmed=caller.confirmed)
+        self.access.remember(session_id, target.url_id, allowed, mode)
         if not allowed:
             log.info("gate.refused", user=user.name, url_id=target.url_id)
             return self._page(403, "this application is not shared with you")
-        return self._forward(request, target, caller, user.name)
+        return self._forward(request, target, caller, user.name, mode=mode)
 
     async def _check_token(
         self, request: GateRequest, target: GateTarget, caller: _Caller
@@ -422,7 +439,8 @@ class Gate:
         user = self.identify.identify(await self.identity.user_for_token(token))
         # An admin enters someone else's application only as a confirmed browser action.
         if self.access.may_enter(user, target) and not self.access.enters_as_admin(user, target):
-            return self._forward(request, target, caller, user.name, token=token)
+            mode = self.access.viewing_mode(user, target)
+            return self._forward(request, target, caller, user.name, token=token, mode=mode)
         log.info("gate.refused", user=user.name, url_id=target.url_id)
         return self._page(403, "this application is not shared with you")
 
@@ -434,15 +452,26 @@ class Gate:
         user: str | None,
         *,
         token: str | None = None,
+        mode: ShareMode | None = None,
     ) -> Verdict:
         if self.desktop is not None and not request.websocket:
             path = request.target.partition("?")[0]
-            viewer = target.urlpath + VIEWER_DIR
-            if path.startswith(viewer):
+            viewer_dir = target.urlpath + VIEWER_DIR
+            if path.startswith(viewer_dir):
                 # Let in like any request to the application, answered from memory.
                 if request.method not in _PAGE_METHODS:
                     return self._page(405, "the desktop viewer's files can only be read")
-                return self.desktop.answer(request.method, path[len(viewer) :])
+                return self.desktop.answer(request.method, path[len(viewer_dir) :])
+        viewer: ViewerInput | None = None
+        if mode is not None and user is not None:
+            viewer = self.viewer_input(target, user, mode)
+            if not viewer.input_allowed and request.method not in _PAGE_METHODS:
+                # A viewer reads; anything but a read could act in the application (and for
+                # a desktop, the only input is over its WebSocket, which the relay filters).
+                return self._page(403, "this application is shared with you to view only")
+        elif not self.clipboard_in and target.protocol == "vnc":
+            # The owner's (or an admin's) input passes, but not the browser's clipboard.
+            viewer = ViewerInput(input_allowed=True, protocol="vnc", clipboard_in=False)
         principal: Hashable | None = None
         if caller.session_id is not None:
             principal = (_SESSION, caller.session_id)
@@ -457,7 +486,81 @@ class Gate:
             cookie_path=target.urlpath + "/",
             user=user,
             principal=principal,
+            viewer=viewer,
         )
+
+    def _mode_of(
+        self, user: AuthenticatedUser, target: GateTarget, *, confirmed: bool
+    ) -> ShareMode | None:
+        """The viewer's mode; None for the owner and for an admin's confirmed entry."""
+        if confirmed and user.admin:
+            return None
+        return self.access.viewing_mode(user, target)
+
+    # ------------------------------------------------------------------ viewers
+    def viewer_input(self, target: GateTarget, user: str, mode: ShareMode) -> ViewerInput:
+        """The input state of ``user``'s connections to ``target`` (one object for all)."""
+        key = (target.url_id, user)
+        entry = self.viewers.get(key)
+        allowed = self._input_allowed(target.url_id, user, mode)
+        if entry is None:
+            if len(self.viewers) >= MAX_VIEWERS:
+                self._sweep_viewers()
+            viewer = ViewerInput(
+                input_allowed=allowed, protocol=target.protocol, clipboard_in=self.clipboard_in
+            )
+            self.viewers[key] = (mode, viewer)
+            return viewer
+        viewer = entry[1]
+        viewer.input_allowed = allowed
+        if entry[0] is not mode:
+            self.viewers[key] = (mode, viewer)
+        return viewer
+
+    def _input_allowed(self, url_id: str, user: str, mode: ShareMode) -> bool:
+        shares = self.access.shares
+        return shares is not None and shares.input_allowed(url_id, user, mode)
+
+    def _sweep_viewers(self) -> None:
+        held = {url_id for _who, url_id in self.server.holders()}
+        for key in [key for key in self.viewers if key[0] not in held]:
+            del self.viewers[key]
+
+    def shares_changed(self, url_id: str) -> None:
+        """A session's shares or control changed: flip its viewers' input now, decide
+        afresh, and cut at once the connections no share lets in any more."""
+        self.access.forget_url(url_id)
+        for (viewed, user), (mode, viewer) in list(self.viewers.items()):
+            if viewed == url_id:
+                viewer.input_allowed = self._input_allowed(url_id, user, mode)
+        try:
+            task = asyncio.get_running_loop().create_task(self.recheck({url_id}))
+        except RuntimeError:
+            return  # no loop (a command-line use): nothing is connected either
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecked)
+
+    def _rechecked(self, task: asyncio.Task[int]) -> None:
+        self._rechecks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gate.recheck_failed", error=str(task.exception()))
+
+    def connected(self, url_id: str) -> list[tuple[str, ShareMode | None, bool]]:
+        """Who has a connection to session ``url_id`` open now, as (user, viewer's mode
+        or None, whether their input gets through), by name; signed-in browsers only."""
+        found: dict[str, tuple[str, ShareMode | None, bool]] = {}
+        for principal, held in self.server.holders():
+            if held != url_id or not isinstance(principal, tuple) or principal[0] != _SESSION:
+                continue
+            session = self.store.get(principal[1])
+            if session is None:
+                continue
+            entry = self.viewers.get((url_id, session.user))
+            if entry is None:
+                found[session.user] = (session.user, None, True)
+            else:
+                found[session.user] = (session.user, entry[0], entry[1].input_allowed)
+        return [found[name] for name in sorted(found)]
 
     # ------------------------------------------------------------------ open connections
     def origin_allowed(self, request: GateRequest, target: GateTarget) -> bool:
@@ -482,15 +585,20 @@ class Gate:
         if closed:
             log.info("gate.closed_on_sign_out", connections=closed)
 
-    async def recheck(self) -> int:
-        """Decide again for every open WebSocket and answer under way; cut the refused ones.
+    async def recheck(self, url_ids: set[str] | None = None) -> int:
+        """Decide again for every open WebSocket and answer under way (of ``url_ids`` only,
+        if given); cut the refused ones.
 
         Targets are looked up afresh (a revoked grant, a stopped application); the hub is
         asked through the identity provider (its cache applies). When the hub, engine or
         database cannot answer, connections stay open: they were let in, and the next
         recheck decides. Returns how many connections were closed.
         """
-        pairs = self.server.holders()
+        pairs = {
+            (who, url_id)
+            for who, url_id in self.server.holders()
+            if url_ids is None or url_id in url_ids
+        }
         for url_id in {url_id for _who, url_id in pairs}:
             self.access.forget(url_id)
         doomed: set[tuple[Hashable | None, str]] = set()
@@ -532,8 +640,20 @@ class Gate:
         if session is not None and user.name != session.user:
             return False
         allowed = self.access.may_enter(user, target)
+        mode = self._mode_of(user, target, confirmed=False) if allowed else None
+        if (
+            allowed
+            and mode is None
+            and (url_id, user.name) in self.viewers
+            and self.access.enters_as_admin(user, target)
+        ):
+            # An admin who came in through a share that ended: the admin flag alone opens
+            # someone else's session only through a confirmed entry, which this was not.
+            allowed = False
+        if allowed and mode is not None:
+            self.viewer_input(target, user.name, mode)
         if session is not None:
-            self.access.remember(session.id, url_id, allowed)
+            self.access.remember(session.id, url_id, allowed, mode)
         return allowed
 
     async def rechecking(self) -> None:
@@ -591,7 +711,13 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
     settings = app[SETTINGS]
     public = origin_of_url(settings.jupyterhub_public_url)
     gate = Gate(
-        access=GateAccess(sessions, deps.uow_factory, clock=deps.clock),
+        access=GateAccess(
+            sessions,
+            deps.uow_factory,
+            shares=app[SHARES],
+            image_type=_image_type(deps),
+            clock=deps.clock,
+        ),
         signer=app[SIGNER],
         store=app[LOGIN_SESSIONS],
         identity=app[IDENTITY],
@@ -605,9 +731,11 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
         websocket_ping_s=settings.websocket_ping_s,
         desktop=_desktop_viewer(),
         activity=deps.activity,
+        clipboard_in=settings.clipboard_to_app,
     )
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)
+    app[SHARES].on_change(gate.shares_changed)
     app[METRICS].watch_gate(gate.server.stats)
     app.cleanup_ctx.append(_listening)
     app.router.add_get(prefix + "gate/{url_id}", gate_entry, name="gate_entry")
@@ -627,6 +755,18 @@ def _desktop_viewer() -> DesktopViewer | None:
         return None
     log.info("gate.desktop_viewer", novnc=str(novnc), files=len(viewer.files))
     return viewer
+
+
+def _image_type(deps: WebDeps) -> ImageType | None:
+    applications = deps.applications
+    if applications is None:
+        return None
+
+    async def image_type(image: str) -> str | None:
+        metadata = (await applications.image_state(image)).metadata
+        return None if metadata is None else str(metadata.type)
+
+    return image_type
 
 
 async def _listening(app: web.Application) -> AsyncIterator[None]:
@@ -692,7 +832,10 @@ async def gate_entry(request: web.Request) -> web.StreamResponse:
         raise Forbidden("this application is not shared with you")
     if gate.access.enters_as_admin(auth.user, target):
         return await _confirmation_page(request, target, next_url)
-    return _let_in(request, auth.session_id, auth.user.name, target, next_url, confirmed=False)
+    mode = gate.access.viewing_mode(auth.user, target)
+    return _let_in(
+        request, auth.session_id, auth.user.name, target, next_url, confirmed=False, mode=mode
+    )
 
 
 async def gate_entry_confirmed(request: web.Request) -> web.StreamResponse:
@@ -711,7 +854,16 @@ async def gate_entry_confirmed(request: web.Request) -> web.StreamResponse:
     confirmed = gate.access.enters_as_admin(auth.user, target)
     if confirmed:
         await gate.access.record_entry(auth.user, target)
-    return _let_in(request, auth.session_id, auth.user.name, target, next_url, confirmed=confirmed)
+    mode = None if confirmed else gate.access.viewing_mode(auth.user, target)
+    return _let_in(
+        request,
+        auth.session_id,
+        auth.user.name,
+        target,
+        next_url,
+        confirmed=confirmed,
+        mode=mode,
+    )
 
 
 async def _confirmation_page(
@@ -739,14 +891,15 @@ def _let_in(
     next_url: str,
     *,
     confirmed: bool,
+    mode: ShareMode | None = None,
 ) -> web.StreamResponse:
     """Send the browser to the application with what opens it: this path's cookie, or (with
     hosts of their own) a one-time ticket that the application's host turns into its cookie."""
     gate = request.app[GATE]
-    gate.access.remember(session_id, target.url_id, True)
+    gate.access.remember(session_id, target.url_id, True, mode)
     log.info("gate.entered", user=user, url_id=target.url_id, owner=target.owner)
     if gate.app_origins is not None:
-        ticket_url = gate.issue_ticket(session_id, target, next_url, confirmed=confirmed)
+        ticket_url = gate.issue_ticket(session_id, target, next_url, confirmed=confirmed, mode=mode)
         response = web.HTTPFound(ticket_url)
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"

@@ -71,6 +71,10 @@ class ViewerInput:
 
     input_allowed: bool
     protocol: Literal["vnc", "web"]
+    clipboard_in: bool = True
+    """With ``vnc``: whether clipboard text (ClientCutText) passes along with the other
+    input. Off where the site keeps the browser's clipboard out of desktops; then the owner
+    gets a ``ViewerInput`` too, with input allowed and this off."""
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ since past an unknown message the boundaries of the next ones are unknown.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 # Client-to-server message types and how they are read. A fixed size, or a reader of the
 # variable part (from the bytes seen so far: the total size, or None while it cannot tell).
@@ -106,6 +107,10 @@ def message_size(buffer: bytes | bytearray | memoryview) -> int | None:
     raise RfbViolation(f"unknown message type {kind}")
 
 
+def _always() -> bool:
+    return True
+
+
 class RfbInputFilter:
     """Reads a client's RFB stream; ``feed`` returns the bytes that may reach the desktop.
 
@@ -115,9 +120,21 @@ class RfbInputFilter:
     streams; a dropped message is skipped as it comes, never held.
     """
 
-    __slots__ = ("_buffer", "_need", "_passing", "_phase", "_skip", "_stream", "input_passed")
+    __slots__ = (
+        "_buffer",
+        "_need",
+        "_passing",
+        "_phase",
+        "_skip",
+        "_stream",
+        "clipboard",
+        "input_passed",
+    )
 
     def __init__(self) -> None:
+        self.clipboard: Callable[[], bool] = _always
+        """Whether clipboard text (ClientCutText) may pass along with other input; asked
+        per message, like ``allow_input``."""
         self._phase = _VERSION_PHASE
         self._buffer = bytearray()
         self._need = 0  # the size of the message held, 0 while not known yet
@@ -151,7 +168,9 @@ class RfbInputFilter:
             elif not buffer:
                 kind = data[pos]
                 size = message_size(view[pos : pos + _HEADER_NEED.get(kind, 1)])
-                passing = kind in VIEW_MESSAGES or allow_input
+                passing = kind in VIEW_MESSAGES or (
+                    allow_input and (kind != CLIENT_CUT_TEXT or self.clipboard())
+                )
                 if size is not None and end - pos >= size:
                     # The whole message is here: the common case, no copy into the buffer.
                     if passing:

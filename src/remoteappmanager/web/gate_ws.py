@@ -46,6 +46,9 @@ class Viewer(Protocol):
     @property
     def protocol(self) -> str: ...
 
+    @property
+    def clipboard_in(self) -> bool: ...
+
 
 class WebSocketViolation(Exception):
     """What came is not a WebSocket stream the gate relays; the connection must end."""
@@ -360,6 +363,8 @@ class WebSocketRelay:
             else:
                 policy = web_policy
         self.to_app = FrameStream(from_client=True, data_policy=policy, rfb_input=rfb_input)
+        if viewer is not None and self.to_app.rfb is not None:
+            self.to_app.rfb.clipboard = lambda: viewer.clipboard_in
         self.to_client = FrameStream(from_client=False)
         self.ping_interval = ping_interval
         self.next_ping = now + ping_interval if ping_interval > 0 else float("inf")

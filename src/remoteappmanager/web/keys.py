@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from remoteappmanager.services.admin import Administration
     from remoteappmanager.services.applications import Applications, UserApplication
     from remoteappmanager.services.sessions import Sessions
+    from remoteappmanager.services.shares import Shares
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.api import AnswerCache, ApiRegistry
     from remoteappmanager.web.assets import PageAssets
@@ -43,6 +44,8 @@ ADMISSION: web.AppKey[asyncio.Semaphore] = web.AppKey("admission")
 # Present when the service has a container engine (``WebDeps.sessions``).
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
 APPLICATIONS: web.AppKey[Applications] = web.AppKey("applications")
+# Sharing running applications; present with SESSIONS.
+SHARES: web.AppKey[Shares] = web.AppKey("shares")
 # Each user's serialised ``applications/`` answer, reused while it would come out the same.
 APPLICATION_LISTINGS: web.AppKey[AnswerCache[list[UserApplication]]] = web.AppKey(
     "application_listings"

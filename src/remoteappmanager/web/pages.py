@@ -6,6 +6,7 @@ from aiohttp import web
 
 from remoteappmanager.domain.errors import Forbidden
 from remoteappmanager.domain.routing import app_origin_pattern
+from remoteappmanager.settings import Settings
 from remoteappmanager.web.assets import (
     IMMUTABLE_CACHE,
     REVALIDATE_CACHE,
@@ -123,6 +124,7 @@ async def home(request: web.Request) -> web.StreamResponse:
             "js_url": assets.static_url("app.js"),
             "favicon_url": assets.static_url("logo.svg"),
             "default_icon_url": assets.static_url("app-icon.svg"),
+            "sharing": _sharing_switches(request.app[SETTINGS]),
         }
     )
     response.text = page
@@ -133,6 +135,18 @@ def _has_desktop_viewer(request: web.Request) -> bool:
     """Whether the gate serves the desktop viewer (``web.desktop_viewer``)."""
     gate = request.app.get(GATE)
     return gate is not None and gate.desktop is not None
+
+
+def _sharing_switches(settings: Settings) -> str:
+    """What the site allows of sharing and the clipboard, as words the page reads."""
+    switches = {
+        "sharing": settings.sharing,
+        "links": settings.sharing and settings.link_shares,
+        "control": settings.sharing and settings.control_shares,
+        "clipboard-to-app": settings.clipboard_to_app,
+        "clipboard-from-app": settings.clipboard_from_app,
+    }
+    return " ".join(name for name, on in switches.items() if on)
 
 
 @require_admin

@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from remoteappmanager.domain.audit import MAX_ACTOR_LENGTH, MAX_TARGET_LENGTH
 from remoteappmanager.domain.models import MAX_IMAGE_LENGTH, MAX_NAME_LENGTH
+from remoteappmanager.domain.naming import MAX_URL_ID_LENGTH
 from remoteappmanager.ports.login_sessions import (
     MAX_LOGIN_SESSION_KEY_LENGTH,
     MAX_SEALED_TOKEN_LENGTH,
@@ -219,6 +220,26 @@ class StartClaimRow(Base):
     mapping_id: Mapped[str] = mapped_column(String(MAPPING_ID_LENGTH), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64), nullable=False)
     until: Mapped[float] = mapped_column(Double, nullable=False)
+
+
+class SessionShareRow(Base):
+    """One share of a running session; the session lives in the engine, so ``url_id`` is a
+    plain column (the service deletes a session's shares when it stops it)."""
+
+    __tablename__ = "session_share"
+    __table_args__ = (
+        UniqueConstraint("url_id", "kind", "subject"),
+        CheckConstraint("kind IN ('user', 'group', 'link')", name="kind"),
+        CheckConstraint("mode IN ('view', 'control')", name="mode"),
+        CheckConstraint("(kind = 'link') = (subject = '')", name="subject_iff_named"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url_id: Mapped[str] = mapped_column(String(MAX_URL_ID_LENGTH), nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)
+    subject: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), nullable=False)
+    mode: Mapped[str] = mapped_column(String(8), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 metadata = Base.metadata

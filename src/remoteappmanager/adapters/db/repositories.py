@@ -26,6 +26,7 @@ from remoteappmanager.adapters.db.models import (
     CatalogueVersionRow,
     PolicyRow,
     SessionActivityRow,
+    SessionShareRow,
     SessionStopRow,
     UserRow,
 )
@@ -40,6 +41,7 @@ from remoteappmanager.domain.models import (
     VolumeMode,
 )
 from remoteappmanager.domain.sessions import StopReason, StopRecord
+from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 
 
 def new_mapping_id() -> str:
@@ -81,6 +83,20 @@ def _grant(row: AccountingRow) -> Grant:
         user=_user(row.user),
         application=_application(row.application),
         policy=_policy(row.policy),
+    )
+
+
+def _share(row: SessionShareRow) -> Share:
+    created = row.created_at
+    if created.tzinfo is None:  # SQLite keeps no zone: the column is always written in UTC
+        created = created.replace(tzinfo=UTC)
+    return Share(
+        id=row.id,
+        url_id=row.url_id,
+        kind=ShareKind(row.kind),
+        subject=row.subject,
+        mode=ShareMode(row.mode),
+        created_at=created,
     )
 
 
@@ -476,6 +492,77 @@ class SqlSessionRecordRepository:
             return len(stops.all()) + len(inputs.all())
 
 
+class SqlShareRepository:
+    """Session shares; not catalogue writes, so they leave the catalogue version alone."""
+
+    def __init__(self, session: AsyncSession, location: str) -> None:
+        self._session = session
+        self._location = location
+
+    async def put(
+        self, url_id: str, kind: ShareKind, subject: str, mode: ShareMode, created_at: datetime
+    ) -> Share:
+        with translated_errors(self._location):
+            row = await self._session.scalar(
+                select(SessionShareRow).where(
+                    SessionShareRow.url_id == url_id,
+                    SessionShareRow.kind == kind.value,
+                    SessionShareRow.subject == subject,
+                )
+            )
+            if row is None:
+                row = SessionShareRow(
+                    url_id=url_id,
+                    kind=kind.value,
+                    subject=subject,
+                    mode=mode.value,
+                    created_at=created_at.astimezone(UTC),
+                )
+                self._session.add(row)
+            else:
+                row.mode = mode.value
+            try:
+                await self._session.flush()
+            except IntegrityError:
+                raise Exists("this session was just shared with them by another request") from None
+            return _share(row)
+
+    async def get(self, share_id: int) -> Share:
+        with translated_errors(self._location):
+            row = await self._session.get(SessionShareRow, share_id)
+        if row is None:
+            raise NotFound(f"no share with id {share_id}")
+        return _share(row)
+
+    async def list_for(self, url_id: str) -> Sequence[Share]:
+        with translated_errors(self._location):
+            rows = await self._session.scalars(
+                select(SessionShareRow)
+                .where(SessionShareRow.url_id == url_id)
+                .order_by(SessionShareRow.id)
+            )
+            return [_share(row) for row in rows]
+
+    async def remove(self, share_id: int) -> None:
+        with translated_errors(self._location):
+            removed = await self._session.execute(
+                delete(SessionShareRow)
+                .where(SessionShareRow.id == share_id)
+                .returning(SessionShareRow.id)
+            )
+            if removed.scalar_one_or_none() is None:
+                raise NotFound(f"no share with id {share_id}")
+
+    async def remove_all(self, url_id: str) -> int:
+        with translated_errors(self._location):
+            removed = await self._session.execute(
+                delete(SessionShareRow)
+                .where(SessionShareRow.url_id == url_id)
+                .returning(SessionShareRow.id)
+            )
+            return len(removed.all())
+
+
 # ------------------------------------------------------------------------ unit of work
 class SqlUnitOfWork:
     """One ``AsyncSession`` and one transaction; rolled back on exit unless committed.
@@ -498,6 +585,7 @@ class SqlUnitOfWork:
         self._applications: SqlApplicationRepository | None = None
         self._grants: SqlGrantRepository | None = None
         self._session_records: SqlSessionRecordRepository | None = None
+        self._shares: SqlShareRepository | None = None
 
     @property
     def users(self) -> SqlUserRepository:
@@ -523,6 +611,12 @@ class SqlUnitOfWork:
             raise RuntimeError("the unit of work is used outside 'async with'")
         return self._session_records
 
+    @property
+    def shares(self) -> SqlShareRepository:
+        if self._shares is None:
+            raise RuntimeError("the unit of work is used outside 'async with'")
+        return self._shares
+
     async def __aenter__(self) -> Self:
         if self._gate is not None:
             await self._gate.enter_unit()
@@ -533,6 +627,7 @@ class SqlUnitOfWork:
         self._applications = SqlApplicationRepository(session, self._location, self._writes)
         self._grants = SqlGrantRepository(session, self._location, self._writes)
         self._session_records = SqlSessionRecordRepository(session, self._location)
+        self._shares = SqlShareRepository(session, self._location)
         return self
 
     async def __aexit__(
@@ -544,6 +639,7 @@ class SqlUnitOfWork:
         session = self._session
         self._session = self._users = self._applications = self._grants = None
         self._session_records = None
+        self._shares = None
         if session is None:
             return
         gate = self._gate

@@ -270,38 +270,357 @@ function framePath(app) {
   return `${app.container.urlpath}/${DESKTOP_VIEWER && app.type === "vncapp" ? VIEWER_DIR : ""}`;
 }
 
-function showShare(app) {
-  const link = `${window.location.origin}${framePath(app)}`;
-  const field = h("input", {
-    id: "shared-url",
-    class: "share-field",
-    type: "text",
-    readonly: true,
-    value: link,
-    "aria-label": "Link to this application",
-  });
+// ------------------------------------------------------------------------------- sharing
+// What the site allows ("sharing", "links", "control", "clipboard-to-app",
+// "clipboard-from-app"), as the page's meta tag says.
+const SWITCHES = new Set((metaContent("remoteapp-sharing") || "").split(/\s+/).filter(Boolean));
+const CONTROL_POLL_MS = 3000;
+const MODE_TEXT = { view: "can view", control: "can control" };
+
+function sharesPath(app) {
+  return `containers/${encodeURIComponent(app.container.urlId)}/shares/`;
+}
+
+function controlPath(urlId) {
+  return `containers/${encodeURIComponent(urlId)}/control`;
+}
+
+async function listShares(app) {
+  const listing = await api("GET", sharesPath(app));
+  const ids = Array.isArray(listing && listing.identifiers) ? listing.identifiers : [];
+  const items = listing && listing.items && typeof listing.items === "object" ? listing.items : {};
+  return {
+    shares: ids.map((id) => items[id]).filter((item) => item && typeof item === "object"),
+    connected: Array.isArray(listing && listing.connected) ? listing.connected : [],
+  };
+}
+
+function describeShare(share) {
+  if (share.link === true) return "Anyone signed in with the link";
+  if (typeof share.group === "string") return `Group ${share.group}`;
+  return text(share.user);
+}
+
+// The share dialog: the link (shared to view as soon as the dialog opens, where the site and
+// the policy allow links), sharing with a user or a group, and who may see the session now.
+async function showShare(app) {
+  let listing = await listShares(app);
+  if (SWITCHES.has("links") && !listing.shares.some((share) => share.link === true)) {
+    await api("POST", sharesPath(app), { link: true, mode: "view" });
+    listing = await listShares(app);
+  }
+  // The viewer's page: the session under a banner that says whether their input counts.
+  const link = `${window.location.origin}${window.location.pathname}?view=${app.container.urlId}`;
+  const body = [];
   const feedback = h("span", { class: "copy-feedback", role: "status" });
-  const copy = h("button", {
-    id: "cp-clipboard-button",
-    type: "button",
-    class: "button",
-    text: "Copy",
-    onclick: async () => {
-      feedback.textContent = (await copyText(link, field)) ? "Copied" : "Select the link and copy it";
-    },
-  });
-  field.addEventListener("focus", () => field.select());
-  return openDialog({
-    title: `Share ${app.name}`,
-    body: [
-      h("p", {
-        text: "People signed in to this site can view the running application with this link.",
-      }),
+  if (SWITCHES.has("links")) {
+    const field = h("input", {
+      id: "shared-url",
+      class: "share-field",
+      type: "text",
+      value: link,
+      spellcheck: "false",
+      "aria-label": "Link to this application",
+    });
+    const copy = h("button", {
+      id: "cp-clipboard-button",
+      type: "button",
+      class: "button",
+      text: "Copy",
+      onclick: async () => {
+        const value = field.value;
+        feedback.textContent = (await copyText(value, field))
+          ? "Copied"
+          : "Select the link and copy it";
+      },
+    });
+    field.addEventListener("focus", () => field.select());
+    body.push(
+      h("p", { text: "People signed in to this site can view the application with this link." }),
       h("div", { class: "share-row" }, field, copy),
       feedback,
-    ],
+    );
+  }
+  const list = h("ul", { id: "share-list", class: "share-list" });
+  const viewers = h("ul", { id: "share-viewers", class: "share-list" });
+  const refresh = async () => {
+    listing = await listShares(app);
+    list.replaceChildren(
+      ...listing.shares.map((share) =>
+        h(
+          "li",
+          { class: "share-entry" },
+          h("span", { class: "share-subject", text: describeShare(share) }),
+          h("span", { class: "share-mode", text: MODE_TEXT[share.mode] || "" }),
+          h("button", {
+            type: "button",
+            class: "button button-danger share-revoke",
+            text: "Revoke",
+            "aria-label": `Stop sharing with ${describeShare(share)}`,
+            onclick: async () => {
+              try {
+                await api("DELETE", `${sharesPath(app)}${encodeURIComponent(share.id)}/`);
+              } catch (error) {
+                feedback.textContent = error.message;
+              }
+              await refresh();
+            },
+          }),
+        ),
+      ),
+    );
+    if (!listing.shares.length) list.append(h("li", { text: "Not shared with anyone." }));
+    viewers.replaceChildren(
+      ...listing.connected.map((viewer) =>
+        h("li", {
+          class: "share-viewer",
+          text: `${text(viewer.user)} — ${viewer.input ? "in control" : "viewing"}`,
+        }),
+      ),
+    );
+    if (!listing.connected.length) viewers.append(h("li", { text: "Nobody else is watching." }));
+    updateBadge(listing.shares.length);
+  };
+  const suggestions = h("datalist", { id: "share-suggestions" });
+  const who = h("input", {
+    id: "share-who",
+    type: "text",
+    placeholder: "Hub user or group name",
+    autocomplete: "off",
+    spellcheck: "false",
+    list: "share-suggestions",
+    "aria-label": "Whom to share with",
+  });
+  // The hub's users and groups whose names start with what was typed, asked of the service
+  // (which asks the hub); names reach the page as option values, never as markup.
+  let searchTimer = null;
+  who.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    const prefix = who.value.trim();
+    if (!prefix) return;
+    searchTimer = setTimeout(async () => {
+      let found;
+      try {
+        found = await api("GET", `directory?query=${encodeURIComponent(JSON.stringify({ prefix }))}`);
+      } catch {
+        return; // no suggestions: a name typed in full still works
+      }
+      const users = Array.isArray(found.users) ? found.users.map(text) : [];
+      const groups = Array.isArray(found.groups) ? found.groups.map(text) : [];
+      suggestions.replaceChildren(
+        ...users.map((name) => h("option", { value: name, label: "user", "data-kind": "user" })),
+        ...groups.map((name) => h("option", { value: name, label: "group", "data-kind": "group" })),
+      );
+    }, 250);
+  });
+  who.addEventListener("change", () => {
+    const picked = [...suggestions.children].find((option) => option.value === who.value);
+    if (picked) kind.value = picked.dataset.kind;
+  });
+  const kind = h(
+    "select",
+    { id: "share-kind", "aria-label": "User or group" },
+    h("option", { value: "user", text: "User" }),
+    h("option", { value: "group", text: "Group" }),
+  );
+  const mode = h(
+    "select",
+    { id: "share-mode", "aria-label": "What they may do" },
+    h("option", { value: "view", text: "View" }),
+    ...(SWITCHES.has("control") ? [h("option", { value: "control", text: "Control" })] : []),
+  );
+  const add = h("button", {
+    id: "share-add",
+    type: "button",
+    class: "button",
+    text: "Share",
+    onclick: async () => {
+      const name = who.value.trim();
+      if (!name) return;
+      try {
+        await api("POST", sharesPath(app), { [kind.value]: name, mode: mode.value });
+        who.value = "";
+        feedback.textContent = "";
+      } catch (error) {
+        feedback.textContent = error.message;
+      }
+      await refresh();
+    },
+  });
+  body.push(
+    h("div", { class: "share-row" }, kind, who, suggestions, mode, add),
+    h("h3", { text: "Shared with" }),
+    list,
+    h("h3", { text: "Connected now" }),
+    viewers,
+  );
+  await refresh();
+  return openDialog({
+    title: `Share ${app.name}`,
+    className: "share-dialog",
+    body,
     buttons: [{ label: "Close", value: "close", primary: true }],
   });
+}
+
+function updateBadge(count) {
+  const badge = document.getElementById("shared-badge");
+  if (!badge) return;
+  badge.hidden = !count;
+  badge.textContent = count ? "Shared" : "";
+}
+
+// While a shared session of the owner is shown: its shares (the badge) and requests for
+// control (a notice with Give and Refuse), asked for every few seconds.
+let controlTimer = null;
+
+function watchControl(app) {
+  clearTimeout(controlTimer);
+  const tick = async () => {
+    const notices = document.getElementById("control-requests");
+    if (!notices || !notices.isConnected) return;
+    try {
+      const [control, listing] = await Promise.all([
+        api("GET", controlPath(app.container.urlId)),
+        listShares(app),
+      ]);
+      updateBadge(listing.shares.length);
+      showRequests(app, notices, control);
+    } catch {
+      // The session stopped or the service is away: the next render decides.
+    }
+    controlTimer = setTimeout(tick, CONTROL_POLL_MS);
+  };
+  tick();
+}
+
+async function control(urlId, action, user) {
+  return api("POST", controlPath(urlId), user ? { action, user } : { action });
+}
+
+function showRequests(app, notices, state) {
+  const urlId = app.container.urlId;
+  const requests = Array.isArray(state.requests) ? state.requests.map(text) : [];
+  const items = requests.map((name) =>
+    h(
+      "div",
+      { class: "control-request" },
+      h("span", { text: `${name} asks for control` }),
+      h("button", {
+        type: "button",
+        class: "button control-give",
+        text: "Give",
+        onclick: async () => showRequests(app, notices, await control(urlId, "give", name)),
+      }),
+      h("button", {
+        type: "button",
+        class: "button control-refuse",
+        text: "Refuse",
+        onclick: async () => showRequests(app, notices, await control(urlId, "refuse", name)),
+      }),
+    ),
+  );
+  if (state.controller || state.everyone) {
+    const who = state.everyone ? "Every viewer" : text(state.controller);
+    items.push(
+      h(
+        "div",
+        { class: "control-request" },
+        h("span", { id: "control-holder", text: `${who} has control` }),
+        h("button", {
+          type: "button",
+          id: "control-take",
+          class: "button",
+          text: "Take control back",
+          onclick: async () => showRequests(app, notices, await control(urlId, "take")),
+        }),
+      ),
+    );
+  }
+  notices.replaceChildren(...items);
+}
+
+// A session someone shared with me, opened as {svc}?view=<url_id>: the application in a
+// frame, under a banner saying whether my input reaches it, with a button to ask for control.
+async function showViewer(urlId) {
+  let state;
+  try {
+    state = await api("GET", controlPath(urlId));
+  } catch (error) {
+    elements.spinner.hidden = true;
+    await showError("This session cannot be opened", error.message);
+    return;
+  }
+  const urlpath = safePath(state.urlpath);
+  if (!urlpath) return;
+  const banner = h("span", { id: "view-only-banner", class: "status", role: "status" });
+  const ask = h("button", {
+    type: "button",
+    id: "request-control",
+    class: "button",
+    text: "Request control",
+    onclick: async () => {
+      try {
+        update(await control(urlId, "request"));
+        banner.textContent = `Asked ${text(state.owner)} for control…`;
+      } catch (error) {
+        banner.textContent = error.message;
+      }
+    },
+  });
+  const give = h("button", {
+    type: "button",
+    id: "release-control",
+    class: "button",
+    text: "Give control back",
+    hidden: true,
+    onclick: async () => update(await control(urlId, "release")),
+  });
+  let input = null;
+  const iframe = h("iframe", {
+    id: "application",
+    class: "application-frame",
+    title: `${text(state.owner)}'s session`,
+    allow: "fullscreen",
+  });
+  const update = (fresh) => {
+    state = fresh;
+    banner.textContent = state.input
+      ? `You control ${text(state.owner)}'s session`
+      : `View only — ${text(state.owner)}'s session`;
+    banner.classList.toggle("status-view-only", !state.input);
+    ask.hidden = state.input || !SWITCHES.has("control");
+    give.hidden = !state.input || state.everyone;
+    if (input === null) {
+      input = state.input;
+      iframe.src = `${urlpath}/`;
+    }
+  };
+  update(state);
+  iframe.addEventListener("load", () => {
+    elements.spinner.hidden = true;
+  });
+  elements.panel.replaceChildren(
+    h(
+      "div",
+      { class: "app-toolbar" },
+      h("h1", { class: "toolbar-title", text: `${text(state.owner)}'s session` }),
+      banner,
+      h("div", { class: "toolbar-actions" }, ask, give),
+    ),
+    iframe,
+  );
+  const poll = async () => {
+    try {
+      update(await api("GET", controlPath(urlId)));
+    } catch {
+      banner.textContent = "This session is no longer shared with you.";
+      iframe.remove();
+      return;
+    }
+    setTimeout(poll, CONTROL_POLL_MS);
+  };
+  setTimeout(poll, CONTROL_POLL_MS);
 }
 
 async function copyText(value, field) {
@@ -541,6 +860,7 @@ function renderPanel() {
   } else if (status === "running") {
     elements.panel.replaceChildren(toolbar(app, status), frame(app));
     updateTimeLeft();
+    if (app.allowView && SWITCHES.has("sharing")) watchControl(app);
   } else {
     elements.panel.replaceChildren(toolbar(app, status), settings(app, status));
   }
@@ -587,14 +907,21 @@ function renderSteps(current) {
 
 function toolbar(app, status) {
   const actions = h("div", { class: "toolbar-actions" });
-  if (status === "running" && app.allowView) {
+  if (status === "running" && app.allowView && SWITCHES.has("sharing")) {
     actions.append(
+      h("div", { id: "control-requests", class: "control-requests", "aria-live": "polite" }),
       h("button", {
         type: "button",
         id: "share-button",
         class: "button",
         text: "Share",
-        onclick: () => showShare(app),
+        onclick: async () => {
+          try {
+            await showShare(app);
+          } catch (error) {
+            await showError(`${app.name} could not be shared`, error.message);
+          }
+        },
       }),
     );
   }
@@ -628,6 +955,7 @@ function toolbar(app, status) {
     h("img", { class: "app-icon", src: app.icon, alt: "", width: 32, height: 32 }),
     h("h1", { class: "toolbar-title", text: app.name }),
     h("span", { class: `status status-${status}`, text: STATUS_TEXT[status] }),
+    h("span", { id: "shared-badge", class: "status status-shared", hidden: true }),
     h("span", {
       id: "reconnecting",
       class: "status status-reconnecting",
@@ -714,16 +1042,45 @@ function watchDesktop(app, iframe) {
   }, WATCH_INTERVAL_MS);
 }
 
+function clipboardAllowed() {
+  return SWITCHES.has("clipboard-to-app") && SWITCHES.has("clipboard-from-app");
+}
+
+// Where the site turns the clipboard off, noVNC's clipboard panel goes too (a courtesy: the
+// gate drops pasted text on its way to the desktop). Only a frame on this origin can be
+// reached; noVNC may build its panel after the load, so this looks again for a while.
+function hideClipboardPanel(iframe) {
+  if (clipboardAllowed()) return;
+  let tries = 0;
+  const hide = () => {
+    try {
+      const doc = iframe.contentDocument;
+      const button = doc && doc.getElementById("noVNC_clipboard_button");
+      if (button) {
+        button.hidden = true;
+        button.style.display = "none";
+        return;
+      }
+    } catch {
+      return; // another origin
+    }
+    tries += 1;
+    if (tries < 20) setTimeout(hide, 500);
+  };
+  hide();
+}
+
 function frame(app) {
   const iframe = h("iframe", {
     id: "application",
     class: "application-frame",
     title: app.name,
     src: framePath(app),
-    allow: "clipboard-read; clipboard-write; fullscreen",
+    allow: clipboardAllowed() ? "clipboard-read; clipboard-write; fullscreen" : "fullscreen",
   });
   iframe.addEventListener("load", () => {
     iframe.classList.add("loaded");
+    hideClipboardPanel(iframe);
     updateSpinner(selectedApp(), "running");
     // The application should get the keyboard at once (a desktop needs every key).
     iframe.focus();
@@ -870,6 +1227,11 @@ function wireListKeys() {
 
 async function main() {
   wireUserMenu();
+  const viewing = new URLSearchParams(window.location.search).get("view");
+  if (viewing && /^[a-z0-9]{1,64}$/.test(viewing)) {
+    await showViewer(viewing);
+    return;
+  }
   wireSearch();
   wireListKeys();
   render();

@@ -1,0 +1,394 @@
+"""Sharing a running session: shares as resources, and who controls it right now.
+
+Contract:
+- ``list``, ``create`` and ``delete`` are for the session's owner and admins; to anyone else
+  the session does not exist (``NotFound``, as someone else's container is). ``create``
+  needs the session running, its grant's policy ``allow_view`` and the site's rules
+  (``SharingRules``), else ``Forbidden`` saying which; a bad name is ``InvalidRequest``.
+  Sharing with the same user, group or link again changes that share's mode. Each change is
+  told to the ``ShareListener`` (audit) and to every ``on_change`` callback (the gate, which
+  then cuts the connections a deleted share let in).
+- ``end_all(url_id)`` removes every share of a session and its control state (the session
+  stopped); ``Sessions.on_stopped`` calls it.
+- ``mode_for(user, url_id)`` is how a signed-in user may enter someone else's session: the
+  widest mode their shares give them, None when none does or the policy no longer allows
+  viewing.
+- Control: the owner and admins always have input. A viewer has input when the owner made
+  everyone a controller, when control was handed to them, or — while nobody was handed
+  control and the owner has not taken it — when their share's mode is ``control``. Viewers
+  ask for control and give it back; the owner gives, refuses, takes it back, or lets
+  everyone control (``control``). With ``SharingRules.control`` off no viewer ever has
+  input. This state lives in the service's memory and ends with the session.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from remoteappmanager.domain.audit import AuditAction
+from remoteappmanager.domain.errors import Forbidden, InvalidRequest, NotFound
+from remoteappmanager.domain.sessions import Session, SessionState
+from remoteappmanager.domain.shares import (
+    Share,
+    ShareKind,
+    ShareMode,
+    share_mode_for,
+    validate_share_subject,
+)
+from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.services.access import AuthenticatedUser
+from remoteappmanager.services.audit import Recorder
+from remoteappmanager.services.sessions import Sessions
+
+log = structlog.get_logger(__name__)
+
+SYSTEM = "system"
+# Requests for control waiting for the owner's answer, per session.
+MAX_PENDING_REQUESTS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SharingRules:
+    """What the site allows: sharing at all, link shares, and any viewer input."""
+
+    enabled: bool = True
+    links: bool = True
+    control: bool = True
+
+
+class ShareListener(Protocol):
+    """Told of every share made and ended (the audit trail); must not raise."""
+
+    async def shared(self, actor: str, owner: str, share: Share) -> None: ...
+
+    async def unshared(self, actor: str, owner: str, share: Share) -> None: ...
+
+
+class AuditedShares:
+    """A ``ShareListener`` that leaves every share and unshare in the audit trail."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    async def shared(self, actor: str, owner: str, share: Share) -> None:
+        self._recorder.record(actor, AuditAction.SHARE, share.url_id, _detail(owner, share))
+
+    async def unshared(self, actor: str, owner: str, share: Share) -> None:
+        self._recorder.record(actor, AuditAction.UNSHARE, share.url_id, _detail(owner, share))
+
+
+def _detail(owner: str, share: Share) -> dict[str, object]:
+    return {
+        "owner": owner,
+        "with": share.kind.value if share.kind is ShareKind.LINK else share.subject,
+        "kind": share.kind.value,
+        "mode": share.mode.value,
+    }
+
+
+class NoShareListener:
+    async def shared(self, actor: str, owner: str, share: Share) -> None:
+        return None
+
+    async def unshared(self, actor: str, owner: str, share: Share) -> None:
+        return None
+
+
+class ControlAction(enum.StrEnum):
+    REQUEST = "request"
+    RELEASE = "release"
+    GIVE = "give"
+    REFUSE = "refuse"
+    TAKE = "take"
+    EVERYONE = "everyone"
+
+
+@dataclass(slots=True)
+class ControlState:
+    """Who controls a shared session besides its owner (see the module)."""
+
+    controller: str | None = None
+    owner_holds: bool = False
+    everyone: bool = False
+    requests: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlView:
+    """The control state as one caller sees it."""
+
+    owner: str
+    urlpath: str
+    controller: str | None
+    owner_holds: bool
+    everyone: bool
+    requests: tuple[str, ...]
+    mode: ShareMode | None
+    """The caller's share mode; None for the owner and admins."""
+    input_allowed: bool
+
+
+ChangeCallback = Callable[[str], None]
+
+
+class Shares:
+    """The sharing use cases (see the module's contract)."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        rules: SharingRules = SharingRules(),
+        listener: ShareListener | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._uow_factory = uow_factory
+        self.rules = rules
+        self._listener: ShareListener = listener or NoShareListener()
+        self._now = now
+        self._clock = clock
+        self._changed: list[ChangeCallback] = []
+        self._control: dict[str, ControlState] = {}
+        sessions.on_stopped(self.end_all)
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        """Call ``callback(url_id)`` whenever a session's shares or control change."""
+        self._changed.append(callback)
+
+    def _notify(self, url_id: str) -> None:
+        for callback in self._changed:
+            callback(url_id)
+
+    # ----------------------------------------------------------------- shares
+    async def _owned(self, actor: AuthenticatedUser, url_id: str) -> Session:
+        session = await self._sessions.get_any(url_id)
+        if session.user != actor.name and not actor.admin:
+            raise NotFound(f"there is no application {url_id} running")
+        return session
+
+    async def _allows_viewing(self, session: Session) -> bool:
+        async with self._uow_factory() as uow:
+            try:
+                grant = await uow.grants.get(session.mapping_id)
+            except NotFound:
+                return False
+        return grant.policy.allow_view
+
+    async def list(self, actor: AuthenticatedUser, url_id: str) -> tuple[Session, list[Share]]:
+        """The session and its shares, for its owner or an admin."""
+        session = await self._owned(actor, url_id)
+        async with self._uow_factory() as uow:
+            return session, list(await uow.shares.list_for(url_id))
+
+    async def create(
+        self,
+        actor: AuthenticatedUser,
+        url_id: str,
+        kind: ShareKind,
+        subject: str,
+        mode: ShareMode,
+    ) -> Share:
+        """Share the session (or change the mode of the share it has for ``subject``)."""
+        subject = validate_share_subject(kind, subject)
+        session = await self._owned(actor, url_id)
+        if session.state is not SessionState.RUNNING:
+            raise Forbidden("only a running application can be shared")
+        if not self.rules.enabled:
+            raise Forbidden("sharing is turned off on this site")
+        if kind is ShareKind.LINK and not self.rules.links:
+            raise Forbidden("link shares are turned off on this site")
+        if mode is ShareMode.CONTROL and not self.rules.control:
+            raise Forbidden("control shares are turned off on this site")
+        if kind is ShareKind.USER and subject == session.user:
+            raise InvalidRequest("the owner of an application needs no share of it")
+        if not await self._allows_viewing(session):
+            raise Forbidden("the policy of this application does not allow sharing it")
+        async with self._uow_factory() as uow:
+            share = await uow.shares.put(url_id, kind, subject, mode, self._now())
+            await uow.commit()
+        log.info(
+            "share",
+            actor=actor.name,
+            owner=session.user,
+            url_id=url_id,
+            kind=kind.value,
+            subject=subject,
+            mode=mode.value,
+        )
+        self._notify(url_id)
+        await self._listener.shared(actor.name, session.user, share)
+        return share
+
+    async def delete(self, actor: AuthenticatedUser, url_id: str, share_id: int) -> None:
+        """End one share; ``NotFound`` if the session has none with this id."""
+        session = await self._owned(actor, url_id)
+        async with self._uow_factory() as uow:
+            try:
+                share = await uow.shares.get(share_id)
+            except NotFound:
+                share = None
+            if share is None or share.url_id != url_id:
+                raise NotFound(f"application {url_id} has no share {share_id}")
+            await uow.shares.remove(share_id)
+            await uow.commit()
+        log.info("unshare", actor=actor.name, owner=session.user, url_id=url_id, share=share_id)
+        self._forget_control(url_id, share)
+        self._notify(url_id)
+        await self._listener.unshared(actor.name, session.user, share)
+
+    async def end_all(self, url_id: str) -> None:
+        """The session stopped: every share of it ends."""
+        async with self._uow_factory() as uow:
+            shares = list(await uow.shares.list_for(url_id))
+            await uow.shares.remove_all(url_id)
+            await uow.commit()
+        self._control.pop(url_id, None)
+        self._notify(url_id)
+        for share in shares:
+            await self._listener.unshared(SYSTEM, SYSTEM, share)
+
+    async def shares_of(self, url_id: str) -> Sequence[Share]:
+        """The session's shares as stored (no access check: for the gate)."""
+        async with self._uow_factory() as uow:
+            return list(await uow.shares.list_for(url_id))
+
+    async def mode_for(self, user: AuthenticatedUser, url_id: str) -> ShareMode | None:
+        """How ``user`` may enter someone else's session ``url_id`` (None: not at all)."""
+        if not self.rules.enabled:
+            return None
+        session = await self._sessions.get_any(url_id)
+        if session.user == user.name or not await self._allows_viewing(session):
+            return None
+        return self.effective_mode(await self.shares_of(url_id), user.name, user.groups)
+
+    def effective_mode(
+        self, shares: Sequence[Share], user: str, groups: frozenset[str]
+    ) -> ShareMode | None:
+        """The mode ``shares`` give ``user`` under the site's rules (pure)."""
+        if not self.rules.enabled:
+            return None
+        usable = [s for s in shares if s.kind is not ShareKind.LINK or self.rules.links]
+        return share_mode_for(usable, user, groups)
+
+    # ----------------------------------------------------------------- control
+    def input_allowed(self, url_id: str, user: str, mode: ShareMode) -> bool:
+        """Whether viewer ``user`` (entering with ``mode``) has input now (no I/O)."""
+        if not self.rules.control:
+            return False
+        state = self._control.get(url_id)
+        if state is None:
+            return mode is ShareMode.CONTROL
+        if state.everyone:
+            return True
+        if state.controller is not None:
+            return state.controller == user
+        return not state.owner_holds and mode is ShareMode.CONTROL
+
+    async def control_view(self, actor: AuthenticatedUser, url_id: str) -> ControlView:
+        """The control state for the owner, an admin or a viewer (else ``NotFound``)."""
+        session, mode = await self._participant(actor, url_id)
+        state = self._control.get(url_id) or ControlState()
+        return ControlView(
+            owner=session.user,
+            urlpath=session.urlpath,
+            controller=state.controller,
+            owner_holds=state.owner_holds,
+            everyone=state.everyone,
+            requests=tuple(state.requests) if mode is None else (),
+            mode=mode,
+            input_allowed=mode is None or self.input_allowed(url_id, actor.name, mode),
+        )
+
+    # One branch per action of the hand-over (request, release, give, refuse, take,
+    # everyone), each with who may ask it: kept together so the rules read as one table.
+    async def control(  # noqa: C901
+        self,
+        actor: AuthenticatedUser,
+        url_id: str,
+        action: ControlAction,
+        user: str | None = None,
+    ) -> ControlView:
+        """Change who controls the session (see the module); ``Forbidden`` for an action
+        that is not the caller's to take, ``InvalidRequest`` for a missing or unknown user."""
+        session, mode = await self._participant(actor, url_id)
+        state = self._control.setdefault(url_id, ControlState())
+        if mode is not None:  # a viewer
+            if action is ControlAction.REQUEST:
+                if not self.rules.control:
+                    raise Forbidden("viewers may not control applications on this site")
+                if not self.input_allowed(url_id, actor.name, mode):
+                    if len(state.requests) >= MAX_PENDING_REQUESTS:
+                        state.requests.pop(next(iter(state.requests)))
+                    state.requests[actor.name] = self._clock()
+            elif action is ControlAction.RELEASE:
+                state.requests.pop(actor.name, None)
+                if state.controller == actor.name:
+                    state.controller = None
+                    state.owner_holds = True
+            else:
+                raise Forbidden("only the owner of the application can do that")
+        elif action is ControlAction.GIVE:
+            if not self.rules.control:
+                raise Forbidden("viewers may not control applications on this site")
+            if not user:
+                raise InvalidRequest("say whom to give control to")
+            if user == session.user:
+                raise InvalidRequest("the owner always has control")
+            if user not in state.requests and not await self._named(url_id, user):
+                raise InvalidRequest(f"{user!r} has not asked for control and has no share")
+            state.controller, state.owner_holds, state.everyone = user, False, False
+            state.requests.pop(user, None)
+        elif action is ControlAction.REFUSE:
+            if not user:
+                raise InvalidRequest("say whose request to refuse")
+            state.requests.pop(user, None)
+        elif action is ControlAction.TAKE:
+            state.controller, state.owner_holds, state.everyone = None, True, False
+        elif action is ControlAction.RELEASE:
+            state.controller, state.owner_holds, state.everyone = None, False, False
+        elif action is ControlAction.EVERYONE:
+            if not self.rules.control:
+                raise Forbidden("viewers may not control applications on this site")
+            state.controller, state.owner_holds, state.everyone = None, False, True
+            state.requests.clear()
+        else:
+            raise Forbidden("only a viewer asks for control")
+        log.info("share.control", actor=actor.name, url_id=url_id, action=action.value, user=user)
+        self._notify(url_id)
+        return await self.control_view(actor, url_id)
+
+    async def _participant(
+        self, actor: AuthenticatedUser, url_id: str
+    ) -> tuple[Session, ShareMode | None]:
+        session = await self._sessions.get_any(url_id)
+        if session.user == actor.name:
+            return session, None
+        mode = await self.mode_for(actor, url_id)
+        if mode is not None:
+            return session, mode
+        if actor.admin:
+            return session, None
+        raise NotFound(f"there is no application {url_id} running")
+
+    async def _named(self, url_id: str, user: str) -> bool:
+        return any(
+            share.kind is ShareKind.USER and share.subject == user
+            for share in await self.shares_of(url_id)
+        )
+
+    def _forget_control(self, url_id: str, share: Share) -> None:
+        state = self._control.get(url_id)
+        if state is not None and share.kind is ShareKind.USER:
+            state.requests.pop(share.subject, None)
+            if state.controller == share.subject:
+                state.controller = None
