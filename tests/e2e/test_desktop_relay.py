@@ -176,6 +176,9 @@ async def test_the_user_page_reconnects_a_dropped_desktop_by_itself(world: World
     try:
         await _start_desktop(page)
         await page.evaluate("window.__notReloaded = true")
+        # The page has seen the desktop connected (a drop before that is the first connection
+        # failing, which noVNC retries without the page's help).
+        await page.locator('#application[data-desktop="connected"]').wait_for(timeout=10_000)
         frame = page.frame_locator("#application")
         assert world.relay.cut_all() >= 1
         await page.locator("#reconnecting").wait_for(state="visible", timeout=10_000)

@@ -1002,6 +1002,8 @@ function watchDesktop(app, iframe) {
       return;
     }
     const current = desktopState(iframe);
+    // What this page last saw of the connection, for whoever looks at the page.
+    iframe.dataset.desktop = current || "unknown";
     const now = Date.now();
     if (current === "connected") {
       connected = true;
