@@ -9,11 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
+from remoteappmanager.adapters.memory_events import InMemoryEventStore
 from remoteappmanager.domain.confinement import ResourceLimits, limits_for
 from remoteappmanager.domain.errors import InvalidRequest, Unavailable
 from remoteappmanager.domain.models import Grant, Policy
 from remoteappmanager.domain.sessions import StopReason, session_deadline
 from remoteappmanager.services.activity import ActivityTracker, StopLog
+from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.culling import Culler
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
@@ -391,3 +393,22 @@ async def test_a_stop_under_way_is_told_as_a_stop_and_a_failed_one_is_not(
     with pytest.raises(Unavailable):
         await service.sessions.stop("bob", again.url_id)
     assert await service.stop_log.stop_of("bob", again.url_id) is None
+
+
+async def test_a_cull_is_in_the_audit_trail_as_a_cull_with_its_reason(
+    world: World, clock: FakeClock
+) -> None:
+    service = _service(world, clock)
+    events = InMemoryEventStore()
+    service.sessions.audit = AuditTrail(events)
+    grant = await _granted(world, Policy(max_lifetime_s=30))
+    session = await service.sessions.start(grant)
+    clock.advance(30)
+    assert (await service.culler.run_once()).culled == {session.url_id: "lifetime"}
+    await service.sessions.audit.flush()  # type: ignore[attr-defined]
+    culls = [
+        (event.actor, event.target, event.detail["reason"])
+        for event in events.events
+        if event.action.value == "cull"
+    ]
+    assert culls == [("system", session.url_id, "lifetime")]

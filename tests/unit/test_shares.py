@@ -325,3 +325,25 @@ async def test_the_directory_finds_users_and_groups_by_prefix(scene: Scene) -> N
         assert error["type"] == "BadRepresentation"
     scene.service.world.hub.available = False
     assert (await bob.call("GET", f"{API}v1/directory", params=query))[0] == 503
+
+
+async def test_sharing_and_unsharing_are_in_the_audit_trail(scene: Scene) -> None:
+    session = await scene.service.start("alice", Policy(allow_view=True))
+    alice = scene.api("alice")
+    _status, _body, headers = await alice.call(
+        "POST", shares_url(session), json={"user": "bob", "mode": "control"}
+    )
+    share_id = headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    assert (await alice.call("DELETE", shares_url(session, share_id + "/")))[0] == 204
+    world = scene.service.world
+    await world.audit.flush()
+    recorded = [
+        (event.actor, event.action.value, event.target, dict(event.detail))
+        for event in world.events.events
+        if event.action.value in ("share", "unshare")
+    ]
+    detail = {"owner": "alice", "with": "bob", "kind": "user", "mode": "control"}
+    assert recorded == [
+        ("alice", "share", session.url_id, detail),
+        ("alice", "unshare", session.url_id, detail),
+    ]
