@@ -512,7 +512,8 @@ class _Downstream(asyncio.Protocol):
             self.close()
 
     # ------------------------------------------------------------------ reading requests
-    def data_received(self, data: bytes) -> None:
+    # The hot path of every byte from the proxy: relayed WebSocket, held, or parsed, inline.
+    def data_received(self, data: bytes) -> None:  # noqa: C901
         upgraded = self._upgraded
         if upgraded is not None:
             relay = self._relay
