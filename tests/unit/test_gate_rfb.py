@@ -66,7 +66,7 @@ def reference(stream: bytes) -> tuple[bytes, list[tuple[int, bytes]], bool]:
             size = _size(rest[pos:])
         except Unreadable:
             return handshake, found, True
-        except IndexError:  # not all here yet
+        except (IndexError, struct.error):  # not all here yet
             break
         if pos + size > len(rest):
             break
