@@ -1253,6 +1253,19 @@ async def test_gate_traffic_is_counted_in_the_metrics(stack: Stack) -> None:
     assert 'remoteapp_gate_requests_total{outcome="forwarded"} 2.0' in text  # and the entry's
     assert 'remoteapp_gate_requests_total{outcome="answered"} 2.0' in text  # and the first 302
     assert re.search(r"^remoteapp_gate_connections [0-9.]+$", text, re.MULTILINE)
+    moved = {
+        direction: float(amount)
+        for direction, amount in re.findall(
+            r'^remoteapp_gate_bytes_total\{direction="(\w+)"\} ([0-9.e+]+)$', text, re.MULTILINE
+        )
+    }
+    assert moved["to_apps"] > 0
+    assert moved["to_clients"] > 0
+    assert "remoteapp_gate_websockets_open 0.0" in text
+    ws = await open_ws(stack, session)
+    text = await (await stack.client.get(PREFIX + "metrics")).text()
+    assert "remoteapp_gate_websockets_open 1.0" in text
+    await ws.close()
 
 
 async def test_hop_by_hop_headers_and_our_cookies_are_taken_out_of_answers(

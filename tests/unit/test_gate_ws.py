@@ -259,3 +259,47 @@ def test_mask_matches_the_definition_at_every_offset() -> None:
     for offset in range(8):
         expect = bytes(b ^ key[(i + offset) % 4] for i, b in enumerate(data))
         assert mask(data, key, offset) == expect
+
+
+# ------------------------------------------------------------ the owner's desktop: activity
+_HANDSHAKE = b"RFB 003.008\n" + b"\x01" + b"\x01"
+_UPDATE = b"\x03\x01\x00\x00\x00\x00\x04\x00\x03\x00"
+_KEY = b"\x04\x01\x00\x00\x00\x00\x00\x61"
+_POINTER = b"\x05\x00\x00\x10\x00\x10"
+
+
+def _client(payload: bytes) -> bytes:
+    return encode_frame(BINARY, payload, masked=True)
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 1000])
+def test_an_owners_desktop_counts_input_not_update_requests(split: int) -> None:
+    """noVNC asks for screen updates all the time: a desktop nobody types in or clicks on is
+    idle, and its bytes still pass untouched."""
+    relay = WebSocketRelay(None, ping_interval=0, now=0.0, rfb_activity=True)
+    stream = relay.to_app
+    sent = _client(_HANDSHAKE) + b"".join(_client(_UPDATE) for _ in range(20))
+    passed = b"".join(stream.feed(sent[i : i + split]) for i in range(0, len(sent), split))
+    assert passed == sent
+    assert stream.data_frames == 0
+    typed = _client(_KEY) + _client(_UPDATE) + _client(_POINTER)
+    passed = b"".join(stream.feed(typed[i : i + split]) for i in range(0, len(typed), split))
+    assert passed == typed
+    assert stream.data_frames == 2
+
+
+def test_an_owners_stream_the_reader_cannot_follow_counts_every_frame() -> None:
+    relay = WebSocketRelay(None, ping_interval=0, now=0.0, rfb_activity=True)
+    stream = relay.to_app
+    odd = _client(b"not RFB at all") + _client(b"still not")
+    assert stream.feed(odd) == odd  # the owner is never cut off for it
+    assert stream.data_frames >= 2
+    text = encode_frame(TEXT, b"hello", masked=True)
+    assert stream.feed(text) == text
+
+
+def test_without_rfb_activity_every_data_frame_counts() -> None:
+    relay = WebSocketRelay(None, ping_interval=0, now=0.0)
+    frames = _client(_HANDSHAKE) + _client(_UPDATE) + _client(_UPDATE)
+    assert relay.to_app.feed(frames) == frames
+    assert relay.to_app.data_frames == 3

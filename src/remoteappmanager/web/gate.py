@@ -487,6 +487,7 @@ class Gate:
             user=user,
             principal=principal,
             viewer=viewer,
+            rfb_activity=target.protocol == "vnc",
         )
 
     def _mode_of(
@@ -736,7 +737,7 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
     app[GATE] = gate
     app[LOGIN_SESSIONS].on_end(gate.session_ended)
     app[SHARES].on_change(gate.shares_changed)
-    app[METRICS].watch_gate(gate.server.stats)
+    app[METRICS].watch_gate(gate.server.stats, lambda: len(gate.server.upgrades))
     app.cleanup_ctx.append(_listening)
     app.router.add_get(prefix + "gate/{url_id}", gate_entry, name="gate_entry")
     app.router.add_post(prefix + "gate/{url_id}", gate_entry_confirmed)

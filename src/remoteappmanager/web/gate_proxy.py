@@ -115,6 +115,9 @@ class Forward:
     user: str | None = None
     principal: Hashable | None = None
     viewer: ViewerInput | None = None
+    rfb_activity: bool = False
+    """The WebSocket carries a VNC desktop (RFB): only keyboard, mouse and clipboard input
+    counts as client input (``Gatekeeper.client_input``), not noVNC's update requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,10 @@ class GateStats:
     ws_dead: int = 0
     """WebSockets closed because a leg did not answer the gate's ping."""
     connections: int = 0
+    bytes_to_apps: int = 0
+    """Bytes written to applications (requests and WebSocket frames, headers included)."""
+    bytes_to_clients: int = 0
+    """Bytes written back towards the browsers (answers and WebSocket frames)."""
 
 
 # ---------------------------------------------------------------------------- wire details
@@ -327,6 +334,7 @@ class _Exchange:
         "request_done",
         "response_done",
         "reused",
+        "rfb_activity",
         "task",
         "timer",
         "upgrade",
@@ -356,6 +364,7 @@ class _Exchange:
         self.user: str | None = None  # counted against the cap while in progress
         self.principal: Hashable | None = None
         self.viewer: ViewerInput | None = None
+        self.rfb_activity = False
         self.upstream: _Upstream | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -793,6 +802,7 @@ class _Downstream(asyncio.Protocol):
             exchange.user = verdict.user
         exchange.principal = verdict.principal
         exchange.viewer = verdict.viewer
+        exchange.rfb_activity = verdict.rfb_activity
         server.stats.forwarded += 1
         server.gatekeeper.client_input(verdict.url_id)
         lines = exchange.lines
@@ -880,6 +890,7 @@ class _Downstream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            self._server.stats.bytes_to_clients += len(data)
             self.transport.write(data)
 
     def upgraded(self, upstream: _Upstream, head: bytes, rest: bytes, websocket: bool) -> None:
@@ -889,7 +900,9 @@ class _Downstream(asyncio.Protocol):
         server.stats.upgraded += 1
         exchange = self._active
         viewer = None
+        rfb_activity = False
         if exchange is not None:
+            rfb_activity = exchange.rfb_activity
             # The user's count moves from the request to the open connection.
             self._spliced_user, exchange.user = exchange.user, None
             server.upgrades[self] = (exchange.principal, exchange.url_id)
@@ -900,7 +913,10 @@ class _Downstream(asyncio.Protocol):
         self._active = None
         if websocket:
             relay = WebSocketRelay(
-                viewer, ping_interval=server.ping_interval, now=self._loop.time()
+                viewer,
+                ping_interval=server.ping_interval,
+                now=self._loop.time(),
+                rfb_activity=rfb_activity,
             )
             self._relay = upstream.relay = relay
             _keepalive(self.transport)
@@ -1107,6 +1123,7 @@ class _Upstream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and self._state != _CLOSED:
+            self._server.stats.bytes_to_apps += len(data)
             self.transport.write(data)
 
     def abandon(self) -> None:

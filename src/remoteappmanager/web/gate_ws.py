@@ -34,7 +34,7 @@ _RSV1, _RSV23 = 0x40, 0x30
 PING_ID_SIZE = 8
 
 # What happens to a data frame's payload.
-_PASS, _DROP, _FILTER = range(3)
+_PASS, _DROP, _FILTER, _OBSERVE = range(4)
 
 
 class Viewer(Protocol):
@@ -124,12 +124,17 @@ class FrameStream:
         from_client: bool,
         data_policy: Callable[[], int] | None = None,
         rfb_input: Callable[[], bool] | None = None,
+        observe_rfb: bool = False,
         max_payload: int = MAX_PAYLOAD,
     ) -> None:
         self.from_client = from_client
         self.max_payload = max_payload
+        if observe_rfb and data_policy is None and rfb_input is None:
+            # The owner's desktop: bytes pass untouched, and are read beside (``_observe``)
+            # only to tell its keyboard, mouse and clipboard input from update requests.
+            data_policy = _observe_policy
         self._data_policy = data_policy
-        self.rfb = RfbInputFilter() if rfb_input is not None else None
+        self.rfb = RfbInputFilter() if rfb_input is not None or observe_rfb else None
         self.rfb_input = rfb_input
         self._remaining = 0  # payload bytes of the current frame still to come
         self._action = _PASS
@@ -191,6 +196,8 @@ class FrameStream:
                         out.append(data[keep:pos])
                     keep = pos + take
                     out.append(self._filter(data[pos : pos + take]))
+                elif action == _OBSERVE:
+                    self._observe(data[pos : pos + take])
                 pos += take
                 self._remaining = remaining - take
                 if remaining == take and self._pending:
@@ -223,7 +230,7 @@ class FrameStream:
                 continue
             # A data frame's header: its payload follows (self._remaining set).
             head = self._header_size(data, pos)
-            if self._action != _PASS:
+            if self._action not in (_PASS, _OBSERVE):
                 if pos > keep:
                     out.append(data[keep:pos])
                 keep = pos + head
@@ -292,6 +299,8 @@ class FrameStream:
             self._action = _PASS if policy is None else policy()
             if self._action == _FILTER and (opcode != BINARY or first & _RSV1):
                 raise WebSocketViolation("a viewer's desktop stream is uncompressed binary")
+            if self._action == _OBSERVE and (opcode != BINARY or first & _RSV1):
+                self._stop_observing()
         self._in_message = not fin
         if self._action == _PASS:
             self.data_frames += 1
@@ -325,6 +334,30 @@ class FrameStream:
         self.expect = None
         return False
 
+    def _observe(self, chunk: bytes) -> None:
+        """Read the owner's RFB beside the stream: a data frame counts (``data_frames``) when
+        it carries input. Anything the reader cannot follow ends the reading, and every data
+        frame counts from then on, as for any other WebSocket."""
+        rfb = self.rfb
+        if rfb is None:
+            return
+        plain = mask(chunk, self._key, self._offset)
+        self._offset += len(chunk)
+        before = rfb.input_passed
+        try:
+            rfb.feed(plain, True)
+        except RfbViolation:
+            self._stop_observing()
+            return
+        if rfb.input_passed != before:
+            self.data_frames += 1
+
+    def _stop_observing(self) -> None:
+        self.rfb = None
+        self._data_policy = None
+        self._action = _PASS
+        self.data_frames += 1
+
     def _filter(self, chunk: bytes) -> bytes:
         assert self.rfb is not None
         assert self.rfb_input is not None
@@ -349,7 +382,14 @@ class WebSocketRelay:
 
     __slots__ = ("next_ping", "ping_interval", "to_app", "to_client")
 
-    def __init__(self, viewer: Viewer | None, *, ping_interval: float, now: float) -> None:
+    def __init__(
+        self,
+        viewer: Viewer | None,
+        *,
+        ping_interval: float,
+        now: float,
+        rfb_activity: bool = False,
+    ) -> None:
         policy: Callable[[], int] | None = None
         rfb_input: Callable[[], bool] | None = None
         if viewer is not None:
@@ -365,7 +405,12 @@ class WebSocketRelay:
                 rfb_input = allowed
             else:
                 policy = web_policy
-        self.to_app = FrameStream(from_client=True, data_policy=policy, rfb_input=rfb_input)
+        self.to_app = FrameStream(
+            from_client=True,
+            data_policy=policy,
+            rfb_input=rfb_input,
+            observe_rfb=rfb_activity and viewer is None,
+        )
         if viewer is not None and self.to_app.rfb is not None:
             self.to_app.rfb.clipboard = lambda: viewer.clipboard_in
         self.to_client = FrameStream(from_client=False)
@@ -397,3 +442,7 @@ class WebSocketRelay:
 
 def _filter_policy() -> int:
     return _FILTER
+
+
+def _observe_policy() -> int:
+    return _OBSERVE

@@ -186,9 +186,9 @@ class Metrics:
             running.labels(image).set(count)
         self._running_images = seen
 
-    def watch_gate(self, stats: GateStats) -> None:
+    def watch_gate(self, stats: GateStats, open_websockets: Callable[[], int]) -> None:
         """Export the gate's plain counters, read when metrics are scraped."""
-        self.registry.register(_GateCollector(stats))
+        self.registry.register(_GateCollector(stats, open_websockets))
 
     # ------------------------------------------------------------ StartObserver
     def step_finished(self, image: str, step: StartStep, seconds: float) -> None:
@@ -275,8 +275,9 @@ async def loop_lag_lifespan(app: web.Application) -> AsyncIterator[None]:
 class _GateCollector(Collector):
     """The gate's plain counters, turned into metrics when scraped (nothing per request)."""
 
-    def __init__(self, stats: GateStats) -> None:
+    def __init__(self, stats: GateStats, open_websockets: Callable[[], int]) -> None:
         self._stats = stats
+        self._open_websockets = open_websockets
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         stats = self._stats
@@ -314,6 +315,19 @@ class _GateCollector(Collector):
             "did not answer the gate's ping.",
             labels=("reason",),
         )
+        yield GaugeMetricFamily(
+            "remoteapp_gate_websockets_open",
+            "WebSockets open through the gate now.",
+            value=self._open_websockets(),
+        )
+        moved = CounterMetricFamily(
+            "remoteapp_gate_bytes",
+            "Bytes the gate relayed, by direction (to_apps, to_clients).",
+            labels=("direction",),
+        )
+        moved.add_metric(("to_apps",), stats.bytes_to_apps)
+        moved.add_metric(("to_clients",), stats.bytes_to_clients)
+        yield moved
         closed.add_metric(("violation",), stats.ws_refused)
         closed.add_metric(("unanswered_ping",), stats.ws_dead)
         yield closed
