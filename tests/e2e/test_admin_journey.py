@@ -165,8 +165,8 @@ async def test_an_admin_gives_carol_an_application_and_stops_it(stack: Stack) ->
         await container.wait_for()
         assert await container.locator("td").nth(2).text_content() == WEBAPP
         assert await container.locator("td").nth(5).text_content() == "Running"
-        # The policy allows viewing, so the admin opens it as any signed-in user may, with
-        # no confirmation (that is for entering unshared applications: test_app_isolation).
+        # Holding the address lets nobody in without a share: the admin enters someone
+        # else's session only once they confirm it (and the entry is in the audit trail).
         link = await container.get_by_role("link", name="Open").get_attribute("href")
         assert link is not None
         assert re.fullmatch(rf"/user/{USER}/containers/[a-z0-9]+/", link)
@@ -174,6 +174,9 @@ async def test_an_admin_gives_carol_an_application_and_stops_it(stack: Stack) ->
         opened = await peek.goto(stack.url(link))
         assert opened is not None
         assert opened.ok
+        assert USER in (await peek.locator("#enter-title").text_content() or "")
+        await peek.click("#enter-confirm")
+        await peek.locator("#user").wait_for(timeout=START_TIMEOUT_MS)
         assert await peek.locator("#user").text_content() == USER
         await peek.close()
         await _open(admin, "Home", "Statistics")
