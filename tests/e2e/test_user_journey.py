@@ -122,7 +122,10 @@ async def test_alice_runs_her_apps_shares_the_desktop_and_signs_out(stack: Stack
         await screenshot(alice, "e2e-04-desktop-running")
 
         desktop_path = await alice.get_attribute("#application", "src") or ""
-        url_id = desktop_path.rstrip("/").rsplit("/", 1)[-1]
+        # The desktop is shown by the service's viewer, under the application's path.
+        found = re.search(r"/containers/([a-z0-9]+)/", desktop_path)
+        assert found is not None, desktop_path
+        url_id = found.group(1)
         # Bob holds the desktop's address, but nothing shares it with him yet.
         unshared = await bob.goto(stack.url(desktop_path))
         assert unshared is not None
@@ -277,8 +280,10 @@ async def test_a_viewer_sees_but_acts_only_once_given_control(stack: Stack) -> N
             .locator("html.noVNC_connected")
             .wait_for(timeout=START_TIMEOUT_MS)
         )
-        path = (await alice.get_attribute("#application", "src") or "").rstrip("/")
-        url_id = path.rsplit("/", 1)[-1]
+        frame_src = await alice.get_attribute("#application", "src") or ""
+        found = re.search(r"^(/user/alice/containers/([a-z0-9]+))/", frame_src)
+        assert found is not None, frame_src
+        path, url_id = found.group(1), found.group(2)
         container = (
             _docker(
                 "ps", "-q", "--filter", f"label=eu.simphony-project.docker.runinfo.url_id={url_id}"
