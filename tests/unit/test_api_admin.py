@@ -1021,6 +1021,7 @@ async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
         "limits",
         "container",
         "last_stop",
+        "source_group",
     }
 
 

@@ -46,6 +46,9 @@ class GateTarget:
     host: str
     port: int
     allow_view: bool
+    source_group: str | None = None
+    """The hub group whose grant the session was started through (its owner keeps it only
+    while in the group); None for a grant to the owner by name."""
 
 
 class GateAccess:
@@ -156,6 +159,7 @@ class GateAccess:
         if session.state is not SessionState.RUNNING or session.host_port is None:
             raise NotFound(f"there is no application {url_id} running")
         allow_view = False
+        source_group: str | None = None
         catalogue_read = True
         try:
             async with self._uow_factory() as uow:
@@ -163,6 +167,12 @@ class GateAccess:
                     grant = await uow.grants.get(session.mapping_id)
                 except NotFound:
                     grant = None  # revoked since the start: only its owner and admins get in
+                    try:
+                        group_grant = await uow.grants.get_group(session.mapping_id)
+                        source_group = group_grant.group
+                        allow_view = group_grant.policy.allow_view
+                    except NotFound:
+                        pass
         except Unavailable as exc:
             # The application runs and its owner may still use it; whether others may is
             # unknown until the catalogue can be read again: not kept, and nobody else enters.
@@ -180,6 +190,7 @@ class GateAccess:
             host=host,
             port=session.host_port,
             allow_view=allow_view,
+            source_group=source_group,
         )
         # A lookup that started before a change of the owner's sessions may not show it.
         if (
@@ -206,7 +217,25 @@ class GateAccess:
     # ----------------------------------------------------------------- decisions
     @staticmethod
     def may_enter(user: AuthenticatedUser, target: GateTarget) -> bool:
+        if GateAccess.left_group(user, target):
+            return user.admin
         return user.name == target.owner or user.admin or target.allow_view
+
+    @staticmethod
+    def left_group(user: AuthenticatedUser, target: GateTarget) -> bool:
+        """Whether ``user`` owns ``target`` through a grant to a hub group they are not in."""
+        return (
+            user.name == target.owner
+            and target.source_group is not None
+            and target.source_group not in user.groups
+        )
+
+    async def stop_left_group(self, user: AuthenticatedUser) -> None:
+        """Stop ``user``'s sessions of group grants whose group they left (``Sessions``)."""
+        try:
+            await self._sessions.stop_outside_groups(user.name, user.groups)
+        except Unavailable as exc:
+            log.warning("gate.group_stop_failed", user=user.name, error=exc.message)
 
     @staticmethod
     def enters_as_admin(user: AuthenticatedUser, target: GateTarget) -> bool:

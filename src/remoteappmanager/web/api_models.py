@@ -400,6 +400,10 @@ class ApplicationOut(_Answer):
         description="Why the last session of this grant ended, when none runs now and it "
         "ended in the last days; null otherwise."
     )
+    source_group: str | None = Field(
+        description="The hub group this application is granted to (I have it while I am "
+        "in the group); null for a grant to me by name.",
+    )
 
     @classmethod
     def of(
@@ -422,6 +426,7 @@ class ApplicationOut(_Answer):
             last_stop=(
                 StopOut.of(application.last_stop) if application.last_stop is not None else None
             ),
+            source_group=grant.source_group,
         )
 
 

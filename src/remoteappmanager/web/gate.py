@@ -514,6 +514,9 @@ class Gate:
         allowed = self.access.may_enter(user, target)
         if session is not None:
             self.access.remember(session.id, url_id, allowed)
+        if self.access.left_group(user, target):
+            # Its owner left the hub group the grant was made to: the session ends.
+            await self.access.stop_left_group(user)
         return allowed
 
     async def rechecking(self) -> None:
