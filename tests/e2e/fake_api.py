@@ -34,6 +34,7 @@ class FakeApplication:
         default_factory=lambda: {"memory_limit_mb": 4096, "cpu_limit": 2.0, "pids_limit": 1024}
     )
     last_stop: dict[str, Any] | None = None
+    source_group: str | None = None
 
     def as_item(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class FakeApplication:
             "limits": self.limits,
             "container": self.container,
             "last_stop": self.last_stop,
+            "source_group": self.source_group,
         }
 
 

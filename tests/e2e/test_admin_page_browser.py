@@ -30,6 +30,7 @@ HOSTILE_USER = '<img src=x onerror="window.pwned=1">'
 HOSTILE_LABEL = "<script>window.pwned=2</script>"
 HOSTILE_DESCRIPTION = '<img src=y onerror="window.pwned=3"> & "quotes"'
 HOSTILE_LICENSE = "<b onmouseover=window.pwned=4>licence</b>"
+HOSTILE_GROUP = '<img src=x onerror="window.pwned=5">'
 
 
 @dataclass
@@ -284,3 +285,37 @@ async def test_the_containers_view_refreshes_itself(page: Page, site: Site) -> N
     await page.locator(".empty-row").wait_for()
     await page.locator("#containers-user").fill("")
     await page.get_by_role("button", name="Filter").click()
+
+
+# ------------------------------------------------------------------------------ group policies
+async def test_a_policy_is_given_to_a_hub_group_and_removed(page: Page, site: Site) -> None:
+    users_grants = await catalogue.list_grants(site.world.database.unit_of_work)
+    await _show(page, site, "#/users")
+    await page.get_by_role("button", name="Group Policies").click()
+    dialog = page.locator("dialog[open]")
+    await dialog.locator("#group").fill(HOSTILE_GROUP)
+    await dialog.get_by_role("button", name="Submit").click()
+    await dialog.wait_for(state="detached")
+    await page.locator(".loading-line").wait_for(state="detached")
+    await page.get_by_role("heading", name=f"Policies of group {HOSTILE_GROUP}").wait_for()
+
+    await page.get_by_role("button", name="Create New Entry").click()
+    dialog = page.locator("dialog[open]")
+    await dialog.locator("#allow_view").check()
+    await dialog.get_by_role("button", name="Submit").click()
+    await dialog.wait_for(state="detached")
+    await page.locator("td", has_text=IMAGE).wait_for()
+    uow = site.world.database.unit_of_work
+    (granted,) = await catalogue.list_group_grants(uow)
+    assert (granted.group, granted.application.image) == (HOSTILE_GROUP, IMAGE)
+    assert granted.policy.allow_view
+    await _not_pwned(page)
+
+    await page.get_by_role("button", name="Remove").click()
+    dialog = page.locator("dialog[open]")
+    await dialog.get_by_role("button", name="Ok").click()
+    await dialog.wait_for(state="detached")
+    await page.locator("td", has_text=IMAGE).wait_for(state="detached")
+    assert await catalogue.list_group_grants(uow) == []
+    # The users' own policies are untouched.
+    assert await catalogue.list_grants(uow) == users_grants

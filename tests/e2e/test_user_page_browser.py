@@ -412,6 +412,20 @@ async def test_hostile_labels_stay_text(page: Page, site: Site, backend: FakeBac
     assert await page.evaluate("window.pwned") is None
 
 
+async def test_a_card_names_the_hub_group_its_grant_comes_through(
+    page: Page, site: Site, backend: FakeBackend
+) -> None:
+    mine = backend.add(image("mine", "Mine"), policy())
+    shared = backend.add(image("shared", "Shared"), policy())
+    shared.source_group = HOSTILE
+    await _open(page, site)
+    assert await _names(page) == ["Mine", "Shared"]
+    groups = page.locator("#applistentries .app-group")
+    assert await groups.all_text_contents() == [f"Through group {HOSTILE}"]
+    assert mine.source_group is None
+    assert await page.evaluate("window.pwned") is None
+
+
 async def test_sign_out_from_the_user_menu(page: Page, site: Site, backend: FakeBackend) -> None:
     await page.goto(site.url + PREFIX)
     await page.wait_for_selector("#loading-spinner", state="hidden")

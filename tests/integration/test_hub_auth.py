@@ -26,6 +26,7 @@ from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
 from remoteappmanager.domain.errors import Unauthorized
+from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
 from remoteappmanager.ports.identity import Directory, IdentityProvider
 from remoteappmanager.settings import Settings
@@ -691,3 +692,83 @@ async def test_the_share_dialogs_search_finds_hub_users_and_groups(stack: Stack)
         ) as response:
             assert response.status == 200, await response.text()
             assert await response.json() == {"users": [], "groups": [f"{stem}olphins"]}
+
+
+# ------------------------------------------------------------------------------ group grants
+_GROUP_IMAGE = "remoteapp-test/web:latest"
+
+
+async def test_a_hub_group_member_gets_the_groups_grant_and_loses_it_on_leaving(
+    stack: Stack,
+) -> None:
+    """Groups as the real hub reports them: joining shows the application, leaving takes
+    it away (and stops its session) once the hub's cached answer expires."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from remoteappmanager.services import catalogue
+    from remoteappmanager.services.applications import Applications, ImageMetadataCache
+
+    world = World()
+    world.runtime.add_image(_GROUP_IMAGE, {"eu.simphony-project.docker.type": "webapp"})
+    settings = Settings(
+        jupyterhub_api_url=stack.settings.jupyterhub_api_url,
+        jupyterhub_api_token=stack.settings.jupyterhub_api_token,
+        jupyterhub_service_prefix=PREFIX,
+        jupyterhub_base_url="/",
+        container_access="direct",
+    )
+    sessions = world.make_sessions(settings)
+    deps = WebDeps(
+        settings=settings,
+        identity=stack.identity,
+        uow_factory=world.database.unit_of_work,
+        sessions=sessions,
+        applications=Applications(
+            world.database.unit_of_work,
+            sessions,
+            ImageMetadataCache(world.runtime, ttl=0, missing_ttl=0),
+            grants_ttl=0,
+        ),
+        stop_log=world.stop_log,
+    )
+    await catalogue.create_user(world.database.unit_of_work, "gina")
+    await catalogue.create_application(world.database.unit_of_work, _GROUP_IMAGE)
+    async with world.database.unit_of_work() as work:
+        application = await work.applications.get_by_image(_GROUP_IMAGE)
+        granted = await work.grants.grant_group("physics-lab", application, Policy())
+        await work.commit()
+    await _api(stack, "POST", "/groups/physics-lab")
+    token = await _token(stack, "gina")
+    headers = {"Authorization": f"token {token}"}
+    applications = PREFIX + "api/v1/applications/"
+
+    async with TestClient(TestServer(create_app(deps))) as client:
+
+        async def listed() -> list[str]:
+            async with client.get(applications, headers=headers) as response:
+                assert response.status == 200
+                return list((await response.json())["identifiers"])
+
+        assert await listed() == []
+        await _api(stack, "POST", "/groups/physics-lab/users", json={"users": ["gina"]})
+        CLOCK.advance(CACHE_TTL)
+        assert await listed() == [granted.mapping_id]
+        async with client.post(
+            PREFIX + "api/v1/containers/", json={"mapping_id": granted.mapping_id}, headers=headers
+        ) as response:
+            assert response.status == 201, await response.text()
+            location = response.headers["Location"]
+        assert world.runtime.container_ids
+
+        await _api(stack, "DELETE", "/groups/physics-lab/users", json={"users": ["gina"]})
+        assert await listed() == [granted.mapping_id]  # the hub's answer is cached
+        CLOCK.advance(CACHE_TTL)
+        assert await listed() == []
+        assert world.runtime.container_ids == frozenset()
+        async with client.get(location, headers=headers) as response:
+            body = await response.json()
+        assert (body["state"], body["stop_reason"]) == ("stopped", "admin")
+        async with client.post(
+            PREFIX + "api/v1/containers/", json={"mapping_id": granted.mapping_id}, headers=headers
+        ) as response:
+            assert response.status == 404

@@ -42,6 +42,7 @@ TABLES = {
     "login_session",
     "start_claim",
     "session_share",
+    "group_grant",
 }
 
 
@@ -72,7 +73,7 @@ async def test_upgrade_takes_an_empty_database_to_head(empty_database_url: str) 
 
     after = await migrate.upgrade(empty_database_url)
 
-    assert after.current == migrate.head() == "0007"
+    assert after.current == migrate.head() == "0008"
     assert after.at_head
     assert await migrate.check(empty_database_url)
     assert await _inspect(empty_database_url, _table_names) == TABLES | {"alembic_version"}
@@ -411,6 +412,7 @@ async def test_constraints_carry_the_naming_convention(empty_database_url: str) 
             "uq_application_image",
             "uq_accounting_user_id_application_id_application_policy_id",
             "uq_session_share_url_id_kind_subject",
+            "uq_group_grant_group_name_application_id_application_policy_id",
         },
         "check": {
             "ck_application_policy_volume_mode",
@@ -613,3 +615,38 @@ def test_the_developers_alembic_ini_works(tmp_path: Path) -> None:
     assert upgraded.returncode == 0, upgraded.stderr
     assert checked.returncode == 0, checked.stderr + checked.stdout
     assert "No new upgrade operations detected" in checked.stdout + checked.stderr
+
+
+async def test_group_grants_arrive_empty_and_keep_every_grant(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url, "0007")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "c" * 32 + "', 1, 1, 1)",
+    )
+
+    assert (await migrate.upgrade(empty_database_url)).at_head
+
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        ("c" * 32, 1)
+    ]
+    assert await execute(empty_database_url, "SELECT count(*) FROM group_grant") == [(0,)]
+    database = SqlDatabase(empty_database_url)
+    try:
+        async with database.unit_of_work() as work:
+            app = await work.applications.get(1)
+            granted = await work.grants.grant_group("physics", app, Policy(allow_home=True))
+            await work.commit()
+        async with database.unit_of_work() as work:
+            assert [g.mapping_id for g in await work.grants.list_groups()] == [granted.mapping_id]
+            assert len(await work.grants.list_all()) == 1
+    finally:
+        await database.close()
+
+    down = await migrate.downgrade(empty_database_url, "0007")
+    assert down.current == "0007"
+    assert "group_grant" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
+    assert await execute(empty_database_url, "SELECT id FROM accounting") == [("c" * 32,)]

@@ -511,3 +511,53 @@ def test_verify_without_an_engine_suggests_no_verify(db: str, engine: InMemoryRu
     assert message.startswith("Docker engine unavailable (")
     assert message.endswith("; use --no-verify to register the image anyway")
     assert ok(db, "app", "list", "--no-decoration") == ""
+
+
+# ------------------------------------------------------------------------------ group grants
+def test_grants_to_hub_groups_are_made_listed_revoked_and_audited(
+    db: str, empty_database_url: str
+) -> None:
+    account = pwd.getpwuid(os.getuid()).pw_name
+    ok(db, "app", "create", IMAGE, "--no-verify")
+    mapping_id = ok(db, "app", "grant", IMAGE, "--group", "physics", "--allow-home").strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", mapping_id)
+    assert ok(db, "app", "grant", IMAGE, "--group", "physics", "--allow-home").strip() == (
+        mapping_id
+    )
+    other_id = ok(db, "app", "grant", IMAGE, "--group", "chemistry").strip()
+
+    plain = ok(db, "app", "list", "--show-groups", "--no-decoration").splitlines()
+    assert plain == [f"{other_id} chemistry {IMAGE}", f"{mapping_id} physics {IMAGE}"]
+    table = ok(db, "app", "list", "--show-groups").splitlines()
+    assert table[0].split() == ["MAPPING", "ID", "GROUP", "IMAGE"]
+    # No user holds a group grant by name.
+    assert ok(db, "user", "list", "--show-apps", "--no-decoration") == ""
+
+    assert "exactly one of USER and --group" in refused(db, "app", "grant", IMAGE, code=2)
+    assert "exactly one of USER and --group" in refused(
+        db, "app", "grant", IMAGE, "alice", "--group", "physics", code=2
+    )
+    assert "group name" in refused(db, "app", "grant", IMAGE, "--group", "a/b")
+    assert "with this policy" in refused(db, "app", "revoke", IMAGE, "--group", "physics")
+
+    assert ok(db, "app", "revoke", IMAGE, "--group", "physics", "--allow-home") == (
+        "revoked 1 grant\n"
+    )
+    assert ok(db, "app", "revoke", IMAGE, "--group", "chemistry", "--revoke-all") == (
+        "revoked 1 grant\n"
+    )
+    assert ok(db, "app", "list", "--show-groups", "--no-decoration") == ""
+
+    rows = asyncio.run(
+        execute(empty_database_url, "SELECT actor, action, target, detail FROM event ORDER BY id")
+    )
+    granted = [(actor, action, target) for actor, action, target, _ in rows][1:]
+    assert granted == [
+        (account, "grant", mapping_id),
+        (account, "grant", mapping_id),
+        (account, "grant", other_id),
+        (account, "revoke", mapping_id),
+        (account, "revoke", other_id),
+    ]
+    details = [detail for *_, detail in rows][1:]
+    assert all('"group"' in str(detail) or "'group'" in str(detail) for detail in details)

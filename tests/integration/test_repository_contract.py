@@ -557,3 +557,58 @@ async def test_shares_are_not_catalogue_changes_and_roll_back(uow: UnitOfWorkFac
         await work.shares.remove(share.id)
         await work.commit()
     assert await _version(uow) == before
+
+
+# ------------------------------------------------------------------------ group grants
+async def test_a_group_grant_is_idempotent_listed_by_group_and_revoked(
+    uow: UnitOfWorkFactory,
+) -> None:
+    alice, _bob, app, other = await _seed(uow)
+    async with uow() as work:
+        physics = await work.grants.grant_group("physics", app, FULL_POLICY)
+        again = await work.grants.grant_group("physics", app, FULL_POLICY)
+        chemistry = await work.grants.grant_group("chemistry", other, Policy())
+        await work.commit()
+    assert again == physics
+    assert MAPPING_ID.match(physics.mapping_id)
+    assert (physics.group, physics.application, physics.policy) == ("physics", app, FULL_POLICY)
+
+    async with uow() as work:
+        assert await work.grants.get_group(physics.mapping_id) == physics
+        assert list(await work.grants.list_groups()) == [chemistry, physics]
+        assert list(await work.grants.list_groups({"physics", "nobody"})) == [physics]
+        assert list(await work.grants.list_groups(set())) == []
+        # Group grants are no user's grants: the users' listings do not show them.
+        assert list(await work.grants.list_all()) == []
+        assert list(await work.grants.list_for_user(alice.id)) == []
+        with pytest.raises(NotFound):
+            await work.grants.get(physics.mapping_id)
+
+    async with uow() as work:
+        assert await work.grants.revoke_group(physics.mapping_id) == physics
+        await work.commit()
+    async with uow() as work:
+        assert list(await work.grants.list_groups()) == [chemistry]
+        with pytest.raises(NotFound):
+            await work.grants.get_group(physics.mapping_id)
+        with pytest.raises(NotFound):
+            await work.grants.revoke_group(physics.mapping_id)
+
+
+async def test_a_group_grant_goes_with_its_application_and_moves_the_version(
+    uow: UnitOfWorkFactory,
+) -> None:
+    _alice, _bob, app, other = await _seed(uow)
+    async with uow() as work:
+        before = await work.catalogue_version()
+        await work.grants.grant_group("physics", app, Policy())
+        kept = await work.grants.grant_group("physics", other, Policy())
+        await work.commit()
+    async with uow() as work:
+        assert await work.catalogue_version() != before
+        await work.applications.remove(app.id)
+        await work.commit()
+    async with uow() as work:
+        assert list(await work.grants.list_groups()) == [kept]
+        with pytest.raises(NotFound):
+            await work.grants.grant_group("physics", app, Policy())

@@ -426,6 +426,7 @@ async def test_grants_are_created_listed_and_revoked(
         "mapping_id": mapping_id,
         "user_id": ids["alice"],
         "user_name": "alice",
+        "group": None,
         "application_id": ids[DESKTOP],
         "image_name": DESKTOP,
         "app_license": "LIC-42",
@@ -1021,6 +1022,7 @@ async def test_the_openapi_document_lists_the_admin_routes_and_still_validates(
         "limits",
         "container",
         "last_stop",
+        "source_group",
     }
 
 
@@ -1055,8 +1057,9 @@ async def test_the_document_states_what_the_server_checks(client: TestClient[Any
                         "$ref": "#/components/schemas/ApiError"
                     }
     grant = schemas["AdminGrantCreate"]
-    assert grant["required"] == ["user_id"]
-    assert len(grant["allOf"]) == 3  # one application, both volume paths or none, one form
+    assert "required" not in grant
+    # one application, both volume paths or none, one volume form, one of user and group
+    assert len(grant["allOf"]) == 4
     image = schemas["AdminApplicationCreate"]["properties"]["image_name"]
     assert image["format"] == "docker-image-reference"
     assert re.search(image["pattern"], "remoteapp-demo/webapp:latest")
@@ -1190,3 +1193,90 @@ async def test_bad_paging_is_400(root: Api, path: str, params: dict[str, str]) -
     status, body, _ = await root.call("GET", path, params=params)
 
     assert (status, body["type"]) == (400, "BadRepresentation")
+
+
+# ------------------------------------------------------------------------------ group grants
+async def test_a_grant_to_a_hub_group_is_created_listed_and_revoked(
+    root: Api, alice: Api, bob: Api, world: World, ids: dict[str, str]
+) -> None:
+    world.hub.set_groups("alice", frozenset({"physics"}))
+    world.hub_changed()
+    body = {"group": "physics", "image_name": WEBAPP, "allow_view": True}
+    mapping_id = await root.create(ACCOUNTING, body)
+    assert await root.create(ACCOUNTING, body) == mapping_id
+
+    status, one, _ = await root.call("GET", ACCOUNTING + mapping_id + "/")
+    assert status == 200
+    assert (one["group"], one["user_id"], one["user_name"]) == ("physics", None, None)
+    assert (one["image_name"], one["allow_view"]) == (WEBAPP, True)
+    status, listed, _ = await root.call(
+        "GET", ACCOUNTING, params={"filter": json.dumps({"group": "physics"})}
+    )
+    assert (status, listed["identifiers"]) == (200, [mapping_id])
+    _, none, _ = await root.call(
+        "GET", ACCOUNTING, params={"filter": json.dumps({"group": "chemistry"})}
+    )
+    assert none["total"] == 0
+    # No user holds it by name.
+    assert (await root.grants(ids["alice"]))["total"] == 0
+
+    # A member starts it; the grant's revocation stops the session.
+    url_id = await _start(alice, mapping_id)
+    status, _, _ = await bob.call("POST", USER_CONTAINERS, json={"mapping_id": mapping_id})
+    assert status == 404
+    status, _, _ = await root.call("DELETE", ACCOUNTING + mapping_id + "/")
+    assert status == 204
+    assert world.runtime.container_ids == frozenset()
+    status, _, _ = await root.call("GET", ACCOUNTING + mapping_id + "/")
+    assert status == 404
+    status, _, _ = await root.call("DELETE", ACCOUNTING + mapping_id + "/")
+    assert status == 404
+    assert url_id
+
+    await world.audit.flush()
+    actions = [
+        (event.action.value, event.target, event.detail.get("group"))
+        for event in world.events.events
+        if event.action.value in ("grant", "revoke")
+    ]
+    assert actions == [
+        ("grant", mapping_id, "physics"),
+        ("grant", mapping_id, "physics"),
+        ("revoke", mapping_id, "physics"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"image_name": WEBAPP},
+        {"user_id": "1", "group": "physics", "image_name": WEBAPP},
+        {"group": None, "image_name": WEBAPP},
+        {"group": "a/b", "image_name": WEBAPP},
+        {"group": " physics", "image_name": WEBAPP},
+        {"group": "", "image_name": WEBAPP},
+    ],
+)
+async def test_a_grant_names_exactly_one_user_or_group(
+    root: Api, ids: dict[str, str], world: World, body: dict[str, Any]
+) -> None:
+    status, answer, _ = await root.call("POST", ACCOUNTING, json=body)
+    assert (status, answer["type"]) == (400, "BadRepresentation")
+    async with world.database.unit_of_work() as work:
+        assert list(await work.grants.list_groups()) == []
+        assert list(await work.grants.list_all()) == []
+
+
+async def test_a_grant_filter_names_exactly_one_user_or_group(root: Api) -> None:
+    for wanted in ({}, {"user_id": "1", "group": "physics"}, {"group": "a/b"}):
+        status, answer, _ = await root.call(
+            "GET", ACCOUNTING, params={"filter": json.dumps(wanted)}
+        )
+        assert (status, answer["type"]) == (400, "BadRepresentation"), wanted
+
+
+async def test_non_admins_cannot_grant_to_a_group(alice: Api, ids: dict[str, str]) -> None:
+    status, _, _ = await alice.call(
+        "POST", ACCOUNTING, json={"group": "physics", "image_name": WEBAPP}
+    )
+    assert status == 403

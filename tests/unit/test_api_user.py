@@ -167,6 +167,7 @@ async def test_applications_list_my_grants_with_image_policy_and_offer(
         "limits": {"memory_limit_mb": 256, "cpu_limit": 2.0, "pids_limit": 1024},
         "container": None,
         "last_stop": None,
+        "source_group": None,
     }
     assert body["items"][web]["image"]["type"] == "webapp"
     assert body["items"][web]["image"]["configurables"] == []
@@ -729,6 +730,7 @@ async def test_the_openapi_document_is_public_valid_and_lists_every_route(
         "mapping_id",
         "available",
         "unavailable_reason",
+        "source_group",
         "image",
         "policy",
         "limits",
@@ -783,3 +785,76 @@ def test_the_documented_steps_are_the_steps_of_a_start() -> None:
     annotation = ContainerOut.model_fields["step"].annotation
     (literal, _none) = get_args(annotation)
     assert list(get_args(literal)) == [step.value for step in StartStep]
+
+
+# ------------------------------------------------------------------------------ group grants
+async def _grant_group(world: World, image: str, group: str, policy: Policy | None = None) -> str:
+    async with world.database.unit_of_work() as work:
+        application = await work.applications.get_by_image(image)
+        granted = await work.grants.grant_group(group, application, policy or Policy())
+        await work.commit()
+    return granted.mapping_id
+
+
+async def test_a_group_grant_is_listed_for_members_only_and_names_its_group(
+    alice: Api, bob: Api, world: World
+) -> None:
+    world.hub.set_groups("alice", frozenset({"physics"}))
+    world.hub_changed()
+    own = await _grant(world, DESKTOP, "alice")
+    shared = await _grant_group(world, WEBAPP, "physics", Policy(allow_home=True))
+
+    _, body, _ = await alice.call("GET", APPLICATIONS)
+    assert body["identifiers"] == [own, shared]
+    assert body["items"][own]["source_group"] is None
+    assert body["items"][shared]["source_group"] == "physics"
+    assert body["items"][shared]["policy"]["allow_home"] is True
+    status, one, _ = await alice.call("GET", APPLICATIONS + shared + "/")
+    assert (status, one["source_group"]) == (200, "physics")
+
+    # Bob is in no group: he neither sees nor starts it, whatever the mapping id he holds.
+    _, body, _ = await bob.call("GET", APPLICATIONS)
+    assert body["total"] == 0
+    status, _, _ = await bob.call("GET", APPLICATIONS + shared + "/")
+    assert status == 404
+    status, body, _ = await bob.call("POST", CONTAINERS, json={"mapping_id": shared})
+    assert (status, body["type"]) == (404, "NotFound")
+    assert world.runtime.container_ids == frozenset()
+
+
+async def test_a_member_starts_a_group_grant_and_loses_it_on_leaving_the_group(
+    alice: Api, world: World
+) -> None:
+    world.hub.set_groups("alice", frozenset({"physics", "chemistry"}))
+    world.hub_changed()
+    shared = await _grant_group(world, WEBAPP, "physics")
+    location = await alice.start(shared)
+    status, body, _ = await alice.call("GET", location)
+    assert (status, body["state"], body["mapping_id"]) == (200, "running", shared)
+
+    # Removed from the group at the hub: the hub's cached answer holds until it expires.
+    world.hub.set_groups("alice", frozenset({"chemistry"}))
+    _, body, _ = await alice.call("GET", APPLICATIONS)
+    assert body["identifiers"] == [shared]
+    world.hub_changed()
+
+    _, body, _ = await alice.call("GET", APPLICATIONS)
+    assert body["total"] == 0
+    assert world.runtime.container_ids == frozenset()
+    assert world.routes.all_paths == frozenset()
+    _, body, _ = await alice.call("GET", location)
+    assert (body["state"], body["stop_reason"]) == ("stopped", "admin")
+    status, body, _ = await alice.call("POST", CONTAINERS, json={"mapping_id": shared})
+    assert (status, body["type"]) == (404, "NotFound")
+
+
+async def test_a_group_grant_needs_the_members_own_entry(
+    client: TestClient[Any, Any], world: World
+) -> None:
+    world.hub.add_user("carol", groups=frozenset({"physics"}))
+    shared = await _grant_group(world, WEBAPP, "physics")
+    carol = Api(client, world.hub.issue_token("carol"))
+    _, body, _ = await carol.call("GET", APPLICATIONS)
+    assert body["total"] == 0
+    status, _, _ = await carol.call("POST", CONTAINERS, json={"mapping_id": shared})
+    assert status == 404

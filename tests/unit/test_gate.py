@@ -1767,3 +1767,29 @@ async def test_signing_out_cuts_an_answer_under_way(stack: Stack) -> None:
             break
         received += len(data)
     assert received < HUGE
+
+
+async def test_leaving_the_hub_group_of_a_grant_stops_the_session_on_recheck(
+    stack: Stack,
+) -> None:
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    stack.world.hub.set_groups("alice", frozenset({"physics"}))
+    async with stack.world.database.unit_of_work() as uow:
+        owner = await uow.users.add("alice")
+        application = await uow.applications.add(IMAGE)
+        group_grant = await uow.grants.grant_group("physics", application, Policy())
+        await uow.commit()
+    session = await stack.sessions.start(group_grant.for_user(owner))
+    token = stack.world.hub.issue_token("alice")
+    ws = await open_ws(stack, session, origin=None, headers={"Authorization": f"token {token}"})
+    assert await gate.recheck() == 0
+
+    stack.world.hub.set_groups("alice", frozenset({"chemistry"}))
+    assert await gate.recheck() == 0  # the hub's answer is cached for its stated time
+    assert stack.runtime.container_ids
+    stack.world.hub_changed()
+    assert await gate.recheck() == 1
+    assert await closed_within(ws, 2)
+    assert stack.runtime.container_ids == frozenset()
+    assert await stack.sessions.list_for_user("alice") == []

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Self
 
 from remoteappmanager.domain.errors import Exists, NotFound
-from remoteappmanager.domain.models import Application, Grant, Policy, User
+from remoteappmanager.domain.models import Application, Grant, GroupGrant, Policy, User
 from remoteappmanager.domain.sessions import StopRecord
 from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 
@@ -19,6 +19,13 @@ from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 @dataclass
 class _Accounting:
     user_id: int
+    application_id: int
+    policy_id: int
+
+
+@dataclass
+class _GroupGrant:
+    group: str
     application_id: int
     policy_id: int
 
@@ -32,6 +39,7 @@ class _Tables:
     applications: dict[int, Application] = field(default_factory=dict)
     policies: dict[int, Policy] = field(default_factory=dict)
     accounting: dict[str, _Accounting] = field(default_factory=dict)
+    group_grants: dict[str, _GroupGrant] = field(default_factory=dict)
     inputs: dict[str, datetime] = field(default_factory=dict)
     stops: dict[str, StopRecord] = field(default_factory=dict)
     # Not part of the catalogue: changing shares leaves the catalogue version alone.
@@ -146,6 +154,11 @@ class InMemoryApplicationRepository:
         if self._tables.applications.pop(application_id, None) is None:
             raise NotFound(f"no application with id {application_id}")
         _cascade(self._tables, lambda row: row.application_id == application_id)
+        self._tables.group_grants = {
+            mapping_id: row
+            for mapping_id, row in self._tables.group_grants.items()
+            if row.application_id != application_id
+        }
 
 
 class InMemoryGrantRepository:
@@ -199,6 +212,47 @@ class InMemoryGrantRepository:
         return _cascade(
             self._tables,
             lambda row: row.user_id == user_id and row.application_id == application_id,
+        )
+
+    async def grant_group(self, group: str, application: Application, policy: Policy) -> GroupGrant:
+        if application.id not in self._tables.applications:
+            raise NotFound(f"no application with id {application.id}")
+        policy_id = self._policy_id(policy)
+        wanted = _GroupGrant(group, application.id, policy_id)
+        for mapping_id, row in self._tables.group_grants.items():
+            if row == wanted:
+                return self._group_grant(mapping_id, row)
+        mapping_id = secrets.token_hex(16)
+        self._tables.group_grants[mapping_id] = wanted
+        return self._group_grant(mapping_id, wanted)
+
+    async def get_group(self, mapping_id: str) -> GroupGrant:
+        row = self._tables.group_grants.get(mapping_id)
+        if row is None:
+            raise NotFound(f"no group grant with mapping id {mapping_id!r}")
+        return self._group_grant(mapping_id, row)
+
+    async def list_groups(self, groups: Collection[str] | None = None) -> Sequence[GroupGrant]:
+        selected = [
+            self._group_grant(mapping_id, row)
+            for mapping_id, row in self._tables.group_grants.items()
+            if groups is None or row.group in groups
+        ]
+        return sorted(
+            selected, key=lambda grant: (grant.group, grant.application.id, grant.mapping_id)
+        )
+
+    async def revoke_group(self, mapping_id: str) -> GroupGrant:
+        found = await self.get_group(mapping_id)
+        del self._tables.group_grants[mapping_id]
+        return found
+
+    def _group_grant(self, mapping_id: str, row: _GroupGrant) -> GroupGrant:
+        return GroupGrant(
+            mapping_id=mapping_id,
+            group=row.group,
+            application=self._tables.applications[row.application_id],
+            policy=self._tables.policies[row.policy_id],
         )
 
     def _policy_id(self, policy: Policy) -> int:
@@ -373,7 +427,13 @@ class InMemoryUnitOfWork:
 
 
 def _catalogue(tables: _Tables) -> tuple[object, ...]:
-    return (tables.users, tables.applications, tables.policies, tables.accounting)
+    return (
+        tables.users,
+        tables.applications,
+        tables.policies,
+        tables.accounting,
+        tables.group_grants,
+    )
 
 
 def _cascade(tables: _Tables, doomed: _RowFilter) -> int:

@@ -382,8 +382,16 @@ def app_remove(image: str) -> None:
 
 @app.command("list")
 @click.option("--no-decoration", is_flag=True, help="Plain lines, no header, for scripts.")
-def app_list(no_decoration: bool) -> None:
-    """List the registered applications."""
+@click.option("--show-groups", is_flag=True, help="List the grants to hub groups instead.")
+def app_list(no_decoration: bool, show_groups: bool) -> None:
+    """List the registered applications (or the grants to hub groups)."""
+    if show_groups:
+        granted = _run(lambda database: catalogue.list_group_grants(database.unit_of_work))
+        rows = [[g.mapping_id, g.group, g.application.image] for g in granted]
+        _echo_lines(
+            render_table(["MAPPING ID", "GROUP", "IMAGE"], rows, decorated=not no_decoration)
+        )
+        return
     applications = _run(lambda database: catalogue.list_applications(database.unit_of_work))
     rows = [[str(found.id), found.image] for found in applications]
     _echo_lines(render_table(["ID", "IMAGE"], rows, decorated=not no_decoration))
@@ -391,11 +399,13 @@ def app_list(no_decoration: bool) -> None:
 
 @app.command("grant")
 @click.argument("image")
-@click.argument("user_name", metavar="USER")
+@click.argument("user_name", metavar="[USER]", required=False)
+@click.option("--group", default=None, metavar="NAME", help="Grant to this hub group instead.")
 @_policy_options
 def app_grant(
     image: str,
-    user_name: str,
+    user_name: str | None,
+    group: str | None,
     app_license: str | None,
     allow_home: bool,
     allow_view: bool,
@@ -404,30 +414,50 @@ def app_grant(
     placement: tuple[str, ...],
     **limits: Any,
 ) -> None:
-    """Let USER run IMAGE under a policy; prints the grant's mapping id.
+    """Let USER (or every member of hub group NAME) run IMAGE under a policy; prints the
+    grant's mapping id.
 
     Granting the same policy again gives the same mapping id.
     """
+    _user_or_group(user_name, group)
     policy = _policy(
         app_license, allow_home, allow_view, volume, allow_startup_data, placement, limits
     )
     volumes = _volume_guard() if policy.volume is not None else None
+    if group is not None:
+        to_group = group
+        granted_to_group = _run(
+            lambda database: catalogue.grant_group_access(
+                database.unit_of_work, image, to_group, policy, volumes=volumes, by=database.by
+            )
+        )
+        click.echo(granted_to_group.mapping_id)
+        return
+    assert user_name is not None
+    to_user = user_name
     granted = _run(
         lambda database: catalogue.grant_access(
-            database.unit_of_work, image, user_name, policy, volumes=volumes, by=database.by
+            database.unit_of_work, image, to_user, policy, volumes=volumes, by=database.by
         )
     )
     click.echo(granted.mapping_id)
 
 
+def _user_or_group(user_name: str | None, group: str | None) -> None:
+    if (user_name is None) == (group is None):
+        fail(PROG, "name exactly one of USER and --group", 2)
+
+
 @app.command("revoke")
 @click.argument("image")
-@click.argument("user_name", metavar="USER")
+@click.argument("user_name", metavar="[USER]", required=False)
+@click.option("--group", default=None, metavar="NAME", help="Revoke hub group NAME's grant.")
 @click.option("--revoke-all", is_flag=True, help="Revoke every policy of IMAGE for USER.")
 @_policy_options
 def app_revoke(
     image: str,
-    user_name: str,
+    user_name: str | None,
+    group: str | None,
     revoke_all: bool,
     app_license: str | None,
     allow_home: bool,
@@ -437,7 +467,9 @@ def app_revoke(
     placement: tuple[str, ...],
     **limits: Any,
 ) -> None:
-    """Withdraw USER's grant of IMAGE with exactly this policy (or all of them)."""
+    """Withdraw USER's (or hub group NAME's) grant of IMAGE with exactly this policy (or all
+    of them)."""
+    _user_or_group(user_name, group)
     policy: Policy | Literal["all"]
     if revoke_all:
         chosen = any(value is not None for value in limits.values())
@@ -456,9 +488,19 @@ def app_revoke(
         policy = _policy(
             app_license, allow_home, allow_view, volume, allow_startup_data, placement, limits
         )
-    count = _run(
-        lambda database: catalogue.revoke_access(
-            database.unit_of_work, image, user_name, policy, by=database.by
+    if group is not None:
+        of_group = group
+        count = _run(
+            lambda database: catalogue.revoke_group_access(
+                database.unit_of_work, image, of_group, policy, by=database.by
+            )
         )
-    )
+    else:
+        assert user_name is not None
+        of_user = user_name
+        count = _run(
+            lambda database: catalogue.revoke_access(
+                database.unit_of_work, image, of_user, policy, by=database.by
+            )
+        )
     click.echo(f"revoked {count} grant{'' if count == 1 else 's'}")

@@ -332,6 +332,35 @@ class Grant:
     user: User
     application: Application
     policy: Policy
+    source_group: str | None = None
+    """The hub group whose grant this is (the user's only while they are in it); None for
+    a grant to the user by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupGrant:
+    """A grant to everyone in a hub group: each member may run the application under the
+    policy for as long as the hub lists them in the group."""
+
+    mapping_id: str
+    group: str
+    application: Application
+    policy: Policy
+
+    def for_user(self, user: User) -> Grant:
+        """The grant as one of ``user``'s applications (the caller knows they are a member)."""
+        return Grant(self.mapping_id, user, self.application, self.policy, self.group)
+
+
+def validate_group_name(name: str) -> str:
+    """A hub group name: non-empty, printable, no slash, bounded (as a user name)."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise InvalidRequest("group name must be non-empty and without surrounding spaces")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"group name is longer than {MAX_NAME_LENGTH} characters")
+    if "/" in name or not name.isprintable():
+        raise InvalidRequest(f"group name {name!r:.80} contains '/' or unprintable characters")
+    return name
 
 
 def validate_user_name(name: str) -> str:

@@ -20,7 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self
 
-from remoteappmanager.domain.models import Application, Grant, Policy, User
+from remoteappmanager.domain.models import Application, Grant, GroupGrant, Policy, User
 from remoteappmanager.domain.sessions import StopRecord
 from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 
@@ -119,6 +119,26 @@ class GrantRepository(Protocol):
 
     async def revoke_all(self, user_id: int, application_id: int) -> int:
         """Delete every grant of the application to the user; returns how many there were."""
+        ...
+
+    # Grants to hub groups: mapping ids share one space with the grants to users (both are
+    # 32 random hex digits); the group name is the hub's and needs no row of its own.
+    async def grant_group(self, group: str, application: Application, policy: Policy) -> GroupGrant:
+        """Let every member of hub group ``group`` run ``application`` under ``policy``;
+        idempotent as ``grant``. ``NotFound`` if the application does not exist."""
+        ...
+
+    async def get_group(self, mapping_id: str) -> GroupGrant:
+        """The group grant with this mapping id; ``NotFound`` if there is none."""
+        ...
+
+    async def list_groups(self, groups: Collection[str] | None = None) -> Sequence[GroupGrant]:
+        """The grants to these groups (every group: None), ordered by group, application,
+        then mapping id."""
+        ...
+
+    async def revoke_group(self, mapping_id: str) -> GroupGrant:
+        """Delete one group grant and return it; ``NotFound`` if there is none."""
         ...
 
 

@@ -25,7 +25,7 @@ import structlog
 from remoteappmanager.domain.audit import SYSTEM_ACTOR, StopReason
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata
-from remoteappmanager.domain.models import Application, Grant, Policy, User
+from remoteappmanager.domain.models import Application, Grant, GroupGrant, Policy, User
 from remoteappmanager.domain.sessions import Session, SessionState
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services import catalogue
@@ -187,6 +187,44 @@ class Administration:
         await catalogue.revoke_grant(self._uow, grant.mapping_id, by=self._by(actor))
         self._forget_grants(grant.user.name)
         log.info("admin.revoked", user=grant.user.name, mapping_id=grant.mapping_id)
+
+    # ----------------------------------------------------------------- group grants
+    async def group_grants(self, group: str) -> list[GroupGrant]:
+        """The grants to hub group ``group`` (a group without any has none)."""
+        return await catalogue.list_group_grants(self._uow, group)
+
+    async def get_group_grant(self, mapping_id: str) -> GroupGrant:
+        async with self._uow() as work:
+            return await work.grants.get_group(mapping_id)
+
+    async def grant_group(
+        self,
+        group: str,
+        application: ApplicationRef,
+        policy: Policy,
+        *,
+        actor: str = SYSTEM_ACTOR,
+    ) -> GroupGrant:
+        """Idempotent: the same grant to the group again gives the same mapping id."""
+        granted = await catalogue.grant_group_access(
+            self._uow, application, group, policy, volumes=self._volumes, by=self._by(actor)
+        )
+        self._forget_grants(None)
+        log.info(
+            "admin.granted_group",
+            group=granted.group,
+            image=granted.application.image,
+            mapping_id=granted.mapping_id,
+        )
+        return granted
+
+    async def revoke_group(self, mapping_id: str, *, actor: str = SYSTEM_ACTOR) -> None:
+        """Withdraw a group grant and stop every member's session of it."""
+        granted = await self.get_group_grant(mapping_id)
+        await self._stop_sessions(lambda session: session.mapping_id == granted.mapping_id, actor)
+        await catalogue.revoke_group_grant(self._uow, granted.mapping_id, by=self._by(actor))
+        self._forget_grants(None)
+        log.info("admin.revoked_group", group=granted.group, mapping_id=granted.mapping_id)
 
     # ----------------------------------------------------------------- sessions
     async def list_sessions(self) -> list[Session]:

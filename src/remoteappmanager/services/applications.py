@@ -1,11 +1,15 @@
 """What a user may run: their grants with each image's metadata, offer and running session.
 
 Contract:
-- ``list_for(user)`` gives the user's grants in the catalogue's order (user, application,
-  mapping id), each with the image's metadata, the configurables offered under its policy and
-  the user's session of that grant, if any. An unknown user has no applications (``[]``).
+- ``list_for(user, groups)`` gives the user's grants in the catalogue's order (user,
+  application, mapping id), then the grants to the hub groups ``groups`` they are in (by
+  group, application, mapping id; ``Grant.source_group`` names the group), each with the
+  image's metadata, the configurables offered under its policy and the user's session of
+  that grant, if any. An unknown user has no applications (``[]``).
 - ``get_for(user, mapping_id)`` gives one of them; ``NotFound`` for a grant that is not the
-  user's (whether it exists or not).
+  user's (whether it exists or not), or a grant to a group not in ``groups``. Group grants
+  need the user's entry (made at sign-in with ``auto_user_creation``): without one the user
+  has no applications.
 - No single grant can fail the list: an image the engine does not hold, refuses to inspect
   (a reference registered before it was checked, an engine error) or describes in a way we
   cannot read is listed as unavailable (``image=None``) with the reason in
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -42,7 +46,7 @@ from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.configurables import offered_configurables
 from remoteappmanager.domain.errors import InvalidRequest, NotFound, RemoteAppError, Unavailable
 from remoteappmanager.domain.labels import ImageMetadata
-from remoteappmanager.domain.models import Grant, Policy
+from remoteappmanager.domain.models import Grant, GroupGrant, Policy, User
 from remoteappmanager.domain.sessions import Session, StopRecord
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.runtime import ContainerRuntime
@@ -112,6 +116,17 @@ class UserApplication:
     @property
     def available(self) -> bool:
         return self.image is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A user's entry (None: unknown) and the grants made to them by name."""
+
+    user: User | None
+    grants: tuple[Grant, ...]
+
+
+_NOBODY = _Held(None, ())
 
 
 class ImageMetadataCache:
@@ -258,7 +273,11 @@ class Applications:
         self._watch = watch or CatalogueWatch(uow_factory, clock=clock)
         # Stale but recent grants (up to twice the TTL) are answered at once while one
         # refresh runs in the background, in turn with the other refreshes.
-        self._grants: TtlCache[str, tuple[Grant, ...]] = TtlCache(
+        self._grants: TtlCache[str, _Held] = TtlCache(
+            ttl=grants_ttl, stale=grants_ttl, maxsize=max_cached_users, clock=clock
+        )
+        # The grants to each hub group, kept and refreshed alike.
+        self._group_grants: TtlCache[str, tuple[GroupGrant, ...]] = TtlCache(
             ttl=grants_ttl, stale=grants_ttl, maxsize=max_cached_users, clock=clock
         )
         self._refresh_slots = asyncio.Semaphore(DEFAULT_REFRESH_CONCURRENCY)
@@ -268,6 +287,7 @@ class Applications:
         # A read under way may have seen the old grants: it is not kept either.
         if user is None:
             self._grants.clear()
+            self._group_grants.clear()
         else:
             self._grants.discard(user)
 
@@ -279,44 +299,67 @@ class Applications:
         """Look ``image`` up afresh next time (after it was registered, say)."""
         self._images.forget(image)
 
-    async def list_for(self, user: str) -> list[UserApplication]:
-        grants = await self._grants_of(user)
+    async def list_for(self, user: str, groups: Iterable[str] = ()) -> list[UserApplication]:
+        grants = await self._grants_of(user, groups)
         if not grants:
             return []
         return await self._describe(user, grants)
 
-    async def get_for(self, user: str, mapping_id: str) -> UserApplication:
-        for grant in await self._grants_of(user):
+    async def get_for(
+        self, user: str, mapping_id: str, groups: Iterable[str] = ()
+    ) -> UserApplication:
+        for grant in await self._grants_of(user, groups):
             if grant.mapping_id == mapping_id:
                 (found,) = await self._describe(user, [grant])
                 return found
         raise NotFound(f"no application {mapping_id!r:.40} is granted to {user}")
 
-    async def _grants_of(self, user: str) -> Sequence[Grant]:
+    async def grants_of(self, user: str, groups: Iterable[str] = ()) -> Sequence[Grant]:
+        """The grants ``user`` holds, by name and through ``groups``, from the cache."""
+        return await self._grants_of(user, groups)
+
+    async def _grants_of(self, user: str, groups: Iterable[str] = ()) -> Sequence[Grant]:
         if await self._watch.changed():
             # Changed by another process (or by this one, which forgot already): the cached
             # grants and the images remembered as unavailable may be out of date.
             self.forget_grants()
             self._images.forget_unavailable()
         if self._grants_ttl <= 0:
-            return await self._read_grants(user)
-        return await self._grants.get(
-            user,
-            lambda: self._read_grants(user),
-            refresh=lambda: self._read_grants_in_turn(user),
-        )
+            held = await self._read_grants(user)
+        else:
+            held = await self._grants.get(
+                user,
+                lambda: self._read_grants(user),
+                refresh=lambda: self._read_grants_in_turn(user),
+            )
+        if held.user is None:
+            return held.grants
+        through_groups: list[Grant] = []
+        for group in sorted(set(groups)):
+            for group_grant in await self._grants_to(group):
+                through_groups.append(group_grant.for_user(held.user))
+        return held.grants + tuple(through_groups) if through_groups else held.grants
 
-    async def _read_grants_in_turn(self, user: str) -> tuple[Grant, ...]:
+    async def _grants_to(self, group: str) -> tuple[GroupGrant, ...]:
+        if self._grants_ttl <= 0:
+            return await self._read_group_grants(group)
+        return await self._group_grants.get(group, lambda: self._read_group_grants(group))
+
+    async def _read_group_grants(self, group: str) -> tuple[GroupGrant, ...]:
+        async with self._uow_factory() as uow:
+            return tuple(await uow.grants.list_groups({group}))
+
+    async def _read_grants_in_turn(self, user: str) -> _Held:
         async with self._refresh_slots:
             return await self._read_grants(user)
 
-    async def _read_grants(self, user: str) -> tuple[Grant, ...]:
+    async def _read_grants(self, user: str) -> _Held:
         async with self._uow_factory() as uow:
             try:
                 found = await uow.users.get_by_name(user)
             except NotFound:
-                return ()
-            return tuple(await uow.grants.list_for_user(found.id))
+                return _NOBODY
+            return _Held(found, tuple(await uow.grants.list_for_user(found.id)))
 
     async def _describe(self, user: str, grants: Sequence[Grant]) -> list[UserApplication]:
         # Awaited one by one: cached answers come back without suspending, which is the
@@ -360,7 +403,7 @@ class Applications:
         return self._activity.times(session, policy)
 
     async def session_times(
-        self, user: str | None, sessions: Sequence[Session]
+        self, user: str | None, sessions: Sequence[Session], groups: Iterable[str] = ()
     ) -> dict[str, SessionTimes]:
         """Each session's times by url id, under its grant's policy (``user``: all theirs;
         None: anybody's, as admins see them)."""
@@ -368,14 +411,19 @@ class Applications:
             return {}
         policies: dict[str, Policy] = {}
         if user is not None:
-            policies = {grant.mapping_id: grant.policy for grant in await self._grants_of(user)}
+            policies = {
+                grant.mapping_id: grant.policy for grant in await self._grants_of(user, groups)
+            }
         else:
             async with self._uow_factory() as uow:
                 for mapping_id in {session.mapping_id for session in sessions}:
                     try:
                         policies[mapping_id] = (await uow.grants.get(mapping_id)).policy
                     except NotFound:
-                        continue
+                        try:
+                            policies[mapping_id] = (await uow.grants.get_group(mapping_id)).policy
+                        except NotFound:
+                            continue
         return {
             session.url_id: self._activity.times(session, policies.get(session.mapping_id))
             for session in sessions

@@ -57,6 +57,9 @@ class GateTarget:
     protocol: Protocol = "web"
     """How a viewer's input is told apart: RFB messages (``vnc``), or any request that is
     not a read and any WebSocket data (``web``, also for an image whose type is unknown)."""
+    source_group: str | None = None
+    """The hub group whose grant the session was started through (its owner keeps it only
+    while in the group); None for a grant to the owner by name."""
 
 
 class GateAccess:
@@ -175,6 +178,7 @@ class GateAccess:
         if session.state is not SessionState.RUNNING or session.host_port is None:
             raise NotFound(f"there is no application {url_id} running")
         allow_view = False
+        source_group: str | None = None
         catalogue_read = True
         try:
             async with self._uow_factory() as uow:
@@ -182,6 +186,12 @@ class GateAccess:
                     grant = await uow.grants.get(session.mapping_id)
                 except NotFound:
                     grant = None  # revoked since the start: only its owner and admins get in
+                    try:
+                        group_grant = await uow.grants.get_group(session.mapping_id)
+                        source_group = group_grant.group
+                        allow_view = group_grant.policy.allow_view
+                    except NotFound:
+                        pass
         except Unavailable as exc:
             # The application runs and its owner may still use it; whether others may is
             # unknown until the catalogue can be read again: not kept, and nobody else enters.
@@ -207,6 +217,7 @@ class GateAccess:
             allow_view=allow_view,
             shares=shares,
             protocol=protocol,
+            source_group=source_group,
         )
         # A lookup that started before a change of the owner's sessions may not show it.
         if (
@@ -238,9 +249,27 @@ class GateAccess:
         return self.shares.effective_mode(target.shares, user.name, user.groups)
 
     def may_enter(self, user: AuthenticatedUser, target: GateTarget) -> bool:
+        if self.left_group(user, target):
+            return user.admin
         return (
             user.name == target.owner or user.admin or self.viewing_mode(user, target) is not None
         )
+
+    @staticmethod
+    def left_group(user: AuthenticatedUser, target: GateTarget) -> bool:
+        """Whether ``user`` owns ``target`` through a grant to a hub group they are not in."""
+        return (
+            user.name == target.owner
+            and target.source_group is not None
+            and target.source_group not in user.groups
+        )
+
+    async def stop_left_group(self, user: AuthenticatedUser) -> None:
+        """Stop ``user``'s sessions of group grants whose group they left (``Sessions``)."""
+        try:
+            await self._sessions.stop_outside_groups(user.name, user.groups)
+        except Unavailable as exc:
+            log.warning("gate.group_stop_failed", user=user.name, error=exc.message)
 
     def enters_as_admin(self, user: AuthenticatedUser, target: GateTarget) -> bool:
         """Whether only the admin flag lets ``user`` in: someone else's, unshared application."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -52,7 +52,7 @@ from remoteappmanager.domain.volumes import NO_VOLUMES, VolumeRules
 from remoteappmanager.ports.coordination import StartClaims
 from remoteappmanager.ports.observers import StartObserver
 from remoteappmanager.ports.probe import ReadinessProbe
-from remoteappmanager.ports.repositories import UnitOfWorkFactory
+from remoteappmanager.ports.repositories import UnitOfWork, UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
@@ -217,6 +217,8 @@ class Sessions:
         self._user_listings: dict[str, _Listing] = {}
         self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
+        # mapping id -> the hub group of its grant (None: a grant to a user, or none).
+        self._grant_groups: dict[str, str | None] = {}
         self.start_observer: StartObserver | None = None
         self.stop_log = stop_log
         self._start_claims = start_claims
@@ -419,21 +421,30 @@ class Sessions:
         raise missing
 
     # ----------------------------------------------------------------- start
-    async def start_for(self, user: str, mapping_id: str, configurables: object = None) -> Session:
-        """Start the application the user holds grant ``mapping_id`` for (``start``).
+    async def start_for(
+        self,
+        user: str,
+        mapping_id: str,
+        configurables: object = None,
+        groups: Collection[str] = (),
+    ) -> Session:
+        """Start the application the user holds grant ``mapping_id`` for (``start``), by
+        name or through one of the hub groups ``groups`` they are in now.
 
-        ``NotFound`` when there is no such grant, or it is somebody else's;
+        ``NotFound`` when there is no such grant, it is somebody else's, or it is a grant to
+        a group not in ``groups`` (or the user has no entry of their own);
         ``TooManyRequests`` when the user asked for too many starts in the last minute.
         """
         if self._start_rate is not None:
             self._start_rate.take(user)
         if self._unit_of_work is None:
             raise RuntimeError("Sessions was built without a unit of work to look grants up")
+        grant: Grant | None = None
         async with self._unit_of_work() as uow:
             try:
                 grant = await uow.grants.get(mapping_id)
             except NotFound:
-                grant = None
+                grant = await _group_grant_for(uow, user, mapping_id, groups)
         if grant is None or grant.user.name != user:
             raise NotFound(f"no application {mapping_id!r:.40} is granted to {user}")
         return await self.start(grant, configurables)
@@ -688,6 +699,37 @@ class Sessions:
         record it as done by ``actor`` for ``reason``."""
         await self._stop(await self._find(url_id, None), actor, reason)
 
+    async def stop_outside_groups(self, user: str, groups: Collection[str]) -> list[str]:
+        """Stop ``user``'s sessions started through a grant to a hub group they are not in
+        (any longer), as an administrator's stop (``StopReason.ADMIN``); returns their url
+        ids. A session whose grant is gone altogether is left to its owner, as a revoked
+        grant's is. ``Unavailable`` when the database or the engine cannot be reached."""
+        running = [s for s in await self.list_for_user(user) if s.container_id is not None]
+        unknown = [s.mapping_id for s in running if s.mapping_id not in self._grant_groups]
+        if unknown and self._unit_of_work is not None:
+            if len(self._grant_groups) > _MAX_KNOWN_GRANT_GROUPS:
+                self._grant_groups.clear()
+            async with self._unit_of_work() as uow:
+                for mapping_id in unknown:
+                    try:
+                        found = await uow.grants.get_group(mapping_id)
+                    except NotFound:
+                        self._grant_groups[mapping_id] = None
+                    else:
+                        self._grant_groups[mapping_id] = found.group
+        stopped: list[str] = []
+        for session in running:
+            group = self._grant_groups.get(session.mapping_id)
+            if group is None or group in groups:
+                continue
+            log.info("session.group_left", user=user, group=group, url_id=session.url_id)
+            try:
+                await self.stop_any(session.url_id, reason=StopReason.ADMIN)
+            except (NotFound, Conflict):
+                continue  # stopped, or being stopped, meanwhile
+            stopped.append(session.url_id)
+        return stopped
+
     async def stop_for(self, session: Session, reason: StopReason) -> None:
         """Stop ``session`` (as listed) for ``reason``, route first; ``Conflict`` when a start
         or stop of its grant is under way. Done by the service itself (the culler)."""
@@ -842,6 +884,23 @@ class Sessions:
         if host in _WILDCARD_HOSTS:
             host = "127.0.0.1"
         return f"[{host}]" if ":" in host else host
+
+
+async def _group_grant_for(
+    uow: UnitOfWork, user: str, mapping_id: str, groups: Collection[str]
+) -> Grant | None:
+    """Group grant ``mapping_id`` as ``user``'s, if they are in its group and known here."""
+    try:
+        group_grant = await uow.grants.get_group(mapping_id)
+        if group_grant.group not in groups:
+            return None
+        return group_grant.for_user(await uow.users.get_by_name(user))
+    except NotFound:
+        return None
+
+
+# Mapping ids whose group (or none) is remembered; a grant's group never changes.
+_MAX_KNOWN_GRANT_GROUPS = 100_000
 
 
 def _reason(error: RemoteAppError) -> str:

@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from aiohttp import web
 from pydantic import BaseModel
 
-from remoteappmanager.domain.errors import InvalidRequest
+from remoteappmanager.domain.errors import InvalidRequest, NotFound
+from remoteappmanager.domain.models import Grant, GroupGrant
 from remoteappmanager.domain.naming import is_url_id
 from remoteappmanager.domain.sessions import Session
 from remoteappmanager.services.activity import SessionTimes
@@ -52,7 +53,7 @@ APPLICATIONS_PATH = ADMIN_PATH + "applications/"
 ACCOUNTING_PATH = ADMIN_PATH + "accounting/"
 CONTAINERS_PATH = ADMIN_PATH + "containers/"
 STATS_PATH = ADMIN_PATH + "stats/"
-FILTER_EXAMPLE = '{"user_id": "<id>"}'
+FILTER_EXAMPLE = '{"user_id": "<id>"} or {"group": "<hub group>"}'
 _TAG = "admin"
 
 _ROW_ID_RE = re.compile(ROW_ID.pattern)
@@ -188,36 +189,64 @@ async def list_grants(request: web.Request) -> web.StreamResponse:
             )
         )
     wanted = parse_query_json(request, "filter", AdminGrantFilter, example=FILTER_EXAMPLE)
-    found = await _admin(request).grants_of(wanted.user_id)
+    found: Sequence[Grant | GroupGrant]
+    if wanted.group is not None:
+        found = await _admin(request).group_grants(wanted.group)
+    else:
+        assert wanted.user_id is not None
+        found = (await _admin(request).grants_of(wanted.user_id)).grants
     end = None if limit is None else offset + limit
+    shown: list[Grant | GroupGrant] = list(found[offset:end])
     return json_response(
         AdminGrantList.page(
-            found.grants[offset:end],
-            key=lambda g: g.mapping_id,
+            shown,
+            key=_grant_key,
             item=AdminGrantOut.of,
-            total=len(found.grants),
+            total=len(found),
             offset=offset,
         )
     )
 
 
+def _grant_key(grant: Grant | GroupGrant) -> str:
+    return grant.mapping_id
+
+
 @require_admin
 async def create_grant(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, AdminGrantCreate)
-    grant = await _admin(request).grant(
-        wanted.user_id, wanted.application(), wanted.policy(), actor=_actor(request)
-    )
-    return _created(request, ACCOUNTING_PATH, grant.mapping_id)
+    admin = _admin(request)
+    granted: Grant | GroupGrant
+    if wanted.group is not None:
+        granted = await admin.grant_group(
+            wanted.group, wanted.application(), wanted.policy(), actor=_actor(request)
+        )
+    else:
+        assert wanted.user_id is not None
+        granted = await admin.grant(
+            wanted.user_id, wanted.application(), wanted.policy(), actor=_actor(request)
+        )
+    return _created(request, ACCOUNTING_PATH, granted.mapping_id)
 
 
 @require_admin
 async def get_grant(request: web.Request) -> web.StreamResponse:
-    return json_response(AdminGrantOut.of(await _admin(request).get_grant(_mapping_id(request))))
+    admin, mapping_id = _admin(request), _mapping_id(request)
+    try:
+        return json_response(AdminGrantOut.of(await admin.get_grant(mapping_id)))
+    except NotFound:
+        return json_response(AdminGrantOut.of(await admin.get_group_grant(mapping_id)))
 
 
 @require_admin
 async def delete_grant(request: web.Request) -> web.StreamResponse:
-    await _admin(request).revoke(_mapping_id(request), actor=_actor(request))
+    admin, mapping_id = _admin(request), _mapping_id(request)
+    try:
+        await admin.get_grant(mapping_id)
+    except NotFound:
+        await admin.revoke_group(mapping_id, actor=_actor(request))
+    else:
+        await admin.revoke(mapping_id, actor=_actor(request))
     return _no_content()
 
 
@@ -457,10 +486,10 @@ def register(registry: ApiRegistry) -> None:
             ACCOUNTING_PATH,
             create_grant,
             "admin_create_grant",
-            "Let a user run an application under a policy",
+            "Let a user, or every member of a hub group, run an application under a policy",
             AdminGrantCreate,
-            description="Idempotent: the same grant again answers 201 with the same "
-            "`Location` (the same mapping id).",
+            description="Exactly one of `user_id` and `group` (400 otherwise). Idempotent: "
+            "the same grant again answers 201 with the same `Location` (the same mapping id).",
             # A grant names a user and an application that must exist; it is never a duplicate.
             errors=_READ_ONE_ERRORS,
             location={"Location": "The grant's URL (ends in `<mapping_id>/`)."},

@@ -43,6 +43,7 @@ from remoteappmanager.domain.models import (
     MIN_MEMORY_LIMIT_MB,
     PLACEMENT_PATTERN,
     Grant,
+    GroupGrant,
     Policy,
     User,
     Volume,
@@ -404,6 +405,10 @@ class ApplicationOut(_Answer):
         description="Why the last session of this grant ended, when none runs now and it "
         "ended in the last days; null otherwise."
     )
+    source_group: str | None = Field(
+        description="The hub group this application is granted to (I have it while I am "
+        "in the group); null for a grant to me by name.",
+    )
 
     @classmethod
     def of(
@@ -426,6 +431,7 @@ class ApplicationOut(_Answer):
             last_stop=(
                 StopOut.of(application.last_stop) if application.last_stop is not None else None
             ),
+            source_group=grant.source_group,
         )
 
 
@@ -538,6 +544,15 @@ _UserName = Annotated[
         MAX_NAME_LENGTH,
         "a user name is printable, without '/' and without surrounding spaces",
         "hub-user-name",
+    ),
+]
+_GroupName = Annotated[
+    str,
+    _Checked(
+        _user_name_pattern,
+        MAX_NAME_LENGTH,
+        "a group name is printable, without '/' and without surrounding spaces",
+        "hub-group-name",
     ),
 ]
 _ImageName = Annotated[
@@ -658,20 +673,37 @@ class AdminApplicationCreate(_Request):
 
 
 class AdminGrantOut(_PolicyFields):
-    """One grant (the original's "accounting"): who may run what, under which policy."""
+    """One grant (the original's "accounting"): who may run what, under which policy.
+
+    A grant names a user (``user_id``, ``user_name``; ``group`` null) or a hub group
+    (``group``; ``user_id`` and ``user_name`` null), never both."""
 
     mapping_id: str
-    user_id: str
-    user_name: str
+    user_id: str | None
+    user_name: str | None
+    group: str | None = Field(
+        description="The hub group whose members hold this grant; null for a user's grant."
+    )
     application_id: str
     image_name: str
 
     @classmethod
-    def of(cls, grant: Grant) -> AdminGrantOut:
+    def of(cls, grant: Grant | GroupGrant) -> AdminGrantOut:
+        if isinstance(grant, GroupGrant):
+            return cls.model_construct(
+                mapping_id=grant.mapping_id,
+                user_id=None,
+                user_name=None,
+                group=grant.group,
+                application_id=str(grant.application.id),
+                image_name=grant.application.image,
+                **cls._policy_fields(grant.policy),
+            )
         return cls.model_construct(
             mapping_id=grant.mapping_id,
             user_id=str(grant.user.id),
             user_name=grant.user.name,
+            group=None,
             application_id=str(grant.application.id),
             image_name=grant.application.image,
             **cls._policy_fields(grant.policy),
@@ -682,10 +714,33 @@ class AdminGrantList(ItemList[AdminGrantOut]):
     """``admin/accounting/?filter=...``: one user's grants by ``mapping_id``."""
 
 
-class AdminGrantFilter(_Request):
-    """The ``filter`` query argument of ``admin/accounting/`` (JSON)."""
+def _user_or_group_rule(schema: dict[str, Any]) -> None:
+    schema.setdefault("allOf", []).append(_USER_OR_GROUP)
 
-    user_id: RowId
+
+# Exactly one of user_id and group (null counts as absent).
+_USER_OR_GROUP: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["user_id"], "properties": {"user_id": {"not": {"type": "null"}}}},
+        {"required": ["group"], "properties": {"group": {"not": {"type": "null"}}}},
+    ]
+}
+
+
+class AdminGrantFilter(_Request):
+    """The ``filter`` query argument of ``admin/accounting/`` (JSON): one user's grants, or
+    the grants to one hub group (exactly one of the two)."""
+
+    model_config = ConfigDict(json_schema_extra=_user_or_group_rule)
+
+    user_id: RowId | None = None
+    group: _GroupName | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> AdminGrantFilter:
+        if (self.user_id is None) == (self.group is None):
+            raise ValueError("give either user_id or group")
+        return self
 
 
 def _grant_create_rules(schema: dict[str, Any]) -> None:
@@ -723,10 +778,12 @@ def _grant_create_rules(schema: dict[str, Any]) -> None:
             }
         },
     ]
+    schema["allOf"].append(_USER_OR_GROUP)
 
 
 class AdminGrantCreate(_Request):
-    """``POST admin/accounting/``: let a user run an application under a policy.
+    """``POST admin/accounting/``: let a user (``user_id``) or every member of a hub group
+    (``group``; exactly one of the two) run an application under a policy.
 
     Name the application by ``image_name`` or ``application_id``; give the volume as
     ``volume`` (``SOURCE:TARGET:MODE``) or as ``volume_source``/``volume_target`` (both or
@@ -735,7 +792,10 @@ class AdminGrantCreate(_Request):
 
     model_config = ConfigDict(json_schema_extra=_grant_create_rules)
 
-    user_id: RowId
+    user_id: RowId | None = None
+    group: _GroupName | None = Field(
+        default=None, description="A hub group: its members hold the grant (not with user_id)."
+    )
     image_name: _ImageName | None = None
     application_id: RowId | None = None
     app_license: Annotated[str, StringConstraints(max_length=4096)] | None = None
@@ -774,6 +834,8 @@ class AdminGrantCreate(_Request):
 
     @model_validator(mode="after")
     def _one_way_each(self) -> AdminGrantCreate:
+        if (self.user_id is None) == (self.group is None):
+            raise ValueError("give either user_id or group")
         if (self.image_name is None) == (self.application_id is None):
             raise ValueError("give either image_name or application_id")
         split = self.volume_source or self.volume_target

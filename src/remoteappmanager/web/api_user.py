@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.naming import is_url_id
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.applications import Applications, UserApplication
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.web.api import ApiOperation, ApiRegistry, json_response, parse_body
@@ -22,6 +24,8 @@ from remoteappmanager.web.api_models import (
 from remoteappmanager.web.auth import require_user, signed_in_user
 from remoteappmanager.web.keys import APPLICATION_LISTINGS, APPLICATIONS, DEPS, SESSIONS, URLS
 from remoteappmanager.web.pages import whoami
+
+log = structlog.get_logger(__name__)
 
 USER_PATH = "v1/user"
 APPLICATIONS_PATH = "v1/applications/"
@@ -53,11 +57,21 @@ def _application_out(request: web.Request, application: UserApplication) -> Appl
     return ApplicationOut.of(application, sessions.realm, sessions.default_limits)
 
 
+async def _stop_outside_groups(request: web.Request, user: AuthenticatedUser) -> None:
+    """End the sessions the user started through a hub group they have left since."""
+    try:
+        await _sessions(request).stop_outside_groups(user.name, user.groups)
+    except Unavailable as exc:
+        # The listing answers (or fails) on its own; the next request tries again.
+        log.warning("api.group_stop_failed", user=user.name, error=exc.message)
+
+
 # ------------------------------------------------------------------------------ handlers
 @require_user
 async def list_applications(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
-    found = await _applications(request).list_for(user.name)
+    await _stop_outside_groups(request, user)
+    found = await _applications(request).list_for(user.name, user.groups)
     realm = _sessions(request).realm
     defaults = _sessions(request).default_limits
     return request.app[APPLICATION_LISTINGS].response(
@@ -75,7 +89,9 @@ async def list_applications(request: web.Request) -> web.StreamResponse:
 @require_user
 async def get_application(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
-    found = await _applications(request).get_for(user.name, request.match_info["mapping_id"])
+    found = await _applications(request).get_for(
+        user.name, request.match_info["mapping_id"], user.groups
+    )
     return json_response(_application_out(request, found))
 
 
@@ -83,8 +99,9 @@ async def get_application(request: web.Request) -> web.StreamResponse:
 async def list_containers(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     sessions = _sessions(request)
+    await _stop_outside_groups(request, user)
     found = await sessions.list_for_user(user.name)
-    times = await _applications(request).session_times(user.name, found)
+    times = await _applications(request).session_times(user.name, found, user.groups)
     return json_response(
         ContainerList.of(
             found,
@@ -99,7 +116,7 @@ async def create_container(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     wanted = await parse_body(request, ContainerCreate)
     session = await _sessions(request).start_for(
-        user.name, wanted.mapping_id, wanted.configurable_values()
+        user.name, wanted.mapping_id, wanted.configurable_values(), user.groups
     )
     return web.Response(
         status=201, headers={"Location": container_location(request, session.url_id)}
@@ -121,7 +138,7 @@ async def get_container(request: web.Request) -> web.StreamResponse:
         if record is None:
             raise
         return json_response(ContainerOut.stopped(record, sessions.realm))
-    times = await _applications(request).session_times(user.name, [found])
+    times = await _applications(request).session_times(user.name, [found], user.groups)
     return json_response(ContainerOut.of(found, sessions.realm, times.get(found.url_id)))
 
 
@@ -134,7 +151,7 @@ async def container_activity(request: web.Request) -> web.StreamResponse:
     activity = request.app[DEPS].activity
     if activity is not None:
         activity.client_input(found.url_id)
-    times = await _applications(request).session_times(user.name, [found])
+    times = await _applications(request).session_times(user.name, [found], user.groups)
     return json_response(ContainerOut.of(found, sessions.realm, times.get(found.url_id)))
 
 

@@ -655,6 +655,9 @@ class Gate:
             self.viewer_input(target, user.name, mode)
         if session is not None:
             self.access.remember(session.id, url_id, allowed, mode)
+        if self.access.left_group(user, target):
+            # Its owner left the hub group the grant was made to: the session ends.
+            await self.access.stop_left_group(user)
         return allowed
 
     async def rechecking(self) -> None:

@@ -129,6 +129,25 @@ class AccountingRow(Base):
     policy: Mapped[PolicyRow] = relationship(lazy="raise_on_sql")
 
 
+class GroupGrantRow(Base):
+    """One grant to a hub group; its members are the hub's to say, so the name is all we keep."""
+
+    __tablename__ = "group_grant"
+    __table_args__ = (UniqueConstraint("group_name", "application_id", "application_policy_id"),)
+
+    id: Mapped[str] = mapped_column(String(MAPPING_ID_LENGTH), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(MAX_NAME_LENGTH), nullable=False)
+    application_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("application.id", ondelete="CASCADE"), nullable=False
+    )
+    application_policy_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("application_policy.id", ondelete="CASCADE"), nullable=False
+    )
+
+    application: Mapped[ApplicationRow] = relationship(lazy="raise_on_sql")
+    policy: Mapped[PolicyRow] = relationship(lazy="raise_on_sql")
+
+
 class CatalogueVersionRow(Base):
     """A single row counting committed catalogue changes, bumped in the same transaction as
     each of them, so that every process can tell cheaply whether its caches are stale."""

@@ -407,7 +407,10 @@ function showUsers(token) {
     }));
     return box(
       "Users",
-      toolbar(actionButton("Create New Entry", createUser, { primary: true })),
+      toolbar(
+        actionButton("Create New Entry", createUser, { primary: true }),
+        actionButton("Group Policies", openGroup),
+      ),
       searchForm("users-name", "Name contains", userList, "name"),
       dataTable(["ID", "Username"], rows, userList.name ? "No user matches." : "There are no users yet."),
       pager(answer, USERS_PAGE, (offset) => {
@@ -442,14 +445,33 @@ async function createUser() {
   if (result === "submit") route();
 }
 
-// ------------------------------------------------------------------------------- a user's policies
-function showAccounting(token, userId) {
-  const userPath = `users/${encodeURIComponent(userId)}/`;
+async function openGroup() {
+  const input = h("input", { id: "group", name: "group", type: "text", required: true, autocomplete: "off" });
+  let group = "";
+  const result = await formDialog({
+    title: "Policies of a Hub Group",
+    fields: [field("Group", input, "The JupyterHub group: its members get its policies.")],
+    submit: async () => {
+      group = input.value.trim();
+      if (!group || group.includes("/")) return "Enter the group's name (without '/').";
+      return null;
+    },
+  });
+  if (result === "submit") window.location.hash = `#/groups/${encodeURIComponent(group)}/accounting`;
+}
+
+// ------------------------------------------------------------------------------- a user's (or group's) policies
+function showAccounting(token, userId, group = null) {
   const load = async () => {
-    const user = await api("GET", userPath);
+    if (group !== null) {
+      const filter = encodeURIComponent(JSON.stringify({ group }));
+      return { user: { name: `group ${group}` }, grants: await api("GET", `accounting/?filter=${filter}`) };
+    }
+    const user = await api("GET", `users/${encodeURIComponent(userId)}/`);
     const filter = encodeURIComponent(JSON.stringify({ user_id: userId }));
     return { user, grants: await api("GET", `accounting/?filter=${filter}`) };
   };
+  const owner = group !== null ? { group } : { user_id: userId };
   return view(token, "Policies", load, ({ user, grants }) => {
     const name = text(user.name);
     const rows = entries(grants).map(([id, item]) => ({
@@ -487,7 +509,7 @@ function showAccounting(token, userId) {
     return box(
       `Policies of ${name}`,
       toolbar(
-        actionButton("Create New Entry", () => createGrant(userId, name), { primary: true }),
+        actionButton("Create New Entry", () => createGrant(owner, name), { primary: true }),
         h("a", { class: "button", href: "#/users", text: "Back to users" }),
       ),
       dataTable(
@@ -499,7 +521,7 @@ function showAccounting(token, userId) {
   });
 }
 
-async function createGrant(userId, userName) {
+async function createGrant(owner, userName) {
   let applications = [];
   try {
     applications = entries(await api("GET", "applications/"));
@@ -609,7 +631,7 @@ async function createGrant(userId, userName) {
       }
       await api("POST", "accounting/", {
         ...limits,
-        user_id: userId,
+        ...owner,
         image_name: image.value,
         app_license: license.value.trim() || null,
         allow_home: home.input.checked,
@@ -870,6 +892,7 @@ const ROUTES = [
   [/^\/containers\/?$/, "containers", showContainers],
   [/^\/users\/?$/, "users", showUsers],
   [/^\/users\/([^/]+)\/accounting\/?$/, "users", showAccounting],
+  [/^\/groups\/([^/]+)\/accounting\/?$/, "users", (token, group) => showAccounting(token, null, group)],
   [/^\/applications\/?$/, "applications", showApplications],
   [/^\/activity\/?$/, "activity", showActivity],
 ];

@@ -136,6 +136,7 @@ function toApplication(id, raw) {
     idleTimeout: positive(policy.idle_timeout_s),
     maxLifetime: positive(policy.max_lifetime_s),
     lastStop: lastStop ? text(lastStop.message) : "",
+    sourceGroup: text(item.source_group),
     container: container
       ? {
           urlId: text(container.url_id),
@@ -814,6 +815,9 @@ function renderList() {
           h("span", { class: `status status-${status}`, text: STATUS_TEXT[status] }),
         ),
         app.description ? h("span", { class: "app-description", text: app.description }) : null,
+        app.sourceGroup
+          ? h("span", { class: "app-group", text: `Through group ${app.sourceGroup}` })
+          : null,
         meta,
       ),
     );
