@@ -3,10 +3,12 @@
 The fault-injection tests kill the engine with ``kill -9``; they must never touch the
 machine's engine, which others use. This daemon shares nothing with it: ``--data-root``,
 ``--exec-root`` (where dockerd starts its own containerd), ``--pidfile`` and its API socket
-live in a fresh directory; the default bridge is off (``--bridge=none``), the networks it
-creates come from a pool of its own, and it leaves the host's iptables alone (published
-ports go through ``docker-proxy``). ``--live-restore`` keeps containers running while the
-daemon is down. ``remove`` stops it and removes every container, mount and file it made.
+live in a fresh directory; its default bridge is an interface of its own (never
+``--bridge=none``: a dockerd without a bridge deletes the host's ``docker0``, the machine
+engine's), the networks it creates come from a pool of its own, and it leaves the host's
+iptables alone (published ports go through ``docker-proxy``). ``--live-restore`` keeps
+containers running while the daemon is down. ``remove`` stops it and removes every
+container, mount and file it made.
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ class PrivateDocker:
         self.pidfile = self.root / "docker.pid"
         self.log = self.root / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.address_pool = f"base=10.{secrets.choice(POOL_SECOND_OCTETS)}.0.0/16,size=24"
-        # The bridges of the networks it made ("br-" + the network id's first 12 digits).
-        self.bridges: set[str] = set()
+        octet = secrets.choice(POOL_SECOND_OCTETS)
+        self.address_pool = f"base=10.{octet}.0.0/16,size=24"
+        # Its default bridge, made here; and the bridges of the networks it made ("br-" +
+        # the network id's first 12 digits), deleted at the end should it leave them.
+        self.bridge = "rfd" + secrets.token_hex(5)
+        self.bridge_address = f"10.{octet}.255.1/24"
+        self.bridges: set[str] = {self.bridge}
 
     @property
     def url(self) -> str:
@@ -55,13 +61,20 @@ class PrivateDocker:
 
     def start(self) -> None:
         """Start the daemon (again, after ``kill``) and wait until its API answers."""
+        if not Path("/sys/class/net", self.bridge).exists():
+            for step in (
+                ["ip", "link", "add", self.bridge, "type", "bridge"],
+                ["ip", "addr", "add", self.bridge_address, "dev", self.bridge],
+                ["ip", "link", "set", self.bridge, "up"],
+            ):
+                subprocess.run(step, check=True, capture_output=True)
         command = [
             self._dockerd,
             "--data-root", str(self.root / "data"),
             "--exec-root", str(self.root / "exec"),
             "--pidfile", str(self.pidfile),
             "--host", self.url,
-            "--bridge=none",
+            f"--bridge={self.bridge}",
             "--iptables=false",
             "--ip6tables=false",
             "--ip-masq=false",
