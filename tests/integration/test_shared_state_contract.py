@@ -169,6 +169,18 @@ async def test_a_claim_its_holder_left_behind_lapses(shared: Shared) -> None:
     assert await claims.held(150.0) == {("alice", MAPPING)}
 
 
+async def test_a_holder_renews_its_claim_and_only_its_own(shared: Shared) -> None:
+    claims = shared.claims
+    assert await claims.claim("alice", MAPPING, holder="a", now=10.0, until=25.0)
+    assert await claims.renew("alice", MAPPING, holder="a", until=40.0)
+    assert not await claims.renew("alice", MAPPING, holder="b", until=90.0)  # not b's
+    assert await claims.held(30.0) == {("alice", MAPPING)}  # past the first lease, still held
+    assert not await claims.claim("alice", MAPPING, holder="b", now=30.0, until=60.0)
+    await claims.release("alice", MAPPING, holder="a")
+    assert not await claims.renew("alice", MAPPING, holder="a", until=90.0)  # released: gone
+    assert await claims.held(30.0) == set()
+
+
 # ------------------------------------------------------------------ leader election
 @pytest.fixture(params=["memory", "postgresql"])
 async def elections(request: pytest.FixtureRequest) -> AsyncIterator[list[LeaderElection]]:

@@ -344,3 +344,22 @@ async def test_a_claim_left_by_a_dead_replica_lapses() -> None:
     await asyncio.sleep(0.06)
     session = await b.start(grant)
     assert session.user == "alice"
+
+
+async def test_a_long_start_keeps_its_claim_by_renewing_it() -> None:
+    """The lease is short (a dead replica's claim lapses fast), so a start that takes longer
+    renews it: no other replica may start the grant meanwhile."""
+    world = make_world()
+    state = InMemorySharedState()
+    a = _replica_of(world, state, "a")
+    b = _replica_of(world, state, "b")
+    a._claim_ttl = 0.06  # as the lease, shortened
+    b._claim_ttl = 0.06
+    grant = make_grant()
+    world.probe.hold = asyncio.Event()  # the application takes several leases to get ready
+    starting = asyncio.create_task(a.start(grant))
+    await asyncio.sleep(0.25)
+    with pytest.raises(Conflict):
+        await b.start(grant)
+    world.probe.hold.set()
+    await starting

@@ -113,6 +113,13 @@ class InMemoryStartClaims:
         if current is not None and current[0] == holder:
             del self.state.claims[user, mapping_id]
 
+    async def renew(self, user: str, mapping_id: str, *, holder: str, until: float) -> bool:
+        current = self.state.claims.get((user, mapping_id))
+        if current is None or current[0] != holder:
+            return False
+        self.state.claims[user, mapping_id] = (holder, until)
+        return True
+
     async def held(self, now: float) -> set[tuple[str, str]]:
         return {key for key, (_holder, until) in self.state.claims.items() if until > now}
 

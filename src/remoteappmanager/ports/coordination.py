@@ -43,6 +43,11 @@ class StartClaims(Protocol):
         """Release ``holder``'s claim on the grant (nothing if it holds none)."""
         ...
 
+    async def renew(self, user: str, mapping_id: str, *, holder: str, until: float) -> bool:
+        """Extend ``holder``'s claim on the grant to ``until``; False if it holds none (it
+        lapsed and went to another holder, or was released)."""
+        ...
+
     async def held(self, now: float) -> set[tuple[str, str]]:
         """The (user, mapping id) pairs claimed and not lapsed at ``now``, by any holder."""
         ...

@@ -67,7 +67,9 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 # How often a start checks that the container is still alive while waiting for it to answer,
 # so that an application that crashes at once fails its start at once.
 DEFAULT_WATCH_INTERVAL = 1.0
-MIN_CLAIM_TTL = 120.0
+# A start's or stop's claim lasts this long and is renewed a third of the way in, for as
+# long as the work goes on: one left by a replica that died (kill -9) lapses within it.
+CLAIM_LEASE = 15.0
 ROUTE_REALM = "realm"
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
 
@@ -224,9 +226,8 @@ class Sessions:
         self._start_claims = start_claims
         self._claim_holder = claim_holder
         self._wall_clock = wall_clock
-        # A claim outlives any start or stop that does not hang: one left by a replica that
-        # died lapses after this long.
-        self._claim_ttl = max(MIN_CLAIM_TTL, 4 * network_timeout)
+        self._claim_ttl = CLAIM_LEASE
+        self._releasing: set[asyncio.Task[None]] = set()
         self._stopped: list[Callable[[str], Awaitable[None]]] = []
 
     @property
@@ -842,14 +843,49 @@ class Sessions:
             claim.user, claim.mapping_id, holder=holder, now=now, until=now + self._claim_ttl
         ):
             raise busy
+        renewing = asyncio.create_task(self._renew_claim(claims, claim, holder))
         try:
             yield
         finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
             try:
                 await asyncio.shield(claims.release(claim.user, claim.mapping_id, holder=holder))
             except RemoteAppError as exc:
-                # The claim lapses on its own; until then the grant waits.
+                # The database is away: released as soon as it is back (or it lapses).
                 log.warning("session.claim_not_released", user=claim.user, error=exc.message)
+                retry = asyncio.create_task(self._release_later(claims, claim, holder))
+                self._releasing.add(retry)
+                retry.add_done_callback(self._releasing.discard)
+
+    async def _release_later(self, claims: StartClaims, claim: _Claim, holder: str) -> None:
+        """Try to release a claim every second until it is released or would have lapsed."""
+        for _ in range(int(self._claim_ttl)):
+            await asyncio.sleep(1.0)
+            try:
+                await claims.release(claim.user, claim.mapping_id, holder=holder)
+            except RemoteAppError:
+                continue
+            return
+
+    async def _renew_claim(self, claims: StartClaims, claim: _Claim, holder: str) -> None:
+        """Keep the claim alive while its work runs (cancelled when it ends)."""
+        while True:
+            await asyncio.sleep(self._claim_ttl / 3)
+            try:
+                renewed = await claims.renew(
+                    claim.user,
+                    claim.mapping_id,
+                    holder=holder,
+                    until=self._wall_clock() + self._claim_ttl,
+                )
+            except RemoteAppError as exc:
+                log.warning("session.claim_not_renewed", user=claim.user, error=exc.message)
+                continue
+            if not renewed:
+                log.warning("session.claim_lost", user=claim.user, mapping_id=claim.mapping_id)
+                return
 
     async def claimed_elsewhere(self) -> frozenset[SessionKey]:
         """The grants any replica is starting or stopping (empty without shared claims)."""

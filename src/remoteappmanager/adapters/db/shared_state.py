@@ -179,6 +179,21 @@ class SqlStartClaims:
                     )
                 )
 
+    async def renew(self, user: str, mapping_id: str, *, holder: str, until: float) -> bool:
+        with translated_errors(self._location):
+            async with self._sessions.begin() as db:
+                renewed = await db.execute(
+                    update(StartClaimRow)
+                    .where(
+                        StartClaimRow.user_name == user,
+                        StartClaimRow.mapping_id == mapping_id,
+                        StartClaimRow.holder == holder,
+                    )
+                    .values(until=until)
+                    .returning(StartClaimRow.holder)
+                )
+                return renewed.first() is not None
+
     async def held(self, now: float) -> set[tuple[str, str]]:
         with translated_errors(self._location):
             async with self._sessions() as db:
