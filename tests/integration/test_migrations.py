@@ -344,7 +344,7 @@ async def test_session_shares_arrive_empty_and_keep_the_catalogue(
     )
     await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
 
-    assert (await migrate.upgrade(empty_database_url, "0005")).current == "0005"
+    assert (await migrate.upgrade(empty_database_url)).at_head
 
     assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
         ("b" * 32, 1)
