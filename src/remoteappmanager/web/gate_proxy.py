@@ -804,7 +804,10 @@ class _Downstream(asyncio.Protocol):
         exchange.viewer = verdict.viewer
         exchange.rfb_activity = verdict.rfb_activity
         server.stats.forwarded += 1
-        server.gatekeeper.client_input(verdict.url_id)
+        if not exchange.upgrade:
+            # A request is input; a WebSocket's opening is not (a page that reconnects by
+            # itself would keep its session busy): its data frames are (``gate_ws``).
+            server.gatekeeper.client_input(verdict.url_id)
         lines = exchange.lines
         if verdict.cookie:
             lines.append(b"Cookie: %b\r\n" % verdict.cookie.encode("latin-1"))
