@@ -17,8 +17,12 @@ from typing import Literal, Protocol, cast
 import httptools
 import structlog
 
-from remoteappmanager.web.gate_rules import confine_set_cookie, connection_options, pins_a_header
-from remoteappmanager.web.gate_ws import LegDead, WebSocketRelay, WebSocketViolation
+from remoteappmanager.web.gate.credentials import (
+    confine_set_cookie,
+    connection_options,
+    pins_a_header,
+)
+from remoteappmanager.web.gate.relay import LegDead, WebSocketRelay, WebSocketViolation
 
 log = structlog.get_logger(__name__)
 
@@ -806,7 +810,7 @@ class _Downstream(asyncio.Protocol):
         server.stats.forwarded += 1
         if not exchange.upgrade:
             # A request is input; a WebSocket's opening is not (a page that reconnects by
-            # itself would keep its session busy): its data frames are (``gate_ws``).
+            # itself would keep its session busy): its data frames are (``relay``).
             server.gatekeeper.client_input(verdict.url_id)
         lines = exchange.lines
         if verdict.cookie:
@@ -898,7 +902,7 @@ class _Downstream(asyncio.Protocol):
 
     def upgraded(self, upstream: _Upstream, head: bytes, rest: bytes, websocket: bool) -> None:
         """The application switched protocols: from now on bytes are relayed, a WebSocket's
-        frame by frame (``gate_ws``), anything else untouched."""
+        frame by frame (``relay``), anything else untouched."""
         server = self._server
         server.stats.upgraded += 1
         exchange = self._active

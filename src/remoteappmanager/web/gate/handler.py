@@ -32,7 +32,16 @@ from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.desktop_viewer import VIEWER_DIR, DesktopViewer, find_novnc
 from remoteappmanager.web.errors import error_page
-from remoteappmanager.web.gate_proxy import (
+from remoteappmanager.web.gate.credentials import (
+    GATE_COOKIE,
+    authorization_token,
+    forwarded_authorization,
+    origin_of_url,
+    request_origin,
+    serialise_origin,
+    sort_cookies,
+)
+from remoteappmanager.web.gate.listener import (
     MAX_CONNECTIONS_PER_USER,
     WEBSOCKET_PING_INTERVAL,
     Answer,
@@ -41,15 +50,6 @@ from remoteappmanager.web.gate_proxy import (
     GateServer,
     Verdict,
     ViewerInput,
-)
-from remoteappmanager.web.gate_rules import (
-    GATE_COOKIE,
-    authorization_token,
-    forwarded_authorization,
-    origin_of_url,
-    request_origin,
-    serialise_origin,
-    sort_cookies,
 )
 from remoteappmanager.web.keys import (
     ACCESS,
@@ -135,7 +135,7 @@ class _Ticket:
 
 @dataclass(slots=True)
 class Gate:
-    """The gatekeeper of the gate's listener (see ``web.gate_proxy.Gatekeeper``).
+    """The gatekeeper of the gate's listener (see ``listener.Gatekeeper``).
 
     In gated mode the proxy routes ``/user/<name>/containers/<url_id>`` to the gate's own
     listener (``Settings.gate_address``) with the full path. A browser gets in with a
@@ -143,7 +143,7 @@ class Gate:
     binding the login session and the url id), minted by ``{svc}gate/<url_id>``: a page of
     the service, so that the service's session cookie is sent there. API clients may send
     ``Authorization: token <hub token>`` instead. Our cookies and tokens never reach the
-    application (``web.gate_rules``).
+    application (``credentials``).
 
     A WebSocket is let in only from an allowed ``Origin``: the one the request was
     addressed to (``Host`` and ``X-Forwarded-Proto``), ``public_origins`` (the hub's public

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remoteappmanager.web.auth import SESSION_COOKIE, STATE_COOKIE_PREFIX, XSRF_COOKIE
-from remoteappmanager.web.gate_rules import (
+from remoteappmanager.web.gate.credentials import (
     GATE_COOKIE,
     authorization_token,
     confine_set_cookie,
@@ -22,7 +22,7 @@ from remoteappmanager.web.gate_rules import (
     serialise_origin,
     sort_cookies,
 )
-from remoteappmanager.web.gate_rules import (
+from remoteappmanager.web.gate.credentials import (
     cookie_values as values_of_cookie,
 )
 
