@@ -421,10 +421,8 @@ class Gate:
             return self._refuse_anonymous(request, target, stale_cookie=True)
         # The admin flag alone opens someone else's application only to a confirmed entry
         # (the application may have been shared when this cookie was made, and no longer is).
-        allowed = self.access.may_enter(user, target) and (
-            caller.confirmed or not self.access.enters_as_admin(user, target)
-        )
-        mode = self._mode_of(user, target, confirmed=caller.confirmed)
+        allowed = self.access.admits(user, target, confirmed=caller.confirmed)
+        mode = self.access.mode_of(user, target, confirmed=caller.confirmed)
         self.access.remember(session_id, target.url_id, allowed, mode)
         if not allowed:
             log.info("gate.refused", user=user.name, url_id=target.url_id)
@@ -438,8 +436,8 @@ class Gate:
         assert token is not None
         user = self.identify.identify(await self.identity.user_for_token(token))
         # An admin enters someone else's application only as a confirmed browser action.
-        if self.access.may_enter(user, target) and not self.access.enters_as_admin(user, target):
-            mode = self.access.viewing_mode(user, target)
+        if self.access.admits(user, target, confirmed=False):
+            mode = self.access.mode_of(user, target, confirmed=False)
             return self._forward(request, target, caller, user.name, token=token, mode=mode)
         log.info("gate.refused", user=user.name, url_id=target.url_id)
         return self._page(403, "this application is not shared with you")
@@ -490,20 +488,12 @@ class Gate:
             rfb_activity=target.protocol == "vnc",
         )
 
-    def _mode_of(
-        self, user: AuthenticatedUser, target: GateTarget, *, confirmed: bool
-    ) -> ShareMode | None:
-        """The viewer's mode; None for the owner and for an admin's confirmed entry."""
-        if confirmed and user.admin:
-            return None
-        return self.access.viewing_mode(user, target)
-
     # ------------------------------------------------------------------ viewers
     def viewer_input(self, target: GateTarget, user: str, mode: ShareMode) -> ViewerInput:
         """The input state of ``user``'s connections to ``target`` (one object for all)."""
         key = (target.url_id, user)
         entry = self.viewers.get(key)
-        allowed = self._input_allowed(target.url_id, user, mode)
+        allowed = self.access.input_allowed(target.url_id, user, mode)
         if entry is None:
             if len(self.viewers) >= MAX_VIEWERS:
                 self._sweep_viewers()
@@ -518,10 +508,6 @@ class Gate:
             self.viewers[key] = (mode, viewer)
         return viewer
 
-    def _input_allowed(self, url_id: str, user: str, mode: ShareMode) -> bool:
-        shares = self.access.shares
-        return shares is not None and shares.input_allowed(url_id, user, mode)
-
     def _sweep_viewers(self) -> None:
         held = {url_id for _who, url_id in self.server.holders()}
         for key in [key for key in self.viewers if key[0] not in held]:
@@ -533,7 +519,7 @@ class Gate:
         self.access.forget_url(url_id)
         for (viewed, user), (mode, viewer) in list(self.viewers.items()):
             if viewed == url_id:
-                viewer.input_allowed = self._input_allowed(url_id, user, mode)
+                viewer.input_allowed = self.access.input_allowed(url_id, user, mode)
         try:
             task = asyncio.get_running_loop().create_task(self.recheck({url_id}))
         except RuntimeError:
@@ -640,17 +626,9 @@ class Gate:
             return True
         if session is not None and user.name != session.user:
             return False
-        allowed = self.access.may_enter(user, target)
-        mode = self._mode_of(user, target, confirmed=False) if allowed else None
-        if (
-            allowed
-            and mode is None
-            and (url_id, user.name) in self.viewers
-            and self.access.enters_as_admin(user, target)
-        ):
-            # An admin who came in through a share that ended: the admin flag alone opens
-            # someone else's session only through a confirmed entry, which this was not.
-            allowed = False
+        was_viewer = (url_id, user.name) in self.viewers
+        allowed = self.access.still_admits(user, target, was_viewer=was_viewer)
+        mode = self.access.mode_of(user, target, confirmed=False) if allowed else None
         if allowed and mode is not None:
             self.viewer_input(target, user.name, mode)
         if session is not None:
@@ -836,7 +814,7 @@ async def gate_entry(request: web.Request) -> web.StreamResponse:
         raise Forbidden("this application is not shared with you")
     if gate.access.enters_as_admin(auth.user, target):
         return await _confirmation_page(request, target, next_url)
-    mode = gate.access.viewing_mode(auth.user, target)
+    mode = gate.access.mode_of(auth.user, target, confirmed=False)
     return _let_in(
         request, auth.session_id, auth.user.name, target, next_url, confirmed=False, mode=mode
     )
@@ -858,7 +836,7 @@ async def gate_entry_confirmed(request: web.Request) -> web.StreamResponse:
     confirmed = gate.access.enters_as_admin(auth.user, target)
     if confirmed:
         await gate.access.record_entry(auth.user, target)
-    mode = None if confirmed else gate.access.viewing_mode(auth.user, target)
+    mode = gate.access.mode_of(auth.user, target, confirmed=confirmed)
     return _let_in(
         request,
         auth.session_id,
