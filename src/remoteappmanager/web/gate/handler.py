@@ -34,9 +34,13 @@ from remoteappmanager.web.desktop_viewer import VIEWER_DIR, DesktopViewer, find_
 from remoteappmanager.web.errors import error_page
 from remoteappmanager.web.gate.credentials import (
     GATE_COOKIE,
+    GatePass,
     authorization_token,
+    expired_gate_cookie,
     forwarded_authorization,
+    gate_set_cookie,
     origin_of_url,
+    read_gate_pass,
     request_origin,
     serialise_origin,
     sort_cookies,
@@ -76,7 +80,6 @@ log = structlog.get_logger(__name__)
 _GATE_PURPOSE = "gate"
 # Appended to a gate cookie's payload when an admin confirmed entering someone else's
 # application: only such a cookie keeps opening it on the admin flag alone.
-_CONFIRMED = "entered"
 MAX_VERIFIED_COOKIES = 10_000
 # Per-application hosts: the path under an application's own host where a ticket from
 # ``{svc}gate/<url_id>`` becomes that host's cookie; a ticket works once, this long.
@@ -89,7 +92,6 @@ MAX_VIEWERS = 10_000
 # cache's time).
 RECHECK_INTERVAL = 3.0
 _PAGE_METHODS = frozenset({"GET", "HEAD"})
-_EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
 _CONFIRM_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>Enter {owner}'s session?</title></head>
@@ -223,7 +225,7 @@ class Gate:
 
     def cookie_value(self, session_id: str, url_id: str, *, confirmed: bool) -> str:
         """A signed gate cookie for this login session and application."""
-        payload = f"{session_id} {url_id}" + (f" {_CONFIRMED}" if confirmed else "")
+        payload = GatePass(session_id, url_id, confirmed).payload()
         return self.signer.sign(_GATE_PURPOSE, payload)
 
     def issue_ticket(
@@ -362,10 +364,11 @@ class Gate:
         self.access.remember(session.id, target.url_id, True, ticket.mode)
         value = self.cookie_value(session.id, target.url_id, confirmed=ticket.confirmed)
         assert self.app_origins is not None
-        secure = "; Secure" if self.app_origins.startswith("https:") else ""
-        cookie = (
-            f"{GATE_COOKIE}={value}; Path={target.urlpath}/; Max-Age={int(self.store.max_age)}"
-            f"; HttpOnly; SameSite=Lax{secure}"
+        cookie = gate_set_cookie(
+            value,
+            target.urlpath,
+            max_age=int(self.store.max_age),
+            secure=self.app_origins.startswith("https:"),
         )
         headers = (
             ("Location", ticket.next_url),
@@ -379,19 +382,20 @@ class Gate:
         """The login sessions the request's valid gate cookies for ``url_id`` name."""
         found = []
         for value in sort_cookies(headers)[0]:
-            session_id, _, rest = (self.cookie_payload(value) or "").partition(" ")
-            if session_id and rest.partition(" ")[0] == url_id:
-                found.append(session_id)
+            gate_pass = read_gate_pass(self.cookie_payload(value))
+            if gate_pass is not None and gate_pass.url_id == url_id:
+                found.append(gate_pass.session_id)
         return found
 
     def _read_cookies(self, headers: Iterable[str], url_id: str) -> _Caller:
         caller = _Caller()
         gate_values, caller.forwarded_cookie = sort_cookies(headers)
         for value in gate_values:
-            payload = self.cookie_payload(value)
-            session_id, _, rest = (payload or "").partition(" ")
-            cookie_url_id, _, how = rest.partition(" ")
-            session = self.store.get(session_id) if cookie_url_id == url_id else None
+            gate_pass = read_gate_pass(self.cookie_payload(value))
+            if gate_pass is None or gate_pass.url_id != url_id:
+                caller.stale_cookie = True
+                continue
+            session = self.store.get(gate_pass.session_id)
             if session is None:
                 caller.stale_cookie = True
                 continue
@@ -400,7 +404,7 @@ class Gate:
                 session.hub_token,
                 session.user,
             )
-            caller.confirmed = how == _CONFIRMED
+            caller.confirmed = gate_pass.confirmed
             break
         return caller
 
@@ -654,9 +658,7 @@ class Gate:
             location = self.entry_url(target.url_id) + "?next=" + quote(request.target, safe="")
             headers = [("Location", location), ("Cache-Control", "no-store")]
             if stale_cookie:
-                headers.append(
-                    ("Set-Cookie", f'{GATE_COOKIE}=""; {_EXPIRED}; Path={target.urlpath}/')
-                )
+                headers.append(("Set-Cookie", expired_gate_cookie(target.urlpath)))
             return Answer(302, tuple(headers))
         return self._page(401, "sign in to the service first, then open the application again")
 
