@@ -24,11 +24,11 @@ from remoteappmanager.web.gate.credentials import (
     forwarded_authorization,
     sort_cookies,
 )
+from remoteappmanager.web.gate.framing import GateRequest
 from remoteappmanager.web.gate.listener import (
     Answer,
     Forward,
     Gatekeeper,
-    GateRequest,
     GateServer,
     GateStats,
     Verdict,

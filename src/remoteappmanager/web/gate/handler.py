@@ -45,12 +45,12 @@ from remoteappmanager.web.gate.credentials import (
     serialise_origin,
     sort_cookies,
 )
+from remoteappmanager.web.gate.framing import GateRequest
 from remoteappmanager.web.gate.listener import (
     MAX_CONNECTIONS_PER_USER,
     WEBSOCKET_PING_INTERVAL,
     Answer,
     Forward,
-    GateRequest,
     GateServer,
     Verdict,
     ViewerInput,

@@ -6,7 +6,6 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import re
 import secrets
 import socket
 from collections.abc import Callable, Hashable
@@ -14,22 +13,28 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Literal, Protocol, cast
 
-import httptools
 import structlog
 
-from remoteappmanager.web.gate.credentials import (
-    confine_set_cookie,
-    connection_options,
-    pins_a_header,
+from remoteappmanager.web.gate.framing import (
+    CHUNKED,
+    LENGTH,
+    MAX_REQUEST_HEAD,
+    MAX_RESPONSE_HEAD,
+    NO_BODY,
+    UNTIL_CLOSE,
+    BadResponse,
+    ChunkedBody,
+    GateRequest,
+    Refusal,
+    Refused,
+    RequestHead,
+    RequestReader,
+    read_response_head,
 )
 from remoteappmanager.web.gate.relay import LegDead, WebSocketRelay, WebSocketViolation
 
 log = structlog.get_logger(__name__)
 
-# A request head larger than this is answered 431 (the proxy in front refuses 16 KiB already).
-MAX_REQUEST_HEAD = 64 * 1024
-# An application's answer whose head is larger than this is refused (502).
-MAX_RESPONSE_HEAD = 64 * 1024
 # A request head must arrive within this time once it has begun (a trickling client holds a
 # connection for nothing).
 HEAD_TIMEOUT = 30.0
@@ -57,8 +62,6 @@ WEBSOCKET_PING_INTERVAL = 25.0
 CLIENT_INPUT_INTERVAL = 1.0
 # TCP keepalive on a WebSocket's sockets: probes after this long idle, this often, this many.
 TCP_KEEPALIVE = (30, 10, 3)
-_MAX_CHUNK_LINE = 4096
-_MAX_TRAILERS = 16 * 1024
 
 
 # ---------------------------------------------------------------------------- the contract
@@ -79,23 +82,6 @@ class ViewerInput:
     """With ``vnc``: whether clipboard text (ClientCutText) passes along with the other
     input. Off where the site keeps the browser's clipboard out of desktops; then the owner
     gets a ``ViewerInput`` too, with input allowed and this off."""
-
-
-@dataclass(slots=True)
-class GateRequest:
-    """What the gatekeeper sees of a request; header values decoded as Latin-1."""
-
-    method: str
-    target: str
-    """As sent: the path and query, still percent-encoded."""
-    cookies: list[str]
-    authorization: str | None
-    websocket: bool
-    origin: str | None = None
-    host: str | None = None
-    """The ``Host`` header (where the browser thinks it is), None if none came."""
-    forwarded_proto: str | None = None
-    """``X-Forwarded-Proto`` as the proxy set it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,62 +169,7 @@ class GateStats:
     """Bytes written back towards the browsers (answers and WebSocket frames)."""
 
 
-# ---------------------------------------------------------------------------- wire details
 _CRLF = b"\r\n"
-_CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
-# How each header is handled, by lower-case name (absent: copied as it came). Hop-by-hop
-# headers (RFC 9110 7.6.1) are dropped, or replaced by what this hop needs.
-_DROP, _COOKIE, _AUTHORIZATION, _XFF, _XFPROTO, _XFHOST, _HOST, _REQUEST_ID = range(8)
-_UPGRADE, _CONNECTION, _EXPECT, _TRANSFER_ENCODING, _CONTENT_LENGTH, _SET_COOKIE = range(8, 14)
-_ORIGIN = 14
-_HOP_BY_HOP = {
-    b"connection": _CONNECTION,
-    b"keep-alive": _DROP,
-    b"proxy-authenticate": _DROP,
-    b"proxy-authorization": _DROP,
-    b"proxy-connection": _DROP,
-    b"te": _DROP,
-    b"trailer": _DROP,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"upgrade": _UPGRADE,
-}
-_REQUEST_HEADERS = {
-    **_HOP_BY_HOP,
-    b"cookie": _COOKIE,
-    b"authorization": _AUTHORIZATION,
-    b"x-forwarded-for": _XFF,
-    b"x-forwarded-proto": _XFPROTO,
-    b"x-forwarded-host": _XFHOST,
-    b"host": _HOST,
-    b"x-request-id": _REQUEST_ID,
-    b"origin": _ORIGIN,
-    b"content-length": _CONTENT_LENGTH,
-    # Answered here when the request is let through; the application must not wait for it.
-    b"expect": _EXPECT,
-}
-_RESPONSE_HEADERS = {
-    **_HOP_BY_HOP,
-    b"content-length": _CONTENT_LENGTH,
-    b"set-cookie": _SET_COOKIE,
-    # An application may not widen its service worker's scope beyond its own path (where
-    # it would see the service's pages when they share an origin).
-    b"service-worker-allowed": _DROP,
-}
-# A response head as we pass it on: a status line and header lines with token names, no
-# bare CR or LF anywhere, no obsolete line folding. Anything else is refused.
-_RESPONSE_HEAD = re.compile(
-    rb"HTTP/1\.[01] [0-9]{3}(?: [^\r\n\x00]*)?"
-    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*)*"
-)
-# The lines of a (checked) response head that ``_RESPONSE_HEADERS`` names: (name, value).
-_RESPONSE_LINE = re.compile(
-    rb"\r\n(" + b"|".join(re.escape(name) for name in _RESPONSE_HEADERS) + rb"):([^\r\n]*)",
-    re.IGNORECASE,
-)
-_INCOMING_ID = re.compile(rb"[A-Za-z0-9._-]{8,64}")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n\x00]*)?")
-_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*")
-_NO_BODY_STATUSES = frozenset({204, 304})
 
 # Downstream reading is paused while any of these holds.
 _QUEUED = 1  # a pipelined request waits for the one before it
@@ -248,10 +179,9 @@ _UPSTREAM_FULL = 8  # the application reads the request body slower than it come
 _HOLDING = 16  # an upgrade was asked for: what follows is not HTTP
 _BROKEN = 32  # unreadable input: nothing more is read
 
-# Upstream states.
-_IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _SPLICE, _CLOSED = range(7)
-# Chunked body phases.
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+# Upstream states: idle, reading the head, then the body as framed, or spliced after 101.
+_IDLE, _HEAD, _SPLICE, _CLOSED = NO_BODY, 1, 5, 6
+_LENGTH, _CHUNKED, _UNTIL_CLOSE = LENGTH, CHUNKED, UNTIL_CLOSE
 
 
 def render(answer: Answer, *, close: bool, head_only: bool = False) -> bytes:
@@ -283,10 +213,6 @@ def _plain(status: int, message: str) -> Answer:
     )
 
 
-_BAD_REQUEST = _plain(400, "the request could not be read")
-_AMBIGUOUS = _plain(400, "the request's framing, host or credentials are ambiguous")
-_PINNED = _plain(400, "the Connection header names a header that is not hop-by-hop")
-_UNKNOWN_CODING = _plain(501, "the only transfer coding understood is 'chunked'")
 _CROWDED = Answer(
     429,
     (("Cache-Control", "no-store"), ("Retry-After", "5")),
@@ -294,26 +220,20 @@ _CROWDED = Answer(
     "text/plain; charset=utf-8",
 )
 _TIMEOUT = _plain(408, "the request did not arrive in time")
-_TOO_LARGE = _plain(431, "the request's headers are too large")
 _INTERNAL = _plain(500, "something went wrong on our side")
+_REFUSALS: dict[Refusal, Answer] = {}
+
+
+def _refused(refusal: Refusal) -> Answer:
+    """The answer to a request the framing refused."""
+    answer = _REFUSALS.get(refusal)
+    if answer is None:
+        answer = _REFUSALS[refusal] = _plain(refusal.status, refusal.message)
+    return answer
+
+
 _UNREACHABLE = _plain(503, "the application does not answer")
 _BAD_ANSWER = _plain(502, "the application did not answer properly")
-
-
-class _BadResponse(Exception):
-    """The application's answer breaks HTTP/1.1 framing: it cannot be passed on safely."""
-
-
-class _HeadTooLarge(Exception):
-    """Raised from a parser callback to stop reading an oversized head."""
-
-
-class _Refused(Exception):
-    """Raised from a parser callback: the request is readable but must not be passed on."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__(answer.status)
-        self.answer = answer
 
 
 # ---------------------------------------------------------------------------- one request
@@ -348,19 +268,19 @@ class _Exchange:
         "viewer",
     )
 
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
+    def __init__(self, head: RequestHead) -> None:
+        self.lines = head.lines
         self.head = b""
         self.pending: list[bytes] = []
-        self.request_done = False
+        self.request_done = head.request_done
         self.response_done = False
-        self.expect_continue = False
-        self.body_framing = False  # the request body is re-framed as chunks on the way
-        self.has_body = False
-        self.http10 = False
-        self.is_head = False
-        self.keep_alive = True
-        self.upgrade = False
+        self.expect_continue = head.expect_continue
+        self.body_framing = head.body_framing  # the body is re-framed as chunks on the way
+        self.has_body = head.has_body
+        self.http10 = head.http10
+        self.is_head = head.is_head
+        self.keep_alive = head.keep_alive
+        self.upgrade = head.upgrade
         self.reused = False
         self.key: tuple[str, int] = ("", 0)
         self.url_id = ""
@@ -373,7 +293,7 @@ class _Exchange:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.connect_timed_out = False
-        self.request: GateRequest | None = None
+        self.request = head.request
 
 
 # ---------------------------------------------------------------------------- the proxy's side
@@ -383,15 +303,10 @@ class _Downstream(asyncio.Protocol):
     def __init__(self, server: GateServer) -> None:
         self._server = server
         self._loop = server.loop
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader = RequestReader(
+            self, peer=b"unknown", request_id=server.next_request_id, max_head=server.max_head
+        )
         self.transport: asyncio.Transport | None = None
-        self._peer = b"unknown"
-        self._url: list[bytes] = []
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
-        self._raw_head = 0
-        self._in_head = False
-        self._fresh_head = False
         self._head_started = 0.0
         self._idle_since = self._loop.time()
         self._parsing: _Exchange | None = None
@@ -420,7 +335,7 @@ class _Downstream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
-            self._peer = str(peer[0]).encode("latin-1")
+            self._reader.peer = str(peer[0]).encode("latin-1")
         self._server.connections.add(self)
         self._server.stats.connections += 1
 
@@ -445,7 +360,7 @@ class _Downstream(asyncio.Protocol):
         self._upstream = self._upgraded = None
 
     def eof_received(self) -> bool:
-        if self._upgraded is not None or self._active is None or self._in_head:
+        if self._upgraded is not None or self._active is None or self._reader.in_head:
             return False
         parsing = self._parsing
         if parsing is not None and not parsing.request_done:
@@ -515,18 +430,18 @@ class _Downstream(asyncio.Protocol):
                 if to_app:
                     upgraded.write(to_app)
             return
-        if self._in_head and now - self._head_started > self._server.head_timeout:
+        if self._reader.in_head and now - self._head_started > self._server.head_timeout:
             self._protocol_error(_TIMEOUT)
         elif (
             self._active is None
-            and not self._in_head
+            and not self._reader.in_head
             and now - self._idle_since > self._server.idle_timeout
         ):
             self.close()
 
     # ------------------------------------------------------------------ reading requests
     # The hot path of every byte from the proxy: relayed WebSocket, held, or parsed, inline.
-    def data_received(self, data: bytes) -> None:  # noqa: C901
+    def data_received(self, data: bytes) -> None:
         upgraded = self._upgraded
         if upgraded is not None:
             relay = self._relay
@@ -555,56 +470,24 @@ class _Downstream(asyncio.Protocol):
         if self._broken is not None or self.closed:
             return
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._holding = bytearray(data[upgrade.args[0] :])
+            rest = self._reader.feed(data)
+        except Refused as refused:
+            self._protocol_error(_refused(refused.refusal))
+            return
+        except Exception as error:
+            log.error("gate.parser_callback_failed", error=repr(error))
+            self._protocol_error(_INTERNAL)
+            return
+        if rest is not None:
+            self._holding = bytearray(rest)
             self._pause(_HOLDING)
-            return
-        except httptools.HttpParserCallbackError as error:
-            if isinstance(error.__context__, _HeadTooLarge):
-                self._protocol_error(_TOO_LARGE)
-            elif isinstance(error.__context__, _Refused):
-                self._protocol_error(error.__context__.answer)
-            else:
-                log.error("gate.parser_callback_failed", error=repr(error.__context__))
-                self._protocol_error(_INTERNAL)
-            return
-        except httptools.HttpParserError:
-            self._protocol_error(_BAD_REQUEST)
-            return
-        if self._in_head:
-            # What the parser holds of a header line it has not finished: counted from the
-            # read after the one the head began in (that one may hold earlier requests).
-            if self._fresh_head:
-                self._fresh_head = False
-            else:
-                self._raw_head += len(data)
-                if self._raw_head > 2 * self._server.max_head:
-                    self._protocol_error(_TOO_LARGE)
 
-    def on_message_begin(self) -> None:
-        self._url = []
-        self._headers = []
-        self._head_size = 0
-        self._raw_head = 0
-        self._in_head = True
-        self._fresh_head = True
+    # ------------------------------------------------------------------ what the reader read
+    def head_begun(self) -> None:
         self._head_started = self._loop.time()
 
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._head_size += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._server.max_head:
-            raise _HeadTooLarge
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._raw_head = 0
-        exchange = self._exchange_of(self._parser)
+    def head_read(self, head: RequestHead) -> None:
+        exchange = _Exchange(head)
         self._parsing = exchange
         if self._active is None:
             self._begin(exchange)
@@ -612,7 +495,7 @@ class _Downstream(asyncio.Protocol):
             self._queue.append(exchange)
             self._pause(_QUEUED)
 
-    def on_body(self, body: bytes) -> None:
+    def body_read(self, body: bytes) -> None:
         exchange = self._parsing
         if exchange is None or exchange.response_done:
             return
@@ -624,7 +507,7 @@ class _Downstream(asyncio.Protocol):
         else:
             exchange.pending.append(body)
 
-    def on_message_complete(self) -> None:
+    def message_read(self) -> None:
         exchange = self._parsing
         if exchange is None:
             return
@@ -635,118 +518,12 @@ class _Downstream(asyncio.Protocol):
             else:
                 exchange.pending.append(b"0\r\n\r\n")
 
-    # One pass over the headers with a branch per header the gate rewrites; split up, it would
-    # cost a call per header on every request.
-    def _exchange_of(self, parser: httptools.HttpRequestParser) -> _Exchange:  # noqa: C901
-        """The request as the application will get it, and what the gatekeeper needs."""
-        exchange = _Exchange()
-        method: bytes = parser.get_method()
-        version: str = parser.get_http_version()
-        target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        exchange.keep_alive = parser.should_keep_alive()
-        exchange.upgrade = parser.should_upgrade()
-        exchange.is_head = method == b"HEAD"
-        exchange.http10 = version == "1.0"
-        lines = exchange.lines
-        lines.append(b"%b %b HTTP/%b\r\n" % (method, target, version.encode("latin-1")))
-        cookies: list[str] = []
-        authorization: str | None = None
-        forwarded_for = host = upgrade = encoding = origin = proto = None
-        has_proto = has_host = has_id = False
-        hosts = authorizations = 0
-        listed: set[bytes] | None = None
-        for name, value in self._headers:
-            code = _REQUEST_HEADERS.get(name.lower())
-            if code is None:
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _COOKIE:
-                cookies.append(value.decode("latin-1"))
-            elif code == _CONTENT_LENGTH:
-                exchange.has_body = value.strip() not in (b"0", b"")
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _AUTHORIZATION:
-                authorizations += 1
-                authorization = value.decode("latin-1")
-            elif code == _XFF:
-                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-            elif code == _HOST:
-                hosts += 1
-                host = value
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _CONNECTION:
-                options = connection_options(value)
-                if pins_a_header(options):
-                    raise _Refused(_PINNED)
-                options -= _CONNECTION_OPTIONS
-                if options:
-                    listed = options if listed is None else listed | options
-            elif code == _UPGRADE:
-                upgrade = value
-            elif code == _TRANSFER_ENCODING:
-                encoding = value if encoding is None else encoding + b"," + value
-                exchange.body_framing = exchange.has_body = True
-            elif code == _EXPECT:
-                exchange.expect_continue = value.strip().lower() == b"100-continue"
-            elif code == _REQUEST_ID:
-                if _INCOMING_ID.fullmatch(value) is not None and not has_id:
-                    has_id = True
-                    lines.append(b"X-Request-Id: %b\r\n" % value)
-            elif code == _XFPROTO:  # passed on as the proxy set it
-                has_proto = True
-                proto = value if proto is None else proto + b"," + value
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _ORIGIN:
-                origin = value if origin is None else b"null"  # two: neither counts
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _XFHOST:
-                has_host = True
-                lines.append(b"%b: %b\r\n" % (name, value))
-        # Where the parser is lenient, the gate is not: the application (or a proxy behind
-        # it) could read these another way than llhttp did.
-        if hosts > 1 or (hosts == 0 and not exchange.http10) or authorizations > 1:
-            raise _Refused(_AMBIGUOUS)
-        if encoding is not None:
-            if exchange.http10:
-                raise _Refused(_AMBIGUOUS)
-            if encoding.strip().lower() != b"chunked":
-                raise _Refused(_UNKNOWN_CODING)
-        if listed:
-            exchange.lines = lines = _without(lines, listed)
-        peer = self._peer
-        chain = peer if forwarded_for is None else forwarded_for + b", " + peer
-        lines.append(b"X-Forwarded-For: %b\r\n" % chain)
-        if not has_proto:
-            lines.append(b"X-Forwarded-Proto: http\r\n")
-        if not has_host and host is not None:
-            lines.append(b"X-Forwarded-Host: %b\r\n" % host)
-        if not has_id:
-            lines.append(b"X-Request-Id: %b\r\n" % self._server.next_request_id())
-        if exchange.upgrade and upgrade is not None:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: %b\r\n" % upgrade)
-        if exchange.body_framing:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        if not exchange.has_body:
-            exchange.request_done = True
-        exchange.request = GateRequest(
-            method=method.decode("latin-1"),
-            target=target.decode("latin-1"),
-            cookies=cookies,
-            authorization=authorization,
-            websocket=method == b"GET"
-            and upgrade is not None
-            and upgrade.strip().lower() == b"websocket",
-            origin=None if origin is None else origin.decode("latin-1"),
-            host=None if host is None else host.decode("latin-1"),
-            forwarded_proto=None if proto is None else proto.decode("latin-1"),
-        )
-        return exchange
-
     def _protocol_error(self, answer: Answer) -> None:
         """Unreadable input: answer once the requests before it are, then close."""
         if self._broken is not None or self.closed:
             return
         self._broken = answer
-        self._in_head = False
+        self._reader.in_head = False
         self._server.stats.malformed += 1
         self._pause(_BROKEN)
         parsing = self._parsing
@@ -1026,15 +803,6 @@ class _Downstream(asyncio.Protocol):
             self._in_next = False
 
 
-def _without(lines: list[bytes], names: set[bytes]) -> list[bytes]:
-    """Header lines minus those the Connection header named (hop-by-hop by declaration)."""
-    kept = lines[:1]
-    for line in lines[1:]:
-        if line.partition(b":")[0].lower() not in names:
-            kept.append(line)
-    return kept
-
-
 def _keepalive(transport: asyncio.Transport | None) -> None:
     """TCP keepalive on a long-lived connection: a peer gone silently is noticed."""
     sock = transport.get_extra_info("socket") if transport is not None else None
@@ -1063,9 +831,7 @@ class _Upstream(asyncio.Protocol):
         self._state = _IDLE
         self._buffer: bytearray | None = None
         self._remaining = 0
-        self._phase = _SIZE
-        self._line = bytearray()
-        self._trailers = 0
+        self._chunks = ChunkedBody()
         self._received = False
         self._reusable = False
         self._close_down = False
@@ -1226,7 +992,7 @@ class _Upstream(asyncio.Protocol):
         assert down is not None
         try:
             status, head, framing, length = self._parse_head(data[:end], exchange)
-        except _BadResponse:
+        except BadResponse:
             self._refuse()
             return
         rest = data[end + 4 :]
@@ -1257,9 +1023,7 @@ class _Upstream(asyncio.Protocol):
             self._send(head + rest if rest else head)
         elif framing == _CHUNKED:
             self._state = _CHUNKED
-            self._phase = _SIZE
-            self._line.clear()
-            self._trailers = 0
+            self._chunks = ChunkedBody()
             self._send(head)
             if rest:
                 self._on_chunked(rest)
@@ -1272,84 +1036,11 @@ class _Upstream(asyncio.Protocol):
             self._send(head)
             self._complete()
 
-    # One pass over the answer's header lines, as _exchange_of does for the request's.
-    def _parse_head(  # noqa: C901
-        self, head: bytes, exchange: _Exchange
-    ) -> tuple[int, bytes, int, int]:
-        """(status, the head to send on, framing, length); raises ``_BadResponse``.
-
-        Strict where a lenient reading could make the proxy and us disagree on where the
-        answer ends (the proxy's connections carry other users' requests next).
-        """
-        if _RESPONSE_HEAD.fullmatch(head) is None:
-            raise _BadResponse
-        status = int(head[9:12])
-        if status < 100:
-            raise _BadResponse
+    def _parse_head(self, head: bytes, exchange: _Exchange) -> tuple[int, bytes, int, int]:
+        """(status, the head to send on, framing, length); raises ``BadResponse``."""
+        answer = read_response_head(head, exchange.cookie_path, head_request=exchange.is_head)
+        status, head, framing, close = answer.status, answer.head, answer.framing, answer.close
         switching = status == 101
-        http10 = head[7] == 48  # HTTP/1.0: no keep-alive unless it says so
-        close = keep_alive_asked = False
-        length: int | None = None
-        encoding: bytes | None = None
-        listed: set[bytes] | None = None
-        # Only the lines that matter are looked at; the others pass as they are.
-        pieces: list[bytes] = []
-        start = 0
-        for match in _RESPONSE_LINE.finditer(head):
-            code = _RESPONSE_HEADERS[match.group(1).lower()]
-            value = match.group(2)
-            keep = False
-            if code == _CONTENT_LENGTH:
-                digits = value.strip(b" \t")
-                if not digits.isdigit() or (length is not None and length != int(digits)):
-                    raise _BadResponse
-                length = int(digits)
-                keep = True
-            elif code == _TRANSFER_ENCODING:
-                encoding = value if encoding is None else encoding + b"," + value
-                keep = True
-            elif code == _SET_COOKIE:
-                # Always rewritten (or dropped): confined to the application's path.
-                confined = confine_set_cookie(value.strip(b" \t"), exchange.cookie_path)
-                pieces.append(head[start : match.start()])
-                if confined is not None:
-                    pieces.append(b"\r\nSet-Cookie: " + confined)
-                start = match.end()
-                continue
-            elif code == _CONNECTION:
-                options = connection_options(value)
-                if pins_a_header(options):
-                    raise _BadResponse  # its framing would be read two ways
-                close = close or b"close" in options
-                keep_alive_asked = keep_alive_asked or b"keep-alive" in options
-                options -= _CONNECTION_OPTIONS
-                if options:
-                    listed = options if listed is None else listed | options
-                keep = switching
-            elif code == _UPGRADE:
-                keep = switching
-            if not keep:
-                pieces.append(head[start : match.start()])
-                start = match.end()
-        if start:
-            pieces.append(head[start:])
-            head = b"".join(pieces)
-        if http10:
-            head = b"HTTP/1.1" + head[8:]
-        if listed:
-            head = _CRLF.join(_without(head.split(_CRLF), listed))
-        close = close or (http10 and not keep_alive_asked)
-        if switching or exchange.is_head or status < 200 or status in _NO_BODY_STATUSES:
-            framing, size = _IDLE, 0
-        elif encoding is not None:
-            if length is not None:
-                raise _BadResponse  # both: the classic way to smuggle an answer
-            last = encoding.rsplit(b",", 1)[-1].strip().lower()
-            framing, size = (_CHUNKED, 0) if last == b"chunked" else (_UNTIL_CLOSE, 0)
-        elif length is not None:
-            framing, size = _LENGTH, length
-        else:
-            framing, size = _UNTIL_CLOSE, 0
         down = self._down
         self._reusable = (
             not close and framing != _UNTIL_CLOSE and not exchange.upgrade and not exchange.http10
@@ -1362,12 +1053,12 @@ class _Upstream(asyncio.Protocol):
         )
         if self._close_down and not switching:
             head += b"\r\nConnection: close"
-        return status, head + b"\r\n\r\n", framing, size
+        return status, head + b"\r\n\r\n", framing, answer.length
 
     def _on_chunked(self, data: bytes) -> None:
         try:
-            end = self._scan_chunks(data)
-        except _BadResponse:
+            end = self._chunks.scan(data)
+        except BadResponse:
             # Part of the answer went out already: cut the connection, never guess.
             self._fail_started()
             return
@@ -1379,58 +1070,6 @@ class _Upstream(asyncio.Protocol):
             data = data[:end]
         self._send(data)
         self._complete()
-
-    def _scan_chunks(self, data: bytes) -> int:
-        """Where the chunked body ends in ``data`` (-1: not in it); raises ``_BadResponse``."""
-        size = len(data)
-        position = 0
-        while position < size:
-            phase = self._phase
-            if phase == _DATA:
-                available = size - position
-                if available < self._remaining:
-                    self._remaining -= available
-                    return -1
-                position += self._remaining
-                self._remaining = 0
-                self._phase = _DATA_END
-                continue
-            newline = data.find(b"\n", position)
-            if newline < 0:
-                self._line += data[position:]
-                if len(self._line) > _MAX_CHUNK_LINE:
-                    raise _BadResponse
-                return -1
-            if self._line:
-                self._line += data[position : newline + 1]
-                line = bytes(self._line)
-                self._line.clear()
-            else:
-                line = data[position : newline + 1]
-            position = newline + 1
-            if len(line) < 2 or line[-2] != 13 or len(line) > _MAX_CHUNK_LINE:
-                raise _BadResponse
-            content = line[:-2]
-            if phase == _SIZE:
-                match = _CHUNK_SIZE.fullmatch(content)
-                if match is None:
-                    raise _BadResponse
-                chunk = int(match.group(1), 16)
-                if chunk:
-                    self._phase, self._remaining = _DATA, chunk
-                else:
-                    self._phase = _TRAILER
-            elif phase == _DATA_END:
-                if content:
-                    raise _BadResponse
-                self._phase = _SIZE
-            else:
-                if not content:
-                    return position
-                self._trailers += len(line)
-                if self._trailers > _MAX_TRAILERS or _TRAILER_LINE.fullmatch(content) is None:
-                    raise _BadResponse
-        return -1
 
     def _refuse(self) -> None:
         """An answer that cannot be passed on, before any of it was: 502, and close."""
