@@ -1,4 +1,10 @@
-"""The gate's listener: an HTTP/1.1 reverse proxy that asks a gatekeeper about every request."""
+"""The gate's listener: an HTTP/1.1 reverse proxy that asks a gatekeeper about every request.
+
+The contract with the gatekeeper (``GateRequest`` in, a ``Forward`` or an ``Answer`` out) and
+the connections from the proxy (``_Downstream``, one ``asyncio.Protocol`` each). Requests
+are read by the framing (``framing.RequestReader``); a forwarded one is written to a pooled
+connection to the application (``upstream``), whose answer comes back through here.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +22,22 @@ from typing import Literal, Protocol, cast
 import structlog
 
 from remoteappmanager.web.gate.framing import (
-    CHUNKED,
-    LENGTH,
     MAX_REQUEST_HEAD,
-    MAX_RESPONSE_HEAD,
-    NO_BODY,
-    UNTIL_CLOSE,
-    BadResponse,
-    ChunkedBody,
     GateRequest,
     Refusal,
     Refused,
     RequestHead,
     RequestReader,
-    read_response_head,
 )
 from remoteappmanager.web.gate.relay import LegDead, WebSocketRelay, WebSocketViolation
+from remoteappmanager.web.gate.upstream import (
+    KEEPALIVE_TIMEOUT,
+    WRITE_HIGH,
+    WRITE_LOW,
+    Exchange,
+    Upstream,
+    UpstreamPool,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,19 +48,12 @@ HEAD_TIMEOUT = 30.0
 # the proxy's own keep-alive, so that it is the proxy that closes (closing under a client
 # that is reusing the connection makes it fail a request).
 IDLE_TIMEOUT = 75.0
-# An idle connection to an application is kept this long for the next request.
-KEEPALIVE_TIMEOUT = 15.0
 # Seconds to reach an application's port; answers have no limit (long polls, streams).
 CONNECT_TIMEOUT = 10.0
 # How often timeouts are looked at: one timer for the whole listener, none per request.
 SWEEP_INTERVAL = 1.0
-MAX_IDLE_PER_TARGET = 32
 # Requests in progress and open WebSockets one user may have through the gate at once.
 MAX_CONNECTIONS_PER_USER = 64
-# Write buffer limits: past HIGH the other side stops being read until the buffer drains to
-# LOW, so a slow reader holds at most about HIGH plus one read in memory per connection.
-WRITE_HIGH = 256 * 1024
-WRITE_LOW = 64 * 1024
 # Every this many seconds an open WebSocket's legs are pinged; a leg that has not answered by
 # the next ping is closed (0: no pings).
 WEBSOCKET_PING_INTERVAL = 25.0
@@ -179,10 +178,6 @@ _UPSTREAM_FULL = 8  # the application reads the request body slower than it come
 _HOLDING = 16  # an upgrade was asked for: what follows is not HTTP
 _BROKEN = 32  # unreadable input: nothing more is read
 
-# Upstream states: idle, reading the head, then the body as framed, or spliced after 101.
-_IDLE, _HEAD, _SPLICE, _CLOSED = NO_BODY, 1, 5, 6
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = LENGTH, CHUNKED, UNTIL_CLOSE
-
 
 def render(answer: Answer, *, close: bool, head_only: bool = False) -> bytes:
     """The whole HTTP response for an ``Answer`` (its head only, for a HEAD request)."""
@@ -236,66 +231,6 @@ _UNREACHABLE = _plain(503, "the application does not answer")
 _BAD_ANSWER = _plain(502, "the application did not answer properly")
 
 
-# ---------------------------------------------------------------------------- one request
-class _Exchange:
-    """A request from the proxy and the answer it gets."""
-
-    __slots__ = (
-        "body_framing",
-        "connect_timed_out",
-        "cookie_path",
-        "expect_continue",
-        "has_body",
-        "head",
-        "http10",
-        "is_head",
-        "keep_alive",
-        "key",
-        "lines",
-        "pending",
-        "principal",
-        "request",
-        "request_done",
-        "response_done",
-        "reused",
-        "rfb_activity",
-        "task",
-        "timer",
-        "upgrade",
-        "upstream",
-        "url_id",
-        "user",
-        "viewer",
-    )
-
-    def __init__(self, head: RequestHead) -> None:
-        self.lines = head.lines
-        self.head = b""
-        self.pending: list[bytes] = []
-        self.request_done = head.request_done
-        self.response_done = False
-        self.expect_continue = head.expect_continue
-        self.body_framing = head.body_framing  # the body is re-framed as chunks on the way
-        self.has_body = head.has_body
-        self.http10 = head.http10
-        self.is_head = head.is_head
-        self.keep_alive = head.keep_alive
-        self.upgrade = head.upgrade
-        self.reused = False
-        self.key: tuple[str, int] = ("", 0)
-        self.url_id = ""
-        self.cookie_path = b"/"
-        self.user: str | None = None  # counted against the cap while in progress
-        self.principal: Hashable | None = None
-        self.viewer: ViewerInput | None = None
-        self.rfb_activity = False
-        self.upstream: _Upstream | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.connect_timed_out = False
-        self.request = head.request
-
-
 # ---------------------------------------------------------------------------- the proxy's side
 class _Downstream(asyncio.Protocol):
     """One connection from the proxy: requests are answered in order, one at a time."""
@@ -309,13 +244,13 @@ class _Downstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._head_started = 0.0
         self._idle_since = self._loop.time()
-        self._parsing: _Exchange | None = None
-        self._active: _Exchange | None = None
-        self._queue: collections.deque[_Exchange] = collections.deque()
+        self._parsing: Exchange | None = None
+        self._active: Exchange | None = None
+        self._queue: collections.deque[Exchange] = collections.deque()
         self._paused = 0
         self._write_paused = False
-        self._upstream: _Upstream | None = None
-        self._upgraded: _Upstream | None = None
+        self._upstream: Upstream | None = None
+        self._upgraded: Upstream | None = None
         self._relay: WebSocketRelay | None = None
         self._url_id = ""
         self._input_frames = 0
@@ -392,8 +327,22 @@ class _Downstream(asyncio.Protocol):
             if not self._paused and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
+    # ------------------------------------------------------------------ for the upstream
     @property
-    def forwarding(self) -> _Exchange | None:
+    def eof(self) -> bool:
+        return self._eof
+
+    def is_active(self, exchange: Exchange) -> bool:
+        return self._active is exchange
+
+    def upstream_full(self) -> None:
+        self._pause(_UPSTREAM_FULL)
+
+    def upstream_drained(self) -> None:
+        self._resume(_UPSTREAM_FULL)
+
+    @property
+    def forwarding(self) -> Exchange | None:
         """The request let through to an application whose answer is under way, if any."""
         active = self._active
         if active is None or active.upstream is None or active.response_done:
@@ -487,7 +436,7 @@ class _Downstream(asyncio.Protocol):
         self._head_started = self._loop.time()
 
     def head_read(self, head: RequestHead) -> None:
-        exchange = _Exchange(head)
+        exchange = Exchange(head)
         self._parsing = exchange
         if self._active is None:
             self._begin(exchange)
@@ -541,7 +490,7 @@ class _Downstream(asyncio.Protocol):
             self._next()
 
     # ------------------------------------------------------------------ answering
-    def _begin(self, exchange: _Exchange) -> None:
+    def _begin(self, exchange: Exchange) -> None:
         self._active = exchange
         self._server.stats.requests += 1
         request = exchange.request
@@ -557,7 +506,7 @@ class _Downstream(asyncio.Protocol):
         else:
             self._apply(exchange, verdict)
 
-    async def _decide(self, exchange: _Exchange, request: GateRequest) -> None:
+    async def _decide(self, exchange: Exchange, request: GateRequest) -> None:
         try:
             verdict = await self._server.gatekeeper.decide(request)
         except Exception:
@@ -569,7 +518,7 @@ class _Downstream(asyncio.Protocol):
         self._resume(_DECIDING)
         self._apply(exchange, verdict)
 
-    def _apply(self, exchange: _Exchange, verdict: Verdict) -> None:
+    def _apply(self, exchange: Exchange, verdict: Verdict) -> None:
         if isinstance(verdict, Answer):
             self._server.stats.answered += 1
             self._answer(exchange, verdict)
@@ -602,13 +551,13 @@ class _Downstream(asyncio.Protocol):
         exchange.key = (verdict.host, verdict.port)
         if exchange.expect_continue and not exchange.request_done and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upstream = self._server.take_idle(exchange.key)
+        upstream = self._server.pool.take(exchange.key)
         if upstream is None:
             self._connect(exchange)
         else:
             self._attach(exchange, upstream, reused=True)
 
-    def _connect(self, exchange: _Exchange) -> None:
+    def _connect(self, exchange: Exchange) -> None:
         self._pause(_CONNECTING)
         task = self._loop.create_task(self._open(exchange))
         exchange.task = task
@@ -617,19 +566,19 @@ class _Downstream(asyncio.Protocol):
             self._server.connect_timeout, self._connect_timed_out, exchange, task
         )
 
-    def _connect_timed_out(self, exchange: _Exchange, task: asyncio.Task[None]) -> None:
+    def _connect_timed_out(self, exchange: Exchange, task: asyncio.Task[None]) -> None:
         exchange.timer = None
         if not task.done():
             exchange.connect_timed_out = True
             task.cancel()
 
-    async def _open(self, exchange: _Exchange) -> None:
+    async def _open(self, exchange: Exchange) -> None:
         server = self._server
         host, port = exchange.key
-        upstream: _Upstream | None = None
+        upstream: Upstream | None = None
         try:
             _transport, upstream = await self._loop.create_connection(
-                lambda: _Upstream(server, exchange.key), host, port
+                server.pool.connection(exchange.key), host, port
             )
         except asyncio.CancelledError:
             if not exchange.connect_timed_out:
@@ -645,7 +594,7 @@ class _Downstream(asyncio.Protocol):
                 exchange.timer = None
         if self.closed or self._active is not exchange:
             if upstream is not None:
-                server.release(upstream)
+                server.pool.release(upstream)
             return
         self._resume(_CONNECTING)
         if upstream is None:
@@ -653,7 +602,7 @@ class _Downstream(asyncio.Protocol):
         else:
             self._attach(exchange, upstream, reused=False)
 
-    def _attach(self, exchange: _Exchange, upstream: _Upstream, *, reused: bool) -> None:
+    def _attach(self, exchange: Exchange, upstream: Upstream, *, reused: bool) -> None:
         exchange.upstream = upstream
         exchange.reused = reused
         self._upstream = upstream
@@ -666,7 +615,7 @@ class _Downstream(asyncio.Protocol):
         if self._write_paused:
             upstream.pause_reading()
 
-    def retry(self, exchange: _Exchange) -> None:
+    def retry(self, exchange: Exchange) -> None:
         """The kept connection had been closed by the application: try a new one, once."""
         exchange.upstream = None
         self._upstream = None
@@ -677,7 +626,7 @@ class _Downstream(asyncio.Protocol):
             self._server.stats.bytes_to_clients += len(data)
             self.transport.write(data)
 
-    def upgraded(self, upstream: _Upstream, head: bytes, rest: bytes, websocket: bool) -> None:
+    def upgraded(self, upstream: Upstream, head: bytes, rest: bytes, websocket: bool) -> None:
         """The application switched protocols: from now on bytes are relayed, a WebSocket's
         frame by frame (``relay``), anything else untouched."""
         server = self._server
@@ -737,7 +686,7 @@ class _Downstream(asyncio.Protocol):
             upstream.close()
         self.close()
 
-    def response_done(self, exchange: _Exchange, *, close: bool) -> None:
+    def response_done(self, exchange: Exchange, *, close: bool) -> None:
         self._server.uncount(exchange.user)
         exchange.user = None
         exchange.response_done = True
@@ -751,7 +700,7 @@ class _Downstream(asyncio.Protocol):
         self._idle_since = self._loop.time()
         self._next()
 
-    def _answer(self, exchange: _Exchange, answer: Answer) -> None:
+    def _answer(self, exchange: Exchange, answer: Answer) -> None:
         close = (
             self._eof or not exchange.keep_alive or not exchange.request_done or exchange.upgrade
         )
@@ -764,7 +713,7 @@ class _Downstream(asyncio.Protocol):
         self._idle_since = self._loop.time()
         self._next()
 
-    def _fail(self, exchange: _Exchange, answer: Answer) -> None:
+    def _fail(self, exchange: Exchange, answer: Answer) -> None:
         """The gate's own error: nothing of the application's answer was sent yet."""
         self._server.stats.failed += 1
         self._server.uncount(exchange.user)
@@ -774,7 +723,7 @@ class _Downstream(asyncio.Protocol):
         self._resume(_UPSTREAM_FULL)
         self._answer(exchange, answer)
 
-    def upstream_failed(self, exchange: _Exchange, *, started: bool) -> None:
+    def upstream_failed(self, exchange: Exchange, *, started: bool) -> None:
         if self.closed or self._active is not exchange:
             return
         if started:
@@ -817,288 +766,6 @@ def _keepalive(transport: asyncio.Transport | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
-# ------------------------------------------------------------------------- the application side
-class _Upstream(asyncio.Protocol):
-    """A connection to an application; carries one exchange at a time, then waits in the pool."""
-
-    def __init__(self, server: GateServer, key: tuple[str, int]) -> None:
-        self._server = server
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self._down: _Downstream | None = None
-        self._down_transport: asyncio.Transport | None = None
-        self._exchange: _Exchange | None = None
-        self._state = _IDLE
-        self._buffer: bytearray | None = None
-        self._remaining = 0
-        self._chunks = ChunkedBody()
-        self._received = False
-        self._reusable = False
-        self._close_down = False
-        self._reading_paused = False
-        self.relay: WebSocketRelay | None = None
-        self.idle_since = 0.0
-
-    # ------------------------------------------------------------------ connection events
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        state, self._state = self._state, _CLOSED
-        if state == _IDLE:
-            self._server.forget_idle(self)
-            return
-        down, exchange = self._down, self._exchange
-        self._down = self._exchange = None
-        if state == _SPLICE and down is not None:
-            down.close()
-        if down is None or exchange is None:
-            return
-        if state == _UNTIL_CLOSE:
-            down.response_done(exchange, close=True)
-        elif state == _HEAD:
-            if (
-                not self._received
-                and exchange.reused
-                and not exchange.has_body
-                and not down.closed
-                and down._active is exchange
-            ):
-                down.retry(exchange)
-            else:
-                down.upstream_failed(exchange, started=False)
-        else:
-            down.upstream_failed(exchange, started=True)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        if self._down is not None:
-            self._down._pause(_UPSTREAM_FULL)
-
-    def resume_writing(self) -> None:
-        if self._down is not None:
-            self._down._resume(_UPSTREAM_FULL)
-
-    def pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and self._state != _CLOSED:
-            self._server.stats.bytes_to_apps += len(data)
-            self.transport.write(data)
-
-    def abandon(self) -> None:
-        """The proxy's side went away: this connection's state is unknown, close it."""
-        self._down = self._exchange = None
-        if self._state != _CLOSED:
-            self._state = _CLOSED
-            if self.transport is not None:
-                self.transport.close()
-
-    def close(self) -> None:
-        self._state = _CLOSED
-        if self.transport is not None:
-            self.transport.close()
-
-    @property
-    def idle(self) -> bool:
-        return self._state == _IDLE
-
-    # ------------------------------------------------------------------ one exchange
-    def begin(self, down: _Downstream, exchange: _Exchange) -> None:
-        self._down = down
-        self._down_transport = down.transport
-        self._exchange = exchange
-        self._state = _HEAD
-        self._received = False
-        self._buffer = None
-
-    def data_received(self, data: bytes) -> None:
-        state = self._state
-        if state == _SPLICE:
-            relay = self.relay
-            if relay is not None:
-                try:
-                    data = relay.to_client.feed(data)
-                except WebSocketViolation as exc:
-                    if self._down is not None:
-                        self._down.websocket_violation(exc, from_client=False)
-                    return
-                if not data:
-                    return
-            self._send(data)
-        elif state == _LENGTH:
-            remaining = self._remaining
-            if len(data) < remaining:
-                self._remaining = remaining - len(data)
-                self._send(data)
-            else:
-                if len(data) > remaining:
-                    # More than the answer said it had: never passed on, nor the connection reused.
-                    self._reusable = False
-                    data = data[:remaining]
-                self._send(data)
-                self._complete()
-        elif state == _HEAD:
-            self._received = True
-            self._on_head_data(data)
-        elif state == _CHUNKED:
-            self._on_chunked(data)
-        elif state == _UNTIL_CLOSE:
-            self._send(data)
-        elif state == _IDLE:
-            # Nobody asked: the application is confused, or it is not an application.
-            self.close()
-
-    def _send(self, data: bytes) -> None:
-        transport = self._down_transport
-        if transport is not None:
-            transport.write(data)
-
-    # The states of an answer's head (100-continue, 101, HEAD, 204/304, errors) in one place.
-    def _on_head_data(self, data: bytes) -> None:  # noqa: C901
-        buffer = self._buffer
-        if buffer is not None:
-            start = max(0, len(buffer) - 3)
-            buffer += data
-            data = bytes(buffer)
-            end = data.find(b"\r\n\r\n", start)
-        else:
-            end = data.find(b"\r\n\r\n")
-        if end < 0:
-            if buffer is None:
-                self._buffer = bytearray(data)
-            if len(data) > MAX_RESPONSE_HEAD:
-                self._refuse()
-            return
-        self._buffer = None
-        if end > MAX_RESPONSE_HEAD:
-            self._refuse()
-            return
-        exchange, down = self._exchange, self._down
-        assert exchange is not None
-        assert down is not None
-        try:
-            status, head, framing, length = self._parse_head(data[:end], exchange)
-        except BadResponse:
-            self._refuse()
-            return
-        rest = data[end + 4 :]
-        if status < 200 and status != 101:
-            # Informational answers are dropped (the gate answered Expect itself): the final
-            # answer follows.
-            if rest:
-                self._on_head_data(rest)
-            return
-        if status == 101:
-            if not exchange.upgrade:
-                self._refuse()
-                return
-            self._state = _SPLICE
-            self._exchange = None
-            request = exchange.request
-            down.upgraded(self, head, rest, request is not None and request.websocket)
-            return
-        if framing == _LENGTH:
-            if len(rest) >= length:
-                if len(rest) > length:
-                    self._reusable = False
-                self._send(head + rest[:length])
-                self._complete()
-                return
-            self._remaining = length - len(rest)
-            self._state = _LENGTH
-            self._send(head + rest if rest else head)
-        elif framing == _CHUNKED:
-            self._state = _CHUNKED
-            self._chunks = ChunkedBody()
-            self._send(head)
-            if rest:
-                self._on_chunked(rest)
-        elif framing == _UNTIL_CLOSE:
-            self._state = _UNTIL_CLOSE
-            self._send(head + rest if rest else head)
-        else:
-            if rest:
-                self._reusable = False
-            self._send(head)
-            self._complete()
-
-    def _parse_head(self, head: bytes, exchange: _Exchange) -> tuple[int, bytes, int, int]:
-        """(status, the head to send on, framing, length); raises ``BadResponse``."""
-        answer = read_response_head(head, exchange.cookie_path, head_request=exchange.is_head)
-        status, head, framing, close = answer.status, answer.head, answer.framing, answer.close
-        switching = status == 101
-        down = self._down
-        self._reusable = (
-            not close and framing != _UNTIL_CLOSE and not exchange.upgrade and not exchange.http10
-        )
-        self._close_down = (
-            framing == _UNTIL_CLOSE
-            or not exchange.keep_alive
-            or (exchange.upgrade and not switching)
-            or (down is not None and down._eof)
-        )
-        if self._close_down and not switching:
-            head += b"\r\nConnection: close"
-        return status, head + b"\r\n\r\n", framing, answer.length
-
-    def _on_chunked(self, data: bytes) -> None:
-        try:
-            end = self._chunks.scan(data)
-        except BadResponse:
-            # Part of the answer went out already: cut the connection, never guess.
-            self._fail_started()
-            return
-        if end < 0:
-            self._send(data)
-            return
-        if end < len(data):
-            self._reusable = False
-            data = data[:end]
-        self._send(data)
-        self._complete()
-
-    def _refuse(self) -> None:
-        """An answer that cannot be passed on, before any of it was: 502, and close."""
-        down, exchange = self._down, self._exchange
-        self.abandon()
-        if down is not None and exchange is not None:
-            down.upstream_failed(exchange, started=False)
-
-    def _fail_started(self) -> None:
-        down, exchange = self._down, self._exchange
-        self.abandon()
-        if down is not None and exchange is not None:
-            down.upstream_failed(exchange, started=True)
-
-    def _complete(self) -> None:
-        down, exchange = self._down, self._exchange
-        self._down = self._exchange = None
-        self._down_transport = None
-        assert down is not None
-        assert exchange is not None
-        if self._reusable and exchange.request_done:
-            self._state = _IDLE
-            self.resume_reading()
-            self._server.release(self)
-        else:
-            self.close()
-        down.response_done(exchange, close=self._close_down)
-
-
 # ---------------------------------------------------------------------------- the listener
 class GateServer:
     """Listens for the proxy, and keeps idle connections to applications for reuse.
@@ -1128,18 +795,17 @@ class GateServer:
         self.gatekeeper = gatekeeper
         self.idle_timeout = idle_timeout
         self.head_timeout = head_timeout
-        self.keepalive_timeout = keepalive_timeout
         self.connect_timeout = connect_timeout
         self.sweep_interval = sweep_interval
         self.max_head = max_head
         self.max_per_user = max_per_user
         self.ping_interval = ping_interval
         self.stats = GateStats()
+        self.pool = UpstreamPool(self.stats, keepalive_timeout=keepalive_timeout)
         self.connections: set[_Downstream] = set()
         # Open WebSockets (spliced connections): connection -> (principal, url id).
         self.upgrades: dict[_Downstream, tuple[Hashable | None, str]] = {}
         self._per_user: dict[str, int] = {}
-        self._idle: dict[tuple[str, int], list[_Upstream]] = {}
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
@@ -1165,6 +831,7 @@ class GateServer:
         )
         self._port = int(server.sockets[0].getsockname()[1])
         self._server = server
+        self.pool.clock = self._loop.time
         self._sweeper = self._loop.call_later(self.sweep_interval, self._sweep)
 
     async def close(self) -> None:
@@ -1177,10 +844,7 @@ class GateServer:
             server.close()
         for connection in list(self.connections):
             connection.abort()
-        for idle in self._idle.values():
-            for upstream in idle:
-                upstream.close()
-        self._idle.clear()
+        self.pool.close()
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
@@ -1236,40 +900,10 @@ class GateServer:
     def next_request_id(self) -> bytes:
         return b"%s%x" % (self._id_prefix.encode("ascii"), next(self._ids))
 
-    # ------------------------------------------------------------------ the pool
-    def take_idle(self, key: tuple[str, int]) -> _Upstream | None:
-        idle = self._idle.get(key)
-        while idle:
-            upstream = idle.pop()
-            transport = upstream.transport
-            if upstream.idle and transport is not None and not transport.is_closing():
-                return upstream
-        return None
-
-    def release(self, upstream: _Upstream) -> None:
-        idle = self._idle.setdefault(upstream.key, [])
-        if len(idle) >= MAX_IDLE_PER_TARGET or self._server is None:
-            upstream.close()
-            return
-        upstream.idle_since = self.loop.time()
-        idle.append(upstream)
-
-    def forget_idle(self, upstream: _Upstream) -> None:
-        idle = self._idle.get(upstream.key)
-        if idle is not None:
-            with contextlib.suppress(ValueError):
-                idle.remove(upstream)
-            if not idle:
-                del self._idle[upstream.key]
-
+    # ------------------------------------------------------------------ timeouts
     def _sweep(self) -> None:
         now = self.loop.time()
-        for key, idle in list(self._idle.items()):
-            # Oldest first: connections are taken from the end.
-            while idle and now - idle[0].idle_since > self.keepalive_timeout:
-                idle.pop(0).close()
-            if not idle:
-                self._idle.pop(key, None)
+        self.pool.sweep(now)
         for connection in list(self.connections):
             connection.timed_out(now)
         if self._server is not None:
