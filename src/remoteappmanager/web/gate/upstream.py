@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 from remoteappmanager.web.gate.framing import (
     CHUNKED,
@@ -27,10 +27,7 @@ from remoteappmanager.web.gate.framing import (
     RequestHead,
     read_response_head,
 )
-from remoteappmanager.web.gate.relay import WebSocketRelay, WebSocketViolation
-
-if TYPE_CHECKING:
-    from remoteappmanager.web.gate.listener import GateStats, ViewerInput
+from remoteappmanager.web.gate.relay import Viewer, WebSocketRelay, WebSocketViolation
 
 # An idle connection to an application is kept this long for the next request.
 KEEPALIVE_TIMEOUT = 15.0
@@ -96,13 +93,19 @@ class Exchange:
         self.cookie_path = b"/"
         self.user: str | None = None  # counted against the cap while in progress
         self.principal: Hashable | None = None
-        self.viewer: ViewerInput | None = None
+        self.viewer: Viewer | None = None
         self.rfb_activity = False
         self.upstream: Upstream | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.connect_timed_out = False
         self.request = head.request
+
+
+class Counters(Protocol):
+    """The listener's counters that connections to applications add to."""
+
+    bytes_to_apps: int
 
 
 class Downstream(Protocol):
@@ -430,7 +433,7 @@ class UpstreamPool:
 
     def __init__(
         self,
-        stats: GateStats,
+        stats: Counters,
         *,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         max_idle: int = MAX_IDLE_PER_TARGET,
