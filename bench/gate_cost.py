@@ -80,7 +80,7 @@ class _ViewerMarking:
         self._gatekeeper = gatekeeper
 
     def _mark(self, request: Any, verdict: Any) -> Any:
-        from remoteappmanager.web.gate_proxy import Forward, ViewerInput
+        from remoteappmanager.web.gate.listener import Forward, ViewerInput
 
         if isinstance(verdict, Forward) and VIEWER_QUERY in request.target:
             return dataclasses.replace(verdict, viewer=ViewerInput(False, "vnc"))

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from remoteappmanager.web.gate_ws import (  # noqa: E402
+from remoteappmanager.web.gate.relay import (  # noqa: E402
     BINARY,
     FrameStream,
     WebSocketRelay,

@@ -42,8 +42,8 @@ from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.services.shares import Shares
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.deps import WebDeps
-from remoteappmanager.web.gate import GATE_COOKIE
-from remoteappmanager.web.gate_ws import TEXT, encode_frame
+from remoteappmanager.web.gate.handler import GATE_COOKIE
+from remoteappmanager.web.gate.relay import TEXT, encode_frame
 from remoteappmanager.web.keys import SHARES
 from tests.support.services import REPO, Proxy, ServiceMissing, free_port, skip_or_fail
 from tests.support.session_images import (

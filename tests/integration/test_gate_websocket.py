@@ -23,8 +23,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from remoteappmanager.web.gate_proxy import Answer, Forward, GateRequest, GateServer, ViewerInput
-from remoteappmanager.web.gate_ws import PING, PONG, TEXT, encode_frame
+from remoteappmanager.web.gate.framing import GateRequest
+from remoteappmanager.web.gate.listener import Answer, Forward, GateServer, ViewerInput
+from remoteappmanager.web.gate.relay import PING, PONG, TEXT, encode_frame
 from tests.support.cutting_relay import CuttingRelay
 
 APP = "/user/alice/containers/app"

@@ -48,7 +48,7 @@ from remoteappmanager.settings import SettingsError, load_settings
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.auth import XSRF_COOKIE
 from remoteappmanager.web.deps import WebDeps
-from remoteappmanager.web.gate import ENTER_PATH, GATE_COOKIE, TICKET_TTL
+from remoteappmanager.web.gate.handler import ENTER_PATH, GATE_COOKIE, TICKET_TTL
 from remoteappmanager.web.keys import SHARES
 from tests.support.services import free_port
 from tests.support.webapp import (

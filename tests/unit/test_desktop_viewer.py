@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from remoteappmanager.web.desktop_viewer import VIEWER_CSP, DesktopViewer, find_novnc
-from remoteappmanager.web.gate import GATE_COOKIE
+from remoteappmanager.web.gate.handler import GATE_COOKIE
 from remoteappmanager.web.keys import GATE
 from tests.support.services import REPO
 from tests.support.webapp import cookie, sign_in

@@ -36,8 +36,8 @@ from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.services.shares import ControlAction
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.deps import WebDeps
-from remoteappmanager.web.gate import GATE_COOKIE
-from remoteappmanager.web.gate_proxy import WRITE_HIGH
+from remoteappmanager.web.gate.handler import GATE_COOKIE
+from remoteappmanager.web.gate.upstream import WRITE_HIGH
 from remoteappmanager.web.keys import GATE, SHARES
 from tests.support.services import free_port
 from tests.support.webapp import (

@@ -21,7 +21,8 @@ import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remoteappmanager.web.gate_proxy import Answer, Forward, GateRequest, GateServer, _Downstream
+from remoteappmanager.web.gate.framing import GateRequest
+from remoteappmanager.web.gate.listener import Answer, Forward, GateServer, _Downstream
 
 APP = "/user/alice/containers/app"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

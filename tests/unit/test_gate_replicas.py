@@ -25,7 +25,7 @@ from remoteappmanager.domain.sessions import AccessMode, Session
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.deps import WebDeps
-from remoteappmanager.web.gate import GATE_COOKIE
+from remoteappmanager.web.gate.handler import GATE_COOKIE
 from remoteappmanager.web.keys import GATE
 from tests.support.webapp import PREFIX, World, cookie, make_settings, sign_in
 from tests.unit.test_gate import IMAGE, LABELS, ProxiedClient, Upstream, fake_application

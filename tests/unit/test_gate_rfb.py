@@ -15,8 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remoteappmanager.web.gate_rfb import RfbInputFilter, RfbViolation
-from remoteappmanager.web.gate_ws import (
+from remoteappmanager.web.gate.relay import (
     BINARY,
     CONTINUATION,
     PING,
@@ -24,8 +23,9 @@ from remoteappmanager.web.gate_ws import (
     WebSocketViolation,
     encode_frame,
 )
+from remoteappmanager.web.gate.rfb import RfbInputFilter, RfbViolation
 
-from .test_gate_ws import Viewer, decode
+from .test_gate_relay import Viewer, decode
 
 SETTINGS = settings(
     max_examples=300,

@@ -39,7 +39,7 @@ from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.shares import ShareKind, ShareMode
 from remoteappmanager.services import catalogue
 from remoteappmanager.services.access import AuthenticatedUser
-from remoteappmanager.web.gate import GATE_COOKIE
+from remoteappmanager.web.gate.handler import GATE_COOKIE
 from remoteappmanager.web.keys import SHARES as SHARES_KEY
 from tests.support.gated import GATED_IMAGE, GatedService, client_of, gated_service
 from tests.support.webapp import PREFIX, World, cookie, make_app, sign_in

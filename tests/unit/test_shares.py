@@ -14,9 +14,10 @@ from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.gate_access import GateTarget
 from remoteappmanager.services.shares import Shares
-from remoteappmanager.web.gate import _Caller
-from remoteappmanager.web.gate_proxy import Forward, GateRequest
-from remoteappmanager.web.gate_rfb import RfbInputFilter
+from remoteappmanager.web.gate.framing import GateRequest
+from remoteappmanager.web.gate.handler import _Caller
+from remoteappmanager.web.gate.listener import Forward
+from remoteappmanager.web.gate.rfb import RfbInputFilter
 from remoteappmanager.web.keys import GATE, SHARES
 from tests.support.gated import GatedService, client_of, gated_service
 from tests.support.webapp import API, ApiClient, World

@@ -78,7 +78,10 @@ class GateAccess:
     - ``forget(url_id)`` drops a cached target (its application stopped answering).
     - ``may_enter(user, target)``: the owner, an admin, or — when the grant's policy has
       ``allow_view`` — a user whom one of the session's shares names (``viewing_mode``: how).
-      Pure.
+      ``admits(user, target, confirmed=)``: whether the gate lets them in now (the admin flag
+      alone only for a confirmed entry); ``mode_of``: as which viewer (None for the owner and
+      a confirmed admin); ``still_admits``: whether a connection held open may stay;
+      ``input_allowed``: whether a viewer's input gets through. Pure.
     - ``decision(principal, url_id)`` / ``remember(principal, url_id, allowed, mode)``: a
       decision (and the viewer's mode, None for the owner and admins) kept for
       ``decision_ttl`` seconds, ``principal`` being a login session id; ``forget_url``
@@ -274,6 +277,45 @@ class GateAccess:
     def enters_as_admin(self, user: AuthenticatedUser, target: GateTarget) -> bool:
         """Whether only the admin flag lets ``user`` in: someone else's, unshared application."""
         return user.admin and user.name != target.owner and self.viewing_mode(user, target) is None
+
+    def mode_of(
+        self, user: AuthenticatedUser, target: GateTarget, *, confirmed: bool
+    ) -> ShareMode | None:
+        """The mode ``user`` views ``target`` in: their share's; None for the owner, for an
+        admin's confirmed entry, and for whoever no share names."""
+        if confirmed and user.admin:
+            return None
+        return self.viewing_mode(user, target)
+
+    def admits(self, user: AuthenticatedUser, target: GateTarget, *, confirmed: bool) -> bool:
+        """Whether the gate lets ``user`` into ``target`` now.
+
+        ``may_enter``, and the admin flag alone opens someone else's unshared application
+        only to a confirmed entry (``confirmed``: a browser's gate cookie from the entry
+        page's confirmation); a token is never confirmed.
+        """
+        return self.may_enter(user, target) and (
+            confirmed or not self.enters_as_admin(user, target)
+        )
+
+    def still_admits(
+        self, user: AuthenticatedUser, target: GateTarget, *, was_viewer: bool
+    ) -> bool:
+        """Whether a connection ``user`` holds open to ``target`` may stay open.
+
+        ``may_enter``, except for an admin who came in as a viewer (``was_viewer``) through a
+        share that has since ended: the admin flag alone counts only for a confirmed entry,
+        which that was not.
+        """
+        if not self.may_enter(user, target):
+            return False
+        ended_share = was_viewer and self.mode_of(user, target, confirmed=False) is None
+        return not (ended_share and self.enters_as_admin(user, target))
+
+    def input_allowed(self, url_id: str, user: str, mode: ShareMode) -> bool:
+        """Whether a viewer's input (keyboard, mouse, anything but reading) gets through:
+        their mode lets it and, for a shared control, they hold it (``Shares``)."""
+        return self.shares is not None and self.shares.input_allowed(url_id, user, mode)
 
     async def record_entry(self, actor: AuthenticatedUser, target: GateTarget) -> None:
         """An admin confirmed entering someone else's application; the one place that says so.

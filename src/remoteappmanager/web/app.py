@@ -29,7 +29,7 @@ from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.csrf import csrf_middleware
 from remoteappmanager.web.deps import Resource, WebDeps, sharing_rules
 from remoteappmanager.web.errors import error_middleware
-from remoteappmanager.web.gate import setup_gate
+from remoteappmanager.web.gate.handler import setup_gate
 from remoteappmanager.web.health import CachedHealth, health_handler
 from remoteappmanager.web.keys import (
     ACCESS,

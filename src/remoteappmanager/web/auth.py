@@ -26,8 +26,8 @@ from aiohttp import web
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest, Unauthorized
 from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
 from remoteappmanager.services.access import AuthenticatedUser
-from remoteappmanager.web import gate_rules
-from remoteappmanager.web.gate_rules import authorization_token
+from remoteappmanager.web.gate import credentials
+from remoteappmanager.web.gate.credentials import authorization_token
 from remoteappmanager.web.keys import (
     ACCESS,
     AUTH,
@@ -230,7 +230,7 @@ def xsrf_token_valid(request: web.Request, session_id: str, token: str) -> bool:
 
 def cookie_values(request: web.Request, name: str) -> list[str]:
     """Every value of cookie ``name``: browsers send one per path that matches."""
-    return gate_rules.cookie_values(request.headers.getall("Cookie", []), name)
+    return credentials.cookie_values(request.headers.getall("Cookie", []), name)
 
 
 def current_xsrf_token(request: web.Request) -> str | None:

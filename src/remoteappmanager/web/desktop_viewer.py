@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from remoteappmanager.web.gate_proxy import Answer
+from remoteappmanager.web.gate.listener import Answer
 
 VIEWER_DIR = "/.remoteapp-desktop/"
 NOVNC_PACKAGE = ("@novnc", "novnc")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from remoteappmanager.web.auth import RequestAuth
     from remoteappmanager.web.cookies import CookieSigner
     from remoteappmanager.web.deps import HealthCheck, WebDeps
-    from remoteappmanager.web.gate import Gate
+    from remoteappmanager.web.gate.handler import Gate
     from remoteappmanager.web.health import CachedHealth
     from remoteappmanager.web.login_sessions import LoginSessionStore
     from remoteappmanager.web.metrics import Metrics

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from remoteappmanager.domain.sessions import StartStep
 from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.reconcile import ReconcileReport
-from remoteappmanager.web.gate_proxy import GateStats
+from remoteappmanager.web.gate.listener import GateStats
 from remoteappmanager.web.keys import METRICS
 
 # Requests that match no route share one label value, so that scanners cannot blow up the

@@ -32,24 +32,28 @@ from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.desktop_viewer import VIEWER_DIR, DesktopViewer, find_novnc
 from remoteappmanager.web.errors import error_page
-from remoteappmanager.web.gate_proxy import (
+from remoteappmanager.web.gate.credentials import (
+    GATE_COOKIE,
+    GatePass,
+    authorization_token,
+    expired_gate_cookie,
+    forwarded_authorization,
+    gate_set_cookie,
+    origin_of_url,
+    read_gate_pass,
+    request_origin,
+    serialise_origin,
+    sort_cookies,
+)
+from remoteappmanager.web.gate.framing import GateRequest
+from remoteappmanager.web.gate.listener import (
     MAX_CONNECTIONS_PER_USER,
     WEBSOCKET_PING_INTERVAL,
     Answer,
     Forward,
-    GateRequest,
     GateServer,
     Verdict,
     ViewerInput,
-)
-from remoteappmanager.web.gate_rules import (
-    GATE_COOKIE,
-    authorization_token,
-    forwarded_authorization,
-    origin_of_url,
-    request_origin,
-    serialise_origin,
-    sort_cookies,
 )
 from remoteappmanager.web.keys import (
     ACCESS,
@@ -76,7 +80,6 @@ log = structlog.get_logger(__name__)
 _GATE_PURPOSE = "gate"
 # Appended to a gate cookie's payload when an admin confirmed entering someone else's
 # application: only such a cookie keeps opening it on the admin flag alone.
-_CONFIRMED = "entered"
 MAX_VERIFIED_COOKIES = 10_000
 # Per-application hosts: the path under an application's own host where a ticket from
 # ``{svc}gate/<url_id>`` becomes that host's cookie; a ticket works once, this long.
@@ -89,7 +92,6 @@ MAX_VIEWERS = 10_000
 # cache's time).
 RECHECK_INTERVAL = 3.0
 _PAGE_METHODS = frozenset({"GET", "HEAD"})
-_EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
 _CONFIRM_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>Enter {owner}'s session?</title></head>
@@ -135,7 +137,7 @@ class _Ticket:
 
 @dataclass(slots=True)
 class Gate:
-    """The gatekeeper of the gate's listener (see ``web.gate_proxy.Gatekeeper``).
+    """The gatekeeper of the gate's listener (see ``listener.Gatekeeper``).
 
     In gated mode the proxy routes ``/user/<name>/containers/<url_id>`` to the gate's own
     listener (``Settings.gate_address``) with the full path. A browser gets in with a
@@ -143,7 +145,7 @@ class Gate:
     binding the login session and the url id), minted by ``{svc}gate/<url_id>``: a page of
     the service, so that the service's session cookie is sent there. API clients may send
     ``Authorization: token <hub token>`` instead. Our cookies and tokens never reach the
-    application (``web.gate_rules``).
+    application (``credentials``).
 
     A WebSocket is let in only from an allowed ``Origin``: the one the request was
     addressed to (``Host`` and ``X-Forwarded-Proto``), ``public_origins`` (the hub's public
@@ -223,7 +225,7 @@ class Gate:
 
     def cookie_value(self, session_id: str, url_id: str, *, confirmed: bool) -> str:
         """A signed gate cookie for this login session and application."""
-        payload = f"{session_id} {url_id}" + (f" {_CONFIRMED}" if confirmed else "")
+        payload = GatePass(session_id, url_id, confirmed).payload()
         return self.signer.sign(_GATE_PURPOSE, payload)
 
     def issue_ticket(
@@ -362,10 +364,11 @@ class Gate:
         self.access.remember(session.id, target.url_id, True, ticket.mode)
         value = self.cookie_value(session.id, target.url_id, confirmed=ticket.confirmed)
         assert self.app_origins is not None
-        secure = "; Secure" if self.app_origins.startswith("https:") else ""
-        cookie = (
-            f"{GATE_COOKIE}={value}; Path={target.urlpath}/; Max-Age={int(self.store.max_age)}"
-            f"; HttpOnly; SameSite=Lax{secure}"
+        cookie = gate_set_cookie(
+            value,
+            target.urlpath,
+            max_age=int(self.store.max_age),
+            secure=self.app_origins.startswith("https:"),
         )
         headers = (
             ("Location", ticket.next_url),
@@ -379,19 +382,20 @@ class Gate:
         """The login sessions the request's valid gate cookies for ``url_id`` name."""
         found = []
         for value in sort_cookies(headers)[0]:
-            session_id, _, rest = (self.cookie_payload(value) or "").partition(" ")
-            if session_id and rest.partition(" ")[0] == url_id:
-                found.append(session_id)
+            gate_pass = read_gate_pass(self.cookie_payload(value))
+            if gate_pass is not None and gate_pass.url_id == url_id:
+                found.append(gate_pass.session_id)
         return found
 
     def _read_cookies(self, headers: Iterable[str], url_id: str) -> _Caller:
         caller = _Caller()
         gate_values, caller.forwarded_cookie = sort_cookies(headers)
         for value in gate_values:
-            payload = self.cookie_payload(value)
-            session_id, _, rest = (payload or "").partition(" ")
-            cookie_url_id, _, how = rest.partition(" ")
-            session = self.store.get(session_id) if cookie_url_id == url_id else None
+            gate_pass = read_gate_pass(self.cookie_payload(value))
+            if gate_pass is None or gate_pass.url_id != url_id:
+                caller.stale_cookie = True
+                continue
+            session = self.store.get(gate_pass.session_id)
             if session is None:
                 caller.stale_cookie = True
                 continue
@@ -400,7 +404,7 @@ class Gate:
                 session.hub_token,
                 session.user,
             )
-            caller.confirmed = how == _CONFIRMED
+            caller.confirmed = gate_pass.confirmed
             break
         return caller
 
@@ -421,10 +425,8 @@ class Gate:
             return self._refuse_anonymous(request, target, stale_cookie=True)
         # The admin flag alone opens someone else's application only to a confirmed entry
         # (the application may have been shared when this cookie was made, and no longer is).
-        allowed = self.access.may_enter(user, target) and (
-            caller.confirmed or not self.access.enters_as_admin(user, target)
-        )
-        mode = self._mode_of(user, target, confirmed=caller.confirmed)
+        allowed = self.access.admits(user, target, confirmed=caller.confirmed)
+        mode = self.access.mode_of(user, target, confirmed=caller.confirmed)
         self.access.remember(session_id, target.url_id, allowed, mode)
         if not allowed:
             log.info("gate.refused", user=user.name, url_id=target.url_id)
@@ -438,8 +440,8 @@ class Gate:
         assert token is not None
         user = self.identify.identify(await self.identity.user_for_token(token))
         # An admin enters someone else's application only as a confirmed browser action.
-        if self.access.may_enter(user, target) and not self.access.enters_as_admin(user, target):
-            mode = self.access.viewing_mode(user, target)
+        if self.access.admits(user, target, confirmed=False):
+            mode = self.access.mode_of(user, target, confirmed=False)
             return self._forward(request, target, caller, user.name, token=token, mode=mode)
         log.info("gate.refused", user=user.name, url_id=target.url_id)
         return self._page(403, "this application is not shared with you")
@@ -490,20 +492,12 @@ class Gate:
             rfb_activity=target.protocol == "vnc",
         )
 
-    def _mode_of(
-        self, user: AuthenticatedUser, target: GateTarget, *, confirmed: bool
-    ) -> ShareMode | None:
-        """The viewer's mode; None for the owner and for an admin's confirmed entry."""
-        if confirmed and user.admin:
-            return None
-        return self.access.viewing_mode(user, target)
-
     # ------------------------------------------------------------------ viewers
     def viewer_input(self, target: GateTarget, user: str, mode: ShareMode) -> ViewerInput:
         """The input state of ``user``'s connections to ``target`` (one object for all)."""
         key = (target.url_id, user)
         entry = self.viewers.get(key)
-        allowed = self._input_allowed(target.url_id, user, mode)
+        allowed = self.access.input_allowed(target.url_id, user, mode)
         if entry is None:
             if len(self.viewers) >= MAX_VIEWERS:
                 self._sweep_viewers()
@@ -518,10 +512,6 @@ class Gate:
             self.viewers[key] = (mode, viewer)
         return viewer
 
-    def _input_allowed(self, url_id: str, user: str, mode: ShareMode) -> bool:
-        shares = self.access.shares
-        return shares is not None and shares.input_allowed(url_id, user, mode)
-
     def _sweep_viewers(self) -> None:
         held = {url_id for _who, url_id in self.server.holders()}
         for key in [key for key in self.viewers if key[0] not in held]:
@@ -533,7 +523,7 @@ class Gate:
         self.access.forget_url(url_id)
         for (viewed, user), (mode, viewer) in list(self.viewers.items()):
             if viewed == url_id:
-                viewer.input_allowed = self._input_allowed(url_id, user, mode)
+                viewer.input_allowed = self.access.input_allowed(url_id, user, mode)
         try:
             task = asyncio.get_running_loop().create_task(self.recheck({url_id}))
         except RuntimeError:
@@ -640,17 +630,9 @@ class Gate:
             return True
         if session is not None and user.name != session.user:
             return False
-        allowed = self.access.may_enter(user, target)
-        mode = self._mode_of(user, target, confirmed=False) if allowed else None
-        if (
-            allowed
-            and mode is None
-            and (url_id, user.name) in self.viewers
-            and self.access.enters_as_admin(user, target)
-        ):
-            # An admin who came in through a share that ended: the admin flag alone opens
-            # someone else's session only through a confirmed entry, which this was not.
-            allowed = False
+        was_viewer = (url_id, user.name) in self.viewers
+        allowed = self.access.still_admits(user, target, was_viewer=was_viewer)
+        mode = self.access.mode_of(user, target, confirmed=False) if allowed else None
         if allowed and mode is not None:
             self.viewer_input(target, user.name, mode)
         if session is not None:
@@ -676,9 +658,7 @@ class Gate:
             location = self.entry_url(target.url_id) + "?next=" + quote(request.target, safe="")
             headers = [("Location", location), ("Cache-Control", "no-store")]
             if stale_cookie:
-                headers.append(
-                    ("Set-Cookie", f'{GATE_COOKIE}=""; {_EXPIRED}; Path={target.urlpath}/')
-                )
+                headers.append(("Set-Cookie", expired_gate_cookie(target.urlpath)))
             return Answer(302, tuple(headers))
         return self._page(401, "sign in to the service first, then open the application again")
 
@@ -836,7 +816,7 @@ async def gate_entry(request: web.Request) -> web.StreamResponse:
         raise Forbidden("this application is not shared with you")
     if gate.access.enters_as_admin(auth.user, target):
         return await _confirmation_page(request, target, next_url)
-    mode = gate.access.viewing_mode(auth.user, target)
+    mode = gate.access.mode_of(auth.user, target, confirmed=False)
     return _let_in(
         request, auth.session_id, auth.user.name, target, next_url, confirmed=False, mode=mode
     )
@@ -858,7 +838,7 @@ async def gate_entry_confirmed(request: web.Request) -> web.StreamResponse:
     confirmed = gate.access.enters_as_admin(auth.user, target)
     if confirmed:
         await gate.access.record_entry(auth.user, target)
-    mode = None if confirmed else gate.access.viewing_mode(auth.user, target)
+    mode = gate.access.mode_of(auth.user, target, confirmed=confirmed)
     return _let_in(
         request,
         auth.session_id,

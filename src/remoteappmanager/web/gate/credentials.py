@@ -1,7 +1,7 @@
 """What the gate lets through to an application, and back: credential, cookie and header rules.
 
-Pure functions, no I/O, shared by the gatekeeper (``web.gate``) and the listener
-(``web.gate_proxy``):
+Pure functions, no I/O, shared by the gatekeeper (``web.gate.handler``) and the listener
+(``web.gate.listener``):
 
 - Cookies of the service and of the hub never reach an application, whatever their name's
   ``__Host-``/``__Secure-`` prefix (JupyterHub's ``cookie_host_prefix_enabled``) or case.
@@ -12,6 +12,9 @@ Pure functions, no I/O, shared by the gatekeeper (``web.gate``) and the listener
   cookies and cookies named like ours or the hub's are dropped, ``Domain`` is removed, a
   ``Path`` outside the application is replaced.
 - A ``Connection`` header may not declare framing, routing or credential headers hop-by-hop.
+- The gate cookie's signed payload binds one login session to one application, and says
+  whether an admin confirmed entering it; its ``Set-Cookie`` is host-only, ``HttpOnly``,
+  ``SameSite=Lax`` and scoped to the application's path.
 - A WebSocket's ``Origin`` is compared in its serialised form (lower-case scheme and host,
   default port left out).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 # The gate's own cookie: a signed (login session, url id) scoped to the application's path.
@@ -146,6 +150,49 @@ def _inside(path: bytes, base: bytes) -> bool:
         return False
     tail = path[len(base) :]
     return b"%" not in tail and b"\\" not in tail and b".." not in tail
+
+
+# ---------------------------------------------------------------------------- the gate cookie
+_CONFIRMED = "entered"
+_EXPIRED = "expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0"
+
+
+@dataclass(frozen=True, slots=True)
+class GatePass:
+    """What a gate cookie binds: a login session, one application (its url id), and whether
+    an admin confirmed entering it (the admin flag alone opens only a confirmed entry)."""
+
+    session_id: str
+    url_id: str
+    confirmed: bool = False
+
+    def payload(self) -> str:
+        """The text the cookie signs; ``ValueError`` for an empty id or one with a space."""
+        for part in (self.session_id, self.url_id):
+            if not part or " " in part:
+                raise ValueError("a gate pass names a login session and an application")
+        return f"{self.session_id} {self.url_id}" + (f" {_CONFIRMED}" if self.confirmed else "")
+
+
+def read_gate_pass(payload: str | None) -> GatePass | None:
+    """The pass a (verified) payload carries, or None when it names no login session."""
+    session_id, _, rest = (payload or "").partition(" ")
+    url_id, _, how = rest.partition(" ")
+    if not session_id:
+        return None
+    return GatePass(session_id, url_id, how == _CONFIRMED)
+
+
+def gate_set_cookie(value: str, urlpath: str, *, max_age: int, secure: bool) -> str:
+    """The ``Set-Cookie`` value that gives a browser the gate cookie of one application."""
+    return f"{GATE_COOKIE}={value}; Path={urlpath}/; Max-Age={max_age}; HttpOnly; SameSite=Lax" + (
+        "; Secure" if secure else ""
+    )
+
+
+def expired_gate_cookie(urlpath: str) -> str:
+    """The ``Set-Cookie`` value that takes a stale gate cookie of one application away."""
+    return f'{GATE_COOKIE}=""; {_EXPIRED}; Path={urlpath}/'
 
 
 # ---------------------------------------------------------------------------- Authorization

@@ -9,20 +9,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remoteappmanager.web.auth import SESSION_COOKIE, STATE_COOKIE_PREFIX, XSRF_COOKIE
-from remoteappmanager.web.gate_rules import (
+from remoteappmanager.web.gate.credentials import (
     GATE_COOKIE,
+    GatePass,
     authorization_token,
     confine_set_cookie,
     connection_options,
     cookie_pairs,
+    expired_gate_cookie,
     forwarded_authorization,
+    gate_set_cookie,
     is_service_cookie,
     pins_a_header,
+    read_gate_pass,
     request_origin,
     serialise_origin,
     sort_cookies,
 )
-from remoteappmanager.web.gate_rules import (
+from remoteappmanager.web.gate.credentials import (
     cookie_values as values_of_cookie,
 )
 
@@ -257,3 +261,61 @@ def test_one_cookie_parser_reads_every_pair_as_sent() -> None:
 def test_the_service_and_the_gate_read_the_gate_cookie_alike(headers: list[str]) -> None:
     gate_values, _ = sort_cookies(headers)
     assert [v.strip('"') for v in gate_values] == values_of_cookie(headers, GATE_COOKIE)
+
+
+# ---------------------------------------------------------------------------- the gate cookie
+ids = st.text(st.characters(codec="ascii", exclude_characters=" "), min_size=1, max_size=40)
+
+
+@given(ids, ids, st.booleans())
+def test_a_gate_pass_reads_back_as_it_was_made(session_id: str, url_id: str, ok: bool) -> None:
+    made = GatePass(session_id, url_id, ok)
+    assert read_gate_pass(made.payload()) == made
+
+
+@given(ids, ids, ids)
+def test_a_gate_pass_for_one_application_names_no_other(
+    session_id: str, url_id: str, other: str
+) -> None:
+    read = read_gate_pass(GatePass(session_id, url_id).payload())
+    assert read is not None
+    assert (read.url_id == other) == (url_id == other)
+    assert not read.confirmed
+
+
+@given(st.text(st.sampled_from("ab entr"), max_size=30) | st.text(max_size=60))
+def test_a_pass_is_confirmed_only_by_a_payload_that_says_exactly_so(payload: str) -> None:
+    read = read_gate_pass(payload)
+    words = payload.split(" ")
+    if read is None:
+        assert not words[0]
+        return
+    assert read.session_id == words[0]
+    assert read.url_id == (words[1] if len(words) > 1 else "")
+    assert read.confirmed == (words[2:] == ["entered"])
+
+
+@pytest.mark.parametrize(
+    ("session_id", "url_id"), [("", "x"), ("a b", "x"), ("a", ""), ("a", "x y")]
+)
+def test_a_gate_pass_with_an_empty_or_spaced_id_is_refused(session_id: str, url_id: str) -> None:
+    with pytest.raises(ValueError, match="names a login session"):
+        GatePass(session_id, url_id).payload()
+
+
+@given(st.sampled_from(["/user/a/containers/x", "/user/b%20c/containers/y"]), st.booleans())
+def test_the_gate_cookie_is_host_only_http_only_and_scoped_to_the_application(
+    urlpath: str, secure: bool
+) -> None:
+    made = gate_set_cookie("v", urlpath, max_age=60, secure=secure)
+    attributes = [part.strip().lower() for part in made.split(";")]
+    assert attributes[0] == f"{GATE_COOKIE}=v"
+    assert f"path={urlpath.lower()}/" in attributes
+    assert "httponly" in attributes
+    assert "samesite=lax" in attributes
+    assert ("secure" in attributes) == secure
+    assert not any(part.startswith("domain") for part in attributes)
+    gone = expired_gate_cookie(urlpath)
+    assert gone.startswith(f'{GATE_COOKIE}="";')
+    assert "max-age=0" in gone.lower()
+    assert gone.endswith(f"Path={urlpath}/")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remoteappmanager.web.gate_ws import (
+from remoteappmanager.web.gate.relay import (
     BINARY,
     CLOSE,
     CONTINUATION,

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
-from remoteappmanager.web.gate_rfb import RfbInputFilter, RfbViolation
+from remoteappmanager.web.gate.rfb import RfbInputFilter, RfbViolation
 
 CONTINUATION, TEXT, BINARY = 0x0, 0x1, 0x2
 CLOSE, PING, PONG = 0x8, 0x9, 0xA
@@ -38,7 +38,7 @@ _PASS, _DROP, _FILTER, _OBSERVE = range(4)
 
 
 class Viewer(Protocol):
-    """What the relay reads of a viewer's rights (``gate_proxy.ViewerInput``)."""
+    """What the relay reads of a viewer's rights (``listener.ViewerInput``)."""
 
     @property
     def input_allowed(self) -> bool: ...
