@@ -573,7 +573,9 @@ def main(seconds: float, rounds: int) -> None:
     info_path = Path(tempfile.mkdtemp(prefix="remoteapp-gate-bench-")) / "info.json"
     print(f"Machine: {_machine()}")
     print(f"Load average (1 / 5 / 15 min) at the start: {_load()}")
-    print(f"{seconds:g} s per run, {rounds} rounds, gated and direct alternating\n")
+    print(
+        f"{seconds:g} s per run, {rounds} rounds, the two sides of each measurement alternating\n"
+    )
     try:
         with (
             running_proxy() as gated_proxy,
