@@ -1,6 +1,7 @@
 """What the gate costs: proxy → gate → target against proxy → target, measured side by side.
 
     .venv/bin/python bench/gate_cost.py [SECONDS_PER_RUN] [ROUNDS]   # default 5 s, 3 rounds
+    BENCH_CASES=ghi .venv/bin/python bench/gate_cost.py 5 5   # the activity comparison only
 
 Two configurable-http-proxy instances route the same paths: one to the gate (gated mode), one
 straight to the target (direct mode). Targets: the busybox test application container, the
@@ -11,6 +12,14 @@ listening on a port of its own (the gated proxy's target); load comes from
 other processes (``wrk`` for HTTP, a Python WebSocket client). Each measurement runs gated
 and direct alternately, ``ROUNDS`` times; medians are compared. Every container of the
 benchmark's realm is removed at the end, whatever happened.
+
+What reporting client input costs the gate (cases g and h): the gate's activity callback is
+wired as in production (``Gate.client_input`` into an ``ActivityTracker`` flushed to the
+database every ``activity_flush_interval``), except for a second made-up host application
+whose input goes to a no-op callback. The same workloads run against both, alternately,
+through the same proxy and gate: HTTP requests (each one is input) and a WebSocket carrying
+the client's frames to the application (reported at most once a second per connection).
+Case i times the callback alone, as wired in production and a no-op, in this process.
 """
 
 from __future__ import annotations
@@ -62,9 +71,14 @@ from remoteappmanager.domain.containers import (  # noqa: E402
 VNC_IMAGE = "remoteapp-demo/vncapp:latest"
 PREFIX = "/services/remoteapp/"
 USER = "alice"
-# The fast host server pretends to be a running application with this url id.
+# The fast host server pretends to be a running application with this url id, and to be a
+# second one, whose client input the gate reports to a no-op callback (cases g and h).
 HOST_URL_ID = "h0st" + "0" * 22
 HOST_URLPATH = f"/user/{USER}/containers/{HOST_URL_ID}"
+NOOP_URL_ID = "n00p" + "0" * 22
+NOOP_URLPATH = f"/user/{USER}/containers/{NOOP_URL_ID}"
+# What a client sends the application over a WebSocket, frame by frame (cases g and h).
+INPUT_FRAME = 256
 FRAME = 64 * 1024
 # A WebSocket whose URL carries this query is let through as a view-only viewer's (case f).
 VIEWER_QUERY = "remoteapp-bench-viewer=1"
@@ -74,7 +88,8 @@ HTTP_CONNECTIONS = 16
 # ============================================================================ the gate process
 class _ViewerMarking:
     """The gate's gatekeeper, except that requests carrying ``VIEWER_QUERY`` come from a
-    view-only VNC viewer: the owner's session, its input filtered as a viewer's would be."""
+    view-only VNC viewer: the owner's session, its input filtered as a viewer's would be;
+    and that the input of ``NOOP_URL_ID`` is reported to nobody."""
 
     def __init__(self, gatekeeper: Any) -> None:
         self._gatekeeper = gatekeeper
@@ -97,16 +112,17 @@ class _ViewerMarking:
         self._gatekeeper.unreachable(url_id)
 
     def client_input(self, url_id: str) -> None:
-        self._gatekeeper.client_input(url_id)
+        if url_id != NOOP_URL_ID:
+            self._gatekeeper.client_input(url_id)
 
 
 class _WithHostTarget:
-    """The real engine, plus one made-up running container: the fast server on the host.
+    """The real engine, plus made-up running containers: the fast server on the host.
 
-    Only ``list`` and ``inspect`` see it; the gate finds it as it finds any session.
+    Only ``list`` sees them; the gate finds them as it finds any session.
     """
 
-    def __init__(self, runtime: Any, extra: ContainerInfo) -> None:
+    def __init__(self, runtime: Any, extra: Sequence[ContainerInfo]) -> None:
         self._runtime = runtime
         self._extra = extra
 
@@ -115,9 +131,28 @@ class _WithHostTarget:
 
     async def list(self, labels: Mapping[str, str]) -> Sequence[ContainerInfo]:
         found = list(await self._runtime.list(labels))
-        if all(self._extra.labels.get(k) == v for k, v in labels.items()):
-            found.append(self._extra)
+        for extra in self._extra:
+            if all(extra.labels.get(k) == v for k, v in labels.items()):
+                found.append(extra)
         return found
+
+
+def _host_target(realm: str, url_id: str, urlpath: str, port: int) -> ContainerInfo:
+    return ContainerInfo(
+        id="host-" + url_id,
+        name="host-server-" + url_id,
+        image="host",
+        labels={
+            RUNINFO_REALM: realm,
+            RUNINFO_USER: USER,
+            RUNINFO_MAPPING_ID: "host-" + url_id,
+            RUNINFO_URL_ID: url_id,
+            RUNINFO_URLPATH: urlpath,
+        },
+        running=True,
+        host_ip="127.0.0.1",
+        host_port=port,
+    )
 
 
 async def _gate_main(
@@ -133,6 +168,7 @@ async def _gate_main(
     from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
     from remoteappmanager.domain.models import Policy
     from remoteappmanager.domain.sessions import AccessMode
+    from remoteappmanager.services.activity import ActivityTracker
     from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.app import create_app
@@ -147,27 +183,16 @@ async def _gate_main(
     hub = InMemoryIdentityProvider()
     hub.add_user(USER)
     database = InMemoryDatabase()
-    host_target = ContainerInfo(
-        id="host-" + HOST_URL_ID,
-        name="host-server",
-        image="host",
-        labels={
-            RUNINFO_REALM: realm,
-            RUNINFO_USER: USER,
-            RUNINFO_MAPPING_ID: "host",
-            RUNINFO_URL_ID: HOST_URL_ID,
-            RUNINFO_URLPATH: HOST_URLPATH,
-        },
-        running=True,
-        host_ip="127.0.0.1",
-        host_port=host_port,
-    )
+    host_targets = [
+        _host_target(realm, HOST_URL_ID, HOST_URLPATH, host_port),
+        _host_target(realm, NOOP_URL_ID, NOOP_URLPATH, host_port),
+    ]
     runtime = AiodockerRuntime()
     routes = ChpRouteTable(api_url, token)
     probe = AiohttpReadinessProbe()
     workspaces = Path(tempfile.mkdtemp(prefix="remoteapp-gate-bench-"))
     sessions = Sessions(
-        _WithHostTarget(runtime, host_target),  # type: ignore[arg-type]
+        _WithHostTarget(runtime, host_targets),  # type: ignore[arg-type]
         routes,
         DirectoryWorkspaces(workspaces, uid=os.getuid(), gid=os.getgid()),
         LocalHostPaths(),
@@ -185,15 +210,21 @@ async def _gate_main(
         jupyterhub_service_url=service_url,
         gate_url=gate_url,
     )
+    # Client input as in production: into a tracker written to the database in batches.
+    activity = ActivityTracker()
     app = create_app(
         WebDeps(
             settings=settings,
             identity=hub,
             uow_factory=database.unit_of_work,
             sessions=sessions,
+            activity=activity,
         )
     )
     app[GATE].server.gatekeeper = _ViewerMarking(app[GATE])
+    flushing = asyncio.ensure_future(
+        activity.run_forever(database.unit_of_work, settings.activity_flush_interval)
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -210,12 +241,13 @@ async def _gate_main(
             started.append(await sessions.start(grant))
         web_session, vnc_session = started
         cookies = await _sign_in_and_enter(
-            service_url, hub, [web_session.url_id, vnc_session.url_id, HOST_URL_ID]
+            service_url, hub, [web_session.url_id, vnc_session.url_id, HOST_URL_ID, NOOP_URL_ID]
         )
         info = {
             "web": {"urlpath": web_session.urlpath, "port": web_session.host_port},
             "vnc": {"urlpath": vnc_session.urlpath, "port": vnc_session.host_port},
             "host": {"urlpath": HOST_URLPATH, "port": host_port},
+            "noop": {"urlpath": NOOP_URLPATH, "port": host_port},
             "cookies": cookies,
         }
         await asyncio.to_thread(Path(info_path).write_text, json.dumps(info))
@@ -225,6 +257,9 @@ async def _gate_main(
         loop.add_signal_handler(signal.SIGINT, stop.set)
         await stop.wait()
     finally:
+        flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing
         for session in started:
             with contextlib.suppress(Exception):
                 await sessions.stop(session.user, session.url_id)
@@ -281,9 +316,19 @@ def _host_app() -> web.Application:
             await pusher
         return ws
 
+    async def sink(request: web.Request) -> web.WebSocketResponse:
+        # Takes the client's frames and drops them: an application reading its input.
+        ws = web.WebSocketResponse(protocols=("binary",), compress=False, max_msg_size=0)
+        await ws.prepare(request)
+        async for _message in ws:
+            pass
+        return ws
+
     app = web.Application()
-    app.router.add_get(HOST_URLPATH + "/small", small)
-    app.router.add_get(HOST_URLPATH + "/stream", stream)
+    for urlpath in (HOST_URLPATH, NOOP_URLPATH):
+        app.router.add_get(urlpath + "/small", small)
+        app.router.add_get(urlpath + "/stream", stream)
+        app.router.add_get(urlpath + "/sink", sink)
     return app
 
 
@@ -323,6 +368,17 @@ async def _ws_client(url: str, cookie: str, mode: str, seconds: float) -> dict[s
             timeout=timeout,
         ) as ws,
     ):
+        if mode == "send":
+            # The client's frames, as fast as the way to the application takes them.
+            frame = os.urandom(INPUT_FRAME)
+            sent = 0
+            started = time.perf_counter()
+            deadline = started + seconds
+            while time.perf_counter() < deadline:
+                for _ in range(64):
+                    await ws.send_bytes(frame)
+                sent += 64 * len(frame)
+            return {"bytes": sent, "seconds": time.perf_counter() - started}
         if mode == "stream":
             total = 0
             started = time.perf_counter()
@@ -454,15 +510,17 @@ def _process(
                     process.wait()
 
 
-def _alternate(rounds: int, measure: Callable[[str], float]) -> tuple[list[float], list[float]]:
-    """``measure("direct")`` and ``measure("gated")``, alternating which goes first."""
-    direct: list[float] = []
-    gated: list[float] = []
+def _alternate(
+    rounds: int, measure: Callable[[str], float], modes: tuple[str, str] = ("direct", "gated")
+) -> tuple[list[float], list[float]]:
+    """``measure`` of each of the two ``modes``, alternating which goes first."""
+    first: list[float] = []
+    second: list[float] = []
     for index in range(rounds):
-        order = ("direct", "gated") if index % 2 == 0 else ("gated", "direct")
+        order = modes if index % 2 == 0 else modes[::-1]
         for mode in order:
-            (direct if mode == "direct" else gated).append(measure(mode))
-    return direct, gated
+            (first if mode == modes[0] else second).append(measure(mode))
+    return first, second
 
 
 def _wait_for_file(
@@ -478,6 +536,11 @@ def _wait_for_file(
             raise RuntimeError(f"the gate process ended early:\n{stderr[-3000:]}")
         time.sleep(0.2)
     raise TimeoutError("the gate process did not get ready")
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
 def _machine() -> str:
@@ -509,7 +572,10 @@ def main(seconds: float, rounds: int) -> None:
     gate_url = f"http://127.0.0.1:{gate_port}"
     info_path = Path(tempfile.mkdtemp(prefix="remoteapp-gate-bench-")) / "info.json"
     print(f"Machine: {_machine()}")
-    print(f"{seconds:g} s per run, {rounds} rounds, gated and direct alternating\n")
+    print(f"Load average (1 / 5 / 15 min) at the start: {_load()}")
+    print(
+        f"{seconds:g} s per run, {rounds} rounds, the two sides of each measurement alternating\n"
+    )
     try:
         with (
             running_proxy() as gated_proxy,
@@ -533,10 +599,12 @@ def main(seconds: float, rounds: int) -> None:
             ) as gate:
                 info = _wait_for_file(info_path, gate, gate_log, within=240)
                 _add_route(gated_proxy, HOST_URLPATH, gate_url)
+                _add_route(gated_proxy, NOOP_URLPATH, gate_url)
                 for key in ("web", "vnc", "host"):
                     target = f"http://127.0.0.1:{info[key]['port']}"
                     _add_route(direct_proxy, info[key]["urlpath"], target)
-                _measure_all(info, gated_proxy, direct_proxy, seconds, rounds)
+                _measure_all(info, gated_proxy, direct_proxy, seconds, rounds, gate.pid)
+                print(f"\nLoad average (1 / 5 / 15 min) at the end: {_load()}")
     finally:
         removed = asyncio.run(remove_realm(realm))
         if removed:
@@ -545,7 +613,7 @@ def main(seconds: float, rounds: int) -> None:
 
 
 def _measure_all(
-    info: dict[str, Any], gated: Proxy, direct: Proxy, seconds: float, rounds: int
+    info: dict[str, Any], gated: Proxy, direct: Proxy, seconds: float, rounds: int, gate_pid: int
 ) -> None:
     cookies: dict[str, str] = info["cookies"]
 
@@ -561,10 +629,11 @@ def _measure_all(
         _run_wrk(url_of(mode, "host", "/small"), cookie_of("host"), 1, HTTP_CONNECTIONS)
         _run_wrk(url_of(mode, "web", "/"), cookie_of("web"), 1, HTTP_CONNECTIONS)
         _run_ws_client(url_of(mode, "host", "/stream", "ws"), cookie_of("host"), "stream", 1)
+    _run_wrk(url_of("gated", "noop", "/small"), cookie_of("noop"), 1, HTTP_CONNECTIONS)
 
     rows: list[tuple[str, str, float, float, str]] = []
 
-    cases = os.environ.get("BENCH_CASES", "abcdef")
+    cases = os.environ.get("BENCH_CASES", "abcdefghi")
 
     def throughput(label: str, unit: str, scale: float, measure: Callable[[str], float]) -> None:
         if label[1] not in cases:
@@ -645,8 +714,10 @@ def _measure_all(
             f"added {g - d:.3f} ms",
             flush=True,
         )
-    print("\n| Measurement | Direct | Gated | Gated ÷ direct |")
-    print("|---|---|---|---|")
+    activity = _measure_activity(url_of, cookie_of, cases, seconds, rounds, gate_pid)
+    if rows or latencies:
+        print("\n| Measurement | Direct | Gated | Gated ÷ direct |")
+        print("|---|---|---|---|")
     for label, unit, d, g, ratio in rows:
         print(f"| {label} | {d:.1f} {unit} | {g:.1f} {unit} | **{ratio}** |")
     for key, (d, g) in latencies.items():
@@ -655,6 +726,126 @@ def _measure_all(
             f"| (e) p50 latency, 1 connection, {what} | {d:.3f} ms | {g:.3f} ms | "
             f"**+{g - d:.3f} ms** |"
         )
+    if activity:
+        print("\n| Through the gate | No-op callback | As in production | Production ÷ no-op |")
+        print("|---|---|---|---|")
+    for label, unit, n, w, ratio in activity:
+        print(f"| {label} | {n:.{_places(n)}f} {unit} | {w:.{_places(w)}f} {unit} | **{ratio}** |")
+
+
+def _places(value: float) -> int:
+    return 1 if value >= 10 else 3
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The user and system CPU time process ``pid`` has used so far (proc(5))."""
+    # Fields 14 and 15 of /proc/<pid>/stat; the command, field 2, may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure_activity(
+    url_of: Callable[..., str],
+    cookie_of: Callable[[str], str],
+    cases: str,
+    seconds: float,
+    rounds: int,
+    gate_pid: int,
+) -> list[tuple[str, str, float, float, str]]:
+    """Cases g and h: the same load on the host server through the gate, its input reported
+    as in production (``host``) and to a no-op callback (``noop``), alternately. Besides the
+    rates, the gate process's CPU time per unit of work: what the machine's other load
+    disturbs least."""
+    rows: list[tuple[str, str, float, float, str]] = []
+
+    def compare(
+        label: str, unit: str, scale: float, cpu_unit: str, measure: Callable[[str], float]
+    ) -> None:
+        if label[1] not in cases:
+            return
+        cpu: dict[str, list[float]] = {"noop": [], "host": []}
+
+        def timed(key: str) -> float:
+            before = _cpu_seconds(gate_pid)
+            rate = measure(key)
+            # CPU microseconds per unit (a request, or ``scale`` bytes).
+            cpu[key].append((_cpu_seconds(gate_pid) - before) * 1e6 / (rate / scale * seconds))
+            return rate
+
+        noop_values, wired_values = _alternate(rounds, timed, ("noop", "host"))
+        n, w = statistics.median(noop_values), statistics.median(wired_values)
+        rows.append((label, unit, n / scale, w / scale, f"{w / n:.3f}"))
+        cpu_n, cpu_w = statistics.median(cpu["noop"]), statistics.median(cpu["host"])
+        rows.append((f"{label}: gate CPU", cpu_unit, cpu_n, cpu_w, f"{cpu_w / cpu_n:.3f}"))
+        print(
+            f"  {label}: no-op {n / scale:.1f} {unit}, as in production {w / scale:.1f} {unit}, "
+            f"ratio {w / n:.3f}  (no-op {_fmt(noop_values, scale)}; "
+            f"production {_fmt(wired_values, scale)})\n"
+            f"      gate CPU: no-op {cpu_n:.1f} {cpu_unit}, as in production {cpu_w:.1f} "
+            f"{cpu_unit}, ratio {cpu_w / cpu_n:.3f}  (no-op {_fmt(cpu['noop'], 1)}; "
+            f"production {_fmt(cpu['host'], 1)})",
+            flush=True,
+        )
+
+    compare(
+        "(g) HTTP GET, fast keep-alive server on the host (every request is input)",
+        "req/s",
+        1,
+        "µs/request",
+        lambda key: _run_wrk(
+            url_of("gated", key, "/small"), cookie_of(key), seconds, HTTP_CONNECTIONS
+        )[0],
+    )
+    compare(
+        f"(h) WebSocket, the client's {INPUT_FRAME}-byte frames to a server on the host",
+        "MiB/s",
+        1024 * 1024,
+        "µs/MiB",
+        lambda key: _run_ws_client(
+            url_of("gated", key, "/sink", "ws"), cookie_of(key), "send", seconds
+        ),
+    )
+    if "i" in cases:
+        n, w = _callback_alone(rounds)
+        rows.append(("(i) the callback alone, per call", "µs", n, w, f"+{w - n:.3f} µs"))
+        print(
+            f"  (i) the callback alone: no-op {n:.3f} µs, as in production {w:.3f} µs, "
+            f"added {w - n:.3f} µs per call",
+            flush=True,
+        )
+    return rows
+
+
+class _NoInput:
+    def client_input(self, url_id: str) -> None:
+        pass
+
+
+def _callback_alone(rounds: int, calls: int = 500_000) -> tuple[float, float]:
+    """Median microseconds per ``client_input`` call through the bench's gatekeeper: into the
+    gate's callback and a tracker as in production, and into a no-op; 1,000 sessions."""
+    from remoteappmanager.services.activity import ActivityTracker
+    from remoteappmanager.web.gate import Gate
+
+    class Wired:
+        """The gate's gatekeeper, as far as client input goes."""
+
+        client_input = Gate.client_input
+
+        def __init__(self) -> None:
+            self.activity = ActivityTracker()
+
+    url_ids = [secrets.token_hex(13) for _ in range(1000)] * (calls // 1000)
+
+    def per_call(mode: str) -> float:
+        report = _ViewerMarking(Wired() if mode == "wired" else _NoInput()).client_input
+        started = time.perf_counter()
+        for url_id in url_ids:
+            report(url_id)
+        return (time.perf_counter() - started) * 1e6 / len(url_ids)
+
+    noop, wired = _alternate(rounds, per_call, ("noop", "wired"))
+    return statistics.median(noop), statistics.median(wired)
 
 
 def _fmt(values: list[float], scale: float) -> str:

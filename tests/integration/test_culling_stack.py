@@ -4,6 +4,10 @@ Sessions run in gated mode, so that what a client sends through the proxy reache
 which counts it as input. The culler passes every second here. Only the hub is a stand-in
 (``tests/support/fake_hub.py``). Every test has a realm of its own, force-removed
 afterwards; all traffic goes to 127.0.0.1.
+
+The desktops are the demo image (``remoteapp-demo/vncapp``: Xvnc with a clock that ticks
+every second, websockify); the test speaks RFB to them over WebSockets through the proxy and
+the gate, as noVNC does.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import struct
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -26,13 +33,14 @@ from remoteappmanager.services import catalogue
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
 from tests.support.fake_hub import FakeHub, running_fake_hub
-from tests.support.services import Proxy, ServiceMissing, free_port, skip_or_fail
+from tests.support.services import REPO, Proxy, ServiceMissing, free_port, skip_or_fail
 from tests.support.session_images import WEB_IMAGE, ensure_session_images, remove_realm
 
 pytestmark = [pytest.mark.docker, pytest.mark.proxy, pytest.mark.timeout(300)]
 
 PREFIX = "/services/remoteapp/"
 CONTAINERS = PREFIX + "api/v1/containers/"
+VNCAPP = "remoteapp-demo/vncapp:latest"
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +51,47 @@ def session_images(docker_engine: None) -> None:
         skip_or_fail(str(exc))
 
 
-async def _grants(database_url: str, policies: dict[str, Policy]) -> dict[str, str]:
+async def _image_exists(image: str) -> bool:
+    async with aiodocker.Docker() as docker:
+        try:
+            await docker.images.inspect(image)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise
+    return True
+
+
+@pytest.fixture(scope="module")
+def vncapp_image(docker_engine: None) -> str:
+    """The demo desktop, built from ``images/`` if the engine does not have it."""
+    if asyncio.run(_image_exists(VNCAPP)):
+        return VNCAPP
+    try:
+        built = subprocess.run(
+            [str(REPO / "images" / "build.sh"), "vncapp"],
+            capture_output=True,
+            text=True,
+            timeout=1500,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        skip_or_fail(f"images/build.sh vncapp could not run: {exc}")
+    if built.returncode != 0 or not asyncio.run(_image_exists(VNCAPP)):
+        skip_or_fail(f"images/build.sh vncapp failed: {built.stderr[-500:]}")
+    return VNCAPP
+
+
+async def _grants(
+    database_url: str, policies: dict[str, Policy], image: str = WEB_IMAGE
+) -> dict[str, str]:
     await bootstrap.upgrade_database(database_url)
     async with bootstrap.build_database(database_url) as database:
         uow = database.unit_of_work
         await catalogue.create_user(uow, "alice")
-        await catalogue.create_application(uow, WEB_IMAGE)
+        await catalogue.create_application(uow, image)
         return {
-            name: (await catalogue.grant_access(uow, WEB_IMAGE, "alice", policy)).mapping_id
+            name: (await catalogue.grant_access(uow, image, "alice", policy)).mapping_id
             for name, policy in policies.items()
         }
 
@@ -194,5 +235,151 @@ async def test_a_restarted_service_culls_an_overdue_session_with_its_reason(
                 assert body["last_input_at"] is not None
                 await asyncio.sleep(3)
                 assert (await _container(client, headers, kept["url_id"]))["state"] == "running"
+    finally:
+        await remove_realm(realm)
+
+
+class Viewer:
+    """A noVNC-like client of one desktop over a WebSocket through the proxy and the gate.
+
+    It reads everything the desktop sends (counting the bytes) and asks for the picture
+    every second with incremental FramebufferUpdateRequests, as noVNC does while it shows a
+    desktop; ``point`` sends a PointerEvent, the input a mouse makes.
+    """
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.received = 0
+        self.closed = asyncio.Event()
+        self._buffer = b""
+        self._width = self._height = 0
+
+    async def _read(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            message = await asyncio.wait_for(self.ws.receive(), 20)
+            assert message.type is aiohttp.WSMsgType.BINARY, message
+            self._buffer += message.data
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    async def handshake(self) -> None:
+        """RFB 3.8 with security type None (RFC 6143 7.1-7.3), shared."""
+        version = await self._read(12)
+        assert version.startswith(b"RFB 003.00"), version
+        await self.ws.send_bytes(b"RFB 003.008\n")
+        (count,) = await self._read(1)
+        assert 1 in await self._read(count)
+        await self.ws.send_bytes(b"\x01")
+        assert await self._read(4) == b"\x00\x00\x00\x00"  # SecurityResult: OK
+        await self.ws.send_bytes(b"\x01")  # ClientInit: shared
+        self._width, self._height = struct.unpack(">HH", await self._read(4))
+        await self._read(16)  # the pixel format
+        (name_length,) = struct.unpack(">I", await self._read(4))
+        await self._read(name_length)
+        await self._request(incremental=False)
+
+    async def _request(self, *, incremental: bool) -> None:
+        await self.ws.send_bytes(
+            struct.pack(">BBHHHH", 3, incremental, 0, 0, self._width, self._height)
+        )
+
+    async def point(self, x: int) -> None:
+        await self.ws.send_bytes(struct.pack(">BBHH", 5, 0, x % self._width, self._height // 2))
+
+    async def watch(self) -> None:
+        """Read and ask for updates until the desktop closes the connection."""
+
+        async def read() -> None:
+            self.received += len(self._buffer)
+            self._buffer = b""
+            async for message in self.ws:
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    self.received += len(message.data)
+
+        reading = asyncio.create_task(read())
+        try:
+            while not reading.done():
+                await self._request(incremental=True)
+                await asyncio.wait({reading}, timeout=1)
+        except ConnectionResetError:
+            pass
+        finally:
+            self.closed.set()
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+
+async def test_only_input_over_a_desktop_websocket_keeps_it_busy_not_what_it_shows(
+    session_images: None, vncapp_image: str, proxy: Proxy, tmp_path: Path
+) -> None:
+    """Two desktops showing a ticking clock to an open viewer each, nobody loading a page:
+    the one whose viewer moves the mouse every 5 s lives well past its idle timeout; the one
+    whose viewer only asks for the picture (and gets it, every second) is culled as idle."""
+    realm = f"cull-{secrets.token_hex(4)}"
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'remoteappmanager.db'}"
+    timeout = 20
+    grants = await _grants(
+        database_url,
+        {
+            "moving": Policy(idle_timeout_s=timeout),
+            # A lifetime far off, so that the two grants differ.
+            "watching": Policy(idle_timeout_s=timeout, max_lifetime_s=600),
+        },
+        vncapp_image,
+    )
+    try:
+        async with (
+            running_fake_hub() as hub,
+            serving(database_url, realm, proxy, hub, tmp_path) as client,
+            aiohttp.ClientSession() as browser,
+        ):
+            headers = {"Authorization": f"token {hub.issue_token('alice')}"}
+            # One at a time: a user starts one session of an image at once.
+            sessions = {name: await _start(client, headers, grants[name]) for name in grants}
+            viewers: dict[str, Viewer] = {}
+            for name, session in sessions.items():
+                ws = await browser.ws_connect(
+                    proxy.public_url + session["urlpath"] + "/websockify",
+                    protocols=("binary",),
+                    headers=headers,
+                    autoping=True,
+                )
+                viewers[name] = Viewer(ws)
+                await viewers[name].handshake()
+            # From here on, no request reaches either desktop: only WebSocket frames.
+            started = time.monotonic()
+            watchers = [asyncio.create_task(viewer.watch()) for viewer in viewers.values()]
+            shown: dict[str, int] = {}  # what each viewer had got 5 s in
+            culled_at: float | None = None
+            x = 0
+            while time.monotonic() - started < timeout + 15:
+                await asyncio.sleep(5)
+                if not shown:
+                    shown = {name: viewer.received for name, viewer in viewers.items()}
+                moving = await _container(client, headers, sessions["moving"]["url_id"])
+                assert moving["state"] == "running", (time.monotonic() - started, moving)
+                x += 37
+                await viewers["moving"].point(x)
+                state = await _container(client, headers, sessions["watching"]["url_id"])
+                if culled_at is None and state["state"] == "stopped":
+                    culled_at = time.monotonic() - started
+                    assert state["stop_reason"] == "idle", state
+                    # Its viewer asked for the picture all along: that is not input.
+                    assert state["last_input_at"] is None, state
+                    # The clock went on ticking: its screen kept changing all along.
+                    assert viewers["watching"].received > shown["watching"], shown
+                    await asyncio.wait_for(viewers["watching"].closed.wait(), 10)
+            moving = await _container(client, headers, sessions["moving"]["url_id"])
+            assert moving["state"] == "running", moving
+            assert moving["last_input_at"] is not None, moving
+            assert not viewers["moving"].closed.is_set()
+            assert viewers["moving"].received > shown["moving"], shown
+            # Within a culler pass (and this loop's 5 s) of its deadline.
+            assert culled_at is not None, "the desktop nobody used was never culled"
+            assert timeout - 5 <= culled_at <= timeout + 10, culled_at
+            for viewer in viewers.values():
+                await viewer.ws.close()
+            await asyncio.gather(*watchers)
     finally:
         await remove_realm(realm)
