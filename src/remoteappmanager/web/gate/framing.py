@@ -287,9 +287,7 @@ class RequestReader:
     def on_message_complete(self) -> None:
         self._events.message_read()
 
-    # One pass over the headers with a branch per header the gate rewrites; split up, it would
-    # cost a call per header on every request.
-    def _head_of(self, parser: httptools.HttpRequestParser) -> RequestHead:  # noqa: C901
+    def _head_of(self, parser: httptools.HttpRequestParser) -> RequestHead:
         """The request as the application will get it, and what the gatekeeper needs;
         raises ``Refused`` where the head could be read two ways."""
         head = RequestHead()
@@ -300,91 +298,143 @@ class RequestReader:
         head.upgrade = parser.should_upgrade()
         head.is_head = method == b"HEAD"
         head.http10 = version == "1.0"
-        lines = head.lines
-        lines.append(b"%b %b HTTP/%b\r\n" % (method, target, version.encode("latin-1")))
-        cookies: list[str] = []
-        authorization: str | None = None
-        forwarded_for = host = upgrade = encoding = origin = proto = None
-        has_proto = has_host = has_id = False
-        hosts = authorizations = 0
-        listed: set[bytes] | None = None
-        for name, value in self._headers:
-            code = _REQUEST_HEADERS.get(name.lower())
-            if code is None:
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _COOKIE:
-                cookies.append(value.decode("latin-1"))
-            elif code == _CONTENT_LENGTH:
-                head.has_body = value.strip() not in (b"0", b"")
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _AUTHORIZATION:
-                authorizations += 1
-                authorization = value.decode("latin-1")
-            elif code == _XFF:
-                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-            elif code == _HOST:
-                hosts += 1
-                host = value
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _CONNECTION:
-                options = connection_options(value)
-                if pins_a_header(options):
-                    raise Refused(PINNED)
-                options -= _CONNECTION_OPTIONS
-                if options:
-                    listed = options if listed is None else listed | options
-            elif code == _UPGRADE:
-                upgrade = value
-            elif code == _TRANSFER_ENCODING:
-                encoding = value if encoding is None else encoding + b"," + value
-                head.body_framing = head.has_body = True
-            elif code == _EXPECT:
-                head.expect_continue = value.strip().lower() == b"100-continue"
-            elif code == _REQUEST_ID:
-                if _INCOMING_ID.fullmatch(value) is not None and not has_id:
-                    has_id = True
-                    lines.append(b"X-Request-Id: %b\r\n" % value)
-            elif code == _XFPROTO:  # passed on as the proxy set it
-                has_proto = True
-                proto = value if proto is None else proto + b"," + value
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _ORIGIN:
-                origin = value if origin is None else b"null"  # two: neither counts
-                lines.append(b"%b: %b\r\n" % (name, value))
-            elif code == _XFHOST:
-                has_host = True
-                lines.append(b"%b: %b\r\n" % (name, value))
+        head.lines.append(b"%b %b HTTP/%b\r\n" % (method, target, version.encode("latin-1")))
+        seen = _RequestLines(head)
+        seen.read(self._headers)
         # Where the parser is lenient, the gate is not: the application (or a proxy behind
         # it) could read these another way than llhttp did.
-        if hosts > 1 or (hosts == 0 and not head.http10) or authorizations > 1:
+        if seen.hosts > 1 or (seen.hosts == 0 and not head.http10) or seen.authorizations > 1:
             raise Refused(AMBIGUOUS)
-        if encoding is not None:
+        if seen.encoding is not None:
             if head.http10:
                 raise Refused(AMBIGUOUS)
-            if encoding.strip().lower() != b"chunked":
+            if seen.encoding.strip().lower() != b"chunked":
                 raise Refused(UNKNOWN_CODING)
-        if listed:
-            head.lines = lines = without(lines, listed)
+        if seen.listed:
+            head.lines = without(head.lines, seen.listed)
+        self._add_forwarding(head, seen)
+        head.request = seen.request(method, target)
+        return head
+
+    def _add_forwarding(self, head: RequestHead, seen: _RequestLines) -> None:
+        """The headers this hop sets: ``X-Forwarded-*``, ``X-Request-Id``, and the framing."""
+        lines = head.lines
         peer = self.peer
+        forwarded_for = seen.forwarded_for
         chain = peer if forwarded_for is None else forwarded_for + b", " + peer
         lines.append(b"X-Forwarded-For: %b\r\n" % chain)
-        if not has_proto:
+        if seen.proto is None:
             lines.append(b"X-Forwarded-Proto: http\r\n")
-        if not has_host and host is not None:
-            lines.append(b"X-Forwarded-Host: %b\r\n" % host)
-        if not has_id:
+        if not seen.has_host and seen.host is not None:
+            lines.append(b"X-Forwarded-Host: %b\r\n" % seen.host)
+        if not seen.has_id:
             lines.append(b"X-Request-Id: %b\r\n" % self._request_id())
-        if head.upgrade and upgrade is not None:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: %b\r\n" % upgrade)
+        if head.upgrade and seen.upgrade is not None:
+            lines.append(b"Connection: Upgrade\r\nUpgrade: %b\r\n" % seen.upgrade)
         if head.body_framing:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         if not head.has_body:
             head.request_done = True
-        head.request = GateRequest(
+
+
+class _RequestLines:
+    """What a request's header lines say, read in one pass: the lines passed on as they are
+    go to ``head.lines``, the ones the gate rewrites or checks are kept here."""
+
+    __slots__ = (
+        "authorization",
+        "authorizations",
+        "cookies",
+        "encoding",
+        "forwarded_for",
+        "has_host",
+        "has_id",
+        "head",
+        "host",
+        "hosts",
+        "listed",
+        "origin",
+        "proto",
+        "upgrade",
+    )
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+        self.cookies: list[str] = []
+        self.authorization: str | None = None
+        self.authorizations = self.hosts = 0
+        self.forwarded_for: bytes | None = None
+        self.host: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.encoding: bytes | None = None
+        self.origin: bytes | None = None
+        self.proto: bytes | None = None  # X-Forwarded-Proto, passed on as the proxy set it
+        self.has_host = self.has_id = False
+        self.listed: set[bytes] | None = None
+
+    # The common headers in the loop, the others a call away (one per such header).
+    def read(self, headers: list[tuple[bytes, bytes]]) -> None:
+        lines = self.head.lines
+        for name, value in headers:
+            code = _REQUEST_HEADERS.get(name.lower())
+            if code is None:
+                lines.append(b"%b: %b\r\n" % (name, value))
+            elif code == _COOKIE:
+                self.cookies.append(value.decode("latin-1"))
+            elif code == _HOST:
+                self.hosts += 1
+                self.host = value
+                lines.append(b"%b: %b\r\n" % (name, value))
+            elif code == _CONTENT_LENGTH:
+                self.head.has_body = value.strip() not in (b"0", b"")
+                lines.append(b"%b: %b\r\n" % (name, value))
+            elif code == _AUTHORIZATION:
+                self.authorizations += 1
+                self.authorization = value.decode("latin-1")
+            elif code == _CONNECTION:
+                self._connection(value)
+            elif code != _DROP:
+                self._other(code, name, value)
+
+    def _connection(self, value: bytes) -> None:
+        options = connection_options(value)
+        if pins_a_header(options):
+            raise Refused(PINNED)
+        options -= _CONNECTION_OPTIONS
+        if options:
+            self.listed = options if self.listed is None else self.listed | options
+
+    def _other(self, code: int, name: bytes, value: bytes) -> None:
+        if code == _XFF:
+            self.forwarded_for = _joined(self.forwarded_for, b", ", value)
+        elif code == _UPGRADE:
+            self.upgrade = value
+        elif code == _TRANSFER_ENCODING:
+            self.encoding = _joined(self.encoding, b",", value)
+            self.head.body_framing = self.head.has_body = True
+        elif code == _EXPECT:
+            self.head.expect_continue = value.strip().lower() == b"100-continue"
+        elif code == _REQUEST_ID:
+            if _INCOMING_ID.fullmatch(value) is not None and not self.has_id:
+                self.has_id = True
+                self.head.lines.append(b"X-Request-Id: %b\r\n" % value)
+        else:
+            if code == _XFPROTO:
+                self.proto = _joined(self.proto, b",", value)
+            elif code == _ORIGIN:
+                self.origin = value if self.origin is None else b"null"  # two: neither counts
+            else:
+                self.has_host = True  # X-Forwarded-Host
+            self.head.lines.append(b"%b: %b\r\n" % (name, value))
+
+    def request(self, method: bytes, target: bytes) -> GateRequest:
+        """What the gatekeeper sees of the request."""
+        upgrade, origin, host, proto = self.upgrade, self.origin, self.host, self.proto
+        return GateRequest(
             method=method.decode("latin-1"),
             target=target.decode("latin-1"),
-            cookies=cookies,
-            authorization=authorization,
+            cookies=self.cookies,
+            authorization=self.authorization,
             websocket=method == b"GET"
             and upgrade is not None
             and upgrade.strip().lower() == b"websocket",
@@ -392,7 +442,11 @@ class RequestReader:
             host=None if host is None else host.decode("latin-1"),
             forwarded_proto=None if proto is None else proto.decode("latin-1"),
         )
-        return head
+
+
+def _joined(first: bytes | None, separator: bytes, value: bytes) -> bytes:
+    """Repeated header values as one."""
+    return value if first is None else first + separator + value
 
 
 # ---------------------------------------------------------------------------- answers
@@ -409,10 +463,7 @@ class ResponseHead:
     close: bool
 
 
-# One pass over the answer's header lines, as ``RequestReader`` does for the request's.
-def read_response_head(  # noqa: C901
-    head: bytes, cookie_path: bytes, *, head_request: bool
-) -> ResponseHead:
+def read_response_head(head: bytes, cookie_path: bytes, *, head_request: bool) -> ResponseHead:
     """An answer's head (up to, not including, the blank line) as it is passed on; raises
     ``BadResponse``.
 
@@ -426,71 +477,94 @@ def read_response_head(  # noqa: C901
     status = int(head[9:12])
     if status < 100:
         raise BadResponse
-    switching = status == 101
     http10 = head[7] == 48  # HTTP/1.0: no keep-alive unless it says so
-    close = keep_alive_asked = False
-    length: int | None = None
-    encoding: bytes | None = None
-    listed: set[bytes] | None = None
-    # Only the lines that matter are looked at; the others pass as they are.
-    pieces: list[bytes] = []
-    start = 0
-    for match in _RESPONSE_LINE.finditer(head):
-        code = _RESPONSE_HEADERS[match.group(1).lower()]
-        value = match.group(2)
-        keep = False
-        if code == _CONTENT_LENGTH:
-            digits = value.strip(b" \t")
-            if not digits.isdigit() or (length is not None and length != int(digits)):
-                raise BadResponse
-            length = int(digits)
-            keep = True
-        elif code == _TRANSFER_ENCODING:
-            encoding = value if encoding is None else encoding + b"," + value
-            keep = True
-        elif code == _SET_COOKIE:
-            # Always rewritten (or dropped): confined to the application's path.
-            confined = confine_set_cookie(value.strip(b" \t"), cookie_path)
-            pieces.append(head[start : match.start()])
-            if confined is not None:
-                pieces.append(b"\r\nSet-Cookie: " + confined)
-            start = match.end()
-            continue
-        elif code == _CONNECTION:
-            options = connection_options(value)
-            if pins_a_header(options):
-                raise BadResponse  # its framing would be read two ways
-            close = close or b"close" in options
-            keep_alive_asked = keep_alive_asked or b"keep-alive" in options
-            options -= _CONNECTION_OPTIONS
-            if options:
-                listed = options if listed is None else listed | options
-            keep = switching
-        elif code == _UPGRADE:
-            keep = switching
-        if not keep:
-            pieces.append(head[start : match.start()])
-            start = match.end()
-    if start:
-        pieces.append(head[start:])
-        head = b"".join(pieces)
+    lines = _ResponseLines(switching=status == 101)
+    head = lines.rewrite(head, cookie_path)
     if http10:
         head = b"HTTP/1.1" + head[8:]
-    if listed:
-        head = _CRLF.join(without(head.split(_CRLF), listed))
-    close = close or (http10 and not keep_alive_asked)
-    if switching or head_request or status < 200 or status in _NO_BODY_STATUSES:
-        framing, size = NO_BODY, 0
-    elif encoding is not None:
+    if lines.listed:
+        head = _CRLF.join(without(head.split(_CRLF), lines.listed))
+    close = lines.close or (http10 and not lines.keep_alive_asked)
+    framing, size = _answer_framing(status, head_request, lines.encoding, lines.length)
+    return ResponseHead(status, head, framing, size, close)
+
+
+class _ResponseLines:
+    """What an answer's header lines say of its framing, read in one pass over the lines
+    that matter (``_RESPONSE_HEADERS``); the others pass as they are."""
+
+    __slots__ = ("close", "encoding", "keep_alive_asked", "length", "listed", "switching")
+
+    def __init__(self, *, switching: bool) -> None:
+        self.switching = switching  # a 101 keeps its Connection and Upgrade headers
+        self.length: int | None = None
+        self.encoding: bytes | None = None
+        self.listed: set[bytes] | None = None
+        self.close = False
+        self.keep_alive_asked = False
+
+    def rewrite(self, head: bytes, cookie_path: bytes) -> bytes:
+        """The head without hop-by-hop lines, its ``Set-Cookie`` lines confined."""
+        pieces: list[bytes] = []
+        start = 0
+        for match in _RESPONSE_LINE.finditer(head):
+            code = _RESPONSE_HEADERS[match.group(1).lower()]
+            value = match.group(2)
+            if code == _CONTENT_LENGTH:
+                self._length(value)
+                continue
+            if code == _TRANSFER_ENCODING:
+                self.encoding = value if self.encoding is None else self.encoding + b"," + value
+                continue
+            pieces.append(head[start : match.start()])
+            start = match.end()
+            if code == _SET_COOKIE:
+                # Always rewritten (or dropped): confined to the application's path.
+                confined = confine_set_cookie(value.strip(b" \t"), cookie_path)
+                if confined is not None:
+                    pieces.append(b"\r\nSet-Cookie: " + confined)
+            elif code == _CONNECTION:
+                self._connection(value)
+                if self.switching:
+                    pieces.append(match.group(0))
+            elif code == _UPGRADE and self.switching:
+                pieces.append(match.group(0))
+        if not start:
+            return head
+        pieces.append(head[start:])
+        return b"".join(pieces)
+
+    def _length(self, value: bytes) -> None:
+        digits = value.strip(b" \t")
+        if not digits.isdigit() or (self.length is not None and self.length != int(digits)):
+            raise BadResponse
+        self.length = int(digits)
+
+    def _connection(self, value: bytes) -> None:
+        options = connection_options(value)
+        if pins_a_header(options):
+            raise BadResponse  # its framing would be read two ways
+        self.close = self.close or b"close" in options
+        self.keep_alive_asked = self.keep_alive_asked or b"keep-alive" in options
+        options -= _CONNECTION_OPTIONS
+        if options:
+            self.listed = options if self.listed is None else self.listed | options
+
+
+def _answer_framing(
+    status: int, head_request: bool, encoding: bytes | None, length: int | None
+) -> tuple[int, int]:
+    """(how the answer's body is delimited, its length for ``LENGTH``)."""
+    if status < 200 or head_request or status in _NO_BODY_STATUSES:
+        return NO_BODY, 0  # 101 included
+    if encoding is not None:
         if length is not None:
             raise BadResponse  # both: the classic way to smuggle an answer
         last = encoding.rsplit(b",", 1)[-1].strip().lower()
-        framing, size = (CHUNKED, 0) if last == b"chunked" else (UNTIL_CLOSE, 0)
-    elif length is not None:
-        framing, size = LENGTH, length
-    else:
-        framing, size = UNTIL_CLOSE, 0
-    return ResponseHead(status, head, framing, size, close)
+        return (CHUNKED, 0) if last == b"chunked" else (UNTIL_CLOSE, 0)
+    if length is not None:
+        return LENGTH, length
+    return UNTIL_CLOSE, 0
 
 
 class ChunkedBody:

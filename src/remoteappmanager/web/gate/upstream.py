@@ -296,8 +296,8 @@ class Upstream(asyncio.Protocol):
         if transport is not None:
             transport.write(data)
 
-    # The states of an answer's head (100-continue, 101, HEAD, 204/304, errors) in one place.
-    def _on_head_data(self, data: bytes) -> None:  # noqa: C901
+    # The states of an answer's head (100-continue, 101, HEAD, 204/304, errors).
+    def _on_head_data(self, data: bytes) -> None:
         buffer = self._buffer
         if buffer is not None:
             start = max(0, len(buffer) - 3)
@@ -340,6 +340,10 @@ class Upstream(asyncio.Protocol):
             request = exchange.request
             down.upgraded(self, head, rest, request is not None and request.websocket)
             return
+        self._start_body(head, framing, length, rest)
+
+    def _start_body(self, head: bytes, framing: int, length: int, rest: bytes) -> None:
+        """Pass the head on, with what came of the body after it, as the answer is framed."""
         if framing == _LENGTH:
             if len(rest) >= length:
                 if len(rest) > length:
