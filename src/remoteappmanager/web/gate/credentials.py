@@ -1,7 +1,7 @@
 """What the gate lets through to an application, and back: credential, cookie and header rules.
 
-Pure functions, no I/O, shared by the gatekeeper (``web.gate.handler``) and the listener
-(``web.gate.listener``):
+Pure functions, no I/O, shared by the gatekeeper (``handler``), the HTTP framing
+(``framing``) and the service's own sign-in (``web.auth``, which reads cookies alike):
 
 - Cookies of the service and of the hub never reach an application, whatever their name's
   ``__Host-``/``__Secure-`` prefix (JupyterHub's ``cookie_host_prefix_enabled``) or case.
