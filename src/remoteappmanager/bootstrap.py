@@ -1,4 +1,5 @@
-"""The composition root: builds adapters from settings; the only module that imports them.
+"""The composition root: builds adapters from settings (the only module that imports them)
+and, in ``build``, wires every service of the running service once.
 
 Nothing here connects at import time: engines connect on first use, the Docker client on
 its first call.

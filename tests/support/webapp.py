@@ -136,7 +136,8 @@ class World:
     # a hub-side change shows once ``clock.advance(hub.cache_ttl)``.
     hub: InMemoryIdentityProvider = field(init=False)
     database: InMemoryDatabase = field(default_factory=InMemoryDatabase)
-    # The container side: an "engine" without image caching, so tests see changes at once.
+    # The container side: an "engine" without a cache of its own (the service's caches age on
+    # the world's clock: ``engine_changed``).
     runtime: InMemoryRuntime = field(default_factory=lambda: InMemoryRuntime(image_cache_ttl=0))
     routes: InMemoryRouteTable = field(default_factory=InMemoryRouteTable)
     probe: InMemoryReadinessProbe = field(default_factory=InMemoryReadinessProbe)
