@@ -141,7 +141,7 @@ async def measure(url: str, workdir: Path, users: int) -> list[tuple[str, float,
         gate_url="http://127.0.0.1:0",
         workspace_root=workdir / "workspaces",
     )
-    deps = bootstrap.build_web_deps(
+    deps = bootstrap.build(
         settings,
         identity=hub,
         runtime=InMemoryRuntime(),

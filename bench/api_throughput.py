@@ -1,6 +1,6 @@
 """Throughput of `GET {svc}api/v1/applications/`: 200 signed-in users with 5 grants each.
 
-The service runs in a process of its own, wired by ``bootstrap.build_web_deps`` exactly as in
+The service runs in a process of its own, wired by ``bootstrap.build`` exactly as in
 production (SQLite database, image metadata cache, shared container listing, JSON logs at
 INFO written to /dev/null), on 127.0.0.1 through aiohttp's server (uvloop when installed).
 Only the outside systems are stand-ins: the hub (API tokens of an in-memory identity

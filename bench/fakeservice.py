@@ -33,8 +33,8 @@ from remoteappmanager.web.deps import WebDeps  # noqa: E402
 async def serving(
     settings: Settings, identity: InMemoryIdentityProvider, runtime: InMemoryRuntime, port: int
 ) -> AsyncIterator[WebDeps]:
-    """``bootstrap.build_web_deps`` over the stand-ins, served on 127.0.0.1:``port``."""
-    deps = bootstrap.build_web_deps(
+    """``bootstrap.build`` over the stand-ins, served on 127.0.0.1:``port``."""
+    deps = bootstrap.build(
         settings,
         identity=identity,
         runtime=runtime,

@@ -56,7 +56,7 @@ import structlog  # noqa: E402
 from aiohttp import web  # noqa: E402
 from tests.support.services import Proxy, free_port, running_proxy, wait_for_port  # noqa: E402
 from tests.support.session_images import WEB_IMAGE, ensure_session_images, remove_realm  # noqa: E402
-from tests.support.webapp import parse_login_redirect  # noqa: E402
+from tests.support.webapp import memory_database, parse_login_redirect  # noqa: E402
 from tools import debian_tool  # noqa: E402
 
 from remoteappmanager.domain.containers import (  # noqa: E402
@@ -160,19 +160,17 @@ async def _gate_main(
 ) -> None:
     import uvloop  # noqa: F401 - the loop is uvloop's (see main)
 
+    from remoteappmanager import bootstrap
     from remoteappmanager.adapters.chp import ChpRouteTable
     from remoteappmanager.adapters.docker import AiodockerRuntime
     from remoteappmanager.adapters.http_probe import AiohttpReadinessProbe
     from remoteappmanager.adapters.memory_db import InMemoryDatabase
+    from remoteappmanager.adapters.memory_events import InMemoryEventStore
     from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
     from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
     from remoteappmanager.domain.models import Policy
-    from remoteappmanager.domain.sessions import AccessMode
-    from remoteappmanager.services.activity import ActivityTracker
-    from remoteappmanager.services.sessions import Sessions
     from remoteappmanager.settings import Settings
     from remoteappmanager.web.app import create_app
-    from remoteappmanager.web.deps import WebDeps
     from remoteappmanager.web.keys import GATE
     from remoteappmanager.web.logs import configure_logging
 
@@ -191,40 +189,30 @@ async def _gate_main(
     routes = ChpRouteTable(api_url, token)
     probe = AiohttpReadinessProbe()
     workspaces = Path(tempfile.mkdtemp(prefix="remoteapp-gate-bench-"))
-    sessions = Sessions(
-        _WithHostTarget(runtime, host_targets),  # type: ignore[arg-type]
-        routes,
-        DirectoryWorkspaces(workspaces, uid=os.getuid(), gid=os.getgid()),
-        LocalHostPaths(),
-        probe,
-        realm=realm,
-        access=AccessMode.GATED,
-        gate_url=gate_url,
-        network_timeout=120,
-        unit_of_work=database.unit_of_work,
-    )
     settings = Settings(
         jupyterhub_api_token="bench-" + secrets.token_hex(16),
         jupyterhub_service_prefix=PREFIX,
         jupyterhub_base_url="/",
         jupyterhub_service_url=service_url,
         gate_url=gate_url,
+        realm=realm,
+        network_timeout=120,
     )
-    # Client input as in production: into a tracker written to the database in batches.
-    activity = ActivityTracker()
-    app = create_app(
-        WebDeps(
-            settings=settings,
-            identity=hub,
-            uow_factory=database.unit_of_work,
-            sessions=sessions,
-            activity=activity,
-        )
+    # The production wiring (client input into the activity tracker, written to the database
+    # in batches); the engine and proxy are real, the hub and database in memory.
+    built = bootstrap.build(
+        settings,
+        identity=hub,
+        database=memory_database(database, InMemoryEventStore()),
+        runtime=_WithHostTarget(runtime, host_targets),  # type: ignore[arg-type]
+        routes=routes,
+        probe=probe,
+        workspaces=DirectoryWorkspaces(workspaces, uid=os.getuid(), gid=os.getgid()),
+        host_paths=LocalHostPaths(),
     )
+    sessions = built.sessions
+    app = create_app(built)
     app[GATE].server.gatekeeper = _ViewerMarking(app[GATE])
-    flushing = asyncio.ensure_future(
-        activity.run_forever(database.unit_of_work, settings.activity_flush_interval)
-    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -257,16 +245,10 @@ async def _gate_main(
         loop.add_signal_handler(signal.SIGINT, stop.set)
         await stop.wait()
     finally:
-        flushing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flushing
         for session in started:
             with contextlib.suppress(Exception):
                 await sessions.stop(session.user, session.url_id)
-        await runner.cleanup()
-        await probe.close()
-        await routes.close()
-        await runtime.close()
+        await runner.cleanup()  # closes the engine, proxy and probe clients
         shutil.rmtree(workspaces, ignore_errors=True)
 
 
@@ -825,7 +807,7 @@ def _callback_alone(rounds: int, calls: int = 500_000) -> tuple[float, float]:
     """Median microseconds per ``client_input`` call through the bench's gatekeeper: into the
     gate's callback and a tracker as in production, and into a no-op; 1,000 sessions."""
     from remoteappmanager.services.activity import ActivityTracker
-    from remoteappmanager.web.gate import Gate
+    from remoteappmanager.web.gate.handler import Gate
 
     class Wired:
         """The gate's gatekeeper, as far as client input goes."""

@@ -1,7 +1,7 @@
 """Memory: the service's RSS with N signed-in users, each with one running session, against
 the original design's one Python process per user.
 
-The service runs in a process of its own, wired by ``bootstrap.build_web_deps`` as in
+The service runs in a process of its own, wired by ``bootstrap.build`` as in
 production (SQLite catalogue, login-session store, identity cache, sessions, listing caches,
 the gate), with in-memory stand-ins for the hub, the proxy and the Docker engine (the
 containers are fakes: their memory is the engine's, not ours). In that process every user

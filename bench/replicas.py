@@ -1,6 +1,6 @@
 """Throughput of `GET {svc}api/v1/applications/` with two service replicas against one.
 
-The replicas are service processes wired by ``bootstrap.build_web_deps`` as in production,
+The replicas are service processes wired by ``bootstrap.build`` as in production,
 sharing one PostgreSQL database (a throwaway cluster), behind HAProxy (Debian's, round
 robin, the configuration of ``tests/support/replicas.py``). As in ``api_throughput.py`` the
 hub, the proxy and the Docker engine are stand-ins inside each process (the engine answers

@@ -83,7 +83,7 @@ def build_openapi_document() -> dict[str, Any]:
             jupyterhub_api_token="unused",  # noqa: S106
             jupyterhub_service_prefix=_BUILD_PREFIX,
         )
-        deps = bootstrap.build_web_deps(
+        deps = bootstrap.build(
             settings,
             identity=InMemoryIdentityProvider(),
             runtime=InMemoryRuntime(),

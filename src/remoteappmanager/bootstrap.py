@@ -1,4 +1,5 @@
-"""The composition root: builds adapters from settings; the only module that imports them.
+"""The composition root: builds adapters from settings (the only module that imports them)
+and, in ``build``, wires every service of the running service once.
 
 Nothing here connects at import time: engines connect on first use, the Docker client on
 its first call.
@@ -11,8 +12,10 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
@@ -30,41 +33,42 @@ from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.audit import EventStore
-from remoteappmanager.ports.coordination import LeaderElection
+from remoteappmanager.ports.coordination import LeaderElection, StartClaims
 from remoteappmanager.ports.identity import IdentityProvider
+from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.ports.probe import ReadinessProbe
 from remoteappmanager.ports.remote_api import HubTokenIssuer, RemoteAppClient
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.ports.routes import RouteTable
 from remoteappmanager.ports.runtime import ContainerRuntime
 from remoteappmanager.ports.workspaces import HostPaths, Workspaces
-from remoteappmanager.services.access import demo_policy
-from remoteappmanager.services.activity import (
-    ActivityTracker,
-    StopListener,
-    StopLog,
-    no_stop_listener,
-)
+from remoteappmanager.services.access import AccessService, demo_policy
+from remoteappmanager.services.activity import ActivityTracker, StopLog
+from remoteappmanager.services.admin import Administration
 from remoteappmanager.services.applications import Applications, ImageMetadataCache
 from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
 from remoteappmanager.services.culling import Culler
+from remoteappmanager.services.gate_access import GateAccess, ImageType
 from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import AuditedShares, Shares, SharingRules
 from remoteappmanager.settings import Engine, Settings, SettingsError
-from remoteappmanager.web.deps import Resource, WebDeps
+from remoteappmanager.web.cookies import CookieSigner, cookie_key
+from remoteappmanager.web.deps import HealthCheck, Resource, WebDeps
+from remoteappmanager.web.login_sessions import LoginSessionStore
 from remoteappmanager.web.metrics import Metrics
 
 __all__ = [
     "Database",
     "SchemaStatus",
+    "build",
     "build_database",
     "build_hub_token_issuer",
     "build_remote_client",
     "build_runtime",
     "build_volume_guard",
-    "build_web_deps",
     "initialise_database",
     "schema_head",
     "schema_status",
@@ -181,30 +185,48 @@ SESSION_LISTING_TTL = 1.0
 LEADER_RETRY_INTERVAL = 2.0
 
 
-def build_web_deps(
+def build(
     settings: Settings,
     *,
     identity: IdentityProvider | None = None,
+    database: Database | None = None,
     runtime: ContainerRuntime | None = None,
     routes: RouteTable | None = None,
     probe: ReadinessProbe | None = None,
     workspaces: Workspaces | None = None,
     host_paths: HostPaths | None = None,
-    stop_listener: StopListener = no_stop_listener,
+    login_sessions: LoginSessionRecords | None = None,
+    start_claims: StartClaims | None = None,
+    election: LeaderElection | None = None,
+    health_checks: Mapping[str, HealthCheck] | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> WebDeps:
-    """Everything the web service runs on, wired from the settings (nothing is contacted yet).
+    """The service, wired from the settings (nothing is contacted yet): every service the
+    web application, the gate and the command line use, built here and nowhere else.
 
-    The keyword arguments replace one external system each (the hub, the engine, the proxy,
-    the readiness probe, the disk), for demos, tests and benchmarks; the rest of the wiring
-    stays the production one.
+    The keyword arguments replace one port each, for demos, tests and benchmarks; everything
+    else (the services, their caches and time-outs, the background jobs) stays the production
+    wiring:
+
+    - ``identity``: the hub; ``runtime``: the Docker engine; ``routes``: the proxy;
+      ``probe``: the readiness probe; ``workspaces`` and ``host_paths``: the disk.
+    - ``database``: the catalogue and the audit trail's store. Replicas share login sessions,
+      start claims and the lead through the SQL database; with another ``database`` they
+      are kept in this process unless ``login_sessions``, ``start_claims`` or ``election``
+      are given.
+    - ``health_checks``: replace the checks of these names (``database``, ``docker``,
+      ``proxy``) or add others.
+    - ``clock`` (wall-clock seconds: lifetimes, deadlines, records) and ``monotonic``
+      (cache ages).
 
     Resources are opened in dependency order when the application starts and closed in the
     reverse order: the database, the Docker client, the proxy client, the readiness probe,
-    then the leadership: while this process leads (on PostgreSQL one replica of the realm
-    at a time; on SQLite always), it runs the reconciler (a first pass at once, then one
-    every ``reconcile_interval`` seconds). It is cancelled and awaited first on shutdown,
-    giving the lead up for another replica. Login sessions and start claims live in the
-    database, shared by every replica. The hub client is closed by the application itself.
+    the audit writer, the activity flush, then the leadership: while this process leads (on
+    PostgreSQL one replica of the realm at a time; on SQLite always), it runs the reconciler
+    (a first pass at once, then one every ``reconcile_interval`` seconds), the culler and the
+    audit retention. It is cancelled and awaited first on shutdown, giving the lead up for
+    another replica. The hub client is closed by the application itself.
     """
     # Imported here so that the database tools never load the web service's clients.
     from remoteappmanager.adapters.chp import ChpRouteTable
@@ -212,7 +234,6 @@ def build_web_deps(
     from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
     from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
 
-    settings.require_service_settings()
     _check_demo_volumes(settings)
     # Every call to the hub, the proxy, the engine and the database is timed for the metrics.
     metrics = Metrics()
@@ -225,20 +246,27 @@ def build_web_deps(
         identity = HubIdentityProvider.from_settings(settings, observe=observe)
     if routes is None:
         proxy_token = settings.configproxy_auth_token
-        assert proxy_token is not None  # checked by require_service_settings
+        if proxy_token is None:
+            raise SettingsError(
+                "CONFIGPROXY_AUTH_TOKEN: required to run the service (the proxy's API token)"
+            )
         routes = ChpRouteTable(
             settings.configproxy_api_url, proxy_token.get_secret_value(), observe=observe
         )
     runtime = runtime or build_runtime(settings, observe=observe)
     probe = probe or AiohttpReadinessProbe()
-
-    sql = SqlDatabase(settings.database_url, observe=observe)
-    database = _database_of(sql)
-    audit = AuditTrail(database.events, retention_days=settings.event_retention_days)
+    if database is None:
+        sql = SqlDatabase(settings.database_url, observe=observe)
+        database = _database_of(sql)
+        login_sessions = login_sessions or SqlLoginSessionRecords(sql.engine, sql.location)
+        start_claims = start_claims or SqlStartClaims(sql.engine, sql.location)
+        election = election or _leader_election(sql, settings)
+    unit_of_work = database.unit_of_work
+    audit = AuditTrail(database.events, retention_days=settings.event_retention_days, clock=clock)
     host_paths = host_paths or LocalHostPaths()
     volume_rules = settings.volume_rules
-    activity = ActivityTracker()
-    stop_log = StopLog(database.unit_of_work, activity, listener=stop_listener)
+    activity = ActivityTracker(clock=clock)
+    stop_log = StopLog(unit_of_work, activity, counter=metrics.count_stop, clock=clock)
     sessions = Sessions(
         runtime,
         routes,
@@ -250,30 +278,59 @@ def build_web_deps(
         network_timeout=settings.network_timeout,
         access=AccessMode(settings.container_access.value),
         gate_url=settings.effective_gate_url,
-        unit_of_work=database.unit_of_work,
+        unit_of_work=unit_of_work,
         listing_ttl=SESSION_LISTING_TTL,
         confinement=settings.confinement,
         volume_rules=volume_rules,
         start_rate_per_minute=settings.start_rate_per_minute,
         max_sessions_per_user=settings.max_sessions_per_user,
+        clock=monotonic,
         workspace_uid_base=settings.workspace_uid_base,
         stop_log=stop_log,
         audit=audit,
-        start_claims=SqlStartClaims(sql.engine, sql.location),
+        start_claims=start_claims,
         claim_holder=_process_name(),
+        wall_clock=clock,
     )
+    sessions.start_observer = metrics
     route_table = routes
     reconciler = Reconciler(runtime, routes, sessions, on_pass=metrics.observe_reconcile)
-    culler = Culler(sessions, database.unit_of_work, activity)
+    culler = Culler(sessions, unit_of_work, activity, clock=clock)
     # One replica at a time repairs, culls and prunes; every one writes its own activity
     # and audit events.
-    leadership = Leadership(_leader_election(sql, settings), retry_interval=LEADER_RETRY_INTERVAL)
+    leadership = Leadership(
+        election or SingleProcessElection(), retry_interval=LEADER_RETRY_INTERVAL
+    )
     leadership.lead("reconciler", lambda: reconciler.run_forever(settings.reconcile_interval))
     leadership.lead("culler", lambda: culler.run_forever(settings.cull_interval))
     leadership.lead("audit-retention", audit.run_retention)
     applications = Applications(
-        database.unit_of_work, sessions, ImageMetadataCache(runtime), activity=activity
+        unit_of_work,
+        sessions,
+        ImageMetadataCache(runtime, clock=monotonic),
+        activity=activity,
+        clock=monotonic,
     )
+    volumes = VolumeGuard(volume_rules, host_paths)
+    shares = Shares(
+        sessions,
+        unit_of_work,
+        rules=SharingRules(
+            enabled=settings.sharing, links=settings.link_shares, control=settings.control_shares
+        ),
+        listener=AuditedShares(audit),
+        now=lambda: datetime.fromtimestamp(clock(), UTC),
+        clock=monotonic,
+    )
+    gate_access = None
+    if sessions.access is AccessMode.GATED:
+        gate_access = GateAccess(
+            sessions,
+            unit_of_work,
+            shares=shares,
+            image_type=_image_type(applications),
+            clock=monotonic,
+        )
 
     async def docker_check() -> None:
         await sessions.list_all()
@@ -289,7 +346,7 @@ def build_web_deps(
         # After the database (closed after it): its cancellation writes what is queued.
         _background(audit.run_forever, "audit-writer"),
         _background(
-            lambda: activity.run_forever(database.unit_of_work, settings.activity_flush_interval),
+            lambda: activity.run_forever(unit_of_work, settings.activity_flush_interval),
             "activity",
         ),
         _background(leadership.run_forever, "leadership"),
@@ -297,23 +354,58 @@ def build_web_deps(
     return WebDeps(
         settings=settings,
         identity=identity,
-        uow_factory=database.unit_of_work,
+        uow_factory=unit_of_work,
+        clock=clock,
         health_checks={
             "database": database.ping,
             "docker": docker_check,
             "proxy": proxy_check,
+            **(health_checks or {}),
         },
         resources=resources,
+        metrics=metrics,
         sessions=sessions,
         applications=applications,
-        volumes=VolumeGuard(volume_rules, host_paths),
-        metrics=metrics,
+        shares=shares,
+        volumes=volumes,
         activity=activity,
         stop_log=stop_log,
         audit=audit,
-        login_sessions=SqlLoginSessionRecords(sql.engine, sql.location),
         leadership=leadership,
+        access=AccessService(
+            unit_of_work,
+            admin_group=settings.admin_group,
+            auto_user_creation=settings.auto_user_creation,
+            demo_applications=settings.demo_applications,
+            access_scopes=settings.access_scopes,
+            audit=audit,
+        ),
+        login_sessions=LoginSessionStore(
+            clock=clock,
+            max_sessions_per_user=settings.max_login_sessions_per_user,
+            records=login_sessions,
+        ),
+        signer=CookieSigner(cookie_key(settings), clock=clock),
+        administration=Administration(
+            unit_of_work,
+            realm=settings.realm,
+            sessions=sessions,
+            applications=applications,
+            volumes=volumes,
+            audit=audit,
+        ),
+        gate_access=gate_access,
     )
+
+
+def _image_type(applications: Applications) -> ImageType:
+    """The type label of an image, as the catalogue's image cache knows it."""
+
+    async def image_type(image: str) -> str | None:
+        metadata = (await applications.image_state(image)).metadata
+        return None if metadata is None else str(metadata.type)
+
+    return image_type
 
 
 def _leader_election(sql: SqlDatabase, settings: Settings) -> LeaderElection:

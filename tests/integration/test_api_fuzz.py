@@ -1,6 +1,6 @@
 """A bounded schemathesis run against the service's own OpenAPI document, in every role.
 
-The service is the production wiring (``bootstrap.build_web_deps``) on a real SQLite file,
+The service is the production wiring (``bootstrap.build``) on a real SQLite file,
 served on 127.0.0.1; the engine, proxy and hub are the in-memory stand-ins (nothing the
 document describes depends on them). schemathesis runs with every check (``--checks all``:
 no server error, answers and headers as documented, no undocumented status, schema-valid
@@ -91,7 +91,7 @@ async def _serve(tmp_path: Path, aiohttp_server: Any) -> tuple[str, dict[str, st
         workspace_root=tmp_path / "workspaces",
         network_timeout=2,
     )
-    deps = bootstrap.build_web_deps(
+    deps = bootstrap.build(
         settings,
         identity=hub,
         runtime=runtime,

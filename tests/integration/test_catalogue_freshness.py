@@ -1,6 +1,6 @@
 """Catalogue changes made by another process show in the running service within 2 s.
 
-The service is the production wiring (``bootstrap.build_web_deps``, its real caches and TTLs)
+The service is the production wiring (``bootstrap.build``, its real caches and TTLs)
 on a real SQLite file and a real PostgreSQL database; the engine, proxy and hub are the
 in-memory stand-ins, which play no part in what is read from the catalogue. The writer is
 ``remoteappdb`` in a process of its own.
@@ -109,7 +109,7 @@ async def test_remoteappdb_changes_show_in_the_running_service_within_two_second
         gate_url="http://127.0.0.1:0",
         workspace_root=tmp_path / "workspaces",
     )
-    deps = bootstrap.build_web_deps(
+    deps = bootstrap.build(
         settings,
         identity=hub,
         runtime=runtime,

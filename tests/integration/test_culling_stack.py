@@ -119,7 +119,7 @@ async def serving(
         jupyterhub_service_prefix=PREFIX,
         jupyterhub_service_url=f"http://127.0.0.1:{port}",
     )
-    server = TestServer(create_app(bootstrap.build_web_deps(settings)), port=port)
+    server = TestServer(create_app(bootstrap.build(settings)), port=port)
     async with TestClient(server) as client:
         yield client
 

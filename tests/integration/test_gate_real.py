@@ -35,13 +35,12 @@ from remoteappmanager.adapters.docker import AiodockerRuntime
 from remoteappmanager.adapters.http_probe import AiohttpReadinessProbe
 from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
 from remoteappmanager.domain.models import Policy
-from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.sessions import Session
 from remoteappmanager.domain.shares import ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.services.shares import Shares
 from remoteappmanager.web.app import create_app
-from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate.handler import GATE_COOKIE
 from remoteappmanager.web.gate.relay import TEXT, encode_frame
 from remoteappmanager.web.keys import SHARES
@@ -236,42 +235,32 @@ async def stack(session_images: None, proxy: Proxy, tmp_path: Path) -> AsyncIter
     world = World()
     for name in ("alice", "bob", "carol"):
         world.hub.add_user(name)
-    runtime = AiodockerRuntime()
-    routes = ChpRouteTable(proxy.api_url, proxy.token, retries=1, backoff=0.01)
-    probe = AiohttpReadinessProbe()
-    sessions = Sessions(
-        runtime,
-        routes,
-        DirectoryWorkspaces(tmp_path / "workspaces", uid=os.getuid(), gid=os.getgid()),
-        LocalHostPaths(),
-        probe,
-        realm=realm,
-        access=AccessMode.GATED,
-        gate_url=gate_url,
-        network_timeout=60,
-        watch_interval=0.5,
-        unit_of_work=world.database.unit_of_work,
+    settings = make_settings(
+        jupyterhub_service_url=service_url, gate_url=gate_url, realm=realm, network_timeout=60
     )
+    # The production wiring over the real engine, proxy and probe; hub and database in memory.
     app = create_app(
-        WebDeps(
-            settings=make_settings(jupyterhub_service_url=service_url, gate_url=gate_url),
-            identity=world.hub,
-            uow_factory=world.database.unit_of_work,
-            clock=world.clock,
-            sessions=sessions,
+        world.build(
+            settings,
+            runtime=AiodockerRuntime(),
+            routes=ChpRouteTable(proxy.api_url, proxy.token, retries=1, backoff=0.01),
+            probe=AiohttpReadinessProbe(),
+            workspaces=DirectoryWorkspaces(
+                tmp_path / "workspaces", uid=os.getuid(), gid=os.getgid()
+            ),
+            host_paths=LocalHostPaths(),
+            monotonic=time.monotonic,
         )
     )
+    sessions = world.sessions
     server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     try:
         add_service_route(proxy, service_url)
         yield Stack(proxy, world, sessions, service_url, gate_url, app[SHARES])
     finally:
-        await server.close()
+        await server.close()  # closes the engine, proxy and probe clients
         await remove_realm(realm)
-        await probe.close()
-        await routes.close()
-        await runtime.close()
 
 
 async def test_the_proxy_routes_the_application_to_the_gate(stack: Stack) -> None:

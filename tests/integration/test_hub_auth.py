@@ -23,7 +23,6 @@ from aiohttp import web
 from yarl import URL
 
 from remoteappmanager.adapters.jupyterhub import HubIdentityProvider
-from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
 from remoteappmanager.domain.errors import Unauthorized
 from remoteappmanager.domain.models import Policy
@@ -31,7 +30,6 @@ from remoteappmanager.domain.oauth import new_pkce_verifier, pkce_challenge
 from remoteappmanager.ports.identity import Directory, IdentityProvider
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
-from remoteappmanager.web.deps import WebDeps
 from tests.support.gated import gated_service
 from tests.support.hub import (
     HubPorts,
@@ -149,11 +147,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         jupyterhub_base_url="/",
         admin_group=ADMIN_GROUP,
         auto_user_creation=True,
+        # No application runs here: no gate listener beside the hub's ports.
+        container_access="direct",
     )
     identity = HubIdentityProvider.from_settings(settings, cache_ttl=CACHE_TTL, clock=CLOCK)
-    deps = WebDeps(
-        settings=settings, identity=identity, uow_factory=InMemoryDatabase().unit_of_work
-    )
+    # The production wiring, the real hub, everything else in memory, on the real clocks.
+    deps = World().build(settings, identity=identity, clock=time.time, monotonic=CLOCK)
     runner = web.AppRunner(create_app(deps))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", ports.service)
@@ -706,7 +705,6 @@ async def test_a_hub_group_member_gets_the_groups_grant_and_loses_it_on_leaving(
     from aiohttp.test_utils import TestClient, TestServer
 
     from remoteappmanager.services import catalogue
-    from remoteappmanager.services.applications import Applications, ImageMetadataCache
 
     world = World()
     world.runtime.add_image(_GROUP_IMAGE, {"eu.simphony-project.docker.type": "webapp"})
@@ -717,20 +715,8 @@ async def test_a_hub_group_member_gets_the_groups_grant_and_loses_it_on_leaving(
         jupyterhub_base_url="/",
         container_access="direct",
     )
-    sessions = world.make_sessions(settings)
-    deps = WebDeps(
-        settings=settings,
-        identity=stack.identity,
-        uow_factory=world.database.unit_of_work,
-        sessions=sessions,
-        applications=Applications(
-            world.database.unit_of_work,
-            sessions,
-            ImageMetadataCache(world.runtime, ttl=0, missing_ttl=0),
-            grants_ttl=0,
-        ),
-        stop_log=world.stop_log,
-    )
+    # The caches age on the clock that the hub's answers age on.
+    deps = world.build(settings, identity=stack.identity, clock=time.time, monotonic=CLOCK)
     await catalogue.create_user(world.database.unit_of_work, "gina")
     await catalogue.create_application(world.database.unit_of_work, _GROUP_IMAGE)
     async with world.database.unit_of_work() as work:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiohttp import web
 
-from remoteappmanager.bootstrap import build_web_deps
+from remoteappmanager.bootstrap import build
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
 from tests.support.browser import namespaced_chromium, require_browser
@@ -166,7 +166,7 @@ async def running_stack(
         gate_url=f"http://127.0.0.1:{gate_port}",
         **extra,
     )
-    runner = web.AppRunner(create_app(build_web_deps(service_settings)), access_log=None)
+    runner = web.AppRunner(create_app(build(service_settings)), access_log=None)
     try:
         with running_hub(tmp, env, ports.public):
             await runner.setup()

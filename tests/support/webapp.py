@@ -17,20 +17,21 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from remoteappmanager import bootstrap
 from remoteappmanager.adapters.memory_db import InMemoryDatabase
 from remoteappmanager.adapters.memory_events import InMemoryEventStore
 from remoteappmanager.adapters.memory_identity import AUTHORIZE_PATH, InMemoryIdentityProvider
 from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
 from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
-from remoteappmanager.domain.sessions import AccessMode
+from remoteappmanager.bootstrap import Database
+from remoteappmanager.ports.coordination import LeaderElection
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.services.activity import ActivityTracker, StopLog
-from remoteappmanager.services.applications import Applications, ImageMetadataCache
+from remoteappmanager.services.applications import DEFAULT_MISSING_IMAGE_TTL
 from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.services.catalogue import VolumeGuard
-from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
@@ -109,60 +110,94 @@ REALM = "web-realm"
 VOLUME_ROOT = "/data"
 
 
+def memory_database(database: InMemoryDatabase, events: InMemoryEventStore) -> Database:
+    """The in-memory catalogue and audit store, as the composition root takes a database."""
+
+    async def nothing() -> None:
+        return None
+
+    return Database(
+        location="in-memory database",
+        unit_of_work=database.unit_of_work,
+        events=events,
+        ping=nothing,
+        close=nothing,
+    )
+
+
 @dataclass
 class World:
+    """The service's ports as in-memory stand-ins; ``build`` wires the service over them
+    through the composition root (production wiring, caches and time-outs), on this world's
+    clock."""
+
     clock: FakeClock = field(default_factory=FakeClock)
     # The hub caches what it answers on the world's clock, as production does on the real one:
     # a hub-side change shows once ``clock.advance(hub.cache_ttl)``.
     hub: InMemoryIdentityProvider = field(init=False)
     database: InMemoryDatabase = field(default_factory=InMemoryDatabase)
-    # The container side: an "engine" without image caching, so tests see changes at once.
+    # The container side: an "engine" without a cache of its own (the service's caches age on
+    # the world's clock: ``engine_changed``).
     runtime: InMemoryRuntime = field(default_factory=lambda: InMemoryRuntime(image_cache_ttl=0))
     routes: InMemoryRouteTable = field(default_factory=InMemoryRouteTable)
     probe: InMemoryReadinessProbe = field(default_factory=InMemoryReadinessProbe)
     workspaces: InMemoryWorkspaces = field(default_factory=InMemoryWorkspaces)
     host_paths: InMemoryHostPaths = field(default_factory=InMemoryHostPaths)
-    sessions: Sessions | None = None
-    activity: ActivityTracker = field(init=False)
-    stop_log: StopLog = field(init=False)
     events: InMemoryEventStore = field(default_factory=InMemoryEventStore)
-    audit: AuditTrail = field(init=False)
+    built: WebDeps | None = None
+    """The service last built over this world."""
 
     def __post_init__(self) -> None:
         # Containers start on this world's clock, as deadlines are counted on it.
         self.runtime.wall_clock = self.clock
-        self.activity = ActivityTracker(clock=self.clock)
-        self.stop_log = StopLog(self.database.unit_of_work, self.activity, clock=self.clock)
         self.hub = InMemoryIdentityProvider(clock=self.clock)
-        self.audit = AuditTrail(self.events)
 
     def hub_changed(self) -> None:
         """Let the hub's cached answers expire, as they do ``cache_ttl`` after a change."""
         self.clock.advance(self.hub.cache_ttl)
 
-    def make_sessions(self, settings: Settings) -> Sessions:
-        """The sessions service over this world's fakes, as the composition root builds it."""
-        self.sessions = Sessions(
-            self.runtime,
-            self.routes,
-            self.workspaces,
-            self.host_paths,
-            self.probe,
-            realm=REALM,
-            access=AccessMode(settings.container_access.value),
-            gate_url=settings.effective_gate_url,
-            network_timeout=5,
-            watch_interval=0.01,
-            unit_of_work=self.database.unit_of_work,
-            confinement=settings.confinement,
-            volume_rules=settings.volume_rules,
-            start_rate_per_minute=settings.start_rate_per_minute,
-            max_sessions_per_user=settings.max_sessions_per_user,
-            clock=self.clock,
-            stop_log=self.stop_log,
-            audit=self.audit,
-        )
-        return self.sessions
+    def engine_changed(self) -> None:
+        """Let cached answers about the engine expire (the realm's container list, missing
+        or unreadable images), as they do a few seconds after a change in production."""
+        self.clock.advance(max(bootstrap.SESSION_LISTING_TTL, DEFAULT_MISSING_IMAGE_TTL))
+
+    def build(self, settings: Settings, **overrides: Any) -> WebDeps:
+        """The service over this world's stand-ins, as ``bootstrap.build`` wires it;
+        ``overrides`` replace ports (``identity``, ``login_sessions``, ``election``, ...)."""
+        ports: dict[str, Any] = {
+            "identity": self.hub,
+            "database": memory_database(self.database, self.events),
+            "runtime": self.runtime,
+            "routes": self.routes,
+            "probe": self.probe,
+            "workspaces": self.workspaces,
+            "host_paths": self.host_paths,
+            "clock": self.clock,
+            "monotonic": self.clock,
+        }
+        ports.update(overrides)
+        self.built = bootstrap.build(settings, **ports)
+        return self.built
+
+    def _built(self) -> WebDeps:
+        assert self.built is not None, "build the service first (make_app or World.build)"
+        return self.built
+
+    @property
+    def sessions(self) -> Sessions:
+        return self._built().sessions
+
+    @property
+    def activity(self) -> ActivityTracker:
+        return self._built().activity
+
+    @property
+    def stop_log(self) -> StopLog:
+        return self._built().stop_log
+
+    @property
+    def audit(self) -> AuditTrail:
+        return self._built().audit
 
     def volume_guard(self, settings: Settings) -> VolumeGuard:
         return VolumeGuard(settings.volume_rules, self.host_paths)
@@ -177,6 +212,8 @@ def make_settings(**overrides: Any) -> Settings:
         "gate_url": "http://127.0.0.1:0",
         # Grants may mount host folders from here (the fake host has none unless told).
         "volume_roots": [VOLUME_ROOT],
+        "realm": REALM,
+        "network_timeout": 5,
     }
     values.update(overrides)
     return Settings(**values)
@@ -188,30 +225,21 @@ def make_app(
     health_checks: Mapping[str, HealthCheck] | None = None,
     identity: IdentityProvider | None = None,
     login_sessions: LoginSessionRecords | None = None,
-    leadership: Leadership | None = None,
+    election: LeaderElection | None = None,
     **settings: Any,
 ) -> web.Application:
-    values = make_settings(**settings)
-    sessions = world.make_sessions(values)
-    images = ImageMetadataCache(world.runtime, ttl=0, missing_ttl=0)
-    deps = WebDeps(
-        settings=values,
-        identity=identity or world.hub,
-        uow_factory=world.database.unit_of_work,
-        clock=world.clock,
-        health_checks=dict(health_checks or {}),
-        sessions=sessions,
-        applications=Applications(
-            world.database.unit_of_work, sessions, images, grants_ttl=0, activity=world.activity
-        ),
-        volumes=world.volume_guard(values),
-        activity=world.activity,
-        stop_log=world.stop_log,
-        audit=world.audit,
-        login_sessions=login_sessions,
-        leadership=leadership,
-    )
-    return create_app(deps)
+    """The application over ``world``, wired by the composition root; ``settings`` are
+    ``Settings`` fields."""
+    overrides: dict[str, Any] = {}
+    if health_checks is not None:
+        overrides["health_checks"] = health_checks
+    if identity is not None:
+        overrides["identity"] = identity
+    if login_sessions is not None:
+        overrides["login_sessions"] = login_sessions
+    if election is not None:
+        overrides["election"] = election
+    return create_app(world.build(make_settings(**settings), **overrides))
 
 
 @dataclass(frozen=True)

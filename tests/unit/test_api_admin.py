@@ -13,9 +13,6 @@ from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
 from remoteappmanager.domain.containers import RUNINFO_NAMESPACE
-from remoteappmanager.services.applications import Applications, ImageMetadataCache
-from remoteappmanager.web.app import create_app
-from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.keys import API_REGISTRY
 from tests.support.webapp import (
     API,
@@ -24,7 +21,6 @@ from tests.support.webapp import (
     World,
     cookie,
     make_app,
-    make_settings,
     sign_in,
 )
 
@@ -270,6 +266,7 @@ async def test_applications_list_the_image_the_engine_has_and_what_it_declares(
 
 async def test_the_catalogue_is_managed_while_the_engine_is_down(root: Api, world: World) -> None:
     world.runtime.available = False
+    world.engine_changed()
     application = await root.create(APPLICATIONS, {"image_name": DESKTOP})
     status, body, _ = await root.call("GET", APPLICATIONS)
     assert status == 200
@@ -321,6 +318,7 @@ async def test_an_image_built_after_registration_shows_as_available(
     _, body, _ = await root.call("GET", APPLICATIONS + application + "/")
     assert body["available"] is False
     world.runtime.add_image(MISSING, WEB_LABELS)
+    world.engine_changed()
     _, body, _ = await root.call("GET", APPLICATIONS + application + "/")
     assert body["available"] is True
 
@@ -688,19 +686,7 @@ async def test_grant_changes_show_on_a_users_page_at_once_despite_its_cache(
     world: World, aiohttp_client: Any
 ) -> None:
     # The user page keeps grants for a while; admin changes must not wait for that.
-    settings = make_settings()
-    sessions = world.make_sessions(settings)
-    images = ImageMetadataCache(world.runtime)
-    deps = WebDeps(
-        settings=settings,
-        identity=world.hub,
-        uow_factory=world.database.unit_of_work,
-        clock=world.clock,
-        sessions=sessions,
-        applications=Applications(world.database.unit_of_work, sessions, images, grants_ttl=3600),
-        volumes=world.volume_guard(settings),
-    )
-    client = await aiohttp_client(create_app(deps))
+    client = await aiohttp_client(make_app(world))
     root = Api(client, world.hub.issue_token("root"))
     alice = Api(client, world.hub.issue_token("alice"))
     alice_id = await root.create(USERS, {"name": "alice"})
@@ -927,25 +913,6 @@ async def test_cookie_sessions_need_the_xsrf_token_to_change_anything(
         assert refused.status == 403
     async with client.delete(location, headers={"X-XSRFToken": token}) as deleted:
         assert deleted.status == 204
-
-
-async def test_without_an_engine_the_catalogue_works_and_containers_are_unavailable(
-    world: World, aiohttp_client: Any
-) -> None:
-    settings = make_settings()
-    deps = WebDeps(settings=settings, identity=world.hub, uow_factory=world.database.unit_of_work)
-    client = await aiohttp_client(create_app(deps))
-    root = Api(client, world.hub.issue_token("root"))
-    user_id = await root.create(USERS, {"name": "alice"})
-    application = await root.create(APPLICATIONS, {"image_name": WEBAPP})
-    _, apps, _ = await root.call("GET", APPLICATIONS)
-    assert apps["items"][application]["available"] is None
-    await root.create(ACCOUNTING, _grant(user_id))
-    status, stats, _ = await root.call("GET", STATS)
-    assert (status, stats["realm"], stats["num_running_containers"]) == (200, "remoteexec", 0)
-    status, body, _ = await root.call("GET", CONTAINERS)
-    assert (status, body["type"]) == (503, "Unable")
-    assert (await root.call("DELETE", USERS + user_id + "/"))[0] == 204
 
 
 # ------------------------------------------------------------------------------ OpenAPI

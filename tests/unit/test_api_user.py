@@ -271,6 +271,7 @@ async def test_an_engine_error_on_one_image_leaves_the_others_listed(
         return await inspect(image)
 
     monkeypatch.setattr(world.runtime, "inspect_image", crashing)
+    world.engine_changed()
     status, body, _ = await alice.call("GET", APPLICATIONS)
     assert status == 200
     assert body["items"][broken]["unavailable_reason"] == IMAGE_UNREADABLE

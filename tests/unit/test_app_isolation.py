@@ -28,9 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
-from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
-from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
+from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.routing import (
@@ -40,14 +38,12 @@ from remoteappmanager.domain.routing import (
     is_any_app_host,
     is_app_host,
 )
-from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.sessions import Session
 from remoteappmanager.domain.shares import ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.settings import SettingsError, load_settings
-from remoteappmanager.web.app import create_app
 from remoteappmanager.web.auth import XSRF_COOKIE
-from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate.handler import ENTER_PATH, GATE_COOKIE, TICKET_TTL
 from remoteappmanager.web.keys import SHARES
 from tests.support.services import free_port
@@ -57,7 +53,7 @@ from tests.support.webapp import (
     World,
     confirm_entry,
     cookie,
-    make_settings,
+    make_app,
     sign_in,
 )
 
@@ -255,13 +251,13 @@ async def _stack(
 ) -> AsyncIterator[Stack]:
     seen: list[dict[str, str]] = []
     upstream = await aiohttp_server(fake_application(seen))
-    world = World()
-    for name in ("alice", "bob"):
-        world.hub.add_user(name)
-    world.hub.add_user("root", admin=True)
     runtime = InMemoryRuntime(image_cache_ttl=0)
     runtime.add_image(IMAGE, LABELS)
     runtime._ports = itertools.repeat(upstream.port)  # type: ignore[assignment]
+    world = World(runtime=runtime)
+    for name in ("alice", "bob"):
+        world.hub.add_user(name)
+    world.hub.add_user("root", admin=True)
     service_port, gate_port = free_port(), free_port()
     template = APP_HOSTS % gate_port if app_hosts else None
     extra: dict[str, Any] = {}
@@ -270,26 +266,9 @@ async def _stack(
             "app_origin_template": template,
             "jupyterhub_public_url": f"http://127.0.0.1:{service_port}/",
         }
-    settings = make_settings(gate_url=f"http://127.0.0.1:{gate_port}", **extra)
-    sessions = Sessions(
-        runtime,
-        InMemoryRouteTable(),
-        InMemoryWorkspaces(),
-        InMemoryHostPaths(),
-        InMemoryReadinessProbe(),
-        realm="isolation-unit",
-        access=AccessMode.GATED,
-        gate_url=settings.effective_gate_url,
-        unit_of_work=world.database.unit_of_work,
-    )
-    deps = WebDeps(
-        settings=settings,
-        identity=world.hub,
-        uow_factory=world.database.unit_of_work,
-        clock=world.clock,
-        sessions=sessions,
-    )
-    server = TestServer(create_app(deps), port=service_port)
+    app = make_app(world, realm="isolation-unit", gate_url=f"http://127.0.0.1:{gate_port}", **extra)
+    sessions = world.sessions
+    server = TestServer(app, port=service_port)
     await server.start_server()
     clients: list[Browser] = []
 

@@ -14,8 +14,8 @@ from remoteappmanager.domain.audit import AuditAction, EventQuery, NewEvent, saf
 from remoteappmanager.domain.errors import InvalidRequest
 from remoteappmanager.domain.models import Policy, Volume
 from remoteappmanager.services import catalogue
-from remoteappmanager.services.admin import Administration
 from remoteappmanager.services.audit import Attribution, AuditTrail
+from tests.support.webapp import World, make_settings
 
 LICENCE = "LICENCE-KEY-7f3a9c-do-not-leak"
 
@@ -114,10 +114,9 @@ def test_details_keep_plain_values_and_never_a_secret() -> None:
 
 
 async def test_a_grant_with_a_licence_records_none_of_it() -> None:
-    database = InMemoryDatabase()
-    store = InMemoryEventStore()
-    trail = _trail(store)
-    admin = Administration(database.unit_of_work, realm="r", audit=trail)
+    world = World()
+    built = world.build(make_settings())
+    admin, trail, store = built.administration, built.audit, world.events
     user = await admin.create_user("alice", actor="root")
     await admin.create_application("app:1", actor="root")
     policy = Policy(app_license=LICENCE, allow_home=True)

@@ -157,18 +157,7 @@ class Service:
 def _service(world: World, clock: FakeClock) -> Service:
     tracker = ActivityTracker(clock=clock)
     counted: list[StopReason] = []
-    heard: list[tuple[str, str, StopReason]] = []
-
-    async def listener(url_id: str, user: str, reason: StopReason) -> None:
-        heard.append((url_id, user, reason))
-
-    stop_log = StopLog(
-        world.database.unit_of_work,
-        tracker,
-        clock=clock,
-        counter=counted.append,
-        listener=listener,
-    )
+    stop_log = StopLog(world.database.unit_of_work, tracker, clock=clock, counter=counted.append)
     sessions = world.sessions_for()
     sessions.stop_log = stop_log
     return Service(

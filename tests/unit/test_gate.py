@@ -25,17 +25,13 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
-from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
-from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
+from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.domain.models import Policy
-from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.sessions import Session
 from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
 from remoteappmanager.services.shares import ControlAction
-from remoteappmanager.web.app import create_app
-from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate.handler import GATE_COOKIE
 from remoteappmanager.web.gate.upstream import WRITE_HIGH
 from remoteappmanager.web.keys import GATE, SHARES
@@ -45,7 +41,7 @@ from tests.support.webapp import (
     World,
     confirm_entry,
     cookie,
-    make_settings,
+    make_app,
     sign_in,
 )
 
@@ -209,33 +205,16 @@ class Stack:
 async def stack(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> AsyncIterator[Stack]:
     seen = Upstream()
     upstream = await aiohttp_server(fake_application(seen))
-    world = World()
-    for name in ("alice", "bob", "carol"):
-        world.hub.add_user(name)
-    world.hub.add_user("root", admin=True)
     runtime = InMemoryRuntime(image_cache_ttl=0)
     runtime.add_image(IMAGE, LABELS)
     # Every container the fake engine starts is "published" on the fake application's port.
     runtime._ports = itertools.repeat(upstream.port)  # type: ignore[assignment]
-    sessions = Sessions(
-        runtime,
-        InMemoryRouteTable(),
-        InMemoryWorkspaces(),
-        InMemoryHostPaths(),
-        InMemoryReadinessProbe(),
-        realm="gate-unit",
-        access=AccessMode.GATED,
-        gate_url="http://127.0.0.1:1",
-        unit_of_work=world.database.unit_of_work,
-    )
-    deps = WebDeps(
-        settings=make_settings(),
-        identity=world.hub,
-        uow_factory=world.database.unit_of_work,
-        clock=world.clock,
-        sessions=sessions,
-    )
-    app = create_app(deps)
+    world = World(runtime=runtime)
+    for name in ("alice", "bob", "carol"):
+        world.hub.add_user(name)
+    world.hub.add_user("root", admin=True)
+    app = make_app(world, realm="gate-unit")
+    sessions = world.sessions
     server = TestServer(app)
     await server.start_server()
     gate_port = app[GATE].server.port
@@ -736,25 +715,7 @@ async def test_websocket_close_from_the_application_reaches_the_browser(stack: S
 
 # ------------------------------------------------------------------------------ direct mode
 async def test_direct_mode_mounts_no_gate(aiohttp_client: Callable[..., Awaitable[Client]]) -> None:
-    world = World()
-    sessions = Sessions(
-        InMemoryRuntime(),
-        InMemoryRouteTable(),
-        InMemoryWorkspaces(),
-        InMemoryHostPaths(),
-        InMemoryReadinessProbe(),
-        realm="gate-unit",
-        access=AccessMode.DIRECT,
-    )
-    app = create_app(
-        WebDeps(
-            settings=make_settings(container_access="direct"),
-            identity=world.hub,
-            uow_factory=world.database.unit_of_work,
-            clock=world.clock,
-            sessions=sessions,
-        )
-    )
+    app = make_app(World(), realm="gate-unit", container_access="direct")
     assert GATE not in app
     client = await aiohttp_client(app)
     url_id = "a" * 26

@@ -12,22 +12,18 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
-from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
+from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.adapters.memory_shared_state import (
     InMemoryLoginSessionRecords,
     InMemorySharedState,
 )
-from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.domain.errors import NotFound
 from remoteappmanager.domain.models import Policy
-from remoteappmanager.domain.sessions import AccessMode, Session
+from remoteappmanager.domain.sessions import Session
 from remoteappmanager.services.sessions import Sessions
-from remoteappmanager.web.app import create_app
-from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.gate.handler import GATE_COOKIE
-from remoteappmanager.web.keys import GATE
-from tests.support.webapp import PREFIX, World, cookie, make_settings, sign_in
+from remoteappmanager.web.keys import DEPS, GATE
+from tests.support.webapp import PREFIX, World, cookie, make_app, sign_in
 from tests.unit.test_gate import IMAGE, LABELS, ProxiedClient, Upstream, fake_application
 
 
@@ -58,38 +54,21 @@ class Pair:
 @pytest.fixture
 async def pair(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> AsyncIterator[Pair]:
     upstream = await aiohttp_server(fake_application(Upstream()))
-    world = World()
-    world.hub.add_user("alice")
-    world.hub.add_user("bob")
     runtime = InMemoryRuntime(image_cache_ttl=0)
     runtime.add_image(IMAGE, LABELS)
     runtime._ports = itertools.repeat(upstream.port)  # type: ignore[assignment]
-    routes = InMemoryRouteTable()
+    world = World(runtime=runtime)
+    world.hub.add_user("alice")
+    world.hub.add_user("bob")
     shared = InMemorySharedState()
     replicas = []
     try:
         for _ in range(2):
-            sessions = Sessions(
-                runtime,
-                routes,
-                InMemoryWorkspaces(),
-                InMemoryHostPaths(),
-                InMemoryReadinessProbe(),
-                realm="gate-replicas",
-                access=AccessMode.GATED,
-                gate_url="http://127.0.0.1:1",
-                unit_of_work=world.database.unit_of_work,
+            # Each replica its own wiring over the one engine, proxy and database.
+            app = make_app(
+                world, realm="gate-replicas", login_sessions=InMemoryLoginSessionRecords(shared)
             )
-            app = create_app(
-                WebDeps(
-                    settings=make_settings(),
-                    identity=world.hub,
-                    uow_factory=world.database.unit_of_work,
-                    clock=world.clock,
-                    sessions=sessions,
-                    login_sessions=InMemoryLoginSessionRecords(shared),
-                )
-            )
+            sessions = app[DEPS].sessions
             server = TestServer(app)
             await server.start_server()
             replicas.append(Replica(server, app[GATE].server.port, sessions))

@@ -10,8 +10,6 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from remoteappmanager.adapters.memory_shared_state import InMemoryLeaderElection
-from remoteappmanager.services.leadership import Leadership
 from tests.support.webapp import PREFIX, World, make_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,8 +32,7 @@ def _base(name: str) -> str:
 
 async def test_every_exported_metric_is_documented_and_nothing_else(aiohttp_client: Any) -> None:
     # As the composition root builds it: with a leadership, whose metric shows then.
-    leadership = Leadership(InMemoryLeaderElection())
-    client = await aiohttp_client(make_app(World(), leadership=leadership))
+    client = await aiohttp_client(make_app(World()))
     response = await client.get(PREFIX + "metrics")
     assert response.status == 200
     exported = set()

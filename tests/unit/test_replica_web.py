@@ -12,9 +12,8 @@ from remoteappmanager.adapters.memory_shared_state import (
     InMemoryLoginSessionRecords,
     InMemorySharedState,
 )
-from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.web.auth import SESSION_COOKIE, XSRF_COOKIE
-from remoteappmanager.web.keys import LOGIN_SESSIONS
+from remoteappmanager.web.keys import DEPS, LOGIN_SESSIONS
 from tests.support.session_world import wait_until
 from tests.support.webapp import PREFIX, World, cookie, make_app, replace_cookie, sign_in
 
@@ -85,8 +84,8 @@ async def test_health_and_metrics_say_whether_this_replica_leads(aiohttp_client:
     state = InMemorySharedState()
     clients = []
     for _ in range(2):
-        leadership = Leadership(InMemoryLeaderElection(state))
-        clients.append((await aiohttp_client(make_app(world, leadership=leadership)), leadership))
+        app = make_app(world, election=InMemoryLeaderElection(state))
+        clients.append((await aiohttp_client(app), app[DEPS].leadership))
     assert await clients[0][1].campaign_once()
     assert not await clients[1][1].campaign_once()
 

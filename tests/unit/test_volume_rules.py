@@ -247,7 +247,7 @@ def test_demo_grants_with_forbidden_volumes_stop_the_service_from_starting(
     )
 
     with pytest.raises(SettingsError, match=r"^REMOTEAPP_DEMO_APPLICATIONS: ") as refused:
-        bootstrap.build_web_deps(settings, identity=InMemoryIdentityProvider())
+        bootstrap.build(settings, identity=InMemoryIdentityProvider())
 
     assert says in str(refused.value)
 

@@ -39,7 +39,13 @@ async def test_health_is_200_when_every_dependency_answers(aiohttp_client: Any) 
     assert await response.json() == {
         "status": "ok",
         "down": [],
-        "checks": {"database": {"ok": True}, "hub": {"ok": True}},
+        "checks": {
+            "database": {"ok": True},
+            "docker": {"ok": True},
+            "hub": {"ok": True},
+            "proxy": {"ok": True},
+        },
+        "leader": True,
     }
     assert response.headers["Cache-Control"] == "no-store"
 
@@ -101,7 +107,13 @@ async def test_anonymous_callers_see_states_but_no_reasons(aiohttp_client: Any) 
         assert await response.json() == {
             "status": "unavailable",
             "down": ["database", "proxy"],
-            "checks": {"database": {"ok": False}, "hub": {"ok": True}, "proxy": {"ok": False}},
+            "checks": {
+                "database": {"ok": False},
+                "docker": {"ok": True},
+                "hub": {"ok": True},
+                "proxy": {"ok": False},
+            },
+            "leader": True,
         }
 
 

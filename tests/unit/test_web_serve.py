@@ -1,4 +1,5 @@
-"""``serve``: listens where JUPYTERHUB_SERVICE_URL says, logs JSON, stops cleanly on SIGTERM."""
+"""``remoteappmanager``'s ``serve``: listens where JUPYTERHUB_SERVICE_URL says, logs JSON, stops
+cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,13 +16,11 @@ SECRET = "hub-token-" + "s" * 30
 
 _SCRIPT = textwrap.dedent(
     """
-    import asyncio, contextlib, sys
-    from remoteappmanager.adapters.memory_db import InMemoryDatabase
-    from remoteappmanager.adapters.memory_identity import InMemoryIdentityProvider
-    from remoteappmanager.web.deps import WebDeps
+    import asyncio, contextlib, dataclasses, sys, time
+    from remoteappmanager.cli.manager import serve
     from remoteappmanager.settings import Settings
-    from remoteappmanager.web.app import serve
     from remoteappmanager.web.logs import configure_logging
+    from tests.support.webapp import World
 
     @contextlib.asynccontextmanager
     async def resource():
@@ -33,15 +32,13 @@ _SCRIPT = textwrap.dedent(
     settings = Settings(
         jupyterhub_service_url="http://127.0.0.1:" + sys.argv[1],
         jupyterhub_api_token=sys.argv[2],
+        gate_url="http://127.0.0.1:0",
         log_format="json",
     )
     configure_logging(settings.log_format, settings.log_level)
-    serve(WebDeps(
-        settings=settings,
-        identity=InMemoryIdentityProvider(),
-        uow_factory=InMemoryDatabase().unit_of_work,
-        resources=[resource],
-    ))
+    # The production wiring over in-memory ports, on the real clocks.
+    built = World().build(settings, clock=time.time, monotonic=time.monotonic)
+    serve(dataclasses.replace(built, resources=[*built.resources, resource]))
     """
 )
 

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
+import structlog
+from aiohttp import web
 
 from remoteappmanager import __version__, bootstrap
 from remoteappmanager.cli.output import fail
-from remoteappmanager.domain.errors import RemoteAppError
+from remoteappmanager.domain.errors import RemoteAppError, Unavailable
 from remoteappmanager.settings import Settings, SettingsError, load_settings
-from remoteappmanager.web import app as web_app
+from remoteappmanager.web.admission import tune_garbage_collector
+from remoteappmanager.web.app import create_app
+from remoteappmanager.web.deps import WebDeps
+from remoteappmanager.web.listening import BIND_ERRORS, SERVICE_SETTING, listen_failure
 from remoteappmanager.web.logs import configure_logging
+
+log = structlog.get_logger(__name__)
 
 PROG = "remoteappmanager"
 UPGRADE_COMMAND = f"`{PROG} db upgrade`"
+# Seconds in-flight requests get to finish once a stop is asked for.
+SHUTDOWN_TIMEOUT = 10.0
 _T = TypeVar("_T")
 
 
@@ -40,8 +51,9 @@ def main(ctx: click.Context) -> None:
     status = _run(bootstrap.schema_status(settings.database_url))
     if not status.at_head:
         fail(PROG, _not_at_head(status))
+    configure_logging(settings.log_format, settings.log_level)
     try:
-        serve(settings)
+        serve(bootstrap.build(settings))
     except RemoteAppError as exc:
         # Problems found while wiring the service (e.g. a bad demo_applications entry).
         fail(PROG, str(exc))
@@ -118,7 +130,65 @@ def _not_at_head(status: bootstrap.SchemaStatus) -> str:
     )
 
 
-def serve(settings: Settings) -> None:
-    """Build the service from ``settings`` through the composition root, and run it."""
-    configure_logging(settings.log_format, settings.log_level)
-    web_app.serve(bootstrap.build_web_deps(settings))
+def serve(built: WebDeps) -> None:
+    """Run the service wired by ``bootstrap.build`` on the host and port of
+    ``JUPYTERHUB_SERVICE_URL`` until SIGINT/SIGTERM.
+
+    uvloop is used when installed. On a stop signal the server stops accepting, gives
+    in-flight requests ``SHUTDOWN_TIMEOUT`` seconds, then closes every resource in reverse
+    order.
+    """
+    settings = built.settings
+    url = urlsplit(settings.jupyterhub_service_url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or 80
+    log.info("service_starting", host=host, port=port, prefix=settings.jupyterhub_service_prefix)
+    loop = _new_event_loop()
+    asyncio.set_event_loop(loop)
+    main_task = loop.create_task(_run_until_stopped(create_app(built), host, port))
+    try:
+        loop.run_until_complete(main_task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    except OSError as exc:
+        # Binding the service's own port (the gate's is explained where it binds).
+        if exc.errno not in BIND_ERRORS:
+            raise
+        raise Unavailable(listen_failure("the service", host, port, exc, SERVICE_SETTING)) from exc
+    finally:
+        if not main_task.done():  # stopped by a signal: clean up what runs
+            main_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main_task)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    log.info("service_stopped")
+
+
+async def _run_until_stopped(app: web.Application, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM, then stop gracefully: ``web.run_app`` without its one gap.
+
+    ``run_app`` starts the application outside its clean-up: when one resource fails to start
+    (a taken port, say), those started before it are left to the loop's finaliser, which prints
+    a traceback for each. Here the clean-up covers the start as well.
+    """
+    runner = web.AppRunner(
+        app, handle_signals=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        tune_garbage_collector()  # once everything start-up builds is there
+        await asyncio.Event().wait()  # until a signal raises GracefulExit
+    finally:
+        await runner.cleanup()
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop

@@ -8,14 +8,15 @@ another replica) knows when each session was last used, a flush interval late at
 
 ``StopLog`` records why a session ended (``user``, ``admin``, ``idle``, ``lifetime``,
 ``oom``, ``died``, ``reconcile``) in the database, keeps each user's recent stops in memory
-for their page, counts them, and tells the ``StopListener`` (the audit trail) about them.
+for their page and counts them. (The audit trail hears of stops from
+``Sessions.record_stop``, which writes here too.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -42,14 +43,6 @@ STOP_RETENTION = timedelta(days=7)
 # Stops remembered per user in memory, and users remembered.
 _STOPS_PER_USER = 20
 _MAX_USERS_REMEMBERED = 100_000
-
-StopListener = Callable[[str, str, StopReason], Awaitable[None]]
-"""Told ``(url_id, user, reason)`` after a session ended (the audit trail records it). It
-must not raise; what it raises is logged and dropped."""
-
-
-async def no_stop_listener(url_id: str, user: str, reason: StopReason) -> None:
-    """The default ``StopListener``: nobody is told."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,13 +157,11 @@ class StopLog:
         unit_of_work: UnitOfWorkFactory,
         tracker: ActivityTracker,
         *,
-        listener: StopListener = no_stop_listener,
         counter: Callable[[StopReason], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._unit_of_work = unit_of_work
         self._tracker = tracker
-        self.listener = listener
         self.counter = counter
         self._clock = clock
         # user -> their recent stops, newest first (loaded from the database once).
@@ -208,10 +199,6 @@ class StopLog:
             log.warning("session.stop_unrecorded", url_id=session.url_id, error=exc.message)
         finally:
             self._pending.pop(session.url_id, None)
-        try:
-            await self.listener(session.url_id, session.user, reason)
-        except Exception:
-            log.exception("session.stop_listener_failed", url_id=session.url_id)
         log.info("session.ended", user=session.user, url_id=session.url_id, reason=reason.value)
 
     def _record_of(self, session: Session, reason: StopReason) -> StopRecord:

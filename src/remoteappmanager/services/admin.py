@@ -11,8 +11,8 @@ Contract:
 - A grant's volume must pass the volume rules (``volumes``; without them no volume may be
   granted): ``InvalidRequest`` and nothing written.
 - Every change of grants is shown on the users' pages at once (``Applications.forget_grants``).
-- Without a container engine (``sessions`` None) the catalogue can still be managed; the
-  session use cases raise ``Unavailable``.
+- While the container engine cannot be reached the catalogue can still be managed: an
+  application's image state says so; the session use cases raise ``Unavailable``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from remoteappmanager.services.catalogue import ApplicationRef, UserGrants, Volu
 from remoteappmanager.services.sessions import Sessions
 
 log = structlog.get_logger(__name__)
-
-_NO_ENGINE = "this service is not connected to a container engine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +68,8 @@ class Administration:
         uow_factory: UnitOfWorkFactory,
         *,
         realm: str,
-        sessions: Sessions | None = None,
-        applications: Applications | None = None,
+        sessions: Sessions,
+        applications: Applications,
         volumes: VolumeGuard | None = None,
         audit: Recorder = DISCARD,
     ) -> None:
@@ -119,9 +117,8 @@ class Administration:
 
     async def create_application(self, image: str, *, actor: str = SYSTEM_ACTOR) -> Application:
         application = await catalogue.create_application(self._uow, image, by=self._by(actor))
-        if self._applications is not None:
-            # The image may have been built since it was last looked up.
-            self._applications.forget_image(application.image)
+        # The image may have been built since it was last looked up.
+        self._applications.forget_image(application.image)
         log.info("admin.application_created", image=application.image, id=application.id)
         return application
 
@@ -138,8 +135,6 @@ class Administration:
         log.info("admin.application_removed", image=application.image, id=application.id)
 
     async def _registered(self, application: Application) -> RegisteredApplication:
-        if self._applications is None:
-            return RegisteredApplication(application, None, None, _NO_ENGINE)
         try:
             state = await self._applications.image_state(application.image)
         except Unavailable as exc:
@@ -229,7 +224,7 @@ class Administration:
     # ----------------------------------------------------------------- sessions
     async def list_sessions(self) -> list[Session]:
         """Every session of this realm, by user then image."""
-        sessions = await self._require_sessions().list_all()
+        sessions = await self._sessions.list_all()
         return sorted(sessions, key=lambda s: (s.user, s.image, s.url_id))
 
     async def sessions_page(
@@ -245,22 +240,18 @@ class Administration:
 
     async def get_session(self, url_id: str) -> Session:
         """Session ``url_id`` whoever owns it; ``NotFound`` if there is none."""
-        return await self._require_sessions().get_any(url_id)
+        return await self._sessions.get_any(url_id)
 
     async def stop_session(self, url_id: str, *, actor: str = SYSTEM_ACTOR) -> None:
         """Stop session ``url_id`` whoever owns it; ``NotFound`` if there is none."""
-        await self._require_sessions().stop_any(url_id, actor=actor, reason=StopReason.ADMIN)
+        await self._sessions.stop_any(url_id, actor=actor, reason=StopReason.ADMIN)
         log.info("admin.session_stopped", url_id=url_id)
 
     async def statistics(self) -> Statistics:
         # Counted, not listed: a realm of 10,000 users costs one indexed count.
         num_users, _ = await catalogue.page_users(self._uow, contains=None, limit=1, offset=0)
         applications = await catalogue.list_applications(self._uow)
-        running = (
-            [s for s in await self._sessions.list_all() if s.state is SessionState.RUNNING]
-            if self._sessions is not None
-            else []
-        )
+        running = [s for s in await self._sessions.list_all() if s.state is SessionState.RUNNING]
         return Statistics(
             realm=self.realm,
             num_total_users=num_users,
@@ -270,17 +261,10 @@ class Administration:
         )
 
     # ----------------------------------------------------------------- helpers
-    def _require_sessions(self) -> Sessions:
-        if self._sessions is None:
-            raise Unavailable(_NO_ENGINE)
-        return self._sessions
-
     def _by(self, actor: str) -> Attribution:
         return Attribution(self._audit, actor)
 
     async def _stop_sessions(self, include: Callable[[Session], bool], actor: str) -> None:
-        if self._sessions is None:
-            return
         for session in await self._sessions.list_all():
             if not include(session):
                 continue
@@ -291,5 +275,4 @@ class Administration:
             log.info("admin.session_stopped", user=session.user, url_id=session.url_id)
 
     def _forget_grants(self, user: str | None) -> None:
-        if self._applications is not None:
-            self._applications.forget_grants(user)
+        self._applications.forget_grants(user)

@@ -260,7 +260,7 @@ class Sessions:
         return self._merge(containers, lambda claim: True)
 
     async def _realm_containers(self) -> Sequence[ContainerInfo]:
-        now = time.monotonic()
+        now = self._clock()
         generation = self._generation
         cached = self._listing
         if cached is not None and cached[0] == generation and now - cached[1] < self._listing_ttl:

@@ -273,10 +273,7 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
 async def _session_times(
     request: web.Request, sessions: Sequence[Session]
 ) -> dict[str, SessionTimes]:
-    applications = request.app.get(APPLICATIONS)
-    if applications is None:
-        return {}
-    return await applications.session_times(None, sessions)
+    return await request.app[APPLICATIONS].session_times(None, sessions)
 
 
 @require_admin

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from remoteappmanager.domain.errors import NotFound, Unavailable
+from remoteappmanager.domain.errors import NotFound
 from remoteappmanager.domain.shares import ShareMode
 from remoteappmanager.services.shares import ControlAction, Shares
 from remoteappmanager.web.api import (
@@ -40,10 +40,7 @@ _TAG = "sharing"
 
 
 def _shares(request: web.Request) -> Shares:
-    shares = request.app.get(SHARES)
-    if shares is None:
-        raise Unavailable("this service is not connected to a container engine")
-    return shares
+    return request.app[SHARES]
 
 
 def _connected(request: web.Request, url_id: str, owner: str) -> list[ConnectedOut]:

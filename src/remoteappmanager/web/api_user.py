@@ -39,17 +39,11 @@ def container_location(request: web.Request, url_id: str) -> str:
 
 
 def _sessions(request: web.Request) -> Sessions:
-    sessions = request.app.get(SESSIONS)
-    if sessions is None:
-        raise Unavailable("this service is not connected to a container engine")
-    return sessions
+    return request.app[SESSIONS]
 
 
 def _applications(request: web.Request) -> Applications:
-    applications = request.app.get(APPLICATIONS)
-    if applications is None:
-        raise Unavailable("this service is not connected to a container engine")
-    return applications
+    return request.app[APPLICATIONS]
 
 
 def _application_out(request: web.Request, application: UserApplication) -> ApplicationOut:
@@ -148,9 +142,7 @@ async def container_activity(request: web.Request) -> web.StreamResponse:
     user = signed_in_user(request)
     sessions = _sessions(request)
     found = await sessions.get(user.name, request.match_info["url_id"])
-    activity = request.app[DEPS].activity
-    if activity is not None:
-        activity.client_input(found.url_id)
+    request.app[DEPS].activity.client_input(found.url_id)
     times = await _applications(request).session_times(user.name, [found], user.groups)
     return json_response(ContainerOut.of(found, sessions.realm, times.get(found.url_id)))
 

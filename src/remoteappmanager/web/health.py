@@ -139,10 +139,8 @@ async def _is_admin(request: web.Request) -> bool:
 async def health_handler(request: web.Request) -> web.Response:
     report = await request.app[HEALTH].report()
     body = report.detailed() if await _is_admin(request) else report.public()
-    leadership = request.app[DEPS].leadership
-    if leadership is not None:
-        # Whether this replica runs the reconciler (one replica at a time does).
-        body["leader"] = leadership.leading
+    # Whether this replica runs the reconciler (one replica at a time does).
+    body["leader"] = request.app[DEPS].leadership.leading
     return web.json_response(
         body,
         status=200 if report.healthy else 503,

@@ -41,16 +41,15 @@ HEALTH: web.AppKey[CachedHealth] = web.AppKey("health")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
 # Reads answered at once (``web.admission``); absent when unbounded.
 ADMISSION: web.AppKey[asyncio.Semaphore] = web.AppKey("admission")
-# Present when the service has a container engine (``WebDeps.sessions``).
 SESSIONS: web.AppKey[Sessions] = web.AppKey("sessions")
 APPLICATIONS: web.AppKey[Applications] = web.AppKey("applications")
-# Sharing running applications; present with SESSIONS.
+# Sharing running applications.
 SHARES: web.AppKey[Shares] = web.AppKey("shares")
 # Each user's serialised ``applications/`` answer, reused while it would come out the same.
 APPLICATION_LISTINGS: web.AppKey[AnswerCache[list[UserApplication]]] = web.AppKey(
     "application_listings"
 )
-# The admin API's and page's use cases (always present; its session use cases need SESSIONS).
+# The admin API's and page's use cases.
 ADMIN: web.AppKey[Administration] = web.AppKey("admin")
 # The REST API's routes; a module adds its own with ``register(app[API_REGISTRY])``.
 API_REGISTRY: web.AppKey[ApiRegistry] = web.AppKey("api_registry")

@@ -21,12 +21,11 @@ from remoteappmanager.domain.errors import (
     Unavailable,
 )
 from remoteappmanager.domain.routing import app_origin, is_app_host
-from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.domain.shares import ShareMode
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
 from remoteappmanager.services.activity import ActivityTracker
-from remoteappmanager.services.gate_access import GateAccess, GateTarget, ImageType
+from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
@@ -683,25 +682,17 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
     """Set the gate up when the sessions route through it (gated mode); True if set up.
 
     Needs ``ACCESS``, ``SIGNER``, ``LOGIN_SESSIONS``, ``IDENTITY``, ``METRICS``, ``SETTINGS``
-    and ``URLS`` set on ``app``, and ``deps.sessions`` built with ``AccessMode.GATED``.
+    and ``URLS`` set on ``app``, and ``deps.gate_access`` (built in gated mode).
     Mounts ``{svc}gate/<url_id>`` and, while the application runs, listens on
-    ``Settings.gate_address``. Otherwise (direct mode, or no container engine) nothing is
-    set up and neither exists.
+    ``Settings.gate_address``. Otherwise (direct mode) nothing is set up and neither exists.
     """
-    sessions = deps.sessions
-    if sessions is None or sessions.access is not AccessMode.GATED:
+    if deps.gate_access is None:
         return False
     prefix = app[URLS].prefix
     settings = app[SETTINGS]
     public = origin_of_url(settings.jupyterhub_public_url)
     gate = Gate(
-        access=GateAccess(
-            sessions,
-            deps.uow_factory,
-            shares=app[SHARES],
-            image_type=_image_type(deps),
-            clock=deps.clock,
-        ),
+        access=deps.gate_access,
         signer=app[SIGNER],
         store=app[LOGIN_SESSIONS],
         identity=app[IDENTITY],
@@ -739,18 +730,6 @@ def _desktop_viewer() -> DesktopViewer | None:
         return None
     log.info("gate.desktop_viewer", novnc=str(novnc), files=len(viewer.files))
     return viewer
-
-
-def _image_type(deps: WebDeps) -> ImageType | None:
-    applications = deps.applications
-    if applications is None:
-        return None
-
-    async def image_type(image: str) -> str | None:
-        metadata = (await applications.image_state(image)).metadata
-        return None if metadata is None else str(metadata.type)
-
-    return image_type
 
 
 async def _listening(app: web.Application) -> AsyncIterator[None]:
