@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from remoteappmanager.domain.audit import AuditEvent
+from remoteappmanager.domain.audit import COUNT_AHEAD, AuditEvent, EventPage
 from remoteappmanager.domain.confinement import ResourceLimits, limits_for
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import (
@@ -935,7 +935,28 @@ class EventOut(_Answer):
 
 
 class EventList(ItemList[EventOut]):
-    """``admin/events/``: newest first, by ``id``."""
+    """``admin/events/``: newest first, by ``id``. Matches are counted only so far past the
+    page: beyond that ``total`` is a lower bound and ``total_exact`` is false."""
+
+    total: int = Field(
+        description="How many events match: exactly if `total_exact`, otherwise at least this many."
+    )
+    total_exact: bool = Field(
+        description=f"False when counting stopped {COUNT_AHEAD:,} events past this page: more "
+        "events than `total` may match."
+    )
+
+    @classmethod
+    def counted(cls, page: EventPage, *, offset: int) -> EventList:
+        """One page of the audit trail, with its count as far as it went."""
+        items = {str(event.id): EventOut.of(event) for event in page.events}
+        return cls.model_construct(
+            offset=offset,
+            total=page.total,
+            total_exact=page.total_exact,
+            items=items,
+            identifiers=list(items),
+        )
 
 
 def iso_time(moment: datetime) -> str:
