@@ -92,6 +92,10 @@ class GateRequest:
     """The ``Host`` header (where the browser thinks it is), None if none came."""
     forwarded_proto: str | None = None
     """``X-Forwarded-Proto`` as the proxy set it."""
+    accept_encoding: str | None = None
+    """``Accept-Encoding``, for what the gate answers itself (the desktop viewer)."""
+    if_none_match: str | None = None
+    """``If-None-Match``, likewise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +190,7 @@ _CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
 # headers (RFC 9110 7.6.1) are dropped, or replaced by what this hop needs.
 _DROP, _COOKIE, _AUTHORIZATION, _XFF, _XFPROTO, _XFHOST, _HOST, _REQUEST_ID = range(8)
 _UPGRADE, _CONNECTION, _EXPECT, _TRANSFER_ENCODING, _CONTENT_LENGTH, _SET_COOKIE = range(8, 14)
-_ORIGIN = 14
+_ORIGIN, _ACCEPT_ENCODING, _IF_NONE_MATCH = range(14, 17)
 _HOP_BY_HOP = {
     b"connection": _CONNECTION,
     b"keep-alive": _DROP,
@@ -208,6 +212,8 @@ _REQUEST_HEADERS = {
     b"host": _HOST,
     b"x-request-id": _REQUEST_ID,
     b"origin": _ORIGIN,
+    b"accept-encoding": _ACCEPT_ENCODING,
+    b"if-none-match": _IF_NONE_MATCH,
     b"content-length": _CONTENT_LENGTH,
     # Answered here when the request is let through; the application must not wait for it.
     b"expect": _EXPECT,
@@ -248,6 +254,11 @@ _BROKEN = 32  # unreadable input: nothing more is read
 _IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _SPLICE, _CLOSED = range(7)
 # Chunked body phases.
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+
+def _joined(before: bytes | None, value: bytes) -> bytes:
+    """A list header's values, however many lines it came in (RFC 9110 5.3)."""
+    return value if before is None else before + b", " + value
 
 
 def render(answer: Answer, *, close: bool, head_only: bool = False) -> bytes:
@@ -648,6 +659,7 @@ class _Downstream(asyncio.Protocol):
         cookies: list[str] = []
         authorization: str | None = None
         forwarded_for = host = upgrade = encoding = origin = proto = None
+        accept_encoding = if_none_match = None
         has_proto = has_host = has_id = False
         hosts = authorizations = 0
         listed: set[bytes] | None = None
@@ -697,6 +709,12 @@ class _Downstream(asyncio.Protocol):
             elif code == _XFHOST:
                 has_host = True
                 lines.append(b"%b: %b\r\n" % (name, value))
+            elif code == _ACCEPT_ENCODING:
+                accept_encoding = _joined(accept_encoding, value)
+                lines.append(b"%b: %b\r\n" % (name, value))
+            elif code == _IF_NONE_MATCH:
+                if_none_match = _joined(if_none_match, value)
+                lines.append(b"%b: %b\r\n" % (name, value))
         # Where the parser is lenient, the gate is not: the application (or a proxy behind
         # it) could read these another way than llhttp did.
         if hosts > 1 or (hosts == 0 and not exchange.http10) or authorizations > 1:
@@ -734,6 +752,8 @@ class _Downstream(asyncio.Protocol):
             origin=None if origin is None else origin.decode("latin-1"),
             host=None if host is None else host.decode("latin-1"),
             forwarded_proto=None if proto is None else proto.decode("latin-1"),
+            accept_encoding=None if accept_encoding is None else accept_encoding.decode("latin-1"),
+            if_none_match=None if if_none_match is None else if_none_match.decode("latin-1"),
         )
         return exchange
 
