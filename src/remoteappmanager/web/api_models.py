@@ -188,11 +188,15 @@ class ContainerOut(_Answer):
         description="`stopped`: its process ended (the container is removed shortly), or it "
         "was stopped (see `stop_reason`)."
     )
-    step: Literal["creating", "starting", "waiting for the app", "routing"] | None = Field(
+    step: (
+        Literal["creating", "starting", "pulling the image", "waiting for the app", "routing"]
+        | None
+    ) = Field(
         default=None,
         description="While the container is starting: the step its start is at (`creating` "
-        "the container, `starting` it, `waiting for the app` to answer, `routing` the proxy "
-        "to it); null otherwise. Poll the container (or the application) to follow a start.",
+        "the container, `starting` it, `pulling the image` on a swarm node that prepares the "
+        "task, `waiting for the app` to answer, `routing` the proxy to it); null otherwise. "
+        "Poll the container (or the application) to follow a start.",
     )
     started_at: str | None = Field(description="When it started (ISO 8601, UTC).")
     last_input_at: str | None = Field(
