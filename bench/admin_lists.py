@@ -5,12 +5,19 @@ store's batched insert and bulk inserts of the catalogue, then asks the admin en
 the real aiohttp application (production wiring, in-memory engine and hub) one request at a
 time, and prints p50 and p99 per endpoint. No assertion: the figures go in docs/benchmarks.md.
 
-    .venv/bin/python bench/admin_lists.py [EVENTS] [USERS] [GRANTS] [--postgres]
+The event listings are asked twice, request by request in turn, of two applications on the
+same database: one whose store counts every match (``total`` exact however many match, as the
+listing did before its count was bounded) and the production one (counting stops
+``COUNT_AHEAD`` events past the page), so that both columns see the same load.
+``--events`` measures the event listings only.
+
+    .venv/bin/python bench/admin_lists.py [EVENTS] [USERS] [GRANTS] [--postgres] [--events]
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import statistics
 import sys
@@ -18,6 +25,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -47,7 +55,14 @@ from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
     InMemoryHostPaths,
     InMemoryWorkspaces,
 )
-from remoteappmanager.domain.audit import AuditAction, NewEvent  # noqa: E402
+from remoteappmanager.domain.audit import (  # noqa: E402
+    AuditAction,
+    EventPage,
+    EventQuery,
+    NewEvent,
+)
+from remoteappmanager.ports.audit import EventStore  # noqa: E402
+from remoteappmanager.services.audit import AuditTrail  # noqa: E402
 from remoteappmanager.settings import Settings  # noqa: E402
 from remoteappmanager.web.app import create_app  # noqa: E402
 
@@ -61,6 +76,30 @@ APPLICATIONS = 50
 REQUESTS = 60
 WARM_UP = 3
 ACTIONS = list(AuditAction)
+
+
+# Past any trail's size: the count goes over every match.
+EVERY_MATCH = 2**60
+
+
+class EveryMatchCountedOrNot:
+    """An event store whose listings count every match while ``every_match`` is set, as they
+    did before the bound, and up to the bound otherwise."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self.every_match = False
+
+    async def append(self, events: list[NewEvent]) -> None:
+        await self._store.append(events)
+
+    async def query(self, query: EventQuery) -> EventPage:
+        if self.every_match:
+            query = dataclasses.replace(query, count_ahead=EVERY_MATCH)
+        return await self._store.query(query)
+
+    async def prune(self, before: datetime, limit: int) -> int:
+        return await self._store.prune(before, limit)
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -129,7 +168,13 @@ async def fill(url: str, events: int, users: int, grants: int) -> None:
         await database.close()
 
 
-async def measure(url: str, workdir: Path, users: int) -> list[tuple[str, float, float, int]]:
+Result = tuple[str, float, float, int]
+
+
+async def measure(
+    url: str, workdir: Path, users: int, events_only: bool
+) -> tuple[list[Result], list[tuple[str, Result, Result]]]:
+    """The other listings' figures, and the event listings' before and after the bound."""
     hub = InMemoryIdentityProvider()
     hub.add_user("root", admin=True)
     settings = Settings(
@@ -150,17 +195,23 @@ async def measure(url: str, workdir: Path, users: int) -> list[tuple[str, float,
         workspaces=InMemoryWorkspaces(),
         host_paths=InMemoryHostPaths(set()),
     )
+    events_database = SqlDatabase(url)
+    store = EveryMatchCountedOrNot(events_database.events())
+    deps = dataclasses.replace(deps, audit=AuditTrail(store))
     headers = {"Authorization": f"token {hub.issue_token('root')}"}
     middle = f"user{users // 2:06d}"
     since = (datetime.now(UTC) - timedelta(days=30)).isoformat()
-    cases = [
+    event_cases = [
         ("events/ (first page)", "events/", {}),
+        ("events/ ?limit=50 (admin page)", "events/", {"limit": "50"}),
         ("events/ ?limit=1000", "events/", {"limit": "1000"}),
         ("events/ ?offset=100000", "events/", {"offset": "100000"}),
         ("events/ ?actor=one user", "events/", {"actor": middle}),
         ("events/ ?action=grant", "events/", {"action": "grant"}),
         ("events/ ?since=30 days", "events/", {"since": since}),
         ("events/ ?format=csv&limit=1000", "events/", {"format": "csv", "limit": "1000"}),
+    ]
+    cases = [
         ("users/ (every one)", "users/", {}),
         ("users/ ?limit=50&offset=5000", "users/", {"limit": "50", "offset": "5000"}),
         ("users/ ?name=part&limit=50", "users/", {"name": middle[:-1], "limit": "50"}),
@@ -169,32 +220,68 @@ async def measure(url: str, workdir: Path, users: int) -> list[tuple[str, float,
         ("containers/ ?limit=50", "containers/", {"limit": "50"}),
         ("stats/", "stats/", {}),
     ]
-    results = []
-    async with TestClient(TestServer(create_app(deps), host="127.0.0.1")) as client:
-        for name, path, params in cases:
-            timings: list[float] = []
-            size = 0
-            for attempt in range(WARM_UP + REQUESTS):
-                began = time.perf_counter()
-                async with client.get(ADMIN + path, params=params, headers=headers) as answer:
-                    body = await answer.read()
-                    if answer.status != 200:
-                        raise RuntimeError(f"{name}: {answer.status} {body[:200]!r}")
-                if attempt >= WARM_UP:
-                    timings.append((time.perf_counter() - began) * 1000)
-                size = len(body)
-            results.append((name, statistics.median(timings), _percentile(timings, 0.99), size))
-    return results
+
+    async def timed(client: TestClient[Any, Any], name: str, path: str, params: Any) -> Any:
+        began = time.perf_counter()
+        async with client.get(ADMIN + path, params=params, headers=headers) as answer:
+            body = await answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"{name}: {answer.status} {body[:200]!r}")
+        return (time.perf_counter() - began) * 1000, len(body)
+
+    def result(name: str, timings: list[float], size: int) -> Result:
+        return (name, statistics.median(timings), _percentile(timings, 0.99), size)
+
+    results: list[Result] = []
+    compared: list[tuple[str, Result, Result]] = []
+    try:
+        async with TestClient(TestServer(create_app(deps), host="127.0.0.1")) as client:
+            for name, path, params in event_cases:
+                was: list[float] = []
+                now: list[float] = []
+                sizes = [0, 0]
+                for attempt in range(WARM_UP + REQUESTS):
+                    store.every_match = True
+                    was_ms, sizes[0] = await timed(client, name, path, params)
+                    store.every_match = False
+                    now_ms, sizes[1] = await timed(client, name, path, params)
+                    if attempt >= WARM_UP:
+                        was.append(was_ms)
+                        now.append(now_ms)
+                compared.append((name, result(name, was, sizes[0]), result(name, now, sizes[1])))
+            for name, path, params in [] if events_only else cases:
+                timings: list[float] = []
+                size = 0
+                for attempt in range(WARM_UP + REQUESTS):
+                    elapsed, size = await timed(client, name, path, params)
+                    if attempt >= WARM_UP:
+                        timings.append(elapsed)
+                results.append(result(name, timings, size))
+    finally:
+        await events_database.close()
+    return results, compared
 
 
-def report(label: str, fill_s: float, results: list[tuple[str, float, float, int]]) -> None:
+def report(
+    label: str,
+    fill_s: float,
+    measured: tuple[list[Result], list[tuple[str, Result, Result]]],
+) -> None:
+    results, compared = measured
     print(f"\n{label} (filled in {fill_s:.0f} s); {REQUESTS} requests each, one at a time")
-    print(f"{'endpoint':34} {'p50 ms':>8} {'p99 ms':>8} {'bytes':>10}")
+    print("event listings: every match counted (before) | counted up to the bound (after)")
+    print(
+        f"{'endpoint':34} {'p50 before':>11} {'p99 before':>11} {'p50 after':>10} {'p99 after':>10}"
+    )
+    for name, was, now in compared:
+        print(f"{name:34} {was[1]:11.1f} {was[2]:11.1f} {now[1]:10.1f} {now[2]:10.1f}")
+    if results:
+        print(f"\n{'endpoint':34} {'p50 ms':>8} {'p99 ms':>8} {'bytes':>10}")
     for name, p50, p99, size in results:
         print(f"{name:34} {p50:8.1f} {p99:8.1f} {size:10d}")
 
 
-async def main(events: int, users: int, grants: int, postgres: bool) -> None:
+async def main(events: int, users: int, grants: int, postgres: bool, events_only: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="admin-lists-") as tmp:
         workdir = Path(tmp)
         url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
@@ -205,7 +292,7 @@ async def main(events: int, users: int, grants: int, postgres: bool) -> None:
         report(
             f"SQLite: {events:,} events, {users:,} users, {grants:,} grants",
             filled,
-            await measure(url, workdir, users),
+            await measure(url, workdir, users, events_only),
         )
         if postgres:
             from tests.support.services import start_postgres
@@ -220,7 +307,7 @@ async def main(events: int, users: int, grants: int, postgres: bool) -> None:
                 report(
                     f"PostgreSQL: {events:,} events, {users:,} users, {grants:,} grants",
                     filled,
-                    await measure(pg_url, workdir, users),
+                    await measure(pg_url, workdir, users, events_only),
                 )
             finally:
                 cluster.stop()
@@ -229,4 +316,6 @@ async def main(events: int, users: int, grants: int, postgres: bool) -> None:
 if __name__ == "__main__":
     arguments = [a for a in sys.argv[1:] if not a.startswith("--")]
     numbers = [int(a) for a in arguments] + [1_000_000, 10_000, 50_000][len(arguments) :]
-    asyncio.run(main(*numbers[:3], postgres="--postgres" in sys.argv))
+    asyncio.run(
+        main(*numbers[:3], postgres="--postgres" in sys.argv, events_only="--events" in sys.argv)
+    )

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +60,7 @@ from remoteappmanager.adapters.memory_runtime import InMemoryRuntime  # noqa: E4
 from remoteappmanager.domain.containers import ContainerInfo, ContainerSpec  # noqa: E402
 from remoteappmanager.domain.labels import ImageMetadata  # noqa: E402
 from remoteappmanager.domain.models import Policy  # noqa: E402
+from remoteappmanager.domain.sessions import StartStep  # noqa: E402
 from remoteappmanager.services import catalogue  # noqa: E402
 from remoteappmanager.settings import Settings  # noqa: E402
 from remoteappmanager.web.admission import tune_garbage_collector  # noqa: E402
@@ -90,9 +91,11 @@ class SlowRuntime(InMemoryRuntime):
         await asyncio.sleep(0.05)
         return await super().create(spec)
 
-    async def start(self, container_id: str) -> ContainerInfo:
+    async def start(
+        self, container_id: str, progress: Callable[[StartStep], None] | None = None
+    ) -> ContainerInfo:
         await asyncio.sleep(0.05)
-        return await super().start(container_id)
+        return await super().start(container_id, progress)
 
 
 def user_name(n: int) -> str:

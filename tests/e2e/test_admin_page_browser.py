@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from remoteappmanager.adapters.memory_identity import AUTHORIZE_PATH
+from remoteappmanager.domain.audit import COUNT_AHEAD, AuditAction, NewEvent
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.services import catalogue
 from tests.support.browser import namespaced_chromium, screenshot
@@ -215,6 +217,8 @@ async def test_a_dangerous_volume_is_refused_with_the_reason_and_nothing_is_writ
 async def test_the_activity_view_lists_filters_and_pages_the_audit_trail(
     page: Page, site: Site
 ) -> None:
+    # Signed in first: root's sign-in is an event too, and must not be the newest.
+    await _show(page, site, "#/")
     for number in range(60):
         site.world.audit.record("=formula", "grant", f"m{number}", {"image": HOSTILE_LABEL})
 
@@ -247,6 +251,32 @@ async def test_the_activity_view_lists_filters_and_pages_the_audit_trail(
     assert csv_link is not None
     assert "format=csv" in csv_link
     assert "action=start" in csv_link
+
+
+async def test_a_long_audit_trail_is_paged_with_its_count_as_a_lower_bound(
+    page: Page, site: Site
+) -> None:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    await site.world.events.append(
+        [
+            NewEvent.of(moment, "pager", AuditAction.LOGIN, f"t{n}", {})
+            for n in range(COUNT_AHEAD + 200)
+        ]
+    )
+
+    await _show(page, site, "#/activity")
+    # A fresh page: no filter left from an earlier test of this module.
+    await page.reload()
+    await page.locator(".loading-line").wait_for(state="detached")
+    status = page.locator(".pager-status")
+    # Counted up to COUNT_AHEAD past the page: the view says "at least", and pages on.
+    await status.filter(has_text=f"1\u201350 of at least {50 + COUNT_AHEAD + 1}").wait_for()
+    await page.get_by_role("button", name="Next").click()
+    await status.filter(has_text=f"51\u2013100 of at least {100 + COUNT_AHEAD + 1}").wait_for()
+    assert await page.locator("#datatable tbody tr").count() == 50
+    await page.get_by_role("button", name="Previous").click()
+    await status.filter(has_text=f"1\u201350 of at least {50 + COUNT_AHEAD + 1}").wait_for()
+    await screenshot(page, "admin-17-activity-long-trail")
 
 
 # ------------------------------------------------------------------------------ paging

@@ -324,6 +324,28 @@ async def test_a_start_shows_its_steps_as_they_happen(
     assert await steps.is_hidden()
 
 
+async def test_pulling_the_image_shows_as_a_step_only_while_it_lasts(
+    page: Page, site: Site, backend: FakeBackend
+) -> None:
+    apps = _catalogue(backend)
+    backend.start_steps = ["creating", "starting", "pulling the image", "waiting for the app"]
+    backend.start_delay = 4.0
+    await _open(page, site, "#" + apps["web"].mapping_id)
+    await page.click("#start-button")
+    steps = page.locator("#start-steps")
+    pulling = steps.locator("li[data-step='pulling the image']")
+
+    await steps.locator("li[aria-current=step][data-step='pulling the image']").wait_for()
+    assert await pulling.text_content() == "Pulling the image onto the node"
+    assert await steps.locator("li.step-done").all_text_contents() == [
+        "Creating the container",
+        "Starting it",
+    ]
+    await steps.locator("li[aria-current=step][data-step='waiting for the app']").wait_for()
+    assert await pulling.count() == 0
+    await page.frame_locator("#application").locator("#fake-app").wait_for()
+
+
 async def test_a_failed_start_names_its_step_and_leaves_the_page_startable(
     page: Page, site: Site, backend: FakeBackend
 ) -> None:

@@ -99,6 +99,34 @@ async def test_filters_combine_and_paging_keeps_the_total(store: EventStore) -> 
     assert nothing.events == ()
 
 
+async def test_counting_stops_past_the_page_and_then_says_at_least(store: EventStore) -> None:
+    # Nine events, newest "n8" first; counting goes at most two events past the page.
+    await store.append([_event(n, "alice", AuditAction.START, f"n{n}") for n in range(9)])
+
+    def query(offset: int, since: datetime | None = None) -> EventQuery:
+        return EventQuery(limit=3, offset=offset, count_ahead=2, since=since)
+
+    first = await store.query(query(0))
+    middle = await store.query(query(3))
+    last = await store.query(query(6))
+    past_the_end = await store.query(query(12))
+    since = await store.query(query(0, since=T0 + timedelta(minutes=4)))
+    few = await store.query(query(0, since=T0 + timedelta(minutes=5)))
+
+    # 3 on the page + 2 ahead = 5 counted exactly; a sixth match makes it "at least 6".
+    assert (first.total, first.total_exact) == (6, False)
+    assert [e.target for e in first.events] == ["n8", "n7", "n6"]
+    # The second page's bound is 3 + 3 + 2 = 8: the ninth is past it.
+    assert (middle.total, middle.total_exact) == (9, False)
+    assert [e.target for e in middle.events] == ["n5", "n4", "n3"]
+    assert (last.total, last.total_exact) == (9, True)
+    assert [e.target for e in last.events] == ["n2", "n1", "n0"]
+    assert (past_the_end.total, past_the_end.total_exact, past_the_end.events) == (9, True, ())
+    # Five match since minute 4: exactly the bound, so exact.
+    assert (since.total, since.total_exact) == (5, True)
+    assert (few.total, few.total_exact) == (4, True)
+
+
 async def test_since_and_until_compare_instants_whatever_the_zone(store: EventStore) -> None:
     await _seed(store)
     plus_two = T0.astimezone(timezone(timedelta(hours=2)))

@@ -16,11 +16,12 @@ import pytest
 
 from remoteappmanager.adapters.docker import AiodockerRuntime
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
-from remoteappmanager.adapters.swarm import SwarmRuntime
+from remoteappmanager.adapters.swarm import POLL_INTERVAL, SwarmRuntime
 from remoteappmanager.domain.confinement import Confinement, ResourceLimits
 from remoteappmanager.domain.containers import RUNINFO_NAMESPACE, ContainerSpec, Mount
 from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Unable, Unavailable
 from remoteappmanager.domain.labels import AppType
+from remoteappmanager.domain.sessions import StartStep
 from remoteappmanager.ports.runtime import ContainerRuntime
 from tests.support.busybox_image import (
     CRASHING_IMAGE,
@@ -580,6 +581,46 @@ async def test_a_swarm_session_is_a_service_publishing_nothing(
     [task] = tasks
     networks = [a["Network"]["Spec"]["Name"] for a in task["NetworksAttachments"]]
     assert networks == [SWARM_NETWORK]
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+async def test_a_swarm_start_reports_pulling_the_image_while_its_task_is_preparing(
+    swarm_runtime: SwarmRuntime, real_image: str, run_label: dict[str, str]
+) -> None:
+    # The image is on the node (no registry here): "preparing" is the node checking it and
+    # creating the container, often too short to be seen. Whatever the engine did, the steps
+    # reported must be a well-formed story, and a "preparing" that a poll alongside saw for
+    # several of the runtime's poll intervals must have been reported.
+    service_id = await swarm_runtime.create(make_spec(real_image, run_label, user="alice"))
+    loop = asyncio.get_running_loop()
+    reported: list[tuple[float, StartStep]] = []
+    preparing: list[float] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        async with aiodocker.Docker() as docker:
+            while not done.is_set():
+                for task in await docker.tasks.list(filters={"service": [service_id]}):
+                    if (task.get("Status") or {}).get("State") == "preparing":
+                        preparing.append(loop.time())
+                await asyncio.sleep(0.005)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        info = await swarm_runtime.start(
+            service_id, progress=lambda step: reported.append((loop.time(), step))
+        )
+    finally:
+        done.set()
+        await watcher
+
+    assert info.running
+    steps = [step for _, step in reported]
+    assert steps == [StartStep.PULLING, StartStep.STARTING] * (len(steps) // 2)
+    if preparing and preparing[-1] - preparing[0] > 5 * POLL_INTERVAL:
+        assert StartStep.PULLING in steps, preparing
+    print(f"preparing seen for {len(preparing)} polls; steps reported: {steps}")
 
 
 @pytest.mark.docker

@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from remoteappmanager.domain.audit import AuditAction
+from remoteappmanager.domain.audit import COUNT_AHEAD, AuditAction, NewEvent
 from tests.support.webapp import API, ApiClient, World, make_app, sign_in
 
 ADMIN = API + "v1/admin/"
@@ -162,6 +163,31 @@ async def test_filters_and_paging(root: ApiClient, alice: ApiClient) -> None:
     backwards = await _events(root, since="2999-01-01T00:00:00Z", until="2000-01-01T00:00:00Z")
     assert future["total"] == past["total"] == backwards["total"] == 0
     assert everything["total"] == 6
+    assert all(
+        page["total_exact"] is True
+        for page in (by_alice, grants, second_page, future, past, backwards, everything)
+    )
+
+
+async def test_a_long_trail_is_counted_only_so_far_past_the_page_and_says_so(
+    root: ApiClient, world: World
+) -> None:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    beyond = COUNT_AHEAD + 150
+    await world.events.append(
+        [NewEvent.of(moment, "root", AuditAction.LOGIN, "hub", {}) for _ in range(beyond)]
+        + [NewEvent.of(moment, "alice", AuditAction.START, "u1", {})]
+    )
+
+    # Counted: the 50 of the page and COUNT_AHEAD more, then one to know there is more.
+    first = await _events(root, limit="50")
+    near_the_end = await _events(root, limit="100", offset="200")
+    filtered = await _events(root, actor="alice")
+
+    assert (first["total"], first["total_exact"]) == (50 + COUNT_AHEAD + 1, False)
+    assert len(first["items"]) == 50
+    assert (near_the_end["total"], near_the_end["total_exact"]) == (beyond + 1, True)
+    assert (filtered["total"], filtered["total_exact"]) == (1, True)
 
 
 @pytest.mark.parametrize(

@@ -591,6 +591,39 @@ async def test_a_start_shows_its_step_and_its_durations_go_to_the_metrics(
     assert f'remoteapp_session_starts_total{{image="{WEBAPP}",outcome="started"}} 1.0' in metrics
 
 
+async def test_a_start_shows_pulling_the_image_while_the_runtime_pulls_it(
+    alice: Api, world: World, client: TestClient[Any, Any]
+) -> None:
+    mapping_id = await _grant(world, WEBAPP, "alice")
+    pulled = world.runtime.pull_on_start(WEBAPP)
+    first = asyncio.ensure_future(alice.call("POST", CONTAINERS, json={"mapping_id": mapping_id}))
+    steps: list[str | None] = []
+    for _ in range(1000):
+        _, listed, _ = await alice.call("GET", CONTAINERS)
+        steps = [item["step"] for item in listed["items"].values()]
+        if steps == ["pulling the image"]:
+            break
+        await asyncio.sleep(0.001)
+    assert steps == ["pulling the image"]
+    _, application, _ = await alice.call("GET", f"{APPLICATIONS}{mapping_id}/")
+    assert application["container"]["step"] == "pulling the image"
+    assert not first.done()
+
+    pulled.set()
+    status, _, headers = await first
+
+    assert status == 201
+    _, running, _ = await alice.call("GET", headers["Location"])
+    assert (running["state"], running["step"]) == ("running", None)
+    metrics = await (await client.get(PREFIX + "metrics")).text()
+    # "starting" is one step around the pull, timed once.
+    for step in ("creating", "starting", "pulling the image", "waiting for the app", "routing"):
+        assert (
+            "remoteapp_session_start_step_duration_seconds_count"
+            f'{{image="{WEBAPP}",step="{step}"}} 1.0'
+        ) in metrics
+
+
 async def test_a_failed_start_names_its_step_and_is_counted_by_reason(
     alice: Api, world: World, client: TestClient[Any, Any]
 ) -> None:

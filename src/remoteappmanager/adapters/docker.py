@@ -28,6 +28,7 @@ from remoteappmanager.domain.errors import (
 )
 from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
 from remoteappmanager.domain.models import validate_image_name
+from remoteappmanager.domain.sessions import StartStep
 from remoteappmanager.domain.volumes import DEFAULT_ENGINE_DATA_DIR, is_within
 
 log = structlog.get_logger(__name__)
@@ -330,7 +331,10 @@ class AiodockerRuntime:
             raise engine_error(exc, f"create container {spec.name}") from None
         return str(container.id)
 
-    async def start(self, container_id: str) -> ContainerInfo:
+    async def start(
+        self, container_id: str, progress: Callable[[StartStep], None] | None = None
+    ) -> ContainerInfo:
+        # An engine runs only images it has (``create`` said so): nothing to pull, no step.
         check_container_ref(container_id, NotFound)
         try:
             async with self._call(f"start container {container_id[:12]}"):

@@ -47,7 +47,7 @@ class InMemoryEventStore:
         ]
         matching.sort(key=lambda event: (event.time, event.id), reverse=True)
         page = matching[query.offset : query.offset + query.limit]
-        return EventPage(total=len(matching), events=tuple(page))
+        return EventPage.counted(query, len(matching), tuple(page))
 
     async def prune(self, before: datetime.datetime, limit: int) -> int:
         self._check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import time
@@ -18,6 +19,7 @@ from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Una
 from remoteappmanager.domain.labels import ImageMetadata, parse_image_labels
 from remoteappmanager.domain.models import validate_image_name
 from remoteappmanager.domain.routing import check_route_path
+from remoteappmanager.domain.sessions import StartStep
 
 DEFAULT_IMAGE_CACHE_TTL = 60.0
 FIRST_HOST_PORT = 49153
@@ -60,6 +62,7 @@ class InMemoryRuntime:
         self._names: dict[str, str] = {}
         self._labelled: dict[tuple[str, str], dict[str, None]] = {}
         self._crashing: set[str] = set()
+        self._pulls: dict[str, asyncio.Event] = {}
         self._ports = itertools.count(FIRST_HOST_PORT)
         self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
         self._image_cache_ttl = image_cache_ttl
@@ -76,6 +79,12 @@ class InMemoryRuntime:
             self._crashing.add(image)
         else:
             self._crashing.discard(image)
+
+    def pull_on_start(self, image: str) -> asyncio.Event:
+        """Starts of ``image`` are "pulling the image", as a swarm task is while it is
+        ``preparing`` on a node without the image, until the returned event is set."""
+        pulled = self._pulls[image] = asyncio.Event()
+        return pulled
 
     def remove_image(self, image: str) -> None:
         self._images.pop(image, None)
@@ -160,11 +169,23 @@ class InMemoryRuntime:
                 if not ids:
                     del self._labelled[(key, value)]
 
-    async def start(self, container_id: str) -> ContainerInfo:
+    async def start(
+        self, container_id: str, progress: Callable[[StartStep], None] | None = None
+    ) -> ContainerInfo:
         self._check()
         stored = self._containers.get(container_id)
         if stored is None:
             raise NotFound(f"container {container_id[:12]} does not exist")
+        pulled = self._pulls.get(stored.spec.image)
+        if pulled is not None and not stored.info.running:
+            if progress is not None:
+                progress(StartStep.PULLING)
+            await pulled.wait()
+            if progress is not None:
+                progress(StartStep.STARTING)
+            stored = self._containers.get(container_id)
+            if stored is None:
+                raise NotFound(f"container {container_id[:12]} does not exist")
         if stored.spec.image in self._crashing:
             return stored.info
         if not stored.info.running:

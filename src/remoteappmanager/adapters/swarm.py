@@ -48,6 +48,7 @@ from remoteappmanager.adapters.docker import (
 from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.containers import CONTAINER_PORT, ContainerInfo, ContainerSpec
 from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Unable
+from remoteappmanager.domain.sessions import StartStep
 
 log = structlog.get_logger(__name__)
 
@@ -223,7 +224,9 @@ class SwarmRuntime(AiodockerRuntime):
         self._pins[image] = (now, reference)
         return reference
 
-    async def start(self, container_id: str) -> ContainerInfo:
+    async def start(
+        self, container_id: str, progress: Callable[[StartStep], None] | None = None
+    ) -> ContainerInfo:
         check_container_ref(container_id, NotFound)
         service = await self._service(container_id)
         if service is None:
@@ -244,13 +247,16 @@ class SwarmRuntime(AiodockerRuntime):
             if exc.status == 404:
                 raise NotFound(f"service {container_id[:12]} does not exist") from None
             raise engine_error(exc, what) from None
-        return await self._wait_started(service)
+        return await self._wait_started(service, progress)
 
-    async def _wait_started(self, service: Mapping[str, Any]) -> ContainerInfo:
+    async def _wait_started(
+        self, service: Mapping[str, Any], progress: Callable[[StartStep], None] | None
+    ) -> ContainerInfo:
         service_id = str(service["ID"])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._start_timeout
         state = "new"
+        pulling = False
         while True:
             try:
                 task = _latest(await self._tasks([service_id]))
@@ -264,6 +270,10 @@ class SwarmRuntime(AiodockerRuntime):
                     raise Unable(f"the swarm cannot place it: {error}")
                 if state == "rejected" or (state == "failed" and not _exited(task)):
                     raise Unable(f"the swarm could not start it ({state}): {error or state}")
+                if progress is not None and pulling != (state == "preparing"):
+                    # Seen while it lasts (a poll apart): the node pulls and creates.
+                    pulling = not pulling
+                    progress(StartStep.PULLING if pulling else StartStep.STARTING)
                 if state not in _PENDING_STATES:
                     return _info(service, task)
             if loop.time() >= deadline:

@@ -113,9 +113,18 @@ class AuditEvent:
     detail: Mapping[str, DetailValue]
 
 
+# How far past a page the events matching a listing are counted. Counting every match of a
+# million-event trail costs most of a listing's time; a pager needs to know only whether there is
+# more, and a person reading "at least 10,100" learns what a full count would tell them.
+COUNT_AHEAD = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class EventQuery:
-    """Which events to list: every condition given must hold; newest first, then paged."""
+    """Which events to list: every condition given must hold; newest first, then paged.
+
+    Matches are counted up to ``count_ahead`` events past the end of the page, no further.
+    """
 
     actor: str | None = None
     action: AuditAction | None = None
@@ -123,11 +132,26 @@ class EventQuery:
     until: datetime | None = None
     limit: int = 100
     offset: int = 0
+    count_ahead: int = COUNT_AHEAD
+
+    @property
+    def count_bound(self) -> int:
+        """The most matches a listing counts exactly; one more means "at least that many"."""
+        return self.offset + self.limit + self.count_ahead
 
 
 @dataclass(frozen=True, slots=True)
 class EventPage:
-    """One page of a listing and how many events match in all."""
+    """One page of a listing and how many events match: exactly ``total`` when
+    ``total_exact``, otherwise at least ``total`` (counting stopped there)."""
 
     total: int
     events: tuple[AuditEvent, ...]
+    total_exact: bool = True
+
+    @classmethod
+    def counted(cls, query: EventQuery, counted: int, events: tuple[AuditEvent, ...]) -> EventPage:
+        """The page for ``counted`` matches, counted up to one past ``query.count_bound``."""
+        if counted > query.count_bound:
+            return cls(total=query.count_bound + 1, events=events, total_exact=False)
+        return cls(total=counted, events=events)

@@ -32,12 +32,15 @@ class StartStep(enum.StrEnum):
     """The steps of a start, in order, as users see them while it runs.
 
     ``creating``: the image looked up, the configurables checked, the container created;
-    ``starting``: the engine starts it; ``waiting for the app``: until the application answers
-    on its URL path; ``routing``: until the proxy routes to it.
+    ``starting``: the engine starts it; ``pulling the image``: on a swarm, while the node that
+    runs the task prepares it (pulls the image where it is missing, creates the container),
+    within ``starting``; ``waiting for the app``: until the application answers on its URL
+    path; ``routing``: until the proxy routes to it.
     """
 
     CREATING = "creating"
     STARTING = "starting"
+    PULLING = "pulling the image"
     WAITING = "waiting for the app"
     ROUTING = "routing"
 

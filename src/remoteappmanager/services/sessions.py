@@ -105,6 +105,8 @@ class _Claim:
     container_id: str | None = None
     step: StartStep | None = None
     step_began: float = 0.0
+    # The time spent "starting" before the engine began pulling, counted again when it resumes.
+    started_for: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def as_session(self) -> Session | None:
@@ -515,6 +517,20 @@ class Sessions:
             self.start_observer.step_finished(claim.image, claim.step, now - claim.step_began)
         claim.step, claim.step_began = step, now
 
+    def _start_progress(self, claim: _Claim, step: StartStep) -> None:
+        """The engine's word while it starts the container: ``PULLING`` while the image is made
+        ready where it runs, ``STARTING`` once that is done. Pulling is its own step (users see
+        it, its duration is reported); the time "starting" took around it is reported once, as
+        one step, when the start goes on."""
+        now = time.perf_counter()
+        if step is StartStep.PULLING and claim.step is StartStep.STARTING:
+            claim.started_for = now - claim.step_began
+            claim.step, claim.step_began = StartStep.PULLING, now
+        elif step is StartStep.STARTING and claim.step is StartStep.PULLING:
+            if self.start_observer is not None:
+                self.start_observer.step_finished(claim.image, claim.step, now - claim.step_began)
+            claim.step, claim.step_began = StartStep.STARTING, now - claim.started_for
+
     def _start_ended(self, claim: _Claim, failed: StartStep | None, reason: str | None) -> None:
         if self.start_observer is not None:
             self.start_observer.start_finished(claim.image, failed, reason)
@@ -552,7 +568,10 @@ class Sessions:
                 await self._remove_previous(spec.name, claim)
                 claim.container_id = await self._runtime.create(spec)
             self._next_step(claim, StartStep.STARTING)
-            info = await self._runtime.start(claim.container_id)
+            info = await self._runtime.start(
+                claim.container_id, progress=lambda step: self._start_progress(claim, step)
+            )
+            self._start_progress(claim, StartStep.STARTING)
             if not info.running:
                 raise Unable(_EXITED)
             route = self.route_for(info)

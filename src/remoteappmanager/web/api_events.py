@@ -8,11 +8,11 @@ import json
 
 from aiohttp import web
 
-from remoteappmanager.domain.audit import AuditAction, AuditEvent, EventQuery
+from remoteappmanager.domain.audit import COUNT_AHEAD, AuditAction, AuditEvent, EventQuery
 from remoteappmanager.services.audit import AuditTrail
 from remoteappmanager.web import paging
 from remoteappmanager.web.api import ApiOperation, ApiRegistry, json_response
-from remoteappmanager.web.api_models import EventList, EventOut, iso_time
+from remoteappmanager.web.api_models import EventList, iso_time
 from remoteappmanager.web.auth import require_admin
 from remoteappmanager.web.keys import DEPS
 
@@ -79,15 +79,7 @@ async def list_events(request: web.Request) -> web.StreamResponse:
             charset="utf-8",
             headers={"Content-Disposition": 'attachment; filename="events.csv"'},
         )
-    return json_response(
-        EventList.page(
-            page.events,
-            key=lambda e: str(e.id),
-            item=EventOut.of,
-            total=page.total,
-            offset=query.offset,
-        )
-    )
+    return json_response(EventList.counted(page, offset=query.offset))
 
 
 def register(registry: ApiRegistry) -> None:
@@ -101,7 +93,10 @@ def register(registry: ApiRegistry) -> None:
             summary="The audit trail, newest first",
             description="Sign-ins, starts, stops, grants, catalogue changes and admins "
             "entering someone else's application. `?format=csv` answers the same page as "
-            "CSV (cells that a spreadsheet would run as a formula start with a quote).",
+            "CSV (cells that a spreadsheet would run as a formula start with a quote). "
+            f"Matches are counted up to {COUNT_AHEAD:,} events past the page, so that a page "
+            "costs the same on any size of trail: past that, `total` says how many at least "
+            "and `total_exact` is false.",
             tag="admin",
             responses={200: EventList},
             other_content={"text/csv": {"type": "string"}},

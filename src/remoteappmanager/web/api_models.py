@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from remoteappmanager.domain.audit import AuditEvent
+from remoteappmanager.domain.audit import COUNT_AHEAD, AuditEvent, EventPage
 from remoteappmanager.domain.confinement import ResourceLimits, limits_for
 from remoteappmanager.domain.labels import ImageMetadata
 from remoteappmanager.domain.models import (
@@ -188,11 +188,15 @@ class ContainerOut(_Answer):
         description="`stopped`: its process ended (the container is removed shortly), or it "
         "was stopped (see `stop_reason`)."
     )
-    step: Literal["creating", "starting", "waiting for the app", "routing"] | None = Field(
+    step: (
+        Literal["creating", "starting", "pulling the image", "waiting for the app", "routing"]
+        | None
+    ) = Field(
         default=None,
         description="While the container is starting: the step its start is at (`creating` "
-        "the container, `starting` it, `waiting for the app` to answer, `routing` the proxy "
-        "to it); null otherwise. Poll the container (or the application) to follow a start.",
+        "the container, `starting` it, `pulling the image` on a swarm node that prepares the "
+        "task, `waiting for the app` to answer, `routing` the proxy to it); null otherwise. "
+        "Poll the container (or the application) to follow a start.",
     )
     started_at: str | None = Field(description="When it started (ISO 8601, UTC).")
     last_input_at: str | None = Field(
@@ -935,7 +939,28 @@ class EventOut(_Answer):
 
 
 class EventList(ItemList[EventOut]):
-    """``admin/events/``: newest first, by ``id``."""
+    """``admin/events/``: newest first, by ``id``. Matches are counted only so far past the
+    page: beyond that ``total`` is a lower bound and ``total_exact`` is false."""
+
+    total: int = Field(
+        description="How many events match: exactly if `total_exact`, otherwise at least this many."
+    )
+    total_exact: bool = Field(
+        description=f"False when counting stopped {COUNT_AHEAD:,} events past this page: more "
+        "events than `total` may match."
+    )
+
+    @classmethod
+    def counted(cls, page: EventPage, *, offset: int) -> EventList:
+        """One page of the audit trail, with its count as far as it went."""
+        items = {str(event.id): EventOut.of(event) for event in page.events}
+        return cls.model_construct(
+            offset=offset,
+            total=page.total,
+            total_exact=page.total_exact,
+            items=items,
+            identifiers=list(items),
+        )
 
 
 def iso_time(moment: datetime) -> str:

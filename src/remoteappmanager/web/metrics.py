@@ -101,7 +101,8 @@ class Metrics:
         self.start_steps = Histogram(
             "remoteapp_session_start_step_duration_seconds",
             "How long each step of an application's start took, by image and step "
-            "(creating, starting, waiting for the app, routing); a step that failed is "
+            "(creating, starting, pulling the image, waiting for the app, routing); a step "
+            "that failed is "
             "counted in remoteapp_session_start_failures instead.",
             ("image", "step"),
             buckets=START_STEP_BUCKETS,

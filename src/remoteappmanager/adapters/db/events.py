@@ -8,7 +8,7 @@ import datetime
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select
+from sqlalchemy import ColumnElement, delete, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from remoteappmanager.adapters.db.errors import translated_errors
@@ -149,8 +149,16 @@ class SqlEventStore:
         conditions = _conditions(query)
         with translated_errors(self._location):
             async with self._sessions() as session:
-                total = await session.scalar(
-                    select(func.count()).select_from(EventRow).where(*conditions)
+                # Counting stops one row past the bound: a page's cost does not grow with
+                # the trail (see ``EventQuery.count_bound``).
+                counted = await session.scalar(
+                    select(func.count()).select_from(
+                        select(literal(1))
+                        .select_from(EventRow)
+                        .where(*conditions)
+                        .limit(query.count_bound + 1)
+                        .subquery()
+                    )
                 )
                 # Plain columns, not ORM entities: a page of a thousand costs a tenth as much.
                 rows = await session.execute(
@@ -161,7 +169,7 @@ class SqlEventStore:
                     .offset(query.offset)
                 )
                 events = tuple(_event(*row) for row in rows)
-        return EventPage(total=int(total or 0), events=events)
+        return EventPage.counted(query, int(counted or 0), events)
 
     async def prune(self, before: datetime.datetime, limit: int) -> int:
         oldest = (

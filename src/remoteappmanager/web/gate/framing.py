@@ -75,7 +75,7 @@ _CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
 # headers (RFC 9110 7.6.1) are dropped, or replaced by what this hop needs.
 _DROP, _COOKIE, _AUTHORIZATION, _XFF, _XFPROTO, _XFHOST, _HOST, _REQUEST_ID = range(8)
 _UPGRADE, _CONNECTION, _EXPECT, _TRANSFER_ENCODING, _CONTENT_LENGTH, _SET_COOKIE = range(8, 14)
-_ORIGIN = 14
+_ORIGIN, _ACCEPT_ENCODING, _IF_NONE_MATCH = range(14, 17)
 _HOP_BY_HOP = {
     b"connection": _CONNECTION,
     b"keep-alive": _DROP,
@@ -97,6 +97,8 @@ _REQUEST_HEADERS = {
     b"host": _HOST,
     b"x-request-id": _REQUEST_ID,
     b"origin": _ORIGIN,
+    b"accept-encoding": _ACCEPT_ENCODING,
+    b"if-none-match": _IF_NONE_MATCH,
     b"content-length": _CONTENT_LENGTH,
     # Answered here when the request is let through; the application must not wait for it.
     b"expect": _EXPECT,
@@ -153,6 +155,10 @@ class GateRequest:
     """The ``Host`` header (where the browser thinks it is), None if none came."""
     forwarded_proto: str | None = None
     """``X-Forwarded-Proto`` as the proxy set it."""
+    accept_encoding: str | None = None
+    """``Accept-Encoding``, for what the gate answers itself (the desktop viewer)."""
+    if_none_match: str | None = None
+    """``If-None-Match``, likewise."""
 
 
 class RequestHead:
@@ -342,6 +348,7 @@ class _RequestLines:
     go to ``head.lines``, the ones the gate rewrites or checks are kept here."""
 
     __slots__ = (
+        "accept_encoding",
         "authorization",
         "authorizations",
         "cookies",
@@ -352,6 +359,7 @@ class _RequestLines:
         "head",
         "host",
         "hosts",
+        "if_none_match",
         "listed",
         "origin",
         "proto",
@@ -369,6 +377,8 @@ class _RequestLines:
         self.encoding: bytes | None = None
         self.origin: bytes | None = None
         self.proto: bytes | None = None  # X-Forwarded-Proto, passed on as the proxy set it
+        self.accept_encoding: bytes | None = None
+        self.if_none_match: bytes | None = None
         self.has_host = self.has_id = False
         self.listed: set[bytes] | None = None
 
@@ -423,6 +433,10 @@ class _RequestLines:
                 self.proto = _joined(self.proto, b",", value)
             elif code == _ORIGIN:
                 self.origin = value if self.origin is None else b"null"  # two: neither counts
+            elif code == _ACCEPT_ENCODING:
+                self.accept_encoding = _joined(self.accept_encoding, b", ", value)
+            elif code == _IF_NONE_MATCH:
+                self.if_none_match = _joined(self.if_none_match, b", ", value)
             else:
                 self.has_host = True  # X-Forwarded-Host
             self.head.lines.append(b"%b: %b\r\n" % (name, value))
@@ -441,7 +455,13 @@ class _RequestLines:
             origin=None if origin is None else origin.decode("latin-1"),
             host=None if host is None else host.decode("latin-1"),
             forwarded_proto=None if proto is None else proto.decode("latin-1"),
+            accept_encoding=_latin1(self.accept_encoding),
+            if_none_match=_latin1(self.if_none_match),
         )
+
+
+def _latin1(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _joined(first: bytes | None, separator: bytes, value: bytes) -> bytes:

@@ -29,7 +29,14 @@ from remoteappmanager.services.gate_access import GateAccess, GateTarget
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
-from remoteappmanager.web.desktop_viewer import VIEWER_DIR, DesktopViewer, find_novnc
+from remoteappmanager.web.desktop_viewer import (
+    PROVISION_STEP,
+    VIEWER_DIR,
+    DesktopViewer,
+    ViewerBuildError,
+    bundler_beside,
+    find_novnc,
+)
 from remoteappmanager.web.errors import error_page
 from remoteappmanager.web.gate.credentials import (
     GATE_COOKIE,
@@ -462,7 +469,12 @@ class Gate:
                 # Let in like any request to the application, answered from memory.
                 if request.method not in _PAGE_METHODS:
                     return self._page(405, "the desktop viewer's files can only be read")
-                return self.desktop.answer(request.method, path[len(viewer_dir) :])
+                return self.desktop.answer(
+                    request.method,
+                    path[len(viewer_dir) :],
+                    accept_encoding=request.accept_encoding,
+                    if_none_match=request.if_none_match,
+                )
         viewer: ViewerInput | None = None
         if mode is not None and user is not None:
             viewer = self.viewer_input(target, user, mode)
@@ -719,16 +731,20 @@ def setup_gate(app: web.Application, deps: WebDeps) -> bool:
 
 
 def _desktop_viewer() -> DesktopViewer | None:
+    """The viewer, or None (desktops then show the noVNC their image serves, if any)."""
     novnc = find_novnc()
-    if novnc is None:
-        log.warning("gate.desktop_viewer_missing", reason="noVNC is not installed beside the proxy")
-        return None
     try:
-        viewer = DesktopViewer.load(novnc)
-    except OSError as exc:
-        log.warning("gate.desktop_viewer_missing", reason=str(exc))
+        if novnc is None:
+            raise ViewerBuildError("noVNC is not installed beside the proxy")
+        viewer = DesktopViewer.load(novnc, bundler_beside(novnc))
+    except (ViewerBuildError, OSError) as exc:
+        log.error(
+            "gate.desktop_viewer_missing",
+            reason=str(exc),
+            fix=f"run {PROVISION_STEP}; until then desktops show their image's own noVNC",
+        )
         return None
-    log.info("gate.desktop_viewer", novnc=str(novnc), files=len(viewer.files))
+    log.info("gate.desktop_viewer", novnc=str(novnc), script=viewer.script)
     return viewer
 
 

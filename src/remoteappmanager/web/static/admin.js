@@ -841,11 +841,13 @@ function pager(answer, pageSize, onMove) {
   const next = actionButton("Next", () => onMove(offset + pageSize));
   previous.disabled = offset === 0;
   next.disabled = offset + count >= total;
+  // The audit trail counts only so far past the page: then its total is a lower bound.
+  const of = answer.total_exact === false ? `of at least ${total}` : `of ${total}`;
   return h(
     "div",
     { class: "pager" },
     previous,
-    h("span", { class: "pager-status", role: "status", text: `${first}–${offset + count} of ${total}` }),
+    h("span", { class: "pager-status", role: "status", text: `${first}–${offset + count} ${of}` }),
     next,
   );
 }

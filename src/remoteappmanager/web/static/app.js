@@ -24,9 +24,11 @@ const POLL_INTERVAL_MS = 1500;
 // While a start of this page is under way, its step is asked for this often.
 const PROGRESS_INTERVAL_MS = 250;
 // The steps of a start, as the API names them (a starting container's "step").
+const PULLING_STEP = "pulling the image";
 const START_STEPS = [
   ["creating", "Creating the container"],
   ["starting", "Starting it"],
+  ["pulling the image", "Pulling the image onto the node"],
   ["waiting for the app", "Waiting for the application to answer"],
   ["routing", "Routing to it"],
 ];
@@ -896,9 +898,11 @@ function renderSteps(current) {
     elements.steps.replaceChildren();
     return;
   }
-  const reached = START_STEPS.findIndex(([step]) => step === current);
+  // Only a swarm node pulls while it starts: that step shows while it lasts.
+  const steps = START_STEPS.filter(([step]) => step !== PULLING_STEP || current === PULLING_STEP);
+  const reached = steps.findIndex(([step]) => step === current);
   elements.steps.replaceChildren(
-    ...START_STEPS.map(([step, label], index) =>
+    ...steps.map(([step, label], index) =>
       h("li", {
         class: index < reached ? "step-done" : index === reached ? "step-current" : "step-next",
         "data-step": step,
