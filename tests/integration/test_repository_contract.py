@@ -226,12 +226,11 @@ async def test_granting_to_someone_unknown_is_not_found(uow: UnitOfWorkFactory) 
             await work.grants.grant(alice, Application(id=12345, image="ghost/app"), Policy())
 
 
-async def test_grants_are_revoked_one_or_all(uow: UnitOfWorkFactory) -> None:
+async def test_grants_are_revoked_one_by_one(uow: UnitOfWorkFactory) -> None:
     alice, _, app, other = await _seed(uow)
     async with uow() as work:
         home = await work.grants.grant(alice, app, Policy(allow_home=True))
-        await work.grants.grant(alice, app, Policy(allow_view=True))
-        await work.grants.grant(alice, app, Policy())
+        view = await work.grants.grant(alice, app, Policy(allow_view=True))
         kept = await work.grants.grant(alice, other, Policy())
         await work.commit()
 
@@ -241,8 +240,9 @@ async def test_grants_are_revoked_one_or_all(uow: UnitOfWorkFactory) -> None:
             await work.grants.revoke(home.mapping_id)
         with pytest.raises(NotFound):
             await work.grants.get(home.mapping_id)
-        assert await work.grants.revoke_all(alice.id, app.id) == 2
-        assert await work.grants.revoke_all(alice.id, app.id) == 0
+        assert list(await work.grants.list_for(alice.id, app.id)) == [view]
+        await work.grants.revoke(view.mapping_id)
+        assert list(await work.grants.list_for(alice.id, app.id)) == []
         await work.commit()
 
     async with uow() as work:
@@ -353,7 +353,7 @@ async def test_every_committed_change_moves_the_catalogue_version(uow: UnitOfWor
         await work.commit()
     assert await moved()
     async with uow() as work:
-        assert await work.grants.revoke_all(alice.id, app.id) == 1
+        await work.grants.grant_group("staff", app, Policy())
         await work.commit()
     assert await moved()
     async with uow() as work:

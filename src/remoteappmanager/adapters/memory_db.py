@@ -208,12 +208,6 @@ class InMemoryGrantRepository:
         if self._tables.accounting.pop(mapping_id, None) is None:
             raise NotFound(f"no grant with mapping id {mapping_id!r}")
 
-    async def revoke_all(self, user_id: int, application_id: int) -> int:
-        return _cascade(
-            self._tables,
-            lambda row: row.user_id == user_id and row.application_id == application_id,
-        )
-
     async def grant_group(self, group: str, application: Application, policy: Policy) -> GroupGrant:
         if application.id not in self._tables.applications:
             raise NotFound(f"no application with id {application.id}")

@@ -117,10 +117,6 @@ class GrantRepository(Protocol):
         """Delete one grant; ``NotFound`` if there is none with this mapping id."""
         ...
 
-    async def revoke_all(self, user_id: int, application_id: int) -> int:
-        """Delete every grant of the application to the user; returns how many there were."""
-        ...
-
     # Grants to hub groups: mapping ids share one space with the grants to users (both are
     # 32 random hex digits); the group name is the hub's and needs no row of its own.
     async def grant_group(self, group: str, application: Application, policy: Policy) -> GroupGrant:

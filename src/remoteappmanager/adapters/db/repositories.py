@@ -347,19 +347,6 @@ class SqlGrantRepository:
         if removed is None:
             raise NotFound(f"no grant with mapping id {mapping_id!r}")
 
-    async def revoke_all(self, user_id: int, application_id: int) -> int:
-        self._writes.happened = True
-        with translated_errors(self._location):
-            result = await self._session.execute(
-                delete(AccountingRow)
-                .where(
-                    AccountingRow.user_id == user_id,
-                    AccountingRow.application_id == application_id,
-                )
-                .returning(AccountingRow.id)
-            )
-            return len(result.all())
-
     async def grant_group(self, group: str, application: Application, policy: Policy) -> GroupGrant:
         self._writes.happened = True
         with translated_errors(self._location):
