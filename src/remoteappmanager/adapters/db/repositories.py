@@ -15,9 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
+from remoteappmanager.adapters.db.access import SqlAccess, SqliteWriteGate
 from remoteappmanager.adapters.db.engine import create_engine, describe, is_sqlite
 from remoteappmanager.adapters.db.errors import translated_errors
-from remoteappmanager.adapters.db.events import SqlEventStore, SqliteWriteGate
+from remoteappmanager.adapters.db.events import SqlEventStore
 from remoteappmanager.adapters.db.models import (
     CATALOGUE_VERSION_ID,
     MAPPING_ID_LENGTH,
@@ -643,15 +644,9 @@ class SqlUnitOfWork:
     A commit after a write bumps the catalogue version in the same transaction.
     """
 
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        location: str,
-        gate: SqliteWriteGate | None = None,
-    ) -> None:
-        self._sessions = sessions
-        self._location = location
-        self._gate = gate
+    def __init__(self, access: SqlAccess) -> None:
+        self._db = access
+        self._location = access.location
         self._writes = _Writes()
         self._session: AsyncSession | None = None
         self._users: SqlUserRepository | None = None
@@ -691,9 +686,8 @@ class SqlUnitOfWork:
         return self._shares
 
     async def __aenter__(self) -> Self:
-        if self._gate is not None:
-            await self._gate.enter_unit()
-        session = self._sessions()
+        await self._db.enter_unit()
+        session = self._db.sessions()
         self._session = session
         self._writes = _Writes()
         self._users = SqlUserRepository(session, self._location, self._writes)
@@ -715,7 +709,6 @@ class SqlUnitOfWork:
         self._shares = None
         if session is None:
             return
-        gate = self._gate
         try:
             with translated_errors(self._location):
                 await session.rollback()
@@ -726,8 +719,7 @@ class SqlUnitOfWork:
                 raise
         finally:
             await session.close()
-            if gate is not None:
-                await gate.leave_unit()
+            await self._db.leave_unit()
 
     async def commit(self) -> None:
         session = self._require_session()
@@ -780,17 +772,20 @@ class SqlDatabase:
     def __init__(self, url: str | URL, *, observe: Observe | None = None) -> None:
         self.location = describe(url)
         self.engine = create_engine(url)
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         if observe is not None:
             _time_statements(self.engine.sync_engine, observe)
-        self._gate = SqliteWriteGate() if is_sqlite(url) else None
+        self._access = SqlAccess(
+            async_sessionmaker(self.engine, expire_on_commit=False),
+            self.location,
+            SqliteWriteGate() if is_sqlite(url) else None,
+        )
 
     def unit_of_work(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self._sessions, self.location, self._gate)
+        return SqlUnitOfWork(self._access)
 
     def events(self) -> SqlEventStore:
         """The audit trail in this database."""
-        return SqlEventStore(self._sessions, self.location, self._gate)
+        return SqlEventStore(self._access)
 
     async def ping(self) -> None:
         """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""
