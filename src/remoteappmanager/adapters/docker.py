@@ -79,6 +79,19 @@ def tls_context(cert_path: Path, verify: bool) -> ssl.SSLContext:
     return context
 
 
+def bind_mounts(spec: ContainerSpec) -> list[dict[str, Any]]:
+    """The spec's mounts as the engine API has them (containers and swarm tasks alike)."""
+    return [
+        {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+        for m in spec.mounts
+    ]
+
+
+def environment(spec: ContainerSpec) -> list[str]:
+    """The spec's environment as the engine API has it (``KEY=value`` each)."""
+    return [f"{key}={value}" for key, value in spec.environment.items()]
+
+
 class EngineOptions(TypedDict, total=False):
     """How a runtime talks to its engine; see ``AiodockerRuntime`` (each has a default)."""
 
@@ -292,15 +305,7 @@ class AiodockerRuntime:
         confinement = spec.confinement
         limits = confinement.limits
         host_config: dict[str, Any] = {
-            "Mounts": [
-                {
-                    "Type": "bind",
-                    "Source": mount.source,
-                    "Target": mount.target,
-                    "ReadOnly": mount.read_only,
-                }
-                for mount in spec.mounts
-            ],
+            "Mounts": bind_mounts(spec),
             # An empty HostPort lets the engine choose a free one.
             "PortBindings": {exposed: [{"HostIp": spec.publish_ip, "HostPort": ""}]},
             # A PID 1 that reaps zombies and forwards signals, so stop is quick.
@@ -324,7 +329,7 @@ class AiodockerRuntime:
         config: dict[str, Any] = {
             "Image": spec.image,
             "Labels": dict(spec.labels),
-            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
+            "Env": environment(spec),
             "ExposedPorts": {exposed: {}},
             "HostConfig": host_config,
         }

@@ -38,8 +38,10 @@ from remoteappmanager.adapters.docker import (
     AiodockerRuntime,
     DockerError,
     EngineOptions,
+    bind_mounts,
     check_container_ref,
     engine_error,
+    environment,
     is_container_ref,
 )
 from remoteappmanager.caching import TtlCache
@@ -365,16 +367,8 @@ def _service_spec(spec: ContainerSpec, name: str, image: str, network: str) -> d
     container: dict[str, Any] = {
         "Image": image,
         "Labels": dict(spec.labels),
-        "Env": [f"{key}={value}" for key, value in spec.environment.items()],
-        "Mounts": [
-            {
-                "Type": "bind",
-                "Source": mount.source,
-                "Target": mount.target,
-                "ReadOnly": mount.read_only,
-            }
-            for mount in spec.mounts
-        ],
+        "Env": environment(spec),
+        "Mounts": bind_mounts(spec),
         # A PID 1 that reaps zombies and forwards signals, so stop is quick.
         "Init": True,
         "CapabilityDrop": list(confinement.cap_drop),
