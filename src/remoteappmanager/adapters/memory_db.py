@@ -192,6 +192,16 @@ class InMemoryGrantRepository:
     async def list_all(self) -> Sequence[Grant]:
         return self._select(lambda row: True)
 
+    async def policies_of(self, mapping_ids: Collection[str]) -> Mapping[str, Policy]:
+        found: dict[str, Policy] = {}
+        for mapping_id in mapping_ids:
+            row = self._tables.accounting.get(mapping_id) or self._tables.group_grants.get(
+                mapping_id
+            )
+            if row is not None:
+                found[mapping_id] = self._tables.policies[row.policy_id]
+        return found
+
     async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
         every = self._select(lambda row: True)
         return len(every), every[offset : offset + limit]

@@ -100,6 +100,12 @@ class GrantRepository(Protocol):
         """Every grant of every user."""
         ...
 
+    async def policies_of(self, mapping_ids: Collection[str]) -> Mapping[str, Policy]:
+        """The policy of each grant among ``mapping_ids``, to a user or to a hub group (the
+        user's where both had one id); an id of no grant is left out. One query for a page
+        of ids, however many, not one per id."""
+        ...
+
     async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
         """How many grants there are, and ``limit`` of them from ``offset`` in the order of
         ``list_all``."""

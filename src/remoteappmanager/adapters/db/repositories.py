@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Select, delete, event, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, event, func, literal, select, update
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -45,6 +45,9 @@ from remoteappmanager.domain.models import (
 )
 from remoteappmanager.domain.sessions import StopReason, StopRecord
 from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
+
+# How many mapping ids one policy lookup names (each appears twice among its parameters).
+_POLICY_LOOKUP_CHUNK = 1000
 
 
 def new_mapping_id() -> str:
@@ -269,6 +272,37 @@ class SqlGrantRepository:
         self._session = session
         self._location = location
         self._writes = writes
+
+    async def policies_of(self, mapping_ids: Collection[str]) -> Mapping[str, Policy]:
+        wanted = sorted(set(mapping_ids))
+        found: dict[str, Policy] = {}
+        # Bounded, so that no driver meets more bound parameters than it takes.
+        for start in range(0, len(wanted), _POLICY_LOOKUP_CHUNK):
+            chunk = wanted[start : start + _POLICY_LOOKUP_CHUNK]
+            granted = (
+                select(
+                    AccountingRow.id.label("mapping_id"),
+                    AccountingRow.application_policy_id.label("policy_id"),
+                    literal(0).label("to_group"),
+                )
+                .where(AccountingRow.id.in_(chunk))
+                .union_all(
+                    select(GroupGrantRow.id, GroupGrantRow.application_policy_id, literal(1)).where(
+                        GroupGrantRow.id.in_(chunk)
+                    )
+                )
+                .subquery()
+            )
+            with translated_errors(self._location):
+                rows = await self._session.execute(
+                    select(granted.c.mapping_id, PolicyRow)
+                    .join(PolicyRow, PolicyRow.id == granted.c.policy_id)
+                    # A user's grant read last wins over a group's with the same id.
+                    .order_by(granted.c.to_group.desc())
+                )
+                for mapping_id, policy in rows:
+                    found[mapping_id] = _policy(policy)
+        return found
 
     async def grant(self, user: User, application: Application, policy: Policy) -> Grant:
         self._writes.happened = True
