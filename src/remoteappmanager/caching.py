@@ -151,6 +151,13 @@ class TtlCache(Generic[K, V]):
         for key in [key for key, entry in self._entries.items() if doomed(entry.value)]:
             del self._entries[key]
 
+    def discard_keys(self, doomed: Callable[[K], bool]) -> None:
+        """Forget every key for which ``doomed(key)`` (its value and a remembered refusal)."""
+        for key in [key for key in self._entries if doomed(key)]:
+            del self._entries[key]
+        for key in [key for key in self._refused if doomed(key)]:
+            del self._refused[key]
+
     def clear(self) -> None:
         """Forget everything; loads under way complete for their callers only."""
         self._entries.clear()

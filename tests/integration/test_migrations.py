@@ -64,6 +64,42 @@ def _differences(connection: Connection) -> list[object]:
     return list(compare_metadata(context, metadata))
 
 
+GRANT_ID = "b" * 32
+
+
+async def _upgrade_seeded(
+    url: str,
+    revision: str,
+    *,
+    policy: str = "allow_home",
+    policy_values: str = "true",
+    catalogue_version: int | None = None,
+) -> None:
+    """Take ``url`` to ``revision``, write there the rows every upgrade test starts from
+    (user alice, application app:1, one policy ``policy`` = ``policy_values``, the grant
+    ``GRANT_ID`` of it to alice, and the catalogue's version when given), upgrade to head and
+    check that they are all still there."""
+    await migrate.upgrade(url, revision)
+    await execute(url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(url, f"INSERT INTO application_policy ({policy}) VALUES ({policy_values})")
+    await execute(
+        url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        f"VALUES ('{GRANT_ID}', 1, 1, 1)",
+    )
+    if catalogue_version is not None:
+        await execute(url, f"UPDATE catalogue_version SET version = {catalogue_version}")
+
+    assert (await migrate.upgrade(url)).at_head
+
+    assert await execute(url, 'SELECT name FROM "user"') == [("alice",)]
+    assert await execute(url, "SELECT image FROM application") == [("app:1",)]
+    assert await execute(url, "SELECT id, user_id FROM accounting") == [(GRANT_ID, 1)]
+    if catalogue_version is not None:
+        assert await execute(url, "SELECT version FROM catalogue_version") == [(catalogue_version,)]
+
+
 # ------------------------------------------------------------------------------ schema
 async def test_upgrade_takes_an_empty_database_to_head(empty_database_url: str) -> None:
     before = await migrate.status(empty_database_url)
@@ -99,25 +135,35 @@ async def test_downgrade_to_base_and_back_again(empty_database_url: str) -> None
     assert await execute(empty_database_url, 'SELECT count(*) FROM "user"') == [(0,)]
 
 
+@pytest.mark.parametrize("revision", ["0001", "0002", "0003", "0004", "0005", "0006", "0007"])
+async def test_a_grant_written_at_any_revision_survives_upgrade_and_downgrade(
+    empty_database_url: str, revision: str
+) -> None:
+    await _upgrade_seeded(empty_database_url, revision)
+
+    database = SqlDatabase(empty_database_url)
+    try:
+        async with database.unit_of_work() as work:
+            (grant,) = await work.grants.list_all()
+    finally:
+        await database.close()
+    assert (grant.mapping_id, grant.user.name, grant.application.image) == (
+        GRANT_ID,
+        "alice",
+        "app:1",
+    )
+    assert grant.policy == Policy(allow_home=True)
+    assert (await migrate.downgrade(empty_database_url, revision)).current == revision
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        (GRANT_ID, 1)
+    ]
+
+
 async def test_the_catalogue_version_keeps_existing_rows_and_starts_at_zero(
     empty_database_url: str,
 ) -> None:
-    await migrate.upgrade(empty_database_url, "0001")
-    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
-    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
-    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
-    await execute(
-        empty_database_url,
-        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
-        "VALUES ('" + "a" * 32 + "', 1, 1, 1)",
-    )
+    await _upgrade_seeded(empty_database_url, "0001")
 
-    assert (await migrate.upgrade(empty_database_url)).at_head
-
-    assert await execute(empty_database_url, 'SELECT name FROM "user"') == [("alice",)]
-    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
-        ("a" * 32, 1)
-    ]
     assert await execute(empty_database_url, "SELECT id, version FROM catalogue_version") == [
         (1, 0)
     ]
@@ -148,21 +194,12 @@ async def test_the_catalogue_version_keeps_existing_rows_and_starts_at_zero(
 async def test_placement_keeps_every_policy_and_grant_and_starts_empty(
     empty_database_url: str,
 ) -> None:
-    await migrate.upgrade(empty_database_url, "0002")
-    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
-    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
-    await execute(
+    await _upgrade_seeded(
         empty_database_url,
-        "INSERT INTO application_policy (allow_home, volume_source, volume_target, volume_mode)"
-        " VALUES (true, '/srv/data', '/data', 'ro')",
+        "0006",
+        policy="allow_home, volume_source, volume_target, volume_mode",
+        policy_values="true, '/srv/data', '/data', 'ro'",
     )
-    await execute(
-        empty_database_url,
-        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
-        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
-    )
-
-    assert (await migrate.upgrade(empty_database_url)).at_head
 
     assert await execute(
         empty_database_url,
@@ -172,7 +209,7 @@ async def test_placement_keeps_every_policy_and_grant_and_starts_empty(
     try:
         async with database.unit_of_work() as work:
             (grant,) = await work.grants.list_all()
-            assert grant.mapping_id == "b" * 32
+            assert grant.mapping_id == GRANT_ID
             assert grant.policy.placement == ()
             assert grant.policy.allow_home
             # The same policy with a placement is another policy; the old grant stays.
@@ -185,28 +222,20 @@ async def test_placement_keeps_every_policy_and_grant_and_starts_empty(
     finally:
         await database.close()
 
-    down = await migrate.downgrade(empty_database_url, "0002")
-    assert down.current == "0002"
+    down = await migrate.downgrade(empty_database_url, "0006")
+    assert down.current == "0006"
     assert await execute(empty_database_url, "SELECT count(*) FROM accounting") == [(2,)]
 
 
 async def test_limits_and_timeouts_keep_existing_policies_and_grants(
     empty_database_url: str,
 ) -> None:
-    await migrate.upgrade(empty_database_url, "0002")
-    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
-    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
-    await execute(
+    await _upgrade_seeded(
         empty_database_url,
-        "INSERT INTO application_policy (app_license, allow_home) VALUES ('LIC', true)",
+        "0002",
+        policy="app_license, allow_home",
+        policy_values="'LIC', true",
     )
-    await execute(
-        empty_database_url,
-        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
-        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
-    )
-
-    assert (await migrate.upgrade(empty_database_url)).at_head
 
     # The old policy is there, with no limits of its own and no timeouts.
     assert await execute(
@@ -218,7 +247,7 @@ async def test_limits_and_timeouts_keep_existing_policies_and_grants(
     try:
         async with database.unit_of_work() as work:
             (grant,) = await work.grants.list_all()
-            assert grant.mapping_id == "b" * 32
+            assert grant.mapping_id == GRANT_ID
             assert grant.policy == Policy(app_license="LIC", allow_home=True)
             # The same content with a limit is another policy, and another grant.
             limited = await work.grants.grant(
@@ -233,29 +262,14 @@ async def test_limits_and_timeouts_keep_existing_policies_and_grants(
     down = await migrate.downgrade(empty_database_url, "0002")
     assert down.current == "0002"
     rows = await execute(empty_database_url, "SELECT id FROM accounting")
-    assert sorted(rows) == sorted([("b" * 32,), (limited.mapping_id,)])
+    assert sorted(rows) == sorted([(GRANT_ID,), (limited.mapping_id,)])
 
 
 async def test_the_audit_trail_arrives_empty_and_keeps_the_catalogue(
     empty_database_url: str,
 ) -> None:
-    await migrate.upgrade(empty_database_url, "0002")
-    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
-    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
-    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
-    await execute(
-        empty_database_url,
-        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
-        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
-    )
-    await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
+    await _upgrade_seeded(empty_database_url, "0003", catalogue_version=7)
 
-    assert (await migrate.upgrade(empty_database_url)).at_head
-
-    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
-        ("b" * 32, 1)
-    ]
-    assert await execute(empty_database_url, "SELECT version FROM catalogue_version") == [(7,)]
     assert await execute(empty_database_url, "SELECT count(*) FROM event") == [(0,)]
     database = SqlDatabase(empty_database_url)
     try:
@@ -266,8 +280,8 @@ async def test_the_audit_trail_arrives_empty_and_keeps_the_catalogue(
     finally:
         await database.close()
 
-    down = await migrate.downgrade(empty_database_url, "0002")
-    assert down.current == "0002"
+    down = await migrate.downgrade(empty_database_url, "0003")
+    assert down.current == "0003"
     assert "event" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
     assert await execute(empty_database_url, 'SELECT name FROM "user"') == [("alice",)]
 
@@ -275,23 +289,8 @@ async def test_the_audit_trail_arrives_empty_and_keeps_the_catalogue(
 async def test_shared_login_sessions_and_claims_arrive_empty_and_keep_the_catalogue(
     empty_database_url: str,
 ) -> None:
-    await migrate.upgrade(empty_database_url, "0002")
-    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
-    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
-    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
-    await execute(
-        empty_database_url,
-        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
-        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
-    )
-    await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
+    await _upgrade_seeded(empty_database_url, "0005", catalogue_version=7)
 
-    assert (await migrate.upgrade(empty_database_url)).at_head
-
-    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
-        ("b" * 32, 1)
-    ]
-    assert await execute(empty_database_url, "SELECT version FROM catalogue_version") == [(7,)]
     assert await execute(empty_database_url, "SELECT count(*) FROM login_session") == [(0,)]
     assert await execute(empty_database_url, "SELECT count(*) FROM start_claim") == [(0,)]
     # The new tables work at once, beside the catalogue read as it was.
@@ -302,7 +301,7 @@ async def test_shared_login_sessions_and_claims_arrive_empty_and_keep_the_catalo
         stored = StoredLoginSession("k" * 64, "alice", b"sealed", 100.0, 100.0)
         assert await records.add(stored, keep_per_user=5) == []
         assert await records.get("k" * 64) == stored
-        assert await claims.claim("alice", "b" * 32, holder="one", now=1.0, until=50.0)
+        assert await claims.claim("alice", GRANT_ID, holder="one", now=1.0, until=50.0)
         async with database.unit_of_work() as work:
             (grant,) = await work.grants.list_all()
             assert grant.user.name == "alice"
@@ -319,12 +318,12 @@ async def test_shared_login_sessions_and_claims_arrive_empty_and_keep_the_catalo
         await execute(
             empty_database_url,
             "INSERT INTO start_claim (user_name, mapping_id, holder, until) "
-            "VALUES ('alice', '" + "b" * 32 + "', 'two', 60)",
+            "VALUES ('alice', '" + GRANT_ID + "', 'two', 60)",
         )
 
-    down = await migrate.downgrade(empty_database_url, "0002")
-    assert down.current == "0002"
-    assert await execute(empty_database_url, "SELECT id FROM accounting") == [("b" * 32,)]
+    down = await migrate.downgrade(empty_database_url, "0005")
+    assert down.current == "0005"
+    assert await execute(empty_database_url, "SELECT id FROM accounting") == [(GRANT_ID,)]
     tables = await _inspect(empty_database_url, _table_names)
     assert isinstance(tables, set)
     assert not tables & {"login_session", "start_claim"}
@@ -333,23 +332,14 @@ async def test_shared_login_sessions_and_claims_arrive_empty_and_keep_the_catalo
 async def test_session_shares_arrive_empty_and_keep_the_catalogue(
     empty_database_url: str,
 ) -> None:
-    await migrate.upgrade(empty_database_url, "0002")
-    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
-    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
-    await execute(empty_database_url, "INSERT INTO application_policy (allow_view) VALUES (true)")
-    await execute(
+    await _upgrade_seeded(
         empty_database_url,
-        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
-        "VALUES ('" + "b" * 32 + "', 1, 1, 1)",
+        "0004",
+        policy="allow_view",
+        policy_values="true",
+        catalogue_version=7,
     )
-    await execute(empty_database_url, "UPDATE catalogue_version SET version = 7")
 
-    assert (await migrate.upgrade(empty_database_url)).at_head
-
-    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
-        ("b" * 32, 1)
-    ]
-    assert await execute(empty_database_url, "SELECT version FROM catalogue_version") == [(7,)]
     assert await execute(empty_database_url, "SELECT count(*) FROM session_share") == [(0,)]
     database = SqlDatabase(empty_database_url)
     try:
@@ -379,8 +369,8 @@ async def test_session_shares_arrive_empty_and_keep_the_catalogue(
             "VALUES ('x', 'link', '', 'drive', CURRENT_TIMESTAMP)",
         )
 
-    down = await migrate.downgrade(empty_database_url, "0002")
-    assert down.current == "0002"
+    down = await migrate.downgrade(empty_database_url, "0004")
+    assert down.current == "0004"
     tables = await _inspect(empty_database_url, _table_names)
     assert "session_share" not in tables  # type: ignore[operator]
     assert await execute(empty_database_url, "SELECT count(*) FROM accounting") == [(1,)]
@@ -618,21 +608,8 @@ def test_the_developers_alembic_ini_works(tmp_path: Path) -> None:
 
 
 async def test_group_grants_arrive_empty_and_keep_every_grant(empty_database_url: str) -> None:
-    await migrate.upgrade(empty_database_url, "0007")
-    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
-    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
-    await execute(empty_database_url, "INSERT INTO application_policy (allow_home) VALUES (true)")
-    await execute(
-        empty_database_url,
-        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
-        "VALUES ('" + "c" * 32 + "', 1, 1, 1)",
-    )
+    await _upgrade_seeded(empty_database_url, "0007")
 
-    assert (await migrate.upgrade(empty_database_url)).at_head
-
-    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
-        ("c" * 32, 1)
-    ]
     assert await execute(empty_database_url, "SELECT count(*) FROM group_grant") == [(0,)]
     database = SqlDatabase(empty_database_url)
     try:
@@ -649,4 +626,4 @@ async def test_group_grants_arrive_empty_and_keep_every_grant(empty_database_url
     down = await migrate.downgrade(empty_database_url, "0007")
     assert down.current == "0007"
     assert "group_grant" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
-    assert await execute(empty_database_url, "SELECT id FROM accounting") == [("c" * 32,)]
+    assert await execute(empty_database_url, "SELECT id FROM accounting") == [(GRANT_ID,)]

@@ -226,12 +226,57 @@ async def test_granting_to_someone_unknown_is_not_found(uow: UnitOfWorkFactory) 
             await work.grants.grant(alice, Application(id=12345, image="ghost/app"), Policy())
 
 
-async def test_grants_are_revoked_one_or_all(uow: UnitOfWorkFactory) -> None:
+async def test_the_policies_of_many_grants_come_in_one_lookup(uow: UnitOfWorkFactory) -> None:
+    alice, bob, app, other = await _seed(uow)
+    async with uow() as work:
+        home = await work.grants.grant(alice, app, Policy(allow_home=True))
+        full = await work.grants.grant(bob, other, FULL_POLICY)
+        physics = await work.grants.grant_group("physics", app, Policy(allow_view=True))
+        revoked = await work.grants.grant(bob, app, Policy())
+        await work.grants.revoke(revoked.mapping_id)
+        await work.commit()
+
+    async with uow() as work:
+        wanted = [home.mapping_id, full.mapping_id, physics.mapping_id, revoked.mapping_id]
+        assert dict(await work.grants.policies_of([*wanted, "0" * 32, "not an id"])) == {
+            home.mapping_id: Policy(allow_home=True),
+            full.mapping_id: FULL_POLICY,
+            physics.mapping_id: Policy(allow_view=True),
+        }
+        assert dict(await work.grants.policies_of([])) == {}
+        assert dict(await work.grants.policies_of({home.mapping_id})) == {
+            home.mapping_id: Policy(allow_home=True)
+        }
+
+
+async def test_a_lookup_of_policies_costs_one_query_per_thousand_ids(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'queries.db'}"
+    await migrate.upgrade(url)
+    selects: list[str] = []
+    database = SqlDatabase(url, observe=lambda _kind, verb, _took, _outcome: selects.append(verb))
+    try:
+        alice, _bob, app, _other = await _seed(database.unit_of_work)
+        async with database.unit_of_work() as work:
+            granted = [
+                await work.grants.grant(alice, app, Policy(memory_limit_mb=64 + n))
+                for n in range(30)
+            ]
+            await work.commit()
+        ids = [grant.mapping_id for grant in granted] + [f"{n:032x}" for n in range(1500)]
+        async with database.unit_of_work() as work:
+            selects.clear()
+            found = await work.grants.policies_of(ids)
+            assert selects.count("select") == 2
+        assert {found[g.mapping_id].memory_limit_mb for g in granted} == {64 + n for n in range(30)}
+    finally:
+        await database.close()
+
+
+async def test_grants_are_revoked_one_by_one(uow: UnitOfWorkFactory) -> None:
     alice, _, app, other = await _seed(uow)
     async with uow() as work:
         home = await work.grants.grant(alice, app, Policy(allow_home=True))
-        await work.grants.grant(alice, app, Policy(allow_view=True))
-        await work.grants.grant(alice, app, Policy())
+        view = await work.grants.grant(alice, app, Policy(allow_view=True))
         kept = await work.grants.grant(alice, other, Policy())
         await work.commit()
 
@@ -241,8 +286,9 @@ async def test_grants_are_revoked_one_or_all(uow: UnitOfWorkFactory) -> None:
             await work.grants.revoke(home.mapping_id)
         with pytest.raises(NotFound):
             await work.grants.get(home.mapping_id)
-        assert await work.grants.revoke_all(alice.id, app.id) == 2
-        assert await work.grants.revoke_all(alice.id, app.id) == 0
+        assert list(await work.grants.list_for(alice.id, app.id)) == [view]
+        await work.grants.revoke(view.mapping_id)
+        assert list(await work.grants.list_for(alice.id, app.id)) == []
         await work.commit()
 
     async with uow() as work:
@@ -353,7 +399,7 @@ async def test_every_committed_change_moves_the_catalogue_version(uow: UnitOfWor
         await work.commit()
     assert await moved()
     async with uow() as work:
-        assert await work.grants.revoke_all(alice.id, app.id) == 1
+        await work.grants.grant_group("staff", app, Policy())
         await work.commit()
     assert await moved()
     async with uow() as work:

@@ -168,6 +168,24 @@ async def test_a_discarded_key_does_not_keep_the_load_under_way(clock: FakeClock
     assert await cache.get("k", source.load) == "v2"
 
 
+async def test_discard_keys_forgets_the_keys_chosen_and_their_refusals(clock: FakeClock) -> None:
+    cache: TtlCache[tuple[str, str], str] = TtlCache(
+        ttl=30, maxsize=8, clock=clock, refusals=(Unauthorized,), refusal_ttl=30
+    )
+    cache.put(("alice", "a1"), "x")
+    cache.put(("alice", "b1"), "y")
+    cache.put(("bob", "a1"), "z")
+    source = Source()
+    source.error = Unauthorized("no")
+    with pytest.raises(Unauthorized):
+        await cache.get(("carol", "a1"), source.load)
+    cache.discard_keys(lambda key: key[1] == "a1")
+    assert (cache.peek(("alice", "a1")), cache.peek(("bob", "a1"))) == (None, None)
+    assert (cache.peek(("alice", "b1")), cache.refusals) == ("y", 0)
+    source.error = None
+    assert await cache.get(("carol", "a1"), source.load) == "v1"
+
+
 async def test_put_replaces_and_clear_forgets(clock: FakeClock) -> None:
     cache: TtlCache[str, str] = TtlCache(ttl=30, maxsize=4, clock=clock)
     cache.put("k", "mine")

@@ -221,6 +221,43 @@ async def test_revoking_all_policies_counts_what_went(populated: InMemoryDatabas
     assert await catalogue.list_grants(uow) == [others]
 
 
+async def test_a_hub_group_is_granted_and_revoked_as_a_user_is(
+    populated: InMemoryDatabase,
+) -> None:
+    uow = populated.unit_of_work
+    staff = catalogue.HubGroup("staff")
+    home = await catalogue.grant_access(uow, IMAGE, staff, Policy(allow_home=True))
+    assert await catalogue.grant_access(uow, IMAGE, staff, Policy(allow_home=True)) == home
+    view = await catalogue.grant_access(uow, IMAGE, staff, Policy(allow_view=True))
+    others = await catalogue.grant_access(uow, OTHER_IMAGE, staff, Policy())
+    alices = await catalogue.grant_access(uow, IMAGE, "alice", Policy(allow_home=True))
+    assert (home.group, home.application.image) == ("staff", IMAGE)
+
+    assert await catalogue.revoke_access(uow, IMAGE, staff, Policy(allow_home=True)) == 1
+    with pytest.raises(NotFound, match="group 'staff' has no grant"):
+        await catalogue.revoke_access(uow, IMAGE, staff, Policy(allow_home=True))
+    assert await catalogue.list_group_grants(uow, "staff") == [view, others]
+    assert await catalogue.revoke_access(uow, IMAGE, staff, catalogue.ALL_POLICIES) == 1
+    assert await catalogue.revoke_access(uow, IMAGE, staff, catalogue.ALL_POLICIES) == 0
+    assert await catalogue.list_group_grants(uow) == [others]
+    assert await catalogue.list_grants(uow) == [alices]
+
+
+async def test_a_malformed_group_or_unknown_image_writes_nothing(
+    populated: InMemoryDatabase,
+) -> None:
+    uow = populated.unit_of_work
+    commits = populated.commits
+    with pytest.raises(InvalidRequest):
+        await catalogue.grant_access(uow, IMAGE, catalogue.HubGroup("a b/c"), Policy())
+    with pytest.raises(InvalidRequest):
+        await catalogue.revoke_access(uow, IMAGE, catalogue.HubGroup(""), "all")
+    with pytest.raises(NotFound):
+        await catalogue.grant_access(uow, "x/y", catalogue.HubGroup("staff"), Policy())
+    assert populated.commits == commits
+    assert await catalogue.list_group_grants(uow) == []
+
+
 async def test_revoking_for_unknown_users_or_images_is_not_found(
     populated: InMemoryDatabase,
 ) -> None:

@@ -256,6 +256,26 @@ async def test_input_keeps_a_session_but_not_past_its_lifetime(
     assert await _running(service) == set()
 
 
+async def test_a_session_of_a_group_grant_is_culled_by_its_policy(
+    world: World, clock: FakeClock
+) -> None:
+    service = _service(world, clock)
+    user_grant = await _granted(world, Policy(idle_timeout_s=50))
+    async with world.database.unit_of_work() as uow:
+        physics = await uow.grants.grant_group(
+            "physics", user_grant.application, Policy(idle_timeout_s=20)
+        )
+        await uow.commit()
+    by_group = await service.sessions.start(physics.for_user(user_grant.user))
+    by_name = await service.sessions.start(user_grant)
+
+    clock.advance(20)
+    report = await service.culler.run_once()
+
+    assert report.culled == {by_group.url_id: "idle"}
+    assert await _running(service) == {by_name.url_id}
+
+
 async def test_sessions_without_timeouts_or_grant_are_never_culled(
     world: World, clock: FakeClock
 ) -> None:

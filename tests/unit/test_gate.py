@@ -1690,6 +1690,21 @@ async def test_one_user_cannot_hold_more_than_the_cap(stack: Stack) -> None:
     assert "remoteapp_gate_crowded_total 1.0" in text
 
 
+async def test_a_verified_gate_cookie_is_remembered_only_until_it_expires(stack: Stack) -> None:
+    assert stack.client.app is not None
+    gate = stack.client.app[GATE]
+    _session, value = await entered(stack)
+    payload = gate.cookie_payload(value)
+    assert payload is not None
+    assert gate.verified.peek(value) is not None  # checked once, then answered from memory
+    assert gate.cookie_payload(value) == payload
+
+    stack.world.clock.advance(gate.store.max_age + 1)
+
+    assert gate.verified.peek(value) is None
+    assert gate.cookie_payload(value) is None
+
+
 async def test_an_expired_login_session_closes_its_websockets(stack: Stack) -> None:
     assert stack.client.app is not None
     gate = stack.client.app[GATE]

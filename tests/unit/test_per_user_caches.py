@@ -180,6 +180,18 @@ async def test_a_container_killed_behind_the_services_back_shows_within_the_ttl(
     assert await sessions.list_for_user("alice") == []
 
 
+async def test_the_realm_listing_lives_its_ttl_on_the_injected_clock() -> None:
+    _, runtime, sessions, clock, grants = await setup()
+    started = await sessions.start(grants["alice"])
+    (running,) = await sessions.list_all()
+    assert running.container_id is not None
+    runtime.kill(running.container_id, remove=True)
+    clock.now = 4.9
+    assert [s.url_id for s in await sessions.list_all()] == [started.url_id]
+    clock.now = 5.0
+    assert await sessions.list_all() == []
+
+
 async def test_a_restarted_service_finds_its_sessions_from_the_engine() -> None:
     world, runtime, sessions, _, grants = await setup()
     started = await sessions.start(grants["alice"])

@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import aiodocker
 import aiohttp
 import structlog
 
 from remoteappmanager.adapters.observed import Observe, operation_of, timing
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.containers import CONTAINER_PORT, ContainerInfo, ContainerSpec
 from remoteappmanager.domain.errors import (
     Exists,
@@ -36,6 +37,8 @@ log = structlog.get_logger(__name__)
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 5
 DEFAULT_IMAGE_CACHE_TTL = 60.0
+# How many images' metadata is kept; past it the least recently used is read again.
+MAX_CACHED_IMAGES = 1024
 
 # aiodocker reports "could not connect" as a DockerError with this pseudo status.
 _CONNECTION_FAILED = 900
@@ -77,6 +80,29 @@ def tls_context(cert_path: Path, verify: bool) -> ssl.SSLContext:
     return context
 
 
+def bind_mounts(spec: ContainerSpec) -> list[dict[str, Any]]:
+    """The spec's mounts as the engine API has them (containers and swarm tasks alike)."""
+    return [
+        {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+        for m in spec.mounts
+    ]
+
+
+def environment(spec: ContainerSpec) -> list[str]:
+    """The spec's environment as the engine API has it (``KEY=value`` each)."""
+    return [f"{key}={value}" for key, value in spec.environment.items()]
+
+
+class EngineOptions(TypedDict, total=False):
+    """How a runtime talks to its engine; see ``AiodockerRuntime`` (each has a default)."""
+
+    request_timeout: float
+    stop_timeout: int
+    image_cache_ttl: float
+    clock: Callable[[], float]
+    observe: Observe | None
+
+
 class AiodockerRuntime:
     """``ContainerRuntime`` on a Docker engine.
 
@@ -93,12 +119,7 @@ class AiodockerRuntime:
         self,
         url: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        *,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        stop_timeout: int = DEFAULT_STOP_TIMEOUT,
-        image_cache_ttl: float = DEFAULT_IMAGE_CACHE_TTL,
-        clock: Callable[[], float] = time.monotonic,
-        observe: Observe | None = None,
+        **options: Unpack[EngineOptions],
     ) -> None:
         if url is not None and ssl_context is not None:
             url = _TCP_SCHEME_RE.sub("https://", url)
@@ -106,12 +127,14 @@ class AiodockerRuntime:
             url = _TCP_SCHEME_RE.sub("http://", url)
         self._url = url
         self._ssl_context = ssl_context
-        self._request_timeout = request_timeout
-        self._observe = observe
-        self._stop_timeout = stop_timeout
-        self._image_cache_ttl = image_cache_ttl
-        self._clock = clock
-        self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
+        self._request_timeout = options.get("request_timeout", DEFAULT_REQUEST_TIMEOUT)
+        self._observe = options.get("observe")
+        self._stop_timeout = options.get("stop_timeout", DEFAULT_STOP_TIMEOUT)
+        self._image_cache_ttl = options.get("image_cache_ttl", DEFAULT_IMAGE_CACHE_TTL)
+        self._clock = options.get("clock", time.monotonic)
+        self._images: TtlCache[str, ImageMetadata] = TtlCache(
+            ttl=self._image_cache_ttl, maxsize=MAX_CACHED_IMAGES, clock=self._clock
+        )
         self._docker: aiodocker.Docker | None = None
         self._network_lock = asyncio.Lock()
         self._data_root: str | None = None
@@ -169,22 +192,23 @@ class AiodockerRuntime:
     # ----------------------------------------------------------------- images
     async def inspect_image(self, image: str) -> ImageMetadata:
         validate_image_name(image)
-        now = self._clock()
-        cached = self._image_cache.get(image)
-        if cached is not None and now - cached[0] < self._image_cache_ttl:
-            return cached[1]
+        return await self._images.get(image, lambda: self._read_metadata(image))
+
+    async def _read_metadata(self, image: str) -> ImageMetadata:
+        data = await self._inspected(image)
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        return parse_image_labels(image, labels)
+
+    async def _inspected(self, image: str) -> dict[str, Any]:
+        """The engine's inspection of ``image``; ``NotFound`` when it has no such image."""
         try:
             async with self._call(f"inspect image {image}"):
-                data = await self._client().images.inspect(image)
+                data: dict[str, Any] = await self._client().images.inspect(image)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
-                self._image_cache.pop(image, None)
                 raise image_missing(image) from None
             raise engine_error(exc, f"inspect image {image}") from None
-        labels = (data.get("Config") or {}).get("Labels") or {}
-        metadata = parse_image_labels(image, labels)
-        self._image_cache[image] = (now, metadata)
-        return metadata
+        return data
 
     # ----------------------------------------------------------------- network and engine
     async def ensure_network(self, name: str) -> None:
@@ -282,15 +306,7 @@ class AiodockerRuntime:
         confinement = spec.confinement
         limits = confinement.limits
         host_config: dict[str, Any] = {
-            "Mounts": [
-                {
-                    "Type": "bind",
-                    "Source": mount.source,
-                    "Target": mount.target,
-                    "ReadOnly": mount.read_only,
-                }
-                for mount in spec.mounts
-            ],
+            "Mounts": bind_mounts(spec),
             # An empty HostPort lets the engine choose a free one.
             "PortBindings": {exposed: [{"HostIp": spec.publish_ip, "HostPort": ""}]},
             # A PID 1 that reaps zombies and forwards signals, so stop is quick.
@@ -314,7 +330,7 @@ class AiodockerRuntime:
         config: dict[str, Any] = {
             "Image": spec.image,
             "Labels": dict(spec.labels),
-            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
+            "Env": environment(spec),
             "ExposedPorts": {exposed: {}},
             "HostConfig": host_config,
         }

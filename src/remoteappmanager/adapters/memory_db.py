@@ -192,6 +192,16 @@ class InMemoryGrantRepository:
     async def list_all(self) -> Sequence[Grant]:
         return self._select(lambda row: True)
 
+    async def policies_of(self, mapping_ids: Collection[str]) -> Mapping[str, Policy]:
+        found: dict[str, Policy] = {}
+        for mapping_id in mapping_ids:
+            row = self._tables.accounting.get(mapping_id) or self._tables.group_grants.get(
+                mapping_id
+            )
+            if row is not None:
+                found[mapping_id] = self._tables.policies[row.policy_id]
+        return found
+
     async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
         every = self._select(lambda row: True)
         return len(every), every[offset : offset + limit]
@@ -207,12 +217,6 @@ class InMemoryGrantRepository:
     async def revoke(self, mapping_id: str) -> None:
         if self._tables.accounting.pop(mapping_id, None) is None:
             raise NotFound(f"no grant with mapping id {mapping_id!r}")
-
-    async def revoke_all(self, user_id: int, application_id: int) -> int:
-        return _cascade(
-            self._tables,
-            lambda row: row.user_id == user_id and row.application_id == application_id,
-        )
 
     async def grant_group(self, group: str, application: Application, policy: Policy) -> GroupGrant:
         if application.id not in self._tables.applications:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.containers import (
     RUNINFO_NAMESPACE,
     ContainerInfo,
@@ -22,6 +23,7 @@ from remoteappmanager.domain.routing import check_route_path
 from remoteappmanager.domain.sessions import StartStep
 
 DEFAULT_IMAGE_CACHE_TTL = 60.0
+MAX_CACHED_IMAGES = 1024  # as the engine's adapter keeps
 FIRST_HOST_PORT = 49153
 
 
@@ -64,9 +66,9 @@ class InMemoryRuntime:
         self._crashing: set[str] = set()
         self._pulls: dict[str, asyncio.Event] = {}
         self._ports = itertools.count(FIRST_HOST_PORT)
-        self._image_cache: dict[str, tuple[float, ImageMetadata]] = {}
-        self._image_cache_ttl = image_cache_ttl
-        self._clock = clock
+        self._image_cache: TtlCache[str, ImageMetadata] = TtlCache(
+            ttl=image_cache_ttl, maxsize=MAX_CACHED_IMAGES, clock=clock
+        )
         self.closed = False
 
     # ----------------------------------------------------------------- test controls
@@ -120,17 +122,13 @@ class InMemoryRuntime:
         # As the engine: a reference it cannot parse is refused before anything is looked up.
         validate_image_name(image)
         self._check()
-        now = self._clock()
-        cached = self._image_cache.get(image)
-        if cached is not None and now - cached[0] < self._image_cache_ttl:
-            return cached[1]
+        return await self._image_cache.get(image, lambda: self._read_metadata(image))
+
+    async def _read_metadata(self, image: str) -> ImageMetadata:
         labels = self._images.get(image)
         if labels is None:
-            self._image_cache.pop(image, None)
             raise NotFound(f"image {image} is not available on the Docker engine")
-        metadata = parse_image_labels(image, labels)
-        self._image_cache[image] = (now, metadata)
-        return metadata
+        return parse_image_labels(image, labels)
 
     async def create(self, spec: ContainerSpec) -> str:
         self._check()

@@ -27,25 +27,24 @@ import hashlib
 import json
 import re
 import ssl
-import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import structlog
 
 from remoteappmanager.adapters.docker import (
-    DEFAULT_IMAGE_CACHE_TTL,
-    DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT,
+    MAX_CACHED_IMAGES,
     NETWORK_LABEL,
     AiodockerRuntime,
     DockerError,
+    EngineOptions,
+    bind_mounts,
     check_container_ref,
     engine_error,
-    image_missing,
+    environment,
     is_container_ref,
 )
-from remoteappmanager.adapters.observed import Observe
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.containers import CONTAINER_PORT, ContainerInfo, ContainerSpec
 from remoteappmanager.domain.errors import Exists, InvalidRequest, NotFound, Unable
 from remoteappmanager.domain.sessions import StartStep
@@ -109,29 +108,19 @@ class SwarmRuntime(AiodockerRuntime):
         *,
         network: str = DEFAULT_SWARM_NETWORK,
         start_timeout: float = DEFAULT_START_TIMEOUT,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        stop_timeout: int = DEFAULT_STOP_TIMEOUT,
-        image_cache_ttl: float = DEFAULT_IMAGE_CACHE_TTL,
-        clock: Callable[[], float] = time.monotonic,
-        observe: Observe | None = None,
+        **options: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(
-            url,
-            ssl_context,
-            request_timeout=request_timeout,
-            stop_timeout=stop_timeout,
-            image_cache_ttl=image_cache_ttl,
-            clock=clock,
-            observe=observe,
-        )
+        super().__init__(url, ssl_context, **options)
         if not is_container_ref(network):
             raise InvalidRequest(f"{network!r:.70} is not a Docker network name")
         self.network = network
         self._start_timeout = start_timeout
         self._overlay_lock = asyncio.Lock()
         self._overlay_ready = False
-        self._pins: dict[str, tuple[float, str]] = {}
-        self._pin_ttl = image_cache_ttl
+        # image -> the reference the nodes run, kept as long as image metadata is.
+        self._pins: TtlCache[str, str] = TtlCache(
+            ttl=self._image_cache_ttl, maxsize=MAX_CACHED_IMAGES, clock=self._clock
+        )
 
     # ----------------------------------------------------------------- network
     async def ensure_overlay(self) -> None:
@@ -206,23 +195,12 @@ class SwarmRuntime(AiodockerRuntime):
     async def _pinned_image(self, image: str) -> str:
         """The image reference the nodes run: a repository digest, else the image id (kept
         as long as image metadata is)."""
-        now = self._clock()
-        pinned = self._pins.get(image)
-        if pinned is not None and now - pinned[0] < self._pin_ttl:
-            return pinned[1]
-        try:
-            async with self._call(f"inspect image {image}"):
-                data = await self._client().images.inspect(image)
-        except DockerError as exc:
-            if exc.status == 404:
-                raise image_missing(image) from None
-            raise engine_error(exc, f"inspect image {image}") from None
+        return await self._pins.get(image, lambda: self._read_pin(image))
+
+    async def _read_pin(self, image: str) -> str:
+        data = await self._inspected(image)
         digests = [str(ref) for ref in data.get("RepoDigests") or [] if "@" in str(ref)]
-        reference = digests[0] if digests else str(data["Id"])
-        if len(self._pins) > 1024:
-            self._pins.clear()
-        self._pins[image] = (now, reference)
-        return reference
+        return digests[0] if digests else str(data["Id"])
 
     async def start(
         self, container_id: str, progress: Callable[[StartStep], None] | None = None
@@ -399,16 +377,8 @@ def _service_spec(spec: ContainerSpec, name: str, image: str, network: str) -> d
     container: dict[str, Any] = {
         "Image": image,
         "Labels": dict(spec.labels),
-        "Env": [f"{key}={value}" for key, value in spec.environment.items()],
-        "Mounts": [
-            {
-                "Type": "bind",
-                "Source": mount.source,
-                "Target": mount.target,
-                "ReadOnly": mount.read_only,
-            }
-            for mount in spec.mounts
-        ],
+        "Env": environment(spec),
+        "Mounts": bind_mounts(spec),
         # A PID 1 that reaps zombies and forwards signals, so stop is quick.
         "Init": True,
         "CapabilityDrop": list(confinement.cap_drop),

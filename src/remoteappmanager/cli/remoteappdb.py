@@ -419,33 +419,25 @@ def app_grant(
 
     Granting the same policy again gives the same mapping id.
     """
-    _user_or_group(user_name, group)
+    subject = _user_or_group(user_name, group)
     policy = _policy(
         app_license, allow_home, allow_view, volume, allow_startup_data, placement, limits
     )
     volumes = _volume_guard() if policy.volume is not None else None
-    if group is not None:
-        to_group = group
-        granted_to_group = _run(
-            lambda database: catalogue.grant_group_access(
-                database.unit_of_work, image, to_group, policy, volumes=volumes, by=database.by
-            )
-        )
-        click.echo(granted_to_group.mapping_id)
-        return
-    assert user_name is not None
-    to_user = user_name
     granted = _run(
         lambda database: catalogue.grant_access(
-            database.unit_of_work, image, to_user, policy, volumes=volumes, by=database.by
+            database.unit_of_work, image, subject, policy, volumes=volumes, by=database.by
         )
     )
     click.echo(granted.mapping_id)
 
 
-def _user_or_group(user_name: str | None, group: str | None) -> None:
-    if (user_name is None) == (group is None):
-        fail(PROG, "name exactly one of USER and --group", 2)
+def _user_or_group(user_name: str | None, group: str | None) -> catalogue.Subject:
+    if group is not None and user_name is None:
+        return catalogue.HubGroup(group)
+    if user_name is not None and group is None:
+        return user_name
+    fail(PROG, "name exactly one of USER and --group", 2)
 
 
 @app.command("revoke")
@@ -469,7 +461,7 @@ def app_revoke(
 ) -> None:
     """Withdraw USER's (or hub group NAME's) grant of IMAGE with exactly this policy (or all
     of them)."""
-    _user_or_group(user_name, group)
+    subject = _user_or_group(user_name, group)
     policy: Policy | Literal["all"]
     if revoke_all:
         chosen = any(value is not None for value in limits.values())
@@ -488,19 +480,9 @@ def app_revoke(
         policy = _policy(
             app_license, allow_home, allow_view, volume, allow_startup_data, placement, limits
         )
-    if group is not None:
-        of_group = group
-        count = _run(
-            lambda database: catalogue.revoke_group_access(
-                database.unit_of_work, image, of_group, policy, by=database.by
-            )
+    count = _run(
+        lambda database: catalogue.revoke_access(
+            database.unit_of_work, image, subject, policy, by=database.by
         )
-    else:
-        assert user_name is not None
-        of_user = user_name
-        count = _run(
-            lambda database: catalogue.revoke_access(
-                database.unit_of_work, image, of_user, policy, by=database.by
-            )
-        )
+    )
     click.echo(f"revoked {count} grant{'' if count == 1 else 's'}")

@@ -100,6 +100,12 @@ class GrantRepository(Protocol):
         """Every grant of every user."""
         ...
 
+    async def policies_of(self, mapping_ids: Collection[str]) -> Mapping[str, Policy]:
+        """The policy of each grant among ``mapping_ids``, to a user or to a hub group (the
+        user's where both had one id); an id of no grant is left out. One query for a page
+        of ids, however many, not one per id."""
+        ...
+
     async def page_all(self, *, limit: int, offset: int = 0) -> tuple[int, Sequence[Grant]]:
         """How many grants there are, and ``limit`` of them from ``offset`` in the order of
         ``list_all``."""
@@ -115,10 +121,6 @@ class GrantRepository(Protocol):
 
     async def revoke(self, mapping_id: str) -> None:
         """Delete one grant; ``NotFound`` if there is none with this mapping id."""
-        ...
-
-    async def revoke_all(self, user_id: int, application_id: int) -> int:
-        """Delete every grant of the application to the user; returns how many there were."""
         ...
 
     # Grants to hub groups: mapping ids share one space with the grants to users (both are

@@ -201,8 +201,13 @@ class Administration:
         actor: str = SYSTEM_ACTOR,
     ) -> GroupGrant:
         """Idempotent: the same grant to the group again gives the same mapping id."""
-        granted = await catalogue.grant_group_access(
-            self._uow, application, group, policy, volumes=self._volumes, by=self._by(actor)
+        granted = await catalogue.grant_access(
+            self._uow,
+            application,
+            catalogue.HubGroup(group),
+            policy,
+            volumes=self._volumes,
+            by=self._by(actor),
         )
         self._forget_grants(None)
         log.info(

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -409,21 +409,14 @@ class Applications:
         None: anybody's, as admins see them)."""
         if self._activity is None or not sessions:
             return {}
-        policies: dict[str, Policy] = {}
+        policies: Mapping[str, Policy]
         if user is not None:
             policies = {
                 grant.mapping_id: grant.policy for grant in await self._grants_of(user, groups)
             }
         else:
             async with self._uow_factory() as uow:
-                for mapping_id in {session.mapping_id for session in sessions}:
-                    try:
-                        policies[mapping_id] = (await uow.grants.get(mapping_id)).policy
-                    except NotFound:
-                        try:
-                            policies[mapping_id] = (await uow.grants.get_group(mapping_id)).policy
-                        except NotFound:
-                            continue
+                policies = await uow.grants.policies_of({s.mapping_id for s in sessions})
         return {
             session.url_id: self._activity.times(session, policies.get(session.mapping_id))
             for session in sessions

@@ -58,8 +58,15 @@ class Recorder(Protocol):
     ) -> None: ...
 
 
-class DiscardingRecorder:
-    """Records nothing: for services built without an audit trail (some tests, tools)."""
+class _Recording:
+    """The one ``record``: the event is made at ``clock``'s time (which checks its action and
+    detail, raising ``ValueError``), then handed to ``_keep``."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     def record(
         self,
@@ -68,7 +75,18 @@ class DiscardingRecorder:
         target: str,
         detail: Mapping[str, object] | None = None,
     ) -> None:
-        NewEvent.of(datetime.now(UTC), actor, action, target, detail)  # still checks the action
+        self._keep(NewEvent.of(self._now(), actor, action, target, detail))
+
+    def _keep(self, event: NewEvent) -> None:
+        raise NotImplementedError
+
+
+class DiscardingRecorder(_Recording):
+    """Records nothing, but checks every event: for services built without an audit trail
+    (some tests, tools)."""
+
+    def _keep(self, event: NewEvent) -> None:
+        pass
 
 
 DISCARD: Recorder = DiscardingRecorder()
@@ -90,7 +108,7 @@ class Attribution:
 UNRECORDED = Attribution(DISCARD, SYSTEM_ACTOR)
 
 
-class AuditTrail:
+class AuditTrail(_Recording):
     """The recorder, the listing and the retention of the audit trail (see the module)."""
 
     def __init__(
@@ -104,9 +122,9 @@ class AuditTrail:
         prune_batch: int = DEFAULT_PRUNE_BATCH,
         max_slices: int = DEFAULT_MAX_SLICES,
     ) -> None:
+        super().__init__(clock)
         self._store = store
         self._retention = timedelta(days=retention_days)
-        self._clock = clock
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._prune_batch = prune_batch
@@ -119,18 +137,8 @@ class AuditTrail:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), UTC)
-
     # ----------------------------------------------------------------- recording
-    def record(
-        self,
-        actor: str,
-        action: AuditAction | str,
-        target: str,
-        detail: Mapping[str, object] | None = None,
-    ) -> None:
-        event = NewEvent.of(self._now(), actor, action, target, detail)
+    def _keep(self, event: NewEvent) -> None:
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
             log.warning("audit.dropped", action=event.action.value, dropped=self.dropped)

@@ -16,8 +16,9 @@ details that name what changed and never a policy's licence.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 from remoteappmanager.domain.audit import AuditAction
 from remoteappmanager.domain.errors import Forbidden, NotFound
@@ -42,6 +43,17 @@ UserRef = int | str
 """A user's id, or their hub name."""
 ApplicationRef = int | str
 """An application's id, or its image name."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubGroup:
+    """A hub group as the subject of a grant (its members get it while they are in it)."""
+
+    name: str
+
+
+Subject = UserRef | HubGroup
+"""Whom a grant is to: a user (``UserRef``) or every member of a hub group."""
 
 ALL_POLICIES: Literal["all"] = "all"
 # Row ids are 32-bit in the database: a larger id names nothing, and is never sent to a driver
@@ -206,147 +218,127 @@ async def list_applications(uow: UnitOfWorkFactory) -> list[Application]:
 
 
 # ------------------------------------------------------------------------------ grants
+@overload
 async def grant_access(
     uow: UnitOfWorkFactory,
     application: ApplicationRef,
-    user: UserRef,
+    subject: UserRef,
     policy: Policy,
     *,
     volumes: VolumeGuard | None = None,
     by: Attribution = UNRECORDED,
-) -> Grant:
-    """Let ``user`` run ``application`` under ``policy``.
+) -> Grant: ...
+
+
+@overload
+async def grant_access(
+    uow: UnitOfWorkFactory,
+    application: ApplicationRef,
+    subject: HubGroup,
+    policy: Policy,
+    *,
+    volumes: VolumeGuard | None = None,
+    by: Attribution = UNRECORDED,
+) -> GroupGrant: ...
+
+
+@overload
+async def grant_access(
+    uow: UnitOfWorkFactory,
+    application: ApplicationRef,
+    subject: Subject,
+    policy: Policy,
+    *,
+    volumes: VolumeGuard | None = None,
+    by: Attribution = UNRECORDED,
+) -> Grant | GroupGrant: ...
+
+
+async def grant_access(
+    uow: UnitOfWorkFactory,
+    application: ApplicationRef,
+    subject: Subject,
+    policy: Policy,
+    *,
+    volumes: VolumeGuard | None = None,
+    by: Attribution = UNRECORDED,
+) -> Grant | GroupGrant:
+    """Let ``subject`` (a user, or every member of a hub group) run ``application`` under
+    ``policy``.
 
     Idempotent: granting the same policy again returns the same grant (same mapping id).
-    A policy volume must pass ``volumes`` (``Forbidden``, nothing written).
+    ``InvalidRequest`` for a malformed group name, ``NotFound`` for an unknown user or
+    application, ``Forbidden`` for a volume ``volumes`` refuses; nothing is written then.
+    Whether a group exists is the hub's to say: a grant to a group nobody is in gives nobody
+    anything.
     """
+    subject = _validated(subject)
     await check_policy_volume(volumes, policy)
+    granted: Grant | GroupGrant
     async with uow() as work:
-        found_user = await _user(work, user)
-        found_application = await _application(work, application)
-        grant = await work.grants.grant(found_user, found_application, policy)
+        if isinstance(subject, HubGroup):
+            found_application = await _application(work, application)
+            granted = await work.grants.grant_group(subject.name, found_application, policy)
+        else:
+            found_user = await _user(work, subject)
+            found_application = await _application(work, application)
+            granted = await work.grants.grant(found_user, found_application, policy)
         await work.commit()
-    by.record(AuditAction.GRANT, grant.mapping_id, grant_detail(grant))
-    return grant
+    by.record(AuditAction.GRANT, granted.mapping_id, grant_detail(granted))
+    return granted
 
 
 async def revoke_access(
     uow: UnitOfWorkFactory,
     application: ApplicationRef,
-    user: UserRef,
+    subject: Subject,
     policy: Policy | Literal["all"],
     *,
     by: Attribution = UNRECORDED,
 ) -> int:
-    """Withdraw the user's grant of ``application`` under ``policy``, or every policy's.
+    """Withdraw the grant of ``application`` to ``subject`` (a user or a hub group) under
+    ``policy``, or every policy's.
 
     Returns how many grants went. With one policy, ``NotFound`` if there was no such grant;
     with ``"all"``, revoking nothing is not an error.
     """
+    subject = _validated(subject)
+    held: list[Grant | GroupGrant]
+    withdraw: Callable[[str], Awaitable[object]]
     async with uow() as work:
-        found_user = await _user(work, user)
-        found_application = await _application(work, application)
-        everything = await work.grants.list_for(found_user.id, found_application.id)
-        if policy == ALL_POLICIES:
-            matching = list(everything)
-            count = await work.grants.revoke_all(found_user.id, found_application.id)
+        if isinstance(subject, HubGroup):
+            found_application = await _application(work, application)
+            held = [
+                granted
+                for granted in await work.grants.list_groups({subject.name})
+                if granted.application.id == found_application.id
+            ]
+            withdraw, holder = work.grants.revoke_group, f"group {subject.name!r}"
         else:
-            matching = [grant for grant in everything if grant.policy == policy]
-            if not matching:
-                raise NotFound(
-                    f"user {found_user.name!r} has no grant of {found_application.image!r} "
-                    "with this policy"
-                )
-            for grant in matching:
-                await work.grants.revoke(grant.mapping_id)
-            count = len(matching)
+            found_user = await _user(work, subject)
+            found_application = await _application(work, application)
+            held = list(await work.grants.list_for(found_user.id, found_application.id))
+            withdraw, holder = work.grants.revoke, f"user {found_user.name!r}"
+        matching = [grant for grant in held if policy == ALL_POLICIES or grant.policy == policy]
+        if not matching and policy != ALL_POLICIES:
+            raise NotFound(f"{holder} has no grant of {found_application.image!r} with this policy")
+        for grant in matching:
+            await withdraw(grant.mapping_id)
         await work.commit()
     for grant in matching:
         by.record(AuditAction.REVOKE, grant.mapping_id, grant_detail(grant))
-    return count
+    return len(matching)
 
 
 async def revoke_grant(
     uow: UnitOfWorkFactory, mapping_id: str, *, by: Attribution = UNRECORDED
 ) -> None:
-    """Withdraw one grant by its mapping id."""
+    """Withdraw one grant to a user by its mapping id."""
     async with uow() as work:
         grant = await work.grants.get(mapping_id)
         await work.grants.revoke(mapping_id)
         await work.commit()
     by.record(AuditAction.REVOKE, grant.mapping_id, grant_detail(grant))
-
-
-def grant_detail(grant: Grant) -> dict[str, object]:
-    """What the audit trail says of a grant: who, what, and the policy's switches; never
-    its licence."""
-    policy = grant.policy
-    return {
-        "user": grant.user.name,
-        "image": grant.application.image,
-        "allow_home": policy.allow_home,
-        "allow_view": policy.allow_view,
-        "allow_common": policy.allow_common,
-        "volume": None if policy.volume is None else policy.volume.target,
-    }
-
-
-# ------------------------------------------------------------------------------ group grants
-async def grant_group_access(
-    uow: UnitOfWorkFactory,
-    application: ApplicationRef,
-    group: str,
-    policy: Policy,
-    *,
-    volumes: VolumeGuard | None = None,
-    by: Attribution = UNRECORDED,
-) -> GroupGrant:
-    """Let every member of hub group ``group`` run ``application`` under ``policy``.
-
-    Idempotent as ``grant_access``. ``InvalidRequest`` for a malformed group name,
-    ``NotFound`` for an unknown application, ``Forbidden`` for a volume ``volumes`` refuses;
-    nothing is written then. Whether the group exists is the hub's to say: a grant to a
-    group nobody is in gives nobody anything.
-    """
-    group = validate_group_name(group)
-    await check_policy_volume(volumes, policy)
-    async with uow() as work:
-        found_application = await _application(work, application)
-        granted = await work.grants.grant_group(group, found_application, policy)
-        await work.commit()
-    by.record(AuditAction.GRANT, granted.mapping_id, group_grant_detail(granted))
-    return granted
-
-
-async def revoke_group_access(
-    uow: UnitOfWorkFactory,
-    application: ApplicationRef,
-    group: str,
-    policy: Policy | Literal["all"],
-    *,
-    by: Attribution = UNRECORDED,
-) -> int:
-    """Withdraw the group's grant of ``application`` under ``policy`` (or every policy's);
-    returns how many went. With one policy, ``NotFound`` if there was none."""
-    group = validate_group_name(group)
-    async with uow() as work:
-        found_application = await _application(work, application)
-        matching = [
-            granted
-            for granted in await work.grants.list_groups({group})
-            if granted.application.id == found_application.id
-            and (policy == ALL_POLICIES or granted.policy == policy)
-        ]
-        if not matching and policy != ALL_POLICIES:
-            raise NotFound(
-                f"group {group!r} has no grant of {found_application.image!r} with this policy"
-            )
-        for granted in matching:
-            await work.grants.revoke_group(granted.mapping_id)
-        await work.commit()
-    for granted in matching:
-        by.record(AuditAction.REVOKE, granted.mapping_id, group_grant_detail(granted))
-    return len(matching)
 
 
 async def revoke_group_grant(
@@ -356,8 +348,25 @@ async def revoke_group_grant(
     async with uow() as work:
         granted = await work.grants.revoke_group(mapping_id)
         await work.commit()
-    by.record(AuditAction.REVOKE, granted.mapping_id, group_grant_detail(granted))
+    by.record(AuditAction.REVOKE, granted.mapping_id, grant_detail(granted))
     return granted
+
+
+def grant_detail(grant: Grant | GroupGrant) -> dict[str, object]:
+    """What the audit trail says of a grant: to whom (``user`` or ``group``), what, and the
+    policy's switches; never its licence."""
+    policy = grant.policy
+    to: dict[str, object] = (
+        {"user": grant.user.name} if isinstance(grant, Grant) else {"group": grant.group}
+    )
+    return {
+        **to,
+        "image": grant.application.image,
+        "allow_home": policy.allow_home,
+        "allow_view": policy.allow_view,
+        "allow_common": policy.allow_common,
+        "volume": None if policy.volume is None else policy.volume.target,
+    }
 
 
 async def list_group_grants(uow: UnitOfWorkFactory, group: str | None = None) -> list[GroupGrant]:
@@ -366,19 +375,6 @@ async def list_group_grants(uow: UnitOfWorkFactory, group: str | None = None) ->
         if group is None:
             return list(await work.grants.list_groups())
         return list(await work.grants.list_groups({validate_group_name(group)}))
-
-
-def group_grant_detail(granted: GroupGrant) -> dict[str, object]:
-    """What the audit trail says of a group grant (as ``grant_detail``, with the group)."""
-    policy = granted.policy
-    return {
-        "group": granted.group,
-        "image": granted.application.image,
-        "allow_home": policy.allow_home,
-        "allow_view": policy.allow_view,
-        "allow_common": policy.allow_common,
-        "volume": None if policy.volume is None else policy.volume.target,
-    }
 
 
 async def get_grant(uow: UnitOfWorkFactory, mapping_id: str) -> Grant:
@@ -403,6 +399,12 @@ async def grants_of_user(uow: UnitOfWorkFactory, user: UserRef) -> UserGrants:
 
 
 # ------------------------------------------------------------------------------ lookups
+def _validated(subject: Subject) -> Subject:
+    if isinstance(subject, HubGroup):
+        return HubGroup(validate_group_name(subject.name))
+    return subject
+
+
 async def _user(work: UnitOfWork, user: UserRef) -> User:
     if isinstance(user, int):
         if not 0 < user <= MAX_ROW_ID:

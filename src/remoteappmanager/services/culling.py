@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
-from remoteappmanager.domain.errors import NotFound, RemoteAppError
+from remoteappmanager.domain.errors import RemoteAppError
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import SessionState, session_deadline
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
@@ -124,17 +124,10 @@ class Culler:
             took = time.monotonic() - started
             await asyncio.sleep(max(interval, took * self._rest_factor))
 
-    async def _policies(self, mapping_ids: set[str]) -> dict[str, Policy]:
-        found: dict[str, Policy] = {}
+    async def _policies(self, mapping_ids: set[str]) -> Mapping[str, Policy]:
+        # A revoked grant has none: its session runs on without a deadline.
         async with self._unit_of_work() as uow:
-            for index, mapping_id in enumerate(sorted(mapping_ids)):
-                if index and index % self._slice == 0:
-                    await asyncio.sleep(0)
-                try:
-                    found[mapping_id] = (await uow.grants.get(mapping_id)).policy
-                except NotFound:
-                    continue  # revoked: the session runs on without a deadline
-        return found
+            return await uow.grants.policies_of(mapping_ids)
 
     async def _prune(self) -> None:
         stop_log = self._sessions.stop_log

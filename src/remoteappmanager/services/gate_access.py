@@ -10,6 +10,7 @@ from typing import Literal
 
 import structlog
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.audit import AuditAction
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.sessions import SessionState
@@ -29,7 +30,7 @@ DEFAULT_TARGET_TTL = 10.0
 # An admin flag or hub session taken away ends access within this time (plus the identity
 # provider's own cache).
 DEFAULT_DECISION_TTL = 5.0
-# Bounds on the caches; past them expired entries are swept, then everything if need be.
+# Bounds on the caches; past them the least recently used entries go.
 MAX_TARGETS = 10_000
 MAX_DECISIONS = 50_000
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - recognised, not bound
@@ -60,6 +61,16 @@ class GateTarget:
     source_group: str | None = None
     """The hub group whose grant the session was started through (its owner keeps it only
     while in the group); None for a grant to the owner by name."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Looked:
+    """A looked-up target, read when ``Sessions.generation`` was ``generation``."""
+
+    generation: int
+    target: GateTarget
+    keep: bool
+    """False when the catalogue could not be read: answered once, never served again."""
 
 
 class GateAccess:
@@ -110,29 +121,31 @@ class GateAccess:
         self._uow_factory = uow_factory
         self.shares = shares
         self._image_type = image_type
-        self._target_ttl = target_ttl
-        self._decision_ttl = decision_ttl
-        self._clock = clock
-        # url_id -> (generation, expires, target)
-        self._targets: dict[str, tuple[int, float, GateTarget]] = {}
-        self._lookups: dict[str, asyncio.Task[GateTarget]] = {}
-        # (principal, url_id) -> (expires, allowed, viewer's mode)
-        self._decisions: dict[tuple[str, str], tuple[float, bool, ShareMode | None]] = {}
+        # A change of the catalogue clears both; clearing also drops the lookups under way,
+        # so that one that overlapped the change is answered to its callers but not kept.
+        self._targets: TtlCache[str, _Looked] = TtlCache(
+            ttl=target_ttl,
+            maxsize=MAX_TARGETS,
+            clock=clock,
+            ttl_of=lambda looked: target_ttl if looked.keep else 0.0,
+        )
+        # (principal, url_id) -> (allowed, viewer's mode)
+        self._decisions: TtlCache[tuple[str, str], tuple[bool, ShareMode | None]] = TtlCache(
+            ttl=decision_ttl, maxsize=MAX_DECISIONS, clock=clock
+        )
         self._comparison: asyncio.Future[bool] | None = None
-        # Counts the catalogue changes seen: a lookup that overlapped one is not kept.
-        self._catalogue_generation = 0
 
     # ----------------------------------------------------------------- targets
     def cached_target(self, url_id: str) -> GateTarget | None:
         self._compare_catalogue()
-        entry = self._targets.get(url_id)
-        if entry is None:
+        looked = self._targets.peek(url_id)
+        if looked is None:
             return None
-        generation, expires, target = entry
-        if generation < self._sessions.generation_of(target.owner) or self._clock() >= expires:
-            del self._targets[url_id]
+        # Read before a change of the owner's sessions: it may not show it.
+        if looked.generation < self._sessions.generation_of(looked.target.owner):
+            self._targets.discard(url_id)
             return None
-        return target
+        return looked.target
 
     def _compare_catalogue(self) -> None:
         if self._comparison is not None or not self._watch.due():
@@ -147,36 +160,24 @@ class GateAccess:
             return
         if comparison.result():
             log.info("gate.catalogue_changed", targets=len(self._targets))
-            self._catalogue_generation += 1
             self._targets.clear()
             self._decisions.clear()
 
     async def close(self) -> None:
-        """Cancel a catalogue comparison under way."""
+        """Cancel a catalogue comparison and the lookups under way."""
         if self._comparison is not None:
             self._comparison.cancel()
+        await self._targets.close()
 
     async def target(self, url_id: str) -> GateTarget:
         cached = self.cached_target(url_id)
         if cached is not None:
             return cached
-        lookup = self._lookups.get(url_id)
-        if lookup is None:
-            lookup = asyncio.ensure_future(self._look_up(url_id))
-            self._lookups[url_id] = lookup
-            lookup.add_done_callback(lambda done: self._lookup_done(url_id, done))
-        # Shielded: one waiter going away must not cancel the lookup the others wait for.
-        return await asyncio.shield(lookup)
+        looked = await self._targets.get(url_id, lambda: self._look_up(url_id))
+        return looked.target
 
-    def _lookup_done(self, url_id: str, done: asyncio.Task[GateTarget]) -> None:
-        if self._lookups.get(url_id) is done:
-            del self._lookups[url_id]
-        if not done.cancelled():
-            done.exception()  # retrieved here: every waiter may have gone away
-
-    async def _look_up(self, url_id: str) -> GateTarget:
+    async def _look_up(self, url_id: str) -> _Looked:
         generation = self._sessions.generation
-        catalogue_generation = self._catalogue_generation
         session = await self._sessions.get_any(url_id)
         if session.state is not SessionState.RUNNING or session.host_port is None:
             raise NotFound(f"there is no application {url_id} running")
@@ -222,27 +223,10 @@ class GateAccess:
             protocol=protocol,
             source_group=source_group,
         )
-        # A lookup that started before a change of the owner's sessions may not show it.
-        if (
-            catalogue_read
-            and generation >= self._sessions.generation_of(target.owner)
-            and catalogue_generation == self._catalogue_generation
-        ):
-            if len(self._targets) >= MAX_TARGETS:
-                self._sweep_targets()
-            self._targets[url_id] = (generation, self._clock() + self._target_ttl, target)
-        return target
+        return _Looked(generation, target, keep=catalogue_read)
 
     def forget(self, url_id: str) -> None:
-        self._targets.pop(url_id, None)
-
-    def _sweep_targets(self) -> None:
-        now = self._clock()
-        for key, (gen, expires, target) in list(self._targets.items()):
-            if gen < self._sessions.generation_of(target.owner) or now >= expires:
-                del self._targets[key]
-        if len(self._targets) >= MAX_TARGETS:
-            self._targets.clear()
+        self._targets.discard(url_id)
 
     # ----------------------------------------------------------------- decisions
     def viewing_mode(self, user: AuthenticatedUser, target: GateTarget) -> ShareMode | None:
@@ -329,42 +313,24 @@ class GateAccess:
 
     def decision(self, principal: str, url_id: str) -> bool | None:
         """The kept decision for this login session and application (None: decide again)."""
-        entry = self._decisions.get((principal, url_id))
-        if entry is None:
-            return None
-        if self._clock() >= entry[0]:
-            del self._decisions[(principal, url_id)]
-            return None
-        return entry[1]
+        kept = self._decisions.peek((principal, url_id))
+        return None if kept is None else kept[0]
 
     def decided_mode(self, principal: str, url_id: str) -> ShareMode | None:
         """The viewer's mode kept with an allowing ``decision`` (None: owner or admin)."""
-        entry = self._decisions.get((principal, url_id))
-        return None if entry is None else entry[2]
+        kept = self._decisions.peek((principal, url_id))
+        return None if kept is None else kept[1]
 
     def remember(
         self, principal: str, url_id: str, allowed: bool, mode: ShareMode | None = None
     ) -> None:
-        if len(self._decisions) >= MAX_DECISIONS:
-            now = self._clock()
-            for key, (expires, _allowed, _mode) in list(self._decisions.items()):
-                if now >= expires:
-                    del self._decisions[key]
-            if len(self._decisions) >= MAX_DECISIONS:
-                self._decisions.clear()
-        self._decisions[(principal, url_id)] = (
-            self._clock() + self._decision_ttl,
-            allowed,
-            mode,
-        )
+        self._decisions.put((principal, url_id), (allowed, mode))
 
     def forget_url(self, url_id: str) -> None:
         """Drop the cached target and every decision about session ``url_id``."""
         self.forget(url_id)
-        for key in [key for key in self._decisions if key[1] == url_id]:
-            del self._decisions[key]
+        self._decisions.discard_keys(lambda key: key[1] == url_id)
 
     def forget_principal(self, principal: str) -> None:
         """Drop every decision of a login session (it ended)."""
-        for key in [key for key in self._decisions if key[0] == principal]:
-            del self._decisions[key]
+        self._decisions.discard_keys(lambda key: key[0] == principal)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.audit import SYSTEM_ACTOR, AuditAction
 from remoteappmanager.domain.configurables import Configuration, validate_configurables
 from remoteappmanager.domain.confinement import (
@@ -82,15 +83,6 @@ _MAX_MALFORMED_REMEMBERED = 1024
 DEFAULT_MAX_CACHED_USERS = 100_000
 
 SessionKey = tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class _Listing:
-    """One user's containers as the engine listed them, read at ``generation``."""
-
-    generation: int
-    fetched_at: float
-    containers: Sequence[ContainerInfo]
 
 
 @dataclass(eq=False)
@@ -207,19 +199,23 @@ class Sessions:
         )
         self._max_sessions = max_sessions_per_user
         self._clock = clock
-        self._listing: tuple[int, float, Sequence[ContainerInfo]] | None = None
-        self._listing_fetch: tuple[int, asyncio.Task[Sequence[ContainerInfo]]] | None = None
-        # Bumped whenever this service changes what runs, so that a listing read before the
-        # change is never served after it.
+        # The realm's containers (one entry) and each user's: a change made through this
+        # service discards the realm's and the user's entry, and a listing under way when it
+        # happened is answered to its callers but not kept.
+        self._realm_listing: TtlCache[str, Sequence[ContainerInfo]] = TtlCache(
+            ttl=listing_ttl, maxsize=1, clock=clock
+        )
+        self._user_listings: TtlCache[str, Sequence[ContainerInfo]] = TtlCache(
+            ttl=listing_ttl, maxsize=max_cached_users, clock=clock
+        )
+        # Bumped whenever this service changes what runs: a validator for others' caches.
         self._generation = 0
         # Per user: the generation of their last change (oldest first, bounded; a user not in
-        # it last changed at or before the floor), their cached containers, the listing under
-        # way. Every request then costs a look-up in these, not a pass over everybody's.
+        # it last changed at or before the floor). Every request then costs a look-up in it,
+        # not a pass over everybody's.
         self._max_listings = max_cached_users
         self._user_changes: dict[str, int] = {}
         self._changes_floor = 0
-        self._user_listings: dict[str, _Listing] = {}
-        self._user_fetches: dict[str, tuple[int, asyncio.Task[Sequence[ContainerInfo]]]] = {}
         self._malformed: set[str] = set()
         # mapping id -> the hub group of its grant (None: a grant to a user, or none).
         self._grant_groups: dict[str, str | None] = {}
@@ -262,77 +258,19 @@ class Sessions:
         return self._merge(containers, lambda claim: True)
 
     async def _realm_containers(self) -> Sequence[ContainerInfo]:
-        now = self._clock()
-        generation = self._generation
-        cached = self._listing
-        if cached is not None and cached[0] == generation and now - cached[1] < self._listing_ttl:
-            return cached[2]
-        fetch = self._listing_fetch
-        if fetch is None or fetch[0] != generation or fetch[1].done():
-            # One engine call however many requests arrive while it is under way.
-            task = asyncio.ensure_future(self._runtime.list({RUNINFO_REALM: self.realm}))
-            fetch = (generation, task)
-            self._listing_fetch = fetch
-            task.add_done_callback(lambda done: self._listed(generation, now, done))
-        return await asyncio.shield(fetch[1])
-
-    def _listed(
-        self, generation: int, started: float, task: asyncio.Task[Sequence[ContainerInfo]]
-    ) -> None:
-        if self._listing_fetch is not None and self._listing_fetch[1] is task:
-            self._listing_fetch = None
-        if task.cancelled() or task.exception() is not None:
-            return
-        if generation == self._generation:
-            self._listing = (generation, started, task.result())
+        return await self._realm_listing.get(
+            self.realm, lambda: self._runtime.list({RUNINFO_REALM: self.realm})
+        )
 
     async def _user_containers(self, user: str) -> Sequence[ContainerInfo]:
-        now = self._clock()
-        entry = self._user_listings.get(user)
-        if (
-            entry is not None
-            and entry.generation >= self.generation_of(user)
-            and now - entry.fetched_at < self._listing_ttl
-        ):
-            return entry.containers
-        fetch = self._user_fetches.get(user)
-        if fetch is None or fetch[0] < self.generation_of(user):
-            # Started before the user's last change (or none yet): a fresh one is needed.
-            generation = self._generation
-            task = asyncio.ensure_future(
-                self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_USER: user})
-            )
-            fetch = (generation, task)
-            self._user_fetches[user] = fetch
-            task.add_done_callback(lambda done: self._user_listed(user, generation, now, done))
-        return await asyncio.shield(fetch[1])
-
-    def _user_listed(
-        self,
-        user: str,
-        generation: int,
-        started: float,
-        task: asyncio.Task[Sequence[ContainerInfo]],
-    ) -> None:
-        fetch = self._user_fetches.get(user)
-        if fetch is not None and fetch[1] is task:
-            del self._user_fetches[user]
-        if task.cancelled() or task.exception() is not None:
-            return
-        # A listing that started before the user's last change may not show it: not kept.
-        if generation < self.generation_of(user):
-            return
-        current = self._user_listings.get(user)
-        if current is not None and current.generation > generation:
-            return  # a later listing is kept already
-        self._user_listings.pop(user, None)
-        self._user_listings[user] = _Listing(generation, started, task.result())
-        while len(self._user_listings) > self._max_listings:
-            del self._user_listings[next(iter(self._user_listings))]
+        return await self._user_listings.get(
+            user, lambda: self._runtime.list({RUNINFO_REALM: self.realm, RUNINFO_USER: user})
+        )
 
     def _changed(self, user: str) -> None:
         self._generation += 1
-        self._listing = None
+        self._realm_listing.clear()
+        self._user_listings.discard(user)
         if len(self._user_changes) >= self._max_listings:
             # Forget who changed when, and treat everybody as changed now: every cached
             # answer is read afresh once, and the record of changes stays bounded.
@@ -341,7 +279,6 @@ class Sessions:
         else:
             self._user_changes.pop(user, None)
             self._user_changes[user] = self._generation
-        self._user_listings.pop(user, None)
 
     @property
     def generation(self) -> int:

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from remoteappmanager.domain.errors import NotFound
 from remoteappmanager.domain.shares import ShareMode
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.shares import ControlAction, Shares
 from remoteappmanager.web.api import (
     ApiOperation,
@@ -43,6 +44,12 @@ def _shares(request: web.Request) -> Shares:
     return request.app[SHARES]
 
 
+def _acting(request: web.Request) -> tuple[Shares, AuthenticatedUser, str]:
+    """What every sharing route acts with: the service, who asks, and the session's url id
+    (whether they may is the service's to check)."""
+    return _shares(request), signed_in_user(request), request.match_info["url_id"]
+
+
 def _connected(request: web.Request, url_id: str, owner: str) -> list[ConnectedOut]:
     gate = request.app.get(GATE)
     if gate is None:
@@ -66,8 +73,8 @@ def _share_id(request: web.Request) -> int:
 # ------------------------------------------------------------------------------ handlers
 @require_user
 async def list_shares(request: web.Request) -> web.StreamResponse:
-    url_id = request.match_info["url_id"]
-    session, shares = await _shares(request).list(signed_in_user(request), url_id)
+    shares_of, user, url_id = _acting(request)
+    session, shares = await shares_of.list(user, url_id)
     listing = ShareList.of(shares, key=lambda share: str(share.id), item=ShareOut.of)
     return json_response(
         ShareList.model_construct(
@@ -81,41 +88,33 @@ async def list_shares(request: web.Request) -> web.StreamResponse:
 
 @require_user
 async def create_share(request: web.Request) -> web.StreamResponse:
-    url_id = request.match_info["url_id"]
     wanted = await parse_body(request, ShareCreate)
+    shares, user, url_id = _acting(request)
     kind, subject = wanted.subject()
-    share = await _shares(request).create(
-        signed_in_user(request), url_id, kind, subject, ShareMode(wanted.mode)
-    )
+    share = await shares.create(user, url_id, kind, subject, ShareMode(wanted.mode))
     location = f"{request.app[URLS].api}v1/containers/{url_id}/shares/{share.id}/"
     return web.Response(status=201, headers={"Location": location})
 
 
 @require_user
 async def delete_share(request: web.Request) -> web.StreamResponse:
-    await _shares(request).delete(
-        signed_in_user(request), request.match_info["url_id"], _share_id(request)
-    )
+    shares, user, url_id = _acting(request)
+    await shares.delete(user, url_id, _share_id(request))
     return web.Response(status=204)
 
 
 @require_user
 async def get_control(request: web.Request) -> web.StreamResponse:
-    view = await _shares(request).control_view(
-        signed_in_user(request), request.match_info["url_id"]
-    )
+    shares, user, url_id = _acting(request)
+    view = await shares.control_view(user, url_id)
     return json_response(ControlOut.of(view))
 
 
 @require_user
 async def change_control(request: web.Request) -> web.StreamResponse:
     wanted = await parse_body(request, ControlIn)
-    view = await _shares(request).control(
-        signed_in_user(request),
-        request.match_info["url_id"],
-        ControlAction(wanted.action),
-        wanted.user,
-    )
+    shares, user, url_id = _acting(request)
+    view = await shares.control(user, url_id, ControlAction(wanted.action), wanted.user)
     return json_response(ControlOut.of(view))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.errors import RemoteAppError
 from remoteappmanager.web.auth import resolve_auth
 from remoteappmanager.web.deps import HealthCheck
@@ -87,44 +88,25 @@ class CachedHealth:
         ttl: float = HEALTH_TTL,
     ) -> None:
         self._checks = dict(checks)
-        self._clock = clock
-        self._ttl = ttl
-        self._report: HealthReport | None = None
-        self._expires = 0.0
-        self._probe: asyncio.Task[HealthReport] | None = None
-        self.probes = 0
+        self._reports: TtlCache[None, HealthReport] = TtlCache(ttl=ttl, maxsize=1, clock=clock)
+
+    @property
+    def probes(self) -> int:
+        return self._reports.loads
 
     async def report(self) -> HealthReport:
-        if self._report is not None and self._clock() < self._expires:
-            return self._report
-        probe = self._probe
-        if probe is None:
-            probe = asyncio.create_task(self._run_probe())
-            self._probe = probe
-            probe.add_done_callback(self._probe_done)
-        # Shielded: one caller giving up must not cancel the probe the others wait for.
-        return await asyncio.shield(probe)
+        return await self._reports.get(None, self._run_probe)
 
     async def _run_probe(self) -> HealthReport:
-        self.probes += 1
         names = sorted(self._checks)
         results = await asyncio.gather(*(_run(name, self._checks[name]) for name in names))
-        report = HealthReport(
+        return HealthReport(
             healthy=all(result["ok"] for result in results),
             checks=dict(zip(names, results, strict=True)),
         )
-        self._report, self._expires = report, self._clock() + self._ttl
-        return report
-
-    def _probe_done(self, probe: asyncio.Task[HealthReport]) -> None:
-        if self._probe is probe:
-            self._probe = None
-        if not probe.cancelled():
-            probe.exception()  # seen, even if every caller has gone away
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        await self._reports.close()
 
 
 async def _is_admin(request: web.Request) -> bool:

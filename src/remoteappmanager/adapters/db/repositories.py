@@ -9,15 +9,16 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Select, delete, event, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, event, func, literal, select, update
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute, joinedload
 
+from remoteappmanager.adapters.db.access import SqlAccess, SqliteWriteGate
 from remoteappmanager.adapters.db.engine import create_engine, describe, is_sqlite
 from remoteappmanager.adapters.db.errors import translated_errors
-from remoteappmanager.adapters.db.events import SqlEventStore, SqliteWriteGate
+from remoteappmanager.adapters.db.events import SqlEventStore
 from remoteappmanager.adapters.db.models import (
     CATALOGUE_VERSION_ID,
     MAPPING_ID_LENGTH,
@@ -44,6 +45,9 @@ from remoteappmanager.domain.models import (
 )
 from remoteappmanager.domain.sessions import StopReason, StopRecord
 from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
+
+# How many mapping ids one policy lookup names (each appears twice among its parameters).
+_POLICY_LOOKUP_CHUNK = 1000
 
 
 def new_mapping_id() -> str:
@@ -269,6 +273,37 @@ class SqlGrantRepository:
         self._location = location
         self._writes = writes
 
+    async def policies_of(self, mapping_ids: Collection[str]) -> Mapping[str, Policy]:
+        wanted = sorted(set(mapping_ids))
+        found: dict[str, Policy] = {}
+        # Bounded, so that no driver meets more bound parameters than it takes.
+        for start in range(0, len(wanted), _POLICY_LOOKUP_CHUNK):
+            chunk = wanted[start : start + _POLICY_LOOKUP_CHUNK]
+            granted = (
+                select(
+                    AccountingRow.id.label("mapping_id"),
+                    AccountingRow.application_policy_id.label("policy_id"),
+                    literal(0).label("to_group"),
+                )
+                .where(AccountingRow.id.in_(chunk))
+                .union_all(
+                    select(GroupGrantRow.id, GroupGrantRow.application_policy_id, literal(1)).where(
+                        GroupGrantRow.id.in_(chunk)
+                    )
+                )
+                .subquery()
+            )
+            with translated_errors(self._location):
+                rows = await self._session.execute(
+                    select(granted.c.mapping_id, PolicyRow)
+                    .join(PolicyRow, PolicyRow.id == granted.c.policy_id)
+                    # A user's grant read last wins over a group's with the same id.
+                    .order_by(granted.c.to_group.desc())
+                )
+                for mapping_id, policy in rows:
+                    found[mapping_id] = _policy(policy)
+        return found
+
     async def grant(self, user: User, application: Application, policy: Policy) -> Grant:
         self._writes.happened = True
         with translated_errors(self._location):
@@ -346,19 +381,6 @@ class SqlGrantRepository:
             removed = result.scalar_one_or_none()
         if removed is None:
             raise NotFound(f"no grant with mapping id {mapping_id!r}")
-
-    async def revoke_all(self, user_id: int, application_id: int) -> int:
-        self._writes.happened = True
-        with translated_errors(self._location):
-            result = await self._session.execute(
-                delete(AccountingRow)
-                .where(
-                    AccountingRow.user_id == user_id,
-                    AccountingRow.application_id == application_id,
-                )
-                .returning(AccountingRow.id)
-            )
-            return len(result.all())
 
     async def grant_group(self, group: str, application: Application, policy: Policy) -> GroupGrant:
         self._writes.happened = True
@@ -656,15 +678,9 @@ class SqlUnitOfWork:
     A commit after a write bumps the catalogue version in the same transaction.
     """
 
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        location: str,
-        gate: SqliteWriteGate | None = None,
-    ) -> None:
-        self._sessions = sessions
-        self._location = location
-        self._gate = gate
+    def __init__(self, access: SqlAccess) -> None:
+        self._db = access
+        self._location = access.location
         self._writes = _Writes()
         self._session: AsyncSession | None = None
         self._users: SqlUserRepository | None = None
@@ -704,9 +720,8 @@ class SqlUnitOfWork:
         return self._shares
 
     async def __aenter__(self) -> Self:
-        if self._gate is not None:
-            await self._gate.enter_unit()
-        session = self._sessions()
+        await self._db.enter_unit()
+        session = self._db.sessions()
         self._session = session
         self._writes = _Writes()
         self._users = SqlUserRepository(session, self._location, self._writes)
@@ -728,7 +743,6 @@ class SqlUnitOfWork:
         self._shares = None
         if session is None:
             return
-        gate = self._gate
         try:
             with translated_errors(self._location):
                 await session.rollback()
@@ -739,8 +753,7 @@ class SqlUnitOfWork:
                 raise
         finally:
             await session.close()
-            if gate is not None:
-                await gate.leave_unit()
+            await self._db.leave_unit()
 
     async def commit(self) -> None:
         session = self._require_session()
@@ -793,17 +806,20 @@ class SqlDatabase:
     def __init__(self, url: str | URL, *, observe: Observe | None = None) -> None:
         self.location = describe(url)
         self.engine = create_engine(url)
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         if observe is not None:
             _time_statements(self.engine.sync_engine, observe)
-        self._gate = SqliteWriteGate() if is_sqlite(url) else None
+        self._access = SqlAccess(
+            async_sessionmaker(self.engine, expire_on_commit=False),
+            self.location,
+            SqliteWriteGate() if is_sqlite(url) else None,
+        )
 
     def unit_of_work(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self._sessions, self.location, self._gate)
+        return SqlUnitOfWork(self._access)
 
     def events(self) -> SqlEventStore:
         """The audit trail in this database."""
-        return SqlEventStore(self._sessions, self.location, self._gate)
+        return SqlEventStore(self._access)
 
     async def ping(self) -> None:
         """Reach the database once; ``Unavailable`` with the reason if it cannot be used."""

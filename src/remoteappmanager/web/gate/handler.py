@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, quote, unquote
 import structlog
 from aiohttp import web
 
+from remoteappmanager.caching import TtlCache
 from remoteappmanager.domain.errors import (
     Forbidden,
     InvalidRequest,
@@ -187,9 +188,10 @@ class Gate:
     public_origin: str = ""
     server: GateServer = field(init=False)
     tickets: dict[str, _Ticket] = field(default_factory=dict)
-    # Cookie values whose signature was checked: value -> (valid until, payload). Checking
-    # an HMAC on every request of a page's assets is a tenth of the gate's time.
-    verified: dict[str, tuple[float, str]] = field(default_factory=dict)
+    # Cookie values whose signature was checked: value -> (valid until, payload), kept until
+    # the cookie expires. Checking an HMAC on every request of a page's assets is a tenth of
+    # the gate's time.
+    verified: TtlCache[str, tuple[float, str]] = field(init=False)
     public_origins: frozenset[str] = frozenset()
     application_origins: Callable[[GateTarget], Iterable[str]] | None = None
     max_connections_per_user: int = MAX_CONNECTIONS_PER_USER
@@ -206,6 +208,12 @@ class Gate:
     clipboard_in: bool = True
 
     def __post_init__(self) -> None:
+        self.verified = TtlCache(
+            ttl=0.0,
+            maxsize=MAX_VERIFIED_COOKIES,
+            clock=self.clock,
+            ttl_of=lambda known: known[0] - self.clock(),
+        )
         self.server = GateServer(
             self,
             max_per_user=self.max_connections_per_user,
@@ -213,16 +221,13 @@ class Gate:
         )
 
     def cookie_payload(self, value: str) -> str | None:
-        now = self.clock()
-        known = self.verified.get(value)
-        if known is not None and now <= known[0]:
+        known = self.verified.peek(value)
+        if known is not None:
             return known[1]
         payload = self.signer.unsign(_GATE_PURPOSE, value, max_age=self.store.max_age)
         if payload is not None:
-            if len(self.verified) >= MAX_VERIFIED_COOKIES:
-                self.verified.clear()
             issued = int(value.split(".")[1])
-            self.verified[value] = (issued + self.store.max_age, payload)
+            self.verified.put(value, (issued + self.store.max_age, payload))
         return payload
 
     def entry_url(self, url_id: str) -> str:
