@@ -10,6 +10,10 @@ Contract:
   then cuts the connections a deleted share let in).
 - ``end_all(url_id)`` removes every share of a session and its control state (the session
   stopped); ``Sessions.on_stopped`` calls it.
+- ``check_may_search(actor, rules, grants_of)`` guards the directory of hub user and group names
+  the share dialog suggests: ``Forbidden`` when sharing is off on the site, and for anyone
+  but an admin or a user holding a grant (by name or through a hub group) whose policy
+  allows sharing (``allow_view``), so that no other tenant can list who else uses the hub.
 - ``mode_for(user, url_id)`` is how a signed-in user may enter someone else's session: the
   widest mode their shares give them, None when none does or the policy no longer allows
   viewing.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -34,6 +38,7 @@ import structlog
 
 from remoteappmanager.domain.audit import AuditAction
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest, NotFound
+from remoteappmanager.domain.models import Grant
 from remoteappmanager.domain.sessions import Session, SessionState
 from remoteappmanager.domain.shares import (
     Share,
@@ -61,6 +66,22 @@ class SharingRules:
     enabled: bool = True
     links: bool = True
     control: bool = True
+
+
+async def check_may_search(
+    actor: AuthenticatedUser,
+    rules: SharingRules,
+    grants_of: Callable[[], Awaitable[Sequence[Grant]]],
+) -> None:
+    """``Forbidden`` unless ``actor`` may search the directory of names to share with
+    (see the module); ``grants_of`` reads the grants ``actor`` holds."""
+    if not rules.enabled:
+        raise Forbidden("sharing is turned off on this site")
+    if actor.admin:
+        return
+    if not any(grant.policy.allow_view for grant in await grants_of()):
+        log.info("share.directory_refused", user=actor.name)
+        raise Forbidden("only users who may share an application can search for users and groups")
 
 
 class ShareListener(Protocol):

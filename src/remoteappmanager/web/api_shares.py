@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from remoteappmanager.domain.errors import NotFound, Unavailable
+from remoteappmanager.domain.models import Grant
 from remoteappmanager.domain.shares import ShareMode
-from remoteappmanager.services.shares import ControlAction, Shares
+from remoteappmanager.services.shares import ControlAction, Shares, check_may_search
 from remoteappmanager.web.api import (
     ApiOperation,
     ApiRegistry,
@@ -30,7 +33,8 @@ from remoteappmanager.web.api_models import (
     ShareOut,
 )
 from remoteappmanager.web.auth import require_user, signed_in_user
-from remoteappmanager.web.keys import GATE, IDENTITY, SHARES, URLS
+from remoteappmanager.web.deps import sharing_rules
+from remoteappmanager.web.keys import APPLICATIONS, GATE, IDENTITY, SETTINGS, SHARES, URLS
 
 SHARES_PATH = "v1/containers/{url_id}/shares/"
 DIRECTORY_PATH = "v1/directory"
@@ -125,6 +129,18 @@ async def change_control(request: web.Request) -> web.StreamResponse:
 @require_user
 async def search_directory(request: web.Request) -> web.StreamResponse:
     wanted = parse_query_json(request, "query", DirectoryQuery, example='{"prefix": "al"}')
+    user = signed_in_user(request)
+    shares = request.app.get(SHARES)
+    rules = shares.rules if shares is not None else sharing_rules(request.app[SETTINGS])
+    applications = request.app.get(APPLICATIONS)
+
+    async def grants() -> Sequence[Grant]:
+        # A service without a catalogue of applications grants nothing to anyone.
+        if applications is None:
+            return ()
+        return await applications.grants_of(user.name, user.groups)
+
+    await check_may_search(user, rules, grants)
     found = await request.app[IDENTITY].directory(wanted.prefix, DIRECTORY_LIMIT)
     return json_response(
         DirectoryOut.model_construct(users=list(found.users), groups=list(found.groups))
@@ -212,6 +228,9 @@ def register(registry: ApiRegistry) -> None:
             search_directory,
             operation_id="search_directory",
             summary="Hub users and groups to share with, by the start of their names",
+            description="For admins and for users holding a grant whose policy allows "
+            "sharing (`allow_view`); anyone else, and everyone while sharing is turned off "
+            f"on the site, gets 403. At most {DIRECTORY_LIMIT} users and {DIRECTORY_LIMIT} groups.",
             tag=_TAG,
             query={
                 "query": QueryParameter(
@@ -219,7 +238,7 @@ def register(registry: ApiRegistry) -> None:
                 )
             },
             responses={200: DirectoryOut},
-            errors=(400, *signed_in, 503),
+            errors=(400, *signed_in, 403, 503),
         ),
     ):
         registry.add(operation)
