@@ -23,6 +23,7 @@ from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.adapters.db.shared_state import (
     PostgresLeaderElection,
     SingleProcessElection,
+    SqlControlStates,
     SqlLoginSessionRecords,
     SqlStartClaims,
 )
@@ -52,8 +53,9 @@ from remoteappmanager.services.culling import Culler
 from remoteappmanager.services.leadership import Leadership
 from remoteappmanager.services.reconcile import Reconciler
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import AuditedShares, Shares
 from remoteappmanager.settings import Engine, Settings, SettingsError
-from remoteappmanager.web.deps import Resource, WebDeps
+from remoteappmanager.web.deps import Resource, WebDeps, sharing_rules
 from remoteappmanager.web.metrics import Metrics
 
 __all__ = [
@@ -203,8 +205,9 @@ def build_web_deps(
     then the leadership: while this process leads (on PostgreSQL one replica of the realm
     at a time; on SQLite always), it runs the reconciler (a first pass at once, then one
     every ``reconcile_interval`` seconds). It is cancelled and awaited first on shutdown,
-    giving the lead up for another replica. Login sessions and start claims live in the
-    database, shared by every replica. The hub client is closed by the application itself.
+    giving the lead up for another replica. Login sessions, start claims and who controls
+    each shared session live in the database, shared by every replica. The hub client is
+    closed by the application itself.
     """
     # Imported here so that the database tools never load the web service's clients.
     from remoteappmanager.adapters.chp import ChpRouteTable
@@ -313,6 +316,13 @@ def build_web_deps(
         audit=audit,
         login_sessions=SqlLoginSessionRecords(sql.engine, sql.location),
         leadership=leadership,
+        shares=Shares(
+            sessions,
+            database.unit_of_work,
+            rules=sharing_rules(settings),
+            listener=AuditedShares(audit),
+            controls=SqlControlStates(sql.engine, sql.location),
+        ),
     )
 
 

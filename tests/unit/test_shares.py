@@ -9,13 +9,18 @@ from typing import Any
 
 import pytest
 
-from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import Session
-from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
+from remoteappmanager.domain.shares import ControlState, Share, ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.gate_access import GateTarget
-from remoteappmanager.services.shares import Shares
+from remoteappmanager.services.shares import (
+    CONTROL_WRITE_ATTEMPTS,
+    ControlAction,
+    ProcessControlStates,
+    Shares,
+)
 from remoteappmanager.web.api_shares import DIRECTORY_LIMIT
 from remoteappmanager.web.gate import _Caller
 from remoteappmanager.web.gate_proxy import Forward, GateRequest
@@ -429,3 +434,79 @@ async def test_sharing_and_unsharing_are_in_the_audit_trail(scene: Scene) -> Non
         ("alice", "share", session.url_id, detail),
         ("alice", "unshare", session.url_id, detail),
     ]
+
+
+# ------------------------------------------------------------------------------ control states
+class RacingControls(ProcessControlStates):
+    """Control states where another replica writes between each read and write here
+    (``races`` times), as two replicas changing one session at once do."""
+
+    def __init__(self, races: int) -> None:
+        super().__init__()
+        self.races = races
+
+    async def put(self, url_id: str, state: ControlState, *, version: int) -> bool:
+        if self.races > 0:
+            self.races -= 1
+            found = await self.get(url_id)
+            current = found[1] if found is not None else ControlState()
+            other = replace(current, requests=(*current.requests, f"other{self.races}"))
+            assert await super().put(url_id, other, version=found[0] if found else 0)
+        return await super().put(url_id, state, version=version)
+
+
+async def _racing_shares(scene: Scene, races: int) -> tuple[Shares, Session]:
+    shares = Shares(
+        scene.shares._sessions,
+        scene.service.world.database.unit_of_work,
+        controls=RacingControls(races),
+    )
+    session = await scene.service.start("alice", Policy(allow_view=True))
+    await shares.create(ALICE, session.url_id, *_bob_view())
+    return shares, session
+
+
+async def test_a_change_of_control_is_made_again_over_another_replicas(scene: Scene) -> None:
+    shares, session = await _racing_shares(scene, races=2)
+    await shares.control(BOB, session.url_id, ControlAction.REQUEST)
+    # Neither the other replica's two changes nor this one is lost.
+    view = await shares.control_view(ALICE, session.url_id)
+    assert view.requests == ("other1", "other0", "bob")
+    given = await shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    assert given.controller == "bob"
+    assert shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)
+
+
+async def test_a_change_of_control_that_keeps_losing_is_unavailable(scene: Scene) -> None:
+    shares, session = await _racing_shares(scene, races=CONTROL_WRITE_ATTEMPTS)
+    with pytest.raises(Unavailable, match="try again"):
+        await shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    # Only the other replica's changes were written.
+    view = await shares.control_view(ALICE, session.url_id)
+    assert view.controller is None
+    assert len(view.requests) == CONTROL_WRITE_ATTEMPTS
+    assert not shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)
+
+
+async def test_stopping_a_session_forgets_its_control_state(scene: Scene) -> None:
+    controls = ProcessControlStates()
+    shares = Shares(
+        scene.shares._sessions, scene.service.world.database.unit_of_work, controls=controls
+    )
+    session = await scene.service.start("alice", Policy(allow_view=True))
+    await shares.create(ALICE, session.url_id, *_bob_view())
+    await shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    assert await controls.get(session.url_id) is not None
+    await shares.end_all(session.url_id)
+    assert await controls.get(session.url_id) is None
+    assert not shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)
+
+
+async def test_ending_a_viewers_share_takes_their_control_and_request(scene: Scene) -> None:
+    session = await scene.service.start("alice", Policy(allow_view=True))
+    share = await scene.shares.create(ALICE, session.url_id, *_bob_view())
+    await scene.shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    await scene.shares.delete(ALICE, session.url_id, share.id)
+    view = await scene.shares.control_view(ALICE, session.url_id)
+    assert (view.controller, view.requests) == (None, ())
+    assert not scene.shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)
