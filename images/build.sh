@@ -32,6 +32,7 @@ readonly VNCAPP_PACKAGES=(
     tigervnc-standalone-server # Xvnc
     python3-websockify         # WebSocket relay and web server
     x11-apps                   # xclock
+    xterm                      # a terminal that shows what is typed
 )
 # Installed only as dependencies of Xvnc's OpenGL support (Mesa's DRI drivers
 # and LLVM): their files are removed to keep the image small. X11 programs
@@ -127,7 +128,7 @@ build_vncapp() {
     find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
 
     step="vncapp: checking the root file system"
-    missing=$(in_root sh -c 'ldd /usr/bin/Xvnc /usr/bin/xclock /usr/bin/xkbcomp' | grep 'not found' || true)
+    missing=$(in_root sh -c 'ldd /usr/bin/Xvnc /usr/bin/xclock /usr/bin/xterm /usr/bin/xkbcomp' | grep 'not found' || true)
     [[ -z "$missing" ]] || die "pruning removed libraries still in use: $missing"
     in_root python3 -c 'import websockify.websocketproxy' ||
         die "websockify cannot be imported"
@@ -136,7 +137,7 @@ build_vncapp() {
     icon=$(icon_base64 vncapp)
     rootfs_import "$ref" \
         --change "LABEL $NS.ui_name=\"Demo desktop (xclock)\"" \
-        --change "LABEL $NS.description=\"A minimal X11 desktop in the browser: xclock on TigerVNC's Xvnc, shown with noVNC.\"" \
+        --change "LABEL $NS.description=\"A minimal X11 desktop in the browser: xclock and an xterm on TigerVNC's Xvnc, shown with noVNC.\"" \
         --change "LABEL $NS.type=\"vncapp\"" \
         --change "LABEL $NS.icon_128=\"$icon\"" \
         --change "LABEL $NS.env.x11-width=\"\" $NS.env.x11-height=\"\" $NS.env.x11-depth=\"\"" \

@@ -26,6 +26,7 @@ from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.adapters.db.shared_state import (
     PostgresLeaderElection,
     SingleProcessElection,
+    SqlControlStates,
     SqlLoginSessionRecords,
     SqlStartClaims,
 )
@@ -33,7 +34,7 @@ from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
 from remoteappmanager.ports.audit import EventStore
-from remoteappmanager.ports.coordination import LeaderElection, StartClaims
+from remoteappmanager.ports.coordination import ControlStates, LeaderElection, StartClaims
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.ports.probe import ReadinessProbe
@@ -197,6 +198,7 @@ def build(
     host_paths: HostPaths | None = None,
     login_sessions: LoginSessionRecords | None = None,
     start_claims: StartClaims | None = None,
+    control_states: ControlStates | None = None,
     election: LeaderElection | None = None,
     health_checks: Mapping[str, HealthCheck] | None = None,
     clock: Callable[[], float] = time.time,
@@ -212,9 +214,9 @@ def build(
     - ``identity``: the hub; ``runtime``: the Docker engine; ``routes``: the proxy;
       ``probe``: the readiness probe; ``workspaces`` and ``host_paths``: the disk.
     - ``database``: the catalogue and the audit trail's store. Replicas share login sessions,
-      start claims and the lead through the SQL database; with another ``database`` they
-      are kept in this process unless ``login_sessions``, ``start_claims`` or ``election``
-      are given.
+      start claims, who controls each shared session and the lead through the SQL database;
+      with another ``database`` they are kept in this process unless ``login_sessions``,
+      ``start_claims``, ``control_states`` or ``election`` are given.
     - ``health_checks``: replace the checks of these names (``database``, ``docker``,
       ``proxy``) or add others.
     - ``clock`` (wall-clock seconds: lifetimes, deadlines, records) and ``monotonic``
@@ -260,6 +262,7 @@ def build(
         database = _database_of(sql)
         login_sessions = login_sessions or SqlLoginSessionRecords(sql.engine, sql.location)
         start_claims = start_claims or SqlStartClaims(sql.engine, sql.location)
+        control_states = control_states or SqlControlStates(sql.engine, sql.location)
         election = election or _leader_election(sql, settings)
     unit_of_work = database.unit_of_work
     audit = AuditTrail(database.events, retention_days=settings.event_retention_days, clock=clock)
@@ -319,8 +322,8 @@ def build(
             enabled=settings.sharing, links=settings.link_shares, control=settings.control_shares
         ),
         listener=AuditedShares(audit),
+        controls=control_states,
         now=lambda: datetime.fromtimestamp(clock(), UTC),
-        clock=monotonic,
     )
     gate_access = None
     if sessions.access is AccessMode.GATED:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import struct
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,12 +28,15 @@ from tests.support.stack import (
 )
 
 if TYPE_CHECKING:
-    from playwright.async_api import Page
+    from playwright.async_api import Frame, Page
 
 pytestmark = stack_marks(timeout=240)
 
 # Long enough for a cold start of the desktop on a busy machine; the page shows a spinner.
 START_TIMEOUT_MS = 60_000
+# The demo desktop's terminal, and where its X window id is (images/vncapp/start-vncapp).
+TERMINAL = "Terminal"
+TERMINAL_WINDOW = "/tmp/terminal-window"
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -186,9 +190,10 @@ async def test_alice_runs_her_apps_shares_the_desktop_and_signs_out(stack: Stack
 
 # ------------------------------------------------------------------------------ viewing
 # Run in bob's desktop frame (the application's page, not ours): a WebSocket of his own to
-# the desktop, an RFB handshake, then pointer moves and a key press written by hand. The gate
-# must drop them as it drops noVNC's.
-_CRAFTED_INPUT = """async (path) => {
+# the desktop, an RFB handshake, then pointer moves and key presses written by hand, the last
+# pointer move onto ``at`` (the terminal) so that the keys would go there. The gate must drop
+# them as it drops noVNC's while bob only views.
+_CRAFTED_INPUT = """async ({path, at}) => {
   const ws = new WebSocket(`${location.origin}${path}/websockify`, ["binary"]);
   ws.binaryType = "arraybuffer";
   const chunks = [];
@@ -218,12 +223,14 @@ _CRAFTED_INPUT = """async (path) => {
   const head = await take(24);
   const nameLength = new DataView(head.buffer).getUint32(20);
   await take(nameLength);
-  for (const [x, y] of [[5, 5], [900, 700], [40, 600], [700, 20]]) {
+  for (const [x, y] of [[5, 5], [900, 700], [40, 600], at]) {
     ws.send(new Uint8Array([5, 0, x >> 8, x & 255, y >> 8, y & 255]));
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  ws.send(new Uint8Array([4, 1, 0, 0, 0, 0, 0, 0x61]));
-  ws.send(new Uint8Array([4, 0, 0, 0, 0, 0, 0, 0x61]));
+  for (const key of [0x78, 0x79, 0x7a]) {  // "xyz": KeyEvent down, then up
+    ws.send(new Uint8Array([4, 1, 0, 0, 0, 0, 0, key]));
+    ws.send(new Uint8Array([4, 0, 0, 0, 0, 0, 0, key]));
+  }
   await new Promise((resolve) => setTimeout(resolve, 500));
   ws.close();
   return true;
@@ -239,10 +246,72 @@ def _docker(*args: str) -> bytes:
     ).stdout
 
 
-def _eyes(container: str) -> str:
-    """What alice's desktop shows in the xeyes window, as a digest (read in her container)."""
-    shot = _docker("exec", container, "sh", "-c", "DISPLAY=:1 xwd -silent -name xeyes")
-    return hashlib.sha256(shot).hexdigest()
+def _window(container: str, name: str) -> bytes:
+    """An X window of alice's desktop as xwd dumps it (read in her container); the terminal
+    by the window id it leaves in ``TERMINAL_WINDOW``."""
+    chosen = f'-id "$(cat {TERMINAL_WINDOW})"' if name == TERMINAL else f"-name {name}"
+    return _docker("exec", container, "sh", "-c", f"DISPLAY=:1 xwd -silent {chosen}")
+
+
+def _shown(container: str, name: str) -> str:
+    """What alice's desktop shows in window ``name``, as a digest."""
+    return hashlib.sha256(_window(container, name)).hexdigest()
+
+
+def _terminal_centre(container: str) -> tuple[int, int]:
+    """The centre of the desktop's terminal, in desktop pixels (from the xwd header: the
+    window's width, height, x and y are its 21st to 24th 32-bit fields)."""
+    x, y, width, height = _terminal_box(container)
+    return x + width // 2, y + height // 2
+
+
+def _terminal_box(container: str) -> tuple[int, int, int, int]:
+    """The desktop's terminal as (x, y, width, height) in desktop pixels."""
+    header = _window(container, TERMINAL)[:100]
+    width, height, x, y = struct.unpack(">4i", header[80:96])
+    return x, y, width, height
+
+
+async def _terminal_seen(page: Page, box: tuple[int, int, int, int]) -> str:
+    """What ``page``'s desktop canvas shows in the terminal's area, as a digest (noVNC draws
+    the pointer on an element of its own, so only the desktop's pixels count)."""
+    canvas = page.frame_locator("#application").locator("#noVNC_container canvas")
+    pixels: str = await canvas.evaluate(
+        """(canvas, [x, y, w, h]) =>
+          Array.from(canvas.getContext("2d").getImageData(x, y, w, h).data).join(",")""",
+        list(box),
+    )
+    return hashlib.sha256(pixels.encode()).hexdigest()
+
+
+async def _settled_view(page: Page, box: tuple[int, int, int, int]) -> str:
+    """``page``'s view of the terminal once it stopped changing."""
+    last = await _terminal_seen(page, box)
+    for _ in range(20):
+        await asyncio.sleep(0.5)
+        now = await _terminal_seen(page, box)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the terminal kept changing on the canvas")
+
+
+async def _point_at(page: Page, container: str) -> None:
+    """The mouse of ``page`` onto the desktop's terminal (keys go to the window under it)."""
+    canvas = page.frame_locator("#application").locator("#noVNC_container canvas")
+    box = await canvas.bounding_box()
+    assert box is not None
+    pixels = await canvas.evaluate("(canvas) => canvas.width")
+    scale = box["width"] / pixels
+    x, y = _terminal_centre(container)
+    await page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+    await asyncio.sleep(0.3)
+
+
+async def _type(page: Page, container: str, text: str) -> None:
+    """``page`` types ``text`` into the desktop's terminal, as a person would."""
+    await _point_at(page, container)
+    await page.keyboard.type(text, delay=50)
 
 
 async def _wiggle(page: Page) -> None:
@@ -253,19 +322,26 @@ async def _wiggle(page: Page) -> None:
         await page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
         await asyncio.sleep(0.15)
     await page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
-    await page.keyboard.press("a")
 
 
-async def _settled(container: str) -> str:
-    """The xeyes window once it stopped changing (its pupils follow the pointer)."""
-    last = _eyes(container)
+async def _settled(container: str, name: str = "xeyes") -> str:
+    """Window ``name`` once it stopped changing (xeyes' pupils follow the pointer; the
+    terminal shows what was typed)."""
+    last = _shown(container, name)
     for _ in range(20):
         await asyncio.sleep(0.5)
-        now = _eyes(container)
+        now = _shown(container, name)
         if now == last:
             return now
         last = now
-    raise AssertionError("the desktop kept changing by itself")
+    raise AssertionError(f"the desktop's {name} kept changing by itself")
+
+
+async def _crafted(frame: Frame, path: str, container: str) -> None:
+    """Bob's hand-written RFB input, its keys aimed at the terminal."""
+    assert await frame.evaluate(
+        _CRAFTED_INPUT, {"path": path, "at": list(_terminal_centre(container))}
+    )
 
 
 async def test_a_viewer_sees_but_acts_only_once_given_control(stack: Stack) -> None:
@@ -292,14 +368,25 @@ async def test_a_viewer_sees_but_acts_only_once_given_control(stack: Stack) -> N
             .strip()
         )
         assert container
-        # Something on alice's desktop that shows where the pointer is.
+        # Something on alice's desktop that shows where the pointer is; the terminal beside
+        # the clock shows what is typed.
         _docker("exec", "-d", container, "sh", "-c", "DISPLAY=:1 xeyes -geometry 400x400+0+0")
         for _ in range(40):
             try:
-                _eyes(container)
+                _shown(container, "xeyes")
+                _shown(container, TERMINAL)
                 break
             except subprocess.CalledProcessError:
                 await asyncio.sleep(0.25)
+
+        # The owner's keys reach the terminal, on the desktop and on her canvas: the checks
+        # below can tell typing from none.
+        box = _terminal_box(container)
+        blank, blank_seen = await _settled(container, TERMINAL), await _settled_view(alice, box)
+        await _type(alice, container, "echo alice")
+        typed = await _settled(container, TERMINAL)
+        assert typed != blank
+        assert await _settled_view(alice, box) != blank_seen
 
         # Alice shares with bob by name, to view.
         await alice.click("#share-button")
@@ -317,21 +404,36 @@ async def test_a_viewer_sees_but_acts_only_once_given_control(stack: Stack) -> N
             "View only — alice's session"
         )
 
-        # Bob's mouse, keys and hand-written RFB input change nothing on alice's desktop.
-        before = await _settled(container)
+        # Bob's mouse, keys and hand-written RFB input change nothing on alice's desktop:
+        # neither the pointer (xeyes) nor the terminal (the pointer is still on it).
+        before, seen = await _settled(container), await _settled_view(bob, box)
         await _wiggle(bob)
+        await _type(bob, container, "bob was here")
         desktop_frame = next(f for f in bob.frames if f.url.startswith(stack.url(path)))
-        assert await desktop_frame.evaluate(_CRAFTED_INPUT, path) is True
+        await _crafted(desktop_frame, path, container)
         assert await _settled(container) == before
+        assert await _settled(container, TERMINAL) == typed
+        assert await _settled_view(bob, box) == seen
         await screenshot(bob, "e2e-08-bob-views-only")
 
-        # He asks for control; alice gives it: now his pointer moves her xeyes.
+        # He asks for control; alice gives it: now his pointer moves her xeyes, and his keys,
+        # typed and hand-written, reach her terminal.
         await bob.click("#request-control")
         await alice.locator(".control-give").click(timeout=15_000)
         await bob.locator("#view-only-banner", has_text="You control").wait_for(timeout=10_000)
         given = await _settled(container)
         await _wiggle(bob)
         assert await _settled(container) != given
+        await _type(bob, container, " bob")
+        by_bob = await _settled(container, TERMINAL)
+        assert by_bob != typed
+        seen_by_bob = await _settled_view(bob, box)
+        assert seen_by_bob != seen
+        await _crafted(desktop_frame, path, container)
+        crafted = await _settled(container, TERMINAL)
+        assert crafted != by_bob
+        seen = await _settled_view(bob, box)
+        assert seen != seen_by_bob
         await screenshot(alice, "e2e-09-bob-in-control")
 
         # Alice takes control back: bob's input stops counting again.
@@ -339,8 +441,11 @@ async def test_a_viewer_sees_but_acts_only_once_given_control(stack: Stack) -> N
         await bob.locator("#view-only-banner", has_text="View only").wait_for(timeout=10_000)
         taken = await _settled(container)
         await _wiggle(bob)
-        assert await desktop_frame.evaluate(_CRAFTED_INPUT, path) is True
+        await _type(bob, container, " again")
+        await _crafted(desktop_frame, path, container)
         assert await _settled(container) == taken
+        assert await _settled(container, TERMINAL) == crafted
+        assert await _settled_view(bob, box) == seen
 
         await alice.click("#quit-button")
         await alice.locator("dialog[open]").get_by_role("button", name="Ok").click()

@@ -682,13 +682,17 @@ async def test_the_share_dialogs_search_finds_hub_users_and_groups(stack: Stack)
     assert found.groups == (f"{stem}olphins",)
     assert (await stack.identity.directory(stem + "or", 1)).users == (f"{stem}ora",)
     assert await stack.identity.directory(stem + "-nobody", 20) == Directory()
-    # And through the API, for a signed-in user.
+    # Through the API: a signed-in user who may share nothing (no grant here) learns no
+    # names; an admin gets them.
+    query = {"query": json.dumps({"prefix": stem + "ol"})}
     async with new_browser() as browser:
         await _sign_in(browser, stack, f"{stem}ora")
-        async with browser.get(
-            stack.url(PREFIX + "api/v1/directory"),
-            params={"query": json.dumps({"prefix": stem + "ol"})},
-        ) as response:
+        async with browser.get(stack.url(PREFIX + "api/v1/directory"), params=query) as response:
+            assert response.status == 403, await response.text()
+            assert f"{stem}olphins" not in await response.text()
+    async with new_browser() as browser:
+        await _sign_in(browser, stack, "root")
+        async with browser.get(stack.url(PREFIX + "api/v1/directory"), params=query) as response:
             assert response.status == 200, await response.text()
             assert await response.json() == {"users": [], "groups": [f"{stem}olphins"]}
 

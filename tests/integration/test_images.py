@@ -525,6 +525,44 @@ def test_vncapp_websocket_reaches_the_desktop(vncapp_image: str) -> None:
     assert desktop.distinct_pixels > 1
 
 
+def _window_box(container: Container, chosen: str) -> tuple[int, int, int, int] | None:
+    """(x, y, width, height) of the desktop's window that xwd's ``chosen`` option names
+    (None: not shown), from the header xwd writes (its 21st to 24th 32-bit fields)."""
+    shot = subprocess.run(
+        ["docker", "exec", container.id, "sh", "-c", f"DISPLAY=:1 xwd -silent {chosen}"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if shot.returncode != 0 or len(shot.stdout) < 100:
+        return None
+    width, height, x, y = struct.unpack(">4i", shot.stdout[80:96])
+    return x, y, width, height
+
+
+def test_vncapp_shows_a_terminal_beside_the_clock(vncapp_image: str) -> None:
+    with running(vncapp_image, X11_WIDTH="1024", X11_HEIGHT="768") as container:
+        box = None
+        for _ in range(40):
+            # The terminal's shell leaves its window id there.
+            box = _window_box(container, '-id "$(cat /tmp/terminal-window)"')
+            if box is not None:
+                break
+            time.sleep(0.25)
+        assert box is not None, container.logs()
+        clock = _window_box(container, "-name xclock")
+    x, y, width, height = box
+    # In the right half of the screen, whole; the clock in the left half.
+    assert x >= 512
+    assert x + width <= 1024
+    assert y >= 0
+    assert y + height <= 768
+    assert width > 200
+    assert height > 100
+    assert clock is not None
+    assert clock[0] + clock[2] <= 512
+
+
 def test_vncapp_ignores_malformed_geometry(vncapp_image: str) -> None:
     with running(vncapp_image, X11_WIDTH="wide", X11_HEIGHT="768; id", X11_DEPTH="7") as container:
         desktop = look_at_desktop(container)

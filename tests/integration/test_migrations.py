@@ -21,11 +21,15 @@ from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.engine import create_engine
 from remoteappmanager.adapters.db.models import metadata
 from remoteappmanager.adapters.db.repositories import SqlDatabase
-from remoteappmanager.adapters.db.shared_state import SqlLoginSessionRecords, SqlStartClaims
+from remoteappmanager.adapters.db.shared_state import (
+    SqlControlStates,
+    SqlLoginSessionRecords,
+    SqlStartClaims,
+)
 from remoteappmanager.domain.audit import EventQuery, NewEvent
 from remoteappmanager.domain.errors import Exists, Unavailable
 from remoteappmanager.domain.models import Policy
-from remoteappmanager.domain.shares import ShareKind, ShareMode
+from remoteappmanager.domain.shares import ControlState, ShareKind, ShareMode
 from remoteappmanager.ports.login_sessions import StoredLoginSession
 from tests.support.database import execute
 from tests.support.services import REPO, PostgresCluster
@@ -43,6 +47,7 @@ TABLES = {
     "start_claim",
     "session_share",
     "group_grant",
+    "share_control",
 }
 
 
@@ -109,7 +114,7 @@ async def test_upgrade_takes_an_empty_database_to_head(empty_database_url: str) 
 
     after = await migrate.upgrade(empty_database_url)
 
-    assert after.current == migrate.head() == "0008"
+    assert after.current == migrate.head() == "0009"
     assert after.at_head
     assert await migrate.check(empty_database_url)
     assert await _inspect(empty_database_url, _table_names) == TABLES | {"alembic_version"}
@@ -627,3 +632,55 @@ async def test_group_grants_arrive_empty_and_keep_every_grant(empty_database_url
     assert down.current == "0007"
     assert "group_grant" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
     assert await execute(empty_database_url, "SELECT id FROM accounting") == [(GRANT_ID,)]
+
+
+async def test_control_states_arrive_empty_and_keep_shares_and_grants(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0008")
+    await execute(empty_database_url, "INSERT INTO \"user\" (name) VALUES ('alice')")
+    await execute(empty_database_url, "INSERT INTO application (image) VALUES ('app:1')")
+    await execute(empty_database_url, "INSERT INTO application_policy (allow_view) VALUES (true)")
+    await execute(
+        empty_database_url,
+        "INSERT INTO accounting (id, user_id, application_id, application_policy_id) "
+        "VALUES ('" + "d" * 32 + "', 1, 1, 1)",
+    )
+    await execute(
+        empty_database_url,
+        "INSERT INTO session_share (url_id, kind, subject, mode, created_at) "
+        "VALUES ('" + "u" * 26 + "', 'user', 'bob', 'view', '2026-12-04 10:00:00')",
+    )
+
+    assert (await migrate.upgrade(empty_database_url)).at_head
+
+    assert await execute(empty_database_url, "SELECT id, user_id FROM accounting") == [
+        ("d" * 32, 1)
+    ]
+    assert await execute(empty_database_url, "SELECT url_id, subject FROM session_share") == [
+        ("u" * 26, "bob")
+    ]
+    assert await execute(empty_database_url, "SELECT count(*) FROM share_control") == [(0,)]
+    database = SqlDatabase(empty_database_url)
+    try:
+        controls = SqlControlStates(database.engine, database.location)
+        given = ControlState(controller="bob", requests=("carol",))
+        assert await controls.put("u" * 26, given, version=0)
+        assert await controls.get("u" * 26) == (1, given)
+        async with database.unit_of_work() as work:
+            (share,) = await work.shares.list_for("u" * 26)
+            assert (share.subject, share.mode) == ("bob", ShareMode.VIEW)
+    finally:
+        await database.close()
+    # One state per session.
+    with pytest.raises(IntegrityError):
+        await execute(
+            empty_database_url,
+            "INSERT INTO share_control (url_id, version, owner_holds, everyone, requests) "
+            "VALUES ('" + "u" * 26 + "', 5, false, true, '[]')",
+        )
+
+    down = await migrate.downgrade(empty_database_url, "0008")
+    assert down.current == "0008"
+    assert "share_control" not in await _inspect(empty_database_url, _table_names)  # type: ignore[operator]
+    assert await execute(empty_database_url, "SELECT subject FROM session_share") == [("bob",)]

@@ -1,5 +1,6 @@
 """What replicas share through the database, asserted alike on the fakes, SQLite and PostgreSQL:
-stored login sessions, start claims and (PostgreSQL and the fake) the leader election."""
+stored login sessions, start claims, who controls shared sessions and (PostgreSQL and the fake)
+the leader election."""
 
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.repositories import SqlDatabase
 from remoteappmanager.adapters.db.shared_state import (
     PostgresLeaderElection,
+    SqlControlStates,
     SqlLoginSessionRecords,
     SqlStartClaims,
 )
 from remoteappmanager.adapters.memory_shared_state import (
+    InMemoryControlStates,
     InMemoryLeaderElection,
     InMemoryLoginSessionRecords,
     InMemorySharedState,
     InMemoryStartClaims,
 )
 from remoteappmanager.domain.errors import Unavailable
-from remoteappmanager.ports.coordination import LeaderElection, StartClaims
+from remoteappmanager.domain.shares import ControlState
+from remoteappmanager.ports.coordination import ControlStates, LeaderElection, StartClaims
 from remoteappmanager.ports.login_sessions import LoginSessionRecords, StoredLoginSession
+from remoteappmanager.services.shares import ProcessControlStates
 from tests.support.services import PostgresCluster
 
 MAPPING = "a" * 32
@@ -36,13 +41,18 @@ MAPPING = "a" * 32
 class Shared:
     records: LoginSessionRecords
     claims: StartClaims
+    controls: ControlStates
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Shared]:
     if request.param == "memory":
         state = InMemorySharedState()
-        yield Shared(InMemoryLoginSessionRecords(state), InMemoryStartClaims(state))
+        yield Shared(
+            InMemoryLoginSessionRecords(state),
+            InMemoryStartClaims(state),
+            InMemoryControlStates(state),
+        )
         return
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
@@ -55,6 +65,7 @@ async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield Shared(
             SqlLoginSessionRecords(database.engine, database.location),
             SqlStartClaims(database.engine, database.location),
+            SqlControlStates(database.engine, database.location),
         )
     finally:
         await database.close()
@@ -179,6 +190,62 @@ async def test_a_holder_renews_its_claim_and_only_its_own(shared: Shared) -> Non
     await claims.release("alice", MAPPING, holder="a")
     assert not await claims.renew("alice", MAPPING, holder="a", until=90.0)  # released: gone
     assert await claims.held(30.0) == set()
+
+
+# ------------------------------------------------------------------ control of shared sessions
+URL_ID = "u" * 26
+
+
+async def _control_contract(controls: ControlStates) -> None:
+    assert await controls.get(URL_ID) is None
+    asked = ControlState(requests=("bob", "carol"))
+    assert await controls.put(URL_ID, asked, version=0)
+    assert await controls.get(URL_ID) == (1, asked)
+    # A second first write (another replica that read nothing either) loses.
+    assert not await controls.put(URL_ID, ControlState(everyone=True), version=0)
+    given = ControlState(controller="bob", requests=("carol",))
+    assert await controls.put(URL_ID, given, version=1)
+    # A change made from the version before loses, and changes nothing.
+    assert not await controls.put(URL_ID, ControlState(owner_holds=True), version=1)
+    assert await controls.get(URL_ID) == (2, given)
+    taken = ControlState(owner_holds=True, everyone=False)
+    assert await controls.put(URL_ID, taken, version=2)
+    assert await controls.get(URL_ID) == (3, taken)
+    assert await controls.get("v" * 26) is None  # another session is untouched
+    await controls.remove(URL_ID)
+    assert await controls.get(URL_ID) is None
+    await controls.remove(URL_ID)  # removing again is nothing
+    assert await controls.put(URL_ID, ControlState(everyone=True), version=0)
+    assert await controls.get(URL_ID) == (1, ControlState(everyone=True))
+
+
+async def test_control_states_are_written_over_the_version_they_were_made_from(
+    shared: Shared,
+) -> None:
+    await _control_contract(shared.controls)
+
+
+async def test_the_single_process_control_states_keep_the_same_contract() -> None:
+    await _control_contract(ProcessControlStates())
+
+
+async def test_two_engines_on_one_database_see_each_others_control(tmp_path: Path) -> None:
+    # Two replicas: two engines (two connection pools) on one SQLite file.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'two.db'}"
+    await migrate.upgrade(url)
+    first, second = SqlDatabase(url), SqlDatabase(url)
+    try:
+        one = SqlControlStates(first.engine, first.location)
+        other = SqlControlStates(second.engine, second.location)
+        names = tuple(f"viewer{n}" for n in range(100))
+        assert await one.put(URL_ID, ControlState(controller="bob", requests=names), version=0)
+        assert await other.get(URL_ID) == (1, ControlState(controller="bob", requests=names))
+        assert await other.put(URL_ID, ControlState(everyone=True), version=1)
+        assert not await one.put(URL_ID, ControlState(controller="eve"), version=1)
+        assert await one.get(URL_ID) == (2, ControlState(everyone=True))
+    finally:
+        await first.close()
+        await second.close()
 
 
 # ------------------------------------------------------------------ leader election

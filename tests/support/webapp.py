@@ -25,7 +25,7 @@ from remoteappmanager.adapters.memory_probe import InMemoryReadinessProbe
 from remoteappmanager.adapters.memory_runtime import InMemoryRouteTable, InMemoryRuntime
 from remoteappmanager.adapters.memory_workspaces import InMemoryHostPaths, InMemoryWorkspaces
 from remoteappmanager.bootstrap import Database
-from remoteappmanager.ports.coordination import LeaderElection
+from remoteappmanager.ports.coordination import ControlStates, LeaderElection
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.login_sessions import LoginSessionRecords
 from remoteappmanager.services.activity import ActivityTracker, StopLog
@@ -225,6 +225,7 @@ def make_app(
     health_checks: Mapping[str, HealthCheck] | None = None,
     identity: IdentityProvider | None = None,
     login_sessions: LoginSessionRecords | None = None,
+    control_states: ControlStates | None = None,
     election: LeaderElection | None = None,
     **settings: Any,
 ) -> web.Application:
@@ -237,6 +238,8 @@ def make_app(
         overrides["identity"] = identity
     if login_sessions is not None:
         overrides["login_sessions"] = login_sessions
+    if control_states is not None:
+        overrides["control_states"] = control_states
     if election is not None:
         overrides["election"] = election
     return create_app(world.build(make_settings(**settings), **overrides))

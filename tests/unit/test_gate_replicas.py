@@ -1,5 +1,6 @@
 """Two replicas' gates on one (fake) database: either lets in a browser that entered through the
-other, and a sign-out through one closes the way in through both within seconds."""
+other, a sign-out through one closes the way in through both within seconds, and both agree on
+who controls a shared desktop."""
 
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from remoteappmanager.adapters.memory_runtime import InMemoryRuntime
 from remoteappmanager.adapters.memory_shared_state import (
+    InMemoryControlStates,
     InMemoryLoginSessionRecords,
     InMemorySharedState,
 )
 from remoteappmanager.domain.errors import NotFound
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import Session
+from remoteappmanager.domain.shares import ShareKind, ShareMode
+from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.sessions import Sessions
+from remoteappmanager.services.shares import ControlAction
 from remoteappmanager.web.gate.handler import GATE_COOKIE
-from remoteappmanager.web.keys import DEPS, GATE
+from remoteappmanager.web.keys import DEPS, GATE, SESSIONS, SHARES
 from tests.support.webapp import PREFIX, World, cookie, make_app, sign_in
 from tests.unit.test_gate import IMAGE, LABELS, ProxiedClient, Upstream, fake_application
 
@@ -141,3 +147,156 @@ async def test_another_users_cookie_from_the_other_replica_opens_nothing(pair: P
             assert await _through_gate(port, bobs.urlpath + "/", bobs_cookie) == 200
     finally:
         await browser.close()
+
+
+# ------------------------------------------------------------------------------ control
+DESKTOP_IMAGE = "remoteapp-test/desktop:latest"
+# The client's side of an RFB 3.8 handshake (version, security None, shared ClientInit).
+HANDSHAKE = b"RFB 003.008\n" + b"\x01" + b"\x01"
+KEY_DOWN = b"\x04\x01\x00\x00\x00\x00\x00\x61"
+UPDATE_REQUEST = b"\x03\x01\x00\x00\x00\x00\x04\x00\x03\x00"
+
+
+@dataclass
+class DesktopPair:
+    world: World
+    apps: list[web.Application]
+    ports: list[int]
+    servers: list[TestServer]
+
+
+@pytest.fixture
+async def desktop_pair(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> AsyncIterator[DesktopPair]:
+    """Two replicas on one (fake) database, control states included, serving a desktop
+    whose fake engine echoes each WebSocket frame back reversed."""
+    upstream = await aiohttp_server(fake_application(Upstream()))
+    runtime = InMemoryRuntime(image_cache_ttl=0)
+    # The gate tells desktops from web applications by the image's labels.
+    runtime.add_image(DESKTOP_IMAGE, {"eu.simphony-project.docker.type": "vncapp"})
+    runtime._ports = itertools.repeat(upstream.port)  # type: ignore[assignment]
+    world = World(runtime=runtime)
+    for name in ("alice", "bob"):
+        world.hub.add_user(name)
+    shared = InMemorySharedState()
+    built = DesktopPair(world, [], [], [])
+    try:
+        for _ in range(2):
+            app = make_app(
+                world,
+                realm="gate-replicas",
+                login_sessions=InMemoryLoginSessionRecords(shared),
+                control_states=InMemoryControlStates(shared),
+            )
+            server = TestServer(app)
+            await server.start_server()
+            built.apps.append(app)
+            built.servers.append(server)
+            built.ports.append(app[GATE].server.port)
+        yield built
+    finally:
+        for server in built.servers:
+            await server.close()
+
+
+async def _key_passes(ws: aiohttp.ClientWebSocketResponse) -> bool:
+    """Sends a key press, then a picture request; whether the key reached the desktop (the
+    fake one echoes every frame it gets, reversed)."""
+    await ws.send_bytes(KEY_DOWN)
+    await ws.send_bytes(UPDATE_REQUEST)
+    first = await ws.receive_bytes(timeout=5)
+    if first == KEY_DOWN[::-1]:
+        assert await ws.receive_bytes(timeout=5) == UPDATE_REQUEST[::-1]
+        return True
+    assert first == UPDATE_REQUEST[::-1]
+    return False
+
+
+async def test_both_replicas_agree_on_who_controls_a_shared_desktop(
+    desktop_pair: DesktopPair,
+) -> None:
+    world = desktop_pair.world
+    a, b = desktop_pair.apps
+    async with world.database.unit_of_work() as uow:
+        owner = await uow.users.add("alice")
+        application = await uow.applications.add(DESKTOP_IMAGE)
+        grant = await uow.grants.grant(owner, application, Policy(allow_view=True))
+        await uow.commit()
+    session = await a[SESSIONS].start(grant)
+    alice = AuthenticatedUser("alice", admin=False)
+    await a[SHARES].create(alice, session.url_id, ShareKind.USER, "bob", ShareMode.VIEW)
+
+    # Bob watches through the second replica's gate.
+    browser = ProxiedClient(desktop_pair.servers[1], desktop_pair.ports[1])
+    await browser.start_server()
+    try:
+        await sign_in(browser, world, "bob")
+        assert (await browser.get(session.urlpath + "/")).status == 200
+        ws = await browser.ws_connect(
+            session.urlpath + "/ws",
+            protocols=("binary",),
+            origin=f"http://127.0.0.1:{desktop_pair.ports[1]}",
+            compress=0,
+        )
+        await ws.send_bytes(HANDSHAKE)
+        assert await ws.receive_bytes(timeout=5) == HANDSHAKE[::-1]
+        assert not await _key_passes(ws)
+
+        # Bob asks through the second replica; Alice, on the first, sees it and gives control.
+        bob = AuthenticatedUser("bob", admin=False)
+        await b[SHARES].control(bob, session.url_id, ControlAction.REQUEST)
+        view = await a[SHARES].control_view(alice, session.url_id)
+        assert view.requests == ("bob",)
+        await a[SHARES].control(alice, session.url_id, ControlAction.GIVE, "bob")
+        assert (await b[SHARES].control_view(bob, session.url_id)).input_allowed
+
+        # The second replica's gate lets his keys through within its recheck interval.
+        deadline = asyncio.get_running_loop().time() + 2 * b[GATE].recheck_interval + 2
+        passed = await _key_passes(ws)
+        while not passed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            passed = await _key_passes(ws)
+        assert passed
+
+        # Alice takes control back through the first replica: his keys stop again.
+        await a[SHARES].control(alice, session.url_id, ControlAction.TAKE)
+        deadline = asyncio.get_running_loop().time() + 2 * b[GATE].recheck_interval + 2
+        while passed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            passed = await _key_passes(ws)
+        assert not passed
+        assert not (await b[SHARES].control_view(bob, session.url_id)).input_allowed
+        await ws.close()
+    finally:
+        await browser.close()
+
+
+async def test_two_replicas_changing_control_at_once_both_count(
+    desktop_pair: DesktopPair,
+) -> None:
+    world = desktop_pair.world
+    a, b = desktop_pair.apps
+    async with world.database.unit_of_work() as uow:
+        owner = await uow.users.add("alice")
+        application = await uow.applications.add(DESKTOP_IMAGE)
+        grant = await uow.grants.grant(owner, application, Policy(allow_view=True))
+        await uow.commit()
+    session = await a[SESSIONS].start(grant)
+    alice = AuthenticatedUser("alice", admin=False)
+    for viewer in ("bob", "carol"):
+        await a[SHARES].create(alice, session.url_id, ShareKind.USER, viewer, ShareMode.VIEW)
+    world.hub.add_user("carol")
+    # Both ask at the same moment, each through another replica: neither request is lost.
+    await asyncio.gather(
+        a[SHARES].control(
+            AuthenticatedUser("bob", admin=False), session.url_id, ControlAction.REQUEST
+        ),
+        b[SHARES].control(
+            AuthenticatedUser("carol", admin=False), session.url_id, ControlAction.REQUEST
+        ),
+    )
+    assert sorted((await b[SHARES].control_view(alice, session.url_id)).requests) == [
+        "bob",
+        "carol",
+    ]

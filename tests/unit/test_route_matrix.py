@@ -90,7 +90,7 @@ EXPECTED: dict[tuple[str, str], tuple[int | None, ...]] = {
     ("DELETE", SHARES + "{share_id}/"):              (401, 403, 204, 404, 404, 204, 204, 403),
     ("GET", CONTROL):                                (401, 403, 200, 404, 200, 200, 200, _),
     ("POST", CONTROL):                               (401, 403, 200, 404, 403, 200, 200, 403),
-    ("GET", API + "directory"):                      (401, 403, 200, 200, 200, 200, 200, _),
+    ("GET", API + "directory"):                      (401, 403, 200, 403, 403, 200, 200, _),
     # the admin API
     ("GET", ADMIN + "users/"):                       (401, 403, 403, 403, 403, 200, 200, _),
     ("POST", ADMIN + "users/"):                      (401, 403, 403, 403, 403, 201, 201, 403),

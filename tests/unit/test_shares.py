@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import Session
-from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
+from remoteappmanager.domain.shares import ControlState, Share, ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.gate_access import GateTarget
-from remoteappmanager.services.shares import Shares
+from remoteappmanager.services.shares import (
+    CONTROL_WRITE_ATTEMPTS,
+    ControlAction,
+    ProcessControlStates,
+    Shares,
+)
+from remoteappmanager.web.api_shares import DIRECTORY_LIMIT
 from remoteappmanager.web.gate.framing import GateRequest
 from remoteappmanager.web.gate.handler import _Caller
 from remoteappmanager.web.gate.listener import Forward
 from remoteappmanager.web.gate.rfb import RfbInputFilter
 from remoteappmanager.web.keys import GATE, SHARES
-from tests.support.gated import GatedService, client_of, gated_service
+from tests.support.gated import GATED_IMAGE, GatedService, client_of, gated_service
 from tests.support.webapp import API, ApiClient, World
 
 ALICE = AuthenticatedUser("alice", admin=False)
@@ -311,21 +319,100 @@ async def test_the_owner_gets_a_filter_only_where_the_clipboard_is_kept_out() ->
 
 
 # ------------------------------------------------------------------------------ directory
-async def test_the_directory_finds_users_and_groups_by_prefix(scene: Scene) -> None:
+DIRECTORY = f"{API}v1/directory"
+BY_CA = {"query": '{"prefix": "ca"}'}
+
+
+async def _grant(scene: Scene, user: str, policy: Policy) -> None:
+    """A grant of the gated image to ``user`` (no session started)."""
+    async with scene.service.world.database.unit_of_work() as uow:
+        try:
+            owner = await uow.users.get_by_name(user)
+        except NotFound:
+            owner = await uow.users.add(user)
+        try:
+            application = await uow.applications.get_by_image(GATED_IMAGE)
+        except NotFound:
+            application = await uow.applications.add(GATED_IMAGE)
+        await uow.grants.grant(owner, application, policy)
+        await uow.commit()
+
+
+async def test_a_tenant_who_may_share_nothing_cannot_list_other_tenants(scene: Scene) -> None:
+    # The attack: any signed-in user enumerating the hub's user and group names by prefix.
     bob = scene.api("bob")
-    query = {"query": '{"prefix": "ca"}'}
-    status, found, _ = await bob.call("GET", f"{API}v1/directory", params=query)
+    for prefix in ("a", "c", "r", "t"):
+        status, error, _ = await bob.call(
+            "GET", DIRECTORY, params={"query": json.dumps({"prefix": prefix})}
+        )
+        assert status == 403, prefix
+        assert error["type"] == "Forbidden"
+        assert "share" in error["message"]
+        assert not {"carol", "team"} & set(json.dumps(error).replace('"', " ").split())
+    # A grant whose policy does not allow sharing does not open it either.
+    await _grant(scene, "bob", Policy(allow_home=True))
+    assert (await bob.call("GET", DIRECTORY, params=BY_CA))[0] == 403
+
+
+async def test_a_user_with_a_shareable_grant_searches_the_directory(scene: Scene) -> None:
+    await _grant(scene, "bob", Policy(allow_view=True))
+    bob = scene.api("bob")
+    status, found, _ = await bob.call("GET", DIRECTORY, params=BY_CA)
     assert (status, found) == (200, {"users": ["carol"], "groups": []})
-    status, found, _ = await bob.call(
-        "GET", f"{API}v1/directory", params={"query": '{"prefix": "te"}'}
-    )
+    status, found, _ = await bob.call("GET", DIRECTORY, params={"query": '{"prefix": "te"}'})
     assert found == {"users": [], "groups": ["team"]}
     for bad in ("", "{}", '{"prefix": ""}', "not json"):
-        status, error, _ = await bob.call("GET", f"{API}v1/directory", params={"query": bad})
+        status, error, _ = await bob.call("GET", DIRECTORY, params={"query": bad})
         assert status == 400, bad
         assert error["type"] == "BadRepresentation"
     scene.service.world.hub.available = False
-    assert (await bob.call("GET", f"{API}v1/directory", params=query))[0] == 503
+    assert (await bob.call("GET", DIRECTORY, params=BY_CA))[0] == 503
+
+
+async def test_a_shareable_grant_through_a_hub_group_is_enough(scene: Scene) -> None:
+    await _grant(scene, "carol", Policy())
+    carol = scene.api("carol")
+    assert (await carol.call("GET", DIRECTORY, params=BY_CA))[0] == 403
+    body = {"group": "team", "image_name": GATED_IMAGE, "allow_view": True}
+    status, _body, _ = await scene.api("root").call("POST", f"{API}v1/admin/accounting/", json=body)
+    assert status == 201
+    status, found, _ = await carol.call("GET", DIRECTORY, params=BY_CA)
+    assert (status, found) == (200, {"users": ["carol"], "groups": []})
+
+
+async def test_admins_search_the_directory_without_grants(scene: Scene) -> None:
+    status, found, _ = await scene.api("root").call("GET", DIRECTORY, params=BY_CA)
+    assert (status, found) == (200, {"users": ["carol"], "groups": []})
+
+
+async def test_losing_the_shareable_grant_closes_the_directory(scene: Scene) -> None:
+    session = await scene.service.start("bob", Policy(allow_view=True))
+    bob = scene.api("bob")
+    assert (await bob.call("GET", DIRECTORY, params=BY_CA))[0] == 200
+    root = scene.api("root")
+    status, _body, _ = await root.call("DELETE", f"{API}v1/admin/accounting/{session.mapping_id}/")
+    assert status == 204
+    assert (await bob.call("GET", DIRECTORY, params=BY_CA))[0] == 403
+
+
+async def test_the_directory_keeps_its_result_limit(scene: Scene) -> None:
+    for index in range(DIRECTORY_LIMIT + 5):
+        scene.service.world.hub.add_user(f"cx{index:02d}")
+    status, found, _ = await scene.api("root").call(
+        "GET", DIRECTORY, params={"query": '{"prefix": "cx"}'}
+    )
+    assert status == 200
+    assert len(found["users"]) == DIRECTORY_LIMIT
+
+
+@pytest.mark.parametrize("scene", [{"sharing": False}], indirect=True)
+async def test_the_directory_is_closed_when_sharing_is_off(scene: Scene) -> None:
+    await _grant(scene, "bob", Policy(allow_view=True))
+    for who in ("bob", "root"):
+        status, error, _ = await scene.api(who).call("GET", DIRECTORY, params=BY_CA)
+        assert status == 403, who
+        assert error["type"] == "Forbidden"
+        assert "sharing" in error["message"]
 
 
 async def test_sharing_and_unsharing_are_in_the_audit_trail(scene: Scene) -> None:
@@ -348,3 +435,79 @@ async def test_sharing_and_unsharing_are_in_the_audit_trail(scene: Scene) -> Non
         ("alice", "share", session.url_id, detail),
         ("alice", "unshare", session.url_id, detail),
     ]
+
+
+# ------------------------------------------------------------------------------ control states
+class RacingControls(ProcessControlStates):
+    """Control states where another replica writes between each read and write here
+    (``races`` times), as two replicas changing one session at once do."""
+
+    def __init__(self, races: int) -> None:
+        super().__init__()
+        self.races = races
+
+    async def put(self, url_id: str, state: ControlState, *, version: int) -> bool:
+        if self.races > 0:
+            self.races -= 1
+            found = await self.get(url_id)
+            current = found[1] if found is not None else ControlState()
+            other = replace(current, requests=(*current.requests, f"other{self.races}"))
+            assert await super().put(url_id, other, version=found[0] if found else 0)
+        return await super().put(url_id, state, version=version)
+
+
+async def _racing_shares(scene: Scene, races: int) -> tuple[Shares, Session]:
+    shares = Shares(
+        scene.shares._sessions,
+        scene.service.world.database.unit_of_work,
+        controls=RacingControls(races),
+    )
+    session = await scene.service.start("alice", Policy(allow_view=True))
+    await shares.create(ALICE, session.url_id, *_bob_view())
+    return shares, session
+
+
+async def test_a_change_of_control_is_made_again_over_another_replicas(scene: Scene) -> None:
+    shares, session = await _racing_shares(scene, races=2)
+    await shares.control(BOB, session.url_id, ControlAction.REQUEST)
+    # Neither the other replica's two changes nor this one is lost.
+    view = await shares.control_view(ALICE, session.url_id)
+    assert view.requests == ("other1", "other0", "bob")
+    given = await shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    assert given.controller == "bob"
+    assert shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)
+
+
+async def test_a_change_of_control_that_keeps_losing_is_unavailable(scene: Scene) -> None:
+    shares, session = await _racing_shares(scene, races=CONTROL_WRITE_ATTEMPTS)
+    with pytest.raises(Unavailable, match="try again"):
+        await shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    # Only the other replica's changes were written.
+    view = await shares.control_view(ALICE, session.url_id)
+    assert view.controller is None
+    assert len(view.requests) == CONTROL_WRITE_ATTEMPTS
+    assert not shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)
+
+
+async def test_stopping_a_session_forgets_its_control_state(scene: Scene) -> None:
+    controls = ProcessControlStates()
+    shares = Shares(
+        scene.shares._sessions, scene.service.world.database.unit_of_work, controls=controls
+    )
+    session = await scene.service.start("alice", Policy(allow_view=True))
+    await shares.create(ALICE, session.url_id, *_bob_view())
+    await shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    assert await controls.get(session.url_id) is not None
+    await shares.end_all(session.url_id)
+    assert await controls.get(session.url_id) is None
+    assert not shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)
+
+
+async def test_ending_a_viewers_share_takes_their_control_and_request(scene: Scene) -> None:
+    session = await scene.service.start("alice", Policy(allow_view=True))
+    share = await scene.shares.create(ALICE, session.url_id, *_bob_view())
+    await scene.shares.control(ALICE, session.url_id, ControlAction.GIVE, "bob")
+    await scene.shares.delete(ALICE, session.url_id, share.id)
+    view = await scene.shares.control_view(ALICE, session.url_id)
+    assert (view.controller, view.requests) == (None, ())
+    assert not scene.shares.input_allowed(session.url_id, "bob", ShareMode.VIEW)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from remoteappmanager.domain.shares import ControlState
 from remoteappmanager.ports.login_sessions import StoredLoginSession
 
 
@@ -24,6 +25,7 @@ class InMemorySharedState:
     login_sessions: dict[str, _Row] = field(default_factory=dict)
     claims: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
     leader: object | None = None
+    controls: dict[str, tuple[int, ControlState]] = field(default_factory=dict)
 
 
 class InMemoryLoginSessionRecords:
@@ -122,6 +124,24 @@ class InMemoryStartClaims:
 
     async def held(self, now: float) -> set[tuple[str, str]]:
         return {key for key, (_holder, until) in self.state.claims.items() if until > now}
+
+
+class InMemoryControlStates:
+    def __init__(self, state: InMemorySharedState | None = None) -> None:
+        self.state = state or InMemorySharedState()
+
+    async def get(self, url_id: str) -> tuple[int, ControlState] | None:
+        return self.state.controls.get(url_id)
+
+    async def put(self, url_id: str, state: ControlState, *, version: int) -> bool:
+        current = self.state.controls.get(url_id)
+        if (current[0] if current is not None else 0) != version:
+            return False
+        self.state.controls[url_id] = (version + 1, state)
+        return True
+
+    async def remove(self, url_id: str) -> None:
+        self.state.controls.pop(url_id, None)
 
 
 class InMemoryLeaderElection:

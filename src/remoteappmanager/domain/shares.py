@@ -48,6 +48,18 @@ class Share:
         return self.subject in frozenset(groups)
 
 
+@dataclass(frozen=True, slots=True)
+class ControlState:
+    """Who controls a shared session besides its owner: the viewer control was handed to,
+    whether the owner took it back, whether everyone may control, and the viewers who asked
+    for it (oldest first)."""
+
+    controller: str | None = None
+    owner_holds: bool = False
+    everyone: bool = False
+    requests: tuple[str, ...] = ()
+
+
 def share_mode_for(shares: Iterable[Share], user: str, groups: Iterable[str]) -> ShareMode | None:
     """The widest mode the shares give ``user`` (None: no share names them)."""
     member_of = frozenset(groups)

@@ -1,8 +1,11 @@
-"""What replicas of the service sharing one database agree on: who leads, who starts what."""
+"""What replicas of the service sharing one database agree on: who leads, who starts what,
+who controls a shared session."""
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from remoteappmanager.domain.shares import ControlState
 
 
 class LeaderElection(Protocol):
@@ -50,4 +53,27 @@ class StartClaims(Protocol):
 
     async def held(self, now: float) -> set[tuple[str, str]]:
         """The (user, mapping id) pairs claimed and not lapsed at ``now``, by any holder."""
+        ...
+
+
+class ControlStates(Protocol):
+    """Who controls each shared session (``ControlState``), across processes.
+
+    Each stored state has a version, starting at 1 and growing with each change; a change is
+    written only over the version it was made from, so that two processes changing one
+    session's control at once cannot both win (compare and set). Raises ``Unavailable`` when
+    the database cannot be reached.
+    """
+
+    async def get(self, url_id: str) -> tuple[int, ControlState] | None:
+        """The session's state and its version; None when none is stored."""
+        ...
+
+    async def put(self, url_id: str, state: ControlState, *, version: int) -> bool:
+        """Store ``state`` if the stored version is still ``version`` (0: nothing stored);
+        False, changing nothing, when another process changed it first."""
+        ...
+
+    async def remove(self, url_id: str) -> None:
+        """Forget the session's state (it stopped); nothing if none is stored."""
         ...

@@ -10,6 +10,10 @@ Contract:
   then cuts the connections a deleted share let in).
 - ``end_all(url_id)`` removes every share of a session and its control state (the session
   stopped); ``Sessions.on_stopped`` calls it.
+- ``check_may_search(actor, rules, grants_of)`` guards the directory of hub user and group names
+  the share dialog suggests: ``Forbidden`` when sharing is off on the site, and for anyone
+  but an admin or a user holding a grant (by name or through a hub group) whose policy
+  allows sharing (``allow_view``), so that no other tenant can list who else uses the hub.
 - ``mode_for(user, url_id)`` is how a signed-in user may enter someone else's session: the
   widest mode their shares give them, None when none does or the policy no longer allows
   viewing.
@@ -18,30 +22,38 @@ Contract:
   control and the owner has not taken it — when their share's mode is ``control``. Viewers
   ask for control and give it back; the owner gives, refuses, takes it back, or lets
   everyone control (``control``). With ``SharingRules.control`` off no viewer ever has
-  input. This state lives in the service's memory and ends with the session.
+  input. This state is kept in ``ControlStates`` (the database, shared by every replica;
+  without one, this process's memory) and ends with the session. A change is written over
+  the state it was made from, and made again from the newer one when another replica
+  changed it first (``Unavailable`` if that keeps happening). ``input_allowed`` answers from
+  the state this process last read or wrote; ``control_view`` and ``shares_of`` (which the
+  gate calls whenever it looks a session up, and so every few seconds for each session
+  with open connections) read it afresh.
 """
 
 from __future__ import annotations
 
 import enum
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
 
 from remoteappmanager.domain.audit import AuditAction
-from remoteappmanager.domain.errors import Forbidden, InvalidRequest, NotFound
+from remoteappmanager.domain.errors import Forbidden, InvalidRequest, NotFound, Unavailable
+from remoteappmanager.domain.models import Grant
 from remoteappmanager.domain.sessions import Session, SessionState
 from remoteappmanager.domain.shares import (
+    ControlState,
     Share,
     ShareKind,
     ShareMode,
     share_mode_for,
     validate_share_subject,
 )
+from remoteappmanager.ports.coordination import ControlStates
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.audit import Recorder
@@ -52,6 +64,8 @@ log = structlog.get_logger(__name__)
 SYSTEM = "system"
 # Requests for control waiting for the owner's answer, per session.
 MAX_PENDING_REQUESTS = 100
+# Tries of one change of control while other replicas keep changing it first.
+CONTROL_WRITE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,22 @@ class SharingRules:
     enabled: bool = True
     links: bool = True
     control: bool = True
+
+
+async def check_may_search(
+    actor: AuthenticatedUser,
+    rules: SharingRules,
+    grants_of: Callable[[], Awaitable[Sequence[Grant]]],
+) -> None:
+    """``Forbidden`` unless ``actor`` may search the directory of names to share with
+    (see the module); ``grants_of`` reads the grants ``actor`` holds."""
+    if not rules.enabled:
+        raise Forbidden("sharing is turned off on this site")
+    if actor.admin:
+        return
+    if not any(grant.policy.allow_view for grant in await grants_of()):
+        log.info("share.directory_refused", user=actor.name)
+        raise Forbidden("only users who may share an application can search for users and groups")
 
 
 class ShareListener(Protocol):
@@ -110,14 +140,24 @@ class ControlAction(enum.StrEnum):
     EVERYONE = "everyone"
 
 
-@dataclass(slots=True)
-class ControlState:
-    """Who controls a shared session besides its owner (see the module)."""
+class ProcessControlStates:
+    """``ControlStates`` in this process's memory alone: for a service that runs alone."""
 
-    controller: str | None = None
-    owner_holds: bool = False
-    everyone: bool = False
-    requests: dict[str, float] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._states: dict[str, tuple[int, ControlState]] = {}
+
+    async def get(self, url_id: str) -> tuple[int, ControlState] | None:
+        return self._states.get(url_id)
+
+    async def put(self, url_id: str, state: ControlState, *, version: int) -> bool:
+        current = self._states.get(url_id)
+        if (current[0] if current is not None else 0) != version:
+            return False
+        self._states[url_id] = (version + 1, state)
+        return True
+
+    async def remove(self, url_id: str) -> None:
+        self._states.pop(url_id, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +178,76 @@ class ControlView:
 ChangeCallback = Callable[[str], None]
 
 
+def has_input(state: ControlState, user: str, mode: ShareMode) -> bool:
+    """Whether viewer ``user``, entering with ``mode``, has input under ``state`` (site rules
+    aside)."""
+    if state.everyone:
+        return True
+    if state.controller is not None:
+        return state.controller == user
+    return not state.owner_holds and mode is ShareMode.CONTROL
+
+
+@dataclass(frozen=True, slots=True)
+class _ControlChange:
+    """One asked change of control, with what deciding it needs to know."""
+
+    actor: str
+    mode: ShareMode | None
+    """The actor's share mode; None for the owner and admins."""
+    action: ControlAction
+    user: str | None
+    owner: str
+    named: bool
+    """Whether ``user`` has a share of their own by name."""
+    control_allowed: bool
+
+
+# One branch per action of the hand-over (request, release, give, refuse, take, everyone),
+# each with who may ask it: kept together so the rules read as one table.
+def _next_control(state: ControlState, change: _ControlChange) -> ControlState:  # noqa: C901
+    """The state after ``change`` (pure); ``Forbidden`` for an action that is not the
+    actor's to take, ``InvalidRequest`` for a missing or unknown user."""
+    action, user, requests = change.action, change.user, state.requests
+    if change.mode is not None:  # a viewer
+        if action is ControlAction.REQUEST:
+            if not change.control_allowed:
+                raise Forbidden("viewers may not control applications on this site")
+            if has_input(state, change.actor, change.mode) or change.actor in requests:
+                return state
+            kept = requests[-(MAX_PENDING_REQUESTS - 1) :] if MAX_PENDING_REQUESTS > 1 else ()
+            return replace(state, requests=(*kept, change.actor))
+        if action is ControlAction.RELEASE:
+            state = replace(state, requests=tuple(r for r in requests if r != change.actor))
+            if state.controller == change.actor:
+                state = replace(state, controller=None, owner_holds=True)
+            return state
+        raise Forbidden("only the owner of the application can do that")
+    if action is ControlAction.GIVE:
+        if not change.control_allowed:
+            raise Forbidden("viewers may not control applications on this site")
+        if not user:
+            raise InvalidRequest("say whom to give control to")
+        if user == change.owner:
+            raise InvalidRequest("the owner always has control")
+        if user not in requests and not change.named:
+            raise InvalidRequest(f"{user!r} has not asked for control and has no share")
+        return ControlState(controller=user, requests=tuple(r for r in requests if r != user))
+    if action is ControlAction.REFUSE:
+        if not user:
+            raise InvalidRequest("say whose request to refuse")
+        return replace(state, requests=tuple(r for r in requests if r != user))
+    if action is ControlAction.TAKE:
+        return ControlState(owner_holds=True, requests=requests)
+    if action is ControlAction.RELEASE:
+        return ControlState(requests=requests)
+    if action is ControlAction.EVERYONE:
+        if not change.control_allowed:
+            raise Forbidden("viewers may not control applications on this site")
+        return ControlState(everyone=True)
+    raise Forbidden("only a viewer asks for control")
+
+
 class Shares:
     """The sharing use cases (see the module's contract)."""
 
@@ -149,15 +259,16 @@ class Shares:
         rules: SharingRules = SharingRules(),
         listener: ShareListener | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        clock: Callable[[], float] = time.monotonic,
+        controls: ControlStates | None = None,
     ) -> None:
         self._sessions = sessions
         self._uow_factory = uow_factory
         self.rules = rules
         self._listener: ShareListener = listener or NoShareListener()
         self._now = now
-        self._clock = clock
         self._changed: list[ChangeCallback] = []
+        self._controls: ControlStates = controls or ProcessControlStates()
+        # The control state last read or written, per session (default states are not kept).
         self._control: dict[str, ControlState] = {}
         sessions.on_stopped(self.end_all)
 
@@ -242,7 +353,8 @@ class Shares:
             await uow.shares.remove(share_id)
             await uow.commit()
         log.info("unshare", actor=actor.name, owner=session.user, url_id=url_id, share=share_id)
-        self._forget_control(url_id, share)
+        if share.kind is ShareKind.USER:
+            await self._change_control(url_id, lambda state: _without(state, share.subject))
         self._notify(url_id)
         await self._listener.unshared(actor.name, session.user, share)
 
@@ -252,15 +364,19 @@ class Shares:
             shares = list(await uow.shares.list_for(url_id))
             await uow.shares.remove_all(url_id)
             await uow.commit()
+        await self._controls.remove(url_id)
         self._control.pop(url_id, None)
         self._notify(url_id)
         for share in shares:
             await self._listener.unshared(SYSTEM, SYSTEM, share)
 
     async def shares_of(self, url_id: str) -> Sequence[Share]:
-        """The session's shares as stored (no access check: for the gate)."""
+        """The session's shares as stored, its control state read afresh along with them
+        (no access check: for the gate)."""
         async with self._uow_factory() as uow:
-            return list(await uow.shares.list_for(url_id))
+            shares = list(await uow.shares.list_for(url_id))
+        await self._read_control(url_id)
+        return shares
 
     async def mode_for(self, user: AuthenticatedUser, url_id: str) -> ShareMode | None:
         """How ``user`` may enter someone else's session ``url_id`` (None: not at all)."""
@@ -282,36 +398,38 @@ class Shares:
 
     # ----------------------------------------------------------------- control
     def input_allowed(self, url_id: str, user: str, mode: ShareMode) -> bool:
-        """Whether viewer ``user`` (entering with ``mode``) has input now (no I/O)."""
+        """Whether viewer ``user`` (entering with ``mode``) has input now, by the control
+        state last read or written here (no I/O)."""
         if not self.rules.control:
             return False
-        state = self._control.get(url_id)
-        if state is None:
-            return mode is ShareMode.CONTROL
-        if state.everyone:
-            return True
-        if state.controller is not None:
-            return state.controller == user
-        return not state.owner_holds and mode is ShareMode.CONTROL
+        return has_input(self._control.get(url_id, _NO_CONTROL), user, mode)
 
     async def control_view(self, actor: AuthenticatedUser, url_id: str) -> ControlView:
         """The control state for the owner, an admin or a viewer (else ``NotFound``)."""
         session, mode = await self._participant(actor, url_id)
-        state = self._control.get(url_id) or ControlState()
+        _version, state = await self._read_control(url_id)
+        return self._view(actor, session, mode, state)
+
+    def _view(
+        self,
+        actor: AuthenticatedUser,
+        session: Session,
+        mode: ShareMode | None,
+        state: ControlState,
+    ) -> ControlView:
         return ControlView(
             owner=session.user,
             urlpath=session.urlpath,
             controller=state.controller,
             owner_holds=state.owner_holds,
             everyone=state.everyone,
-            requests=tuple(state.requests) if mode is None else (),
+            requests=state.requests if mode is None else (),
             mode=mode,
-            input_allowed=mode is None or self.input_allowed(url_id, actor.name, mode),
+            input_allowed=mode is None
+            or (self.rules.control and has_input(state, actor.name, mode)),
         )
 
-    # One branch per action of the hand-over (request, release, give, refuse, take,
-    # everyone), each with who may ask it: kept together so the rules read as one table.
-    async def control(  # noqa: C901
+    async def control(
         self,
         actor: AuthenticatedUser,
         url_id: str,
@@ -321,51 +439,52 @@ class Shares:
         """Change who controls the session (see the module); ``Forbidden`` for an action
         that is not the caller's to take, ``InvalidRequest`` for a missing or unknown user."""
         session, mode = await self._participant(actor, url_id)
-        state = self._control.setdefault(url_id, ControlState())
-        if mode is not None:  # a viewer
-            if action is ControlAction.REQUEST:
-                if not self.rules.control:
-                    raise Forbidden("viewers may not control applications on this site")
-                if not self.input_allowed(url_id, actor.name, mode):
-                    if len(state.requests) >= MAX_PENDING_REQUESTS:
-                        state.requests.pop(next(iter(state.requests)))
-                    state.requests[actor.name] = self._clock()
-            elif action is ControlAction.RELEASE:
-                state.requests.pop(actor.name, None)
-                if state.controller == actor.name:
-                    state.controller = None
-                    state.owner_holds = True
-            else:
-                raise Forbidden("only the owner of the application can do that")
-        elif action is ControlAction.GIVE:
-            if not self.rules.control:
-                raise Forbidden("viewers may not control applications on this site")
-            if not user:
-                raise InvalidRequest("say whom to give control to")
-            if user == session.user:
-                raise InvalidRequest("the owner always has control")
-            if user not in state.requests and not await self._named(url_id, user):
-                raise InvalidRequest(f"{user!r} has not asked for control and has no share")
-            state.controller, state.owner_holds, state.everyone = user, False, False
-            state.requests.pop(user, None)
-        elif action is ControlAction.REFUSE:
-            if not user:
-                raise InvalidRequest("say whose request to refuse")
-            state.requests.pop(user, None)
-        elif action is ControlAction.TAKE:
-            state.controller, state.owner_holds, state.everyone = None, True, False
-        elif action is ControlAction.RELEASE:
-            state.controller, state.owner_holds, state.everyone = None, False, False
-        elif action is ControlAction.EVERYONE:
-            if not self.rules.control:
-                raise Forbidden("viewers may not control applications on this site")
-            state.controller, state.owner_holds, state.everyone = None, False, True
-            state.requests.clear()
-        else:
-            raise Forbidden("only a viewer asks for control")
+        named = (
+            mode is None
+            and action is ControlAction.GIVE
+            and bool(user)
+            and await self._named(url_id, user or "")
+        )
+        change = _ControlChange(
+            actor=actor.name,
+            mode=mode,
+            action=action,
+            user=user,
+            owner=session.user,
+            named=named,
+            control_allowed=self.rules.control,
+        )
+        state = await self._change_control(url_id, lambda current: _next_control(current, change))
         log.info("share.control", actor=actor.name, url_id=url_id, action=action.value, user=user)
         self._notify(url_id)
-        return await self.control_view(actor, url_id)
+        return self._view(actor, session, mode, state)
+
+    async def _read_control(self, url_id: str) -> tuple[int, ControlState]:
+        found = await self._controls.get(url_id)
+        version, state = found if found is not None else (0, _NO_CONTROL)
+        self._keep(url_id, state)
+        return version, state
+
+    def _keep(self, url_id: str, state: ControlState) -> None:
+        if state == _NO_CONTROL:
+            self._control.pop(url_id, None)
+        else:
+            self._control[url_id] = state
+
+    async def _change_control(
+        self, url_id: str, change: Callable[[ControlState], ControlState]
+    ) -> ControlState:
+        """Apply ``change`` to the stored state, again from the newer one when another
+        replica wrote first."""
+        for _attempt in range(CONTROL_WRITE_ATTEMPTS):
+            version, state = await self._read_control(url_id)
+            changed = change(state)
+            if changed == state:
+                return state
+            if await self._controls.put(url_id, changed, version=version):
+                self._keep(url_id, changed)
+                return changed
+        raise Unavailable("who controls this application keeps changing; try again")
 
     async def _participant(
         self, actor: AuthenticatedUser, url_id: str
@@ -386,9 +505,13 @@ class Shares:
             for share in await self.shares_of(url_id)
         )
 
-    def _forget_control(self, url_id: str, share: Share) -> None:
-        state = self._control.get(url_id)
-        if state is not None and share.kind is ShareKind.USER:
-            state.requests.pop(share.subject, None)
-            if state.controller == share.subject:
-                state.controller = None
+
+_NO_CONTROL = ControlState()
+
+
+def _without(state: ControlState, user: str) -> ControlState:
+    """``state`` once ``user``'s own share ended: their request and control go."""
+    state = replace(state, requests=tuple(r for r in state.requests if r != user))
+    if state.controller == user:
+        state = replace(state, controller=None)
+    return state

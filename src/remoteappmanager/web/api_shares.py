@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from remoteappmanager.domain.errors import NotFound
+from remoteappmanager.domain.models import Grant
 from remoteappmanager.domain.shares import ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
-from remoteappmanager.services.shares import ControlAction, Shares
+from remoteappmanager.services.shares import ControlAction, Shares, check_may_search
 from remoteappmanager.web.api import (
     ApiOperation,
     ApiRegistry,
@@ -31,7 +34,7 @@ from remoteappmanager.web.api_models import (
     ShareOut,
 )
 from remoteappmanager.web.auth import require_user, signed_in_user
-from remoteappmanager.web.keys import GATE, IDENTITY, SHARES, URLS
+from remoteappmanager.web.keys import APPLICATIONS, GATE, IDENTITY, SHARES, URLS
 
 SHARES_PATH = "v1/containers/{url_id}/shares/"
 DIRECTORY_PATH = "v1/directory"
@@ -121,6 +124,13 @@ async def change_control(request: web.Request) -> web.StreamResponse:
 @require_user
 async def search_directory(request: web.Request) -> web.StreamResponse:
     wanted = parse_query_json(request, "query", DirectoryQuery, example='{"prefix": "al"}')
+    user = signed_in_user(request)
+    applications = request.app[APPLICATIONS]
+
+    async def grants() -> Sequence[Grant]:
+        return await applications.grants_of(user.name, user.groups)
+
+    await check_may_search(user, _shares(request).rules, grants)
     found = await request.app[IDENTITY].directory(wanted.prefix, DIRECTORY_LIMIT)
     return json_response(
         DirectoryOut.model_construct(users=list(found.users), groups=list(found.groups))
@@ -208,6 +218,9 @@ def register(registry: ApiRegistry) -> None:
             search_directory,
             operation_id="search_directory",
             summary="Hub users and groups to share with, by the start of their names",
+            description="For admins and for users holding a grant whose policy allows "
+            "sharing (`allow_view`); anyone else, and everyone while sharing is turned off "
+            f"on the site, gets 403. At most {DIRECTORY_LIMIT} users and {DIRECTORY_LIMIT} groups.",
             tag=_TAG,
             query={
                 "query": QueryParameter(
@@ -215,7 +228,7 @@ def register(registry: ApiRegistry) -> None:
                 )
             },
             responses={200: DirectoryOut},
-            errors=(400, *signed_in, 503),
+            errors=(400, *signed_in, 403, 503),
         ),
     ):
         registry.add(operation)

@@ -241,6 +241,20 @@ class StartClaimRow(Base):
     until: Mapped[float] = mapped_column(Double, nullable=False)
 
 
+class ShareControlRow(Base):
+    """Who controls a shared session besides its owner (``ControlState``), at ``version``;
+    ``requests`` lists the viewers who asked for control, oldest first."""
+
+    __tablename__ = "share_control"
+
+    url_id: Mapped[str] = mapped_column(String(MAX_URL_ID_LENGTH), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    controller: Mapped[str | None] = mapped_column(String(MAX_NAME_LENGTH), nullable=True)
+    owner_holds: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    everyone: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    requests: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+
+
 class SessionShareRow(Base):
     """One share of a running session; the session lives in the engine, so ``url_id`` is a
     plain column (the service deletes a session's shares when it stops it)."""

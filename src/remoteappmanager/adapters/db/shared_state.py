@@ -1,4 +1,5 @@
-"""What replicas share through the database: login sessions, start claims, the lead."""
+"""What replicas share through the database: login sessions, start claims, the lead, and who
+controls each shared session."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 from remoteappmanager.adapters.db.errors import translated_errors
-from remoteappmanager.adapters.db.models import LoginSessionRow, StartClaimRow
+from remoteappmanager.adapters.db.models import LoginSessionRow, ShareControlRow, StartClaimRow
+from remoteappmanager.domain.shares import ControlState
 from remoteappmanager.ports.login_sessions import StoredLoginSession
 
 log = structlog.get_logger(__name__)
@@ -203,6 +205,57 @@ class SqlStartClaims:
                     )
                 )
                 return {(user, mapping_id) for user, mapping_id in rows.all()}
+
+
+class SqlControlStates:
+    """``ControlStates`` on the ``share_control`` table: the first version is an insert (the
+    primary key lets one win), later ones an update guarded by the version read."""
+
+    def __init__(self, engine: AsyncEngine, location: str) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._location = location
+
+    async def get(self, url_id: str) -> tuple[int, ControlState] | None:
+        with translated_errors(self._location):
+            async with self._sessions() as db:
+                row = await db.get(ShareControlRow, url_id)
+                if row is None:
+                    return None
+                return row.version, ControlState(
+                    controller=row.controller,
+                    owner_holds=row.owner_holds,
+                    everyone=row.everyone,
+                    requests=tuple(str(name) for name in row.requests),
+                )
+
+    async def put(self, url_id: str, state: ControlState, *, version: int) -> bool:
+        values = {
+            "controller": state.controller,
+            "owner_holds": state.owner_holds,
+            "everyone": state.everyone,
+            "requests": list(state.requests),
+        }
+        with translated_errors(self._location):
+            if version == 0:
+                try:
+                    async with self._sessions.begin() as db:
+                        db.add(ShareControlRow(url_id=url_id, version=1, **values))
+                except IntegrityError:
+                    return False
+                return True
+            async with self._sessions.begin() as db:
+                changed = await db.execute(
+                    update(ShareControlRow)
+                    .where(ShareControlRow.url_id == url_id, ShareControlRow.version == version)
+                    .values(version=version + 1, **values)
+                    .returning(ShareControlRow.version)
+                )
+                return changed.first() is not None
+
+    async def remove(self, url_id: str) -> None:
+        with translated_errors(self._location):
+            async with self._sessions.begin() as db:
+                await db.execute(delete(ShareControlRow).where(ShareControlRow.url_id == url_id))
 
 
 def advisory_lock_id(name: str) -> int:
