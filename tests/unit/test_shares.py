@@ -380,6 +380,31 @@ async def test_a_shareable_grant_through_a_hub_group_is_enough(scene: Scene) -> 
     assert (status, found) == (200, {"users": ["carol"], "groups": []})
 
 
+async def test_a_session_started_through_a_group_grant_that_allows_viewing_is_shared(
+    scene: Scene,
+) -> None:
+    async with scene.service.world.database.unit_of_work() as uow:
+        await uow.users.add("carol")
+        await uow.applications.add(GATED_IMAGE)
+        await uow.commit()
+    body = {"group": "team", "image_name": GATED_IMAGE, "allow_view": True}
+    status, _body, _ = await scene.api("root").call("POST", f"{API}v1/admin/accounting/", json=body)
+    assert status == 201
+    carol = scene.api("carol")
+    status, listing, _ = await carol.call("GET", f"{API}v1/applications/")
+    assert status == 200
+    (mapping_id,) = listing["identifiers"]
+    status, _body, headers = await carol.call(
+        "POST", f"{API}v1/containers/", json={"mapping_id": mapping_id}
+    )
+    assert status == 201
+    url_id = headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+    status, answer, _ = await carol.call(
+        "POST", f"{API}v1/containers/{url_id}/shares/", json={"user": "bob"}
+    )
+    assert status == 201, answer
+
+
 async def test_admins_search_the_directory_without_grants(scene: Scene) -> None:
     status, found, _ = await scene.api("root").call("GET", DIRECTORY, params=BY_CA)
     assert (status, found) == (200, {"users": ["carol"], "groups": []})

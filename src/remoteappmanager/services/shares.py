@@ -288,12 +288,11 @@ class Shares:
         return session
 
     async def _allows_viewing(self, session: Session) -> bool:
+        # The grant may be the user's own or one to a hub group they belong to.
         async with self._uow_factory() as uow:
-            try:
-                grant = await uow.grants.get(session.mapping_id)
-            except NotFound:
-                return False
-        return grant.policy.allow_view
+            policies = await uow.grants.policies_of([session.mapping_id])
+        policy = policies.get(session.mapping_id)
+        return policy is not None and policy.allow_view
 
     async def list(self, actor: AuthenticatedUser, url_id: str) -> tuple[Session, list[Share]]:
         """The session and its shares, for its owner or an admin."""
