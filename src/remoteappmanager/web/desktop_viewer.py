@@ -22,7 +22,6 @@ import functools
 import gzip
 import hashlib
 import html
-import importlib
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -222,10 +221,10 @@ def _digest(body: bytes) -> str:
 def _brotli_compress() -> Callable[[bytes], bytes] | None:
     # Optional: the ``brotli`` module (the ``speed`` extra); without it, gzip only.
     try:
-        module = importlib.import_module("brotli")
+        import brotli
     except ImportError:
         return None
-    compress: Callable[[bytes], bytes] = functools.partial(module.compress, quality=11)
+    compress: Callable[[bytes], bytes] = functools.partial(brotli.compress, quality=11)
     return compress
 
 
