@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.adapters.db.engine import is_sqlite
@@ -60,6 +60,9 @@ from remoteappmanager.web.cookies import CookieSigner, cookie_key
 from remoteappmanager.web.deps import HealthCheck, Resource, WebDeps
 from remoteappmanager.web.login_sessions import LoginSessionStore
 from remoteappmanager.web.metrics import Metrics
+
+if TYPE_CHECKING:
+    from remoteappmanager.web.gate.handler import Gate
 
 __all__ = [
     "Database",
@@ -354,6 +357,38 @@ def build(
         ),
         _background(leadership.run_forever, "leadership"),
     ]
+    access = AccessService(
+        unit_of_work,
+        admin_group=settings.admin_group,
+        auto_user_creation=settings.auto_user_creation,
+        demo_applications=settings.demo_applications,
+        access_scopes=settings.access_scopes,
+        audit=audit,
+    )
+    login_store = LoginSessionStore(
+        clock=clock,
+        max_sessions_per_user=settings.max_login_sessions_per_user,
+        records=login_sessions,
+    )
+    signer = CookieSigner(cookie_key(settings), clock=clock)
+    gate: Gate | None = None
+    if gate_access is not None:
+        from remoteappmanager.web.gate.handler import build_gate
+
+        gate = built = build_gate(
+            settings,
+            access=gate_access,
+            signer=signer,
+            store=login_store,
+            identity=identity,
+            identify=access,
+            clock=clock,
+            activity=activity,
+        )
+        # A sign-out or a change of shares closes the connections it ends at once.
+        login_store.on_end(built.session_ended)
+        shares.on_change(built.shares_changed)
+        metrics.watch_gate(built.server.stats, lambda: len(built.server.upgrades))
     return WebDeps(
         settings=settings,
         identity=identity,
@@ -375,20 +410,9 @@ def build(
         stop_log=stop_log,
         audit=audit,
         leadership=leadership,
-        access=AccessService(
-            unit_of_work,
-            admin_group=settings.admin_group,
-            auto_user_creation=settings.auto_user_creation,
-            demo_applications=settings.demo_applications,
-            access_scopes=settings.access_scopes,
-            audit=audit,
-        ),
-        login_sessions=LoginSessionStore(
-            clock=clock,
-            max_sessions_per_user=settings.max_login_sessions_per_user,
-            records=login_sessions,
-        ),
-        signer=CookieSigner(cookie_key(settings), clock=clock),
+        access=access,
+        login_sessions=login_store,
+        signer=signer,
         administration=Administration(
             unit_of_work,
             realm=settings.realm,
@@ -398,6 +422,7 @@ def build(
             audit=audit,
         ),
         gate_access=gate_access,
+        gate=gate,
     )
 
 

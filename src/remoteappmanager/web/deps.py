@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.ports.repositories import UnitOfWorkFactory
@@ -22,6 +23,9 @@ from remoteappmanager.settings import Settings
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.login_sessions import LoginSessionStore
 from remoteappmanager.web.metrics import Metrics
+
+if TYPE_CHECKING:  # the gate's handler reads WebDeps itself
+    from remoteappmanager.web.gate.handler import Gate
 
 HealthCheck = Callable[[], Awaitable[None]]
 """Returns when a dependency is usable, raises (preferably ``Unavailable``) when it is not."""
@@ -58,6 +62,8 @@ class WebDeps:
     - ``administration``: the admin API's and page's use cases.
     - ``gate_access``: who may reach which running application through the gate; None in
       direct mode, where there is no gate.
+    - ``gate``: the gate itself (its listener starts with the application); None in direct
+      mode.
     """
 
     settings: Settings
@@ -80,3 +86,4 @@ class WebDeps:
     signer: CookieSigner
     administration: Administration
     gate_access: GateAccess | None
+    gate: Gate | None

@@ -27,6 +27,7 @@ from remoteappmanager.ports.identity import IdentityProvider
 from remoteappmanager.services.access import AccessService, AuthenticatedUser
 from remoteappmanager.services.activity import ActivityTracker
 from remoteappmanager.services.gate_access import GateAccess, GateTarget
+from remoteappmanager.settings import Settings
 from remoteappmanager.web.auth import is_https, login_redirect, resolve_auth
 from remoteappmanager.web.cookies import CookieSigner
 from remoteappmanager.web.deps import WebDeps
@@ -63,14 +64,8 @@ from remoteappmanager.web.gate.listener import (
     ViewerInput,
 )
 from remoteappmanager.web.keys import (
-    ACCESS,
     GATE,
-    IDENTITY,
-    LOGIN_SESSIONS,
-    METRICS,
     SETTINGS,
-    SHARES,
-    SIGNER,
     URLS,
 )
 from remoteappmanager.web.listening import GATE_SETTING, listen_failure
@@ -81,6 +76,7 @@ from remoteappmanager.web.pages import (
     require_navigation,
     xsrf_token_for_page,
 )
+from remoteappmanager.web.urls import ServiceUrls
 
 log = structlog.get_logger(__name__)
 
@@ -695,40 +691,50 @@ def _url_id_in(path: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------- wiring
-def setup_gate(app: web.Application, deps: WebDeps) -> bool:
-    """Set the gate up when the sessions route through it (gated mode); True if set up.
-
-    Needs ``ACCESS``, ``SIGNER``, ``LOGIN_SESSIONS``, ``IDENTITY``, ``METRICS``, ``SETTINGS``
-    and ``URLS`` set on ``app``, and ``deps.gate_access`` (built in gated mode).
-    Mounts ``{svc}gate/<url_id>`` and, while the application runs, listens on
-    ``Settings.gate_address``. Otherwise (direct mode) nothing is set up and neither exists.
-    """
-    if deps.gate_access is None:
-        return False
-    prefix = app[URLS].prefix
-    settings = app[SETTINGS]
+def build_gate(
+    settings: Settings,
+    *,
+    access: GateAccess,
+    signer: CookieSigner,
+    store: LoginSessionStore,
+    identity: IdentityProvider,
+    identify: AccessService,
+    clock: Callable[[], float],
+    activity: ActivityTracker | None,
+) -> Gate:
+    """The gate of a gated service, from the settings and the parts the composition root
+    built (its listener starts with the application: ``setup_gate``)."""
     public = origin_of_url(settings.jupyterhub_public_url)
-    gate = Gate(
-        access=deps.gate_access,
-        signer=app[SIGNER],
-        store=app[LOGIN_SESSIONS],
-        identity=app[IDENTITY],
-        identify=app[ACCESS],
-        prefix=prefix,
-        clock=deps.clock,
+    return Gate(
+        access=access,
+        signer=signer,
+        store=store,
+        identity=identity,
+        identify=identify,
+        prefix=ServiceUrls.from_settings(settings).prefix,
+        clock=clock,
         app_origins=settings.app_origin_template,
         public_origin=(settings.public_origin or "") if settings.app_origin_template else "",
         public_origins=frozenset({public} if public else ()),
         max_connections_per_user=settings.gate_max_connections_per_user,
         websocket_ping_s=settings.websocket_ping_s,
         desktop=_desktop_viewer(),
-        activity=deps.activity,
+        activity=activity,
         clipboard_in=settings.clipboard_to_app,
     )
+
+
+def setup_gate(app: web.Application, deps: WebDeps) -> bool:
+    """Mount the gate the composition root built (gated mode); True if there is one.
+
+    Mounts ``{svc}gate/<url_id>`` and, while the application runs, listens on
+    ``Settings.gate_address``. Otherwise (direct mode) there is no gate and nothing is set up.
+    """
+    gate = deps.gate
+    if gate is None:
+        return False
+    prefix = app[URLS].prefix
     app[GATE] = gate
-    app[LOGIN_SESSIONS].on_end(gate.session_ended)
-    app[SHARES].on_change(gate.shares_changed)
-    app[METRICS].watch_gate(gate.server.stats, lambda: len(gate.server.upgrades))
     app.cleanup_ctx.append(_listening)
     app.router.add_get(prefix + "gate/{url_id}", gate_entry, name="gate_entry")
     app.router.add_post(prefix + "gate/{url_id}", gate_entry_confirmed)
