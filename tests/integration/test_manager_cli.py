@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.cli import manager
-from remoteappmanager.settings import Settings
+from remoteappmanager.web.deps import WebDeps
 from tests.support.database import (
     CURRENT_REVISION,
     NEXT_REVISION,
@@ -34,9 +34,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
-    """Stands in for the web application: records the settings it was started with."""
-    calls: list[Settings] = []
+def served(monkeypatch: pytest.MonkeyPatch) -> list[WebDeps]:
+    """Stands in for the web server: records the service it was given to serve."""
+    calls: list[WebDeps] = []
     monkeypatch.setattr(manager, "serve", calls.append)
     return calls
 
@@ -116,7 +116,7 @@ def test_an_unreachable_database_is_one_line(postgres_cluster: PostgresCluster) 
 
 # ------------------------------------------------------------------------------ serving
 def test_the_service_refuses_a_schema_not_at_head(
-    empty_database_url: str, served: list[Settings]
+    empty_database_url: str, served: list[WebDeps]
 ) -> None:
     result = run(
         url=empty_database_url, CONFIGPROXY_AUTH_TOKEN="token", JUPYTERHUB_API_TOKEN="hub-token"
@@ -128,7 +128,7 @@ def test_the_service_refuses_a_schema_not_at_head(
 
 
 def test_the_service_starts_on_a_schema_at_head(
-    empty_database_url: str, served: list[Settings]
+    empty_database_url: str, served: list[WebDeps]
 ) -> None:
     assert run("db", "upgrade", url=empty_database_url).exit_code == 0
 
@@ -137,10 +137,10 @@ def test_the_service_starts_on_a_schema_at_head(
     )
 
     assert result.exit_code == 0, result.output
-    assert [settings.database_url for settings in served] == [empty_database_url]
+    assert [built.settings.database_url for built in served] == [empty_database_url]
 
 
-def test_the_service_needs_the_proxy_token(tmp_path: Path, served: list[Settings]) -> None:
+def test_the_service_needs_the_proxy_token(tmp_path: Path, served: list[WebDeps]) -> None:
     result = run(url=str(tmp_path / "remote.db"))
 
     assert result.exit_code == 2
@@ -148,7 +148,7 @@ def test_the_service_needs_the_proxy_token(tmp_path: Path, served: list[Settings
     assert served == []
 
 
-def test_the_service_needs_the_hub_token(tmp_path: Path, served: list[Settings]) -> None:
+def test_the_service_needs_the_hub_token(tmp_path: Path, served: list[WebDeps]) -> None:
     result = run(url=str(tmp_path / "remote.db"), CONFIGPROXY_AUTH_TOKEN="token")
 
     assert result.exit_code == 2
