@@ -18,6 +18,7 @@ from remoteappmanager.web.desktop_viewer import (
     bundler_beside,
     find_novnc,
 )
+from remoteappmanager.web.gate import handler
 from remoteappmanager.web.gate.handler import GATE_COOKIE
 from remoteappmanager.web.keys import GATE
 from tests.support.services import REPO
@@ -269,6 +270,9 @@ def test_without_novnc_the_service_says_so_at_start_and_names_the_provision_step
     monkeypatch.chdir(tmp_path)
 
     with structlog.testing.capture_logs() as logs:
+        # A fresh logger: the module's own may have been cached, with the processors of the
+        # day, by a test that configured logging before this one.
+        monkeypatch.setattr(handler, "log", structlog.get_logger(handler.__name__))
         app = make_app(World())
 
     assert app[GATE].desktop is None
