@@ -25,6 +25,7 @@ from remoteappmanager.adapters.memory_workspaces import (  # noqa: E402
     InMemoryWorkspaces,
 )
 from remoteappmanager.settings import Settings  # noqa: E402
+from remoteappmanager.web.admission import LISTEN_BACKLOG  # noqa: E402
 from remoteappmanager.web.app import create_app  # noqa: E402
 from remoteappmanager.web.deps import WebDeps  # noqa: E402
 
@@ -46,8 +47,8 @@ async def serving(
     runner = web.AppRunner(create_app(deps), access_log=None)
     await runner.setup()
     try:
-        # Room for every simulated user to connect at once (the default backlog is 128).
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        # As ``serve`` listens: room for every simulated user to connect at once.
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=LISTEN_BACKLOG).start()
         yield deps
     finally:
         await runner.cleanup()

@@ -57,7 +57,7 @@ from aiohttp import web  # noqa: E402
 from tests.support.services import Proxy, free_port, running_proxy, wait_for_port  # noqa: E402
 from tests.support.session_images import WEB_IMAGE, ensure_session_images, remove_realm  # noqa: E402
 from tests.support.webapp import memory_database, parse_login_redirect  # noqa: E402
-from tools import debian_tool  # noqa: E402
+from tools import cpu_seconds, debian_tool  # noqa: E402
 
 from remoteappmanager.domain.containers import (  # noqa: E402
     RUNINFO_MAPPING_ID,
@@ -719,13 +719,6 @@ def _places(value: float) -> int:
     return 1 if value >= 10 else 3
 
 
-def _cpu_seconds(pid: int) -> float:
-    """The user and system CPU time process ``pid`` has used so far (proc(5))."""
-    # Fields 14 and 15 of /proc/<pid>/stat; the command, field 2, may hold spaces.
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _measure_activity(
     url_of: Callable[..., str],
     cookie_of: Callable[[str], str],
@@ -748,10 +741,10 @@ def _measure_activity(
         cpu: dict[str, list[float]] = {"noop": [], "host": []}
 
         def timed(key: str) -> float:
-            before = _cpu_seconds(gate_pid)
+            before = cpu_seconds(gate_pid)
             rate = measure(key)
             # CPU microseconds per unit (a request, or ``scale`` bytes).
-            cpu[key].append((_cpu_seconds(gate_pid) - before) * 1e6 / (rate / scale * seconds))
+            cpu[key].append((cpu_seconds(gate_pid) - before) * 1e6 / (rate / scale * seconds))
             return rate
 
         noop_values, wired_values = _alternate(rounds, timed, ("noop", "host"))

@@ -1,10 +1,12 @@
-"""Programs the benchmarks run besides Python (``wrk``): installed when missing, if we can."""
+"""Programs the benchmarks run besides Python (``wrk``): installed when missing, if we can;
+and what a process has used of the machine."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 
 def debian_tool(command: str, package: str) -> str | None:
@@ -25,3 +27,10 @@ def debian_tool(command: str, package: str) -> str | None:
             return found
     print(f"{command} is missing: install it with `apt-get install -y {package}` (as root)")
     return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time process ``pid`` has used so far (proc(5))."""
+    # Fields 14 and 15 of /proc/<pid>/stat; the command, field 2, may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

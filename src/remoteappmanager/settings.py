@@ -310,7 +310,7 @@ class Settings(BaseSettings):
         "after a restart a session may look idle this much earlier than it is.",
     )
     max_concurrent_requests: int = Field(
-        default=32,
+        default=16,
         ge=0,
         le=100_000,
         description="Reads (GET and HEAD) of the service's pages and REST API answered at "

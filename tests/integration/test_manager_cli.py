@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from remoteappmanager.adapters.db import migrate
 from remoteappmanager.cli import manager
+from remoteappmanager.web.admission import LISTEN_BACKLOG
 from remoteappmanager.web.deps import WebDeps
 from tests.support.database import (
     CURRENT_REVISION,
@@ -170,31 +172,39 @@ def test_an_invalid_setting_is_one_line_naming_it(args: tuple[str, ...]) -> None
 
 
 # ------------------------------------------------------------------------------ ports taken
-def _serve_with_a_taken_port(tmp_path: Path, which: str) -> subprocess.CompletedProcess[str]:
-    """Run the real service with its own port or its gate's port held by another socket."""
+def _service_environment(tmp_path: Path, service_port: int) -> dict[str, str]:
+    """What the real service needs to start, on a fresh database, listening on
+    ``service_port`` (its gate on the next port unless told otherwise)."""
     database = tmp_path / "service.db"
     url = f"sqlite+aiosqlite:///{database}"
     asyncio.run(migrate.upgrade(url))
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_PREFIXES)},
+        "REMOTEAPP_DATABASE_URL": url,
+        "CONFIGPROXY_AUTH_TOKEN": "proxy-token",
+        "CONFIGPROXY_API_URL": f"http://127.0.0.1:{free_port()}",
+        "JUPYTERHUB_API_TOKEN": "hub-token",
+        "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{service_port}",
+        "REMOTEAPP_REALM": f"cli-{tmp_path.name[-8:]}",
+    }
+
+
+_SERVICE = str(Path(sys.executable).parent / "remoteappmanager")
+
+
+def _serve_with_a_taken_port(tmp_path: Path, which: str) -> subprocess.CompletedProcess[str]:
+    """Run the real service with its own port or its gate's port held by another socket."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         held = taken.getsockname()[1]
         # The gate listens on the service's port + 1 by default, and binds first.
-        service_port = held if which == "service" else held - 1
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_PREFIXES)},
-            "REMOTEAPP_DATABASE_URL": url,
-            "CONFIGPROXY_AUTH_TOKEN": "proxy-token",
-            "CONFIGPROXY_API_URL": f"http://127.0.0.1:{free_port()}",
-            "JUPYTERHUB_API_TOKEN": "hub-token",
-            "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
-            "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{service_port}",
-            "REMOTEAPP_REALM": f"ports-{tmp_path.name[-8:]}",
-        }
+        env = _service_environment(tmp_path, held if which == "service" else held - 1)
         if which == "service":  # the port after the held one may be anybody's
             env["REMOTEAPP_GATE_URL"] = f"http://127.0.0.1:{free_port()}"
         return subprocess.run(
-            [str(Path(sys.executable).parent / "remoteappmanager")],
+            [_SERVICE],
             env=env,
             cwd=tmp_path,
             capture_output=True,
@@ -202,6 +212,15 @@ def _serve_with_a_taken_port(tmp_path: Path, which: str) -> subprocess.Completed
             timeout=60,
             check=False,
         )
+
+
+def _listen_backlog(port: int) -> int | None:
+    """The accept queue's size of the socket listening on 127.0.0.1:``port`` (ss's Send-Q
+    of a listening socket), or None while nothing listens there."""
+    shown = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(shown[2]) if shown else None
 
 
 _SERVICE_PREFIXES = ("REMOTEAPP_", "CONFIGPROXY_", "JUPYTERHUB_")
@@ -232,3 +251,27 @@ def test_a_taken_service_port_stops_the_service_with_one_line(tmp_path: Path) ->
     assert "the service cannot listen on 127.0.0.1:" in lines[0]
     assert "JUPYTERHUB_SERVICE_URL" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_engine")
+def test_the_service_and_its_gate_listen_with_room_for_a_crowd(tmp_path: Path) -> None:
+    """A crowd connecting at once (a proxy's pool filling, a class signing in together) is
+    queued by the kernel, not dropped: a dropped handshake is retried only after a second."""
+    port, gate_port = free_port(), free_port()
+    env = _service_environment(tmp_path, port)
+    env["REMOTEAPP_GATE_URL"] = f"http://127.0.0.1:{gate_port}"
+    with subprocess.Popen(
+        [_SERVICE], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as service:
+        try:
+            deadline = time.monotonic() + 60
+            while _listen_backlog(port) is None and service.poll() is None:
+                assert time.monotonic() < deadline, "the service never listened"
+                time.sleep(0.1)
+            assert service.poll() is None, service.stderr.read() if service.stderr else ""
+            assert _listen_backlog(port) == LISTEN_BACKLOG >= 1024
+            assert _listen_backlog(gate_port) == LISTEN_BACKLOG
+        finally:
+            service.terminate()
+            service.wait(30)

@@ -16,7 +16,7 @@ from remoteappmanager import __version__, bootstrap
 from remoteappmanager.cli.output import fail
 from remoteappmanager.domain.errors import RemoteAppError, Unavailable
 from remoteappmanager.settings import Settings, SettingsError, load_settings
-from remoteappmanager.web.admission import tune_garbage_collector
+from remoteappmanager.web.admission import LISTEN_BACKLOG, tune_garbage_collector
 from remoteappmanager.web.app import create_app
 from remoteappmanager.web.deps import WebDeps
 from remoteappmanager.web.listening import BIND_ERRORS, SERVICE_SETTING, listen_failure
@@ -177,7 +177,7 @@ async def _run_until_stopped(app: web.Application, host: str, port: int) -> None
     )
     try:
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         tune_garbage_collector()  # once everything start-up builds is there
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:

@@ -26,6 +26,10 @@ from aiohttp.typedefs import Handler
 from remoteappmanager.web.keys import ADMISSION, SETTINGS, URLS
 
 _QUEUED_METHODS = frozenset({"GET", "HEAD"})
+# Connections the kernel keeps for the service until it accepts them. A crowd connecting at
+# once (a proxy's pool filling up, a class signing in together) would otherwise overflow the
+# default of 128, and the dropped handshakes are retried after a second.
+LISTEN_BACKLOG = 1024
 # The young generation is collected 20 times less often than Python's default (700
 # allocations): each request allocates thousands of short-lived objects, most of them gone
 # before a collection could see them.

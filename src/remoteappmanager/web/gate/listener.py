@@ -61,6 +61,9 @@ WEBSOCKET_PING_INTERVAL = 25.0
 CLIENT_INPUT_INTERVAL = 1.0
 # TCP keepalive on a WebSocket's sockets: probes after this long idle, this often, this many.
 TCP_KEEPALIVE = (30, 10, 3)
+# Connections the kernel keeps until the gate accepts them, as for the service
+# (``web.admission.LISTEN_BACKLOG``): a crowd connecting at once is queued, not dropped.
+_BACKLOG = 1024
 
 
 # ---------------------------------------------------------------------------- the contract
@@ -827,7 +830,7 @@ class GateServer:
     async def start(self, host: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
         server = await self._loop.create_server(
-            lambda: _Downstream(self), host, port, reuse_address=True, backlog=1024
+            lambda: _Downstream(self), host, port, reuse_address=True, backlog=_BACKLOG
         )
         self._port = int(server.sockets[0].getsockname()[1])
         self._server = server
