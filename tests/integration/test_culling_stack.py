@@ -16,13 +16,11 @@ import asyncio
 import contextlib
 import secrets
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiodocker
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -33,14 +31,18 @@ from remoteappmanager.services import catalogue
 from remoteappmanager.settings import Settings
 from remoteappmanager.web.app import create_app
 from tests.support.fake_hub import FakeHub, running_fake_hub
-from tests.support.services import REPO, Proxy, ServiceMissing, free_port, skip_or_fail
-from tests.support.session_images import WEB_IMAGE, ensure_session_images, remove_realm
+from tests.support.services import Proxy, ServiceMissing, free_port, skip_or_fail
+from tests.support.session_images import (
+    WEB_IMAGE,
+    ensure_session_images,
+    ensure_vnc_image,
+    remove_realm,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.proxy, pytest.mark.timeout(300)]
 
 PREFIX = "/services/remoteapp/"
 CONTAINERS = PREFIX + "api/v1/containers/"
-VNCAPP = "remoteapp-demo/vncapp:latest"
 
 
 @pytest.fixture(scope="module")
@@ -51,35 +53,14 @@ def session_images(docker_engine: None) -> None:
         skip_or_fail(str(exc))
 
 
-async def _image_exists(image: str) -> bool:
-    async with aiodocker.Docker() as docker:
-        try:
-            await docker.images.inspect(image)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise
-    return True
-
-
 @pytest.fixture(scope="module")
 def vncapp_image(docker_engine: None) -> str:
     """The demo desktop, built from ``images/`` if the engine does not have it."""
-    if asyncio.run(_image_exists(VNCAPP)):
-        return VNCAPP
     try:
-        built = subprocess.run(
-            [str(REPO / "images" / "build.sh"), "vncapp"],
-            capture_output=True,
-            text=True,
-            timeout=1500,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        skip_or_fail(f"images/build.sh vncapp could not run: {exc}")
-    if built.returncode != 0 or not asyncio.run(_image_exists(VNCAPP)):
-        skip_or_fail(f"images/build.sh vncapp failed: {built.stderr[-500:]}")
-    return VNCAPP
+        return ensure_vnc_image()
+    except ServiceMissing as exc:
+        skip_or_fail(str(exc))
+        raise
 
 
 async def _grants(

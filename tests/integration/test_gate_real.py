@@ -17,7 +17,6 @@ import io
 import json
 import os
 import secrets
-import subprocess
 import tarfile
 import time
 import urllib.request
@@ -44,19 +43,17 @@ from remoteappmanager.web.app import create_app
 from remoteappmanager.web.gate.handler import GATE_COOKIE
 from remoteappmanager.web.gate.relay import TEXT, encode_frame
 from remoteappmanager.web.keys import SHARES
-from tests.support.services import REPO, Proxy, ServiceMissing, free_port, skip_or_fail
+from tests.support.services import Proxy, ServiceMissing, free_port, skip_or_fail
 from tests.support.session_images import (
     LABELS,
     WEB_IMAGE,
     ensure_session_images,
+    ensure_vnc_image,
     remove_realm,
 )
 from tests.support.webapp import CALLBACK, PREFIX, World, make_settings, parse_login_redirect
 
 pytestmark = [pytest.mark.docker, pytest.mark.proxy]
-
-VNCAPP = "remoteapp-demo/vncapp:latest"
-VNC_BUILD_TIMEOUT = 1500.0
 
 
 # Tagged by what its handler does (the tag changes with it: a cached image is reused).
@@ -150,34 +147,14 @@ def session_images(docker_engine: None) -> None:
         skip_or_fail(str(exc))
 
 
-async def _image_exists(image: str) -> bool:
-    async with aiodocker.Docker() as docker:
-        try:
-            await docker.images.inspect(image)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return False
-            raise
-    return True
-
-
 @pytest.fixture(scope="session")
 def vncapp_image(docker_engine: None) -> str:
-    if asyncio.run(_image_exists(VNCAPP)):
-        return VNCAPP
+    """The demo desktop, built from ``images/`` if the engine does not have it."""
     try:
-        result = subprocess.run(
-            [str(REPO / "images" / "build.sh"), "vncapp"],
-            capture_output=True,
-            text=True,
-            timeout=VNC_BUILD_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        skip_or_fail(f"images/build.sh vncapp could not run: {exc}")
-    if result.returncode != 0 or not asyncio.run(_image_exists(VNCAPP)):
-        skip_or_fail(f"images/build.sh vncapp failed: {result.stderr[-500:]}")
-    return VNCAPP
+        return ensure_vnc_image()
+    except ServiceMissing as exc:
+        skip_or_fail(str(exc))
+        raise
 
 
 def add_service_route(proxy: Proxy, target: str) -> None:

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
 import aiodocker
 
-from tests.support.services import ServiceMissing
+from tests.support.services import REPO, ServiceMissing
 
 NS = "eu.simphony-project.docker."
 WEB_IMAGE = "remoteapp-test/sessions-web:latest"
 SLEEPER_IMAGE = "remoteapp-test/sessions-sleeper:latest"
 CRASHER_IMAGE = "remoteapp-test/sessions-crasher:latest"
+# The demo desktop of ``images/`` (Xvnc, websockify and noVNC on a debootstrapped Debian).
+VNC_IMAGE = "remoteapp-demo/vncapp:latest"
+VNC_BUILD_TIMEOUT = 1500.0
 LABELS = {
     NS + "ui_name": "Session test app",
     NS + "description": "Serves its environment under its URL path",
@@ -99,6 +103,41 @@ def ensure_session_images() -> None:
     """Build the images the engine does not have yet (in a thread: safe under a loop)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, _build_missing()).result()
+
+
+def _image_exists(image: str) -> bool:
+    async def inspect() -> bool:
+        async with aiodocker.Docker() as docker:
+            try:
+                await docker.images.inspect(image)
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return False
+                raise
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, inspect()).result()
+
+
+def ensure_vnc_image() -> str:
+    """The demo desktop, built by ``images/build.sh vncapp`` if the engine does not have it
+    (minutes: debootstrap); ``ServiceMissing`` if that cannot be done."""
+    if _image_exists(VNC_IMAGE):
+        return VNC_IMAGE
+    try:
+        built = subprocess.run(
+            [str(REPO / "images" / "build.sh"), "vncapp"],
+            capture_output=True,
+            text=True,
+            timeout=VNC_BUILD_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServiceMissing(f"images/build.sh vncapp could not run: {exc}") from exc
+    if built.returncode != 0 or not _image_exists(VNC_IMAGE):
+        raise ServiceMissing(f"images/build.sh vncapp failed: {built.stderr[-500:]}")
+    return VNC_IMAGE
 
 
 async def remove_realm(realm: str) -> int:
