@@ -30,6 +30,7 @@ from remoteappmanager.adapters.db.shared_state import (
     SqlLoginSessionRecords,
     SqlStartClaims,
 )
+from remoteappmanager.adapters.memory_shared_state import InMemoryControlStates
 from remoteappmanager.adapters.observed import Observe
 from remoteappmanager.domain.errors import Forbidden, InvalidRequest
 from remoteappmanager.domain.sessions import AccessMode
@@ -267,6 +268,8 @@ def build(
         start_claims = start_claims or SqlStartClaims(sql.engine, sql.location)
         control_states = control_states or SqlControlStates(sql.engine, sql.location)
         election = election or _leader_election(sql, settings)
+    # A database given without them (tests, benchmarks): control states of this process alone.
+    control_states = control_states or InMemoryControlStates()
     unit_of_work = database.unit_of_work
     audit = AuditTrail(database.events, retention_days=settings.event_retention_days, clock=clock)
     host_paths = host_paths or LocalHostPaths()

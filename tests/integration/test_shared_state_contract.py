@@ -31,7 +31,6 @@ from remoteappmanager.domain.errors import Unavailable
 from remoteappmanager.domain.shares import ControlState
 from remoteappmanager.ports.coordination import ControlStates, LeaderElection, StartClaims
 from remoteappmanager.ports.login_sessions import LoginSessionRecords, StoredLoginSession
-from remoteappmanager.services.shares import ProcessControlStates
 from tests.support.services import PostgresCluster
 
 MAPPING = "a" * 32
@@ -223,10 +222,6 @@ async def test_control_states_are_written_over_the_version_they_were_made_from(
     shared: Shared,
 ) -> None:
     await _control_contract(shared.controls)
-
-
-async def test_the_single_process_control_states_keep_the_same_contract() -> None:
-    await _control_contract(ProcessControlStates())
 
 
 async def test_two_engines_on_one_database_see_each_others_control(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from remoteappmanager.adapters.memory_shared_state import InMemoryControlStates
 from remoteappmanager.domain.shares import Share, ShareKind, ShareMode
 from remoteappmanager.services.access import AuthenticatedUser
 from remoteappmanager.services.gate_access import GateAccess, GateTarget
@@ -36,7 +37,12 @@ def gate_access(rules: SharingRules | None = None) -> GateAccess:
         gate_url=GATE_URL,
         unit_of_work=world.database.unit_of_work,
     )
-    shares = Shares(sessions, world.database.unit_of_work, rules=rules or SharingRules())
+    shares = Shares(
+        sessions,
+        world.database.unit_of_work,
+        controls=InMemoryControlStates(),
+        rules=rules or SharingRules(),
+    )
     return GateAccess(sessions, world.database.unit_of_work, shares=shares)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from remoteappmanager.adapters.memory_shared_state import InMemoryControlStates
 from remoteappmanager.domain.errors import NotFound, Unavailable
 from remoteappmanager.domain.models import Policy
 from remoteappmanager.domain.sessions import Session
@@ -18,7 +19,6 @@ from remoteappmanager.services.gate_access import GateTarget
 from remoteappmanager.services.shares import (
     CONTROL_WRITE_ATTEMPTS,
     ControlAction,
-    ProcessControlStates,
     Shares,
 )
 from remoteappmanager.web.api_shares import DIRECTORY_LIMIT
@@ -209,6 +209,7 @@ async def test_the_listener_hears_of_every_share_and_unshare(scene: Scene) -> No
     shares = Shares(
         scene.shares._sessions,
         scene.service.world.database.unit_of_work,
+        controls=InMemoryControlStates(),
         listener=Recorder(),
     )
     session = await scene.service.start("alice", Policy(allow_view=True))
@@ -463,7 +464,7 @@ async def test_sharing_and_unsharing_are_in_the_audit_trail(scene: Scene) -> Non
 
 
 # ------------------------------------------------------------------------------ control states
-class RacingControls(ProcessControlStates):
+class RacingControls(InMemoryControlStates):
     """Control states where another replica writes between each read and write here
     (``races`` times), as two replicas changing one session at once do."""
 
@@ -515,7 +516,7 @@ async def test_a_change_of_control_that_keeps_losing_is_unavailable(scene: Scene
 
 
 async def test_stopping_a_session_forgets_its_control_state(scene: Scene) -> None:
-    controls = ProcessControlStates()
+    controls = InMemoryControlStates()
     shares = Shares(
         scene.shares._sessions, scene.service.world.database.unit_of_work, controls=controls
     )

@@ -140,26 +140,6 @@ class ControlAction(enum.StrEnum):
     EVERYONE = "everyone"
 
 
-class ProcessControlStates:
-    """``ControlStates`` in this process's memory alone: for a service that runs alone."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, tuple[int, ControlState]] = {}
-
-    async def get(self, url_id: str) -> tuple[int, ControlState] | None:
-        return self._states.get(url_id)
-
-    async def put(self, url_id: str, state: ControlState, *, version: int) -> bool:
-        current = self._states.get(url_id)
-        if (current[0] if current is not None else 0) != version:
-            return False
-        self._states[url_id] = (version + 1, state)
-        return True
-
-    async def remove(self, url_id: str) -> None:
-        self._states.pop(url_id, None)
-
-
 @dataclass(frozen=True, slots=True)
 class ControlView:
     """The control state as one caller sees it."""
@@ -256,10 +236,10 @@ class Shares:
         sessions: Sessions,
         uow_factory: UnitOfWorkFactory,
         *,
+        controls: ControlStates,
         rules: SharingRules = SharingRules(),
         listener: ShareListener | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        controls: ControlStates | None = None,
     ) -> None:
         self._sessions = sessions
         self._uow_factory = uow_factory
@@ -267,7 +247,7 @@ class Shares:
         self._listener: ShareListener = listener or NoShareListener()
         self._now = now
         self._changed: list[ChangeCallback] = []
-        self._controls: ControlStates = controls or ProcessControlStates()
+        self._controls = controls
         # The control state last read or written, per session (default states are not kept).
         self._control: dict[str, ControlState] = {}
         sessions.on_stopped(self.end_all)
