@@ -1,9 +1,12 @@
-"""Fixtures shared by every tier: real services started on demand, one per test session."""
+"""Fixtures shared by every tier: real services started on demand, one per test session.
+A test module's ``EVENT_LOOPS`` names the event loops its tests run on (default asyncio)."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,20 @@ from tests.support.services import (
 from tests.support.swarm import single_node_swarm
 
 _database_names = itertools.count()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    names = getattr(getattr(item, "module", None), "EVENT_LOOPS", ("asyncio",))
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {}
+    for name in names:
+        if name == "asyncio":
+            factories[name] = asyncio.new_event_loop
+        else:
+            # The service runs on uvloop when it is installed; so must its tests.
+            factories[name] = importlib.import_module(name).new_event_loop
+    return factories
 
 
 @pytest.fixture(scope="session")

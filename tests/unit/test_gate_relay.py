@@ -117,6 +117,28 @@ def test_owner_bytes_pass_untouched_at_every_split(msgs, extra, cuts, client) ->
     assert stream.data_frames == sum(len(parts) for _, parts in msgs)
 
 
+@SETTINGS
+@given(messages, controls, st.lists(st.integers(0, 5000), max_size=12), st.booleans())
+def test_views_of_a_reused_buffer_pass_untouched_and_nothing_of_them_is_kept(
+    msgs, extra, cuts, client
+) -> None:
+    # As the gate reads from applications: every piece is a view of one buffer, written on
+    # (copied here) before the next read overwrites the buffer.
+    wire = build(msgs, extra, client=client)
+    stream = FrameStream(from_client=client)
+    buffer = bytearray(len(wire) + 1)
+    out = []
+    last = 0
+    for cut in [*sorted({c % (len(wire) + 1) for c in cuts}), len(wire)]:
+        size = cut - last
+        buffer[:size] = wire[last:cut]
+        out.append(bytes(stream.feed(memoryview(buffer)[:size])))
+        buffer[:] = b"\xff" * len(buffer)
+        last = cut
+    assert b"".join(out) == wire
+    assert stream.data_frames == sum(len(parts) for _, parts in msgs)
+
+
 def test_a_big_frame_passes_as_the_same_objects() -> None:
     payload = os.urandom(64 * 1024)
     wire = frame(BINARY, payload, client=False)

@@ -402,12 +402,12 @@ class _Downstream(asyncio.Protocol):
                 return
             to_app = relay.to_app
             try:
-                data = to_app.feed(data)
+                out = to_app.feed(data)
             except WebSocketViolation as exc:
                 self.websocket_violation(exc, from_client=True)
                 return
-            if data:
-                upgraded.write(data)
+            if out:
+                upgraded.write(out)
             frames = to_app.data_frames
             if frames != self._input_frames:
                 self._input_frames = frames

@@ -33,6 +33,9 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 _RSV1, _RSV23 = 0x40, 0x30
 PING_ID_SIZE = 8
 
+# What a stream reads: bytes, or a view of a reader's buffer (``upstream``).
+Buffer = bytes | memoryview
+
 # What happens to a data frame's payload.
 _PASS, _DROP, _FILTER, _OBSERVE = range(4)
 
@@ -58,7 +61,7 @@ class LegDead(Exception):
     """A leg did not answer the gate's ping in time."""
 
 
-def mask(data: bytes, key: bytes, offset: int = 0) -> bytes:
+def mask(data: Buffer, key: bytes, offset: int = 0) -> bytes:
     """``data`` XOR the masking ``key`` (RFC 6455 5.3), starting ``offset`` bytes into it."""
     size = len(data)
     if not size:
@@ -163,7 +166,9 @@ class FrameStream:
         self._pending.append(frame)
         return b""
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: Buffer) -> Buffer:
+        """The bytes to send on for ``data``: ``data`` itself, slices of it, or new bytes.
+        Nothing of ``data`` is kept (a reader may reuse its buffer)."""
         remaining = self._remaining
         if len(data) < remaining and self._action == _PASS:
             # Inside a frame that passes (most reads of a busy stream).
@@ -174,11 +179,11 @@ class FrameStream:
     # ---------------------------------------------------------------- the general case
     # One pass over the bytes, frame after frame, without a call per frame: the relay's
     # throughput is this loop's.
-    def _feed(self, data: bytes) -> bytes:  # noqa: C901
+    def _feed(self, data: Buffer) -> Buffer:  # noqa: C901
         if self._held:
             data = self._held + data
             self._held = b""
-        out: list[bytes] = []
+        out: list[Buffer] = []
         keep = 0  # data[keep:pos] passes as it came
         pos = 0
         end = len(data)
@@ -213,7 +218,7 @@ class FrameStream:
                 if pos > keep:
                     out.append(data[keep:pos])
                 keep = end
-                self._held = data[pos:]
+                self._held = bytes(data[pos:])
                 break
             if size:  # a whole control frame: pass or swallow it
                 if not self._control(data, pos, size):
@@ -248,7 +253,7 @@ class FrameStream:
         return b"".join(out)
 
     # RFC 6455's header rules (lengths, masking, opcodes, control frames) checked in one place.
-    def _frame_start(self, data: bytes, pos: int, end: int) -> int:  # noqa: C901
+    def _frame_start(self, data: Buffer, pos: int, end: int) -> int:  # noqa: C901
         """Reads a frame header at ``pos``. Returns -1 if it is not all here; the whole
         frame's size for a control frame (only once all of it is here, else -1); 0 for a data
         frame, whose payload length is then in ``_remaining`` and its action in ``_action``."""
@@ -305,19 +310,19 @@ class FrameStream:
         if self._action == _PASS:
             self.data_frames += 1
         if masked:
-            self._key = data[pos + head - 4 : pos + head]
+            self._key = bytes(data[pos + head - 4 : pos + head])
             self._offset = 0
         self._remaining = length
         return 0
 
     @staticmethod
-    def _header_size(data: bytes, pos: int) -> int:
+    def _header_size(data: Buffer, pos: int) -> int:
         second = data[pos + 1]
         length = second & 0x7F
         head = 4 if length == 126 else 10 if length == 127 else 2
         return head + 4 if second & 0x80 else head
 
-    def _control(self, data: bytes, pos: int, size: int) -> bool:
+    def _control(self, data: Buffer, pos: int, size: int) -> bool:
         """A whole control frame: True to pass it, False to swallow it."""
         opcode = data[pos] & 0x0F
         if opcode == CLOSE:
@@ -328,13 +333,13 @@ class FrameStream:
             return True
         payload = data[pos + size - (data[pos + 1] & 0x7F) : pos + size]
         if self.from_client:
-            payload = mask(payload, data[pos + 2 : pos + 6])
+            payload = mask(payload, bytes(data[pos + 2 : pos + 6]))
         if payload != self.expect:
             return True
         self.expect = None
         return False
 
-    def _observe(self, chunk: bytes) -> None:
+    def _observe(self, chunk: Buffer) -> None:
         """Read the owner's RFB beside the stream: a data frame counts (``data_frames``) when
         it carries input. Anything the reader cannot follow ends the reading, and every data
         frame counts from then on, as for any other WebSocket."""
@@ -358,7 +363,7 @@ class FrameStream:
         self._action = _PASS
         self.data_frames += 1
 
-    def _filter(self, chunk: bytes) -> bytes:
+    def _filter(self, chunk: Buffer) -> bytes:
         assert self.rfb is not None
         assert self.rfb_input is not None
         plain = mask(chunk, self._key, self._offset)
