@@ -170,6 +170,7 @@ async def _gate_main(
     from remoteappmanager.adapters.workspaces import DirectoryWorkspaces, LocalHostPaths
     from remoteappmanager.domain.models import Policy
     from remoteappmanager.settings import Settings
+    from remoteappmanager.web.admission import tune_garbage_collector
     from remoteappmanager.web.app import create_app
     from remoteappmanager.web.keys import GATE
     from remoteappmanager.web.logs import configure_logging
@@ -238,6 +239,9 @@ async def _gate_main(
             "noop": {"urlpath": NOOP_URLPATH, "port": host_port},
             "cookies": cookies,
         }
+        # As ``serve`` does once the service has started: what start-up built is frozen out of
+        # the collector's sight, and young collections are rarer.
+        tune_garbage_collector()
         await asyncio.to_thread(Path(info_path).write_text, json.dumps(info))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

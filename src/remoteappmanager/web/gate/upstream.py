@@ -6,7 +6,9 @@ the answer back to the listener's side (``Downstream``) as it comes: its head re
 rewritten by the framing (``framing.read_response_head``), its body untouched, its end found
 from its framing; after ``101`` the bytes are relayed (a WebSocket's frame by frame). A
 connection whose answer ended cleanly goes back to the ``UpstreamPool``; one that may hold
-anything more is closed.
+anything more is closed. Every connection reads into the pool's one buffer; relayed bytes are
+written on from it without a copy, and a write that did not all go keeps it (the next read
+takes a new one).
 """
 
 from __future__ import annotations
