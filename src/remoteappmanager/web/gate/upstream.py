@@ -7,14 +7,15 @@ rewritten by the framing (``framing.read_response_head``), its body untouched, i
 from its framing; after ``101`` the bytes are relayed (a WebSocket's frame by frame). A
 connection whose answer ended cleanly goes back to the ``UpstreamPool``; one that may hold
 anything more is closed. Every connection reads into the pool's one buffer; relayed bytes are
-written on from it without a copy, and a write that did not all go keeps it (the next read
-takes a new one).
+written on from it without a copy, straight to the client's socket when nothing waits before
+them, and only what the socket did not take is copied for the transport to send later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable, Hashable
 from typing import Protocol, cast
 
@@ -165,6 +166,7 @@ class Upstream(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._down: Downstream | None = None
         self._down_transport: asyncio.Transport | None = None
+        self._down_fd = -1  # the client's socket, once relaying after 101
         self._exchange: Exchange | None = None
         self._state = _IDLE
         self._buffer: bytearray | None = None
@@ -320,15 +322,25 @@ class Upstream(asyncio.BufferedProtocol):
             return
         if not isinstance(data, memoryview):
             transport.write(data)
-        elif transport.get_write_buffer_size():
-            # Queued behind what waits already: the transport keeps what it is given.
-            transport.write(bytes(data))
-        else:
-            transport.write(data)
-            if transport.get_write_buffer_size():
-                # Not all sent at once: the transport holds on to the rest of the buffer
-                # until it is sent (uvloop does not copy it); the next read takes a new one.
-                self._pool.drop_read_buffer()
+            return
+        sent = 0
+        if not transport.get_write_buffer_size() and not transport.is_closing():
+            sent = self._write_now(data)
+        if sent < len(data):
+            # A transport keeps what it is given until it is sent (uvloop does not copy it),
+            # so it gets a copy of the rest: the read buffer is the next read's.
+            transport.write(bytes(data[sent:]))
+
+    def _write_now(self, data: memoryview) -> int:
+        """Write to the client's socket what it takes now, with nothing queued before it in
+        the transport (so the order holds); errors are left to the transport's own write."""
+        fd = self._down_fd
+        if fd < 0:
+            return 0
+        try:
+            return os.write(fd, data)
+        except OSError:
+            return 0
 
     def _send(self, data: bytes) -> None:
         transport = self._down_transport
@@ -376,6 +388,8 @@ class Upstream(asyncio.BufferedProtocol):
                 return
             self._state = _SPLICE
             self._exchange = None
+            sock = down.transport.get_extra_info("socket") if down.transport else None
+            self._down_fd = sock.fileno() if sock is not None else -1
             request = exchange.request
             down.upgraded(self, head, rest, request is not None and request.websocket)
             return
@@ -495,10 +509,6 @@ class UpstreamPool:
         if buffer is None:
             buffer = self._read_buffer = memoryview(bytearray(RELAY_READ))
         return buffer
-
-    def drop_read_buffer(self) -> None:
-        """The buffer is held by a transport: the next read takes a new one."""
-        self._read_buffer = None
 
     def connection(self, key: tuple[str, int]) -> Callable[[], Upstream]:
         """The protocol factory of a new connection to ``key``."""
