@@ -11,6 +11,7 @@ hub restarts itself: from the kill) until every invariant holds again is printed
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -130,8 +131,9 @@ async def _kill_and_see_it_named(stack: FaultStack, fault: Fault, base: str) -> 
     """Kill the dependency and see ``{svc}health`` name it; the time of the kill.
 
     The hub restarts its proxy on its own clock, at times before any probe could see it gone
-    (the proxy is then up again under a new pid): only then is the kill repeated. A health
-    that does not name a dependency that stays down fails at once."""
+    (the proxy is then up again: a new pid, or its API answering though the killed process is
+    gone, since the pid file may lag): only then is the kill repeated. A health that does not
+    name a dependency that stays down fails at once."""
     answer = None
     for _ in range(3):
         proxy_before = _proxy_pid(stack)
@@ -142,12 +144,23 @@ async def _kill_and_see_it_named(stack: FaultStack, fault: Fault, base: str) -> 
         answer = await _health_names(stack, fault.name, base)
         if answer is None:
             return killed_at
-        restarted_behind_our_back = fault.restart is None and _proxy_pid(stack) != proxy_before
+        restarted_behind_our_back = fault.restart is None and (
+            _proxy_pid(stack) != proxy_before or await asyncio.to_thread(_proxy_answers, stack)
+        )
         if not restarted_behind_our_back:
             break
         await stack.wait_healthy(RECOVERY_WITHIN)
     assert answer is not None
     raise AssertionError(f"health never named {fault.name}: {answer.status} {answer.text}")
+
+
+def _proxy_answers(stack: FaultStack) -> bool:
+    """Whether something listens on the proxy's API port (the killed proxy is gone by then)."""
+    try:
+        with socket.create_connection(("127.0.0.1", stack.ports.proxy_api), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _proxy_pid(stack: FaultStack) -> int | None:
